@@ -1,0 +1,3 @@
+from bon.cli import app
+
+app(prog_name="bon")

@@ -1,0 +1,179 @@
+"""Typed run configuration: pydantic models loaded from YAML, with ``--set key=value`` overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DEFAULT_MODEL = "embedded:SmolLM2-135M-Instruct"
+
+
+class ConfigError(ValueError):
+    """A configuration is invalid; the message names the file, line and key."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PromptsConfig(Strict):
+    source: str = Field("configs/prompts/demo.jsonl", description="a local .json/.jsonl/.parquet file, or a Hugging Face data set id")
+    subset: str | None = Field(None, description="configuration name of a hub data set")
+    split: str = Field("eval", description="split of a hub data set")
+    instruction_field: str = Field("instruction", description="column holding the instruction")
+    id_field: str = Field("id", description="column holding a stable prompt id; derived from the instruction when absent")
+    reference_field: str | None = Field("reference", description="column holding a gold answer for reference-based judges (AlpacaEval: 'output')")
+    dataset_field: str = Field("dataset", description="column naming the source subset (AlpacaEval's 'dataset')")
+    limit: int | None = Field(None, ge=1, description="keep only the first `limit` prompts")
+
+
+class ModelConfig(Strict):
+    backend: Literal["transformers", "vllm"] = Field("transformers", description="inference engine")
+    model: str = Field(DEFAULT_MODEL, description="embedded:<name>, a local directory or .gguf file, or a hub id")
+    gguf_file: str | None = Field(None, description="GGUF file name inside `model` (a directory or hub repo)")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="weights dtype; auto = float32 on CPU, bfloat16 on GPU")
+    device: str = Field("auto", description="transformers device: auto, cpu, cuda, cuda:1 ...")
+    trust_remote_code: bool = Field(False, description="allow code shipped with a hub model to run")
+    engine_args: dict[str, Any] = Field(default_factory=dict, description="extra keyword arguments passed unchanged to vllm.LLM")
+
+
+class PolicyConfig(ModelConfig):
+    temperature: float = Field(0.7, ge=0.0, description="sampling temperature (0 = greedy)")
+    top_p: float = Field(0.95, gt=0.0, le=1.0, description="nucleus sampling mass")
+    max_tokens: int = Field(256, ge=1, description="longest candidate, in tokens")
+    system_prompt: str | None = Field(None, description="system message; None keeps the chat template's default")
+
+
+class JudgeConfig(Strict):
+    name: str = Field("selfj", description="a registered judge (`bon judges list`)")
+    options: dict[str, Any] = Field(default_factory=dict, description="the judge's own options, validated by its Options model")
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        from judges import JUDGES
+
+        try:
+            return JUDGES.check(name)
+        except KeyError as e:
+            raise ValueError(str(e)) from None
+
+    @model_validator(mode="after")
+    def _options(self) -> "JudgeConfig":
+        from judges import JUDGES
+
+        try:
+            JUDGES.get(self.name).Options.model_validate(self.options)
+        except ValidationError as e:
+            raise ValueError(
+                "; ".join(
+                    f"options.{'.'.join(str(p) for p in x['loc'])}: "
+                    + ("unknown key" if x["type"] == "extra_forbidden" else f"{x['msg']} (got {x['input']!r})")
+                    for x in e.errors()
+                )
+            ) from None
+        return self
+
+
+class SelectionConfig(Strict):
+    decline_below: float | None = Field(None, description="decline a prompt whose best score is below this; None never declines")
+    decline_message: str = Field(
+        "I'm sorry, but I am not confident I can answer this request well, so I will not answer it.",
+        description="the output written for a declined prompt",
+    )
+
+
+class RunConfig(Strict):
+    name: str | None = Field(None, description="generator name in model_outputs.json; default <policy>-bo<n>-<judge>")
+    output_dir: Path = Field(Path("runs/demo"), description="run directory; rerunning continues there")
+    n: int = Field(8, ge=1, description="candidates per prompt")
+    seed: int = Field(0, ge=0, description="base seed; every candidate's seed derives from it")
+    batch_size: int = Field(4, ge=1, description="prompts per pipeline batch (the unit of resumption)")
+    engine: Literal["local"] = Field("local", description="local = in-process pipeline")
+    prompts: PromptsConfig = Field(default_factory=PromptsConfig, description="where the prompts come from")
+    policy: PolicyConfig = Field(default_factory=PolicyConfig, description="the model that samples candidates")
+    judge: JudgeConfig = Field(default_factory=JudgeConfig, description="the judge that scores candidates")
+    selection: SelectionConfig = Field(default_factory=SelectionConfig, description="best-of-N selection and declining")
+
+    def generator_name(self) -> str:
+        if self.name:
+            return self.name
+        policy = self.policy.model.removeprefix("embedded:").rstrip("/").split("/")[-1]
+        return f"{policy}-bo{self.n}-{self.judge.name}"
+
+
+def _yaml_line(node: yaml.Node | None, path: tuple[Any, ...]) -> int | None:
+    """1-based line of the deepest key of ``path`` present in a composed YAML tree."""
+    line = None
+    for key in path:
+        if not isinstance(node, yaml.MappingNode):
+            break
+        for k, v in node.value:
+            if k.value == str(key):
+                line, node = k.start_mark.line + 1, v
+                break
+        else:
+            break
+    return line
+
+
+def _format_errors(err: ValidationError, source: str, tree: yaml.Node | None) -> str:
+    lines = []
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        key = ".".join(str(p) for p in loc) or "<top level>"
+        line = _yaml_line(tree, loc)
+        where = f"{source}:{line}" if line else source
+        msg = e["msg"].removeprefix("Value error, ")
+        shown = "" if e["type"] in ("missing",) else f" (got {e['input']!r})"
+        if e["type"] == "extra_forbidden":
+            msg, shown = "unknown key", ""
+        lines.append(f"{where}: {key}: {msg}{shown}")
+    return "\n".join(lines)
+
+
+def apply_override(data: dict[str, Any], assignment: str) -> None:
+    """Apply one ``dotted.key=value`` override; the value is parsed as YAML (``n=4`` is an int)."""
+    key, sep, raw = assignment.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {assignment!r}: expected key=value, e.g. --set n=4")
+    parts = key.strip().split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {assignment!r}: {part!r} is not a section")
+        node = child
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    if isinstance(value, bool) and raw.strip().lower() not in ("true", "false"):
+        value = raw  # YAML 1.1 reads yes/no/on/off as booleans; on a command line they are words
+    node[parts[-1]] = value
+
+
+def load_config(path: Path | str | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Load a `RunConfig` from YAML (or defaults when ``path`` is None) plus overrides."""
+    source, tree, data = "<defaults>", None, {}
+    if path is not None:
+        source = str(path)
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read config ({e.strerror})") from None
+        try:
+            tree = yaml.compose(text)
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}" if mark else str(path)
+            raise ConfigError(f"{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: a config is a mapping of keys, found {type(data).__name__}")
+    for assignment in overrides or []:
+        apply_override(data, assignment)
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e, source, tree)) from None

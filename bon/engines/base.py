@@ -1,0 +1,57 @@
+"""The engine protocol shared by the transformers and vLLM backends."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any, Protocol, Sequence
+
+
+def derive_seed(*parts: object) -> int:
+    """A 63-bit seed from any parts (run seed, prompt id, index), stable across processes and runs."""
+    digest = hashlib.blake2b(":".join(map(str, parts)).encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    temperature: float
+    top_p: float
+    max_tokens: int
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One generated sequence."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str  # "stop" or "length"
+    seed: int | None
+
+
+class LanguageModel(Protocol):
+    """What policies and model-based judges need from an engine."""
+
+    name: str  # display name of the weights, e.g. SmolLM2-135M-Instruct
+    tokenizer: Any  # a Hugging Face tokenizer
+
+    def chat_ids(self, messages: Sequence[dict[str, str]]) -> list[int]:
+        """Token ids of a conversation in the model's chat template, ready for the assistant turn."""
+
+    def text_ids(self, text: str) -> list[int]:
+        """Token ids of raw text as the model reads a document (BOS added if the tokenizer does)."""
+
+    def sample(
+        self, prompts: Sequence[list[int]], n: int, seeds: Sequence[int], settings: SamplingSettings
+    ) -> list[list[Sample]]:
+        """``n`` samples for each prompt; ``seeds[i]`` seeds prompt ``i``'s samples."""
+
+    def next_token_logprobs(
+        self, prompts: Sequence[list[int]], token_ids: Sequence[int], batch_size: int = 8
+    ) -> list[dict[int, float]]:
+        """Log-probabilities of ``token_ids`` as the next token after each prompt.
+
+        A token the engine cannot report (outside vLLM's top-k logprobs) is absent from the dict.
+        """

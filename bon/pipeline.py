@@ -1,0 +1,150 @@
+"""The in-process best-of-N pipeline: sample, judge, select or decline, write AlpacaEval outputs.
+
+Prompts go through in fixed batches (``batch_size`` prompts, in source order). Each stage appends
+what is missing to the run directory, so rerunning the same config continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence
+
+from bon.config import RunConfig
+from bon.policy import EnginePolicy, Policy
+from bon.prompts import load_prompts
+from bon.records import Candidate, Judgement, Prompt, Selection
+from bon.rundir import RunDir
+from bon.selection import select
+from judges import build_judge
+from judges.base import Judge
+
+
+class Progress(Protocol):
+    def start(self, stage: str, total: int, done: int) -> None: ...
+
+    def advance(self, stage: str, amount: int) -> None: ...
+
+    def note(self, message: str) -> None: ...
+
+
+class _Silent:
+    def start(self, stage: str, total: int, done: int) -> None:
+        pass
+
+    def advance(self, stage: str, amount: int) -> None:
+        pass
+
+    def note(self, message: str) -> None:
+        pass
+
+
+@dataclass
+class RunResult:
+    run_dir: RunDir
+    prompts: list[Prompt]
+    selections: list[Selection]
+    judge_description: str
+    generated: int = 0  # candidates sampled by this invocation
+    judged: int = 0  # judgements made by this invocation
+    seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    outputs_path: object = None
+
+
+def _batches(items: Sequence[Prompt], size: int) -> list[Sequence[Prompt]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def run(
+    config: RunConfig,
+    progress: Progress | None = None,
+    policy: Policy | None = None,
+    judge: Judge | None = None,
+) -> RunResult:
+    """Run (or resume) a best-of-N job; ``policy``/``judge`` override the configured ones (tests)."""
+    progress = progress or _Silent()
+    prompts = load_prompts(config.prompts)
+    judge = judge or build_judge(config.judge.name, config.judge.options)
+    describe = {"judge_description": judge.describe()}
+    rd, notes = RunDir.open(config, describe)
+    for note in notes:
+        progress.note(note)
+
+    n = config.n
+    cands: dict[str, dict[int, Candidate]] = defaultdict(dict)
+    for c in rd.read(Candidate):
+        cands[c.prompt_id][c.index] = c
+    judged: dict[tuple[str, int], Judgement] = {
+        (j.prompt_id, j.candidate_index): j for j in rd.read(Judgement) if j.judge == judge.name
+    }
+    selected: dict[str, Selection] = {s.prompt_id: s for s in rd.read(Selection) if s.judge == judge.name}
+    result = RunResult(rd, prompts, [], describe["judge_description"])
+
+    total = len(prompts) * n
+    progress.start("candidates", total, sum(min(len(cands[p.id]), n) for p in prompts))
+    progress.start("judgements", total, sum((p.id, i) in judged for p in prompts for i in range(n)))
+    progress.start("prompts", len(prompts), sum(p.id in selected for p in prompts))
+
+    for batch in _batches(prompts, config.batch_size):
+        # 1. sample: a prompt's candidates depend only on its seed, so only incomplete prompts are redrawn
+        todo = [p for p in batch if len(cands[p.id]) < n]
+        if todo:
+            if policy is None:
+                policy = EnginePolicy(config.policy)
+            t0 = time.perf_counter()
+            fresh = [c for c in policy.generate(todo, n, config.seed) if c.index not in cands[c.prompt_id]]
+            result.seconds["sample"] += time.perf_counter() - t0
+            rd.append(fresh)
+            for c in fresh:
+                cands[c.prompt_id][c.index] = c
+            result.generated += len(fresh)
+            progress.advance("candidates", len(fresh))
+
+        # 2. judge: rescore the whole batch if anything is missing, so padding and batch layout
+        #    (and hence every float) are those of an uninterrupted run; write only what is missing
+        batch_cands = [cands[p.id][i] for p in batch for i in range(n)]
+        if any((c.prompt_id, c.index) not in judged for c in batch_cands):
+            t0 = time.perf_counter()
+            verdicts = judge.score(batch, batch_cands)
+            result.seconds["judge"] += time.perf_counter() - t0
+            fresh_j = [j for j in verdicts if (j.prompt_id, j.candidate_index) not in judged]
+            rd.append(fresh_j)
+            for j in fresh_j:
+                judged[(j.prompt_id, j.candidate_index)] = j
+            result.judged += len(fresh_j)
+            progress.advance("judgements", len(fresh_j))
+
+        # 3. select or decline
+        fresh_s = [
+            select(p.id, [judged[(p.id, i)] for i in range(n)], config.selection.decline_below)
+            for p in batch
+            if p.id not in selected
+        ]
+        rd.append(fresh_s)
+        for s in fresh_s:
+            selected[s.prompt_id] = s
+        progress.advance("prompts", len(fresh_s))
+
+    result.selections = [selected[p.id] for p in prompts]
+    result.outputs_path = rd.write_outputs(alpaca_eval_outputs(config, prompts, cands, result.selections))
+    return result
+
+
+def alpaca_eval_outputs(
+    config: RunConfig,
+    prompts: Sequence[Prompt],
+    cands: dict[str, dict[int, Candidate]],
+    selections: Sequence[Selection],
+) -> list[dict[str, str]]:
+    """AlpacaEval `model_outputs.json` rows: the kept candidate, or the decline message."""
+    generator = config.generator_name()
+    return [
+        {
+            "instruction": p.instruction,
+            "output": config.selection.decline_message if s.declined else cands[p.id][s.chosen_index].text,
+            "generator": generator,
+            "dataset": p.dataset,
+        }
+        for p, s in zip(prompts, selections)
+    ]

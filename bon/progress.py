@@ -1,0 +1,48 @@
+"""Rich progress bars for the pipeline's stages (candidates, judgements, prompts)."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.text import Text
+
+
+class RateColumn(ProgressColumn):
+    """Items per second over the recent window."""
+
+    def render(self, task) -> Text:
+        return Text("" if task.speed is None else f"{task.speed:.2f}/s", style="progress.data.speed")
+
+
+class RichProgress:
+    """The pipeline's `Progress` on a rich console; use as a context manager."""
+
+    def __init__(self, console: Console):
+        self.console = console
+        self._progress = Progress(
+            TextColumn("{task.description:>11}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            RateColumn(),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            console=console,
+        )
+        self._tasks: dict[str, int] = {}
+
+    def __enter__(self) -> "RichProgress":
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._progress.stop()
+
+    def start(self, stage: str, total: int, done: int) -> None:
+        self._tasks[stage] = self._progress.add_task(stage, total=total, completed=done)
+
+    def advance(self, stage: str, amount: int) -> None:
+        self._progress.advance(self._tasks[stage], amount)
+
+    def note(self, message: str) -> None:
+        self._progress.console.print(f"[dim]{message}[/]")

@@ -1,0 +1,119 @@
+"""The records that cross module boundaries, and their one on-disk JSONL schema.
+
+Every line written by `bon` carries ``"schema": SCHEMA`` and ``"kind"``; readers reject any other
+schema version with a message naming the file and line (see `bon.io`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Mapping
+
+SCHEMA = 1  # bump when a record's fields change meaning; readers refuse other versions
+
+
+class RecordError(ValueError):
+    """A record could not be built from a mapping; the message names the field."""
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One instruction to answer."""
+
+    kind: ClassVar[str] = "prompt"
+    id: str
+    instruction: str
+    dataset: str = ""
+    reference: str | None = None  # a gold answer, used by reference-based judges
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One sampled answer to a prompt."""
+
+    kind: ClassVar[str] = "candidate"
+    prompt_id: str
+    index: int
+    text: str
+    seed: int | None
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str  # "stop" (end of sequence) or "length" (max_tokens reached)
+    policy: str
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """A judge's verdict on one candidate. A failed judgement has score None and a flag."""
+
+    kind: ClassVar[str] = "judgement"
+    prompt_id: str
+    candidate_index: int
+    judge: str
+    score: float | None
+    flag: str | None = None  # why the judgement is suspect or failed; None when clean
+    raw: str | None = None  # the judge's raw generated text, where it generates any
+    details: Mapping[str, Any] = field(default_factory=dict)  # judge-specific numbers
+
+    @property
+    def ok(self) -> bool:
+        return self.score is not None
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The outcome for one prompt: the kept candidate, or a decline."""
+
+    kind: ClassVar[str] = "selection"
+    prompt_id: str
+    chosen_index: int | None  # None when declined
+    declined: bool
+    score: float | None
+    judge: str
+    reason: str | None = None  # why declined, or why the pick is a fallback
+
+
+RECORD_TYPES: dict[str, type] = {t.kind: t for t in (Prompt, Candidate, Judgement, Selection)}
+
+
+def to_json(record: Any) -> dict[str, Any]:
+    """A record as a JSON-ready dict with the schema version and kind."""
+    out: dict[str, Any] = {"schema": SCHEMA, "kind": record.kind}
+    out.update(dataclasses.asdict(record))
+    return out
+
+
+_INT_FIELDS = {"index", "candidate_index", "chosen_index", "prompt_tokens", "completion_tokens", "seed"}
+
+
+def from_json(cls: type, data: Mapping[str, Any]) -> Any:
+    """Build ``cls`` from a dict as written by `to_json`; extra or missing fields are errors."""
+    if data.get("schema") != SCHEMA:
+        raise RecordError(
+            f"field 'schema': this bon reads schema version {SCHEMA}, found {data.get('schema')!r}"
+        )
+    if data.get("kind") != cls.kind:
+        raise RecordError(f"field 'kind': expected {cls.kind!r}, found {data.get('kind')!r}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    body = {k: v for k, v in data.items() if k not in ("schema", "kind")}
+    unknown = sorted(set(body) - names)
+    if unknown:
+        raise RecordError(f"unknown field {unknown[0]!r} for a {cls.kind} record")
+    required = {
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    }
+    missing = sorted(required - set(body))
+    if missing:
+        raise RecordError(f"missing field {missing[0]!r} for a {cls.kind} record")
+    for name in _INT_FIELDS & set(body):
+        value = body[name]
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+            raise RecordError(f"field {name!r}: expected an integer, found {value!r}")
+    if "score" in body and body["score"] is not None:
+        if not isinstance(body["score"], (int, float)) or isinstance(body["score"], bool):
+            raise RecordError(f"field 'score': expected a number or null, found {body['score']!r}")
+        body["score"] = float(body["score"])
+    return cls(**body)

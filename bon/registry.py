@@ -1,0 +1,57 @@
+"""A generic name -> object registry with lazy imports and did-you-mean errors."""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from typing import Generic, Iterator, TypeVar
+
+T = TypeVar("T")
+
+
+class UnknownNameError(KeyError):
+    """A name that is not registered; the message lists close matches and every choice."""
+
+    def __str__(self) -> str:  # KeyError would print the message with quotes around it
+        return str(self.args[0])
+
+
+class Registry(Generic[T]):
+    """Maps names to ``"module:attribute"`` targets that are imported only when looked up."""
+
+    def __init__(self, what: str, targets: dict[str, str] | None = None):
+        self.what = what
+        self._targets: dict[str, str] = dict(targets or {})
+        self._loaded: dict[str, T] = {}
+
+    def register(self, name: str, target: str) -> None:
+        if name in self._targets and self._targets[name] != target:
+            raise ValueError(f"{self.what} {name!r} is already registered as {self._targets[name]}")
+        self._targets[name] = target
+
+    def names(self) -> list[str]:
+        return sorted(self._targets)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._targets
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def check(self, name: str) -> str:
+        """Return ``name`` if registered, else raise with suggestions (no import happens)."""
+        if name not in self._targets:
+            close = difflib.get_close_matches(name, self._targets, n=3, cutoff=0.5)
+            hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+            raise UnknownNameError(
+                f"unknown {self.what} {name!r}.{hint} Choices: {', '.join(self.names())}"
+            )
+        return name
+
+    def get(self, name: str) -> T:
+        """The registered object, imported on first use."""
+        self.check(name)
+        if name not in self._loaded:
+            module_name, _, attr = self._targets[name].partition(":")
+            self._loaded[name] = getattr(importlib.import_module(module_name), attr)
+        return self._loaded[name]

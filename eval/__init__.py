@@ -1,0 +1,1 @@
+"""Evaluation runners (AlpacaEval, reward-model comparison) built on bon's run directories."""

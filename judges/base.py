@@ -1,0 +1,33 @@
+"""The judge protocol: score a batch of candidates, one `Judgement` each, in order."""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import Protocol, Sequence
+
+from bon.records import Candidate, Judgement, Prompt
+
+
+class Judge(Protocol):
+    name: str  # the name judgements carry
+    summary: str  # one line for `bon judges list`
+
+    def describe(self) -> str:
+        """One honest line on what is scoring (which weights, which template)."""
+
+    def score(self, prompts: Sequence[Prompt], candidates: Sequence[Candidate]) -> list[Judgement]:
+        """One judgement per candidate, in the candidates' order; failures are flagged, score None."""
+
+
+def prompts_by_id(prompts: Sequence[Prompt], candidates: Sequence[Candidate]) -> list[Prompt]:
+    """The prompt of each candidate; a candidate whose prompt is missing is an error."""
+    table = {p.id: p for p in prompts}
+    missing = sorted({c.prompt_id for c in candidates} - set(table))
+    if missing:
+        raise KeyError(f"candidates refer to prompts not given to the judge: {', '.join(missing[:5])}")
+    return [table[c.prompt_id] for c in candidates]
+
+
+def read_prompt_template(name: str) -> str:
+    """A judge prompt kept as a data file in judges/prompts/."""
+    return resources.files("judges").joinpath("prompts", name).read_text(encoding="utf-8")

@@ -1,0 +1,28 @@
+"""Length baseline: the longest candidate wins (a strong, misleading baseline on AlpacaEval)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from pydantic import BaseModel, ConfigDict
+
+from bon.records import Candidate, Judgement, Prompt
+
+
+class LengthOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LengthJudge:
+    Options = LengthOptions
+    name = "length"
+    summary = "score = number of characters of the candidate; needs no model"
+
+    def __init__(self, options: LengthOptions | None = None):
+        self.options = options or LengthOptions()
+
+    def describe(self) -> str:
+        return "length baseline (characters)"
+
+    def score(self, prompts: Sequence[Prompt], candidates: Sequence[Candidate]) -> list[Judgement]:
+        return [Judgement(c.prompt_id, c.index, self.name, float(len(c.text))) for c in candidates]

@@ -1,0 +1,39 @@
+"""Random baseline: a seeded uniform score, so best-of-N picks a uniformly random candidate."""
+
+from __future__ import annotations
+
+import random
+from typing import Sequence
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from bon.engines.base import derive_seed
+from bon.records import Candidate, Judgement, Prompt
+
+
+class RandomOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    seed: int = Field(0, description="seed; a candidate's score depends only on it, its prompt id and index")
+
+
+class RandomJudge:
+    Options = RandomOptions
+    name = "random"
+    summary = "score = seeded uniform draw in [0, 1); needs no model"
+
+    def __init__(self, options: RandomOptions | None = None):
+        self.options = options or RandomOptions()
+
+    def describe(self) -> str:
+        return f"random baseline (seed {self.options.seed})"
+
+    def score(self, prompts: Sequence[Prompt], candidates: Sequence[Candidate]) -> list[Judgement]:
+        return [
+            Judgement(
+                c.prompt_id,
+                c.index,
+                self.name,
+                random.Random(derive_seed(self.options.seed, c.prompt_id, c.index)).random(),
+            )
+            for c in candidates
+        ]

@@ -1,0 +1,121 @@
+"""Self-J (Ye & Ng 2024): score = expected rating over the digit tokens 0-9 of a rating prompt.
+
+The templates are the Self-J repository's `judge.py` ones, kept verbatim in judges/prompts/. The
+released judge feeds the template as raw text (``prompt_format: raw``); ``chat`` wraps it in the
+judge tokenizer's chat template instead. The digit ids come from the judge's own tokenizer.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal, Sequence
+
+from pydantic import Field
+
+from bon.config import ModelConfig
+from bon.records import Candidate, Judgement, Prompt
+from judges.base import prompts_by_id, read_prompt_template
+
+SELFJ_HUB_ID = "oceanpty/Self-J"  # the released Self-J-13B weights
+
+
+class SelfJOptions(ModelConfig):
+    prompt_format: Literal["raw", "chat"] = Field("raw", description="raw = template text as the Self-J repo feeds it; chat = inside the judge's chat template")
+    reference: Literal["auto", "always", "never"] = Field("auto", description="auto = reference-based template when the prompt has a reference")
+    batch_size: int = Field(8, ge=1, description="sequences per forward pass (transformers backend)")
+    min_digit_mass: float = Field(0.05, ge=0.0, le=1.0, description="flag a judgement whose digits hold less of the next-token mass than this")
+
+
+def digit_token_ids(tokenizer) -> list[int]:
+    """Token ids of "0".."9" in this tokenizer; each digit must be exactly one token."""
+    ids = []
+    for d in "0123456789":
+        toks = tokenizer.encode(d, add_special_tokens=False)
+        if len(toks) != 1 or tokenizer.decode(toks).strip() != d:
+            raise ValueError(f"the judge tokenizer does not encode {d!r} as one token (got {toks}); Self-J needs that")
+        ids.append(toks[0])
+    return ids
+
+
+def expected_score(logprobs: dict[int, float], digit_ids: Sequence[int]) -> tuple[float | None, list[float | None], float]:
+    """(score, renormalised digit probabilities, digit mass) from next-token logprobs.
+
+    Digits the engine did not report (outside vLLM's top-k) get probability 0 in the
+    renormalisation and None in the returned list; with no digit at all the score is None.
+    """
+    raw = [math.exp(logprobs[t]) if t in logprobs else None for t in digit_ids]
+    mass = sum(p for p in raw if p is not None)
+    if mass <= 0.0:
+        return None, raw, 0.0
+    probs = [None if p is None else p / mass for p in raw]
+    return sum(d * p for d, p in enumerate(probs) if p is not None), probs, mass
+
+
+class SelfJudge:
+    Options = SelfJOptions
+    name = "selfj"
+    summary = f"Self-J expected digit rating (0-9), with or without reference; GPU: {SELFJ_HUB_ID}, CPU default: SmolLM2 with the Self-J template"
+
+    def __init__(self, options: SelfJOptions | None = None, engine=None):
+        self.options = options or SelfJOptions()
+        self._engine = engine
+        self._digits: list[int] | None = None
+        self.templates = {
+            True: read_prompt_template("selfj_with_reference.txt"),
+            False: read_prompt_template("selfj_without_reference.txt"),
+        }
+
+    @property
+    def engine(self):
+        if self._engine is None:
+            from bon.engines import load_engine
+
+            self._engine = load_engine(self.options)
+        return self._engine
+
+    @property
+    def digit_ids(self) -> list[int]:
+        if self._digits is None:
+            self._digits = digit_token_ids(self.engine.tokenizer)
+        return self._digits
+
+    def describe(self) -> str:
+        weights = self.options.model.removeprefix("embedded:")
+        honest = "" if "self-j" in weights.lower() else f"; NOT the trained Self-J weights ({SELFJ_HUB_ID})"
+        return f"Self-J template on {weights} ({self.options.prompt_format} prompt){honest}"
+
+    def build_prompt(self, prompt: Prompt, candidate: Candidate) -> str:
+        use_ref = self.options.reference != "never" and prompt.reference is not None
+        if self.options.reference == "always" and prompt.reference is None:
+            raise ValueError(f"prompt {prompt.id!r} has no reference but the selfj judge has reference: always")
+        return self.templates[use_ref].format(
+            instruction=prompt.instruction, reference=prompt.reference, input=candidate.text
+        )
+
+    def _ids(self, text: str) -> list[int]:
+        if self.options.prompt_format == "chat":
+            return self.engine.chat_ids([{"role": "user", "content": text}])
+        return self.engine.text_ids(text)
+
+    def score(self, prompts: Sequence[Prompt], candidates: Sequence[Candidate]) -> list[Judgement]:
+        texts = [self.build_prompt(p, c) for p, c in zip(prompts_by_id(prompts, candidates), candidates)]
+        ids = [self._ids(t) for t in texts]
+        logprobs = self.engine.next_token_logprobs(ids, self.digit_ids, batch_size=self.options.batch_size)
+        out = []
+        for c, lp in zip(candidates, logprobs):
+            score, probs, mass = expected_score(lp, self.digit_ids)
+            if score is None:
+                flag = "no digit token among the judge's next-token probabilities"
+            elif mass < self.options.min_digit_mass:
+                flag = f"digit mass {mass:.3f} below {self.options.min_digit_mass}: the judge barely rates"
+            else:
+                flag = None
+            details = {
+                "digit_probs": probs,
+                "digit_mass": mass,
+                "digits_seen": sum(p is not None for p in probs),
+                "judge_model": self.engine.name,
+                "prompt_format": self.options.prompt_format,
+            }
+            out.append(Judgement(c.prompt_id, c.index, self.name, score, flag=flag, details=details))
+        return out

@@ -1,0 +1,64 @@
+"""The `bon` command line: fast paths, clear errors, and the demo end to end on SmolLM2."""
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BON = [sys.executable, "-m", "bon"]
+
+
+def bon(*args, **kw):
+    return subprocess.run([*BON, *args], cwd=ROOT, capture_output=True, text=True, timeout=kw.pop("timeout", 600), **kw)
+
+
+def test_help_and_judges_list_are_fast_and_import_no_torch():
+    start = time.perf_counter()
+    out = bon("--help")
+    assert out.returncode == 0 and "run" in out.stdout
+    listing = bon("judges", "list")
+    assert listing.returncode == 0 and "selfj" in listing.stdout and "oceanpty/Self-J" in listing.stdout
+    assert time.perf_counter() - start < 20
+    probe = subprocess.run(
+        [sys.executable, "-c", "import sys, bon.cli, bon.pipeline, judges.selfj; print('torch' in sys.modules)"],
+        cwd=ROOT, capture_output=True, text=True,
+    )
+    assert probe.stdout.strip() == "False"
+
+
+def test_bad_config_is_one_clear_error(tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("n: 2\npolicy:\n  max_tokens: -1\n")
+    out = bon("run", str(cfg))
+    assert out.returncode == 2
+    assert "bad.yaml:3: policy.max_tokens: Input should be greater than or equal to 1 (got -1)" in " ".join(out.stderr.split())
+    assert "Traceback" not in out.stderr
+
+
+def test_bad_prompt_file_names_line(tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"instruction": "fine"}\n{"instr": "typo"}\n')
+    out = bon("run", "configs/demo.yaml", "--set", f"prompts.source={prompts}", "--set", f"output_dir={tmp_path / 'r'}")
+    assert out.returncode == 2 and "p.jsonl:2: field 'instruction'" in " ".join(out.stderr.split())
+
+
+@pytest.mark.slow
+def test_demo_config_end_to_end(tmp_path):
+    run_dir = tmp_path / "demo"
+    out = bon(
+        "run", "configs/demo.yaml", "--set", "n=2", "--set", "prompts.limit=2", "--set", "policy.max_tokens=24",
+        "--set", f"output_dir={run_dir}",
+    )
+    assert out.returncode == 0, out.stderr
+    assert "NOT the trained Self-J weights" in " ".join(out.stdout.split())
+    assert str(run_dir) in out.stdout.replace("\n", "")
+    for name in ("manifest.json", "candidates.jsonl", "judgements.jsonl", "selections.jsonl", "model_outputs.json"):
+        assert (run_dir / name).is_file(), name
+    outputs = json.loads((run_dir / "model_outputs.json").read_text())
+    assert len(outputs) == 2 and all(o["output"] and o["generator"] == "SmolLM2-135M-Instruct-bo2-selfj" for o in outputs)
+    judgements = [json.loads(line) for line in (run_dir / "judgements.jsonl").read_text().splitlines()]
+    assert len(judgements) == 4 and all(0 <= j["score"] <= 9 and j["details"]["digit_mass"] > 0 for j in judgements)

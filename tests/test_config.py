@@ -1,0 +1,60 @@
+from pathlib import Path
+
+import pytest
+
+from bon.config import ConfigError, RunConfig, load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_shipped_configs_load():
+    demo = load_config(ROOT / "configs" / "demo.yaml")
+    assert demo.n == 8 and demo.policy.backend == "transformers" and demo.judge.name == "selfj"
+    headline = load_config(ROOT / "configs" / "alpaca_eval_v2_bo32.yaml")
+    assert headline.n == 32 and headline.policy.backend == "vllm"
+    assert headline.judge.options["model"] == "oceanpty/Self-J"
+
+
+def test_overrides_are_typed():
+    cfg = load_config(ROOT / "configs" / "demo.yaml", ["n=2", "policy.temperature=0.5", "selection.decline_below=3"])
+    assert cfg.n == 2 and cfg.policy.temperature == 0.5 and cfg.selection.decline_below == 3.0
+
+
+def test_unknown_key_names_file_line_and_key(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("n: 2\npolicy:\n  temprature: 0.3\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml:3: policy\.temprature: unknown key"):
+        load_config(path)
+
+
+def test_bad_value_names_key_and_value(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("seed: 1\nn: 0\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml:2: n: Input should be greater than or equal to 1 \(got 0\)"):
+        load_config(path)
+    with pytest.raises(ConfigError, match=r"policy\.top_p: .*\(got 2\)"):
+        load_config(None, ["policy.top_p=2"])
+
+
+def test_unknown_judge_suggests(tmp_path):
+    with pytest.raises(ConfigError, match=r"judge\.name: unknown judge 'selfjj'\. Did you mean 'selfj'\?"):
+        load_config(None, ["judge.name=selfjj"])
+
+
+def test_judge_options_validated_by_the_judge(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("judge:\n  name: selfj\n  options:\n    prompt_fromat: chat\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml:1: judge: options\.prompt_fromat: unknown key"):
+        load_config(path)
+    with pytest.raises(ConfigError, match=r"options\.prompt_format: .*got 'xml'"):
+        load_config(None, ["judge.options.prompt_format=xml"])
+
+
+def test_bad_yaml_and_bad_set():
+    with pytest.raises(ConfigError, match="expected key=value"):
+        load_config(None, ["n"])
+
+
+def test_generator_name():
+    assert RunConfig().generator_name() == "SmolLM2-135M-Instruct-bo8-selfj"
+    assert RunConfig(name="mine").generator_name() == "mine"

@@ -1,0 +1,106 @@
+"""The pipeline with a fake policy and the length judge: files, resume, repairs, declines."""
+
+import json
+
+import pytest
+
+from bon.config import load_config
+from bon.pipeline import run
+from bon.records import Candidate, Judgement, Selection
+from bon.rundir import RunDirError
+from tests.conftest import FakePolicy
+
+FILES = ("manifest.json", "candidates.jsonl", "judgements.jsonl", "selections.jsonl", "model_outputs.json")
+
+
+def config(tmp_path, prompts_file, *extra):
+    return load_config(
+        None,
+        [f"output_dir={tmp_path / 'run'}", f"prompts.source={prompts_file}", "n=3", "batch_size=2", "judge.name=length", *extra],
+    )
+
+
+def read(path):
+    return path.read_text(encoding="utf-8")
+
+
+def test_run_writes_all_files(tmp_path, prompts_file):
+    cfg = config(tmp_path, prompts_file)
+    result = run(cfg, policy=FakePolicy())
+    assert sorted(p.name for p in cfg.output_dir.iterdir()) == sorted(FILES)
+    assert result.generated == 15 and result.judged == 15
+    outputs = json.loads(read(cfg.output_dir / "model_outputs.json"))
+    assert [set(o) for o in outputs] == [{"instruction", "output", "generator", "dataset"}] * 5
+    cands = {(c.prompt_id, c.index): c for c in result.run_dir.read(Candidate)}
+    for s, o in zip(result.selections, outputs):
+        longest = max(range(3), key=lambda i: (len(cands[(s.prompt_id, i)].text), -i))
+        assert s.chosen_index == longest and o["output"] == cands[(s.prompt_id, longest)].text
+    assert outputs[0]["generator"] == "SmolLM2-135M-Instruct-bo3-length"
+    manifest = json.loads(read(cfg.output_dir / "manifest.json"))
+    assert manifest["config"]["n"] == 3 and manifest["packages"]["pydantic"] and manifest["seeds"]["run"] == 0
+
+
+def test_rerun_of_a_finished_run_does_nothing(tmp_path, prompts_file):
+    cfg = config(tmp_path, prompts_file)
+    run(cfg, policy=FakePolicy())
+    before = {f: read(cfg.output_dir / f) for f in FILES}
+    policy = FakePolicy()
+    result = run(cfg, policy=policy)
+    assert policy.calls == 0 and result.generated == 0 and result.judged == 0
+    assert {f: read(cfg.output_dir / f) for f in FILES} == before
+
+
+def test_crash_then_resume_equals_uninterrupted(tmp_path, prompts_file):
+    ref_cfg = config(tmp_path / "ref", prompts_file)
+    run(ref_cfg, policy=FakePolicy())
+    cfg = config(tmp_path, prompts_file)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, policy=FakePolicy(fail_after_calls=1))  # dies while sampling the second batch
+    assert len(read(cfg.output_dir / "candidates.jsonl").splitlines()) == 6
+    assert not (cfg.output_dir / "model_outputs.json").exists()
+    resumed = FakePolicy()
+    run(cfg, policy=resumed)
+    assert resumed.calls == 2  # batches 2 and 3 only
+    for f in FILES[1:]:
+        assert read(cfg.output_dir / f) == read(ref_cfg.output_dir / f), f
+
+
+def test_torn_lines_and_partial_batches_are_redone(tmp_path, prompts_file):
+    ref_cfg = config(tmp_path / "ref", prompts_file)
+    run(ref_cfg, policy=FakePolicy())
+    cfg = config(tmp_path, prompts_file)
+    cfg.output_dir.mkdir(parents=True)
+    ref_lines = {f: read(ref_cfg.output_dir / f).splitlines(keepends=True) for f in FILES[1:4]}
+    # a kill -9 after 4 candidates and 2 judgements of batch 1, in the middle of a line
+    (cfg.output_dir / "candidates.jsonl").write_text("".join(ref_lines["candidates.jsonl"][:4]) + '{"schema": 1, "ki')
+    (cfg.output_dir / "judgements.jsonl").write_text("".join(ref_lines["judgements.jsonl"][:2]) + '{"sch')
+    (cfg.output_dir / "manifest.json").write_text(read(ref_cfg.output_dir / "manifest.json").replace(str(ref_cfg.output_dir), str(cfg.output_dir)))
+    result = run(cfg, policy=FakePolicy())
+    assert result.generated == 11 and result.judged == 13
+    for f in FILES[1:]:
+        assert read(cfg.output_dir / f) == read(ref_cfg.output_dir / f), f
+    assert len(result.run_dir.read(Judgement)) == 15 and len(result.run_dir.read(Selection)) == 5
+
+
+def test_resume_with_another_config_is_refused_and_loses_nothing(tmp_path, prompts_file):
+    cfg = config(tmp_path, prompts_file)
+    run(cfg, policy=FakePolicy())
+    before = read(cfg.output_dir / "candidates.jsonl")
+    with pytest.raises(RunDirError, match=r"different config \(n: 3 -> 4\)"):
+        run(config(tmp_path, prompts_file, "n=4"), policy=FakePolicy())
+    assert read(cfg.output_dir / "candidates.jsonl") == before
+
+
+def test_decline(tmp_path, prompts_file):
+    best = sorted(s.score for s in run(config(tmp_path / "plain", prompts_file), policy=FakePolicy()).selections)
+    threshold = best[2]  # a middle best score: some prompts fall below it, some reach it
+    assert best[0] < threshold
+    cfg = config(tmp_path, prompts_file, f"selection.decline_below={threshold}", "selection.decline_message=NO")
+    result = run(cfg, policy=FakePolicy())
+    outputs = json.loads(read(cfg.output_dir / "model_outputs.json"))
+    declined = [s.declined for s in result.selections]
+    assert any(declined) and not all(declined)
+    for s, o in zip(result.selections, outputs):
+        assert (o["output"] == "NO") == s.declined
+        assert s.declined == (s.score < threshold)
+    assert all(s.chosen_index is None for s in result.selections if s.declined)
