@@ -1,3 +1,4 @@
 from bon.cli import app
 
-app(prog_name="bon")
+if __name__ == "__main__":  # vLLM spawns worker processes that re-import the main module
+    app(prog_name="bon")

@@ -48,9 +48,12 @@ class VLLMModel:
         args.update(cfg.engine_args)
         try:
             self.llm = vllm.LLM(**args)
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, RuntimeError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ModelLoadError(f"vLLM could not load model {cfg.model!r} ({first})") from None
+            raise ModelLoadError(
+                f"vLLM could not start model {cfg.model!r} ({first}); vLLM's log above gives the cause "
+                "(on a CPU build, lower engine_args.gpu_memory_utilization: there it is a share of RAM)"
+            ) from None
         self.tokenizer = self.llm.get_tokenizer()
         self._vllm = vllm
 

