@@ -59,10 +59,11 @@ def run(
         chosen = "—" if s.chosen_index is None else str(s.chosen_index)
         table.add_row(p.instruction.replace("\n", " "), score, chosen, "yes" if s.declined else "no")
     console.print(table)
-    rate = result.generated / result.seconds["sample"] if result.seconds.get("sample") else 0.0
+    sample_s, judge_s = result.seconds.get("sample", 0.0), result.seconds.get("judge", 0.0)
     console.print(
         f"{len(result.prompts)} prompts, {sum(s.declined for s in result.selections)} declined; "
-        f"sampled {result.generated} candidates ({rate:.2f}/s), made {result.judged} judgements; "
+        f"sampled {result.generated} candidates in {sample_s:.1f} s ({result.generated / sample_s if sample_s else 0:.2f}/s), "
+        f"made {result.judged} judgements in {judge_s:.1f} s ({result.judged / judge_s if judge_s else 0:.2f}/s); "
         f"wall {wall:.1f} s"
     )
     console.print(f"run directory: [bold]{result.run_dir.path}[/]  (AlpacaEval outputs: {result.outputs_path})")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import socket
+from urllib.parse import urlparse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,3 +73,18 @@ def resolve(cfg: ModelConfig) -> ModelRef:
     if model.startswith((".", "/", "~")):
         raise ModelLoadError(f"{model}: model directory not found")
     return ModelRef(name=model.rstrip("/").split("/")[-1], path=model, gguf_file=cfg.gguf_file)
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers a TCP connect (honours HF_HUB_OFFLINE and HF_ENDPOINT).
+
+    Checked before an online load because huggingface_hub retries an unreachable host for ~50 s.
+    """
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False

@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from bon.config import ModelConfig
 from bon.engines.base import Sample, SamplingSettings, derive_seed
-from bon.models import ModelLoadError, ModelRef, cache_dir, resolve
+from bon.models import ModelLoadError, ModelRef, cache_dir, hub_reachable, resolve
 
 _LOADED: dict[tuple, "HFModel"] = {}
 
@@ -71,6 +71,8 @@ class HFModel:
         kwargs = {"trust_remote_code": cfg.trust_remote_code}
         if gguf_file:
             kwargs["gguf_file"] = gguf_file
+        if not Path(path).exists():  # a hub id: the local cache first, the network only if it answers
+            kwargs["local_files_only"] = not hub_reachable()
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
             self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs)

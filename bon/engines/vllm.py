@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any, Sequence
 
 from bon.config import ModelConfig
 from bon.engines.base import Sample, SamplingSettings
-from bon.models import ModelLoadError, resolve
+from bon.models import ModelLoadError, hub_reachable, resolve
 
 _LOADED: dict[tuple, "VLLMModel"] = {}
 
@@ -42,6 +44,15 @@ class VLLMModel:
             path = f"{ref.path}/{ref.gguf_file}"
         else:
             path = ref.path
+        if not Path(path).exists() and not hub_reachable():
+            from huggingface_hub import try_to_load_from_cache
+
+            if not isinstance(try_to_load_from_cache(path, "config.json"), str):
+                raise ModelLoadError(
+                    f"model {cfg.model!r} is not in the local Hugging Face cache and the hub cannot be reached; "
+                    "set `model` to a local directory, or to embedded:SmolLM2-135M-Instruct"
+                )
+            os.environ["HF_HUB_OFFLINE"] = "1"  # cached: keep vLLM's loaders from retrying the network
         args: dict[str, Any] = {"model": path, "trust_remote_code": cfg.trust_remote_code}
         if cfg.dtype != "auto":
             args["dtype"] = cfg.dtype
