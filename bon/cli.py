@@ -20,19 +20,21 @@ err_console = Console(stderr=True)
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from bon.config import ConfigError
+    from bon.executors import ExecutorError
     from bon.io import DataFileError
     from bon.models import ModelLoadError
     from bon.prompts import PromptSourceError
     from bon.registry import UnknownNameError
     from bon.rundir import RunDirError
 
-    return (ConfigError, DataFileError, ModelLoadError, PromptSourceError, UnknownNameError, RunDirError)
+    return (ConfigError, ExecutorError, DataFileError, ModelLoadError, PromptSourceError, UnknownNameError, RunDirError)
 
 
 @app.command()
 def run(
     config: Annotated[Path, typer.Argument(help="run config YAML, e.g. configs/demo.yaml")],
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="override a key: --set n=4 --set judge.name=length")] = None,
+    ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="join this Ray cluster (implies engine=ray)")] = None,
 ) -> None:
     """Sample N candidates per prompt, judge them, keep the best or decline; write a run directory."""
     from bon.config import load_config
@@ -41,7 +43,10 @@ def run(
 
     start = time.perf_counter()
     try:
-        cfg = load_config(config, set_ or [])
+        overrides = list(set_ or [])
+        if ray_address:
+            overrides += ["engine=ray", f"ray.address={ray_address}"]
+        cfg = load_config(config, overrides)
         with RichProgress(console) as progress:
             result = run_pipeline(cfg, progress=progress)
     except _user_errors() as e:

@@ -86,13 +86,32 @@ class SelectionConfig(Strict):
     )
 
 
+class ActorResources(Strict):
+    num_cpus: float = Field(1.0, ge=0, description="CPUs reserved per replica (also its torch threads)")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per replica; a vLLM policy with tensor_parallel_size > 1 gets a placement group of that many")
+    memory_gb: float | None = Field(None, gt=0, description="memory reserved per replica, for Ray's scheduler")
+
+
+class RayConfig(Strict):
+    address: str | None = Field(None, description="cluster to join (ray://... or host:port); None = $RAY_ADDRESS, else a new local instance")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of a local instance started by bon; None = all")
+    policy_replicas: int = Field(1, ge=1, description="policy actors (data parallel)")
+    judge_replicas: int = Field(1, ge=1, description="judge actors (data parallel)")
+    policy: ActorResources = Field(default_factory=ActorResources, description="resources of each policy actor")
+    judge: ActorResources = Field(default_factory=ActorResources, description="resources of each judge actor")
+    queue_size: int = Field(2, ge=1, description="batches sampled ahead of the judge (back-pressure)")
+    max_restarts: int = Field(3, ge=0, description="restarts of a dead actor before the run fails")
+    startup_timeout_s: float = Field(600.0, gt=0, description="longest wait for actors to start (model loading included)")
+
+
 class RunConfig(Strict):
     name: str | None = Field(None, description="generator name in model_outputs.json; default <policy>-bo<n>-<judge>")
     output_dir: Path = Field(Path("runs/demo"), description="run directory; rerunning continues there")
     n: int = Field(8, ge=1, description="candidates per prompt")
     seed: int = Field(0, ge=0, description="base seed; every candidate's seed derives from it")
     batch_size: int = Field(4, ge=1, description="prompts per pipeline batch (the unit of resumption)")
-    engine: Literal["local"] = Field("local", description="local = in-process pipeline")
+    engine: Literal["local", "ray"] = Field("local", description="local = in-process pipeline; ray = policy and judge in Ray actors")
+    ray: RayConfig = Field(default_factory=RayConfig, description="actors and cluster for engine: ray")
     prompts: PromptsConfig = Field(default_factory=PromptsConfig, description="where the prompts come from")
     policy: PolicyConfig = Field(default_factory=PolicyConfig, description="the model that samples candidates")
     judge: JudgeConfig = Field(default_factory=JudgeConfig, description="the judge that scores candidates")

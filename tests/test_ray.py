@@ -1,0 +1,117 @@
+"""The Ray executor: same files as the local engine, surviving killed actors, clear resource errors."""
+
+import os
+import signal
+import time
+
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from bon.config import load_config  # noqa: E402
+from bon.executors import ExecutorError  # noqa: E402
+from bon.pipeline import run  # noqa: E402
+from bon.ray_executor import RayExecutor, asked_resources, check_fits, death_reason, plan  # noqa: E402
+
+SMALL = ["n=2", "prompts.limit=4", "policy.max_tokens=16", "batch_size=1"]
+COMPARED = ("candidates.jsonl", "judgements.jsonl", "selections.jsonl", "model_outputs.json")
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    """One local Ray for this module only: every other test stays free of Ray start-up."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray.init(num_cpus=2, include_dashboard=False, _temp_dir="/tmp/bon-ray-test", log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def demo(tmp_path, name, *extra):
+    return load_config("configs/demo.yaml", [*SMALL, f"output_dir={tmp_path / name}", *extra])
+
+
+@pytest.fixture(scope="module")
+def local_reference(tmp_path_factory, smollm2):
+    cfg = demo(tmp_path_factory.mktemp("local"), "run")
+    run(cfg)
+    return cfg.output_dir
+
+
+def same_files(a, b):
+    for name in COMPARED:
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_ray_engine_equals_local(ray_session, local_reference, tmp_path):
+    cfg = demo(tmp_path, "ray", "engine=ray")
+    result = run(cfg)
+    same_files(cfg.output_dir, local_reference)
+    assert result.seconds["sample"] > 0 and result.seconds["judge"] > 0
+
+
+class KillOnFirst:
+    """A progress sink that SIGKILLs an actor's process the first time a stage advances."""
+
+    def __init__(self, pids):
+        self.pids, self.killed, self.notes = pids, [], []
+
+    def start(self, stage, total, done):
+        pass
+
+    def advance(self, stage, amount):
+        if stage in self.pids and stage not in self.killed:
+            os.kill(self.pids[stage], signal.SIGKILL)  # the actor is busy with the next batch now
+            self.killed.append(stage)
+
+    def note(self, message):
+        self.notes.append(message)
+
+    def status(self, line):
+        pass
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_killed_actors_restart_and_lose_nothing(ray_session, local_reference, tmp_path):
+    cfg = demo(tmp_path, "killed", "engine=ray", "ray.max_restarts=2")
+    sink = KillOnFirst({})
+    executor = RayExecutor(cfg, note=sink.notes.append)
+    with executor:
+        sink.pids = {"candidates": executor.pids["policy"][0], "judgements": executor.pids["judge"][0]}
+        run(cfg, progress=sink, executor=executor)
+        assert executor.policies.restarts == 1 and executor.judges.restarts == 1
+    assert sink.killed == ["candidates", "judgements"]
+    assert sum("policy actor 0 died" in n and "restarted" in n for n in sink.notes) == 1, sink.notes
+    same_files(cfg.output_dir, local_reference)  # no candidate lost or duplicated
+
+
+@pytest.mark.ray
+def test_unsatisfiable_resources_fail_fast(ray_session, tmp_path):
+    cfg = demo(tmp_path, "big", "engine=ray", "ray.policy.num_gpus=4")
+    start = time.perf_counter()
+    with pytest.raises(ExecutorError, match=r"asks Ray for 2 CPU, 4 GPU but the cluster has 2 CPU.*short of GPU"):
+        run(cfg)
+    assert time.perf_counter() - start < 30
+    assert not (cfg.output_dir / "candidates.jsonl").exists()
+
+
+def test_plan_for_tensor_parallel_vllm():
+    cfg = load_config(
+        "configs/alpaca_eval_v2_bo32.yaml",
+        ["policy.engine_args.tensor_parallel_size=2", "ray.policy_replicas=2", "ray.judge.num_gpus=1", "ray.judge_replicas=3"],
+    )
+    policy, judge = plan(cfg)
+    assert policy.bundles == [{"GPU": 1.0, "CPU": 1.0}] * 2 and policy.num_gpus == 0
+    assert asked_resources([policy, judge]) == {"CPU": 2 * 1 + 2 * 2 + 3 * 1, "GPU": 2 * 2 + 3}
+    check_fits({"CPU": 2, "GPU": 1}, {"CPU": 16.0, "GPU": 1.0, "memory": 1e9})
+    with pytest.raises(ExecutorError, match=r"asks Ray for 1 CPU, 2 GPU but the cluster has 16 CPU, 1 GPU"):
+        check_fits({"CPU": 1, "GPU": 2}, {"CPU": 16.0, "GPU": 1.0})
+
+
+def test_death_reasons_name_out_of_memory():
+    oom = ray.exceptions.OutOfMemoryError("Task was killed due to the node running low on memory.")
+    assert "running out of memory" in death_reason("judge", 1, oom) and "ray.judge.memory_gb" in death_reason("judge", 1, oom)
+    plain = ray.exceptions.ActorDiedError()
+    assert death_reason("policy", 0, plain) == "policy actor 0 died (The actor died unexpectedly before finishing this task.)"
