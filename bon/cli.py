@@ -26,8 +26,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from bon.prompts import PromptSourceError
     from bon.registry import UnknownNameError
     from bon.rundir import RunDirError
+    from bon.selection import TieBreakError
 
-    return (ConfigError, ExecutorError, DataFileError, ModelLoadError, PromptSourceError, UnknownNameError, RunDirError)
+    return (ConfigError, ExecutorError, DataFileError, ModelLoadError, PromptSourceError, UnknownNameError, RunDirError, TieBreakError)
 
 
 @app.command()
@@ -74,16 +75,65 @@ def run(
     console.print(f"run directory: [bold]{result.run_dir.path}[/]  (AlpacaEval outputs: {result.outputs_path})")
 
 
+def _options(assignments: list[str] | None) -> dict:
+    from bon.config import apply_override
+
+    options: dict = {}
+    for a in assignments or []:
+        apply_override(options, a)
+    return options
+
+
+@app.command()
+def judge(
+    run_dir: Annotated[Path, typer.Argument(help="a run directory made by `bon run`")],
+    judge_name: Annotated[str, typer.Option("--judge", help="a registered judge (`bon judges list`)")],
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="a judge option: --set model=... --set batch_size=4")] = None,
+    label: Annotated[Optional[str], typer.Option("--label", help="name the judgements carry (default: the judge's)")] = None,
+) -> None:
+    """Score an existing run's candidates with another judge; candidates are never regenerated."""
+    from bon.progress import RichProgress
+    from bon.rejudge import judge_run
+
+    start = time.perf_counter()
+    try:
+        with RichProgress(console) as progress:
+            made = judge_run(run_dir, judge_name, _options(set_), label, progress)
+    except _user_errors() as e:
+        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    console.print(f"{made} judgements by {label or judge_name} appended to {run_dir}/judgements.jsonl in {time.perf_counter() - start:.1f} s")
+
+
+@app.command("select")
+def select_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="a run directory made by `bon run`")],
+    judge_label: Annotated[str, typer.Option("--judge", help="whose judgements to select with (a judge name or --label)")],
+    decline_below: Annotated[Optional[float], typer.Option("--decline-below", help="decline prompts whose best score is below this")] = None,
+    tie_break: Annotated[str, typer.Option("--tie-break", help="lowest_index, details:KEY or judge:NAME")] = "lowest_index",
+) -> None:
+    """Re-select every prompt with one judge's scores and rewrite selections and outputs."""
+    from bon.rejudge import select_run
+
+    try:
+        selections, path = select_run(run_dir, judge_label, decline_below, tie_break)
+    except _user_errors() as e:
+        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    declined = sum(s.declined for s in selections)
+    console.print(f"{len(selections)} prompts selected with {judge_label}, {declined} declined; outputs: {path}")
+
+
 @judges_app.command("list")
 def judges_list() -> None:
-    """Every registered judge and what it needs."""
-    from judges import JUDGES
+    """Every registered judge, what it needs, and what it runs on by default."""
+    from judges import describe_judges
 
     table = Table()
-    table.add_column("judge")
-    table.add_column("what it scores")
-    for name in JUDGES:
-        table.add_row(name, JUDGES.get(name).summary)
+    for column in ("judge", "what it scores", "needs reference", "GPU weights (hub id)", "CPU default"):
+        table.add_column(column, overflow="fold")
+    for row in describe_judges():
+        table.add_row(row.name, row.summary, "yes" if row.needs_reference else "no", row.hub_id or "—", row.cpu_default)
     console.print(table)
 
 

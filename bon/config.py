@@ -80,6 +80,11 @@ class JudgeConfig(Strict):
 
 class SelectionConfig(Strict):
     decline_below: float | None = Field(None, description="decline a prompt whose best score is below this; None never declines")
+    tie_break: str = Field(
+        "lowest_index",
+        pattern=r"^(lowest_index|details:\w+|judge:\w+)$",
+        description="equal scores: lowest_index, details:KEY (e.g. details:rating_logprob), or judge:NAME (another judge's score)",
+    )
     decline_message: str = Field(
         "I'm sorry, but I am not confident I can answer this request well, so I will not answer it.",
         description="the output written for a declined prompt",

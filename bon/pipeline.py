@@ -17,7 +17,7 @@ from bon.policy import Policy
 from bon.prompts import load_prompts
 from bon.records import Candidate, Judgement, Prompt, Selection
 from bon.rundir import RunDir
-from bon.selection import select
+from bon.selection import secondary_judge, select_prompt
 from judges import build_judge
 from judges.base import Judge
 
@@ -91,6 +91,9 @@ def run(
         (j.prompt_id, j.candidate_index): j for j in rd.read(Judgement) if j.judge == judge.name
     }
     selected: dict[str, Selection] = {s.prompt_id: s for s in rd.read(Selection) if s.judge == judge.name}
+    sel = config.selection
+    other = secondary_judge(sel.tie_break)
+    secondary = {(j.prompt_id, j.candidate_index): j for j in rd.read(Judgement) if j.judge == other} if other else None
     result = RunResult(rd, prompts, [], describe["judge_description"])
 
     total = len(prompts) * n
@@ -135,7 +138,7 @@ def run(
             result.judged += len(fresh)
             progress.advance("judgements", len(fresh))
         fresh_s = [
-            select(p.id, [judged[(p.id, i)] for i in range(n)], config.selection.decline_below)
+            select_prompt(p.id, [judged[(p.id, i)] for i in range(n)], sel.decline_below, sel.tie_break, secondary)
             for p in batches[k]
             if p.id not in selected
         ]
@@ -168,14 +171,34 @@ def run(
     return result
 
 
+def judge_missing(
+    judge: Judge,
+    batch: Sequence[Prompt],
+    batch_cands: Sequence[Candidate],
+    judged: dict[tuple[str, int], Judgement],
+) -> list[Judgement]:
+    """Judge a batch if any of its candidates lacks a judgement; returns (and records) the new ones.
+
+    The whole batch is rescored so that padding and batch layout, hence every float, are those of
+    an uninterrupted run; only the missing judgements are kept.
+    """
+    if all((c.prompt_id, c.index) in judged for c in batch_cands):
+        return []
+    fresh = [j for j in judge.score(batch, batch_cands) if (j.prompt_id, j.candidate_index) not in judged]
+    for j in fresh:
+        judged[(j.prompt_id, j.candidate_index)] = j
+    return fresh
+
+
 def alpaca_eval_outputs(
     config: RunConfig,
     prompts: Sequence[Prompt],
     cands: dict[str, dict[int, Candidate]],
     selections: Sequence[Selection],
+    generator: str | None = None,
 ) -> list[dict[str, str]]:
     """AlpacaEval `model_outputs.json` rows: the kept candidate, or the decline message."""
-    generator = config.generator_name()
+    generator = generator or config.generator_name()
     return [
         {
             "instruction": p.instruction,

@@ -2,18 +2,58 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+import math
+from typing import Mapping, Sequence
 
 from bon.records import Judgement, Selection
 
 
-def select(prompt_id: str, judgements: Sequence[Judgement], decline_below: float | None = None) -> Selection:
+class TieBreakError(ValueError):
+    """A tie-break cannot be computed from what the run directory holds."""
+
+
+def tiebreak_values(
+    rule: str, judgements: Sequence[Judgement], secondary: Mapping[tuple[str, int], Judgement] | None = None
+) -> dict[int, float]:
+    """Per candidate index, the value that orders equal scores (higher first) under ``rule``.
+
+    ``lowest_index``: none (the index decides). ``details:KEY``: a number the judge recorded, e.g.
+    Auto-J's ``rating_logprob``. ``judge:NAME``: another judge's score of the same candidate.
+    """
+    kind, _, arg = rule.partition(":")
+    out: dict[int, float] = {}
+    for j in judgements:
+        if kind == "details":
+            value = j.details.get(arg)
+        elif kind == "judge":
+            other = (secondary or {}).get((j.prompt_id, j.candidate_index))
+            if other is None:
+                raise TieBreakError(
+                    f"tie_break {rule!r}: candidate {j.candidate_index} of prompt {j.prompt_id!r} has no {arg!r} "
+                    f"judgement; score the run with it first (bon judge RUN_DIR --judge {arg})"
+                )
+            value = other.score
+        else:
+            return {}
+        if isinstance(value, (int, float)) and not math.isnan(value):
+            out[j.candidate_index] = float(value)
+    return out
+
+
+def select(
+    prompt_id: str,
+    judgements: Sequence[Judgement],
+    decline_below: float | None = None,
+    tiebreak: Mapping[int, float] | None = None,
+) -> Selection:
     """Pick the best-scored candidate of one prompt.
 
-    Ties go to the lowest candidate index. Failed judgements (score None) never win. A prompt whose
-    best score is below ``decline_below``, or none of whose candidates could be judged while a
-    threshold is set, is declined; with no threshold an all-failed prompt falls back to candidate 0.
+    Equal scores are ordered by ``tiebreak`` (higher first; a candidate without a value comes
+    last), then by the lowest candidate index. Failed judgements (score None) never win. A prompt
+    whose best score is below ``decline_below``, or none of whose candidates could be judged while
+    a threshold is set, is declined; with no threshold an all-failed prompt falls back to candidate 0.
     """
+    tiebreak = tiebreak or {}
     if not judgements:
         raise ValueError(f"prompt {prompt_id!r}: no judgements to select from")
     judge = judgements[0].judge
@@ -23,9 +63,26 @@ def select(prompt_id: str, judgements: Sequence[Judgement], decline_below: float
             return Selection(prompt_id, None, True, None, judge, reason="no candidate could be judged")
         first = min(j.candidate_index for j in judgements)
         return Selection(prompt_id, first, False, None, judge, reason="no candidate could be judged; kept the first")
-    best = min(scored, key=lambda j: (-j.score, j.candidate_index))
+    best = min(scored, key=lambda j: (-j.score, -tiebreak.get(j.candidate_index, -math.inf), j.candidate_index))
     if decline_below is not None and best.score < decline_below:
         return Selection(
             prompt_id, None, True, best.score, judge, reason=f"best score {best.score:.4g} < decline_below {decline_below:g}"
         )
     return Selection(prompt_id, best.candidate_index, False, best.score, judge)
+
+
+def select_prompt(
+    prompt_id: str,
+    judgements: Sequence[Judgement],
+    decline_below: float | None,
+    tie_break: str = "lowest_index",
+    secondary: Mapping[tuple[str, int], Judgement] | None = None,
+) -> Selection:
+    """`select` with the tie-break values of ``tie_break`` (see `tiebreak_values`)."""
+    return select(prompt_id, judgements, decline_below, tiebreak_values(tie_break, judgements, secondary))
+
+
+def secondary_judge(tie_break: str) -> str | None:
+    """The judge whose scores break ties under ``tie_break``, if it names one."""
+    kind, _, name = tie_break.partition(":")
+    return name if kind == "judge" else None

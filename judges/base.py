@@ -11,6 +11,8 @@ from bon.records import Candidate, Judgement, Prompt
 class Judge(Protocol):
     name: str  # the name judgements carry
     summary: str  # one line for `bon judges list`
+    needs_reference: bool  # scores only prompts that carry a gold reference
+    hub_id: str | None  # the weights GPU users load, where the judge has any
 
     def describe(self) -> str:
         """One honest line on what is scoring (which weights, which template)."""

@@ -17,6 +17,8 @@ class LengthJudge:
     Options = LengthOptions
     name = "length"
     summary = "score = number of characters of the candidate; needs no model"
+    needs_reference = False
+    hub_id = None
 
     def __init__(self, options: LengthOptions | None = None):
         self.options = options or LengthOptions()

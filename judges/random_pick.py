@@ -20,6 +20,8 @@ class RandomJudge:
     Options = RandomOptions
     name = "random"
     summary = "score = seeded uniform draw in [0, 1); needs no model"
+    needs_reference = False
+    hub_id = None
 
     def __init__(self, options: RandomOptions | None = None):
         self.options = options or RandomOptions()

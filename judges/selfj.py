@@ -54,7 +54,9 @@ def expected_score(logprobs: dict[int, float], digit_ids: Sequence[int]) -> tupl
 class SelfJudge:
     Options = SelfJOptions
     name = "selfj"
-    summary = f"Self-J expected digit rating (0-9), with or without reference; GPU: {SELFJ_HUB_ID}, CPU default: SmolLM2 with the Self-J template"
+    summary = "Self-J expected digit rating (0-9) of a rating prompt, with or without reference"
+    needs_reference = False
+    hub_id = SELFJ_HUB_ID
 
     def __init__(self, options: SelfJOptions | None = None, engine=None):
         self.options = options or SelfJOptions()

@@ -5,7 +5,7 @@ import torch
 
 from bon.config import ModelConfig, PolicyConfig
 from bon.engines.base import derive_seed
-from bon.models import embedded_gguf
+from bon.models import embedded_path
 from bon.policy import EnginePolicy, prompt_seed
 from bon.records import Prompt
 
@@ -38,7 +38,7 @@ def test_greedy_candidates_are_identical(smollm2):
 def test_gguf_file_loading_matches_the_converted_cache(smollm2):
     from bon.engines.hf import HFModel
 
-    direct = HFModel(ModelConfig(model=str(embedded_gguf("SmolLM2-135M-Instruct"))))  # through gguf_file=
+    direct = HFModel(ModelConfig(model=str(embedded_path("SmolLM2-135M-Instruct"))))  # through gguf_file=
     ids = smollm2.chat_ids([{"role": "user", "content": "What is 2+2?"}])
     assert direct.chat_ids([{"role": "user", "content": "What is 2+2?"}]) == ids
     with torch.no_grad():

@@ -1,19 +1,19 @@
 import pytest
 
 from bon.config import ModelConfig
-from bon.models import ModelLoadError, embedded_gguf, resolve
+from bon.models import ModelLoadError, embedded_path, resolve
 
 
 def test_resolve_forms(tmp_path):
     emb = resolve(ModelConfig())
-    assert emb.embedded and emb.name == "SmolLM2-135M-Instruct" and emb.gguf_file.endswith(".gguf")
-    assert embedded_gguf("SmolLM2-135M-Instruct").is_file()
+    assert emb.convert_gguf and emb.name == "SmolLM2-135M-Instruct" and emb.gguf_file.endswith(".gguf")
+    assert embedded_path("SmolLM2-135M-Instruct").is_file()
     gguf = tmp_path / "m.Q4.gguf"
     gguf.write_bytes(b"x")
     assert resolve(ModelConfig(model=str(gguf))) == type(emb)(name="m.Q4", path=str(tmp_path), gguf_file="m.Q4.gguf")
     assert resolve(ModelConfig(model=str(tmp_path))).path == str(tmp_path)
     hub = resolve(ModelConfig(model="oceanpty/Self-J"))
-    assert (hub.name, hub.path, hub.embedded) == ("Self-J", "oceanpty/Self-J", False)
+    assert (hub.name, hub.path, hub.convert_gguf) == ("Self-J", "oceanpty/Self-J", False)
 
 
 def test_missing_local_models_are_clear(tmp_path):

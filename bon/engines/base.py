@@ -55,3 +55,8 @@ class LanguageModel(Protocol):
 
         A token the engine cannot report (outside vLLM's top-k logprobs) is absent from the dict.
         """
+
+    def continuation_logprobs(
+        self, prompts: Sequence[list[int]], continuations: Sequence[list[int]], batch_size: int = 8
+    ) -> list[list[float]]:
+        """Log-probability of each continuation token after its prompt (and the tokens before it)."""

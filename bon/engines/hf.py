@@ -72,7 +72,7 @@ class HFModel:
         self.name = ref.name
         self.device = _device(cfg)
         dtype = _DTYPES.get(cfg.dtype, torch.float32 if self.device.type == "cpu" else torch.bfloat16)
-        path, gguf_file = (str(convert_gguf(ref)), None) if ref.embedded else (ref.path, ref.gguf_file)
+        path, gguf_file = (str(convert_gguf(ref)), None) if ref.convert_gguf else (ref.path, ref.gguf_file)
         kwargs = {"trust_remote_code": cfg.trust_remote_code}
         if gguf_file:
             kwargs["gguf_file"] = gguf_file
@@ -177,3 +177,125 @@ class HFModel:
             for row, i in enumerate(idx):
                 results[i] = dict(zip(token_ids, logprobs[row].tolist()))
         return results
+
+    @torch.inference_mode()
+    def continuation_logprobs(
+        self, prompts: Sequence[list[int]], continuations: Sequence[list[int]], batch_size: int = 8
+    ) -> list[list[float]]:
+        """Log-probability of each continuation token given the prompt and the tokens before it."""
+        seqs = [list(p) + list(c) for p, c in zip(prompts, continuations)]
+        order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
+        results: list[list[float]] = [[] for _ in seqs]
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            width = max(len(seqs[i]) for i in idx)
+            ids = torch.full((len(idx), width), self.pad_id, dtype=torch.long)
+            mask = torch.zeros((len(idx), width), dtype=torch.long)
+            for row, i in enumerate(idx):  # right padding: positions are plain 0..len-1
+                ids[row, : len(seqs[i])] = torch.tensor(seqs[i])
+                mask[row, : len(seqs[i])] = 1
+            logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
+            logprobs = torch.log_softmax(logits.float(), dim=-1).cpu()
+            for row, i in enumerate(idx):
+                p, n = len(prompts[i]), len(continuations[i])
+                targets = torch.tensor(seqs[i][p : p + n])
+                # the token at position t is predicted by the logits at t - 1
+                results[i] = logprobs[row, p - 1 : p - 1 + n].gather(-1, targets[:, None])[:, 0].tolist()
+        return results
+
+
+_ENCODERS: dict[tuple, object] = {}
+
+
+def _load_pretrained(loader, path: str, what: str, **kwargs):
+    if not Path(path).exists():
+        kwargs["local_files_only"] = not hub_reachable()
+    try:
+        return AutoTokenizer.from_pretrained(path, **{k: v for k, v in kwargs.items() if k != "dtype"}), loader.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelLoadError(f"could not load {what} {path!r} ({first}); without network access use a local directory") from None
+
+
+class HFRewardModel:
+    """A scalar reward model (`AutoModelForSequenceClassification`, one logit) scoring conversations."""
+
+    def __init__(self, cfg: ModelConfig):
+        from transformers import AutoModelForSequenceClassification
+
+        ref = resolve(cfg)
+        self.name = ref.name
+        self.device = _device(cfg)
+        dtype = _DTYPES.get(cfg.dtype, torch.float32 if self.device.type == "cpu" else torch.bfloat16)
+        self.tokenizer, self.model = _load_pretrained(
+            AutoModelForSequenceClassification, ref.path, "reward model", dtype=dtype, trust_remote_code=cfg.trust_remote_code
+        )
+        if self.model.config.num_labels != 1:
+            raise ModelLoadError(f"reward model {cfg.model!r} has {self.model.config.num_labels} labels; a scalar reward model has one")
+        self.model.to(self.device).eval()
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model.config.pad_token_id = self.tokenizer.pad_token_id
+
+    def conversation_ids(self, prompt: str, response: str) -> list[int]:
+        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+        if self.tokenizer.chat_template:
+            text = self.tokenizer.apply_chat_template(messages, tokenize=False)
+            return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return self.tokenizer(prompt, response)["input_ids"]  # encoder RMs (DeBERTa) read a text pair
+
+    @torch.inference_mode()
+    def rewards(self, conversations: Sequence[list[int]], batch_size: int = 8) -> list[float]:
+        order = sorted(range(len(conversations)), key=lambda i: -len(conversations[i]))  # little padding
+        out: list[float] = [0.0] * len(conversations)
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            width = max(len(conversations[i]) for i in idx)
+            ids = torch.full((len(idx), width), self.tokenizer.pad_token_id, dtype=torch.long)
+            mask = torch.zeros((len(idx), width), dtype=torch.long)
+            for row, i in enumerate(idx):  # right padding: the classifier reads the last real token
+                ids[row, : len(conversations[i])] = torch.tensor(conversations[i])
+                mask[row, : len(conversations[i])] = 1
+            logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
+            for row, i in enumerate(idx):
+                out[i] = float(logits[row, 0].float())
+        return out
+
+
+class HFEmbedder:
+    """Sentence embeddings: mean pooling over tokens, then L2 normalisation (all-MiniLM-L6-v2's recipe)."""
+
+    def __init__(self, path: str, device: str = "auto"):
+        from transformers import AutoModel
+
+        self.device = _device(ModelConfig(device=device))
+        self.tokenizer, self.model = _load_pretrained(AutoModel, path, "embedding model")
+        self.model.to(self.device).eval()
+        self.name = Path(path).name
+
+    @torch.inference_mode()
+    def embed(self, texts: Sequence[str], batch_size: int = 32) -> "list[list[float]]":
+        vectors: list[list[float]] = []
+        for start in range(0, len(texts), batch_size):
+            enc = self.tokenizer(
+                list(texts[start : start + batch_size]), padding=True, truncation=True, max_length=256, return_tensors="pt"
+            ).to(self.device)
+            hidden = self.model(**enc).last_hidden_state
+            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            vectors += torch.nn.functional.normalize(pooled.float(), dim=-1).cpu().tolist()
+        return vectors
+
+
+def load_reward_model(cfg: ModelConfig) -> HFRewardModel:
+    key = ("rm", cfg.model, cfg.dtype, cfg.device, cfg.trust_remote_code)
+    if key not in _ENCODERS:
+        _ENCODERS[key] = HFRewardModel(cfg)
+    return _ENCODERS[key]
+
+
+def load_embedder(path: str, device: str = "auto") -> HFEmbedder:
+    key = ("embed", path, device)
+    if key not in _ENCODERS:
+        _ENCODERS[key] = HFEmbedder(path, device)
+    return _ENCODERS[key]

@@ -36,7 +36,7 @@ class VLLMModel:
             ) from None
         ref = resolve(cfg)
         self.name = ref.name
-        if ref.embedded:
+        if ref.convert_gguf:
             from bon.engines.hf import convert_gguf  # vLLM reads the converted safetensors copy
 
             path = str(convert_gguf(ref))
@@ -121,3 +121,56 @@ class VLLMModel:
             top = request.outputs[0].logprobs[0] if request.outputs[0].logprobs else {}
             results.append({int(t): float(lp.logprob) for t, lp in top.items() if int(t) in wanted})
         return results
+
+    def continuation_logprobs(
+        self, prompts: Sequence[list[int]], continuations: Sequence[list[int]], batch_size: int = 8
+    ) -> list[list[float]]:
+        # prompt_logprobs=0 returns each prompt token's own log-probability
+        params = self._vllm.SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
+        seqs = [list(p) + list(c) for p, c in zip(prompts, continuations)]
+        out = []
+        for p, c, seq, request in zip(prompts, continuations, seqs, self._generate(seqs, [params] * len(seqs))):
+            entries = request.prompt_logprobs[len(p) : len(p) + len(c)]
+            out.append([float(e[t].logprob) for e, t in zip(entries, c)])
+        return out
+
+
+class VLLMRewardModel:
+    """A sequence-classification reward model on vLLM's pooling runner (classify task, raw logit)."""
+
+    def __init__(self, cfg: ModelConfig):
+        import vllm
+
+        ref = resolve(cfg)
+        self.name = ref.name
+        args: dict[str, Any] = {"model": ref.path, "runner": "pooling", "trust_remote_code": cfg.trust_remote_code}
+        if cfg.dtype != "auto":
+            args["dtype"] = cfg.dtype
+        args.update(cfg.engine_args)
+        try:
+            self.llm = vllm.LLM(**args)
+        except (OSError, ValueError, RuntimeError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ModelLoadError(f"vLLM could not start reward model {cfg.model!r} ({first})") from None
+        self.tokenizer = self.llm.get_tokenizer()
+        self._params = vllm.PoolingParams(use_activation=False)  # the raw logit is the reward
+
+    def conversation_ids(self, prompt: str, response: str) -> list[int]:
+        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False)
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def rewards(self, conversations: Sequence[list[int]], batch_size: int = 8) -> list[float]:
+        inputs = [{"prompt_token_ids": list(ids)} for ids in conversations]
+        outputs = self.llm.encode(inputs, pooling_params=self._params, pooling_task="classify", use_tqdm=False)
+        return [float(o.outputs.data.flatten()[0]) for o in outputs]
+
+
+def load_reward_model(cfg: ModelConfig) -> VLLMRewardModel:
+    key = ("rm", cfg.model, cfg.dtype, cfg.trust_remote_code, repr(sorted(cfg.engine_args.items())))
+    if key not in _REWARD:
+        _REWARD[key] = VLLMRewardModel(cfg)
+    return _REWARD[key]
+
+
+_REWARD: dict[tuple, VLLMRewardModel] = {}

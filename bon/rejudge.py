@@ -1,0 +1,124 @@
+"""Generate once, judge many: score an existing run with another judge, and re-select with any judge."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from bon.config import RunConfig
+from bon.io import write_json_atomic
+from bon.pipeline import Progress, _Silent, alpaca_eval_outputs, judge_missing
+from bon.prompts import load_prompts
+from bon.records import Candidate, Judgement, Selection, to_json
+from bon.rundir import FILES, MANIFEST, RunDir, RunDirError
+from bon.selection import secondary_judge, select_prompt
+from judges import JUDGES, build_judge
+
+
+def _load(run_dir: Path) -> tuple[RunDir, dict[str, Any], RunConfig]:
+    manifest_path = Path(run_dir) / MANIFEST
+    if not manifest_path.exists():
+        raise RunDirError(f"{run_dir}: not a run directory (no {MANIFEST}); make one with `bon run`")
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    return RunDir(Path(run_dir)), manifest, RunConfig.model_validate(manifest["config"])
+
+
+def _candidates(rd: RunDir, config: RunConfig):
+    prompts = load_prompts(config.prompts)
+    cands: dict[str, dict[int, Candidate]] = defaultdict(dict)
+    for c in rd.read(Candidate):
+        cands[c.prompt_id][c.index] = c
+    incomplete = [p.id for p in prompts if len(cands[p.id]) < config.n]
+    if incomplete:
+        raise RunDirError(
+            f"{rd.path}: {len(incomplete)} prompts lack candidates (e.g. {incomplete[0]!r}); finish the run with `bon run` first"
+        )
+    return prompts, cands
+
+
+def judge_run(
+    run_dir: Path, name: str, options: dict[str, Any] | None = None, label: str | None = None, progress: Progress | None = None
+) -> int:
+    """Score every candidate of a finished run with judge ``name``; returns the judgements made.
+
+    Judgements are appended under ``label`` (default: the judge's name); candidates are never
+    touched. Rerunning continues where it stopped. A label already used with other options is
+    refused, so two settings never mix under one name.
+    """
+    progress = progress or _Silent()
+    rd, manifest, config = _load(run_dir)
+    JUDGES.check(name)
+    options = dict(options or {})
+    if name == "self_eval":  # the policy judging itself: default to the run's policy weights
+        for key in ("model", "backend", "gguf_file", "dtype", "device"):
+            options.setdefault(key, getattr(config.policy, key))
+    judge = build_judge(name, options)
+    label = label or name
+    judge.name = label
+    entry = {"name": name, "options": options, "description": judge.describe()}
+    known = manifest.setdefault("judges", {})
+    previous = known.get(label)
+    if previous is None and label == config.judge.name:
+        previous = {"name": config.judge.name, "options": config.judge.options}
+    if previous is not None and (previous["name"], previous["options"]) != (name, options):
+        raise RunDirError(
+            f"{rd.path}: judgements named {label!r} were made by {previous['name']} with options "
+            f"{previous['options']}; pass another --label"
+        )
+    known[label] = entry
+    write_json_atomic(rd.path / MANIFEST, manifest)
+
+    prompts, cands = _candidates(rd, config)
+    n = config.n
+    judged = {(j.prompt_id, j.candidate_index): j for j in rd.read(Judgement) if j.judge == label}
+    progress.start("judgements", len(prompts) * n, len(judged))
+    made = 0
+    for start in range(0, len(prompts), config.batch_size):
+        batch = prompts[start : start + config.batch_size]
+        fresh = judge_missing(judge, batch, [cands[p.id][i] for p in batch for i in range(n)], judged)
+        rd.append(fresh)
+        made += len(fresh)
+        progress.advance("judgements", len(fresh))
+    return made
+
+
+def select_run(
+    run_dir: Path, label: str, decline_below: float | None = None, tie_break: str = "lowest_index"
+) -> tuple[list[Selection], Path]:
+    """Re-select every prompt with the judgements under ``label`` and rewrite the outputs.
+
+    That judge's lines in selections.jsonl are replaced; model_outputs.json holds its picks.
+    """
+    rd, manifest, config = _load(run_dir)
+    prompts, cands = _candidates(rd, config)
+    all_judgements = rd.read(Judgement)
+    judged = {(j.prompt_id, j.candidate_index): j for j in all_judgements if j.judge == label}
+    missing = sum((p.id, i) not in judged for p in prompts for i in range(config.n))
+    if missing:
+        have = sorted({j.judge for j in all_judgements})
+        raise RunDirError(
+            f"{rd.path}: {missing} candidates have no {label!r} judgement (judges here: {', '.join(have) or 'none'}); "
+            f"run `bon judge {rd.path} --judge {label}` first"
+        )
+    other = secondary_judge(tie_break)
+    secondary = {(j.prompt_id, j.candidate_index): j for j in all_judgements if j.judge == other} if other else None
+    selections = [
+        select_prompt(p.id, [judged[(p.id, i)] for i in range(config.n)], decline_below, tie_break, secondary)
+        for p in prompts
+    ]
+    kept = [s for s in rd.read(Selection) if s.judge != label]
+    lines = "".join(json.dumps(to_json(s), ensure_ascii=False) + "\n" for s in kept + selections)
+    target = rd.path / FILES[Selection]
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_text(lines, encoding="utf-8")
+    tmp.replace(target)  # atomic: a crash leaves the old or the new file, never half of one
+    updated = config.model_copy(
+        update={"selection": config.selection.model_copy(update={"decline_below": decline_below, "tie_break": tie_break})}
+    )
+    generator = f"{config.generator_name().rsplit('-', 1)[0]}-{label}" if not config.name else config.name
+    outputs = alpaca_eval_outputs(updated, prompts, cands, selections, generator)
+    manifest["selected_with"] = {"judge": label, "decline_below": decline_below, "tie_break": tie_break}
+    write_json_atomic(rd.path / MANIFEST, manifest)
+    return selections, rd.write_outputs(outputs)

@@ -1,0 +1,63 @@
+"""Cosine baseline: similarity of the candidate's and the reference's sentence embeddings."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from bon.records import Candidate, Judgement, Prompt
+from judges.base import prompts_by_id
+
+EMBEDDER = "embedded:all-MiniLM-L6-v2"
+
+
+class EmbedderOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    model: str = Field(EMBEDDER, description="sentence-embedding model: embedded:all-MiniLM-L6-v2, a local directory or hub id")
+    device: str = Field("auto", description="auto, cpu or cuda")
+    batch_size: int = Field(32, ge=1, description="texts per forward pass")
+
+
+def load_embedder(options: EmbedderOptions):
+    from bon.engines.hf import load_embedder as load
+    from bon.models import embedded_path
+
+    prefix = "embedded:"
+    path = str(embedded_path(options.model[len(prefix):])) if options.model.startswith(prefix) else options.model
+    return load(path, options.device)
+
+
+def cosine(a: Sequence[float], b: Sequence[float]) -> float:
+    """Cosine of two L2-normalised vectors."""
+    return float(sum(x * y for x, y in zip(a, b)))
+
+
+class CosineJudge:
+    Options = EmbedderOptions
+    name = "cosine"
+    summary = "cosine similarity of candidate and reference embeddings (CPU default: all-MiniLM-L6-v2, embedded)"
+    needs_reference = True
+    hub_id = "sentence-transformers/all-MiniLM-L6-v2"
+
+    def __init__(self, options: EmbedderOptions | None = None):
+        self.options = options or EmbedderOptions()
+
+    def describe(self) -> str:
+        return f"cosine similarity to the reference ({self.options.model.removeprefix('embedded:')})"
+
+    def score(self, prompts: Sequence[Prompt], candidates: Sequence[Candidate]) -> list[Judgement]:
+        refs = [p.reference for p in prompts_by_id(prompts, candidates)]
+        with_ref = [i for i, r in enumerate(refs) if r]
+        out: list[Judgement] = [
+            Judgement(c.prompt_id, c.index, self.name, None, flag="the prompt has no reference") for c in candidates
+        ]
+        if with_ref:
+            embedder = load_embedder(self.options)
+            texts = [candidates[i].text for i in with_ref] + [refs[i] for i in with_ref]
+            vectors = embedder.embed(texts, self.options.batch_size)
+            k = len(with_ref)
+            for slot, i in enumerate(with_ref):
+                c = candidates[i]
+                out[i] = Judgement(c.prompt_id, c.index, self.name, cosine(vectors[slot], vectors[k + slot]))
+        return out

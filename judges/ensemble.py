@@ -1,0 +1,85 @@
+"""Ensembles: a weighted sum of member judges' scores, each z-scored within its prompt.
+
+E.g. Self-J's label recipe `self_eval (with reference) + cosine`. A candidate that any member
+fails to score gets no ensemble score (None, flagged with the member's name).
+"""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any, Literal, Sequence
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from bon.records import Candidate, Judgement, Prompt
+
+
+class Member(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str = Field(description="a registered judge")
+    options: dict[str, Any] = Field(default_factory=dict, description="its options")
+    weight: float = Field(1.0, description="its weight in the sum")
+
+
+class EnsembleOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    members: list[Member] = Field(
+        default_factory=lambda: [Member(name="self_eval", options={"reference": "always"}), Member(name="cosine")],
+        description="the judges to combine (default: Self-J's label recipe)",
+    )
+    normalize: Literal["zscore", "none"] = Field("zscore", description="zscore = per prompt, before weighting")
+
+
+def zscores(values: Sequence[float]) -> list[float]:
+    """Standard scores; all-equal values (or a single one) map to 0."""
+    if len(values) < 2:
+        return [0.0] * len(values)
+    mean, sd = statistics.fmean(values), statistics.pstdev(values)
+    return [0.0 if sd == 0 else (v - mean) / sd for v in values]
+
+
+class EnsembleJudge:
+    Options = EnsembleOptions
+    name = "ensemble"
+    summary = "weighted sum of member judges, z-scored per prompt (default: self_eval with reference + cosine)"
+    hub_id = None
+    needs_reference = False  # per instance: true when a member needs one
+
+    def __init__(self, options: EnsembleOptions | None = None):
+        from judges import build_judge
+
+        self.options = options or EnsembleOptions()
+        self.members = [build_judge(m.name, m.options) for m in self.options.members]
+        self.needs_reference = any(getattr(m, "needs_reference", False) for m in self.members)
+
+    def describe(self) -> str:
+        parts = " + ".join(f"{m.weight:g}·{m.name}" for m in self.options.members)
+        return f"ensemble {parts} ({self.options.normalize} per prompt)"
+
+    def score(self, prompts: Sequence[Prompt], candidates: Sequence[Candidate]) -> list[Judgement]:
+        member_scores = [[j.score for j in judge.score(prompts, candidates)] for judge in self.members]
+        groups: dict[str, list[int]] = {}
+        for i, c in enumerate(candidates):
+            groups.setdefault(c.prompt_id, []).append(i)
+        total: list[float | None] = [0.0] * len(candidates)
+        flags: list[str | None] = [None] * len(candidates)
+        for member, scores in zip(self.options.members, member_scores):
+            for idx in groups.values():
+                ok = [i for i in idx if scores[i] is not None]
+                normed = zscores([scores[i] for i in ok]) if self.options.normalize == "zscore" else [scores[i] for i in ok]
+                for i, z in zip(ok, normed):
+                    if total[i] is not None:
+                        total[i] += member.weight * z
+                for i in set(idx) - set(ok):
+                    total[i], flags[i] = None, f"member {member.name!r} could not score this candidate"
+        return [
+            Judgement(
+                c.prompt_id,
+                c.index,
+                self.name,
+                total[i],
+                flag=flags[i],
+                details={m.name: s[i] for m, s in zip(self.options.members, member_scores)},
+            )
+            for i, c in enumerate(candidates)
+        ]

@@ -1,0 +1,14 @@
+"""Self-evaluation baseline: the policy model itself rates its candidates with the Self-J template."""
+
+from __future__ import annotations
+
+from judges.selfj import SelfJudge
+
+
+class SelfEvalJudge(SelfJudge):
+    name = "self_eval"
+    summary = "the policy model itself with the Self-J template (`bon judge` defaults `model` to the run's policy)"
+    hub_id = None
+
+    def describe(self) -> str:
+        return f"self-evaluation: Self-J template on the policy model {self.options.model.removeprefix('embedded:')} ({self.options.prompt_format} prompt)"
