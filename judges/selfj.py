@@ -100,11 +100,21 @@ class SelfJudge:
         return self.engine.text_ids(text)
 
     def score(self, prompts: Sequence[Prompt], candidates: Sequence[Candidate]) -> list[Judgement]:
-        texts = [self.build_prompt(p, c) for p, c in zip(prompts_by_id(prompts, candidates), candidates)]
-        ids = [self._ids(t) for t in texts]
-        logprobs = self.engine.next_token_logprobs(ids, self.digit_ids, batch_size=self.options.batch_size)
+        owners = prompts_by_id(prompts, candidates)
+        if self.options.reference == "always":  # no reference, no reference-based rating
+            usable = [i for i, p in enumerate(owners) if p.reference is not None]
+        else:
+            usable = list(range(len(candidates)))
+        ids = [self._ids(self.build_prompt(owners[i], candidates[i])) for i in usable]
+        scored = self.engine.next_token_logprobs(ids, self.digit_ids, batch_size=self.options.batch_size) if ids else []
+        logprobs: list[dict[int, float] | None] = [None] * len(candidates)
+        for i, lp in zip(usable, scored):
+            logprobs[i] = lp
         out = []
         for c, lp in zip(candidates, logprobs):
+            if lp is None:
+                out.append(Judgement(c.prompt_id, c.index, self.name, None, flag="the prompt has no reference"))
+                continue
             score, probs, mass = expected_score(lp, self.digit_ids)
             if score is None:
                 flag = "no digit token among the judge's next-token probabilities"

@@ -18,7 +18,9 @@ C = [
 
 
 def test_registry_suggests_and_lists():
-    assert JUDGES.names() == ["length", "random", "selfj"]
+    assert JUDGES.names() == sorted(
+        ["autoj", "consistency", "cosine", "ensemble", "length", "pairwise", "ppl", "random", "reward_model", "self_eval", "selfj"]
+    )
     with pytest.raises(UnknownNameError, match=r"unknown judge 'lenght'\. Did you mean 'length'\?"):
         JUDGES.get("lenght")
     reg = Registry("thing", {"a": "json:dumps"})
@@ -89,6 +91,12 @@ def test_no_digit_gives_none_and_flag_never_zero():
     out = SelfJudge(engine=DigitlessEngine()).score(P, C)
     assert all(j.score is None and "no digit" in j.flag for j in out)
     assert all(j.details["digit_mass"] == 0.0 for j in out)
+
+
+def test_reference_always_flags_prompts_without_one():
+    out = SelfJudge(SelfJOptions(reference="always"), engine=DigitlessEngine()).score(P, C)
+    assert [j.flag for j in out] == ["no digit token among the judge's next-token probabilities"] * 2 + ["the prompt has no reference"]
+    assert all(j.score is None for j in out)
 
 
 def test_describe_is_honest():
