@@ -1,6 +1,7 @@
 """The `bon` command line: fast paths, clear errors, and the demo end to end on SmolLM2."""
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -13,7 +14,8 @@ BON = [sys.executable, "-m", "bon"]
 
 
 def bon(*args, **kw):
-    return subprocess.run([*BON, *args], cwd=ROOT, capture_output=True, text=True, timeout=kw.pop("timeout", 600), **kw)
+    env = {**os.environ, "COLUMNS": "200"}  # rich folds table cells to the terminal width
+    return subprocess.run([*BON, *args], cwd=ROOT, capture_output=True, text=True, timeout=kw.pop("timeout", 600), env=env, **kw)
 
 
 def test_help_and_judges_list_are_fast_and_import_no_torch():

@@ -37,7 +37,7 @@ def test_bad_value_names_key_and_value(tmp_path):
 
 
 def test_unknown_judge_suggests(tmp_path):
-    with pytest.raises(ConfigError, match=r"judge\.name: unknown judge 'selfjj'\. Did you mean 'selfj'\?"):
+    with pytest.raises(ConfigError, match=r"judge\.name: unknown judge 'selfjj'\. Did you mean 'selfj' or 'self_eval'\?"):
         load_config(None, ["judge.name=selfjj"])
 
 
