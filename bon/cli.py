@@ -7,28 +7,17 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
+
+from bon.cli_common import console, fail_clearly, options_from
+from bon.cli_eval import eval_app, export_app
 
 app = typer.Typer(help="Best-of-N sampling with judges.", no_args_is_help=True, add_completion=False)
 judges_app = typer.Typer(help="Inspect the registered judges.", no_args_is_help=True)
 app.add_typer(judges_app, name="judges")
 
-console = Console()
-err_console = Console(stderr=True)
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from bon.config import ConfigError
-    from bon.executors import ExecutorError
-    from bon.io import DataFileError
-    from bon.models import ModelLoadError
-    from bon.prompts import PromptSourceError
-    from bon.registry import UnknownNameError
-    from bon.rundir import RunDirError
-    from bon.selection import TieBreakError
-
-    return (ConfigError, ExecutorError, DataFileError, ModelLoadError, PromptSourceError, UnknownNameError, RunDirError, TieBreakError)
+app.add_typer(eval_app, name="eval")
+app.add_typer(export_app, name="export")
 
 
 @app.command()
@@ -43,16 +32,13 @@ def run(
     from bon.progress import RichProgress
 
     start = time.perf_counter()
-    try:
+    with fail_clearly():
         overrides = list(set_ or [])
         if ray_address:
             overrides += ["engine=ray", f"ray.address={ray_address}"]
         cfg = load_config(config, overrides)
         with RichProgress(console) as progress:
             result = run_pipeline(cfg, progress=progress)
-    except _user_errors() as e:
-        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
     wall = time.perf_counter() - start
 
     table = Table(title=f"best-of-{cfg.n}: {result.judge_description}", title_justify="left")
@@ -75,15 +61,6 @@ def run(
     console.print(f"run directory: [bold]{result.run_dir.path}[/]  (AlpacaEval outputs: {result.outputs_path})")
 
 
-def _options(assignments: list[str] | None) -> dict:
-    from bon.config import apply_override
-
-    options: dict = {}
-    for a in assignments or []:
-        apply_override(options, a)
-    return options
-
-
 @app.command()
 def judge(
     run_dir: Annotated[Path, typer.Argument(help="a run directory made by `bon run`")],
@@ -96,12 +73,8 @@ def judge(
     from bon.rejudge import judge_run
 
     start = time.perf_counter()
-    try:
-        with RichProgress(console) as progress:
-            made = judge_run(run_dir, judge_name, _options(set_), label, progress)
-    except _user_errors() as e:
-        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
+    with fail_clearly(), RichProgress(console) as progress:
+        made = judge_run(run_dir, judge_name, options_from(set_), label, progress)
     console.print(f"{made} judgements by {label or judge_name} appended to {run_dir}/judgements.jsonl in {time.perf_counter() - start:.1f} s")
 
 
@@ -115,11 +88,8 @@ def select_cmd(
     """Re-select every prompt with one judge's scores and rewrite selections and outputs."""
     from bon.rejudge import select_run
 
-    try:
+    with fail_clearly():
         selections, path = select_run(run_dir, judge_label, decline_below, tie_break)
-    except _user_errors() as e:
-        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
     declined = sum(s.declined for s in selections)
     console.print(f"{len(selections)} prompts selected with {judge_label}, {declined} declined; outputs: {path}")
 

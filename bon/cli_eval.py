@@ -1,0 +1,107 @@
+"""`bon eval ...` and `bon export ...`: thin wrappers over eval/."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from bon.cli_common import console, fail_clearly, options_from
+
+eval_app = typer.Typer(help="Win rates, selector evaluation and AlpacaEval runs.", no_args_is_help=True)
+export_app = typer.Typer(help="Export a run for submission.", no_args_is_help=True)
+
+
+@eval_app.command("winrate")
+def winrate_cmd(
+    annotations: Annotated[Path, typer.Argument(help="an alpaca-eval annotations JSON file")],
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object (alpaca-eval key names)")] = False,
+    lc_data: Annotated[Optional[Path], typer.Option("--lc-data", help="df_gamed.csv of tatsu-lab/alpaca_eval, for the LC win rate offline")] = None,
+) -> None:
+    """Win rate, standard error, discrete and length-controlled win rate, by alpaca-eval's metrics."""
+    from eval.ae import full_winrate
+    from eval.annotations import read_annotations
+
+    with fail_clearly():
+        result = full_winrate(read_annotations(annotations), lc_data=lc_data)
+    if as_json:
+        keys = ("win_rate", "standard_error", "discrete_win_rate", "length_controlled_winrate", "n_total")
+        print(json.dumps({k: getattr(result, k) for k in keys}))
+        return
+    table = Table(title=str(annotations), title_justify="left")
+    for column in ("win rate", "std. error", "discrete", "LC win rate", "n"):
+        table.add_column(column, justify="right")
+    lc = "n/a" if result.length_controlled_winrate is None else f"{result.length_controlled_winrate:.2f}"
+    table.add_row(f"{result.win_rate:.2f}", f"{result.standard_error:.2f}", f"{result.discrete_win_rate:.2f}", lc, str(result.n_total))
+    console.print(table)
+    if result.lc_note:
+        console.print(result.lc_note)
+
+
+@eval_app.command("select-pool")
+def select_pool_cmd(
+    folder: Annotated[Path, typer.Argument(help="a folder of per-model annotation files over the same instructions")],
+    judge: Annotated[str, typer.Option("--judge", help="a registered judge")],
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="a judge option, e.g. --set prompt_format=chat")] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", help="only the first K instructions (model judges on CPU)")] = None,
+    reference: Annotated[str, typer.Option("--reference", help="baseline: the baseline output is the reference; none")] = "baseline",
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """How well a judge picks among candidates whose verdicts are already known."""
+    from bon.progress import RichProgress
+    from eval.pool import evaluate_selector, load_pool
+    from judges import build_judge
+
+    start = time.perf_counter()
+    with fail_clearly():
+        pool = load_pool(folder, limit)
+        judge_obj = build_judge(judge, options_from(set_))
+        with RichProgress(console) if not as_json else _quiet() as progress:
+            progress.start("prompts", len(pool.instructions), 0)
+            report, _ = evaluate_selector(pool, judge_obj, reference, on_batch=lambda k: progress.advance("prompts", k))
+    if as_json:
+        print(json.dumps(report.as_json()))
+        return
+    table = Table(title=f"{folder}: {report.n_instructions} instructions, {len(pool.models)} candidates each", title_justify="left")
+    table.add_column("selector")
+    table.add_column("win rate %", justify="right")
+    table.add_row(f"{judge} ({judge_obj.describe()})", f"{report.win_rate:.2f}")
+    for key, label in (("random", "random pick (mean over models)"), ("longest", "longest output"),
+                       ("best_single", f"best single model ({report.best_single_model})"), ("oracle", "oracle")):
+        table.add_row(label, f"{report.reference_points[key]:.2f}")
+    console.print(table)
+    console.print(f"picks per model: {report.picks}; {report.failed} instructions with no usable judgement; {time.perf_counter() - start:.1f} s")
+
+
+@export_app.command("alpaca-eval")
+def export_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="a finished run directory")],
+    name: Annotated[str, typer.Option("--name", help="the model name on the leaderboard")],
+    out: Annotated[Path, typer.Option("--out", help="where results/ and models_configs/ go")] = Path("."),
+    reference_outputs: Annotated[Optional[Path], typer.Option("--reference-outputs", help="local AlpacaEval set (default: the hub)")] = None,
+    pretty_name: Annotated[Optional[str], typer.Option("--pretty-name")] = None,
+) -> None:
+    """results/NAME/model_outputs.json and models_configs/NAME/configs.yaml, checked against the 805 instructions."""
+    from eval.export import export_alpaca_eval
+
+    with fail_clearly():
+        outputs, config = export_alpaca_eval(run_dir, name, out, reference_outputs, pretty_name)
+    console.print(f"wrote {outputs} and {config}")
+
+
+class _quiet:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+    def start(self, *a):
+        pass
+
+    def advance(self, *a):
+        pass

@@ -1,0 +1,85 @@
+"""A submission a maintainer can reproduce: results/NAME/model_outputs.json and models_configs/NAME/configs.yaml."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from bon.config import PromptsConfig, RunConfig
+from bon.io import DataFileError, write_json_atomic
+from bon.prompts import load_prompts
+from bon.rundir import MANIFEST, OUTPUTS, RunDirError
+
+
+class ExportError(ValueError):
+    """The run's outputs do not cover the AlpacaEval set exactly; the message lists the difference."""
+
+
+def alpaca_eval_instructions(reference_outputs: Path | None) -> list[str]:
+    """The 805 AlpacaEval instructions, from a local file or the hub data set."""
+    source = str(reference_outputs) if reference_outputs else "tatsu-lab/alpaca_eval"
+    return [p.instruction for p in load_prompts(PromptsConfig(source=source, reference_field=None))]
+
+
+def _show(items: list[str], k: int = 3) -> str:
+    head = "; ".join(repr(x[:60]) for x in items[:k])
+    return head + (f" and {len(items) - k} more" if len(items) > k else "")
+
+
+def export_alpaca_eval(
+    run_dir: Path, name: str, out_dir: Path = Path("."), reference_outputs: Path | None = None, pretty_name: str | None = None
+) -> tuple[Path, Path]:
+    run_dir = Path(run_dir)
+    if not (run_dir / OUTPUTS).exists():
+        raise RunDirError(f"{run_dir}: no {OUTPUTS}; finish the run with `bon run` first")
+    manifest = json.loads((run_dir / MANIFEST).read_text(encoding="utf-8"))
+    config = RunConfig.model_validate(manifest["config"])
+    rows = json.loads((run_dir / OUTPUTS).read_text(encoding="utf-8"))
+    by_instruction = {r["instruction"]: r for r in rows}
+    if len(by_instruction) != len(rows):
+        raise DataFileError(run_dir / OUTPUTS, None, "holds the same instruction twice")
+    expected = alpaca_eval_instructions(reference_outputs)
+    missing = [q for q in expected if q not in by_instruction]
+    extra = [q for q in by_instruction if q not in set(expected)]
+    if missing or extra:  # upstream, a mismatch turns the length-controlled win rate into NaN
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} AlpacaEval instructions have no output: {_show(missing)}")
+        if extra:
+            parts.append(f"{len(extra)} outputs are not AlpacaEval instructions: {_show(extra)}")
+        raise ExportError(f"{run_dir / OUTPUTS}: " + "; ".join(parts))
+
+    outputs = [{**by_instruction[q], "generator": name} for q in expected]  # AlpacaEval's order
+    outputs_path = out_dir / "results" / name / "model_outputs.json"
+    write_json_atomic(outputs_path, outputs)
+    selected = manifest.get("selected_with", {"judge": config.judge.name})
+    entry = {
+        "fn_completions": None,  # outputs are precomputed by bon; alpaca-eval only annotates them
+        "pretty_name": pretty_name or name,
+        "completions_kwargs": {
+            "model_name": config.policy.model,
+            "temperature": config.policy.temperature,
+            "top_p": config.policy.top_p,
+            "max_new_tokens": config.policy.max_tokens,
+        },
+        "best_of_n": {
+            "n": config.n,
+            "judge": selected["judge"],
+            "judge_description": manifest.get("judge_description"),
+            "decline_below": selected.get("decline_below", config.selection.decline_below),
+            "tie_break": selected.get("tie_break", config.selection.tie_break),
+        },
+        "reproduction": {
+            "tool": "bon run CONFIG (config below), then bon export alpaca-eval",
+            "seed": config.seed,
+            "seeds": manifest.get("seeds"),
+            "packages": manifest.get("packages"),
+            "config": manifest["config"],
+        },
+    }
+    config_path = out_dir / "models_configs" / name / "configs.yaml"
+    config_path.parent.mkdir(parents=True, exist_ok=True)
+    config_path.write_text(yaml.safe_dump({name: entry}, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    return outputs_path, config_path

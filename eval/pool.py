@@ -1,0 +1,118 @@
+"""A judge as best-of-N selector on released annotations: every candidate's verdict is known.
+
+A folder of per-model alpaca-eval annotation files over the same instructions is a candidate pool:
+for each instruction the judge picks one model's output, and the win rate of the picks is read from
+the annotations with alpaca-eval's own metric. Reference points: random pick (the mean over models,
+i.e. the expected win rate of a uniformly random pick), longest output, best single model, oracle.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from bon.io import DataFileError
+from bon.prompts import prompt_id
+from bon.records import Candidate, Judgement, Prompt
+from bon.selection import select
+from eval.ae import winrate
+from eval.annotations import Annotation, read_annotations
+
+
+@dataclass(frozen=True)
+class Pool:
+    models: list[str]  # one per annotation file, sorted by name; a candidate's index is its model's
+    instructions: list[str]  # those where every file holds a preference, in file order
+    table: dict[str, list[Annotation]]  # instruction -> one annotation per model
+
+    def prompts(self, reference: str = "baseline") -> list[Prompt]:
+        """One prompt per instruction; with reference=baseline the baseline's output is the reference."""
+        return [
+            Prompt(prompt_id(q), q, self.table[q][0].dataset, self.table[q][0].output_1 if reference == "baseline" else None)
+            for q in self.instructions
+        ]
+
+    def candidates(self, q: str) -> list[Candidate]:
+        return [Candidate(prompt_id(q), i, a.output_2, None, 0, 0, "stop", a.generator_2) for i, a in enumerate(self.table[q])]
+
+
+def load_pool(folder: Path | str, limit: int | None = None) -> Pool:
+    folder = Path(folder)
+    files = sorted(folder.glob("*.json"))
+    if len(files) < 2:
+        raise DataFileError(folder, None, "a pool needs at least two annotation files (*.json) over the same instructions")
+    per_model = {f.stem: read_annotations(f) for f in files}
+    order = [a.instruction for a in per_model[files[0].stem]]
+    by_model = {m: {a.instruction: a for a in rows} for m, rows in per_model.items()}
+    for m, rows in by_model.items():
+        if set(rows) != set(order):
+            missing = sorted(set(order) - set(rows))[:3]
+            raise DataFileError(folder / f"{m}.json", None, f"holds other instructions than {files[0].name} (e.g. missing {missing})")
+    models = list(per_model)
+    keep = [q for q in order if all(by_model[m][q].preference is not None for m in models)]
+    if limit:
+        keep = keep[:limit]
+    return Pool(models, keep, {q: [by_model[m][q] for m in models] for q in keep})
+
+
+@dataclass(frozen=True)
+class PoolReport:
+    judge: str
+    n_instructions: int
+    win_rate: float
+    reference_points: dict[str, float]
+    best_single_model: str
+    picks: dict[str, int] = field(default_factory=dict)  # model -> how often the judge picked it
+    failed: int = 0  # instructions whose candidates could not be judged at all
+
+    def as_json(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if k in ("judge", "n_instructions", "win_rate", "reference_points")}
+
+
+def _rate(rows: Sequence[Annotation]) -> float:
+    return float(winrate(rows)["win_rate"])
+
+
+def reference_points(pool: Pool) -> tuple[dict[str, float], str]:
+    per_model = {m: _rate([pool.table[q][i] for q in pool.instructions]) for i, m in enumerate(pool.models)}
+    longest = [max(pool.table[q], key=lambda a: len(a.output_2)) for q in pool.instructions]  # first on ties
+    oracle = [max(pool.table[q], key=lambda a: a.win()) for q in pool.instructions]
+    best = max(per_model, key=per_model.get)
+    points = {
+        "random": sum(per_model.values()) / len(per_model),
+        "longest": _rate(longest),
+        "best_single": per_model[best],
+        "oracle": _rate(oracle),
+    }
+    return points, best
+
+
+def evaluate_selector(
+    pool: Pool,
+    judge,
+    reference: str = "baseline",
+    batch_size: int = 16,
+    on_batch: Callable[[int], None] | None = None,
+) -> tuple[PoolReport, list[Judgement]]:
+    """The judge's picks over the pool, their win rate, and every judgement it made."""
+    prompts = pool.prompts(reference)
+    judgements: list[Judgement] = []
+    for start in range(0, len(prompts), batch_size):
+        batch = prompts[start : start + batch_size]
+        cands = [c for p in batch for c in pool.candidates(p.instruction)]
+        judgements += judge.score(batch, cands)
+        if on_batch:
+            on_batch(len(batch))
+    by_prompt: dict[str, list[Judgement]] = {}
+    for j in judgements:
+        by_prompt.setdefault(j.prompt_id, []).append(j)
+    picks, chosen, failed = {m: 0 for m in pool.models}, [], 0
+    for p in prompts:
+        s = select(p.id, by_prompt[p.id])
+        failed += s.score is None
+        chosen.append(pool.table[p.instruction][s.chosen_index])
+        picks[pool.models[s.chosen_index]] += 1
+    points, best = reference_points(pool)
+    report = PoolReport(judge.name, len(prompts), _rate(chosen), points, best, picks, failed)
+    return report, judgements
