@@ -105,3 +105,59 @@ class _quiet:
 
     def advance(self, *a):
         pass
+
+
+@eval_app.command("alpaca-eval")
+def alpaca_eval_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="a finished run directory (its model_outputs.json)")],
+    version: Annotated[int, typer.Option("--version", min=1, max=2, help="1: vs text_davinci_003; 2: vs gpt4_turbo")] = 2,
+    annotator: Annotated[Optional[str], typer.Option("--annotator", help="alpaca-eval config name (default: the version's), local:MODEL or precomputed:FILE")] = None,
+    reference_outputs: Annotated[Optional[Path], typer.Option("--reference-outputs", help="local baseline outputs (default: the hub)")] = None,
+    lc_data: Annotated[Optional[Path], typer.Option("--lc-data", help="df_gamed.csv, for the LC win rate offline")] = None,
+    backend: Annotated[str, typer.Option("--backend", help="engine of a local annotator: transformers or vllm")] = "transformers",
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Annotate a run's outputs against the AlpacaEval baseline and report win rates."""
+    from eval.runner import AnnotatorError, run_alpaca_eval
+
+    with fail_clearly():
+        try:
+            result = run_alpaca_eval(run_dir, version, annotator, reference_outputs, lc_data, backend)
+        except AnnotatorError as e:
+            from bon.config import ConfigError
+
+            raise ConfigError(str(e)) from None
+    w = result.winrate
+    if as_json:
+        keys = ("win_rate", "standard_error", "discrete_win_rate", "length_controlled_winrate", "n_total")
+        print(json.dumps({"annotator": result.annotator, **{k: getattr(w, k) for k in keys}}))
+        return
+    lc = "n/a" if w.length_controlled_winrate is None else f"{w.length_controlled_winrate:.2f}"
+    console.print(f"AlpacaEval {version}.0, annotator {result.annotator}: win rate {w.win_rate:.2f} ± {w.standard_error:.2f}, "
+                  f"discrete {w.discrete_win_rate:.2f}, LC {lc}, n={w.n_total}")
+    for line in (w.lc_note, result.note):
+        if line:
+            console.print(line)
+
+
+@eval_app.command("gain")
+def gain_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="a finished run directory")],
+    version: Annotated[int, typer.Option("--version", min=1, max=2)] = 2,
+    annotator: Annotated[str, typer.Option("--annotator", help="alpaca-eval config name, local:MODEL or precomputed:FILE")] = "local:embedded:SmolLM2-135M-Instruct",
+    reference_outputs: Annotated[Optional[Path], typer.Option("--reference-outputs")] = None,
+    judge: Annotated[Optional[str], typer.Option("--judge", help="whose judgements select (default: the run's)")] = None,
+) -> None:
+    """Win rate of best-of-k for k = 1, 2, 4, ..., N from one run, with bootstrap CIs, PNG and markdown."""
+    from eval.gain import gain_report
+    from eval.runner import AnnotatorError
+
+    with fail_clearly():
+        try:
+            report = gain_report(run_dir, version, annotator, reference_outputs, judge)
+        except AnnotatorError as e:
+            from bon.config import ConfigError
+
+            raise ConfigError(str(e)) from None
+    console.print(report.markdown.read_text(), markup=False)
+    console.print(f"wrote {report.markdown} and {report.png}")

@@ -17,7 +17,7 @@ from bon.selection import secondary_judge, select_prompt
 from judges import JUDGES, build_judge
 
 
-def _load(run_dir: Path) -> tuple[RunDir, dict[str, Any], RunConfig]:
+def load_run(run_dir: Path) -> tuple[RunDir, dict[str, Any], RunConfig]:
     manifest_path = Path(run_dir) / MANIFEST
     if not manifest_path.exists():
         raise RunDirError(f"{run_dir}: not a run directory (no {MANIFEST}); make one with `bon run`")
@@ -25,7 +25,7 @@ def _load(run_dir: Path) -> tuple[RunDir, dict[str, Any], RunConfig]:
     return RunDir(Path(run_dir)), manifest, RunConfig.model_validate(manifest["config"])
 
 
-def _candidates(rd: RunDir, config: RunConfig):
+def run_candidates(rd: RunDir, config: RunConfig):
     prompts = load_prompts(config.prompts)
     cands: dict[str, dict[int, Candidate]] = defaultdict(dict)
     for c in rd.read(Candidate):
@@ -48,7 +48,7 @@ def judge_run(
     refused, so two settings never mix under one name.
     """
     progress = progress or _Silent()
-    rd, manifest, config = _load(run_dir)
+    rd, manifest, config = load_run(run_dir)
     JUDGES.check(name)
     options = dict(options or {})
     if name == "self_eval":  # the policy judging itself: default to the run's policy weights
@@ -70,7 +70,7 @@ def judge_run(
     known[label] = entry
     write_json_atomic(rd.path / MANIFEST, manifest)
 
-    prompts, cands = _candidates(rd, config)
+    prompts, cands = run_candidates(rd, config)
     n = config.n
     judged = {(j.prompt_id, j.candidate_index): j for j in rd.read(Judgement) if j.judge == label}
     progress.start("judgements", len(prompts) * n, len(judged))
@@ -91,8 +91,8 @@ def select_run(
 
     That judge's lines in selections.jsonl are replaced; model_outputs.json holds its picks.
     """
-    rd, manifest, config = _load(run_dir)
-    prompts, cands = _candidates(rd, config)
+    rd, manifest, config = load_run(run_dir)
+    prompts, cands = run_candidates(rd, config)
     all_judgements = rd.read(Judgement)
     judged = {(j.prompt_id, j.candidate_index): j for j in all_judgements if j.judge == label}
     missing = sum((p.id, i) not in judged for p in prompts for i in range(config.n))

@@ -1,0 +1,202 @@
+"""`bon eval alpaca-eval`: annotate a run's outputs against the v1/v2 baseline with alpaca-eval.
+
+Annotators: an official alpaca-eval config (needs OPENAI_API_KEY), ``local:MODEL`` (a local model
+through alpaca-eval's own config mechanism: its v2 classification prompt, scored by the model's
+next-token probabilities of "m" and "M"), or ``precomputed:FILE`` (annotations already made).
+Annotations are cached in the run directory, so a rerun costs nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+from bon.config import ModelConfig
+from bon.io import DataFileError
+from bon.prompts import PromptSourceError
+from bon.rundir import OUTPUTS, RunDirError
+from eval.ae import WinRate, alpaca_eval, environment_has_openai_key, full_winrate
+from eval.annotations import Annotation
+
+VERSIONS = {
+    1: {"annotator": "alpaca_eval_gpt4", "baseline": "text_davinci_003", "hub": "alpaca_eval.json"},
+    2: {"annotator": "weighted_alpaca_eval_gpt4_turbo", "baseline": "gpt4_turbo", "hub": "alpaca_eval_gpt4_baseline.json"},
+}
+
+
+class AnnotatorError(ValueError):
+    """An annotator cannot run here; one line saying what is missing."""
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    annotator: str
+    version: int
+    winrate: WinRate
+    annotations: list[Annotation]
+    note: str | None  # e.g. that a local CPU annotator is a plumbing test, not a verdict
+
+
+def reference_rows(version: int, reference_outputs: Path | None) -> list[dict[str, Any]]:
+    """The baseline outputs (a list of AlpacaEval rows) from a local file or the hub."""
+    if reference_outputs is not None:
+        try:
+            rows = json.loads(Path(reference_outputs).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as e:
+            raise DataFileError(reference_outputs, getattr(e, "lineno", None), f"cannot read reference outputs ({e})") from None
+        return rows
+    import datasets
+
+    url = f"hf://datasets/tatsu-lab/alpaca_eval/{VERSIONS[version]['hub']}"
+    try:
+        return list(datasets.load_dataset("json", data_files=url, split="train"))
+    except Exception as e:  # offline: ConnectionError, httpx errors, OSError
+        raise PromptSourceError(
+            f"could not load the AlpacaEval {VERSIONS[version]['baseline']} baseline outputs from the hub "
+            f"({type(e).__name__}); pass --reference-outputs ../shared/data/alpaca_eval/reference_outputs_v{version}.json"
+        ) from None
+
+
+def match_baseline(outputs: Sequence[dict], reference: Sequence[dict]) -> list[dict]:
+    by_q = {r["instruction"]: r for r in reference}
+    missing = [o["instruction"] for o in outputs if o["instruction"] not in by_q]
+    if missing:
+        raise DataFileError(
+            "model_outputs.json", None,
+            f"{len(missing)} of {len(outputs)} instructions have no baseline output (e.g. {missing[0][:60]!r}); "
+            "AlpacaEval compares answers to its own instructions",
+        )
+    return [by_q[o["instruction"]] for o in outputs]
+
+
+class LocalAnnotator:
+    """alpaca-eval's `fn_completions` for a local model: top logprobs of "m" and "M" after the prompt."""
+
+    def __init__(self, cfg: ModelConfig):
+        from bon.engines import load_engine
+
+        self.engine = load_engine(cfg)
+        self.tokens = {}
+        for t in ("m", "M"):
+            ids = self.engine.tokenizer.encode(t, add_special_tokens=False)
+            if len(ids) != 1:
+                raise AnnotatorError(f"the local annotator's tokenizer splits {t!r} into {len(ids)} tokens")
+            self.tokens[t] = ids[0]
+
+    def __call__(self, prompts: Sequence[str], **_: Any) -> dict[str, list]:
+        # the prompt is ChatML text ending with the user turn; the assistant answers next
+        ids = [self.engine.text_ids(p + "\n<|im_start|>assistant\n") for p in prompts]
+        logprobs = self.engine.next_token_logprobs(ids, list(self.tokens.values()))
+        completions = [
+            {"logprobs": {"content": [{"token": "m", "logprob": lp.get(self.tokens["m"], -math.inf),
+                                       "top_logprobs": [{"token": t, "logprob": lp.get(i, -math.inf)} for t, i in self.tokens.items()]}]},
+             "text": "m"}
+            for lp in logprobs
+        ]
+        return {"completions": ["m"] * len(prompts), "completions_all": completions,
+                "price_per_example": [0.0] * len(prompts), "time_per_example": [0.0] * len(prompts)}
+
+
+def _local_config(folder: Path, name: str) -> Path:
+    ae_dir = Path(alpaca_eval().__file__).parent / "evaluators_configs"
+    entry = {
+        name: {
+            "prompt_template": str(ae_dir / "alpaca_eval_clf_gpt4_turbo" / "alpaca_eval_clf.txt"),
+            "fn_completion_parser": "logprob_parser",
+            "completion_parser_kwargs": {"numerator_token": "m", "denominator_tokens": ["m", "M"], "is_binarize": False},
+            "completion_key": "completions_all",
+            "batch_size": 1,
+        }
+    }
+    path = (folder / name / "configs.yaml").resolve()  # alpaca-eval reads relative paths from its own folder
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(entry, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def annotate(
+    pairs: Sequence[tuple[dict, dict]],
+    annotator: str,
+    cache_dir: Path,
+    backend: str = "transformers",
+) -> tuple[list[Annotation], str | None]:
+    """alpaca-eval annotations of (baseline row, model row) pairs; cached under ``cache_dir``."""
+    import pandas as pd
+
+    kind, _, arg = annotator.partition(":")
+    note = None
+    kwargs: dict[str, Any] = {}
+    if kind == "local":
+        cfg = ModelConfig(model=arg, backend=backend)
+        safe = "local_" + "".join(ch if ch.isalnum() else "_" for ch in arg)
+        config_path = _local_config(cache_dir, safe)
+        kwargs["fn_completions"] = LocalAnnotator(cfg)
+        if "SmolLM2" in arg:
+            note = "local annotator SmolLM2-135M: a plumbing smoke test of the annotation path, not a meaningful verdict"
+    else:
+        config_path = Path(alpaca_eval().__file__).parent / "evaluators_configs" / annotator / "configs.yaml"
+        if not config_path.exists():
+            raise AnnotatorError(f"unknown annotator {annotator!r}: use an alpaca-eval config name, local:MODEL or precomputed:FILE")
+        if "openai" in config_path.read_text() and not environment_has_openai_key():
+            raise AnnotatorError(f"annotator {annotator!r} calls the OpenAI API: set OPENAI_API_KEY (nothing was annotated)")
+    ae = alpaca_eval()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    annotator_obj = ae.annotators.PairwiseAnnotator(
+        annotators_config=str(config_path), caching_path=str((cache_dir / "annotations_cache.json").resolve()), **kwargs
+    )
+    df = annotator_obj.annotate_head2head(
+        outputs_1=pd.DataFrame([b for b, _ in pairs]), outputs_2=pd.DataFrame([m for _, m in pairs])
+    )
+    rows = df if isinstance(df, list) else df.to_dict("records")
+    out = []
+    for r in rows:
+        p = r.get("preference")
+        out.append(
+            Annotation(r["instruction"], r["output_1"], str(r.get("generator_1", "")), r["output_2"], str(r.get("generator_2", "")),
+                       None if p is None or (isinstance(p, float) and math.isnan(p)) else float(p), annotator, str(r.get("dataset", "")))
+        )
+    return out, note
+
+
+def precomputed(pairs: Sequence[tuple[dict, dict]], path: Path) -> list[Annotation]:
+    from eval.annotations import read_annotations
+
+    table = {(a.instruction, a.output_2): a for a in read_annotations(path)}
+    found = [table.get((m["instruction"], m["output"])) for _, m in pairs]
+    missing = sum(a is None for a in found)
+    if missing:
+        raise DataFileError(path, None, f"holds no annotation for {missing} of {len(pairs)} (instruction, output) pairs of this run")
+    return found
+
+
+def run_alpaca_eval(
+    run_dir: Path,
+    version: int,
+    annotator: str | None = None,
+    reference_outputs: Path | None = None,
+    lc_data: Path | None = None,
+    backend: str = "transformers",
+    max_instances: int | None = None,
+) -> EvalResult:
+    run_dir = Path(run_dir)
+    if not (run_dir / OUTPUTS).exists():
+        raise RunDirError(f"{run_dir}: no {OUTPUTS}; finish the run with `bon run` first")
+    outputs = json.loads((run_dir / OUTPUTS).read_text(encoding="utf-8"))[:max_instances]
+    annotator = annotator or VERSIONS[version]["annotator"]
+    baseline = match_baseline(outputs, reference_rows(version, reference_outputs))
+    pairs = list(zip(baseline, outputs))
+    kind, _, arg = annotator.partition(":")
+    if kind == "precomputed":
+        annotations, note = precomputed(pairs, Path(arg)), None
+    else:
+        annotations, note = annotate(pairs, annotator, run_dir / "alpaca_eval" / f"v{version}", backend)
+    lc = len(outputs) == 805  # the LC model assumes AlpacaEval's 805-instruction order
+    result = full_winrate(annotations, lc=lc, lc_data=lc_data)
+    if not lc:
+        result = WinRate(**{**result.as_json(), "lc_note": f"length-controlled win rate needs all 805 instructions; this run has {len(outputs)}"})
+    return EvalResult(annotator, version, result, annotations, note)

@@ -1,0 +1,120 @@
+"""AlpacaEval metrics through alpaca-eval itself, on the released annotations in ../shared/data."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bon.io import DataFileError
+from eval.ae import full_winrate, leaderboard_row
+from eval.annotations import Annotation, read_annotations
+from eval.pool import evaluate_selector, load_pool, reference_points
+from judges import build_judge
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared" / "data" / "alpaca_eval"
+MODELS = ["alpaca-7b", "claude-2", "falcon-7b-instruct", "gpt-3.5-turbo-0301", "oasst-rlhf-llama-33b", "phi-2-sft", "vicuna-13b", "wizardlm-13b"]
+
+
+@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("model", MODELS)
+def test_win_rate_reproduces_the_leaderboard(shared_data, version, model):
+    result = full_winrate(read_annotations(shared_data / "alpaca_eval" / "annotations" / f"v{version}" / f"{model}.json"), lc=False)
+    row = leaderboard_row(version, model)
+    assert row is not None, f"{model} not on the v{version} leaderboard"
+    assert result.win_rate == pytest.approx(row["win_rate"], abs=0.01)
+    assert result.standard_error == pytest.approx(row["standard_error"], abs=0.01)
+    assert result.discrete_win_rate == pytest.approx(row["discrete_win_rate"], abs=0.01)
+    assert result.n_total == row["n_total"]
+
+
+def test_length_controlled_reproduces_the_leaderboard(shared_data):
+    from huggingface_hub import try_to_load_from_cache
+
+    from eval.ae import LC_FILE, LC_REPO, alpaca_eval
+
+    cached = try_to_load_from_cache(LC_REPO, LC_FILE, cache_dir=alpaca_eval().constants.DEFAULT_CACHE_DIR, repo_type="dataset")
+    if not isinstance(cached, str):
+        pytest.skip(f"{LC_FILE} of {LC_REPO} is not in the Hugging Face cache (the LC metric needs it)")
+    result = full_winrate(read_annotations(shared_data / "alpaca_eval" / "annotations" / "v2" / "claude-2.json"))
+    assert result.length_controlled_winrate == pytest.approx(leaderboard_row(2, "claude-2")["length_controlled_winrate"], abs=0.01)
+
+
+def test_lc_offline_is_one_clear_line_and_the_rest_still_works(shared_data, tmp_path):
+    result = full_winrate(read_annotations(shared_data / "alpaca_eval" / "annotations" / "v2" / "claude-2.json"), lc_data=tmp_path / "no.csv")
+    assert result.length_controlled_winrate is None and "\n" not in result.lc_note and "no.csv does not exist" in result.lc_note
+    assert result.win_rate == pytest.approx(17.188, abs=0.01)
+
+
+def test_winrate_cli_json_uses_alpaca_eval_key_names(shared_data):
+    out = subprocess.run(
+        [sys.executable, "-m", "bon", "eval", "winrate", str(shared_data / "alpaca_eval" / "annotations" / "v1" / "alpaca-7b.json"), "--json"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert set(data) == {"win_rate", "standard_error", "discrete_win_rate", "length_controlled_winrate", "n_total"}
+    assert data["win_rate"] == pytest.approx(26.46, abs=0.01) and data["n_total"] == 805
+
+
+PUBLISHED = {  # ../shared/data/README.md: random pick, longest, best single, oracle (%)
+    "v1": (802, {"random": 66.72, "longest": 74.81, "best_single": 91.33, "oracle": 98.75}),
+    "v2": (805, {"random": 6.69, "longest": 9.62, "best_single": 17.19, "oracle": 23.73}),
+}
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_pool_reference_points_match_the_data_readme(shared_data, version):
+    pool = load_pool(shared_data / "alpaca_eval" / "annotations" / version)
+    points, best = reference_points(pool)
+    n, published = PUBLISHED[version]
+    assert len(pool.instructions) == n and best == "claude-2"
+    assert {k: round(v, 2) for k, v in points.items()} == published
+    report, judgements = evaluate_selector(pool, build_judge("length"))
+    assert report.win_rate == pytest.approx(points["longest"]) and len(judgements) == 8 * n
+
+
+def test_select_pool_cli_json(shared_data):
+    out = subprocess.run(
+        [sys.executable, "-m", "bon", "eval", "select-pool", str(shared_data / "alpaca_eval" / "annotations" / "v2"),
+         "--judge", "random", "--limit", "50", "--json"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert set(data) == {"judge", "n_instructions", "win_rate", "reference_points"} and data["n_instructions"] == 50
+    assert set(data["reference_points"]) == {"random", "longest", "best_single", "oracle"}
+
+
+def annotation(pref, out2="b"):
+    return Annotation("q", "a", "base", out2, "m", pref)
+
+
+def test_pool_by_hand(tmp_path):
+    # two models, three instructions: m1 wins q0 and draws q2; m2 wins q1; q3 lacks a preference
+    rows = {
+        "m1": [("q0", "long answer", 2), ("q1", "x", 1), ("q2", "yy", 0), ("q3", "z", None)],
+        "m2": [("q0", "s", 1), ("q1", "longer one", 2), ("q2", "zzz", 1), ("q3", "w", 2)],
+    }
+    for m, items in rows.items():
+        data = [{"instruction": q, "output_1": "base", "generator_1": "b", "output_2": o, "generator_2": m, "preference": p} for q, o, p in items]
+        (tmp_path / f"{m}.json").write_text(json.dumps(data))
+    pool = load_pool(tmp_path)
+    assert pool.instructions == ["q0", "q1", "q2"]
+    points, best = reference_points(pool)
+    # m1: 1 + 0 + 0.5 of 3; m2: 0 + 1 + 0 of 3
+    assert points["random"] == pytest.approx(100 * ((1.5 / 3) + (1 / 3)) / 2)
+    assert points["longest"] == pytest.approx(100 * (1 + 1 + 0) / 3)  # "long answer", "longer one", "zzz"
+    assert points["oracle"] == pytest.approx(100 * (1 + 1 + 0.5) / 3) and best == "m1"
+
+
+def test_bad_annotation_files_name_the_field(tmp_path):
+    (tmp_path / "a.json").write_text(json.dumps([{"instruction": "q", "output_1": "a", "output_2": "b", "preference": "maybe"}]))
+    with pytest.raises(DataFileError, match=r"a\.json: row 0: field 'preference': expected a number"):
+        read_annotations(tmp_path / "a.json")
+    (tmp_path / "a.json").write_text(json.dumps([{"instruction": "q", "output_1": "a", "preference": 1}]))
+    with pytest.raises(DataFileError, match="field 'output_2'"):
+        read_annotations(tmp_path / "a.json")
+    assert annotation(0).win() == 0.5 and annotation(1.25).win() == 0.25 and annotation(None).win() is None
