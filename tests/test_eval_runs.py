@@ -1,0 +1,111 @@
+"""`bon eval alpaca-eval` and `bon eval gain` on small runs, checked against hand-made annotations."""
+
+import json
+
+import pytest
+
+from bon.config import load_config
+from bon.pipeline import run
+from bon.rundir import RunDir
+from bon.records import Candidate
+from eval.gain import gain_report, ks_for
+from eval.runner import AnnotatorError, run_alpaca_eval
+from tests.conftest import FakePolicy
+
+QUESTIONS = [f"Question number {i}?" for i in range(6)]
+
+
+@pytest.fixture
+def small_run(tmp_path):
+    """A finished run (n=4, length judge) over six prompts, and baseline outputs for them."""
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"instruction": q}) + "\n" for q in QUESTIONS))
+    reference = tmp_path / "ref.json"
+    reference.write_text(json.dumps([{"instruction": q, "output": "Baseline.", "generator": "base", "dataset": "t"} for q in QUESTIONS]))
+    cfg = load_config(None, [f"output_dir={tmp_path / 'run'}", f"prompts.source={prompts}", "n=4", "judge.name=length", "batch_size=3"])
+    run(cfg, policy=FakePolicy())
+    return cfg, reference
+
+
+def preference_of(text: str) -> float:
+    """The hand-made verdict: a candidate wins (2) when its text ends in x's, else loses (1)."""
+    return 2.0 if text.endswith("x") else 1.0
+
+
+def write_annotations(cfg, path):
+    from bon.prompts import load_prompts
+
+    cands = RunDir(cfg.output_dir).read(Candidate)
+    prompts = {p.id: p for p in load_prompts(cfg.prompts)}
+    rows = [
+        {"instruction": prompts[c.prompt_id].instruction, "output_1": "Baseline.", "generator_1": "base",
+         "output_2": c.text, "generator_2": "m", "preference": preference_of(c.text)}
+        for c in cands
+    ]
+    path.write_text(json.dumps(rows))
+    return cands, prompts
+
+
+def test_precomputed_annotations_give_alpaca_eval_win_rate(small_run, tmp_path):
+    cfg, reference = small_run
+    write_annotations(cfg, tmp_path / "ann.json")
+    outputs = json.loads((cfg.output_dir / "model_outputs.json").read_text())
+    expected = 100 * sum(preference_of(o["output"]) - 1 for o in outputs) / len(outputs)
+    result = run_alpaca_eval(cfg.output_dir, 2, f"precomputed:{tmp_path / 'ann.json'}", reference)
+    assert result.winrate.win_rate == pytest.approx(expected) and result.winrate.n_total == 6
+    assert "805" in result.winrate.lc_note
+
+
+def test_official_annotator_needs_a_key(small_run, monkeypatch):
+    cfg, reference = small_run
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_API_KEYS", raising=False)
+    with pytest.raises(AnnotatorError, match="set OPENAI_API_KEY"):
+        run_alpaca_eval(cfg.output_dir, 1, None, reference)
+    assert not (cfg.output_dir / "alpaca_eval" / "v1" / "annotations_cache.json").exists()
+    with pytest.raises(AnnotatorError, match="unknown annotator 'gpt5'"):
+        run_alpaca_eval(cfg.output_dir, 1, "gpt5", reference)
+
+
+def test_gain_curve_by_hand(small_run, tmp_path):
+    cfg, reference = small_run
+    cands, prompts = write_annotations(cfg, tmp_path / "ann.json")
+    report = gain_report(cfg.output_dir, 2, f"precomputed:{tmp_path / 'ann.json'}", reference, rounds=200)
+    by_prompt = {}
+    for c in cands:
+        by_prompt.setdefault(c.prompt_id, []).append(c)
+    points = {p.label: p for p in report.points}
+    assert [p.k for p in report.points if p.k] == ks_for(4) == [1, 2, 4]
+    for k in (1, 2, 4):  # best-of-k under the length judge: the longest of the first k (lowest index on ties)
+        wins = []
+        for pid, group in by_prompt.items():
+            best = max(group[:k], key=lambda c: (len(c.text), -c.index))
+            wins.append(preference_of(best.text) - 1)
+        assert points[f"k={k}"].win_rate == pytest.approx(100 * sum(wins) / len(wins))
+        assert points[f"k={k}"].ci_low <= points[f"k={k}"].win_rate <= points[f"k={k}"].ci_high
+    assert report.png.is_file() and report.png.stat().st_size > 1000
+    text = report.markdown.read_text()
+    assert "| k=4 |" in text and "random candidate" in text
+
+
+def test_gain_reports_declines_apart(small_run, tmp_path):
+    cfg, reference = small_run
+    write_annotations(cfg, tmp_path / "ann.json")
+    from bon.rejudge import select_run
+
+    select_run(cfg.output_dir, "length", decline_below=1e9)  # the rewritten manifest keeps the run's config
+    report = gain_report(cfg.output_dir, 2, f"precomputed:{tmp_path / 'ann.json'}", reference, rounds=50)
+    assert all(p.declined == 0 for p in report.points)  # gain uses the run's own selection settings
+
+
+@pytest.mark.slow
+def test_local_annotator_smoke_and_cache(small_run):
+    cfg, reference = small_run
+    first = run_alpaca_eval(cfg.output_dir, 2, "local:embedded:SmolLM2-135M-Instruct", reference)
+    assert "plumbing smoke test" in first.note
+    assert all(a.preference is not None and 1.0 <= a.preference <= 2.0 for a in first.annotations)
+    cache = cfg.output_dir / "alpaca_eval" / "v2" / "annotations_cache.json"
+    assert cache.is_file()
+    again = run_alpaca_eval(cfg.output_dir, 2, "local:embedded:SmolLM2-135M-Instruct", reference)
+    # alpaca-eval's cache keeps ten decimals
+    assert [a.preference for a in again.annotations] == pytest.approx([a.preference for a in first.annotations], abs=1e-9)
