@@ -24,6 +24,12 @@ class ModelLoadError(RuntimeError):
     """A model cannot be found or loaded; the message says which and what to do."""
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (library errors run to pages), or its type."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 @dataclass(frozen=True)
 class ModelRef:
     """A resolved model location."""

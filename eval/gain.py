@@ -17,7 +17,7 @@ from bon.rejudge import load_run, run_candidates
 from bon.selection import secondary_judge, select_prompt
 from eval.ae import winrate
 from eval.annotations import Annotation
-from eval.runner import match_baseline, annotate, precomputed, reference_rows
+from eval.runner import annotations_for, match_baseline, reference_rows
 
 
 @dataclass(frozen=True)
@@ -91,11 +91,7 @@ def gain_report(
             for p in prompts for i in sorted({pk[p.id] for pk in picks.values() if pk[p.id] is not None})]
     baseline = match_baseline(rows, reference_rows(version, reference_outputs))
     pairs = list(zip(baseline, rows))
-    kind, _, arg = annotator.partition(":")
-    if kind == "precomputed":
-        annotations, note = precomputed(pairs, Path(arg)), None
-    else:
-        annotations, note = annotate(pairs, annotator, rd.path / "alpaca_eval" / f"v{version}", config.policy.backend)
+    annotations, note = annotations_for(pairs, annotator, rd.path / "alpaca_eval" / f"v{version}", config.policy.backend)
     verdict: dict[tuple[str, str], Annotation] = {(a.instruction, a.output_2): a for a in annotations}
 
     points = []

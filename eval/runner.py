@@ -174,6 +174,16 @@ def precomputed(pairs: Sequence[tuple[dict, dict]], path: Path) -> list[Annotati
     return found
 
 
+def annotations_for(
+    pairs: Sequence[tuple[dict, dict]], annotator: str, cache_dir: Path, backend: str = "transformers"
+) -> tuple[list[Annotation], str | None]:
+    """Annotations of (baseline row, model row) pairs by any annotator kind, and a note on its meaning."""
+    kind, _, arg = annotator.partition(":")
+    if kind == "precomputed":
+        return precomputed(pairs, Path(arg)), None
+    return annotate(pairs, annotator, cache_dir, backend)
+
+
 def run_alpaca_eval(
     run_dir: Path,
     version: int,
@@ -190,11 +200,7 @@ def run_alpaca_eval(
     annotator = annotator or VERSIONS[version]["annotator"]
     baseline = match_baseline(outputs, reference_rows(version, reference_outputs))
     pairs = list(zip(baseline, outputs))
-    kind, _, arg = annotator.partition(":")
-    if kind == "precomputed":
-        annotations, note = precomputed(pairs, Path(arg)), None
-    else:
-        annotations, note = annotate(pairs, annotator, run_dir / "alpaca_eval" / f"v{version}", backend)
+    annotations, note = annotations_for(pairs, annotator, run_dir / "alpaca_eval" / f"v{version}", backend)
     lc = len(outputs) == 805  # the LC model assumes AlpacaEval's 805-instruction order
     result = full_winrate(annotations, lc=lc, lc_data=lc_data)
     if not lc:

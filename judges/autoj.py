@@ -15,7 +15,7 @@ from pydantic import Field
 from bon.config import ModelConfig
 from bon.engines.base import SamplingSettings
 from bon.records import Candidate, Judgement, Prompt
-from judges.base import prompts_by_id, read_prompt_template
+from judges.base import UsesEngine, prompts_by_id, read_prompt_template
 
 AUTOJ_HUB_ID = "GAIR/autoj-13b"
 _RATING = re.compile(r"Rating: \[\[")
@@ -49,7 +49,7 @@ def wrap(engine, user_message: str, wrapper: str, template: str) -> list[int]:
     return engine.text_ids(template.format(input=user_message))
 
 
-class AutoJudge:
+class AutoJudge(UsesEngine):
     Options = AutoJOptions
     name = "autoj"
     summary = "Auto-J single-response critique then 'Rating: [[1-10]]'"
@@ -61,14 +61,6 @@ class AutoJudge:
         self._engine = engine
         self.template = read_prompt_template("autoj_single.txt")
         self.wrapper = read_prompt_template("llama2_inst.txt")
-
-    @property
-    def engine(self):
-        if self._engine is None:
-            from bon.engines import load_engine
-
-            self._engine = load_engine(self.options)
-        return self._engine
 
     def describe(self) -> str:
         weights = self.options.model.removeprefix("embedded:")

@@ -33,3 +33,18 @@ def prompts_by_id(prompts: Sequence[Prompt], candidates: Sequence[Candidate]) ->
 def read_prompt_template(name: str) -> str:
     """A judge prompt kept as a data file in judges/prompts/."""
     return resources.files("judges").joinpath("prompts", name).read_text(encoding="utf-8")
+
+
+class UsesEngine:
+    """For model judges: ``self.engine`` is the engine of ``self.options`` (a ModelConfig), loaded on
+    first use and shared with every policy or judge on the same weights in this process."""
+
+    _engine = None
+
+    @property
+    def engine(self):
+        if self._engine is None:
+            from bon.engines import load_engine
+
+            self._engine = load_engine(self.options)
+        return self._engine

@@ -20,7 +20,7 @@ from bon.engines.base import SamplingSettings
 from bon.records import Candidate, Judgement, Prompt
 from bon.registry import Registry
 from judges.autoj import AUTOJ_HUB_ID, wrap
-from judges.base import prompts_by_id, read_prompt_template
+from judges.base import UsesEngine, prompts_by_id, read_prompt_template
 
 FIRST, SECOND, TIE = 0, 1, 2
 
@@ -51,7 +51,7 @@ class AutoJPairwiseOptions(ModelConfig):
     wrapper: Literal["llama2", "chat"] = Field("llama2", description="llama2 = Auto-J's [INST] ... [/INST]; chat = the judge's chat template")
 
 
-class AutoJPairwise:
+class AutoJPairwise(UsesEngine):
     """Auto-J's pairwise-with-tie protocol, decoded greedily."""
 
     Options = AutoJPairwiseOptions
@@ -62,14 +62,6 @@ class AutoJPairwise:
         self._engine = engine
         self.template = read_prompt_template("autoj_pairwise_tie.txt")
         self.wrapper = read_prompt_template("llama2_inst.txt")
-
-    @property
-    def engine(self):
-        if self._engine is None:
-            from bon.engines import load_engine
-
-            self._engine = load_engine(self.options)
-        return self._engine
 
     def describe(self) -> str:
         weights = self.options.model.removeprefix("embedded:")

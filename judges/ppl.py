@@ -8,14 +8,14 @@ from pydantic import Field
 
 from bon.config import ModelConfig
 from bon.records import Candidate, Judgement, Prompt
-from judges.base import prompts_by_id
+from judges.base import UsesEngine, prompts_by_id
 
 
 class PPLOptions(ModelConfig):
     batch_size: int = Field(8, ge=1, description="sequences per forward pass (transformers)")
 
 
-class PPLJudge:
+class PPLJudge(UsesEngine):
     Options = PPLOptions
     name = "ppl"
     summary = "mean token log-probability of the candidate given the prompt (chat template) under a model"
@@ -25,14 +25,6 @@ class PPLJudge:
     def __init__(self, options: PPLOptions | None = None, engine=None):
         self.options = options or PPLOptions()
         self._engine = engine
-
-    @property
-    def engine(self):
-        if self._engine is None:
-            from bon.engines import load_engine
-
-            self._engine = load_engine(self.options)
-        return self._engine
 
     def describe(self) -> str:
         return f"mean token log-probability under {self.options.model.removeprefix('embedded:')}"

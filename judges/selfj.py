@@ -14,7 +14,7 @@ from pydantic import Field
 
 from bon.config import ModelConfig
 from bon.records import Candidate, Judgement, Prompt
-from judges.base import prompts_by_id, read_prompt_template
+from judges.base import UsesEngine, prompts_by_id, read_prompt_template
 
 SELFJ_HUB_ID = "oceanpty/Self-J"  # the released Self-J-13B weights
 
@@ -51,7 +51,7 @@ def expected_score(logprobs: dict[int, float], digit_ids: Sequence[int]) -> tupl
     return sum(d * p for d, p in enumerate(probs) if p is not None), probs, mass
 
 
-class SelfJudge:
+class SelfJudge(UsesEngine):
     Options = SelfJOptions
     name = "selfj"
     summary = "Self-J expected digit rating (0-9) of a rating prompt, with or without reference"
@@ -66,14 +66,6 @@ class SelfJudge:
             True: read_prompt_template("selfj_with_reference.txt"),
             False: read_prompt_template("selfj_without_reference.txt"),
         }
-
-    @property
-    def engine(self):
-        if self._engine is None:
-            from bon.engines import load_engine
-
-            self._engine = load_engine(self.options)
-        return self._engine
 
     @property
     def digit_ids(self) -> list[int]:

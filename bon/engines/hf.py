@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from bon.config import ModelConfig
 from bon.engines.base import Sample, SamplingSettings, derive_seed
-from bon.models import ModelLoadError, ModelRef, cache_dir, hub_reachable, resolve
+from bon.models import ModelLoadError, ModelRef, cache_dir, first_line, hub_reachable, resolve
 
 _LOADED: dict[tuple, "HFModel"] = {}
 
@@ -82,7 +82,7 @@ class HFModel:
             self.tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
             self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs)
         except (OSError, ValueError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            first = first_line(e)
             raise ModelLoadError(
                 f"could not load model {cfg.model!r} ({first}). Without network access, set `model` to a "
                 "local directory or .gguf file, or to embedded:SmolLM2-135M-Instruct"
@@ -213,7 +213,7 @@ def _load_pretrained(loader, path: str, what: str, **kwargs):
     try:
         return AutoTokenizer.from_pretrained(path, **{k: v for k, v in kwargs.items() if k != "dtype"}), loader.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise ModelLoadError(f"could not load {what} {path!r} ({first}); without network access use a local directory") from None
 
 

@@ -8,7 +8,7 @@ from typing import Any, Sequence
 
 from bon.config import ModelConfig
 from bon.engines.base import Sample, SamplingSettings
-from bon.models import ModelLoadError, hub_reachable, resolve
+from bon.models import ModelLoadError, first_line, hub_reachable, resolve
 
 _LOADED: dict[tuple, "VLLMModel"] = {}
 
@@ -60,7 +60,7 @@ class VLLMModel:
         try:
             self.llm = vllm.LLM(**args)
         except (OSError, ValueError, RuntimeError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            first = first_line(e)
             raise ModelLoadError(
                 f"vLLM could not start model {cfg.model!r} ({first}); vLLM's log above gives the cause "
                 "(on a CPU build, lower engine_args.gpu_memory_utilization: there it is a share of RAM)"
@@ -150,7 +150,7 @@ class VLLMRewardModel:
         try:
             self.llm = vllm.LLM(**args)
         except (OSError, ValueError, RuntimeError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            first = first_line(e)
             raise ModelLoadError(f"vLLM could not start reward model {cfg.model!r} ({first})") from None
         self.tokenizer = self.llm.get_tokenizer()
         self._params = vllm.PoolingParams(use_activation=False)  # the raw logit is the reward
