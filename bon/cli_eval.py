@@ -50,10 +50,11 @@ def select_pool_cmd(
     limit: Annotated[Optional[int], typer.Option("--limit", help="only the first K instructions (model judges on CPU)")] = None,
     reference: Annotated[str, typer.Option("--reference", help="baseline: the baseline output is the reference; none")] = "baseline",
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    out: Annotated[Optional[Path], typer.Option("--out", help="write select_pool.md and select_pool.png here")] = None,
 ) -> None:
     """How well a judge picks among candidates whose verdicts are already known."""
     from bon.progress import RichProgress
-    from eval.pool import evaluate_selector, load_pool
+    from eval.pool import evaluate_selector, load_pool, write_report
     from judges import build_judge
 
     start = time.perf_counter()
@@ -63,6 +64,10 @@ def select_pool_cmd(
         with RichProgress(console) if not as_json else _quiet() as progress:
             progress.start("prompts", len(pool.instructions), 0)
             report, _ = evaluate_selector(pool, judge_obj, reference, on_batch=lambda k: progress.advance("prompts", k))
+    if out is not None:
+        md, png = write_report(report, folder, out, judge_obj.describe())
+        if not as_json:
+            console.print(f"wrote {md} and {png}")
     if as_json:
         print(json.dumps(report.as_json()))
         return

@@ -116,3 +116,37 @@ def evaluate_selector(
     points, best = reference_points(pool)
     report = PoolReport(judge.name, len(prompts), _rate(chosen), points, best, picks, failed)
     return report, judgements
+
+
+def write_report(report: PoolReport, folder: Path, out: Path, describe: str) -> tuple[Path, Path]:
+    """select_pool.md (a table a researcher can paste) and select_pool.png (a bar chart)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [(f"{report.judge}", report.win_rate)] + [
+        (label, report.reference_points[key])
+        for key, label in (("random", "random pick"), ("longest", "longest"), ("best_single", f"best single ({report.best_single_model})"), ("oracle", "oracle"))
+    ]
+    md = out / "select_pool.md"
+    md.write_text(
+        "\n".join(
+            [f"# Selector evaluation on {folder}", "", f"Judge: {describe}. {report.n_instructions} instructions, "
+             f"{len(report.picks)} candidates each; win rates (%) from alpaca-eval's metric over the released annotations.", "",
+             "| selector | win rate % |", "|---|---|"]
+            + [f"| {name} | {rate:.2f} |" for name, rate in rows]
+            + ["", f"Picks per model: {report.picks}.", "", "![select-pool](select_pool.png)", ""]
+        ),
+        encoding="utf-8",
+    )
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.barh([name for name, _ in rows][::-1], [rate for _, rate in rows][::-1], color=["#999"] * 4 + ["#1f77b4"])
+    ax.set_xlabel("win rate vs baseline (%)")
+    ax.set_title(f"{report.judge} as best-of-{len(report.picks)} selector, {report.n_instructions} instructions", fontsize=9)
+    fig.tight_layout()
+    png = out / "select_pool.png"
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+    return md, png

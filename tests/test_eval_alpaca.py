@@ -76,16 +76,17 @@ def test_pool_reference_points_match_the_data_readme(shared_data, version):
     assert report.win_rate == pytest.approx(points["longest"]) and len(judgements) == 8 * n
 
 
-def test_select_pool_cli_json(shared_data):
+def test_select_pool_cli_json(shared_data, tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "bon", "eval", "select-pool", str(shared_data / "alpaca_eval" / "annotations" / "v2"),
-         "--judge", "random", "--limit", "50", "--json"],
+         "--judge", "random", "--limit", "50", "--json", "--out", str(tmp_path)],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
     assert set(data) == {"judge", "n_instructions", "win_rate", "reference_points"} and data["n_instructions"] == 50
     assert set(data["reference_points"]) == {"random", "longest", "best_single", "oracle"}
+    assert "| random |" in (tmp_path / "select_pool.md").read_text() and (tmp_path / "select_pool.png").stat().st_size > 1000
 
 
 def annotation(pref, out2="b"):
