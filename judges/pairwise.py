@@ -8,7 +8,6 @@ orders cancels position bias; a pair whose two orders disagree counts as a tie.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from itertools import permutations
 from typing import Any, Literal, Sequence

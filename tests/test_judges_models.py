@@ -1,6 +1,5 @@
 """Model-based judges for real on this CPU: MiniLM, SmolLM2, and a tiny random reward model."""
 
-import math
 
 import pytest
 import torch

@@ -24,6 +24,21 @@ def load(cfg: ModelConfig) -> "VLLMModel":
     return _LOADED[key]
 
 
+def start_llm(vllm, cfg: ModelConfig, path: str, **extra: Any):
+    """`vllm.LLM` for ``path`` with the config's dtype and engine arguments; failures name the model."""
+    args: dict[str, Any] = {"model": path, "trust_remote_code": cfg.trust_remote_code, **extra}
+    if cfg.dtype != "auto":
+        args["dtype"] = cfg.dtype
+    args.update(cfg.engine_args)
+    try:
+        return vllm.LLM(**args)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise ModelLoadError(
+            f"vLLM could not start model {cfg.model!r} ({first_line(e)}); vLLM's log above gives the cause "
+            "(on a CPU build, lower engine_args.gpu_memory_utilization: there it is a share of RAM)"
+        ) from None
+
+
 class VLLMModel:
     """`vllm.LLM` behind the `LanguageModel` protocol; prompts go in as token ids."""
 
@@ -53,18 +68,7 @@ class VLLMModel:
                     "set `model` to a local directory, or to embedded:SmolLM2-135M-Instruct"
                 )
             os.environ["HF_HUB_OFFLINE"] = "1"  # cached: keep vLLM's loaders from retrying the network
-        args: dict[str, Any] = {"model": path, "trust_remote_code": cfg.trust_remote_code}
-        if cfg.dtype != "auto":
-            args["dtype"] = cfg.dtype
-        args.update(cfg.engine_args)
-        try:
-            self.llm = vllm.LLM(**args)
-        except (OSError, ValueError, RuntimeError) as e:
-            first = first_line(e)
-            raise ModelLoadError(
-                f"vLLM could not start model {cfg.model!r} ({first}); vLLM's log above gives the cause "
-                "(on a CPU build, lower engine_args.gpu_memory_utilization: there it is a share of RAM)"
-            ) from None
+        self.llm = start_llm(vllm, cfg, path)
         self.tokenizer = self.llm.get_tokenizer()
         self._vllm = vllm
 
@@ -143,15 +147,7 @@ class VLLMRewardModel:
 
         ref = resolve(cfg)
         self.name = ref.name
-        args: dict[str, Any] = {"model": ref.path, "runner": "pooling", "trust_remote_code": cfg.trust_remote_code}
-        if cfg.dtype != "auto":
-            args["dtype"] = cfg.dtype
-        args.update(cfg.engine_args)
-        try:
-            self.llm = vllm.LLM(**args)
-        except (OSError, ValueError, RuntimeError) as e:
-            first = first_line(e)
-            raise ModelLoadError(f"vLLM could not start reward model {cfg.model!r} ({first})") from None
+        self.llm = start_llm(vllm, cfg, ref.path, runner="pooling")
         self.tokenizer = self.llm.get_tokenizer()
         self._params = vllm.PoolingParams(use_activation=False)  # the raw logit is the reward
 
