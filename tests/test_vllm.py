@@ -53,3 +53,22 @@ def test_selfj_on_vllm_agrees_with_transformers_logits(vllm_policy, smollm2):
         assert j.details["digit_mass"] == pytest.approx(mass, rel=0.02)
         expected = sum(d * math.exp(ref[t]) for d, t in enumerate(digits) if t in reported) / mass
         assert j.score == pytest.approx(expected, abs=0.02)
+
+
+def test_reward_model_on_vllm_pooling_matches_transformers(smollm2, tmp_path):
+    import torch
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    from judges.reward_model import RewardModelJudge, RewardModelOptions
+    from bon.records import Candidate
+
+    torch.manual_seed(0)  # head_dim 64: vLLM's CPU attention has no kernel for tiny heads
+    cfg = LlamaConfig(vocab_size=len(smollm2.tokenizer), hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, num_labels=1, pad_token_id=smollm2.tokenizer.pad_token_id)
+    LlamaForSequenceClassification(cfg).save_pretrained(tmp_path)
+    smollm2.tokenizer.save_pretrained(tmp_path)
+    cands = [Candidate("a", i, t, None, 1, 1, "stop", "x") for i, t in enumerate(["Hi!", "Hello there, friend."])]
+    on_hf = RewardModelJudge(RewardModelOptions(model=str(tmp_path))).score(PROMPTS[:1], cands)
+    args = {"max_model_len": 512, "enforce_eager": True, "gpu_memory_utilization": 0.2}
+    on_vllm = RewardModelJudge(RewardModelOptions(model=str(tmp_path), backend="vllm", dtype="float32", engine_args=args)).score(PROMPTS[:1], cands)
+    assert [j.score for j in on_vllm] == pytest.approx([j.score for j in on_hf], abs=1e-4)
