@@ -72,3 +72,13 @@ def test_reward_model_on_vllm_pooling_matches_transformers(smollm2, tmp_path):
     args = {"max_model_len": 512, "enforce_eager": True, "gpu_memory_utilization": 0.2}
     on_vllm = RewardModelJudge(RewardModelOptions(model=str(tmp_path), backend="vllm", dtype="float32", engine_args=args)).score(PROMPTS[:1], cands)
     assert [j.score for j in on_vllm] == pytest.approx([j.score for j in on_hf], abs=1e-4)
+
+
+def test_ppl_on_vllm_prompt_logprobs_matches_transformers(vllm_policy, smollm2):
+    from bon.records import Candidate
+    from judges.ppl import PPLJudge
+
+    cands = [Candidate("a", i, t, None, 1, 1, "stop", "x") for i, t in enumerate(["2 + 2 = 4.", "Blue whales sing."])]
+    on_vllm = PPLJudge(engine=vllm_policy.engine).score(PROMPTS[:1], cands)
+    on_hf = PPLJudge(engine=smollm2).score(PROMPTS[:1], cands)
+    assert [j.score for j in on_vllm] == pytest.approx([j.score for j in on_hf], abs=0.02)
