@@ -73,6 +73,13 @@ def append_records(path: Path, records: Iterable[Any]) -> None:
         os.fsync(f.fileno())
 
 
+def write_records_atomic(path: Path, records: Iterable[Any]) -> None:
+    """Replace a JSONL file through a temporary file and a rename: readers see the old or the new one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(json.dumps(to_json(r), ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    os.replace(tmp, path)
+
+
 def write_json_atomic(path: Path, obj: Any) -> None:
     """Write JSON through a temporary file and a rename, so readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)

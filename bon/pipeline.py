@@ -122,19 +122,14 @@ def run(
         progress.advance("candidates", len(fresh))
 
     def submit_judge(k: int) -> None:
-        # rescore the whole batch if anything is missing, so padding and batch layout (hence every
-        # float) are those of an uninterrupted run; only the missing judgements are written
         batch_cands = [cands[p.id][i] for p in batches[k] for i in range(n)]
-        missing = any((c.prompt_id, c.index) not in judged for c in batch_cands)
-        judging[k] = executor.score(batches[k], batch_cands) if missing else None
+        judging[k] = executor.score(batches[k], batch_cands) if needs_judging(batch_cands, judged) else None
 
     def finish(k: int) -> None:
         pending = judging.pop(k)
         if pending is not None:
-            fresh = [j for j in pending.result() if (j.prompt_id, j.candidate_index) not in judged]
+            fresh = keep_missing(pending.result(), judged)
             rd.append(fresh)
-            for j in fresh:
-                judged[(j.prompt_id, j.candidate_index)] = j
             result.judged += len(fresh)
             progress.advance("judgements", len(fresh))
         fresh_s = [
@@ -171,23 +166,31 @@ def run(
     return result
 
 
+def needs_judging(batch_cands: Sequence[Candidate], judged: dict[tuple[str, int], Judgement]) -> bool:
+    """Whether any candidate of a batch lacks a judgement.
+
+    Such a batch is rescored whole, so that padding and batch layout (hence every float) are those
+    of an uninterrupted run; `keep_missing` then keeps only the judgements that were missing.
+    """
+    return any((c.prompt_id, c.index) not in judged for c in batch_cands)
+
+
+def keep_missing(verdicts: Sequence[Judgement], judged: dict[tuple[str, int], Judgement]) -> list[Judgement]:
+    """The verdicts not judged before, recorded in ``judged``."""
+    fresh = [j for j in verdicts if (j.prompt_id, j.candidate_index) not in judged]
+    for j in fresh:
+        judged[(j.prompt_id, j.candidate_index)] = j
+    return fresh
+
+
 def judge_missing(
     judge: Judge,
     batch: Sequence[Prompt],
     batch_cands: Sequence[Candidate],
     judged: dict[tuple[str, int], Judgement],
 ) -> list[Judgement]:
-    """Judge a batch if any of its candidates lacks a judgement; returns (and records) the new ones.
-
-    The whole batch is rescored so that padding and batch layout, hence every float, are those of
-    an uninterrupted run; only the missing judgements are kept.
-    """
-    if all((c.prompt_id, c.index) in judged for c in batch_cands):
-        return []
-    fresh = [j for j in judge.score(batch, batch_cands) if (j.prompt_id, j.candidate_index) not in judged]
-    for j in fresh:
-        judged[(j.prompt_id, j.candidate_index)] = j
-    return fresh
+    """Judge a batch in this process if anything is missing; returns (and records) the new judgements."""
+    return keep_missing(judge.score(batch, batch_cands), judged) if needs_judging(batch_cands, judged) else []
 
 
 def alpaca_eval_outputs(

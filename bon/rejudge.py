@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from bon.config import RunConfig
-from bon.io import write_json_atomic
+from bon.io import write_json_atomic, write_records_atomic
 from bon.pipeline import Progress, _Silent, alpaca_eval_outputs, judge_missing
 from bon.prompts import load_prompts
-from bon.records import Candidate, Judgement, Selection, to_json
+from bon.records import Candidate, Judgement, Selection
 from bon.rundir import FILES, MANIFEST, RunDir, RunDirError
 from bon.selection import secondary_judge, select_prompt
 from judges import JUDGES, build_judge
@@ -109,11 +109,7 @@ def select_run(
         for p in prompts
     ]
     kept = [s for s in rd.read(Selection) if s.judge != label]
-    lines = "".join(json.dumps(to_json(s), ensure_ascii=False) + "\n" for s in kept + selections)
-    target = rd.path / FILES[Selection]
-    tmp = target.with_name(target.name + ".tmp")
-    tmp.write_text(lines, encoding="utf-8")
-    tmp.replace(target)  # atomic: a crash leaves the old or the new file, never half of one
+    write_records_atomic(rd.path / FILES[Selection], kept + selections)
     updated = config.model_copy(
         update={"selection": config.selection.model_copy(update={"decline_below": decline_below, "tie_break": tie_break})}
     )

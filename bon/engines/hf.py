@@ -73,20 +73,11 @@ class HFModel:
         self.device = _device(cfg)
         dtype = _DTYPES.get(cfg.dtype, torch.float32 if self.device.type == "cpu" else torch.bfloat16)
         path, gguf_file = (str(convert_gguf(ref)), None) if ref.convert_gguf else (ref.path, ref.gguf_file)
-        kwargs = {"trust_remote_code": cfg.trust_remote_code}
-        if gguf_file:
-            kwargs["gguf_file"] = gguf_file
-        if not Path(path).exists():  # a hub id: the local cache first, the network only if it answers
-            kwargs["local_files_only"] = not hub_reachable()
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
-            self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs)
-        except (OSError, ValueError) as e:
-            first = first_line(e)
-            raise ModelLoadError(
-                f"could not load model {cfg.model!r} ({first}). Without network access, set `model` to a "
-                "local directory or .gguf file, or to embedded:SmolLM2-135M-Instruct"
-            ) from None
+        kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+        self.tokenizer, self.model = _load_pretrained(
+            AutoModelForCausalLM, path, "model", cfg.model, dtype=dtype, trust_remote_code=cfg.trust_remote_code,
+            hint=" or .gguf file, or to embedded:SmolLM2-135M-Instruct", **kwargs,
+        )
         self.model.to(self.device).eval()
         eos = self.model.generation_config.eos_token_id
         eos = eos if isinstance(eos, list) else [eos]
@@ -207,14 +198,18 @@ class HFModel:
 _ENCODERS: dict[tuple, object] = {}
 
 
-def _load_pretrained(loader, path: str, what: str, **kwargs):
-    if not Path(path).exists():
+def _load_pretrained(loader, path: str, what: str, name: str | None = None, hint: str = "", **kwargs):
+    """(tokenizer, model) from a local path or hub id; offline, a hub id fails at once, naming ``name``."""
+    if not Path(path).exists():  # a hub id: the local cache first, the network only if it answers
         kwargs["local_files_only"] = not hub_reachable()
     try:
-        return AutoTokenizer.from_pretrained(path, **{k: v for k, v in kwargs.items() if k != "dtype"}), loader.from_pretrained(path, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(path, **{k: v for k, v in kwargs.items() if k != "dtype"})
+        return tokenizer, loader.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as e:
-        first = first_line(e)
-        raise ModelLoadError(f"could not load {what} {path!r} ({first}); without network access use a local directory") from None
+        raise ModelLoadError(
+            f"could not load {what} {name or path!r} ({first_line(e)}). Without network access, set `model` to a "
+            f"local directory{hint}"
+        ) from None
 
 
 class HFRewardModel:
@@ -228,7 +223,8 @@ class HFRewardModel:
         self.device = _device(cfg)
         dtype = _DTYPES.get(cfg.dtype, torch.float32 if self.device.type == "cpu" else torch.bfloat16)
         self.tokenizer, self.model = _load_pretrained(
-            AutoModelForSequenceClassification, ref.path, "reward model", dtype=dtype, trust_remote_code=cfg.trust_remote_code
+            AutoModelForSequenceClassification, ref.path, "reward model", cfg.model, dtype=dtype,
+            trust_remote_code=cfg.trust_remote_code,
         )
         if self.model.config.num_labels != 1:
             raise ModelLoadError(f"reward model {cfg.model!r} has {self.model.config.num_labels} labels; a scalar reward model has one")
