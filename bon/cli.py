@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from bon.cli_common import console, fail_clearly, options_from
+from bon.cli_common import console, err_console, fail_clearly, options_from
 from bon.cli_eval import eval_app, export_app
 
 app = typer.Typer(help="Best-of-N sampling with judges.", no_args_is_help=True, add_completion=False)
@@ -92,6 +92,32 @@ def select_cmd(
         selections, path = select_run(run_dir, judge_label, decline_below, tie_break)
     declined = sum(s.declined for s in selections)
     console.print(f"{len(selections)} prompts selected with {judge_label}, {declined} declined; outputs: {path}")
+
+
+@app.command()
+def compare(
+    config: Annotated[Path, typer.Argument(help="comparison config YAML, e.g. configs/compare_cpu.yaml")],
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="override a key: --set bootstrap=200")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print results.json instead of the report")] = False,
+) -> None:
+    """Judges side by side on benchmarks: agreement, selection, correlation, risk-coverage, length bias."""
+    import json
+
+    from bon.config import load_config
+    from bon.progress import RichProgress
+    from eval.compare import CompareConfig, run_compare
+    from eval.compare_report import results_json, write_compare_report
+
+    with fail_clearly():
+        cfg = load_config(config, list(set_ or []), model=CompareConfig)
+        with RichProgress(err_console if as_json else console) as progress:  # stdout stays JSON
+            result = run_compare(cfg, progress, note=progress.note)
+        md, js, pngs = write_compare_report(result)
+    if as_json:
+        print(json.dumps(results_json(result)))
+        return
+    console.print(md.read_text(encoding="utf-8"), markup=False, highlight=False)
+    console.print(f"wrote {md}, {js} and {len(pngs)} PNGs; wall {result.wall_s:.1f} s")
 
 
 @judges_app.command("list")

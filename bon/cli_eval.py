@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from bon.cli_common import console, fail_clearly, options_from
+from bon.cli_common import console, err_console, fail_clearly, options_from
 
 eval_app = typer.Typer(help="Win rates, selector evaluation and AlpacaEval runs.", no_args_is_help=True)
 export_app = typer.Typer(help="Export a run for submission.", no_args_is_help=True)
@@ -80,6 +80,36 @@ def select_pool_cmd(
         table.add_row(label, f"{report.reference_points[key]:.2f}")
     console.print(table)
     console.print(f"picks per model: {report.picks}; {report.failed} instructions with no usable judgement; {time.perf_counter() - start:.1f} s")
+
+
+@eval_app.command("pairwise")
+def pairwise_cmd(
+    file: Annotated[Path, typer.Argument(help="pairwise data in the Auto-J format (prompt, response 1, response 2, label 0/1/2)")],
+    judge: Annotated[str, typer.Option("--judge", help="a registered judge: scalar (tie threshold searched) or pairwise (both orders)")],
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="a judge option, e.g. --set prompt_format=chat")] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="an evenly spaced subset of K items (model judges on CPU)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """Agreement of one judge with human pairwise labels (ties included), Auto-J leaderboard protocol."""
+    from bon.progress import RichProgress
+    from eval.compare import evaluate_pairwise_file
+
+    start = time.perf_counter()
+    with fail_clearly():
+        with RichProgress(err_console if as_json else console) as progress:
+            r = evaluate_pairwise_file(file, judge, options_from(set_), limit, progress=progress)
+    if as_json:
+        keys = ("judge", "n", "agreement", "agreement_no_tie", "tie_threshold", "consistency")
+        print(json.dumps({k: v for k, v in r.as_json().items() if k in keys}))
+        return
+    table = Table(title=f"{file}: {r.n} pairs, {r.failed} with a failed judgement", title_justify="left")
+    for column in ("judge", "agreement %", "no-tie %", "tie threshold", "held-out %", "consistency %"):
+        table.add_column(column, justify="right")
+    fmt = lambda x: "—" if x is None else f"{x:.2f}"  # noqa: E731
+    table.add_row(judge, fmt(r.agreement), fmt(r.agreement_no_tie), fmt(r.tie_threshold), fmt(r.heldout_agreement), fmt(r.consistency))
+    console.print(table)
+    console.print("per group: " + ", ".join(f"{g} {a:.1f}" for g, a in r.groups.items()))
+    console.print(f"{time.perf_counter() - start:.1f} s")
 
 
 @export_app.command("alpaca-eval")

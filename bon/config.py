@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DEFAULT_MODEL = "embedded:SmolLM2-135M-Instruct"
+M = TypeVar("M", bound=BaseModel)
 
 
 class ConfigError(ValueError):
@@ -165,20 +166,27 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
     if not sep or not key.strip():
         raise ConfigError(f"--set {assignment!r}: expected key=value, e.g. --set n=4")
     parts = key.strip().split(".")
-    node = data
+    node: Any = data
     for part in parts[:-1]:
+        if isinstance(node, list):  # judges.0.options.model=... indexes a list
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"--set {assignment!r}: {part!r} is not an index of that list (it has {len(node)} items)")
+            node = node[int(part)]
+            continue
         child = node.setdefault(part, {})
-        if not isinstance(child, dict):
+        if not isinstance(child, (dict, list)):
             raise ConfigError(f"--set {assignment!r}: {part!r} is not a section")
         node = child
+    if isinstance(node, list):
+        raise ConfigError(f"--set {assignment!r}: set a key of one item, e.g. {'.'.join(parts[:-1])}.0.KEY=VALUE")
     value = yaml.safe_load(raw) if raw.strip() else ""
     if isinstance(value, bool) and raw.strip().lower() not in ("true", "false"):
         value = raw  # YAML 1.1 reads yes/no/on/off as booleans; on a command line they are words
     node[parts[-1]] = value
 
 
-def load_config(path: Path | str | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """Load a `RunConfig` from YAML (or defaults when ``path`` is None) plus overrides."""
+def load_config(path: Path | str | None = None, overrides: list[str] | None = None, model: type[M] = RunConfig) -> M:
+    """Load a config (a `RunConfig` unless ``model`` says otherwise) from YAML or defaults, plus overrides."""
     source, tree, data = "<defaults>", None, {}
     if path is not None:
         source = str(path)
@@ -198,6 +206,6 @@ def load_config(path: Path | str | None = None, overrides: list[str] | None = No
     for assignment in overrides or []:
         apply_override(data, assignment)
     try:
-        return RunConfig.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as e:
         raise ConfigError(_format_errors(e, source, tree)) from None

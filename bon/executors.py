@@ -39,6 +39,9 @@ class Executor(Protocol):
     def score(self, prompts: Sequence[Prompt], candidates: Sequence[Candidate]) -> Pending:
         """Judgements of ``candidates`` (a `list[Judgement]` once resolved)."""
 
+    def compare(self, items: Sequence[tuple[str, str, str]]) -> Pending:
+        """Pairwise verdicts for (instruction, shown first, shown second) triples (a pairwise judge's)."""
+
     def status(self) -> str:
         """A short line on work in flight (queue depths), for progress displays."""
 
@@ -89,6 +92,9 @@ class LocalExecutor:
 
     def score(self, prompts: Sequence[Prompt], candidates: Sequence[Candidate]) -> Done:
         return self._timed("judge", lambda: self.judge.score(prompts, candidates))
+
+    def compare(self, items: Sequence[tuple[str, str, str]]) -> Done:
+        return self._timed("judge", lambda: self.judge.compare(items))
 
     def status(self) -> str:
         return ""

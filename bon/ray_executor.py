@@ -74,6 +74,11 @@ class JudgeWorker:
         out = self.judge.score(prompts, candidates)
         return out, time.perf_counter() - t0
 
+    def compare(self, items: Sequence[tuple[str, str, str]]) -> tuple[list, float]:
+        t0 = time.perf_counter()
+        out = self.judge.compare(items)
+        return out, time.perf_counter() - t0
+
 
 # ---------------------------------------------------------------- planning (pure, testable without ray)
 
@@ -345,6 +350,9 @@ class RayExecutor:
 
     def score(self, prompts: Sequence[Prompt], candidates: Sequence[Candidate]) -> RayPending:
         return self.judges.submit("score", list(prompts), list(candidates))
+
+    def compare(self, items: Sequence[tuple[str, str, str]]) -> RayPending:
+        return self.judges.submit("compare", list(items))
 
     def status(self) -> str:
         restarts = self.policies.restarts + self.judges.restarts

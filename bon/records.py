@@ -74,7 +74,21 @@ class Selection:
     reason: str | None = None  # why declined, or why the pick is a fallback
 
 
-RECORD_TYPES: dict[str, type] = {t.kind: t for t in (Prompt, Candidate, Judgement, Selection)}
+@dataclass(frozen=True)
+class Comparison:
+    """A pairwise judge's verdict on one ordered pair of a prompt's candidates."""
+
+    kind: ClassVar[str] = "comparison"
+    prompt_id: str
+    first: int  # index of the candidate shown first
+    second: int  # index of the candidate shown second
+    judge: str
+    winner: int | None  # 0 = the one shown first, 1 = the one shown second, 2 = tie; None when unusable
+    flag: str | None = None  # why the verdict is unusable; None when clean
+    raw: str | None = None  # the judge's raw generated text, where it generates any
+
+
+RECORD_TYPES: dict[str, type] = {t.kind: t for t in (Prompt, Candidate, Judgement, Selection, Comparison)}
 
 
 def to_json(record: Any) -> dict[str, Any]:
@@ -84,7 +98,7 @@ def to_json(record: Any) -> dict[str, Any]:
     return out
 
 
-_INT_FIELDS = {"index", "candidate_index", "chosen_index", "prompt_tokens", "completion_tokens", "seed"}
+_INT_FIELDS = {"index", "candidate_index", "chosen_index", "prompt_tokens", "completion_tokens", "seed", "first", "second", "winner"}
 
 
 def from_json(cls: type, data: Mapping[str, Any]) -> Any:

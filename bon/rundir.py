@@ -97,7 +97,7 @@ class RunDir:
                     "python": platform.python_version(),
                 },
             )
-        for record_type, name in FILES.items():
+        for name in FILES.values():
             if drop_torn_tail(rd.path / name):
                 notes.append(f"dropped a torn last line of {name} (a write cut short); it will be redone")
         return rd, notes

@@ -33,6 +33,10 @@ class Pool:
             for q in self.instructions
         ]
 
+    def restrict(self, instructions: list[str]) -> "Pool":
+        """The same pool over fewer instructions (a judge's subset)."""
+        return Pool(self.models, list(instructions), {q: self.table[q] for q in instructions})
+
     def candidates(self, q: str) -> list[Candidate]:
         return [Candidate(prompt_id(q), i, a.output_2, None, 0, 0, "stop", a.generator_2) for i, a in enumerate(self.table[q])]
 
@@ -104,18 +108,22 @@ def evaluate_selector(
         judgements += judge.score(batch, cands)
         if on_batch:
             on_batch(len(batch))
+    return picks_report(pool, judge.name, judgements), judgements
+
+
+def picks_report(pool: Pool, name: str, judgements: Sequence[Judgement]) -> PoolReport:
+    """The win rate of one pick per instruction (best score, lowest index on ties) and the pool's reference points."""
     by_prompt: dict[str, list[Judgement]] = {}
     for j in judgements:
         by_prompt.setdefault(j.prompt_id, []).append(j)
     picks, chosen, failed = {m: 0 for m in pool.models}, [], 0
-    for p in prompts:
-        s = select(p.id, by_prompt[p.id])
+    for q in pool.instructions:
+        s = select(prompt_id(q), by_prompt[prompt_id(q)])  # no threshold: an all-failed prompt keeps candidate 0
         failed += s.score is None
-        chosen.append(pool.table[p.instruction][s.chosen_index])
+        chosen.append(pool.table[q][s.chosen_index])
         picks[pool.models[s.chosen_index]] += 1
     points, best = reference_points(pool)
-    report = PoolReport(judge.name, len(prompts), _rate(chosen), points, best, picks, failed)
-    return report, judgements
+    return PoolReport(name, len(pool.instructions), _rate(chosen), points, best, picks, failed)
 
 
 def write_report(report: PoolReport, folder: Path, out: Path, describe: str) -> tuple[Path, Path]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Literal, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -17,6 +17,12 @@ class EmbedderOptions(BaseModel):
     model: str = Field(EMBEDDER, description="sentence-embedding model: embedded:all-MiniLM-L6-v2, a local directory or hub id")
     device: str = Field("auto", description="auto, cpu or cuda")
     batch_size: int = Field(32, ge=1, description="texts per forward pass")
+
+
+class CosineOptions(EmbedderOptions):
+    against: Literal["reference", "instruction"] = Field(
+        "reference", description="reference = similarity to the gold answer; instruction = relevance to the question (data without references)"
+    )
 
 
 def load_embedder(options: EmbedderOptions):
@@ -34,20 +40,22 @@ def cosine(a: Sequence[float], b: Sequence[float]) -> float:
 
 
 class CosineJudge:
-    Options = EmbedderOptions
+    Options = CosineOptions
     name = "cosine"
     summary = "cosine similarity of candidate and reference embeddings (CPU default: all-MiniLM-L6-v2, embedded)"
-    needs_reference = True
+    needs_reference = True  # per instance: false with against=instruction
     hub_id = "sentence-transformers/all-MiniLM-L6-v2"
 
-    def __init__(self, options: EmbedderOptions | None = None):
-        self.options = options or EmbedderOptions()
+    def __init__(self, options: CosineOptions | None = None):
+        self.options = options or CosineOptions()
+        self.needs_reference = self.options.against == "reference"
 
     def describe(self) -> str:
-        return f"cosine similarity to the reference ({self.options.model.removeprefix('embedded:')})"
+        return f"cosine similarity to the {self.options.against} ({self.options.model.removeprefix('embedded:')})"
 
     def score(self, prompts: Sequence[Prompt], candidates: Sequence[Candidate]) -> list[Judgement]:
-        refs = [p.reference for p in prompts_by_id(prompts, candidates)]
+        targets = prompts_by_id(prompts, candidates)
+        refs = [p.reference if self.needs_reference else p.instruction for p in targets]
         with_ref = [i for i, r in enumerate(refs) if r]
         out: list[Judgement] = [
             Judgement(c.prompt_id, c.index, self.name, None, flag="the prompt has no reference") for c in candidates

@@ -147,6 +147,10 @@ class PairwiseRanking:
         cls = COMPARATORS.get(self.options.comparator)
         self.comparator = cls(cls.Options.model_validate(self.options.comparator_options))
 
+    def compare(self, items: Sequence[tuple[str, str, str]]) -> list[PairVerdict]:
+        """Its comparator's verdicts on (instruction, shown first, shown second) triples."""
+        return self.comparator.compare(items)
+
     @staticmethod
     def cost(n: int, mode: str) -> int:
         return n * (n - 1) if mode == "round_robin" else 2 * (n - 1)

@@ -1,0 +1,176 @@
+"""The data a judge comparison runs on, read into records where it enters.
+
+Three kinds, each a set of prompts with candidates a scalar judge can score:
+- ``pairwise``: Auto-J's pairwise test format (prompt, two responses, a human label with ties);
+- ``pool``: a folder of AlpacaEval annotation files, the released verdict of every candidate known;
+- ``scores``: a JSON/JSONL file of (instruction, response, numeric score) rows, e.g. GPT-4 ratings.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any, Sequence, TypeVar
+
+from bon.io import DataFileError
+from bon.prompts import prompt_id
+from bon.records import Candidate, Prompt
+from eval.pool import Pool, load_pool
+
+T = TypeVar("T")
+
+
+@cache
+def scenario_groups() -> dict[str, str]:
+    """Auto-J scenario -> its leaderboard group (a data file copied from the Auto-J repo's table)."""
+    table = json.loads(resources.files("eval").joinpath("data", "autoj_scenario_groups.json").read_text(encoding="utf-8"))
+    return {scenario: group for group, members in table.items() if not group.startswith("_") for scenario in members}
+
+
+def evenly_spaced(items: Sequence[T], k: int | None) -> list[T]:
+    """``k`` items spread evenly over the sequence (all of them when k is None or too large)."""
+    if k is None or k >= len(items):
+        return list(items)
+    return [items[(i * len(items)) // k] for i in range(k)]
+
+
+def _candidate(pid: str, index: int, text: str, source: str) -> Candidate:
+    return Candidate(pid, index, text, None, 0, 0, "stop", source)
+
+
+def _read_rows(path: Path) -> list[tuple[int | None, dict[str, Any]]]:
+    """(line, row) pairs from a JSONL file or a JSON list; lines are 1-based, None for JSON lists."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise DataFileError(path, None, f"cannot read ({e.strerror})") from None
+    if path.suffix == ".json":
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DataFileError(path, e.lineno, f"not valid JSON ({e.msg})") from None
+        if not isinstance(rows, list):
+            raise DataFileError(path, None, "expected a JSON list of objects")
+        numbered = [(None, r) for r in rows]
+    else:
+        numbered = []
+        for lineno, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                numbered.append((lineno, json.loads(line)))
+            except json.JSONDecodeError as e:
+                raise DataFileError(path, lineno, f"not valid JSON ({e.msg})") from None
+    for i, (lineno, row) in enumerate(numbered):
+        if not isinstance(row, dict):
+            raise DataFileError(path, lineno, f"row {i}: expected a JSON object")
+    return numbered
+
+
+def _field(path: Path, lineno: int | None, row: dict, key: str, kind: type | tuple) -> Any:
+    value = row.get(key)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise DataFileError(path, lineno, f"field {key!r}: expected {getattr(kind, '__name__', 'a number')}, found {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class PairItem:
+    """One human-labelled comparison; ``label`` 0 = response 1 better, 1 = response 2 better, 2 = tie."""
+
+    id: str
+    scenario: str
+    group: str
+    label: int
+    prompt: str
+    response_1: str
+    response_2: str
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """Prompts with candidates for scalar judges, plus what the kind's metrics need."""
+
+    name: str
+    kind: str  # pairwise | pool | scores
+    source: str
+    prompts: list[Prompt]
+    candidates: dict[str, list[Candidate]]  # prompt id -> its candidates, by index
+    pairs: list[PairItem] = field(default_factory=list)  # pairwise: one per prompt, same order
+    pool: Pool | None = None  # pool: the released annotations
+    values: dict[str, list[float]] = field(default_factory=dict)  # scores: prompt id -> value per candidate
+
+    @property
+    def has_references(self) -> bool:
+        return any(p.reference for p in self.prompts)
+
+    def subset(self, k: int | None) -> list[Prompt]:
+        return evenly_spaced(self.prompts, k)
+
+
+def load_pairwise(path: Path | str, name: str = "pairwise") -> Benchmark:
+    path = Path(path)
+    groups = scenario_groups()
+    items = []
+    for i, (lineno, row) in enumerate(_read_rows(path)):
+        label = _field(path, lineno, row, "label", int)
+        if label not in (0, 1, 2):
+            raise DataFileError(path, lineno, f"field 'label': expected 0, 1 or 2, found {label!r}")
+        scenario = str(row.get("scenario", "unknown"))
+        items.append(
+            PairItem(
+                f"pair-{(lineno or i + 1):05d}",
+                scenario,
+                groups.get(scenario, "Others"),
+                label,
+                _field(path, lineno, row, "prompt", str),
+                _field(path, lineno, row, "response 1", str),
+                _field(path, lineno, row, "response 2", str),
+            )
+        )
+    if not items:
+        raise DataFileError(path, None, "holds no items")
+    prompts = [Prompt(it.id, it.prompt, it.scenario) for it in items]
+    candidates = {
+        it.id: [_candidate(it.id, 0, it.response_1, "response 1"), _candidate(it.id, 1, it.response_2, "response 2")]
+        for it in items
+    }
+    return Benchmark(name, "pairwise", str(path), prompts, candidates, pairs=items)
+
+
+def load_pool_benchmark(folder: Path | str, name: str = "pool") -> Benchmark:
+    """Every instruction of an annotation pool; the baseline's output is the prompt's reference."""
+    pool = load_pool(folder)
+    prompts = pool.prompts("baseline")
+    return Benchmark(name, "pool", str(folder), prompts, {p.id: pool.candidates(p.instruction) for p in prompts}, pool=pool)
+
+
+def load_scores(
+    path: Path | str,
+    name: str = "scores",
+    instruction_field: str = "instruction",
+    response_field: str = "output",
+    score_field: str = "score",
+    reference_field: str | None = None,
+) -> Benchmark:
+    """Rows of (instruction, response, score); rows sharing an instruction are one prompt's candidates."""
+    path = Path(path)
+    prompts: dict[str, Prompt] = {}
+    candidates: dict[str, list[Candidate]] = {}
+    values: dict[str, list[float]] = {}
+    for lineno, row in _read_rows(path):
+        q = _field(path, lineno, row, instruction_field, str)
+        text = _field(path, lineno, row, response_field, str)
+        value = float(_field(path, lineno, row, score_field, (int, float)))
+        pid = prompt_id(q)
+        ref = row.get(reference_field) if reference_field else None
+        prompts.setdefault(pid, Prompt(pid, q, str(row.get("dataset", "")), ref if isinstance(ref, str) else None))
+        group = candidates.setdefault(pid, [])
+        group.append(_candidate(pid, len(group), text, str(row.get("generator", ""))))
+        values.setdefault(pid, []).append(value)
+    if not prompts:
+        raise DataFileError(path, None, "holds no rows")
+    return Benchmark(name, "scores", str(path), list(prompts.values()), candidates, values=values)

@@ -1,0 +1,349 @@
+"""`bon compare`: registered judges side by side on evaluation data, every raw judgement kept.
+
+The run directory holds ``manifest.json`` (the config, the judges' specs), one append-only file per
+(benchmark, judge) under ``judgements/`` (scalar judges) or ``comparisons/`` (pairwise judges on a
+pairwise benchmark), and the report. A rerun scores only what is missing, so adding a judge to the
+config reuses every other judge's work; a label's judge and options may not change.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Literal, Sequence
+
+from pydantic import Field, model_validator
+
+from bon.config import JudgeConfig, RayConfig, RunConfig, Strict
+from bon.io import append_records, drop_torn_tail, read_records, write_json_atomic
+from bon.records import SCHEMA, Comparison, Judgement, Prompt
+from bon.rundir import RunDirError, package_versions
+from eval.benchmarks import Benchmark, load_pairwise, load_pool_benchmark, load_scores
+from eval.scoring import (
+    AgreementMatrix,
+    PairwiseResult,
+    PoolResult,
+    ScoresResult,
+    comparison_scores,
+    evaluate_pairwise,
+    evaluate_pool,
+    evaluate_scores,
+    judge_agreement,
+    scores_of,
+)
+
+
+class CompareJudge(JudgeConfig):
+    label: str | None = Field(None, pattern=r"^[\w.-]+$", description="name in the report and the run directory; default the judge's name")
+    max_items: int | dict[str, int] | None = Field(
+        None, description="score an evenly spaced subset of this many prompts per benchmark, or {benchmark: K} (model judges on CPU)"
+    )
+    benchmarks: list[str] | None = Field(None, description="only these benchmarks (by name); None = every benchmark")
+
+    @property
+    def key(self) -> str:
+        return self.label or self.name
+
+    def limit(self, benchmark: str) -> int | None:
+        return self.max_items.get(benchmark) if isinstance(self.max_items, dict) else self.max_items
+
+
+class BenchmarkConfig(Strict):
+    name: str = Field(pattern=r"^[\w.-]+$", description="name in the report and the run directory")
+    kind: Literal["pairwise", "pool", "scores"] = Field(description="pairwise: Auto-J format; pool: AlpacaEval annotations folder; scores: rated responses")
+    path: str = Field(description="the file (pairwise, scores) or folder of per-model annotation files (pool)")
+    instruction_field: str = Field("instruction", description="scores: column holding the instruction")
+    response_field: str = Field("output", description="scores: column holding the response")
+    score_field: str = Field("score", description="scores: the numeric reference column (e.g. a GPT-4 rating)")
+    reference_field: str | None = Field(None, description="scores: column holding a gold answer, if any")
+
+
+class CompareConfig(Strict):
+    output_dir: Path = Field(Path("runs/compare"), description="run directory; rerunning continues there")
+    judges: list[CompareJudge] = Field(min_length=1, description="the judges to compare (registry names, options, labels)")
+    benchmarks: list[BenchmarkConfig] = Field(min_length=1, description="the data they are compared on")
+    batch_size: int = Field(16, ge=1, description="prompts per judge call (the unit of resumption)")
+    bootstrap: int = Field(1000, ge=0, description="bootstrap resamples for confidence intervals (0 = none)")
+    folds: int = Field(2, ge=2, description="splits for the held-out tie threshold of scalar judges on pairwise data")
+    seed: int = Field(0, ge=0, description="seed of the bootstrap")
+    engine: Literal["local", "ray"] = Field("local", description="local = judges in this process; ray = judges in Ray actors")
+    ray: RayConfig = Field(default_factory=RayConfig, description="judge actors and cluster for engine: ray")
+
+    @model_validator(mode="after")
+    def _names(self) -> "CompareConfig":
+        for what, names in (("judge label", [j.key for j in self.judges]), ("benchmark name", [b.name for b in self.benchmarks])):
+            dup = sorted({n for n in names if names.count(n) > 1})
+            if dup:
+                raise ValueError(f"{what} {dup[0]!r} is used twice; give each a distinct one")
+        known = {b.name for b in self.benchmarks}
+        for j in self.judges:
+            limits = j.max_items if isinstance(j.max_items, dict) else {} if j.max_items is None else {"": j.max_items}
+            bad = sorted(k for k, v in limits.items() if v < 1 or (k and k not in known))
+            if bad:
+                raise ValueError(f"judge {j.key!r}: max_items {bad[0]!r}: a known benchmark and a count of at least 1")
+            unknown = sorted(set(j.benchmarks or []) - known)
+            if unknown:
+                raise ValueError(f"judge {j.key!r}: unknown benchmark {unknown[0]!r} (known: {', '.join(sorted(known))})")
+        return self
+
+
+MANIFEST = "manifest.json"
+
+
+def load_benchmark(cfg: BenchmarkConfig) -> Benchmark:
+    if cfg.kind == "pairwise":
+        return load_pairwise(cfg.path, cfg.name)
+    if cfg.kind == "pool":
+        return load_pool_benchmark(cfg.path, cfg.name)
+    return load_scores(cfg.path, cfg.name, cfg.instruction_field, cfg.response_field, cfg.score_field, cfg.reference_field)
+
+
+def open_run(cfg: CompareConfig) -> Path:
+    """Create or reopen the run directory; a stored judge label or benchmark must keep its meaning."""
+    out = cfg.output_dir
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = out / MANIFEST
+    judges = {j.key: {"name": j.name, "options": j.options} for j in cfg.judges}
+    benchmarks = {b.name: b.model_dump(mode="json") for b in cfg.benchmarks}
+    if manifest.exists():
+        try:
+            stored = json.loads(manifest.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise RunDirError(f"{manifest}:{e.lineno}: not valid JSON ({e.msg})") from None
+        if stored.get("schema") != SCHEMA:
+            raise RunDirError(f"{manifest}: field 'schema': this bon reads version {SCHEMA}, found {stored.get('schema')!r}")
+        stored_judges, stored_benchmarks = stored.get("judges", {}), stored.get("benchmarks", {})
+        for what, now, before in (("judge", judges, stored_judges), ("benchmark", benchmarks, stored_benchmarks)):
+            for key in now.keys() & before.keys():
+                if now[key] != before[key]:
+                    raise RunDirError(
+                        f"{out}: {what} {key!r} was run as {before[key]} and is now {now[key]}; its stored "
+                        "judgements would be mixed with new ones: give it another name or use another output_dir"
+                    )
+        judges, benchmarks = {**stored_judges, **judges}, {**stored_benchmarks, **benchmarks}
+    write_json_atomic(
+        manifest,
+        {
+            "schema": SCHEMA,
+            "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "config": cfg.model_dump(mode="json"),
+            "judges": judges,  # every label ever run here, so its stored judgements keep their meaning
+            "benchmarks": benchmarks,
+            "packages": package_versions(),
+        },
+    )
+    return out
+
+
+def store_path(out: Path, bench: str, label: str, pairwise_judge: bool) -> Path:
+    return out / ("comparisons" if pairwise_judge else "judgements") / bench / f"{label}.jsonl"
+
+
+def _stored(path: Path | None, cls: type) -> list:
+    if path is None:  # an in-memory evaluation (bon eval pairwise)
+        return []
+    drop_torn_tail(path)  # a write cut by a crash is redone
+    return read_records(path, cls)
+
+
+def _append(path: Path | None, records: list) -> None:
+    if path is not None and records:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        append_records(path, records)
+
+
+def _in_flight(submit: Callable[[Any], Any], batches: Sequence[Any], executor, collect: Callable[[Any, Any], None]) -> None:
+    """Submit batches keeping the executor's judge window in flight; collect results in submission order."""
+    if not batches:
+        return  # touching the executor would start it
+    window = max(1, executor.judge_window)
+    pending: list[tuple[Any, Any]] = []
+    for batch in batches:
+        pending.append((batch, submit(batch)))
+        if len(pending) >= window:
+            b, p = pending.pop(0)
+            collect(b, p.result())
+    for b, p in pending:
+        collect(b, p.result())
+
+
+def score_benchmark(
+    executor, bench: Benchmark, prompts: Sequence[Prompt], path: Path | None, label: str, batch_size: int, advance: Callable[[int], None]
+) -> list[Judgement]:
+    """Every candidate of ``prompts`` judged once; judgements already in ``path`` are kept, not redone."""
+    have = _stored(path, Judgement)
+    done = {(j.prompt_id, j.candidate_index) for j in have}
+    todo = [p for p in prompts if any((p.id, c.index) not in done for c in bench.candidates[p.id])]
+    advance(len(prompts) - len(todo))
+    batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
+
+    def collect(batch: list[Prompt], judgements: list[Judgement]) -> None:
+        new = [dataclasses.replace(j, judge=label) for j in judgements if (j.prompt_id, j.candidate_index) not in done]
+        _append(path, new)
+        have.extend(new)
+        advance(len(batch))
+
+    submit = lambda batch: executor.score(batch, [c for p in batch for c in bench.candidates[p.id]])  # noqa: E731
+    _in_flight(submit, batches, executor, collect)
+    return have
+
+
+def compare_benchmark(
+    executor, bench: Benchmark, prompts: Sequence[Prompt], path: Path | None, label: str, batch_size: int, advance: Callable[[int], None]
+) -> list[Comparison]:
+    """A pairwise judge on each pair in both orders (response 1 first, then response 2 first)."""
+    have = _stored(path, Comparison)
+    done = {(c.prompt_id, c.first) for c in have}
+    todo = [p for p in prompts if (p.id, 0) not in done or (p.id, 1) not in done]
+    advance(len(prompts) - len(todo))
+    batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
+
+    def items(batch: list[Prompt]) -> list[tuple[str, str, str]]:
+        out = []
+        for p in batch:
+            r1, r2 = (c.text for c in bench.candidates[p.id])
+            out += [(p.instruction, r1, r2), (p.instruction, r2, r1)]
+        return out
+
+    def collect(batch: list[Prompt], verdicts: list) -> None:
+        new = []
+        for k, p in enumerate(batch):
+            for first, v in zip((0, 1), verdicts[2 * k : 2 * k + 2]):
+                if (p.id, first) not in done:
+                    new.append(Comparison(p.id, first, 1 - first, label, v.winner, v.flag, v.raw))
+        _append(path, new)
+        have.extend(new)
+        advance(len(batch))
+
+    _in_flight(lambda batch: executor.compare(items(batch)), batches, executor, collect)
+    return have
+
+
+def judge_executor(cfg: CompareConfig, entry: CompareJudge, judge, note: Callable[[str], None]):
+    """The same executors as reranking (in-process, or Ray judge actors with no policy actors)."""
+    from bon.executors import make_executor
+
+    run_cfg = RunConfig(
+        engine=cfg.engine,
+        ray=cfg.ray.model_copy(update={"policy_replicas": 0}),  # comparing needs judge actors only
+        judge=JudgeConfig(name=entry.name, options=entry.options),
+    )
+    return make_executor(run_cfg, judge, None, note)
+
+
+class _OnDemand:
+    """Enters an executor at its first use, so a judge with nothing left to do loads no model and starts no actor."""
+
+    def __init__(self, make: Callable[[], Any], stack: contextlib.ExitStack):
+        self._make, self._stack, self._executor = make, stack, None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._executor is None:
+            self._executor = self._stack.enter_context(self._make())
+        return getattr(self._executor, name)
+
+
+@dataclass(frozen=True)
+class BenchmarkReport:
+    name: str
+    kind: str
+    source: str
+    prompts: int
+    results: list[PairwiseResult | PoolResult | ScoresResult]  # one per judge, in config order
+    agreement: AgreementMatrix
+    skipped: dict[str, str]  # judge label -> why it has no row here
+
+
+@dataclass(frozen=True)
+class CompareResult:
+    output_dir: Path
+    benchmarks: list[BenchmarkReport]
+    judges: dict[str, str]  # label -> what is scoring (describe())
+    seconds: dict[str, float]  # label -> judging seconds in this invocation
+    wall_s: float
+
+
+def evaluate(bench: Benchmark, subset: Sequence[Prompt], label: str, records: list, reps: int = 1000, seed: int = 0, folds: int = 2):
+    """The kind's numbers for one judge's stored records (judgements, or comparisons of a pairwise judge)."""
+    if bench.kind == "pairwise":
+        if records and isinstance(records[0], Comparison):
+            return evaluate_pairwise(bench, subset, label, comparisons=records, reps=reps, seed=seed, folds=folds)
+        return evaluate_pairwise(bench, subset, label, judgements=records, reps=reps, seed=seed, folds=folds)
+    if bench.kind == "pool":
+        return evaluate_pool(bench, subset, label, records, reps, seed)
+    return evaluate_scores(bench, subset, label, records, reps, seed)
+
+
+def run_compare(cfg: CompareConfig, progress=None, note: Callable[[str], None] = print) -> CompareResult:
+    """Judge every benchmark with every judge (only what the run directory lacks), then score them."""
+    from judges import build_judge
+
+    start = time.perf_counter()
+    out = open_run(cfg)
+    benches = {b.name: load_benchmark(b) for b in cfg.benchmarks}
+    stored: dict[str, dict[str, tuple[list[Prompt], list]]] = {name: {} for name in benches}
+    skipped: dict[str, dict[str, str]] = {name: {} for name in benches}
+    described: dict[str, str] = {}
+    seconds: dict[str, float] = {}
+    for entry in cfg.judges:
+        label, judge = entry.key, build_judge(entry.name, entry.options)
+        described[label] = judge.describe()
+        pairwise_judge = callable(getattr(judge, "compare", None))  # compares both orders on pairwise data
+        t0 = time.perf_counter()
+        with contextlib.ExitStack() as stack:
+            executor = _OnDemand(lambda e=entry, j=judge: judge_executor(cfg, e, j, note), stack)
+            for name, bench in benches.items():
+                if entry.benchmarks is not None and name not in entry.benchmarks:
+                    continue
+                if getattr(judge, "needs_reference", False) and not bench.has_references:
+                    skipped[name][label] = "needs a reference answer and this benchmark has none"
+                    continue
+                subset = bench.subset(entry.limit(name))
+                stage = f"{label} · {name}"
+                if progress is not None:
+                    progress.start(stage, len(subset), 0)
+                advance = (lambda k, s=stage: progress.advance(s, k)) if progress is not None else (lambda k: None)
+                compares = pairwise_judge and bench.kind == "pairwise"
+                path = store_path(out, name, label, compares)
+                stored[name][label] = (subset, judge_benchmark(executor, judge, bench, subset, path, label, cfg.batch_size, advance))
+        seconds[label] = time.perf_counter() - t0
+    reports = []
+    for name, bench in benches.items():
+        results, scores = [], {}
+        for label, (subset, records) in stored[name].items():
+            results.append(evaluate(bench, subset, label, records, cfg.bootstrap, cfg.seed, cfg.folds))
+            comparisons = bool(records) and isinstance(records[0], Comparison)
+            scores[label] = comparison_scores(records) if comparisons else scores_of(records)
+        reports.append(
+            BenchmarkReport(name, bench.kind, bench.source, len(bench.prompts), results, judge_agreement(bench, scores), skipped[name])
+        )
+    return CompareResult(out, reports, described, seconds, time.perf_counter() - start)
+
+
+def judge_benchmark(executor, judge, bench: Benchmark, subset: Sequence[Prompt], path: Path | None, label: str, batch_size: int, advance) -> list:
+    """Comparisons when a pairwise judge meets a pairwise benchmark, else one judgement per candidate."""
+    if bench.kind == "pairwise" and callable(getattr(judge, "compare", None)):
+        return compare_benchmark(executor, bench, subset, path, label, batch_size, advance)
+    return score_benchmark(executor, bench, subset, path, label, batch_size, advance)
+
+
+def evaluate_pairwise_file(
+    path: Path | str, name: str, options: dict | None = None, limit: int | None = None, batch_size: int = 16, progress=None
+) -> PairwiseResult:
+    """`bon eval pairwise`: one judge on one Auto-J format file, in this process, nothing written."""
+    from bon.executors import LocalExecutor
+    from judges import build_judge
+
+    bench = load_pairwise(path)
+    judge = build_judge(name, options)
+    subset = bench.subset(limit)
+    advance = lambda k: None  # noqa: E731
+    if progress is not None:
+        progress.start("pairs", len(subset), 0)
+        advance = lambda k: progress.advance("pairs", k)  # noqa: E731
+    records = judge_benchmark(LocalExecutor(judge), judge, bench, subset, None, name, batch_size, advance)
+    return evaluate(bench, subset, name, records)

@@ -1,0 +1,210 @@
+"""The comparison report: report.md (one table per benchmark, judges as rows), results.json, PNGs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from bon.io import write_json_atomic
+from eval.compare import BenchmarkReport, CompareResult
+from eval.scoring import PairwiseResult, PoolResult, ScoresResult
+
+
+def _num(x: float | None, digits: int = 2) -> str:
+    return "—" if x is None else f"{x:.{digits}f}"
+
+
+def _ci(x: float | None, ci: tuple[float, float] | None, digits: int = 2) -> str:
+    if x is None:
+        return "—"
+    return f"{x:.{digits}f}" + ("" if ci is None else f" [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]")
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def _pairwise_section(b: BenchmarkReport) -> list[str]:
+    rows = [
+        [
+            r.judge, str(r.n), _ci(r.agreement, r.agreement_ci), _num(r.agreement_no_tie), _num(r.tie_threshold),
+            _num(r.heldout_agreement), _num(r.consistency), _num(r.aurc, 3), _num(r.length_spearman), _num(r.prefers_longer), str(r.failed),
+        ]
+        for r in b.results
+        if isinstance(r, PairwiseResult)
+    ]
+    lines = [
+        "Agreement with the human label (%, ties included) with a 95% bootstrap CI over items. Scalar judges predict a tie "
+        "when their two scores differ by less than a threshold searched over 0–2.0 in steps of 0.01 (the Auto-J leaderboard "
+        "protocol, tuned on the items it is reported on); *held-out* predicts each fold with the threshold searched on the "
+        "other folds (folds alternate within each scenario). Pairwise judges count an item only when both orders give the "
+        "label; consistency is the share of items whose two orders agree. AURC: declining the smallest score gaps first, "
+        "risk = 1 − agreement (lower is better). Length ρ: Spearman of score with response length; prefers longer: % of "
+        "decisive verdicts picking the longer response.",
+        "",
+    ]
+    lines += _table(
+        ["judge", "n", "agreement % [CI]", "no-tie %", "tie τ", "held-out %", "consistency %", "AURC", "length ρ", "prefers longer %", "failed"],
+        rows,
+    )
+    groups = sorted({g for r in b.results for g in r.groups})
+    lines += ["", "Agreement (%) per scenario group:", ""]
+    lines += _table(["judge"] + groups, [[r.judge] + [_num(r.groups.get(g), 1) for g in groups] for r in b.results])
+    return lines
+
+
+def _pool_section(b: BenchmarkReport) -> list[str]:
+    rows = []
+    for r in b.results:
+        assert isinstance(r, PoolResult)
+        c = r.correlation
+        rows.append([
+            r.judge, str(r.n), _ci(r.win_rate, r.win_rate_ci), _num(r.reference_points["random"]), _num(r.reference_points["longest"]),
+            _num(r.reference_points["oracle"]), _ci(c.pearson, r.pearson_ci, 3), _num(c.spearman, 3), _num(c.kendall, 3),
+            _num(r.aurc, 3), _num(r.oracle_aurc, 3), _num(r.length_spearman, 3), f"{r.mean_pick_length:.0f} / {r.mean_length:.0f}",
+            _num(r.longest_picked, 1), str(r.failed),
+        ])
+    lines = [
+        "The judge as best-of-N selector over the released annotations: the win rate (%) of its picks by alpaca-eval's metric "
+        "(95% bootstrap CI over instructions), beside the reference points on the same instructions (random = the mean "
+        "over models). Correlation of the judge's score with each candidate's released preference (its win in [0, 1]), "
+        "Pearson CI by bootstrap over instructions. AURC: declining the instructions whose pick scores lowest, risk = 1 − win. "
+        "Length: Spearman of score with output length, mean characters of the picks / of all candidates, % of picks that are "
+        "the longest candidate.",
+        "",
+    ]
+    return lines + _table(
+        ["judge", "n", "win rate % [CI]", "random", "longest", "oracle", "Pearson [CI]", "Spearman", "Kendall", "AURC",
+         "oracle AURC", "length ρ", "pick / mean length", "longest picked %", "failed"],
+        rows,
+    )
+
+
+def _scores_section(b: BenchmarkReport) -> list[str]:
+    rows = []
+    for r in b.results:
+        assert isinstance(r, ScoresResult)
+        c = r.correlation
+        rows.append([r.judge, str(r.n), _ci(c.pearson, r.pearson_ci, 3), _num(c.spearman, 3), _num(c.kendall, 3),
+                     _num(r.aurc, 3), _num(r.oracle_aurc, 3), _num(r.length_spearman, 3), str(r.failed)])
+    lines = [
+        "Correlation of the judge's score with the reference score column (Pearson CI by bootstrap over instructions). AURC: "
+        "declining the lowest-scored responses, risk = 1 − the reference score scaled to [0, 1].",
+        "",
+    ]
+    return lines + _table(["judge", "n", "Pearson [CI]", "Spearman", "Kendall", "AURC", "oracle AURC", "length ρ", "failed"], rows)
+
+
+SECTIONS = {"pairwise": _pairwise_section, "pool": _pool_section, "scores": _scores_section}
+
+
+def _agreement_lines(b: BenchmarkReport) -> list[str]:
+    m = b.agreement
+    if len(m.judges) < 2:
+        return []
+    lines = ["", "Agreement between judges: mean within-prompt Kendall τ-b over the candidates both scored "
+             "(prompts where either judge is constant are left out; the count is in results.json).", ""]
+    return lines + _table(["", *m.judges], [[a] + [_num(t, 2) for t in row] for a, row in zip(m.judges, m.tau)])
+
+
+def results_json(result: CompareResult) -> dict[str, Any]:
+    return {
+        "output_dir": str(result.output_dir),
+        "wall_s": round(result.wall_s, 1),
+        "judges": result.judges,
+        "judge_seconds": {k: round(v, 1) for k, v in result.seconds.items()},
+        "benchmarks": [
+            {
+                "name": b.name,
+                "kind": b.kind,
+                "source": b.source,
+                "prompts": b.prompts,
+                "results": [r.as_json() for r in b.results],
+                "agreement": {"judges": b.agreement.judges, "kendall_tau": b.agreement.tau, "prompts": b.agreement.prompts},
+                "skipped": b.skipped,
+            }
+            for b in result.benchmarks
+        ],
+    }
+
+
+def _plots(b: BenchmarkReport, out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    written = []
+    curves = [r for r in b.results if r.curve is not None and r.curve.coverage]
+    if curves:
+        fig, ax = plt.subplots(figsize=(5.5, 4))
+        for r in curves:
+            ax.plot(r.curve.coverage, r.curve.risk, label=f"{r.judge} (AURC {r.curve.aurc:.3f})")
+        ax.set_xlabel("coverage (share of items kept)")
+        ax.set_ylabel("risk (1 − quality of kept items)")
+        ax.set_title(f"{b.name}: risk–coverage", fontsize=10)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        written.append(out / f"risk_coverage_{b.name}.png")
+        fig.savefig(written[-1], dpi=120)
+        plt.close(fig)
+    m = b.agreement
+    if len(m.judges) >= 2:
+        import numpy as np
+
+        grid = np.array([[np.nan if t is None else t for t in row] for row in m.tau], float)
+        fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(m.judges), 1.0 + 0.8 * len(m.judges)))
+        im = ax.imshow(grid, vmin=-1, vmax=1, cmap="RdBu")
+        ax.set_xticks(range(len(m.judges)), m.judges, rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(range(len(m.judges)), m.judges, fontsize=8)
+        for i in range(len(m.judges)):
+            for j in range(len(m.judges)):
+                ax.text(j, i, "—" if np.isnan(grid[i, j]) else f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=7)
+        fig.colorbar(im, ax=ax, label="Kendall τ-b")
+        ax.set_title(f"{b.name}: judge agreement", fontsize=10)
+        fig.tight_layout()
+        written.append(out / f"agreement_{b.name}.png")
+        fig.savefig(written[-1], dpi=120)
+        plt.close(fig)
+    bars = [(r.judge, r.win_rate, r.win_rate_ci) for r in b.results if isinstance(r, PoolResult)]
+    bars += [(f"{r.judge}", r.agreement, r.agreement_ci) for r in b.results if isinstance(r, PairwiseResult)]
+    if bars:
+        fig, ax = plt.subplots(figsize=(6, 0.6 + 0.45 * len(bars)))
+        names = [n for n, _, _ in bars]
+        values = [v for _, v, _ in bars]
+        err = [[v - (ci or (v, v))[0] for _, v, ci in bars], [(ci or (v, v))[1] - v for _, v, ci in bars]]
+        ax.barh(names[::-1], values[::-1], xerr=[e[::-1] for e in err], color="#1f77b4", capsize=3)
+        pool = next((r for r in b.results if isinstance(r, PoolResult)), None)
+        if pool is not None:  # reference points of the first judge's instructions
+            for key, style in (("random", ":"), ("longest", "--"), ("oracle", "-")):
+                ax.axvline(pool.reference_points[key], color="#777", linestyle=style, label=f"{key} ({pool.n} instr.)")
+            ax.legend(fontsize=7)
+        ax.set_xlabel("win rate of picks (%)" if pool is not None else "agreement with humans (%)")
+        ax.set_title(f"{b.name}: {'judges as selectors' if pool is not None else 'pairwise agreement'}", fontsize=10)
+        fig.tight_layout()
+        written.append(out / f"selector_{b.name}.png" if pool is not None else out / f"agreement_bars_{b.name}.png")
+        fig.savefig(written[-1], dpi=120)
+        plt.close(fig)
+    return written
+
+
+def write_compare_report(result: CompareResult) -> tuple[Path, Path, list[Path]]:
+    out = result.output_dir
+    lines = ["# Judge comparison", "", "| judge | what is scoring | judging s (this invocation) |", "|---|---|---|"]
+    lines += [f"| {k} | {v} | {result.seconds.get(k, 0):.1f} |" for k, v in result.judges.items()]
+    pngs: list[Path] = []
+    for b in result.benchmarks:
+        lines += ["", f"## {b.name} ({b.kind}: `{b.source}`, {b.prompts} prompts)", ""]
+        lines += SECTIONS[b.kind](b) if b.results else ["No judge has a row here."]
+        lines += _agreement_lines(b)
+        for label, why in b.skipped.items():
+            lines.append(f"\n*{label}*: not run here: {why}.")
+        written = _plots(b, out)
+        pngs += written
+        lines += [""] + [f"![{p.stem}]({p.name})" for p in written]
+    lines += ["", f"Wall time of this invocation: {result.wall_s:.1f} s (judgements already in the run directory are reused).", ""]
+    md = out / "report.md"
+    md.write_text("\n".join(lines), encoding="utf-8")
+    js = out / "results.json"
+    write_json_atomic(js, results_json(result))
+    return md, js, pngs

@@ -1,0 +1,192 @@
+"""Metrics for comparing judges; pure functions over plain numbers, checked by hand in the tests.
+
+Conventions: percentages are in [0, 100]; a missing score is None and is never silently dropped
+(pairwise: a pair with a missing side is a wrong prediction; risk-coverage: it is declined first).
+Pair labels follow Auto-J: 0 = response 1 better, 1 = response 2 better, 2 = tie.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+
+FIRST, SECOND, TIE = 0, 1, 2
+# the Auto-J leaderboard's tie thresholds for scalar reward models: 0 to 2.0 in steps of 0.01
+THRESHOLDS: tuple[float, ...] = tuple(round(0.01 * i, 2) for i in range(201))
+
+
+def predict_pairs(a: Sequence[float | None], b: Sequence[float | None], threshold: float) -> list[int | None]:
+    """Scalar scores to a verdict per pair: a tie when |a - b| < threshold (or equal), else the higher side."""
+    out: list[int | None] = []
+    for x, y in zip(a, b):
+        if x is None or y is None:
+            out.append(None)
+        elif x == y or abs(x - y) < threshold:
+            out.append(TIE)
+        else:
+            out.append(FIRST if x > y else SECOND)
+    return out
+
+
+def agreement(predictions: Sequence[int | None], labels: Sequence[int]) -> float:
+    """Percent of items whose prediction equals the human label (None is never equal)."""
+    if not labels:
+        return float("nan")
+    return 100.0 * sum(p == y for p, y in zip(predictions, labels)) / len(labels)
+
+
+def agreement_no_tie(predictions: Sequence[int | None], labels: Sequence[int]) -> float:
+    """Agreement over the items whose human label is not a tie."""
+    kept = [(p, y) for p, y in zip(predictions, labels) if y != TIE]
+    return agreement([p for p, _ in kept], [y for _, y in kept])
+
+
+def search_threshold(
+    a: Sequence[float | None], b: Sequence[float | None], labels: Sequence[int], grid: Sequence[float] = THRESHOLDS
+) -> tuple[float, float]:
+    """The grid threshold with the highest agreement (the smallest on ties) and that agreement."""
+    best_t, best = grid[0], -1.0
+    for t in grid:
+        score = agreement(predict_pairs(a, b, t), labels)
+        if score > best + 1e-12:
+            best_t, best = t, score
+    return best_t, best
+
+
+def cross_fit_agreement(
+    a: Sequence[float | None],
+    b: Sequence[float | None],
+    labels: Sequence[int],
+    folds: Sequence[int],
+    grid: Sequence[float] = THRESHOLDS,
+) -> tuple[float, dict[int, float]]:
+    """Agreement when each fold is predicted with the threshold searched on the other folds.
+
+    Returns the agreement over all items and the threshold used for each fold, so no item is
+    scored with a threshold tuned on itself.
+    """
+    predictions: list[int | None] = [None] * len(labels)
+    thresholds: dict[int, float] = {}
+    for fold in sorted(set(folds)):
+        train = [i for i, f in enumerate(folds) if f != fold]
+        test = [i for i, f in enumerate(folds) if f == fold]
+        t, _ = search_threshold([a[i] for i in train], [b[i] for i in train], [labels[i] for i in train], grid)
+        thresholds[fold] = t
+        for i, p in zip(test, predict_pairs([a[i] for i in test], [b[i] for i in test], t)):
+            predictions[i] = p
+    return agreement(predictions, labels), thresholds
+
+
+def swap_back(verdict: int | None) -> int | None:
+    """A verdict on the swapped pair (response 2 shown first) in the original orientation."""
+    return None if verdict is None else {FIRST: SECOND, SECOND: FIRST, TIE: TIE}[verdict]
+
+
+def comparator_scores(
+    forward: Sequence[int | None], swapped: Sequence[int | None], labels: Sequence[int]
+) -> tuple[float, float]:
+    """Auto-J's protocol for pairwise judges: (agreement, consistency) in percent.
+
+    ``swapped`` is already mapped back to the original orientation. Agreement counts an item only
+    when both orders give the human label; consistency is the share of items whose two orders give
+    the same usable verdict.
+    """
+    n = len(labels)
+    both = sum(f == s == y for f, s, y in zip(forward, swapped, labels))
+    same = sum(f is not None and f == s for f, s in zip(forward, swapped))
+    return 100.0 * both / n, 100.0 * same / n
+
+
+@dataclass(frozen=True)
+class Correlations:
+    pearson: float | None
+    spearman: float | None
+    kendall: float | None
+    n: int
+
+
+def _finite(value: float) -> float | None:
+    return None if value is None or math.isnan(value) else float(value)
+
+
+def correlations(x: Sequence[float | None], y: Sequence[float | None]) -> Correlations:
+    """Pearson, Spearman and Kendall's tau-b over the pairs where both are present (None if constant)."""
+    from scipy import stats
+
+    pairs = [(u, v) for u, v in zip(x, y) if u is not None and v is not None]
+    if len(pairs) < 2:
+        return Correlations(None, None, None, len(pairs))
+    u, v = np.array([p[0] for p in pairs], float), np.array([p[1] for p in pairs], float)
+    if np.ptp(u) == 0 or np.ptp(v) == 0:
+        return Correlations(None, None, None, len(pairs))
+    return Correlations(
+        _finite(stats.pearsonr(u, v).statistic),
+        _finite(stats.spearmanr(u, v).statistic),
+        _finite(stats.kendalltau(u, v).statistic),
+        len(pairs),
+    )
+
+
+@dataclass(frozen=True)
+class RiskCoverage:
+    coverage: list[float]  # k / n for k = 1..n
+    risk: list[float]  # 1 - mean quality of the k most confident items
+    aurc: float  # mean of risk over k: the area under the risk-coverage curve
+    oracle_aurc: float  # the same with items ordered by their true quality (the best any judge can do)
+
+
+def _risks(quality_in_order: np.ndarray) -> np.ndarray:
+    k = np.arange(1, len(quality_in_order) + 1)
+    return 1.0 - np.cumsum(quality_in_order) / k
+
+
+def risk_coverage(confidence: Sequence[float | None], quality: Sequence[float]) -> RiskCoverage:
+    """Declining the least confident items first: risk at each coverage and the area under it.
+
+    Quality is in [0, 1] (a win, a correct verdict). Items keep their given order among equal
+    confidences (a stable sort); a missing confidence ranks below every score.
+    """
+    n = len(quality)
+    if n == 0:
+        return RiskCoverage([], [], float("nan"), float("nan"))
+    q = np.asarray(quality, float)
+    key = [(-math.inf if c is None else c) for c in confidence]
+    order = sorted(range(n), key=lambda i: -key[i])
+    risk = _risks(q[order])
+    oracle = _risks(np.sort(q)[::-1])
+    return RiskCoverage([(k + 1) / n for k in range(n)], risk.tolist(), float(risk.mean()), float(oracle.mean()))
+
+
+def grouped_kendall(a: dict[str, Sequence[float | None]], b: dict[str, Sequence[float | None]]) -> tuple[float | None, int]:
+    """Mean within-group Kendall tau-b of two judges over the same candidates, and the groups used.
+
+    A group counts when both judges score at least two of its candidates and neither is constant
+    there (tau is undefined otherwise): best-of-N only needs each prompt's ranking to agree.
+    """
+    taus = []
+    for key in a.keys() & b.keys():
+        c = correlations(a[key], b[key])
+        if c.kendall is not None:
+            taus.append(c.kendall)
+    return (float(np.mean(taus)) if taus else None), len(taus)
+
+
+def bootstrap_ci(
+    statistic: Callable[[np.ndarray], float | None], n: int, reps: int = 1000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float] | None:
+    """Percentile CI of ``statistic(indices)`` over ``reps`` resamples of ``n`` units with replacement."""
+    if n < 2 or reps < 1:
+        return None
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(reps):
+        v = statistic(rng.integers(0, n, n))
+        if v is not None and not math.isnan(v):
+            values.append(v)
+    if len(values) < max(10, reps // 2):  # a statistic undefined on most resamples has no useful CI
+        return None
+    lo, hi = np.quantile(values, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return float(lo), float(hi)

@@ -1,0 +1,305 @@
+"""One judge's numbers on one benchmark, from its stored judgements (nothing here runs a model)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from bon.records import Comparison, Judgement, Prompt
+from bon.selection import select
+from eval.benchmarks import Benchmark
+from eval.metrics import (
+    FIRST,
+    SECOND,
+    TIE,
+    Correlations,
+    RiskCoverage,
+    agreement,
+    agreement_no_tie,
+    bootstrap_ci,
+    correlations,
+    cross_fit_agreement,
+    grouped_kendall,
+    predict_pairs,
+    risk_coverage,
+    search_threshold,
+    swap_back,
+)
+from eval.pool import picks_report
+
+Scores = dict[tuple[str, int], float | None]  # (prompt id, candidate index) -> score
+
+
+def scores_of(judgements: Sequence[Judgement]) -> Scores:
+    return {(j.prompt_id, j.candidate_index): j.score for j in judgements}
+
+
+def comparison_scores(comparisons: Sequence[Comparison]) -> Scores:
+    """A pairwise judge's verdicts as points per candidate (win 1, tie or disagreeing orders 0.5)."""
+    verdicts: dict[str, dict[int, int | None]] = {}
+    for c in comparisons:
+        verdicts.setdefault(c.prompt_id, {})[c.first] = c.winner if c.first == 0 else swap_back(c.winner)
+    out: Scores = {}
+    for pid, v in verdicts.items():
+        forward, swapped = v.get(0), v.get(1)
+        if forward is None or swapped is None:
+            out[(pid, 0)] = out[(pid, 1)] = None
+            continue
+        winner = forward if forward == swapped else TIE
+        out[(pid, 0)] = {FIRST: 1.0, SECOND: 0.0, TIE: 0.5}[winner]
+        out[(pid, 1)] = 1.0 - out[(pid, 0)]
+    return out
+
+
+def _ci(values: np.ndarray, reps: int, seed: int, scale: float = 100.0) -> tuple[float, float] | None:
+    return bootstrap_ci(lambda idx: float(values[idx].mean()) * scale, len(values), reps, seed)
+
+
+def _round(x: Any) -> Any:
+    if isinstance(x, float):
+        return round(x, 4)
+    if isinstance(x, (list, tuple)):
+        return [_round(v) for v in x]
+    if isinstance(x, dict):
+        return {k: _round(v) for k, v in x.items()}
+    return x
+
+
+class _Result:
+    def as_json(self) -> dict[str, Any]:
+        return {k: _round(v) for k, v in asdict(self).items() if k != "curve"}
+
+
+@dataclass(frozen=True)
+class PairwiseResult(_Result):
+    judge: str
+    n: int
+    failed: int  # pairs with a missing score or verdict (counted as wrong)
+    agreement: float  # % equal to the human label; scalar judges at the searched threshold
+    agreement_ci: tuple[float, float] | None
+    agreement_no_tie: float  # over items whose human label is not a tie
+    tie_threshold: float | None  # scalar judges: the searched threshold; None for pairwise judges
+    heldout_agreement: float | None  # scalar judges: each fold predicted with the threshold of the others
+    heldout_thresholds: list[float] | None
+    consistency: float | None  # pairwise judges: % of items whose two orders agree
+    groups: dict[str, float]  # scenario group -> agreement
+    aurc: float | None  # declining the smallest |score difference| first; quality = correct
+    oracle_aurc: float | None
+    length_spearman: float | None  # score vs response length (characters)
+    prefers_longer: float | None  # % of decisive verdicts that pick the longer response
+    curve: RiskCoverage | None = field(default=None, compare=False)
+
+
+def _folds(items: Sequence[Any], k: int) -> list[int]:
+    """Alternate items between folds within each scenario, so every fold covers every scenario."""
+    seen: Counter = Counter()
+    out = []
+    for it in items:
+        out.append(seen[it.scenario] % k)
+        seen[it.scenario] += 1
+    return out
+
+
+def _prefers_longer(predictions: Sequence[int | None], items: Sequence[Any]) -> float | None:
+    decisive = [(p, it) for p, it in zip(predictions, items) if p in (FIRST, SECOND) and len(it.response_1) != len(it.response_2)]
+    if not decisive:
+        return None
+    longer = sum((p == FIRST) == (len(it.response_1) > len(it.response_2)) for p, it in decisive)
+    return 100.0 * longer / len(decisive)
+
+
+def evaluate_pairwise(
+    bench: Benchmark,
+    subset: Sequence[Prompt],
+    label: str,
+    judgements: Sequence[Judgement] = (),
+    comparisons: Sequence[Comparison] = (),
+    reps: int = 1000,
+    seed: int = 0,
+    folds: int = 2,
+) -> PairwiseResult:
+    wanted = {p.id for p in subset}
+    items = [it for it in bench.pairs if it.id in wanted]
+    labels = [it.label for it in items]
+    threshold = heldout = thresholds = consistency = curve = length = None
+    if comparisons:
+        verdicts: dict[tuple[str, int], int | None] = {(c.prompt_id, c.first): c.winner for c in comparisons}
+        forward = [verdicts.get((it.id, 0)) for it in items]
+        swapped = [swap_back(verdicts.get((it.id, 1))) for it in items]
+        # Auto-J: an item counts only when both orders give the label, so a disagreeing pair is wrong
+        predictions = [f if f == s else None for f, s in zip(forward, swapped)]
+        failed = sum(f is None or s is None for f, s in zip(forward, swapped))
+        consistency = 100.0 * sum(f is not None and f == s for f, s in zip(forward, swapped)) / len(items)
+    else:
+        table = scores_of(judgements)
+        a = [table.get((it.id, 0)) for it in items]
+        b = [table.get((it.id, 1)) for it in items]
+        failed = sum(x is None or y is None for x, y in zip(a, b))
+        threshold, _ = search_threshold(a, b, labels)
+        predictions = predict_pairs(a, b, threshold)
+        heldout, by_fold = cross_fit_agreement(a, b, labels, _folds(items, folds))
+        thresholds = [by_fold[f] for f in sorted(by_fold)]
+        correct = [float(p == y) for p, y in zip(predictions, labels)]
+        curve = risk_coverage([None if x is None or y is None else abs(x - y) for x, y in zip(a, b)], correct)
+        lengths = [len(t) for it in items for t in (it.response_1, it.response_2)]
+        length = correlations([s for pair in zip(a, b) for s in pair], lengths).spearman
+    correct_arr = np.array([p == y for p, y in zip(predictions, labels)], float)
+    groups: dict[str, list[int]] = {}
+    for i, it in enumerate(items):
+        groups.setdefault(it.group, []).append(i)
+    return PairwiseResult(
+        judge=label,
+        n=len(items),
+        failed=failed,
+        agreement=agreement(predictions, labels),
+        agreement_ci=_ci(correct_arr, reps, seed),
+        agreement_no_tie=agreement_no_tie(predictions, labels),
+        tie_threshold=threshold,
+        heldout_agreement=heldout,
+        heldout_thresholds=thresholds,
+        consistency=consistency,
+        groups={g: agreement([predictions[i] for i in idx], [labels[i] for i in idx]) for g, idx in sorted(groups.items())},
+        aurc=None if curve is None else curve.aurc,
+        oracle_aurc=None if curve is None else curve.oracle_aurc,
+        length_spearman=length,
+        prefers_longer=_prefers_longer(predictions, items),
+        curve=curve,
+    )
+
+
+@dataclass(frozen=True)
+class PoolResult(_Result):
+    judge: str
+    n: int  # instructions
+    failed: int  # instructions none of whose candidates could be judged
+    win_rate: float  # alpaca-eval's win rate of the judge's picks
+    win_rate_ci: tuple[float, float] | None
+    reference_points: dict[str, float]  # random, longest, best_single, oracle on the same instructions
+    best_single_model: str
+    picks: dict[str, int]
+    correlation: Correlations  # judge score vs the candidate's released preference (its win in [0, 1])
+    pearson_ci: tuple[float, float] | None
+    aurc: float | None  # declining the instructions whose pick scores lowest; quality = the pick's win
+    oracle_aurc: float | None
+    length_spearman: float | None  # score vs output length (characters)
+    mean_pick_length: float  # characters
+    mean_length: float  # characters, over every candidate
+    longest_picked: float  # % of instructions where the pick is the longest candidate
+    curve: RiskCoverage | None = field(default=None, compare=False)
+
+
+def _cluster_pearson(groups: list[tuple[list[float | None], list[float]]], reps: int, seed: int) -> tuple[float, float] | None:
+    """Bootstrap over prompts (their candidates move together) of the pooled Pearson correlation."""
+
+    def stat(idx: np.ndarray) -> float | None:
+        xs = [x for i in idx for x in groups[i][0]]
+        ys = [y for i in idx for y in groups[i][1]]
+        return correlations(xs, ys).pearson
+
+    return bootstrap_ci(stat, len(groups), reps, seed)
+
+
+def evaluate_pool(bench: Benchmark, subset: Sequence[Prompt], label: str, judgements: Sequence[Judgement], reps: int = 1000, seed: int = 0) -> PoolResult:
+    assert bench.pool is not None
+    pool = bench.pool.restrict([p.instruction for p in subset])
+    report = picks_report(pool, label, judgements)
+    table = scores_of(judgements)
+    by_prompt: dict[str, list[Judgement]] = {}
+    for j in judgements:
+        by_prompt.setdefault(j.prompt_id, []).append(j)
+    groups, confidence, pick_wins, pick_lengths, longest = [], [], [], [], 0
+    for p in subset:
+        annotations = pool.table[p.instruction]
+        groups.append(([table.get((p.id, i)) for i in range(len(annotations))], [a.win() for a in annotations]))
+        s = select(p.id, by_prompt[p.id])
+        confidence.append(s.score)
+        pick_wins.append(annotations[s.chosen_index].win())
+        pick_lengths.append(len(annotations[s.chosen_index].output_2))
+        longest += len(annotations[s.chosen_index].output_2) == max(len(a.output_2) for a in annotations)
+    scores = [x for g in groups for x in g[0]]
+    lengths = [len(a.output_2) for p in subset for a in pool.table[p.instruction]]
+    curve = risk_coverage(confidence, pick_wins)
+    return PoolResult(
+        judge=label,
+        n=report.n_instructions,
+        failed=report.failed,
+        win_rate=report.win_rate,
+        win_rate_ci=_ci(np.array(pick_wins, float), reps, seed),
+        reference_points=report.reference_points,
+        best_single_model=report.best_single_model,
+        picks=report.picks,
+        correlation=correlations(scores, [y for g in groups for y in g[1]]),
+        pearson_ci=_cluster_pearson(groups, reps, seed),
+        aurc=curve.aurc,
+        oracle_aurc=curve.oracle_aurc,
+        length_spearman=correlations(scores, lengths).spearman,
+        mean_pick_length=float(np.mean(pick_lengths)),
+        mean_length=float(np.mean(lengths)),
+        longest_picked=100.0 * longest / len(subset),
+        curve=curve,
+    )
+
+
+@dataclass(frozen=True)
+class ScoresResult(_Result):
+    judge: str
+    n: int  # responses
+    failed: int
+    correlation: Correlations  # judge score vs the reference score column
+    pearson_ci: tuple[float, float] | None
+    aurc: float | None  # declining the lowest-scored responses; quality = reference min-max scaled to [0, 1]
+    oracle_aurc: float | None
+    length_spearman: float | None
+    curve: RiskCoverage | None = field(default=None, compare=False)
+
+
+def evaluate_scores(bench: Benchmark, subset: Sequence[Prompt], label: str, judgements: Sequence[Judgement], reps: int = 1000, seed: int = 0) -> ScoresResult:
+    table = scores_of(judgements)
+    groups = [([table.get((p.id, i)) for i in range(len(bench.values[p.id]))], bench.values[p.id]) for p in subset]
+    scores = [x for g in groups for x in g[0]]
+    values = np.array([y for g in groups for y in g[1]], float)
+    span = float(np.ptp(values)) or 1.0
+    curve = risk_coverage(scores, ((values - values.min()) / span).tolist())
+    lengths = [len(c.text) for p in subset for c in bench.candidates[p.id]]
+    return ScoresResult(
+        judge=label,
+        n=len(scores),
+        failed=sum(s is None for s in scores),
+        correlation=correlations(scores, values.tolist()),
+        pearson_ci=_cluster_pearson(groups, reps, seed),
+        aurc=curve.aurc,
+        oracle_aurc=curve.oracle_aurc,
+        length_spearman=correlations(scores, lengths).spearman,
+        curve=curve,
+    )
+
+
+@dataclass(frozen=True)
+class AgreementMatrix:
+    judges: list[str]
+    tau: list[list[float | None]]  # mean within-prompt Kendall tau-b, judges x judges
+    prompts: list[list[int]]  # prompts each cell averages over
+
+
+def judge_agreement(bench: Benchmark, scores: dict[str, Scores]) -> AgreementMatrix:
+    """Rank agreement of every two judges over the candidates both scored, prompt by prompt."""
+    per_prompt: dict[str, dict[str, list[float | None]]] = {}
+    for label, table in scores.items():
+        grouped: dict[str, list[float | None]] = {}
+        for p in bench.prompts:
+            if (p.id, 0) in table:
+                grouped[p.id] = [table.get((p.id, c.index)) for c in bench.candidates[p.id]]
+        per_prompt[label] = grouped
+    labels = list(scores)
+    tau = [[None] * len(labels) for _ in labels]
+    counts = [[0] * len(labels) for _ in labels]
+    for i, a in enumerate(labels):
+        for j, b in enumerate(labels):
+            if j < i:
+                tau[i][j], counts[i][j] = tau[j][i], counts[j][i]
+                continue
+            tau[i][j], counts[i][j] = grouped_kendall(per_prompt[a], per_prompt[b])
+    return AgreementMatrix(labels, tau, counts)

@@ -1,0 +1,107 @@
+"""Each comparison metric against values worked out by hand in the comments."""
+
+import math
+
+import numpy as np
+import pytest
+
+from eval.metrics import (
+    FIRST,
+    SECOND,
+    TIE,
+    agreement,
+    agreement_no_tie,
+    bootstrap_ci,
+    comparator_scores,
+    correlations,
+    cross_fit_agreement,
+    grouped_kendall,
+    predict_pairs,
+    risk_coverage,
+    search_threshold,
+    swap_back,
+)
+
+
+def test_predict_pairs_and_agreement_with_ties_and_a_missing_score():
+    # |2 - 2.005| = 0.005 < 0.01 is a tie; a missing side is no prediction (and so never right)
+    preds = predict_pairs([3, 1, 2, None, 4], [1, 3, 2.005, 1, 4], 0.01)
+    assert preds == [FIRST, SECOND, TIE, None, TIE]  # equal scores tie even at threshold 0
+    assert predict_pairs([4], [4], 0.0) == [TIE]
+    labels = [0, 1, 2, 0, 0]
+    assert agreement(preds, labels) == pytest.approx(60.0)  # 3 of 5
+    assert agreement_no_tie(preds, labels) == pytest.approx(50.0)  # items 0, 1, 3, 4: two right
+
+
+def test_threshold_search_picks_the_smallest_best_grid_point():
+    # differences 0.5, 0.05, -0.03, 1.5 with labels 1>2, tie, tie, 1>2:
+    # t <= 0.03: 50%; 0.03 < t <= 0.05: 75%; 0.05 < t <= 0.5: 100%  -> the grid's first is 0.06
+    t, best = search_threshold([0.5, 0.05, 0.0, 1.5], [0.0, 0.0, 0.03, 0.0], [0, 2, 2, 0])
+    assert t == 0.06
+    assert best == pytest.approx(100.0)
+
+
+def test_cross_fitted_threshold_never_sees_its_own_fold():
+    # fold 0: one tie at gap 0.3; fold 1: a tie at gap 0.1 and a 1>2 at gap 0.2
+    # fold 1 alone chooses 0.11 -> predicts fold 0's gap 0.3 as FIRST (wrong)
+    # fold 0 alone chooses 0.31 -> predicts fold 1 as tie, tie: one of two right
+    score, thresholds = cross_fit_agreement([0.3, 0.1, 0.2], [0, 0, 0], [2, 2, 0], [0, 1, 1])
+    assert thresholds == {0: 0.11, 1: 0.31}
+    assert score == pytest.approx(100 / 3)
+
+
+def test_pairwise_judge_agreement_needs_both_orders_and_consistency_counts_agreeing_orders():
+    assert [swap_back(v) for v in (FIRST, SECOND, TIE, None)] == [SECOND, FIRST, TIE, None]
+    forward = [0, 1, 2, 0, None]
+    swapped = [0, 0, 2, None, 0]  # already in the original orientation
+    labels = [0, 1, 2, 1, 0]
+    agree, consistent = comparator_scores(forward, swapped, labels)
+    assert agree == pytest.approx(40.0)  # items 0 and 2
+    assert consistent == pytest.approx(40.0)  # items 0 and 2 agree across orders
+
+
+def test_correlations_by_hand():
+    x, y = [1, 2, 3, 4, 5], [2, 4, 5, 4, 5]
+    c = correlations(x, y)
+    # Pearson: sum dxdy = 6, sum dx^2 = 10, sum dy^2 = 6
+    assert c.pearson == pytest.approx(6 / math.sqrt(60))
+    # Spearman: y ranks 1, 2.5, 4.5, 2.5, 4.5 -> 7 / sqrt(10 * 9)
+    assert c.spearman == pytest.approx(7 / math.sqrt(90))
+    # Kendall tau-b: 7 concordant, 1 discordant, 2 ties in y -> 6 / sqrt(10 * 8)
+    assert c.kendall == pytest.approx(6 / math.sqrt(80))
+    assert c.n == 5
+    # pairs with a missing side are left out; a constant side has no correlation
+    assert correlations([1, None, 2, 3], [1, 5, 2, 3]).n == 3
+    assert correlations([1, 1, 1], [1, 2, 3]).pearson is None
+
+
+def test_risk_coverage_and_aurc_by_hand():
+    # most confident first: 0 (0.9), 2 (0.5), 1 (0.1), 3 (missing) -> qualities 1, 0, 0, 1
+    rc = risk_coverage([0.9, 0.1, 0.5, None], [1, 0, 0, 1])
+    assert rc.coverage == [0.25, 0.5, 0.75, 1.0]
+    assert rc.risk == pytest.approx([0.0, 0.5, 2 / 3, 0.5])
+    assert rc.aurc == pytest.approx((0 + 0.5 + 2 / 3 + 0.5) / 4)
+    # oracle order 1, 1, 0, 0 -> risks 0, 0, 1/3, 1/2
+    assert rc.oracle_aurc == pytest.approx((0 + 0 + 1 / 3 + 0.5) / 4)
+    # a judge as good as the oracle reaches its AURC
+    assert risk_coverage([3, 2, 1, 0], [1, 1, 0, 0]).aurc == pytest.approx(rc.oracle_aurc)
+
+
+def test_grouped_kendall_averages_prompts_where_both_judges_rank():
+    a = {"p": [1, 2, 3], "q": [3, 2, 1], "r": [5, 5, 5], "s": [1, 2]}
+    b = {"p": [10, 20, 30], "q": [1, 2, 3], "r": [1, 2, 3]}
+    tau, used = grouped_kendall(a, b)
+    assert used == 2  # r is constant for a; s is scored by a only
+    assert tau == pytest.approx(0.0)  # +1 on p, -1 on q
+
+
+def test_bootstrap_ci():
+    assert bootstrap_ci(lambda idx: 5.0, 10, reps=50) == (5.0, 5.0)
+    assert bootstrap_ci(lambda idx: 1.0, 1, reps=50) is None  # one unit cannot be resampled
+    values = np.array([0.0] * 50 + [1.0] * 50)
+    lo, hi = bootstrap_ci(lambda idx: values[idx].mean(), 100, reps=2000, seed=1)
+    # the normal approximation: 0.5 +- 1.96 * 0.05
+    assert lo == pytest.approx(0.402, abs=0.03) and hi == pytest.approx(0.598, abs=0.03)
+    assert bootstrap_ci(lambda idx: values[idx].mean(), 100, reps=200, seed=3) == bootstrap_ci(
+        lambda idx: values[idx].mean(), 100, reps=200, seed=3
+    )
