@@ -116,7 +116,7 @@ def compare(
     if as_json:
         print(json.dumps(results_json(result)))
         return
-    console.print(md.read_text(encoding="utf-8"), markup=False, highlight=False)
+    console.print(md.read_text(encoding="utf-8"), markup=False, highlight=False, soft_wrap=True)
     console.print(f"wrote {md}, {js} and {len(pngs)} PNGs; wall {result.wall_s:.1f} s")
 
 

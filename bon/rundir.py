@@ -44,6 +44,18 @@ def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:
     return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"]
 
 
+def read_manifest(path: Path) -> dict[str, Any]:
+    """A stored manifest, refused with file, line and field when unreadable or of another schema version."""
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise RunDirError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+    if not isinstance(stored, dict) or stored.get("schema") != SCHEMA:
+        found = stored.get("schema") if isinstance(stored, dict) else type(stored).__name__
+        raise RunDirError(f"{path}: field 'schema': this bon reads version {SCHEMA}, found {found!r}")
+    return stored
+
+
 class RunDir:
     """One run's directory. Record files only grow; a rerun reads them and continues."""
 
@@ -65,12 +77,7 @@ class RunDir:
         content = {k: v for k, v in current.items() if k not in EXECUTION_KEYS}
         notes = []
         if manifest.exists():
-            try:
-                stored = json.loads(manifest.read_text(encoding="utf-8"))
-            except json.JSONDecodeError as e:
-                raise RunDirError(f"{manifest}:{e.lineno}: not valid JSON ({e.msg})") from None
-            if stored.get("schema") != SCHEMA:
-                raise RunDirError(f"{manifest}: field 'schema': this bon reads version {SCHEMA}, found {stored.get('schema')!r}")
+            stored = read_manifest(manifest)
             stored_content = {k: v for k, v in (stored.get("config") or {}).items() if k not in EXECUTION_KEYS}
             changes = _diff(stored_content, content)
             if changes:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ from pydantic import Field, model_validator
 from bon.config import JudgeConfig, RayConfig, RunConfig, Strict
 from bon.io import append_records, drop_torn_tail, read_records, write_json_atomic
 from bon.records import SCHEMA, Comparison, Judgement, Prompt
-from bon.rundir import RunDirError, package_versions
+from bon.rundir import RunDirError, package_versions, read_manifest
 from eval.benchmarks import Benchmark, load_pairwise, load_pool_benchmark, load_scores
 from eval.scoring import (
     AgreementMatrix,
@@ -60,6 +59,7 @@ class BenchmarkConfig(Strict):
     response_field: str = Field("output", description="scores: column holding the response")
     score_field: str = Field("score", description="scores: the numeric reference column (e.g. a GPT-4 rating)")
     reference_field: str | None = Field(None, description="scores: column holding a gold answer, if any")
+    use_references: bool = Field(True, description="give judges the reference answers (pool: the baseline's output); false = reference-free")
 
 
 class CompareConfig(Strict):
@@ -96,10 +96,33 @@ MANIFEST = "manifest.json"
 
 def load_benchmark(cfg: BenchmarkConfig) -> Benchmark:
     if cfg.kind == "pairwise":
-        return load_pairwise(cfg.path, cfg.name)
-    if cfg.kind == "pool":
-        return load_pool_benchmark(cfg.path, cfg.name)
-    return load_scores(cfg.path, cfg.name, cfg.instruction_field, cfg.response_field, cfg.score_field, cfg.reference_field)
+        bench = load_pairwise(cfg.path, cfg.name)
+    elif cfg.kind == "pool":
+        bench = load_pool_benchmark(cfg.path, cfg.name)
+    else:
+        bench = load_scores(cfg.path, cfg.name, cfg.instruction_field, cfg.response_field, cfg.score_field, cfg.reference_field)
+    if not cfg.use_references:
+        bench = dataclasses.replace(bench, prompts=[dataclasses.replace(p, reference=None) for p in bench.prompts])
+    return bench
+
+
+def _judge_spec(name: str, options: dict) -> dict:
+    """A judge's meaning with its options' defaults filled in, so `{}` and the explicit defaults compare equal."""
+    from judges import JUDGES
+
+    return {"name": name, "options": JUDGES.get(name).Options.model_validate(options).model_dump(mode="json")}
+
+
+def _same(what: str, stored: dict) -> Callable[[str, dict], bool]:
+    def same(key: str, now: dict) -> bool:
+        try:  # the stored spec read with today's defaults: a field added since does not count as a change
+            if what == "judge":
+                return _judge_spec(stored[key]["name"], stored[key]["options"]) == now
+            return BenchmarkConfig.model_validate(stored[key]).model_dump(mode="json") == now
+        except (KeyError, TypeError, ValueError):  # unreadable or no longer valid: a different judge
+            return False
+
+    return same
 
 
 def open_run(cfg: CompareConfig) -> Path:
@@ -107,19 +130,15 @@ def open_run(cfg: CompareConfig) -> Path:
     out = cfg.output_dir
     out.mkdir(parents=True, exist_ok=True)
     manifest = out / MANIFEST
-    judges = {j.key: {"name": j.name, "options": j.options} for j in cfg.judges}
+    judges = {j.key: _judge_spec(j.name, j.options) for j in cfg.judges}
     benchmarks = {b.name: b.model_dump(mode="json") for b in cfg.benchmarks}
     if manifest.exists():
-        try:
-            stored = json.loads(manifest.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise RunDirError(f"{manifest}:{e.lineno}: not valid JSON ({e.msg})") from None
-        if stored.get("schema") != SCHEMA:
-            raise RunDirError(f"{manifest}: field 'schema': this bon reads version {SCHEMA}, found {stored.get('schema')!r}")
+        stored = read_manifest(manifest)
         stored_judges, stored_benchmarks = stored.get("judges", {}), stored.get("benchmarks", {})
         for what, now, before in (("judge", judges, stored_judges), ("benchmark", benchmarks, stored_benchmarks)):
+            same = _same(what, before)
             for key in now.keys() & before.keys():
-                if now[key] != before[key]:
+                if not same(key, now[key]):
                     raise RunDirError(
                         f"{out}: {what} {key!r} was run as {before[key]} and is now {now[key]}; its stored "
                         "judgements would be mixed with new ones: give it another name or use another output_dir"

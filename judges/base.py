@@ -21,6 +21,13 @@ class Judge(Protocol):
         """One judgement per candidate, in the candidates' order; failures are flagged, score None."""
 
 
+class PairwiseJudge(Judge, Protocol):
+    """A judge that also compares two responses directly (Auto-J pairwise); `bon compare` asks it both orders."""
+
+    def compare(self, items: Sequence[tuple[str, str, str]]) -> list:
+        """One `judges.pairwise.PairVerdict` per (instruction, shown first, shown second) triple."""
+
+
 def prompts_by_id(prompts: Sequence[Prompt], candidates: Sequence[Candidate]) -> list[Prompt]:
     """The prompt of each candidate; a candidate whose prompt is missing is an error."""
     table = {p.id: p for p in prompts}

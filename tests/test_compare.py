@@ -176,6 +176,8 @@ def test_compare_run_report_resume_and_reuse(tmp_path, pair_file, pool_dir):
     for rel, content in stored.items():
         assert (out / rel).read_bytes() == content
     assert [r.judge for r in result2.benchmarks[1].results] == ["length", "random", "random7"]
+    # the defaults written out are the same judge
+    run_compare(_config(tmp_path, pair_file, pool_dir, judges=[{"name": "random", "options": {"seed": 0}}]), note=lambda m: None)
     # a label may not change its meaning
     cfg3 = _config(tmp_path, pair_file, pool_dir, judges=[{"name": "random", "options": {"seed": 1}}])
     with pytest.raises(RunDirError, match="judge 'random' was run as"):

@@ -9,6 +9,7 @@ from bon.models import embedded_path
 from bon.records import Candidate, Prompt
 from bon.selection import select
 from judges import build_judge
+from judges.base import prompts_by_id
 from judges.autoj import AutoJOptions, AutoJudge
 from judges.ppl import PPLJudge
 from judges.reward_model import RewardModelJudge, RewardModelOptions
@@ -47,6 +48,14 @@ def test_cosine_against_hand_computed_embeddings(minilm):
     assert [j.score for j in out[:4]] == pytest.approx(by_hand, abs=1e-5)
     assert select("f", out[:4]).chosen_index == by_hand.index(max(by_hand)) and by_hand.index(max(by_hand)) in (0, 2)
     assert out[4].score is None and out[4].flag == "the prompt has no reference"
+
+
+def test_cosine_against_the_instruction_needs_no_reference(minilm):
+    judge = build_judge("cosine", {"against": "instruction"})
+    assert not judge.needs_reference and build_judge("cosine").needs_reference
+    out = judge.score(PROMPTS, CANDS)
+    by_hand = [float(embed_by_hand(minilm, c.text) @ embed_by_hand(minilm, p.instruction)) for p, c in zip(prompts_by_id(PROMPTS, CANDS), CANDS)]
+    assert [j.score for j in out] == pytest.approx(by_hand, abs=1e-5)  # the prompt without a reference too
 
 
 def test_consistency_is_mean_similarity_to_the_others(minilm):

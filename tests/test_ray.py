@@ -115,3 +115,38 @@ def test_death_reasons_name_out_of_memory():
     assert "running out of memory" in death_reason("judge", 1, oom) and "ray.judge.memory_gb" in death_reason("judge", 1, oom)
     plain = ray.exceptions.ActorDiedError()
     assert death_reason("policy", 0, plain) == "policy actor 0 died (The actor died unexpectedly before finishing this task.)"
+
+
+@pytest.mark.ray
+def test_compare_on_ray_equals_local_and_starts_judge_actors_only(ray_session, tmp_path):
+    import json
+
+    from eval.compare import CompareConfig, run_compare
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(
+        json.dumps({"scenario": "chitchat", "label": i % 3, "prompt": f"q{i}", "response 1": "a" * (i % 4), "response 2": "b" * (i % 3)}) + "\n"
+        for i in range(12)
+    ))
+    results = {}
+    for engine in ("local", "ray"):
+        cfg = CompareConfig.model_validate({
+            "output_dir": str(tmp_path / engine), "engine": engine, "batch_size": 3, "bootstrap": 20,
+            "ray": {"judge_replicas": 2, "judge": {"num_cpus": 0.5}},
+            "judges": [{"name": "length"}, {"name": "pairwise", "label": "pw", "options": {"comparator": "scalar"}}],
+            "benchmarks": [{"name": "pairs", "kind": "pairwise", "path": str(pairs)}],
+        })
+        seen = []
+        results[engine] = run_compare(cfg, note=seen.append)
+        assert not [a for a in ray.util.list_named_actors() if a.startswith("bon-")]  # every actor is gone after
+        for rel in ("judgements/pairs/length.jsonl", "comparisons/pairs/pw.jsonl"):
+            assert (cfg.output_dir / rel).exists()
+    assert (tmp_path / "ray/judgements/pairs/length.jsonl").read_bytes() == (tmp_path / "local/judgements/pairs/length.jsonl").read_bytes()
+    assert (tmp_path / "ray/comparisons/pairs/pw.jsonl").read_bytes() == (tmp_path / "local/comparisons/pairs/pw.jsonl").read_bytes()
+    assert results["ray"].benchmarks == results["local"].benchmarks
+
+
+def test_judge_only_plan_asks_nothing_for_a_policy():
+    cfg = load_config("configs/demo.yaml", ["ray.judge_replicas=2"])
+    only_judges = cfg.model_copy(update={"ray": cfg.ray.model_copy(update={"policy_replicas": 0})})
+    assert asked_resources(plan(only_judges)) == {"CPU": 2.0}
