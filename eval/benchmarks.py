@@ -30,6 +30,12 @@ def scenario_groups() -> dict[str, str]:
     return {scenario: group for group, members in table.items() if not group.startswith("_") for scenario in members}
 
 
+def group_order(group: str) -> int:
+    """Position of a scenario group in the Auto-J leaderboard's tables ("Others" last)."""
+    order = list(dict.fromkeys(scenario_groups().values()))
+    return order.index(group) if group in order else len(order)
+
+
 def evenly_spaced(items: Sequence[T], k: int | None) -> list[T]:
     """``k`` items spread evenly over the sequence (all of them when k is None or too large)."""
     if k is None or k >= len(items):

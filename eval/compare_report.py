@@ -47,7 +47,7 @@ def _pairwise_section(b: BenchmarkReport) -> list[str]:
         ["judge", "n", "agreement % [CI]", "no-tie %", "tie τ", "held-out %", "consistency %", "AURC", "length ρ", "prefers longer %", "failed"],
         rows,
     )
-    groups = sorted({g for r in b.results for g in r.groups})
+    groups = list(dict.fromkeys(g for r in b.results for g in r.groups))  # Auto-J's order
     lines += ["", "Agreement (%) per scenario group:", ""]
     lines += _table(["judge"] + groups, [[r.judge] + [_num(r.groups.get(g), 1) for g in groups] for r in b.results])
     return lines

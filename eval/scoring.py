@@ -10,7 +10,7 @@ import numpy as np
 
 from bon.records import Comparison, Judgement, Prompt
 from bon.selection import select
-from eval.benchmarks import Benchmark
+from eval.benchmarks import Benchmark, group_order
 from eval.metrics import (
     FIRST,
     SECOND,
@@ -161,7 +161,7 @@ def evaluate_pairwise(
         heldout_agreement=heldout,
         heldout_thresholds=thresholds,
         consistency=consistency,
-        groups={g: agreement([predictions[i] for i in idx], [labels[i] for i in idx]) for g, idx in sorted(groups.items())},
+        groups={g: agreement([predictions[i] for i in idx], [labels[i] for i in idx]) for g, idx in sorted(groups.items(), key=lambda kv: group_order(kv[0]))},
         aurc=None if curve is None else curve.aurc,
         oracle_aurc=None if curve is None else curve.oracle_aurc,
         length_spearman=length,
@@ -193,11 +193,13 @@ class PoolResult(_Result):
 
 def _cluster_pearson(groups: list[tuple[list[float | None], list[float]]], reps: int, seed: int) -> tuple[float, float] | None:
     """Bootstrap over prompts (their candidates move together) of the pooled Pearson correlation."""
+    kept = [np.array([(x, y) for x, y in zip(*g) if x is not None], float).reshape(-1, 2) for g in groups]
 
     def stat(idx: np.ndarray) -> float | None:
-        xs = [x for i in idx for x in groups[i][0]]
-        ys = [y for i in idx for y in groups[i][1]]
-        return correlations(xs, ys).pearson
+        xy = np.concatenate([kept[i] for i in idx])
+        if len(xy) < 2 or np.ptp(xy[:, 0]) == 0 or np.ptp(xy[:, 1]) == 0:
+            return None
+        return float(np.corrcoef(xy[:, 0], xy[:, 1])[0, 1])
 
     return bootstrap_ci(stat, len(groups), reps, seed)
 
