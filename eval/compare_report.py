@@ -153,7 +153,7 @@ def _plots(b: BenchmarkReport, out: Path) -> list[Path]:
         import numpy as np
 
         grid = np.array([[np.nan if t is None else t for t in row] for row in m.tau], float)
-        fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(m.judges), 1.0 + 0.8 * len(m.judges)))
+        fig, ax = plt.subplots(figsize=(2.4 + 0.9 * len(m.judges), 1.2 + 0.8 * len(m.judges)))
         im = ax.imshow(grid, vmin=-1, vmax=1, cmap="RdBu")
         ax.set_xticks(range(len(m.judges)), m.judges, rotation=45, ha="right", fontsize=8)
         ax.set_yticks(range(len(m.judges)), m.judges, fontsize=8)
@@ -169,7 +169,7 @@ def _plots(b: BenchmarkReport, out: Path) -> list[Path]:
     bars = [(r.judge, r.win_rate, r.win_rate_ci) for r in b.results if isinstance(r, PoolResult)]
     bars += [(f"{r.judge}", r.agreement, r.agreement_ci) for r in b.results if isinstance(r, PairwiseResult)]
     if bars:
-        fig, ax = plt.subplots(figsize=(6, 0.6 + 0.45 * len(bars)))
+        fig, ax = plt.subplots(figsize=(7.5, 1.2 + 0.45 * len(bars)))
         names = [n for n, _, _ in bars]
         values = [v for _, v, _ in bars]
         err = [[v - (ci or (v, v))[0] for _, v, ci in bars], [(ci or (v, v))[1] - v for _, v, ci in bars]]
@@ -178,7 +178,7 @@ def _plots(b: BenchmarkReport, out: Path) -> list[Path]:
         if pool is not None:  # reference points of the first judge's instructions
             for key, style in (("random", ":"), ("longest", "--"), ("oracle", "-")):
                 ax.axvline(pool.reference_points[key], color="#777", linestyle=style, label=f"{key} ({pool.n} instr.)")
-            ax.legend(fontsize=7)
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         ax.set_xlabel("win rate of picks (%)" if pool is not None else "agreement with humans (%)")
         ax.set_title(f"{b.name}: {'judges as selectors' if pool is not None else 'pairwise agreement'}", fontsize=10)
         fig.tight_layout()
