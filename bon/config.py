@@ -134,6 +134,10 @@ def _yaml_line(node: yaml.Node | None, path: tuple[Any, ...]) -> int | None:
     """1-based line of the deepest key of ``path`` present in a composed YAML tree."""
     line = None
     for key in path:
+        if isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            node = node.value[key]  # a list item: its own keys carry the line
+            line = node.start_mark.line + 1
+            continue
         if not isinstance(node, yaml.MappingNode):
             break
         for k, v in node.value:

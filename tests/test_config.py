@@ -20,6 +20,25 @@ def test_overrides_are_typed():
     assert cfg.n == 2 and cfg.policy.temperature == 0.5 and cfg.selection.decline_below == 3.0
 
 
+def test_compare_config_ships_and_overrides_index_lists():
+    from eval.compare import CompareConfig
+
+    cfg = load_config(ROOT / "configs" / "compare_cpu.yaml", ["judges.4.max_items.autoj_dev=10", "bootstrap=0"], model=CompareConfig)
+    assert [j.key for j in cfg.judges] == ["length", "random", "cosine_ref", "cosine_q", "selfj"]
+    assert cfg.judges[4].limit("autoj_dev") == 10 and cfg.judges[0].limit("autoj_dev") is None
+    with pytest.raises(ConfigError, match="'9' is not an index of that list"):
+        load_config(ROOT / "configs" / "compare_cpu.yaml", ["judges.9.name=length"], model=CompareConfig)
+
+
+def test_compare_config_errors_name_file_line_and_key(tmp_path):
+    from eval.compare import CompareConfig
+
+    path = tmp_path / "c.yaml"
+    path.write_text("judges:\n  - {name: length}\nbenchmarks:\n  - {name: b, kind: pairs, path: x}\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml:4: benchmarks\.0\.kind: Input should be 'pairwise', 'pool' or 'scores'"):
+        load_config(path, model=CompareConfig)
+
+
 def test_unknown_key_names_file_line_and_key(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("n: 2\npolicy:\n  temprature: 0.3\n")
