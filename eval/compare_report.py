@@ -37,7 +37,7 @@ def _pairwise_section(b: BenchmarkReport) -> list[str]:
         "Agreement with the human label (%, ties included) with a 95% bootstrap CI over items. Scalar judges predict a tie "
         "when their two scores differ by less than a threshold searched over 0–2.0 in steps of 0.01 (the Auto-J leaderboard "
         "protocol, tuned on the items it is reported on); *held-out* predicts each fold with the threshold searched on the "
-        "other folds (folds alternate within each scenario). Pairwise judges count an item only when both orders give the "
+        "other folds (folds alternate within each human label, so each has the same share of ties). Pairwise judges count an item only when both orders give the "
         "label; consistency is the share of items whose two orders agree. AURC: declining the smallest score gaps first, "
         "risk = 1 − agreement (lower is better). Length ρ: Spearman of score with response length; prefers longer: % of "
         "decisive verdicts picking the longer response.",

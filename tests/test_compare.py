@@ -67,7 +67,8 @@ def test_scalar_pairwise_numbers(pair_file):
     assert r.prefers_longer == pytest.approx(100.0)
     assert r.length_spearman == pytest.approx(1.0)
     assert r.consistency is None and r.failed == 0
-    # held-out: folds alternate within each scenario -> fold 0 = items 0, 2, 4; fold 1 = items 1, 3
+    # held-out: folds alternate within each label -> fold 0 = items 0, 1, 2; fold 1 = items 3, 4
+    # fold 1 alone: no grid threshold gets either right -> 0.0, fold 0 all right; fold 0 alone -> 0.0, fold 1 all wrong
     assert r.heldout_thresholds == [0.0, 0.0] and r.heldout_agreement == pytest.approx(60.0)
     lo, hi = r.agreement_ci
     assert lo <= 60.0 <= hi
@@ -211,6 +212,15 @@ def test_reference_judge_is_skipped_on_data_without_references(tmp_path, pair_fi
     result = run_compare(cfg, note=lambda m: None)
     assert result.benchmarks[0].skipped == {"cosine": "needs a reference answer and this benchmark has none"}
     assert [r.judge for r in result.benchmarks[0].results] == ["length"]
+
+
+def test_held_out_folds_share_ties_evenly():
+    from types import SimpleNamespace
+
+    from eval.scoring import _folds
+
+    items = [SimpleNamespace(label=y) for y in (2, 2, 0, 2, 1, 0)]
+    assert _folds(items, 2) == [0, 1, 0, 0, 0, 1]
 
 
 def test_evenly_spaced_subset():
