@@ -36,11 +36,25 @@ def group_order(group: str) -> int:
     return order.index(group) if group in order else len(order)
 
 
-def evenly_spaced(items: Sequence[T], k: int | None) -> list[T]:
-    """``k`` items spread evenly over the sequence (all of them when k is None or too large)."""
+def spread_order(n: int) -> list[int]:
+    """0..n-1 in van der Corput order: every prefix is spread evenly over the range, and a shorter
+    prefix is part of every longer one (so judges with different budgets share their items)."""
+    levels = max(1, (n - 1).bit_length())
+    order, seen = [], set()
+    for j in range(2**levels):
+        x = int(f"{j:0{levels}b}"[::-1], 2) / 2**levels  # bit reversal: 0, 1/2, 1/4, 3/4, 1/8, ...
+        i = int(x * n)
+        if i not in seen:
+            seen.add(i)
+            order.append(i)
+    return order
+
+
+def spread_subset(items: Sequence[T], k: int | None) -> list[T]:
+    """``k`` items spread evenly over the sequence, in their order (all of them when k is None or too large)."""
     if k is None or k >= len(items):
         return list(items)
-    return [items[(i * len(items)) // k] for i in range(k)]
+    return [items[i] for i in sorted(spread_order(len(items))[:k])]
 
 
 def _candidate(pid: str, index: int, text: str, source: str) -> Candidate:
@@ -114,7 +128,7 @@ class Benchmark:
         return any(p.reference for p in self.prompts)
 
     def subset(self, k: int | None) -> list[Prompt]:
-        return evenly_spaced(self.prompts, k)
+        return spread_subset(self.prompts, k)
 
 
 def load_pairwise(path: Path | str, name: str = "pairwise") -> Benchmark:

@@ -12,7 +12,7 @@ from bon.executors import LocalExecutor
 from bon.io import DataFileError
 from bon.records import Judgement
 from bon.rundir import RunDirError
-from eval.benchmarks import evenly_spaced, load_pairwise, load_pool_benchmark, load_scores
+from eval.benchmarks import load_pairwise, load_pool_benchmark, load_scores, spread_order, spread_subset
 from eval.compare import CompareConfig, evaluate_pairwise_file, judge_benchmark, run_compare
 from eval.compare_report import write_compare_report
 from eval.scoring import evaluate_pairwise, evaluate_pool, evaluate_scores
@@ -223,9 +223,14 @@ def test_held_out_folds_share_ties_evenly():
     assert _folds(items, 2) == [0, 1, 0, 0, 0, 1]
 
 
-def test_evenly_spaced_subset():
-    assert evenly_spaced(list(range(10)), 3) == [0, 3, 6]
-    assert evenly_spaced([1, 2], 5) == [1, 2]
+def test_spread_subsets_are_even_and_nested():
+    assert spread_order(8) == [0, 4, 2, 6, 1, 5, 3, 7]
+    assert sorted(spread_order(696)) == list(range(696))
+    assert spread_subset(list(range(16)), 4) == [0, 4, 8, 12]
+    assert spread_subset([1, 2], 5) == [1, 2]
+    small, large = spread_subset(list(range(802)), 16), spread_subset(list(range(802)), 128)
+    assert set(small) <= set(large)
+    assert max(b - a for a, b in zip(small, small[1:])) <= 802 // 16 + 1
 
 
 def test_eval_pairwise_cli_json(pair_file):
