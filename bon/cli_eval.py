@@ -87,7 +87,7 @@ def pairwise_cmd(
     file: Annotated[Path, typer.Argument(help="pairwise data in the Auto-J format (prompt, response 1, response 2, label 0/1/2)")],
     judge: Annotated[str, typer.Option("--judge", help="a registered judge: scalar (tie threshold searched) or pairwise (both orders)")],
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="a judge option, e.g. --set prompt_format=chat")] = None,
-    limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="an evenly spaced subset of K items (model judges on CPU)")] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="K items spread evenly over the file (model judges on CPU)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
 ) -> None:
     """Agreement of one judge with human pairwise labels (ties included), Auto-J leaderboard protocol."""

@@ -39,7 +39,7 @@ from eval.scoring import (
 class CompareJudge(JudgeConfig):
     label: str | None = Field(None, pattern=r"^[\w.-]+$", description="name in the report and the run directory; default the judge's name")
     max_items: int | dict[str, int] | None = Field(
-        None, description="score an evenly spaced subset of this many prompts per benchmark, or {benchmark: K} (model judges on CPU)"
+        None, description="score K prompts per benchmark, or {benchmark: K}: spread evenly and nested across judges (model judges on CPU)"
     )
     benchmarks: list[str] | None = Field(None, description="only these benchmarks (by name); None = every benchmark")
 
