@@ -42,7 +42,7 @@ def cosine(a: Sequence[float], b: Sequence[float]) -> float:
 class CosineJudge:
     Options = CosineOptions
     name = "cosine"
-    summary = "cosine similarity of candidate and reference embeddings (CPU default: all-MiniLM-L6-v2, embedded)"
+    summary = "cosine similarity of candidate and reference embeddings, or of candidate and instruction with against=instruction (all-MiniLM-L6-v2, embedded)"
     needs_reference = True  # per instance: false with against=instruction
     hub_id = "sentence-transformers/all-MiniLM-L6-v2"
 
