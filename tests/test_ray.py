@@ -117,6 +117,7 @@ def test_death_reasons_name_out_of_memory():
     assert death_reason("policy", 0, plain) == "policy actor 0 died (The actor died unexpectedly before finishing this task.)"
 
 
+@pytest.mark.slow
 @pytest.mark.ray
 def test_compare_on_ray_equals_local_and_starts_judge_actors_only(ray_session, tmp_path):
     import json
