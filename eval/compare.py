@@ -302,8 +302,8 @@ def run_compare(cfg: CompareConfig, progress=None, note: Callable[[str], None] =
     from judges import build_judge
 
     start = time.perf_counter()
+    benches = {b.name: load_benchmark(b) for b in cfg.benchmarks}  # bad data fails before anything is written
     out = open_run(cfg)
-    benches = {b.name: load_benchmark(b) for b in cfg.benchmarks}
     stored: dict[str, dict[str, tuple[list[Prompt], list]]] = {name: {} for name in benches}
     skipped: dict[str, dict[str, str]] = {name: {} for name in benches}
     described: dict[str, str] = {}
