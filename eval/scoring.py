@@ -20,6 +20,7 @@ from eval.metrics import (
     agreement,
     agreement_no_tie,
     bootstrap_ci,
+    comparator_scores,
     correlations,
     cross_fit_agreement,
     grouped_kendall,
@@ -136,7 +137,7 @@ def evaluate_pairwise(
         # Auto-J: an item counts only when both orders give the label, so a disagreeing pair is wrong
         predictions = [f if f == s else None for f, s in zip(forward, swapped)]
         failed = sum(f is None or s is None for f, s in zip(forward, swapped))
-        consistency = 100.0 * sum(f is not None and f == s for f, s in zip(forward, swapped)) / len(items)
+        _, consistency = comparator_scores(forward, swapped, labels)
     else:
         table = scores_of(judgements)
         a = [table.get((it.id, 0)) for it in items]
