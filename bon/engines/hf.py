@@ -25,6 +25,11 @@ def _device(cfg: ModelConfig) -> torch.device:
     return torch.device(cfg.device)
 
 
+def _dtype(cfg: ModelConfig, device: torch.device) -> torch.dtype:
+    """The configured dtype; auto = float32 on CPU, bfloat16 on GPU."""
+    return _DTYPES.get(cfg.dtype, torch.float32 if device.type == "cpu" else torch.bfloat16)
+
+
 def convert_gguf(ref: ModelRef) -> Path:
     """A safetensors copy of an embedded GGUF model, made once (dequantising takes ~30 s on 2 cores).
 
@@ -71,7 +76,7 @@ class HFModel:
         ref = resolve(cfg)
         self.name = ref.name
         self.device = _device(cfg)
-        dtype = _DTYPES.get(cfg.dtype, torch.float32 if self.device.type == "cpu" else torch.bfloat16)
+        dtype = _dtype(cfg, self.device)
         path, gguf_file = (str(convert_gguf(ref)), None) if ref.convert_gguf else (ref.path, ref.gguf_file)
         kwargs = {"gguf_file": gguf_file} if gguf_file else {}
         self.tokenizer, self.model = _load_pretrained(
@@ -221,7 +226,7 @@ class HFRewardModel:
         ref = resolve(cfg)
         self.name = ref.name
         self.device = _device(cfg)
-        dtype = _DTYPES.get(cfg.dtype, torch.float32 if self.device.type == "cpu" else torch.bfloat16)
+        dtype = _dtype(cfg, self.device)
         self.tokenizer, self.model = _load_pretrained(
             AutoModelForSequenceClassification, ref.path, "reward model", cfg.model, dtype=dtype,
             trust_remote_code=cfg.trust_remote_code,
