@@ -19,6 +19,7 @@ from pydantic import Field, model_validator
 
 from bon.config import JudgeConfig, RayConfig, RunConfig, Strict
 from bon.io import append_records, drop_torn_tail, read_records, write_json_atomic
+from bon.pipeline import keep_missing, needs_judging
 from bon.records import SCHEMA, Comparison, Judgement, Prompt
 from bon.rundir import RunDirError, package_versions, read_manifest
 from eval.benchmarks import Benchmark, load_pairwise, load_pool_benchmark, load_scores
@@ -27,12 +28,12 @@ from eval.scoring import (
     PairwiseResult,
     PoolResult,
     ScoresResult,
-    comparison_scores,
+    candidate_scores,
     evaluate_pairwise,
     evaluate_pool,
     evaluate_scores,
+    is_comparisons,
     judge_agreement,
-    scores_of,
 )
 
 
@@ -113,16 +114,14 @@ def _judge_spec(name: str, options: dict) -> dict:
     return {"name": name, "options": JUDGES.get(name).Options.model_validate(options).model_dump(mode="json")}
 
 
-def _same(what: str, stored: dict) -> Callable[[str, dict], bool]:
-    def same(key: str, now: dict) -> bool:
-        try:  # the stored spec read with today's defaults: a field added since does not count as a change
-            if what == "judge":
-                return _judge_spec(stored[key]["name"], stored[key]["options"]) == now
-            return BenchmarkConfig.model_validate(stored[key]).model_dump(mode="json") == now
-        except (KeyError, TypeError, ValueError):  # unreadable or no longer valid: a different judge
-            return False
-
-    return same
+def _unchanged(what: str, before: dict, now: dict) -> bool:
+    """Whether a stored spec, read with today's defaults (a field added since is no change), equals ``now``."""
+    try:
+        if what == "judge":
+            return _judge_spec(before["name"], before["options"]) == now
+        return BenchmarkConfig.model_validate(before).model_dump(mode="json") == now
+    except (KeyError, TypeError, ValueError):  # unreadable or no longer valid: a different judge or benchmark
+        return False
 
 
 def open_run(cfg: CompareConfig) -> Path:
@@ -136,9 +135,8 @@ def open_run(cfg: CompareConfig) -> Path:
         stored = read_manifest(manifest)
         stored_judges, stored_benchmarks = stored.get("judges", {}), stored.get("benchmarks", {})
         for what, now, before in (("judge", judges, stored_judges), ("benchmark", benchmarks, stored_benchmarks)):
-            same = _same(what, before)
             for key in now.keys() & before.keys():
-                if not same(key, now[key]):
+                if not _unchanged(what, before[key], now[key]):
                     raise RunDirError(
                         f"{out}: {what} {key!r} was run as {before[key]} and is now {now[key]}; its stored "
                         "judgements would be mixed with new ones: give it another name or use another output_dir"
@@ -195,13 +193,13 @@ def score_benchmark(
 ) -> list[Judgement]:
     """Every candidate of ``prompts`` judged once; judgements already in ``path`` are kept, not redone."""
     have = _stored(path, Judgement)
-    done = {(j.prompt_id, j.candidate_index) for j in have}
-    todo = [p for p in prompts if any((p.id, c.index) not in done for c in bench.candidates[p.id])]
+    judged = {(j.prompt_id, j.candidate_index): j for j in have}
+    todo = [p for p in prompts if needs_judging(bench.candidates[p.id], judged)]
     advance(len(prompts) - len(todo))
     batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
 
     def collect(batch: list[Prompt], judgements: list[Judgement]) -> None:
-        new = [dataclasses.replace(j, judge=label) for j in judgements if (j.prompt_id, j.candidate_index) not in done]
+        new = [dataclasses.replace(j, judge=label) for j in keep_missing(judgements, judged)]
         _append(path, new)
         have.extend(new)
         advance(len(batch))
@@ -289,7 +287,7 @@ class CompareResult:
 def evaluate(bench: Benchmark, subset: Sequence[Prompt], label: str, records: list, reps: int = 1000, seed: int = 0, folds: int = 2):
     """The kind's numbers for one judge's stored records (judgements, or comparisons of a pairwise judge)."""
     if bench.kind == "pairwise":
-        if records and isinstance(records[0], Comparison):
+        if is_comparisons(records):
             return evaluate_pairwise(bench, subset, label, comparisons=records, reps=reps, seed=seed, folds=folds)
         return evaluate_pairwise(bench, subset, label, judgements=records, reps=reps, seed=seed, folds=folds)
     if bench.kind == "pool":
@@ -311,7 +309,6 @@ def run_compare(cfg: CompareConfig, progress=None, note: Callable[[str], None] =
     for entry in cfg.judges:
         label, judge = entry.key, build_judge(entry.name, entry.options)
         described[label] = judge.describe()
-        pairwise_judge = callable(getattr(judge, "compare", None))  # compares both orders on pairwise data
         t0 = time.perf_counter()
         with contextlib.ExitStack() as stack:
             executor = _OnDemand(lambda e=entry, j=judge: judge_executor(cfg, e, j, note), stack)
@@ -326,8 +323,7 @@ def run_compare(cfg: CompareConfig, progress=None, note: Callable[[str], None] =
                 if progress is not None:
                     progress.start(stage, len(subset), 0)
                 advance = (lambda k, s=stage: progress.advance(s, k)) if progress is not None else (lambda k: None)
-                compares = pairwise_judge and bench.kind == "pairwise"
-                path = store_path(out, name, label, compares)
+                path = store_path(out, name, label, asks_pairs(judge, bench))
                 stored[name][label] = (subset, judge_benchmark(executor, judge, bench, subset, path, label, cfg.batch_size, advance))
         seconds[label] = time.perf_counter() - t0
     reports = []
@@ -335,17 +331,21 @@ def run_compare(cfg: CompareConfig, progress=None, note: Callable[[str], None] =
         results, scores = [], {}
         for label, (subset, records) in stored[name].items():
             results.append(evaluate(bench, subset, label, records, cfg.bootstrap, cfg.seed, cfg.folds))
-            comparisons = bool(records) and isinstance(records[0], Comparison)
-            scores[label] = comparison_scores(records) if comparisons else scores_of(records)
+            scores[label] = candidate_scores(records)
         reports.append(
             BenchmarkReport(name, bench.kind, bench.source, len(bench.prompts), results, judge_agreement(bench, scores), skipped[name])
         )
     return CompareResult(out, reports, described, seconds, time.perf_counter() - start)
 
 
+def asks_pairs(judge, bench: Benchmark) -> bool:
+    """A pairwise judge on pairwise data is asked both orders of each pair, not one score per response."""
+    return bench.kind == "pairwise" and callable(getattr(judge, "compare", None))
+
+
 def judge_benchmark(executor, judge, bench: Benchmark, subset: Sequence[Prompt], path: Path | None, label: str, batch_size: int, advance) -> list:
     """Comparisons when a pairwise judge meets a pairwise benchmark, else one judgement per candidate."""
-    if bench.kind == "pairwise" and callable(getattr(judge, "compare", None)):
+    if asks_pairs(judge, bench):
         return compare_benchmark(executor, bench, subset, path, label, batch_size, advance)
     return score_benchmark(executor, bench, subset, path, label, batch_size, advance)
 

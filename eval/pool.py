@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 
 from bon.io import DataFileError
 from bon.prompts import prompt_id
-from bon.records import Candidate, Judgement, Prompt
+from bon.records import Candidate, Judgement, Prompt, Selection
 from bon.selection import select
 from eval.ae import winrate
 from eval.annotations import Annotation, read_annotations
@@ -69,6 +69,7 @@ class PoolReport:
     best_single_model: str
     picks: dict[str, int] = field(default_factory=dict)  # model -> how often the judge picked it
     failed: int = 0  # instructions whose candidates could not be judged at all
+    selections: list[Selection] = field(default_factory=list)  # one per instruction, in pool order
 
     def as_json(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if k in ("judge", "n_instructions", "win_rate", "reference_points")}
@@ -116,14 +117,15 @@ def picks_report(pool: Pool, name: str, judgements: Sequence[Judgement]) -> Pool
     by_prompt: dict[str, list[Judgement]] = {}
     for j in judgements:
         by_prompt.setdefault(j.prompt_id, []).append(j)
-    picks, chosen, failed = {m: 0 for m in pool.models}, [], 0
-    for q in pool.instructions:
-        s = select(prompt_id(q), by_prompt[prompt_id(q)])  # no threshold: an all-failed prompt keeps candidate 0
-        failed += s.score is None
-        chosen.append(pool.table[q][s.chosen_index])
+    # no threshold: an all-failed prompt keeps candidate 0
+    selections = [select(prompt_id(q), by_prompt[prompt_id(q)]) for q in pool.instructions]
+    picks = {m: 0 for m in pool.models}
+    for s in selections:
         picks[pool.models[s.chosen_index]] += 1
+    chosen = [pool.table[q][s.chosen_index] for q, s in zip(pool.instructions, selections)]
+    failed = sum(s.score is None for s in selections)
     points, best = reference_points(pool)
-    return PoolReport(name, len(pool.instructions), _rate(chosen), points, best, picks, failed)
+    return PoolReport(name, len(pool.instructions), _rate(chosen), points, best, picks, failed, selections)
 
 
 def write_report(report: PoolReport, folder: Path, out: Path, describe: str) -> tuple[Path, Path]:

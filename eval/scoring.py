@@ -9,7 +9,6 @@ from typing import Any, Sequence
 import numpy as np
 
 from bon.records import Comparison, Judgement, Prompt
-from bon.selection import select
 from eval.benchmarks import Benchmark, group_order
 from eval.metrics import (
     FIRST,
@@ -36,6 +35,15 @@ Scores = dict[tuple[str, int], float | None]  # (prompt id, candidate index) -> 
 
 def scores_of(judgements: Sequence[Judgement]) -> Scores:
     return {(j.prompt_id, j.candidate_index): j.score for j in judgements}
+
+
+def candidate_scores(records: Sequence[Judgement] | Sequence[Comparison]) -> Scores:
+    """A judge's stored records as one score per candidate (a pairwise judge's verdicts as points)."""
+    return comparison_scores(records) if is_comparisons(records) else scores_of(records)
+
+
+def is_comparisons(records: Sequence[Any]) -> bool:
+    return bool(records) and isinstance(records[0], Comparison)
 
 
 def comparison_scores(comparisons: Sequence[Comparison]) -> Scores:
@@ -214,14 +222,10 @@ def evaluate_pool(bench: Benchmark, subset: Sequence[Prompt], label: str, judgem
     pool = bench.pool.restrict([p.instruction for p in subset])
     report = picks_report(pool, label, judgements)
     table = scores_of(judgements)
-    by_prompt: dict[str, list[Judgement]] = {}
-    for j in judgements:
-        by_prompt.setdefault(j.prompt_id, []).append(j)
     groups, confidence, pick_wins, pick_lengths, longest = [], [], [], [], 0
-    for p in subset:
+    for p, s in zip(subset, report.selections):
         annotations = pool.table[p.instruction]
         groups.append(([table.get((p.id, i)) for i in range(len(annotations))], [a.win() for a in annotations]))
-        s = select(p.id, by_prompt[p.id])
         confidence.append(s.score)
         pick_wins.append(annotations[s.chosen_index].win())
         pick_lengths.append(len(annotations[s.chosen_index].output_2))
