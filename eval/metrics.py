@@ -167,7 +167,7 @@ def grouped_kendall(a: dict[str, Sequence[float | None]], b: dict[str, Sequence[
     there (tau is undefined otherwise): best-of-N only needs each prompt's ranking to agree.
     """
     taus = []
-    for key in a.keys() & b.keys():
+    for key in sorted(a.keys() & b.keys()):  # a fixed summation order: results.json is reproducible
         c = correlations(a[key], b[key])
         if c.kendall is not None:
             taus.append(c.kendall)
