@@ -62,6 +62,34 @@ def run(
 
 
 @app.command()
+def check(
+    config: Annotated[Path, typer.Argument(help="run config YAML, e.g. configs/alpaca_eval_v2_bo32.yaml")],
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="override a key: --set policy.model=PATH")] = None,
+) -> None:
+    """Preflight a run from tokenizers and configs only (no weights): exit 1 if anything is missing or wrong."""
+    from bon.config import load_config
+    from bon.preflight import check as preflight
+    from judges import build_judge
+
+    with fail_clearly():
+        cfg = load_config(config, list(set_ or []))
+        report = preflight(cfg, build_judge(cfg.judge.name, cfg.judge.options))
+    table = Table(title=f"bon check {config}", title_justify="left", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("found", overflow="fold")
+    for what, found in report.rows:
+        table.add_row(what, found)
+    console.print(table)
+    for line in report.missing:
+        console.print(f"[bold red]missing:[/] {line}", highlight=False)
+    for line in report.problems:
+        console.print(f"[bold red]problem:[/] {line}", highlight=False)
+    if not report.ok:
+        raise typer.Exit(1)
+    console.print("[bold green]ok:[/] nothing missing, nothing wrong")
+
+
+@app.command()
 def judge(
     run_dir: Annotated[Path, typer.Argument(help="a run directory made by `bon run`")],
     judge_name: Annotated[str, typer.Option("--judge", help="a registered judge (`bon judges list`)")],

@@ -22,10 +22,11 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from bon.registry import UnknownNameError
     from bon.rundir import RunDirError
     from bon.selection import TieBreakError
+    from bon.tokens import ContextLengthError, PromptFormatError
     from eval.export import ExportError
 
     return (ConfigError, ExecutorError, DataFileError, ModelLoadError, PromptSourceError, UnknownNameError,
-            RunDirError, TieBreakError, ExportError)
+            RunDirError, TieBreakError, ExportError, ContextLengthError, PromptFormatError)
 
 
 @contextlib.contextmanager

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 DEFAULT_MODEL = "embedded:SmolLM2-135M-Instruct"
 M = TypeVar("M", bound=BaseModel)
@@ -39,13 +39,29 @@ class ModelConfig(Strict):
     device: str = Field("auto", description="transformers device: auto, cpu, cuda, cuda:1 ...")
     trust_remote_code: bool = Field(False, description="allow code shipped with a hub model to run")
     engine_args: dict[str, Any] = Field(default_factory=dict, description="extra keyword arguments passed unchanged to vllm.LLM")
+    context_length: int | None = Field(None, ge=2, description="tokens one sequence may hold; None = the model's (and engine_args.max_model_len)")
+    on_overflow: Literal["error", "truncate", "skip"] = Field(
+        "error",
+        description="a prompt that does not fit the context: error before any work, truncate it (flagged), or skip it (flagged)",
+    )
 
 
 class PolicyConfig(ModelConfig):
     temperature: float = Field(0.7, ge=0.0, description="sampling temperature (0 = greedy)")
     top_p: float = Field(0.95, gt=0.0, le=1.0, description="nucleus sampling mass")
     max_tokens: int = Field(256, ge=1, description="longest candidate, in tokens")
-    system_prompt: str | None = Field(None, description="system message; None keeps the chat template's default")
+    system_prompt: str | None = Field(None, description="system message; None keeps the format's default")
+    prompt_format: str = Field(
+        "chat",
+        description="chat = the tokenizer's chat template; a named format (vicuna_v1.1, alpaca, ...) or a template with {instruction}",
+    )
+
+    @field_validator("prompt_format")
+    @classmethod
+    def _format(cls, value: str, info: ValidationInfo) -> str:
+        from bon.formats import check_format
+
+        return check_format(value, info.data.get("system_prompt"))
 
 
 class JudgeConfig(Strict):

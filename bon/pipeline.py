@@ -14,6 +14,7 @@ from typing import Protocol, Sequence
 from bon.config import RunConfig
 from bon.executors import Executor, Pending, make_executor
 from bon.policy import Policy
+from bon.preflight import lengths
 from bon.prompts import load_prompts
 from bon.records import Candidate, Judgement, Prompt, Selection
 from bon.rundir import RunDir
@@ -78,9 +79,10 @@ def run(
     progress = progress or _Silent()
     prompts = load_prompts(config.prompts)
     judge = judge or build_judge(config.judge.name, config.judge.options)
+    plan = lengths(config, prompts, judge, check_policy=policy is None)  # before the run directory exists
     describe = {"judge_description": judge.describe()}
     rd, notes = RunDir.open(config, describe)
-    for note in notes:
+    for note in notes + plan.notes:
         progress.note(note)
 
     n = config.n
@@ -95,13 +97,17 @@ def run(
     other = secondary_judge(sel.tie_break)
     secondary = {(j.prompt_id, j.candidate_index): j for j in rd.read(Judgement) if j.judge == other} if other else None
     result = RunResult(rd, prompts, [], describe["judge_description"])
+    skips = [Selection(p.id, None, True, None, judge.name, plan.skipped[p.id]) for p in prompts if p.id in plan.skipped and p.id not in selected]
+    rd.append(skips)
+    selected.update((s.prompt_id, s) for s in skips)
+    work = [p for p in prompts if p.id not in plan.skipped]
 
-    total = len(prompts) * n
-    progress.start("candidates", total, sum(min(len(cands[p.id]), n) for p in prompts))
-    progress.start("judgements", total, sum((p.id, i) in judged for p in prompts for i in range(n)))
+    total = len(work) * n
+    progress.start("candidates", total, sum(min(len(cands[p.id]), n) for p in work))
+    progress.start("judgements", total, sum((p.id, i) in judged for p in work for i in range(n)))
     progress.start("prompts", len(prompts), sum(p.id in selected for p in prompts))
 
-    batches = _batches(prompts, config.batch_size)
+    batches = _batches(work, config.batch_size)
     sampling: dict[int, Pending | None] = {}
     judging: dict[int, Pending | None] = {}
 

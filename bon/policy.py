@@ -1,4 +1,4 @@
-"""Policies: sample N candidates per prompt through an engine, with the chat template applied."""
+"""Policies: sample N candidates per prompt through an engine, in the configured prompt format."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ from typing import Protocol, Sequence
 
 from bon.config import PolicyConfig
 from bon.engines import LanguageModel, SamplingSettings, derive_seed, load_engine
+from bon.formats import CHAT, render
 from bon.records import Candidate, Prompt
+from bon.tokens import ContextLengthError, overflow_message
 
 
 class Policy(Protocol):
@@ -30,14 +32,48 @@ class EnginePolicy:
         self.name = self.engine.name
         self.settings = SamplingSettings(temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens)
 
-    def _messages(self, prompt: Prompt) -> list[dict[str, str]]:
-        system = [{"role": "system", "content": self.cfg.system_prompt}] if self.cfg.system_prompt else []
-        return system + [{"role": "user", "content": prompt.instruction}]
+    def prompt_ids(self, prompt: Prompt) -> list[int]:
+        """The token ids the policy reads for ``prompt``, in the configured prompt format."""
+        if self.cfg.prompt_format == CHAT:
+            system = [{"role": "system", "content": self.cfg.system_prompt}] if self.cfg.system_prompt else []
+            return self.engine.chat_ids(system + [{"role": "user", "content": prompt.instruction}], option="policy.prompt_format")
+        return self.engine.text_ids(render(self.cfg.prompt_format, prompt.instruction, self.cfg.system_prompt))
+
+    def room(self) -> int | None:
+        """Prompt tokens that leave space for ``max_tokens`` in the context (None: no known limit)."""
+        context = self.engine.context
+        if context is None:
+            return None
+        if self.cfg.max_tokens >= context:
+            raise ContextLengthError(
+                f"policy.max_tokens {self.cfg.max_tokens} leaves no room for a prompt in {self.name}'s context of {context} tokens"
+            )
+        return context - self.cfg.max_tokens
+
+    def fit(self, prompts: Sequence[Prompt]) -> list[tuple[list[int], str | None]]:
+        """(ids, flag) per prompt: left-truncated and flagged with ``on_overflow: truncate``, else refused.
+
+        Prompts to skip never get here: the pipeline's preflight sets them aside before any work.
+        """
+        ids = [self.prompt_ids(p) for p in prompts]
+        room = self.room()
+        over = [(p.id, len(x)) for p, x in zip(prompts, ids) if room is not None and len(x) > room]
+        if not over:
+            return [(x, None) for x in ids]
+        if self.cfg.on_overflow != "truncate":
+            raise ContextLengthError(
+                overflow_message("policy prompts are", over, room, self.engine.context, "policy.on_overflow")
+            )
+        return [
+            (x[-room:], f"prompt left-truncated from {len(x)} to {room} tokens (context {self.engine.context}, "
+             f"max_tokens {self.cfg.max_tokens})") if len(x) > room else (x, None)
+            for x in ids
+        ]
 
     def generate(self, prompts: Sequence[Prompt], n: int, seed: int) -> list[Candidate]:
-        ids = [self.engine.chat_ids(self._messages(p)) for p in prompts]
+        fitted = self.fit(prompts)
         seeds = [prompt_seed(seed, p.id) for p in prompts]
-        samples = self.engine.sample(ids, n, seeds, self.settings)
+        samples = self.engine.sample([ids for ids, _ in fitted], n, seeds, self.settings)
         return [
             Candidate(
                 prompt_id=p.id,
@@ -48,7 +84,8 @@ class EnginePolicy:
                 completion_tokens=s.completion_tokens,
                 finish_reason=s.finish_reason,
                 policy=self.name,
+                flag=flag,
             )
-            for p, group in zip(prompts, samples)
+            for p, (_, flag), group in zip(prompts, fitted, samples)
             for i, s in enumerate(group)
         ]

@@ -41,6 +41,7 @@ class Candidate:
     completion_tokens: int
     finish_reason: str  # "stop" (end of sequence) or "length" (max_tokens reached)
     policy: str
+    flag: str | None = None  # e.g. the prompt was truncated to fit the context; None when clean
 
 
 @dataclass(frozen=True)

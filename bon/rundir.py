@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from bon.config import RunConfig
 from bon.io import append_records, drop_torn_tail, read_records, write_json_atomic
 from bon.records import SCHEMA, Candidate, Judgement, Selection
@@ -56,6 +58,35 @@ def read_manifest(path: Path) -> dict[str, Any]:
     return stored
 
 
+def _content(config: dict[str, Any]) -> dict[str, Any]:
+    """The keys that decide what a run produces (where the work runs does not: a run may move between engines)."""
+    try:  # keys added since the run was made compare as their defaults
+        config = RunConfig.model_validate(config).model_dump(mode="json")
+    except ValidationError:
+        pass
+    return {k: v for k, v in config.items() if k not in EXECUTION_KEYS}
+
+
+def config_changes(stored: dict[str, Any], config: RunConfig) -> list[str]:
+    """How ``config`` differs from the one stored in a manifest, key by key."""
+    return _diff(_content(stored.get("config") or {}), _content(config.model_dump(mode="json")))
+
+
+def state(config: RunConfig) -> str:
+    """new, resumable (with what is done) or incompatible (with the changed keys): what `bon run` would find."""
+    path = Path(config.output_dir)
+    if not (path / MANIFEST).exists():
+        return f"new ({path} will be created)"
+    try:
+        changes = config_changes(read_manifest(path / MANIFEST), config)
+    except RunDirError as e:
+        return f"incompatible: {e}"
+    if changes:
+        return f"incompatible config in {path}: {'; '.join(changes)}"
+    done = len(RunDir(path).read(Selection))
+    return f"resumable ({path}: {done} prompts selected so far)"
+
+
 class RunDir:
     """One run's directory. Record files only grow; a rerun reads them and continues."""
 
@@ -73,13 +104,9 @@ class RunDir:
         rd.path.mkdir(parents=True, exist_ok=True)
         manifest = rd.path / MANIFEST
         current = config.model_dump(mode="json")
-        # where the work runs does not change what it produces: a run may move between engines
-        content = {k: v for k, v in current.items() if k not in EXECUTION_KEYS}
         notes = []
         if manifest.exists():
-            stored = read_manifest(manifest)
-            stored_content = {k: v for k, v in (stored.get("config") or {}).items() if k not in EXECUTION_KEYS}
-            changes = _diff(stored_content, content)
+            changes = config_changes(read_manifest(manifest), config)
             if changes:
                 raise RunDirError(
                     f"{rd.path} holds a run with a different config ({'; '.join(changes)}); "

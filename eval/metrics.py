@@ -13,22 +13,14 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-FIRST, SECOND, TIE = 0, 1, 2
+from judges.pairwise import FIRST, SECOND, TIE, scalar_verdict
 # the Auto-J leaderboard's tie thresholds for scalar reward models: 0 to 2.0 in steps of 0.01
 THRESHOLDS: tuple[float, ...] = tuple(round(0.01 * i, 2) for i in range(201))
 
 
 def predict_pairs(a: Sequence[float | None], b: Sequence[float | None], threshold: float) -> list[int | None]:
-    """Scalar scores to a verdict per pair: a tie when |a - b| < threshold (or equal), else the higher side."""
-    out: list[int | None] = []
-    for x, y in zip(a, b):
-        if x is None or y is None:
-            out.append(None)
-        elif x == y or abs(x - y) < threshold:
-            out.append(TIE)
-        else:
-            out.append(FIRST if x > y else SECOND)
-    return out
+    """Scalar scores to a verdict per pair (`judges.pairwise.scalar_verdict`); None where a score is missing."""
+    return [None if x is None or y is None else scalar_verdict(x, y, threshold) for x, y in zip(a, b)]
 
 
 def agreement(predictions: Sequence[int | None], labels: Sequence[int]) -> float:

@@ -15,7 +15,7 @@ from pydantic import Field
 from bon.config import ModelConfig
 from bon.engines.base import SamplingSettings
 from bon.records import Candidate, Judgement, Prompt
-from judges.base import UsesEngine, prompts_by_id, read_prompt_template
+from judges.base import PromptJudge, prompts_by_id, read_prompt_template
 
 AUTOJ_HUB_ID = "GAIR/autoj-13b"
 _RATING = re.compile(r"Rating: \[\[")
@@ -45,11 +45,11 @@ def parse_rating(text: str) -> tuple[float | None, str | None]:
 
 def wrap(engine, user_message: str, wrapper: str, template: str) -> list[int]:
     if wrapper == "chat":
-        return engine.chat_ids([{"role": "user", "content": user_message}])
+        return engine.chat_ids([{"role": "user", "content": user_message}], option="the judge's wrapper")
     return engine.text_ids(template.format(input=user_message))
 
 
-class AutoJudge(UsesEngine):
+class AutoJudge(PromptJudge):
     Options = AutoJOptions
     name = "autoj"
     summary = "Auto-J single-response critique then 'Rating: [[1-10]]'"
@@ -61,28 +61,35 @@ class AutoJudge(UsesEngine):
         self._engine = engine
         self.template = read_prompt_template("autoj_single.txt")
         self.wrapper = read_prompt_template("llama2_inst.txt")
+        self.generates = self.options.max_tokens
 
     def describe(self) -> str:
         weights = self.options.model.removeprefix("embedded:")
         honest = "" if "autoj" in weights.lower() else f"; NOT the trained Auto-J weights ({AUTOJ_HUB_ID})"
         return f"Auto-J single-response protocol on {weights} ({self.options.wrapper} wrapper){honest}"
 
-    def build_prompt(self, prompt: Prompt, candidate: Candidate) -> str:
-        return self.template.format(prompt=prompt.instruction, response=candidate.text)
+    def build_prompt(self, prompt: Prompt, answer: str) -> str:
+        return self.template.format(prompt=prompt.instruction, response=answer)
+
+    def prompt_ids(self, prompt: Prompt, answer: str) -> list[int]:
+        return wrap(self.engine, self.build_prompt(prompt, answer), self.options.wrapper, self.wrapper)
 
     def score(self, prompts: Sequence[Prompt], candidates: Sequence[Candidate]) -> list[Judgement]:
-        ids = [
-            wrap(self.engine, self.build_prompt(p, c), self.options.wrapper, self.wrapper)
-            for p, c in zip(prompts_by_id(prompts, candidates), candidates)
-        ]
+        fitted = self.fit(list(zip(prompts_by_id(prompts, candidates), candidates)))
+        ids = [x for x, _ in fitted if x is not None]
         greedy = SamplingSettings(temperature=0.0, top_p=1.0, max_tokens=self.options.max_tokens)
-        outputs = [group[0].text for group in self.engine.sample(ids, 1, [0] * len(ids), greedy)]
+        outputs = iter([group[0].text for group in self.engine.sample(ids, 1, [0] * len(ids), greedy)] if ids else [])
         judgements = []
-        for c, prompt_ids, text in zip(candidates, ids, outputs):
+        for c, (prompt_ids, fit_flag) in zip(candidates, fitted):
+            if prompt_ids is None:
+                judgements.append(Judgement(c.prompt_id, c.index, self.name, None, flag=fit_flag))
+                continue
+            text = next(outputs)
             rating, flag = parse_rating(text)
             details = {"judge_model": self.engine.name}
             if rating is not None and self.options.rating_logprob:
                 details["rating_logprob"] = self._rating_logprob(prompt_ids, text)
+            flag = "; ".join(f for f in (fit_flag, flag) if f) or None
             judgements.append(Judgement(c.prompt_id, c.index, self.name, rating, flag=flag, raw=text, details=details))
         return judgements
 

@@ -6,6 +6,7 @@ from importlib import resources
 from typing import Protocol, Sequence
 
 from bon.records import Candidate, Judgement, Prompt
+from bon.tokens import ContextLengthError, overflow_message
 
 
 class Judge(Protocol):
@@ -55,3 +56,59 @@ class UsesEngine:
 
             self._engine = load_engine(self.options)
         return self._engine
+
+
+class PromptJudge(UsesEngine):
+    """A model judge that reads one prompt per candidate, kept within the judge model's context.
+
+    Subclasses build the prompt (`prompt_ids`) and say how many tokens they generate after it;
+    ``options.on_overflow`` decides what a prompt that does not fit becomes: an error listing the
+    candidates, the answer truncated inside the prompt (flagged), or a skipped judgement (flagged).
+    """
+
+    generates: int = 1  # tokens generated after the prompt
+
+    def prompt_ids(self, prompt: Prompt, answer: str) -> list[int]:
+        raise NotImplementedError
+
+    def room(self) -> int | None:
+        """Prompt tokens that fit the judge's context with its generation (None: no known limit)."""
+        context = self.engine.context
+        return None if context is None else context - self.generates
+
+    def fit(self, pairs: Sequence[tuple[Prompt, Candidate]]) -> list[tuple[list[int] | None, str | None]]:
+        """(prompt ids, flag) per (prompt, candidate); ids None when skipped."""
+        room = self.room()
+        out = [(self.prompt_ids(p, c.text), None) for p, c in pairs]
+        if room is None:
+            return out
+        over = [i for i, (ids, _) in enumerate(out) if len(ids) > room]
+        if over and self.options.on_overflow == "error":
+            rows = [(f"{pairs[i][1].prompt_id}#{pairs[i][1].index}", len(out[i][0])) for i in over]
+            raise ContextLengthError(
+                overflow_message(f"{self.name} judge prompts are", rows, room, self.engine.context, "the judge's on_overflow")
+            )
+        for i in over:
+            prompt, cand = pairs[i]
+            if self.options.on_overflow == "skip":
+                out[i] = (None, f"judge prompt of {len(out[i][0])} tokens does not fit {room} (context {self.engine.context}): skipped")
+            else:
+                out[i] = self._truncated(prompt, cand, len(out[i][0]) - room, room)
+        return out
+
+    def _truncated(self, prompt: Prompt, cand: Candidate, excess: int, room: int) -> tuple[list[int], str]:
+        """The prompt with the answer cut from its end until it fits (decoding can shift a token or two)."""
+        answer = self.engine.tokenizer.encode(cand.text, add_special_tokens=False)
+        keep = len(answer) - excess
+        while keep >= 0:
+            ids = self.prompt_ids(prompt, self.engine.tokenizer.decode(answer[:keep]))
+            if len(ids) <= room:
+                return ids, f"answer truncated from {len(answer)} to {keep} tokens to fit the judge's context ({self.engine.context})"
+            keep -= max(1, len(ids) - room)
+        raise ContextLengthError(
+            f"{self.name} judge prompt for {cand.prompt_id} does not fit {room} tokens even with an empty answer"
+        )
+
+    def bound(self, prompt: Prompt, answer_tokens: int) -> int:
+        """Tokens the judge prompt of ``prompt`` takes with an answer of ``answer_tokens``, plus generation."""
+        return len(self.prompt_ids(prompt, "")) + answer_tokens + self.generates

@@ -24,6 +24,15 @@ from judges.base import UsesEngine, prompts_by_id, read_prompt_template
 FIRST, SECOND, TIE = 0, 1, 2
 
 
+def scalar_verdict(a: float, b: float, threshold: float) -> int:
+    """Two scalar scores as a pairwise verdict: a tie when they differ by less than ``threshold``
+    (equal scores always tie), else the higher side. The one tie rule of `bon`, as the Auto-J
+    leaderboard states it for reward models; `eval.metrics` searches thresholds with it."""
+    if a == b or abs(a - b) < threshold:
+        return TIE
+    return FIRST if a > b else SECOND
+
+
 @dataclass(frozen=True)
 class PairVerdict:
     """The outcome of one ordered comparison; winner None when the judge's answer is unusable."""
@@ -81,11 +90,11 @@ class ScalarComparatorOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     judge: str = Field("length", description="a registered scalar judge")
     options: dict[str, Any] = Field(default_factory=dict, description="that judge's options")
-    tie_threshold: float = Field(0.0, ge=0.0, description="scores closer than this are a tie")
+    tie_threshold: float = Field(0.0, ge=0.0, description="scores differing by less than this tie (equal scores always do)")
 
 
 class ScalarComparator:
-    """Any scalar judge used pairwise: the higher score wins (a tie within the threshold)."""
+    """Any scalar judge used pairwise: the higher score wins (a tie below the threshold, see `scalar_verdict`)."""
 
     Options = ScalarComparatorOptions
     name = "scalar"
@@ -97,7 +106,7 @@ class ScalarComparator:
         self.judge = build_judge(self.options.judge, self.options.options)
 
     def describe(self) -> str:
-        return f"scalar judge '{self.options.judge}' compared pairwise (tie within {self.options.tie_threshold:g})"
+        return f"scalar judge '{self.options.judge}' compared pairwise (tie below {self.options.tie_threshold:g})"
 
     def compare(self, items: Sequence[tuple[str, str, str]]) -> list[PairVerdict]:
         prompts = [Prompt(f"q{i}", q) for i, (q, _, _) in enumerate(items)]
@@ -107,10 +116,8 @@ class ScalarComparator:
         for a, b in zip(scores[0::2], scores[1::2]):
             if a is None or b is None:
                 out.append(PairVerdict(None, "the scalar judge failed on one side"))
-            elif abs(a - b) <= self.options.tie_threshold:
-                out.append(PairVerdict(TIE))
             else:
-                out.append(PairVerdict(FIRST if a > b else SECOND))
+                out.append(PairVerdict(scalar_verdict(a, b, self.options.tie_threshold)))
         return out
 
 

@@ -2,7 +2,8 @@
 
 The templates are the Self-J repository's `judge.py` ones, kept verbatim in judges/prompts/. The
 released judge feeds the template as raw text (``prompt_format: raw``); ``chat`` wraps it in the
-judge tokenizer's chat template instead. The digit ids come from the judge's own tokenizer.
+judge tokenizer's chat template instead. The digit ids come from the judge's own tokenizer, as the
+model emits them after text (`bon.tokens.digit_token_ids`: on Llama-2 exactly the repository's ids).
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from pydantic import Field
 
 from bon.config import ModelConfig
 from bon.records import Candidate, Judgement, Prompt
-from judges.base import UsesEngine, prompts_by_id, read_prompt_template
+from bon.tokens import digit_token_ids
+from judges.base import PromptJudge, prompts_by_id, read_prompt_template
 
 SELFJ_HUB_ID = "oceanpty/Self-J"  # the released Self-J-13B weights
 
@@ -24,17 +26,6 @@ class SelfJOptions(ModelConfig):
     reference: Literal["auto", "always", "never"] = Field("auto", description="auto = reference-based template when the prompt has a reference")
     batch_size: int = Field(8, ge=1, description="sequences per forward pass (transformers backend)")
     min_digit_mass: float = Field(0.05, ge=0.0, le=1.0, description="flag a judgement whose digits hold less of the next-token mass than this")
-
-
-def digit_token_ids(tokenizer) -> list[int]:
-    """Token ids of "0".."9" in this tokenizer; each digit must be exactly one token."""
-    ids = []
-    for d in "0123456789":
-        toks = tokenizer.encode(d, add_special_tokens=False)
-        if len(toks) != 1 or tokenizer.decode(toks).strip() != d:
-            raise ValueError(f"the judge tokenizer does not encode {d!r} as one token (got {toks}); Self-J needs that")
-        ids.append(toks[0])
-    return ids
 
 
 def expected_score(logprobs: dict[int, float], digit_ids: Sequence[int]) -> tuple[float | None, list[float | None], float]:
@@ -51,7 +42,7 @@ def expected_score(logprobs: dict[int, float], digit_ids: Sequence[int]) -> tupl
     return sum(d * p for d, p in enumerate(probs) if p is not None), probs, mass
 
 
-class SelfJudge(UsesEngine):
+class SelfJudge(PromptJudge):
     Options = SelfJOptions
     name = "selfj"
     summary = "Self-J expected digit rating (0-9) of a rating prompt, with or without reference"
@@ -78,17 +69,16 @@ class SelfJudge(UsesEngine):
         honest = "" if "self-j" in weights.lower() else f"; NOT the trained Self-J weights ({SELFJ_HUB_ID})"
         return f"Self-J template on {weights} ({self.options.prompt_format} prompt){honest}"
 
-    def build_prompt(self, prompt: Prompt, candidate: Candidate) -> str:
+    def build_prompt(self, prompt: Prompt, answer: str) -> str:
         use_ref = self.options.reference != "never" and prompt.reference is not None
         if self.options.reference == "always" and prompt.reference is None:
             raise ValueError(f"prompt {prompt.id!r} has no reference but the selfj judge has reference: always")
-        return self.templates[use_ref].format(
-            instruction=prompt.instruction, reference=prompt.reference, input=candidate.text
-        )
+        return self.templates[use_ref].format(instruction=prompt.instruction, reference=prompt.reference, input=answer)
 
-    def _ids(self, text: str) -> list[int]:
+    def prompt_ids(self, prompt: Prompt, answer: str) -> list[int]:
+        text = self.build_prompt(prompt, answer)
         if self.options.prompt_format == "chat":
-            return self.engine.chat_ids([{"role": "user", "content": text}])
+            return self.engine.chat_ids([{"role": "user", "content": text}], option="judge.options.prompt_format")
         return self.engine.text_ids(text)
 
     def score(self, prompts: Sequence[Prompt], candidates: Sequence[Candidate]) -> list[Judgement]:
@@ -97,23 +87,25 @@ class SelfJudge(UsesEngine):
             usable = [i for i, p in enumerate(owners) if p.reference is not None]
         else:
             usable = list(range(len(candidates)))
-        ids = [self._ids(self.build_prompt(owners[i], candidates[i])) for i in usable]
+        fitted = dict(zip(usable, self.fit([(owners[i], candidates[i]) for i in usable])))
+        scored_at = [i for i in usable if fitted[i][0] is not None]
+        ids = [fitted[i][0] for i in scored_at]
         scored = self.engine.next_token_logprobs(ids, self.digit_ids, batch_size=self.options.batch_size) if ids else []
-        logprobs: list[dict[int, float] | None] = [None] * len(candidates)
-        for i, lp in zip(usable, scored):
-            logprobs[i] = lp
+        logprobs: dict[int, dict[int, float]] = dict(zip(scored_at, scored))
         out = []
-        for c, lp in zip(candidates, logprobs):
-            if lp is None:
-                out.append(Judgement(c.prompt_id, c.index, self.name, None, flag="the prompt has no reference"))
+        for k, c in enumerate(candidates):
+            fit_flag = fitted[k][1] if k in fitted else "the prompt has no reference"
+            if k not in logprobs:
+                out.append(Judgement(c.prompt_id, c.index, self.name, None, flag=fit_flag))
                 continue
-            score, probs, mass = expected_score(lp, self.digit_ids)
+            score, probs, mass = expected_score(logprobs[k], self.digit_ids)
             if score is None:
                 flag = "no digit token among the judge's next-token probabilities"
             elif mass < self.options.min_digit_mass:
                 flag = f"digit mass {mass:.3f} below {self.options.min_digit_mass}: the judge barely rates"
             else:
                 flag = None
+            flag = "; ".join(f for f in (fit_flag, flag) if f) or None
             details = {
                 "digit_probs": probs,
                 "digit_mass": mass,

@@ -57,24 +57,25 @@ def test_templates_are_the_self_j_repository_ones():
     w = "Please act as a precise judge and evaluate the quality of the answer to question. Rate the answer from 0 to 9, where a higher value means a better answer. Please refer to the reference answer to make your judgement. Respond with an integer between 0 and 9. \n\n[Question]\n{instruction}\n\n[Reference]\n{reference}\n\n[Answer]\n{input}"
     wo = "Please act as a precise judge and evaluate the quality of the answer to question. Rate the answer from 0 to 9, where a higher value means a better answer. Please respond with an integer between 0 and 9. \n\n[Question]\n{instruction}\n\n[Answer]\n{input}"
     assert judge.templates == {True: w, False: wo}
-    assert judge.build_prompt(P[0], C[0]) == w.format(instruction="Add 2 and 2.", reference="4", input="4")
-    assert judge.build_prompt(P[1], C[2]).endswith("[Question]\nName a colour.\n\n[Answer]\nBlue, like the sky on a clear day.")
+    assert judge.build_prompt(P[0], C[0].text) == w.format(instruction="Add 2 and 2.", reference="4", input="4")
+    assert judge.build_prompt(P[1], C[2].text).endswith("[Question]\nName a colour.\n\n[Answer]\nBlue, like the sky on a clear day.")
     never = SelfJudge(SelfJOptions(reference="never"))
-    assert "[Reference]" not in never.build_prompt(P[0], C[0])
+    assert "[Reference]" not in never.build_prompt(P[0], C[0].text)
     with pytest.raises(ValueError, match="has no reference"):
-        SelfJudge(SelfJOptions(reference="always")).build_prompt(P[1], C[2])
-    assert "braces {x}" in judge.build_prompt(Prompt("z", "braces {x}"), C[0])
+        SelfJudge(SelfJOptions(reference="always")).build_prompt(P[1], C[2].text)
+    assert "braces {x}" in judge.build_prompt(Prompt("z", "braces {x}"), C[0].text)
 
 
 class DigitlessEngine:
     """An engine whose next-token distribution holds no digit (like a vLLM top-k without digits)."""
 
     name = "digitless"
+    context = None
 
     class tokenizer:
         @staticmethod
         def encode(text, add_special_tokens=False):
-            return [ord(text)]
+            return [ord(ch) for ch in text]
 
         @staticmethod
         def decode(ids):

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from bon.records import Candidate, Prompt
-from judges.selfj import SelfJOptions, SelfJudge, digit_token_ids
+from bon.tokens import digit_token_ids
+from judges.selfj import SelfJOptions, SelfJudge
 
 pytestmark = pytest.mark.slow
 
@@ -28,7 +29,7 @@ def test_score_equals_expectation_over_raw_logits(smollm2, fmt):
     out = judge.score(PROMPTS, CANDS)
     digits = digit_token_ids(smollm2.tokenizer)
     for c, j in zip(CANDS, out):
-        text = judge.build_prompt(PROMPTS[0] if c.prompt_id == "m" else PROMPTS[1], c)
+        text = judge.build_prompt(PROMPTS[0] if c.prompt_id == "m" else PROMPTS[1], c.text)
         ids = smollm2.text_ids(text) if fmt == "raw" else smollm2.chat_ids([{"role": "user", "content": text}])
         with torch.no_grad():  # one unpadded sequence, recomputed independently of the judge's batching
             logits = smollm2.model(torch.tensor([ids])).logits[0, -1].double()

@@ -13,7 +13,8 @@ pytest.importorskip("vllm", reason="vllm is not installed (pip install 'bon[vllm
 from bon.config import PolicyConfig  # noqa: E402
 from bon.policy import EnginePolicy  # noqa: E402
 from bon.records import Prompt  # noqa: E402
-from judges.selfj import SelfJOptions, SelfJudge, digit_token_ids  # noqa: E402
+from bon.tokens import digit_token_ids  # noqa: E402
+from judges.selfj import SelfJOptions, SelfJudge  # noqa: E402
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
@@ -44,7 +45,7 @@ def test_selfj_on_vllm_agrees_with_transformers_logits(vllm_policy, smollm2):
     out = judge.score(PROMPTS, cands)
     digits = digit_token_ids(smollm2.tokenizer)
     assert digits == judge.digit_ids
-    ids = [judge._ids(judge.build_prompt(PROMPTS[0] if c.prompt_id == "a" else PROMPTS[1], c)) for c in cands]
+    ids = [judge.prompt_ids(PROMPTS[0] if c.prompt_id == "a" else PROMPTS[1], c.text) for c in cands]
     reference = smollm2.next_token_logprobs(ids, digits)
     for j, ref in zip(out, reference):
         assert j.details["digits_seen"] >= 1 and j.score is not None

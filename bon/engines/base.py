@@ -36,9 +36,13 @@ class LanguageModel(Protocol):
 
     name: str  # display name of the weights, e.g. SmolLM2-135M-Instruct
     tokenizer: Any  # a Hugging Face tokenizer
+    context: int | None  # tokens one sequence may hold (prompt + generated); None = unknown
 
-    def chat_ids(self, messages: Sequence[dict[str, str]]) -> list[int]:
-        """Token ids of a conversation in the model's chat template, ready for the assistant turn."""
+    def chat_ids(self, messages: Sequence[dict[str, str]], option: str = "prompt_format") -> list[int]:
+        """Token ids of a conversation in the model's chat template, ready for the assistant turn.
+
+        A tokenizer without a chat template is a `bon.tokens.PromptFormatError` naming ``option``.
+        """
 
     def text_ids(self, text: str) -> list[int]:
         """Token ids of raw text as the model reads a document (BOS added if the tokenizer does)."""

@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from bon.config import ModelConfig
 from bon.engines.base import Sample, SamplingSettings, derive_seed
 from bon.models import ModelLoadError, ModelRef, cache_dir, first_line, hub_reachable, resolve
+from bon.tokens import Tokenized, config_context, effective_context
 
 _LOADED: dict[tuple, "HFModel"] = {}
 
@@ -69,7 +70,7 @@ def load(cfg: ModelConfig) -> "HFModel":
     return _LOADED[key]
 
 
-class HFModel:
+class HFModel(Tokenized):
     """A causal LM with its tokenizer, sampling with one seeded generator per candidate."""
 
     def __init__(self, cfg: ModelConfig):
@@ -84,23 +85,18 @@ class HFModel:
             hint=" or .gguf file, or to embedded:SmolLM2-135M-Instruct", **kwargs,
         )
         self.model.to(self.device).eval()
+        self.context = effective_context(cfg, config_context(self.model.config))
         eos = self.model.generation_config.eos_token_id
         eos = eos if isinstance(eos, list) else [eos]
         self.eos_ids = {int(t) for t in eos + [self.tokenizer.eos_token_id] if t is not None}
         pad = self.tokenizer.pad_token_id
         self.pad_id = int(pad if pad is not None else min(self.eos_ids))
 
-    def chat_ids(self, messages: Sequence[dict[str, str]]) -> list[int]:
-        text = self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
-
-    def text_ids(self, text: str) -> list[int]:
-        return self.tokenizer(text)["input_ids"]
-
     @torch.inference_mode()
     def sample(
         self, prompts: Sequence[list[int]], n: int, seeds: Sequence[int], settings: SamplingSettings
     ) -> list[list[Sample]]:
+        self.check_fits([len(p) for p in prompts], settings.max_tokens)
         return [self._sample_prompt(ids, n, seed, settings) for ids, seed in zip(prompts, seeds)]
 
     def _sample_prompt(self, ids: list[int], n: int, seed: int, s: SamplingSettings) -> list[Sample]:
@@ -151,6 +147,7 @@ class HFModel:
     def next_token_logprobs(
         self, prompts: Sequence[list[int]], token_ids: Sequence[int], batch_size: int = 8
     ) -> list[dict[int, float]]:
+        self.check_fits([len(p) for p in prompts], 1)
         # Longest first, so each batch pads little; results go back in input order.
         order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
         results: list[dict[int, float]] = [{} for _ in prompts]
@@ -180,6 +177,7 @@ class HFModel:
     ) -> list[list[float]]:
         """Log-probability of each continuation token given the prompt and the tokens before it."""
         seqs = [list(p) + list(c) for p, c in zip(prompts, continuations)]
+        self.check_fits([len(s) for s in seqs], 0)
         order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
         results: list[list[float]] = [[] for _ in seqs]
         for start in range(0, len(order), batch_size):

