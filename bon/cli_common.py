@@ -15,6 +15,7 @@ err_console = Console(stderr=True)
 def user_errors() -> tuple[type[BaseException], ...]:
     """Errors that mean bad input or a missing resource: one red line, exit 2, no traceback."""
     from bon.config import ConfigError
+    from bon.engines.base import EngineError
     from bon.executors import ExecutorError
     from bon.io import DataFileError
     from bon.models import ModelLoadError
@@ -26,7 +27,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from eval.export import ExportError
 
     return (ConfigError, ExecutorError, DataFileError, ModelLoadError, PromptSourceError, UnknownNameError,
-            RunDirError, TieBreakError, ExportError, ContextLengthError, PromptFormatError)
+            RunDirError, TieBreakError, ExportError, ContextLengthError, PromptFormatError, EngineError)
 
 
 @contextlib.contextmanager

@@ -97,7 +97,11 @@ def run(
     other = secondary_judge(sel.tie_break)
     secondary = {(j.prompt_id, j.candidate_index): j for j in rd.read(Judgement) if j.judge == other} if other else None
     result = RunResult(rd, prompts, [], describe["judge_description"])
-    skips = [Selection(p.id, None, True, None, judge.name, plan.skipped[p.id]) for p in prompts if p.id in plan.skipped and p.id not in selected]
+    skips = [
+        Selection(p.id, None, True, None, judge.name, plan.skipped[p.id], skipped=True)
+        for p in prompts
+        if p.id in plan.skipped and p.id not in selected
+    ]
     rd.append(skips)
     selected.update((s.prompt_id, s) for s in skips)
     work = [p for p in prompts if p.id not in plan.skipped]

@@ -8,7 +8,7 @@ from bon.config import PolicyConfig
 from bon.engines import LanguageModel, SamplingSettings, derive_seed, load_engine
 from bon.formats import CHAT, render
 from bon.records import Candidate, Prompt
-from bon.tokens import ContextLengthError, overflow_message
+from bon.tokens import ContextLengthError, effective_context, overflow_message
 
 
 class Policy(Protocol):
@@ -39,9 +39,14 @@ class EnginePolicy:
             return self.engine.chat_ids(system + [{"role": "user", "content": prompt.instruction}], option="policy.prompt_format")
         return self.engine.text_ids(render(self.cfg.prompt_format, prompt.instruction, self.cfg.system_prompt))
 
+    @property
+    def context(self) -> int | None:
+        """Tokens one sequence may hold: the engine's, or less where the config says so."""
+        return effective_context(self.cfg, self.engine.context)
+
     def room(self) -> int | None:
         """Prompt tokens that leave space for ``max_tokens`` in the context (None: no known limit)."""
-        context = self.engine.context
+        context = self.context
         if context is None:
             return None
         if self.cfg.max_tokens >= context:
@@ -62,10 +67,10 @@ class EnginePolicy:
             return [(x, None) for x in ids]
         if self.cfg.on_overflow != "truncate":
             raise ContextLengthError(
-                overflow_message("policy prompts are", over, room, self.engine.context, "policy.on_overflow")
+                overflow_message("policy prompts are", over, room, self.context, "policy.on_overflow")
             )
         return [
-            (x[-room:], f"prompt left-truncated from {len(x)} to {room} tokens (context {self.engine.context}, "
+            (x[-room:], f"prompt left-truncated from {len(x)} to {room} tokens (context {self.context}, "
              f"max_tokens {self.cfg.max_tokens})") if len(x) > room else (x, None)
             for x in ids
         ]

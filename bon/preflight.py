@@ -12,7 +12,7 @@ from typing import Any, Sequence
 from bon.config import RunConfig
 from bon.policy import EnginePolicy
 from bon.records import Prompt
-from bon.tokens import ContextLengthError, TokenizerOnly, overflow_message
+from bon.tokens import ContextLengthError, TokenizerOnly, effective_context, overflow_message
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ def judge_overflows(judge: Any, prompts: Sequence[Prompt], answer_tokens: int) -
     The answer budget is the policy's max_tokens, counted in the judge's tokens (an estimate when
     policy and judge tokenize differently); each judgement is checked exactly when it is made.
     """
-    context = judge.engine.context
+    context = judge.context
     if context is None:
         return None, []
     rows = [(p.id, judge.bound(p, answer_tokens)) for p in prompts if _judgeable(judge, p)]
@@ -64,12 +64,12 @@ def lengths(config: RunConfig, prompts: Sequence[Prompt], judge: Any, check_poli
         room, over = policy_overflows(policy, prompts)
         mode = config.policy.on_overflow
         if over and mode == "error":
-            raise ContextLengthError(overflow_message("policy prompts are", over, room, policy.engine.context, "policy.on_overflow"))
+            raise ContextLengthError(overflow_message("policy prompts are", over, room, policy.context, "policy.on_overflow"))
         if over and mode == "skip":
             for pid, n in over:
                 plan.skipped[pid] = (
                     f"skipped: prompt of {n} tokens + max_tokens {config.policy.max_tokens} exceeds the policy's context "
-                    f"of {policy.engine.context}"
+                    f"of {policy.context}"
                 )
         if over:
             plan.notes.append(f"{len(over)} prompts longer than the policy's {room} tokens: {'left-truncated' if mode == 'truncate' else 'skipped'} (policy.on_overflow: {mode})")
@@ -116,7 +116,8 @@ def _TokenizerOnly(role: str, cfg: Any, report: CheckReport) -> TokenizerOnly | 
         report.missing.append(f"{role} weights {cfg.model!r}")
         return None
     report.rows.append((f"{role} weights", tokens.where + (" (vocab only: a tokenizer stand-in, no weights)" if tokens.vocab_only else "")))
-    report.rows.append((f"{role} context", f"{tokens.context} tokens" if tokens.context else "unknown (no limit checked)"))
+    context = effective_context(cfg, tokens.context)
+    report.rows.append((f"{role} context", f"{context} tokens" if context else "unknown (no limit checked)"))
     return tokens
 
 
@@ -144,9 +145,9 @@ def check(config: RunConfig, judge: Any) -> CheckReport:
             if prompts:
                 room, over = policy_overflows(policy, prompts)
                 pid, n = _longest([(p.id, len(policy.prompt_ids(p))) for p in prompts])
-                report.rows.append(("longest policy prompt", f"{pid}: {n} tokens + max_tokens {config.policy.max_tokens} = {n + config.policy.max_tokens} of {tokens.context or '?'}"))
+                report.rows.append(("longest policy prompt", f"{pid}: {n} tokens + max_tokens {config.policy.max_tokens} = {n + config.policy.max_tokens} of {policy.context or '?'}"))
                 if over:
-                    _overflow(report, "policy", config.policy.on_overflow, over, room, tokens.context, "policy.on_overflow")
+                    _overflow(report, "policy", config.policy.on_overflow, over, room, policy.context, "policy.on_overflow")
                     skipped = {pid for pid, _ in over} if config.policy.on_overflow == "skip" else set()
         except (PromptFormatError, ContextLengthError) as e:
             report.problems.append(f"policy: {e}")

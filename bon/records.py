@@ -73,6 +73,7 @@ class Selection:
     score: float | None
     judge: str
     reason: str | None = None  # why declined, or why the pick is a fallback
+    skipped: bool = False  # never sampled: the prompt did not fit the policy's context (on_overflow: skip)
 
 
 @dataclass(frozen=True)

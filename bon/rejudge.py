@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,9 @@ def load_run(run_dir: Path) -> tuple[RunDir, dict[str, Any], RunConfig]:
 
 
 def run_candidates(rd: RunDir, config: RunConfig):
-    prompts = load_prompts(config.prompts)
+    """(the sampled prompts, their candidates by prompt id and index, the skip selections of the others)."""
+    skipped = {s.prompt_id: s for s in rd.read(Selection) if s.skipped}
+    prompts = [p for p in load_prompts(config.prompts) if p.id not in skipped]
     cands: dict[str, dict[int, Candidate]] = defaultdict(dict)
     for c in rd.read(Candidate):
         cands[c.prompt_id][c.index] = c
@@ -35,7 +38,7 @@ def run_candidates(rd: RunDir, config: RunConfig):
         raise RunDirError(
             f"{rd.path}: {len(incomplete)} prompts lack candidates (e.g. {incomplete[0]!r}); finish the run with `bon run` first"
         )
-    return prompts, cands
+    return prompts, cands, skipped
 
 
 def judge_run(
@@ -70,7 +73,7 @@ def judge_run(
     known[label] = entry
     write_json_atomic(rd.path / MANIFEST, manifest)
 
-    prompts, cands = run_candidates(rd, config)
+    prompts, cands, _ = run_candidates(rd, config)
     n = config.n
     judged = {(j.prompt_id, j.candidate_index): j for j in rd.read(Judgement) if j.judge == label}
     progress.start("judgements", len(prompts) * n, len(judged))
@@ -92,10 +95,10 @@ def select_run(
     That judge's lines in selections.jsonl are replaced; model_outputs.json holds its picks.
     """
     rd, manifest, config = load_run(run_dir)
-    prompts, cands = run_candidates(rd, config)
+    sampled, cands, skipped = run_candidates(rd, config)
     all_judgements = rd.read(Judgement)
     judged = {(j.prompt_id, j.candidate_index): j for j in all_judgements if j.judge == label}
-    missing = sum((p.id, i) not in judged for p in prompts for i in range(config.n))
+    missing = sum((p.id, i) not in judged for p in sampled for i in range(config.n))
     if missing:
         have = sorted({j.judge for j in all_judgements})
         raise RunDirError(
@@ -104,8 +107,11 @@ def select_run(
         )
     other = secondary_judge(tie_break)
     secondary = {(j.prompt_id, j.candidate_index): j for j in all_judgements if j.judge == other} if other else None
+    prompts = load_prompts(config.prompts)  # skipped prompts keep their declined selection, under this judge
     selections = [
-        select_prompt(p.id, [judged[(p.id, i)] for i in range(config.n)], decline_below, tie_break, secondary)
+        replace(skipped[p.id], judge=label)
+        if p.id in skipped
+        else select_prompt(p.id, [judged[(p.id, i)] for i in range(config.n)], decline_below, tie_break, secondary)
         for p in prompts
     ]
     kept = [s for s in rd.read(Selection) if s.judge != label]

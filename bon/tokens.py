@@ -148,7 +148,7 @@ class TokenizerOnly(Tokenized):
             raise ModelLoadError(
                 f"model {cfg.model!r}: {self.where}; could not read its tokenizer ({first_line(e)})"
             ) from None
-        self.context = effective_context(cfg, model_context)
+        self.context = model_context  # the model's own, as an engine reports it; configs may ask for less
         self.vocab_only = bool(gguf) and _is_vocab_only(Path(path) / gguf)
 
 

@@ -70,7 +70,7 @@ def gain_report(
     seed: int = 0,
 ) -> GainReport:
     rd, manifest, config = load_run(run_dir)
-    prompts, cands = run_candidates(rd, config)
+    prompts, cands, _ = run_candidates(rd, config)  # skipped prompts were never sampled
     label = judge_label or manifest.get("selected_with", {}).get("judge") or config.judge.name
     all_j = rd.read(Judgement)
     judged = {(j.prompt_id, j.candidate_index): j for j in all_j if j.judge == label}

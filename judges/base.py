@@ -6,7 +6,7 @@ from importlib import resources
 from typing import Protocol, Sequence
 
 from bon.records import Candidate, Judgement, Prompt
-from bon.tokens import ContextLengthError, overflow_message
+from bon.tokens import ContextLengthError, effective_context, overflow_message
 
 
 class Judge(Protocol):
@@ -71,10 +71,14 @@ class PromptJudge(UsesEngine):
     def prompt_ids(self, prompt: Prompt, answer: str) -> list[int]:
         raise NotImplementedError
 
+    @property
+    def context(self) -> int | None:
+        """Tokens the judge model may hold: its engine's, or less where the options say so."""
+        return effective_context(self.options, self.engine.context)
+
     def room(self) -> int | None:
         """Prompt tokens that fit the judge's context with its generation (None: no known limit)."""
-        context = self.engine.context
-        return None if context is None else context - self.generates
+        return None if self.context is None else self.context - self.generates
 
     def fit(self, pairs: Sequence[tuple[Prompt, Candidate]]) -> list[tuple[list[int] | None, str | None]]:
         """(prompt ids, flag) per (prompt, candidate); ids None when skipped."""
@@ -86,12 +90,12 @@ class PromptJudge(UsesEngine):
         if over and self.options.on_overflow == "error":
             rows = [(f"{pairs[i][1].prompt_id}#{pairs[i][1].index}", len(out[i][0])) for i in over]
             raise ContextLengthError(
-                overflow_message(f"{self.name} judge prompts are", rows, room, self.engine.context, "the judge's on_overflow")
+                overflow_message(f"{self.name} judge prompts are", rows, room, self.context, "the judge's on_overflow")
             )
         for i in over:
             prompt, cand = pairs[i]
             if self.options.on_overflow == "skip":
-                out[i] = (None, f"judge prompt of {len(out[i][0])} tokens does not fit {room} (context {self.engine.context}): skipped")
+                out[i] = (None, f"judge prompt of {len(out[i][0])} tokens does not fit {room} (context {self.context}): skipped")
             else:
                 out[i] = self._truncated(prompt, cand, len(out[i][0]) - room, room)
         return out
@@ -103,7 +107,7 @@ class PromptJudge(UsesEngine):
         while keep >= 0:
             ids = self.prompt_ids(prompt, self.engine.tokenizer.decode(answer[:keep]))
             if len(ids) <= room:
-                return ids, f"answer truncated from {len(answer)} to {keep} tokens to fit the judge's context ({self.engine.context})"
+                return ids, f"answer truncated from {len(answer)} to {keep} tokens to fit the judge's context ({self.context})"
             keep -= max(1, len(ids) - room)
         raise ContextLengthError(
             f"{self.name} judge prompt for {cand.prompt_id} does not fit {room} tokens even with an empty answer"

@@ -13,8 +13,8 @@ ROOT = Path(__file__).resolve().parent.parent
 BON = [sys.executable, "-m", "bon"]
 
 
-def bon(*args, **kw):
-    env = {**os.environ, "COLUMNS": "200"}  # rich folds table cells to the terminal width
+def bon(*args, env_extra=None, **kw):
+    env = {**os.environ, "COLUMNS": "200", **(env_extra or {})}  # rich folds table cells to the terminal width
     return subprocess.run([*BON, *args], cwd=ROOT, capture_output=True, text=True, timeout=kw.pop("timeout", 600), env=env, **kw)
 
 
@@ -64,3 +64,42 @@ def test_demo_config_end_to_end(tmp_path):
     assert len(outputs) == 2 and all(o["output"] and o["generator"] == "SmolLM2-135M-Instruct-bo2-selfj" for o in outputs)
     judgements = [json.loads(line) for line in (run_dir / "judgements.jsonl").read_text().splitlines()]
     assert len(judgements) == 4 and all(0 <= j["score"] <= 9 and j["details"]["digit_mass"] > 0 for j in judgements)
+
+
+def _headline(shared_data, *extra):
+    return (
+        "check", "configs/alpaca_eval_v2_bo32.yaml",
+        "--set", f"prompts.source={shared_data / 'alpaca_eval' / 'reference_outputs_v2.json'}", *extra,
+    )
+
+
+def test_check_headline_offline_names_exactly_the_missing_weights(shared_data):
+    out = bon(*_headline(shared_data), env_extra={"HF_HUB_OFFLINE": "1"})
+    text = " ".join(out.stdout.split())
+    assert out.returncode == 1, out.stderr
+    assert "missing: policy weights 'WizardLMTeam/WizardLM-13B-V1.2'" in text
+    assert "missing: judge weights 'oceanpty/Self-J'" in text
+    assert "805 from" in text and "problem:" not in text and "Traceback" not in out.stderr
+
+
+def test_check_headline_passes_with_llama2_vocabulary_stand_ins(shared_data):
+    spm = shared_data / "tokenizers" / "ggml-vocab-llama-spm.gguf"
+    out = bon(*_headline(shared_data, "--set", f"policy.model={spm}", "--set", f"judge.options.model={spm}"))
+    text = " ".join(out.stdout.split())
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "[29900, 29896, 29906, 29941, 29946, 29945, 29953, 29955, 29947, 29929]" in text  # the Self-J repo's ids
+    assert "vicuna_v1.1" in text and "of 4096" in text and "805 prompts x n=32 = 25760" in text
+    assert "ok: nothing missing, nothing wrong" in text
+    no_template = bon(*_headline(shared_data, "--set", f"policy.model={spm}", "--set", f"judge.options.model={spm}",
+                                 "--set", "policy.prompt_format=chat"))
+    assert no_template.returncode == 1
+    assert "has no chat template; set policy.prompt_format" in " ".join(no_template.stdout.split())
+
+
+def test_run_refuses_a_prompt_longer_than_the_context_before_any_work(tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"id": "ok", "instruction": "Hi"}\n{"id": "huge", "instruction": "' + "word " * 9000 + '"}\n')
+    out = bon("run", "configs/demo.yaml", "--set", f"prompts.source={prompts}", "--set", f"output_dir={tmp_path / 'r'}")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "1 policy prompts are longer than the 8128 tokens that fit (context 8192): huge (" in " ".join(out.stderr.split())
+    assert not (tmp_path / "r").exists()  # nothing written: the corrected retry starts clean

@@ -105,3 +105,16 @@ def test_bootstrap_ci():
     assert bootstrap_ci(lambda idx: values[idx].mean(), 100, reps=200, seed=3) == bootstrap_ci(
         lambda idx: values[idx].mean(), 100, reps=200, seed=3
     )
+
+
+def test_one_tie_rule_for_scalar_judges():
+    """metrics and the pairwise comparator predict the same verdicts; a gap equal to the threshold is not a tie."""
+    from judges.pairwise import ScalarComparator, ScalarComparatorOptions, scalar_verdict
+
+    a, b, t = [1.0, 1.0, 1.0, 2.0, 3.0], [1.0, 1.4, 1.5, 1.0, 3.6], 0.5
+    assert predict_pairs(a, b, t) == [TIE, TIE, SECOND, FIRST, SECOND]
+    assert [scalar_verdict(x, y, t) for x, y in zip(a, b)] == predict_pairs(a, b, t)
+    assert scalar_verdict(1.0, 1.0, 0.0) == TIE and scalar_verdict(1.0, 1.01, 0.0) == SECOND
+    comparator = ScalarComparator(ScalarComparatorOptions(judge="length", tie_threshold=2.0))
+    verdicts = comparator.compare([("q", "abc", "abcd"), ("q", "abc", "abcde"), ("q", "abcdef", "a")])
+    assert [v.winner for v in verdicts] == predict_pairs([3, 3, 6], [4, 5, 1], 2.0) == [TIE, SECOND, FIRST]

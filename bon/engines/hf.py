@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from bon.config import ModelConfig
 from bon.engines.base import Sample, SamplingSettings, derive_seed
 from bon.models import ModelLoadError, ModelRef, cache_dir, first_line, hub_reachable, resolve
-from bon.tokens import Tokenized, config_context, effective_context
+from bon.tokens import Tokenized, config_context
 
 _LOADED: dict[tuple, "HFModel"] = {}
 
@@ -85,7 +85,7 @@ class HFModel(Tokenized):
             hint=" or .gguf file, or to embedded:SmolLM2-135M-Instruct", **kwargs,
         )
         self.model.to(self.device).eval()
-        self.context = effective_context(cfg, config_context(self.model.config))
+        self.context = config_context(self.model.config)  # the model's own; configs may ask for less
         eos = self.model.generation_config.eos_token_id
         eos = eos if isinstance(eos, list) else [eos]
         self.eos_ids = {int(t) for t in eos + [self.tokenizer.eos_token_id] if t is not None}

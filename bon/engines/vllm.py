@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from bon.config import ModelConfig
-from bon.engines.base import Sample, SamplingSettings
+from bon.engines.base import EngineError, Sample, SamplingSettings
 from bon.models import ModelLoadError, first_line, hub_reachable, resolve
-from bon.tokens import Tokenized, config_context, effective_context
+from bon.tokens import Tokenized, config_context
 
 _LOADED: dict[tuple, "VLLMModel"] = {}
 
@@ -19,7 +19,7 @@ TOP_LOGPROBS = 20
 
 def load(cfg: ModelConfig) -> "VLLMModel":
     """One engine per process and settings: a vLLM engine owns the GPU memory it reserves."""
-    key = (cfg.model, cfg.gguf_file, cfg.dtype, cfg.trust_remote_code, repr(sorted(cfg.engine_args.items())))
+    key = (cfg.model, cfg.gguf_file, cfg.dtype, cfg.trust_remote_code, cfg.context_length, repr(sorted(cfg.engine_args.items())))
     if key not in _LOADED:
         _LOADED[key] = VLLMModel(cfg)
     return _LOADED[key]
@@ -96,12 +96,18 @@ class VLLMModel(Tokenized):
             os.environ["HF_HUB_OFFLINE"] = "1"  # cached: keep vLLM's loaders from retrying the network
         self.llm = start_llm(vllm, cfg, path, **_context_args(cfg, path))
         self.tokenizer = self.llm.get_tokenizer()
-        self.context = effective_context(cfg, self.llm.model_config.max_model_len)
+        self.context = self.llm.model_config.max_model_len
         self._vllm = vllm
 
     def _generate(self, prompts: Sequence[list[int]], params: Sequence[Any]) -> list[Any]:
         inputs = [{"prompt_token_ids": list(ids)} for ids in prompts]
-        return self.llm.generate(inputs, list(params), use_tqdm=False)
+        try:
+            return self.llm.generate(inputs, list(params), use_tqdm=False)
+        except Exception as e:  # the engine core died (EngineDeadError has no common base with RuntimeError)
+            raise EngineError(
+                f"vLLM engine for {self.name} failed ({type(e).__name__}: {first_line(e)}); vLLM's log above gives the "
+                "cause; finished batches are kept, rerun to resume"
+            ) from None
 
     def sample(
         self, prompts: Sequence[list[int]], n: int, seeds: Sequence[int], settings: SamplingSettings
