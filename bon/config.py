@@ -199,7 +199,10 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
         node = child
     if isinstance(node, list):
         raise ConfigError(f"--set {assignment!r}: set a key of one item, e.g. {'.'.join(parts[:-1])}.0.KEY=VALUE")
-    value = yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw  # not YAML (e.g. an unbalanced "{instruction"): the text itself, which validation then judges
     if isinstance(value, bool) and raw.strip().lower() not in ("true", "false"):
         value = raw  # YAML 1.1 reads yes/no/on/off as booleans; on a command line they are words
     node[parts[-1]] = value

@@ -18,6 +18,9 @@ class Policy(Protocol):
         """``n`` candidates for each prompt, in prompt order then index order."""
 
 
+NO_TEMPLATE_FIX = "set policy.prompt_format to a named format (e.g. vicuna_v1.1) or a template with {instruction}"
+
+
 def prompt_seed(run_seed: int, prompt_id: str) -> int:
     """The seed of one prompt's samples: independent of batching, so a resumed run redraws them exactly."""
     return derive_seed(run_seed, prompt_id)
@@ -36,7 +39,7 @@ class EnginePolicy:
         """The token ids the policy reads for ``prompt``, in the configured prompt format."""
         if self.cfg.prompt_format == CHAT:
             system = [{"role": "system", "content": self.cfg.system_prompt}] if self.cfg.system_prompt else []
-            return self.engine.chat_ids(system + [{"role": "user", "content": prompt.instruction}], option="policy.prompt_format")
+            return self.engine.chat_ids(system + [{"role": "user", "content": prompt.instruction}], fix=NO_TEMPLATE_FIX)
         return self.engine.text_ids(render(self.cfg.prompt_format, prompt.instruction, self.cfg.system_prompt))
 
     @property

@@ -75,6 +75,7 @@ def lengths(config: RunConfig, prompts: Sequence[Prompt], judge: Any, check_poli
             plan.notes.append(f"{len(over)} prompts longer than the policy's {room} tokens: {'left-truncated' if mode == 'truncate' else 'skipped'} (policy.on_overflow: {mode})")
     twin = offline_twin(judge)
     if twin is not None:
+        getattr(twin, "digit_ids", None)  # a Self-J judge whose tokenizer cannot rate fails here, not after sampling
         context, over = judge_overflows(twin, [p for p in prompts if p.id not in plan.skipped], config.policy.max_tokens)
         mode = twin.options.on_overflow
         if over and mode == "error":
@@ -160,7 +161,7 @@ def check(config: RunConfig, judge: Any) -> CheckReport:
         if hasattr(twin, "digit_ids"):
             try:
                 report.rows.append(("Self-J digit ids", str(twin.digit_ids)))
-            except ValueError as e:
+            except PromptFormatError as e:
                 report.problems.append(f"judge: {e}")
         usable = [p for p in prompts if p.id not in skipped]
         try:
@@ -170,7 +171,7 @@ def check(config: RunConfig, judge: Any) -> CheckReport:
                 report.rows.append(("longest judge prompt", f"{pid}: {n} tokens with a {config.policy.max_tokens}-token answer and {twin.generates} generated, of {context or '?'}"))
                 if over:
                     _overflow(report, "judge", twin.options.on_overflow, over, context, context, "judge.options.on_overflow")
-        except (PromptFormatError, ContextLengthError, ValueError) as e:
+        except (PromptFormatError, ContextLengthError) as e:
             report.problems.append(f"judge: {e}")
     elif not hasattr(judge, "bound"):
         report.rows.append(("judge", f"{judge.describe()} (builds no model prompt; nothing to check)"))

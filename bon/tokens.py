@@ -18,19 +18,21 @@ _CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length"
 
 
 class PromptFormatError(ValueError):
-    """A prompt cannot be formatted for a model (e.g. no chat template); the message names the option."""
+    """A prompt cannot be put in a model's tokens (no chat template, no single-token digits); the message says what to set."""
 
 
 class ContextLengthError(ValueError):
     """Prompts do not fit a model's context; the message lists them with their lengths."""
 
 
-def chat_ids(tokenizer: Any, messages: Sequence[dict[str, str]], option: str = "prompt_format", model: str = "") -> list[int]:
-    """Token ids of a conversation in the tokenizer's chat template, ready for the assistant turn."""
+def chat_ids(tokenizer: Any, messages: Sequence[dict[str, str]], fix: str = "use a model with one", model: str = "") -> list[int]:
+    """Token ids of a conversation in the tokenizer's chat template, ready for the assistant turn.
+
+    ``fix`` says which option avoids the chat template, for the error a template-less tokenizer raises.
+    """
     if not getattr(tokenizer, "chat_template", None):
         raise PromptFormatError(
-            f"the tokenizer of {model or getattr(tokenizer, 'name_or_path', '') or 'this model'} has no chat template; "
-            f"set {option} to a named format (e.g. vicuna_v1.1) or a template with {{instruction}}"
+            f"the tokenizer of {model or getattr(tokenizer, 'name_or_path', '') or 'this model'} has no chat template; {fix}"
         )
     text = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
     return tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -54,9 +56,9 @@ def digit_token_ids(tokenizer: Any) -> list[int]:
     for d in "0123456789":
         toks = tokenizer.encode("a" + d, add_special_tokens=False)
         if toks[:-1] != head or tokenizer.decode(toks[-1:]).strip() != d:
-            raise ValueError(
+            raise PromptFormatError(
                 f"the judge tokenizer has no single token for the digit {d!r} after text (encodes 'a{d}' as {toks}); "
-                "Self-J needs one token per digit"
+                "Self-J needs one token per digit: choose another judge model"
             )
         ids.append(toks[-1])
     return ids
@@ -96,8 +98,8 @@ class Tokenized:
     tokenizer: Any
     context: int | None = None  # tokens the model reads and writes in one sequence; None = unknown
 
-    def chat_ids(self, messages: Sequence[dict[str, str]], option: str = "prompt_format") -> list[int]:
-        return chat_ids(self.tokenizer, messages, option, self.name)
+    def chat_ids(self, messages: Sequence[dict[str, str]], fix: str = "use a model with one") -> list[int]:
+        return chat_ids(self.tokenizer, messages, fix, self.name)
 
     def text_ids(self, text: str) -> list[int]:
         return text_ids(self.tokenizer, text)

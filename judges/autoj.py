@@ -45,7 +45,7 @@ def parse_rating(text: str) -> tuple[float | None, str | None]:
 
 def wrap(engine, user_message: str, wrapper: str, template: str) -> list[int]:
     if wrapper == "chat":
-        return engine.chat_ids([{"role": "user", "content": user_message}], option="the judge's wrapper")
+        return engine.chat_ids([{"role": "user", "content": user_message}], fix="set the judge's wrapper to llama2")
     return engine.text_ids(template.format(input=user_message))
 
 

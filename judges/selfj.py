@@ -78,7 +78,7 @@ class SelfJudge(PromptJudge):
     def prompt_ids(self, prompt: Prompt, answer: str) -> list[int]:
         text = self.build_prompt(prompt, answer)
         if self.options.prompt_format == "chat":
-            return self.engine.chat_ids([{"role": "user", "content": text}], option="judge.options.prompt_format")
+            return self.engine.chat_ids([{"role": "user", "content": text}], fix="set the judge's prompt_format to raw")
         return self.engine.text_ids(text)
 
     def score(self, prompts: Sequence[Prompt], candidates: Sequence[Candidate]) -> list[Judgement]:

@@ -42,10 +42,10 @@ class LanguageModel(Protocol):
     tokenizer: Any  # a Hugging Face tokenizer
     context: int | None  # tokens one sequence may hold (prompt + generated); None = unknown
 
-    def chat_ids(self, messages: Sequence[dict[str, str]], option: str = "prompt_format") -> list[int]:
+    def chat_ids(self, messages: Sequence[dict[str, str]], fix: str = "use a model with one") -> list[int]:
         """Token ids of a conversation in the model's chat template, ready for the assistant turn.
 
-        A tokenizer without a chat template is a `bon.tokens.PromptFormatError` naming ``option``.
+        A tokenizer without a chat template is a `bon.tokens.PromptFormatError` that says ``fix``.
         """
 
     def text_ids(self, text: str) -> list[int]:
