@@ -16,37 +16,45 @@ from bon.tokens import ContextLengthError, TokenizerOnly, effective_context, ove
 
 
 @dataclass(frozen=True)
-class LengthPlan:
-    """What the context limits mean for a run: prompts to skip, and notes for the user."""
+class Fit:
+    """Every prompt's length in one model's tokens, against what fits that model's context."""
 
-    skipped: dict[str, str] = field(default_factory=dict)  # prompt id -> why (policy.on_overflow: skip)
-    notes: list[str] = field(default_factory=list)
+    role: str  # policy | judge
+    option: str  # the config key that decides what overflow becomes
+    mode: str  # error | truncate | skip
+    limit: int | None  # tokens that fit (policy: prompt tokens; judge: prompt + answer + generated); None = no limit known
+    context: int | None
+    lengths: list[tuple[str, int]]  # (prompt id, tokens)
+    what: str  # how the lengths were counted, for messages
 
+    @property
+    def over(self) -> list[tuple[str, int]]:
+        return [] if self.limit is None else [(pid, n) for pid, n in self.lengths if n > self.limit]
 
-def policy_overflows(policy: EnginePolicy, prompts: Sequence[Prompt]) -> tuple[int | None, list[tuple[str, int]]]:
-    """(prompt tokens that fit, [(prompt id, tokens)] of the prompts that do not)."""
-    room = policy.room()
-    if room is None:
-        return None, []
-    lengths = [(p.id, len(policy.prompt_ids(p))) for p in prompts]
-    return room, [(pid, n) for pid, n in lengths if n > room]
+    def message(self) -> str:
+        return overflow_message(f"{self.role} prompts{self.what} are", self.over, self.limit, self.context, self.option)
 
-
-def judge_overflows(judge: Any, prompts: Sequence[Prompt], answer_tokens: int) -> tuple[int | None, list[tuple[str, int]]]:
-    """(context, [(prompt id, tokens)]) of judge prompts that may not fit with an answer of ``answer_tokens``.
-
-    The answer budget is the policy's max_tokens, counted in the judge's tokens (an estimate when
-    policy and judge tokenize differently); each judgement is checked exactly when it is made.
-    """
-    context = judge.context
-    if context is None:
-        return None, []
-    rows = [(p.id, judge.bound(p, answer_tokens)) for p in prompts if _judgeable(judge, p)]
-    return context, [(pid, n) for pid, n in rows if n > context]
+    def longest(self) -> tuple[str, int] | None:
+        return max(self.lengths, key=lambda r: r[1]) if self.lengths else None
 
 
-def _judgeable(judge: Any, prompt: Prompt) -> bool:
-    return not (getattr(judge.options, "reference", None) == "always" and prompt.reference is None)
+def policy_fit(config: RunConfig, prompts: Sequence[Prompt], tokens: TokenizerOnly) -> Fit:
+    policy = EnginePolicy(config.policy, engine=tokens)
+    return Fit(
+        "policy", "policy.on_overflow", config.policy.on_overflow, policy.room(), policy.context,
+        [(p.id, len(policy.prompt_ids(p))) for p in prompts], "",
+    )
+
+
+def judge_fit(config: RunConfig, twin: Any, prompts: Sequence[Prompt]) -> Fit:
+    """Judge prompts with an answer of the policy's max_tokens, counted in the judge's tokens (an estimate
+    when policy and judge tokenize differently); each judgement is checked exactly when it is made."""
+    answer = config.policy.max_tokens
+    usable = [p for p in prompts if not (getattr(twin.options, "reference", None) == "always" and p.reference is None)]
+    return Fit(
+        "judge", "judge.options.on_overflow", twin.options.on_overflow, twin.context, twin.context,
+        [(p.id, twin.bound(p, answer)) for p in usable], f" (with a {answer}-token answer, {twin.generates} generated)",
+    )
 
 
 def offline_twin(judge: Any) -> Any | None:
@@ -56,37 +64,39 @@ def offline_twin(judge: Any) -> Any | None:
     return type(judge)(judge.options, engine=TokenizerOnly(judge.options))
 
 
+@dataclass(frozen=True)
+class LengthPlan:
+    """What the context limits mean for a run: prompts to skip, and notes for the user."""
+
+    skipped: dict[str, str] = field(default_factory=dict)  # prompt id -> why (policy.on_overflow: skip)
+    notes: list[str] = field(default_factory=list)
+
+
+def _outcome(fit: Fit) -> str:
+    return f"{len(fit.over)} {fit.role} prompts do not fit its context of {fit.context}: {'truncated' if fit.mode == 'truncate' else 'skipped'} ({fit.option}: {fit.mode})"
+
+
 def lengths(config: RunConfig, prompts: Sequence[Prompt], judge: Any, check_policy: bool = True) -> LengthPlan:
     """Apply the context limits before any work: raise for on_overflow: error, else say what happens."""
     plan = LengthPlan()
+    fits = []
     if check_policy:
-        policy = EnginePolicy(config.policy, engine=TokenizerOnly(config.policy))
-        room, over = policy_overflows(policy, prompts)
-        mode = config.policy.on_overflow
-        if over and mode == "error":
-            raise ContextLengthError(overflow_message("policy prompts are", over, room, policy.context, "policy.on_overflow"))
-        if over and mode == "skip":
-            for pid, n in over:
+        fit = policy_fit(config, prompts, TokenizerOnly(config.policy))
+        fits.append(fit)
+        if fit.mode == "skip":
+            for pid, n in fit.over:
                 plan.skipped[pid] = (
-                    f"skipped: prompt of {n} tokens + max_tokens {config.policy.max_tokens} exceeds the policy's context "
-                    f"of {policy.context}"
+                    f"skipped: prompt of {n} tokens + max_tokens {config.policy.max_tokens} exceeds the policy's context of {fit.context}"
                 )
-        if over:
-            plan.notes.append(f"{len(over)} prompts longer than the policy's {room} tokens: {'left-truncated' if mode == 'truncate' else 'skipped'} (policy.on_overflow: {mode})")
     twin = offline_twin(judge)
     if twin is not None:
         getattr(twin, "digit_ids", None)  # a Self-J judge whose tokenizer cannot rate fails here, not after sampling
-        context, over = judge_overflows(twin, [p for p in prompts if p.id not in plan.skipped], config.policy.max_tokens)
-        mode = twin.options.on_overflow
-        if over and mode == "error":
-            raise ContextLengthError(
-                overflow_message(
-                    f"{twin.name} judge prompts (with a {config.policy.max_tokens}-token answer) are", over, context, context,
-                    "judge.options.on_overflow",
-                )
-            )
-        if over:
-            plan.notes.append(f"{len(over)} prompts may not fit the judge's context with a full-length answer: answers {'truncated' if mode == 'truncate' else 'skipped'} there (judge.options.on_overflow: {mode})")
+        fits.append(judge_fit(config, twin, [p for p in prompts if p.id not in plan.skipped]))
+    for fit in fits:
+        if fit.over and fit.mode == "error":
+            raise ContextLengthError(fit.message())
+        if fit.over:
+            plan.notes.append(_outcome(fit))
     return plan
 
 
@@ -103,11 +113,7 @@ class CheckReport:
         return not self.problems and not self.missing
 
 
-def _longest(rows: Sequence[tuple[str, int]]) -> tuple[str, int]:
-    return max(rows, key=lambda r: r[1])
-
-
-def _TokenizerOnly(role: str, cfg: Any, report: CheckReport) -> TokenizerOnly | None:
+def _load_tokens(role: str, cfg: Any, report: CheckReport) -> TokenizerOnly | None:
     from bon.models import ModelLoadError
 
     try:
@@ -120,6 +126,18 @@ def _TokenizerOnly(role: str, cfg: Any, report: CheckReport) -> TokenizerOnly | 
     context = effective_context(cfg, tokens.context)
     report.rows.append((f"{role} context", f"{context} tokens" if context else "unknown (no limit checked)"))
     return tokens
+
+
+def _report_fit(report: CheckReport, fit: Fit, extra: int = 0) -> None:
+    longest = fit.longest()
+    if longest is not None:
+        total = f" = {longest[1] + extra}" if extra else ""
+        budget = f" + max_tokens {extra}" if extra else fit.what
+        report.rows.append((f"longest {fit.role} prompt", f"{longest[0]}: {longest[1]} tokens{budget}{total} of {fit.context or '?'}"))
+    if fit.over and fit.mode == "error":
+        report.problems.append(f"{fit.role}: {fit.message()}")
+    elif fit.over:
+        report.rows.append((f"{fit.role} overflow", _outcome(fit)))
 
 
 def check(config: RunConfig, judge: Any) -> CheckReport:
@@ -138,39 +156,25 @@ def check(config: RunConfig, judge: Any) -> CheckReport:
         report.missing.append(f"prompts {config.prompts.source!r}")
 
     skipped: set[str] = set()  # policy prompts set aside (on_overflow: skip) are not judged
-    tokens = _TokenizerOnly("policy", config.policy, report)
+    tokens = _load_tokens("policy", config.policy, report)
     report.rows.append(("policy prompt format", config.policy.prompt_format))
-    if tokens is not None:
-        policy = EnginePolicy(config.policy, engine=tokens)
+    if tokens is not None and prompts:
         try:
-            if prompts:
-                room, over = policy_overflows(policy, prompts)
-                pid, n = _longest([(p.id, len(policy.prompt_ids(p))) for p in prompts])
-                report.rows.append(("longest policy prompt", f"{pid}: {n} tokens + max_tokens {config.policy.max_tokens} = {n + config.policy.max_tokens} of {policy.context or '?'}"))
-                if over:
-                    _overflow(report, "policy", config.policy.on_overflow, over, room, policy.context, "policy.on_overflow")
-                    skipped = {pid for pid, _ in over} if config.policy.on_overflow == "skip" else set()
+            fit = policy_fit(config, prompts, tokens)
+            _report_fit(report, fit, config.policy.max_tokens)
+            skipped = {pid for pid, _ in fit.over} if fit.mode == "skip" else set()
         except (PromptFormatError, ContextLengthError) as e:
             report.problems.append(f"policy: {e}")
 
-    twin_tokens = _TokenizerOnly("judge", judge.options, report) if hasattr(judge, "bound") else None
+    twin_tokens = _load_tokens("judge", judge.options, report) if hasattr(judge, "bound") else None
     if twin_tokens is not None:
         twin = type(judge)(judge.options, engine=twin_tokens)
         fmt = getattr(twin.options, "prompt_format", None) or getattr(twin.options, "wrapper", None)
         report.rows.append(("judge prompt format", f"{twin.name}: {fmt}"))
-        if hasattr(twin, "digit_ids"):
-            try:
-                report.rows.append(("Self-J digit ids", str(twin.digit_ids)))
-            except PromptFormatError as e:
-                report.problems.append(f"judge: {e}")
-        usable = [p for p in prompts if p.id not in skipped]
         try:
-            if usable:
-                context, over = judge_overflows(twin, usable, config.policy.max_tokens)
-                pid, n = _longest([(p.id, twin.bound(p, config.policy.max_tokens)) for p in usable if _judgeable(twin, p)] or [("-", 0)])
-                report.rows.append(("longest judge prompt", f"{pid}: {n} tokens with a {config.policy.max_tokens}-token answer and {twin.generates} generated, of {context or '?'}"))
-                if over:
-                    _overflow(report, "judge", twin.options.on_overflow, over, context, context, "judge.options.on_overflow")
+            if hasattr(twin, "digit_ids"):
+                report.rows.append(("Self-J digit ids", str(twin.digit_ids)))
+            _report_fit(report, judge_fit(config, twin, [p for p in prompts if p.id not in skipped]))
         except (PromptFormatError, ContextLengthError) as e:
             report.problems.append(f"judge: {e}")
     elif not hasattr(judge, "bound"):
@@ -184,11 +188,3 @@ def check(config: RunConfig, judge: Any) -> CheckReport:
     if report.rows[-1][1].startswith("incompatible"):
         report.problems.append(f"run directory: {report.rows[-1][1]}")
     return report
-
-
-def _overflow(report: CheckReport, role: str, mode: str, over: list[tuple[str, int]], limit: int, context: int, option: str) -> None:
-    message = overflow_message(f"{role} prompts are", over, limit, context, option)
-    if mode == "error":
-        report.problems.append(f"{role}: {message}")
-    else:
-        report.rows.append((f"{role} overflow", f"{len(over)} prompts will be {'truncated' if mode == 'truncate' else 'skipped'} ({option}: {mode})"))

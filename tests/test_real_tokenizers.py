@@ -154,4 +154,4 @@ def test_judge_preflight_bounds_prompts_with_a_full_answer(shared_data, tmp_path
     with pytest.raises(ContextLengthError, match="with a 100-token answer"):
         lengths(run, [SHORT, LONG], judge)
     relaxed = SelfJudge(SelfJOptions(model=path, context_length=200, on_overflow="truncate"))
-    assert "answers truncated" in lengths(run, [SHORT, LONG], relaxed).notes[0]
+    assert "truncated (judge.options.on_overflow: truncate)" in lengths(run, [SHORT, LONG], relaxed).notes[0]
