@@ -108,6 +108,11 @@ class SelectionConfig(Strict):
     )
 
 
+class EarlyRejectionConfig(Strict):
+    chunk_tokens: int = Field(16, ge=1, description="tokens generated between two rounds of partial judging")
+    keep_fraction: float = Field(0.5, gt=0.0, lt=1.0, description="share of a prompt's unfinished candidates kept after each round (at least one)")
+
+
 class ActorResources(Strict):
     num_cpus: float = Field(1.0, ge=0, description="CPUs reserved per replica (also its torch threads)")
     num_gpus: float = Field(0.0, ge=0, description="GPUs per replica; a vLLM policy with tensor_parallel_size > 1 gets a placement group of that many")
@@ -138,6 +143,15 @@ class RunConfig(Strict):
     policy: PolicyConfig = Field(default_factory=PolicyConfig, description="the model that samples candidates")
     judge: JudgeConfig = Field(default_factory=JudgeConfig, description="the judge that scores candidates")
     selection: SelectionConfig = Field(default_factory=SelectionConfig, description="best-of-N selection and declining")
+    early_rejection: EarlyRejectionConfig | None = Field(
+        None, description="judge partial candidates every chunk_tokens and stop the worst (Sun et al. 2024); None = off"
+    )
+
+    @model_validator(mode="after")
+    def _early_rejection_runs_locally(self) -> "RunConfig":
+        if self.early_rejection is not None and self.engine != "local":
+            raise ValueError("early_rejection needs engine: local (the policy consults the judge between chunks)")
+        return self
 
     def generator_name(self) -> str:
         if self.name:

@@ -115,7 +115,14 @@ def local_executor(
 ) -> LocalExecutor:
     from bon.policy import EnginePolicy
 
-    return LocalExecutor(judge, policy, make_policy=lambda: EnginePolicy(config.policy))
+    def make_policy() -> Policy:
+        if config.early_rejection is None:
+            return EnginePolicy(config.policy)
+        from bon.early_rejection import EarlyRejectionPolicy
+
+        return EarlyRejectionPolicy(EnginePolicy(config.policy), judge, config.early_rejection)
+
+    return LocalExecutor(judge, policy, make_policy=make_policy)
 
 
 def make_executor(

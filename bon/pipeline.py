@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from typing import Protocol, Sequence
 
 from bon.config import RunConfig
-from bon.executors import Executor, Pending, make_executor
+from bon.early_rejection import in_order, rejected_judgements
+from bon.executors import Done, Executor, Pending, make_executor
 from bon.policy import Policy
 from bon.preflight import lengths
 from bon.prompts import load_prompts
@@ -116,9 +117,9 @@ def run(
     judging: dict[int, Pending | None] = {}
 
     def submit_sample(k: int) -> None:
-        # a prompt's candidates depend only on its seed, so only incomplete prompts are redrawn
-        todo = [p for p in batches[k] if len(cands[p.id]) < n]
-        sampling[k] = executor.sample(todo, n, config.seed) if todo else None
+        # a batch is redrawn whole, so padding (hence every logit) is that of an uninterrupted run
+        incomplete = any(len(cands[p.id]) < n for p in batches[k])
+        sampling[k] = executor.sample(batches[k], n, config.seed) if incomplete else None
 
     def collect_sample(k: int) -> None:
         pending = sampling.pop(k)
@@ -133,12 +134,17 @@ def run(
 
     def submit_judge(k: int) -> None:
         batch_cands = [cands[p.id][i] for p in batches[k] for i in range(n)]
-        judging[k] = executor.score(batches[k], batch_cands) if needs_judging(batch_cands, judged) else None
+        if not needs_judging(batch_cands, judged):
+            judging[k] = None
+            return
+        scoreable, failed = rejected_judgements(batch_cands, judge.name)  # early-rejected: never judged, never chosen
+        judging[k] = (executor.score(batches[k], scoreable) if scoreable else Done([]), failed, batch_cands)
 
     def finish(k: int) -> None:
-        pending = judging.pop(k)
-        if pending is not None:
-            fresh = keep_missing(pending.result(), judged)
+        entry = judging.pop(k)
+        if entry is not None:
+            pending, failed, batch_cands = entry
+            fresh = keep_missing(in_order(batch_cands, pending.result(), failed), judged)
             rd.append(fresh)
             result.judged += len(fresh)
             progress.advance("judgements", len(fresh))
@@ -200,7 +206,10 @@ def judge_missing(
     judged: dict[tuple[str, int], Judgement],
 ) -> list[Judgement]:
     """Judge a batch in this process if anything is missing; returns (and records) the new judgements."""
-    return keep_missing(judge.score(batch, batch_cands), judged) if needs_judging(batch_cands, judged) else []
+    if not needs_judging(batch_cands, judged):
+        return []
+    scoreable, failed = rejected_judgements(batch_cands, judge.name)
+    return keep_missing(in_order(batch_cands, judge.score(batch, scoreable) if scoreable else [], failed), judged)
 
 
 def alpaca_eval_outputs(

@@ -90,7 +90,8 @@ class SelfJudge(PromptJudge):
         fitted = dict(zip(usable, self.fit([(owners[i], candidates[i]) for i in usable])))
         scored_at = [i for i in usable if fitted[i][0] is not None]
         ids = [fitted[i][0] for i in scored_at]
-        scored = self.engine.next_token_logprobs(ids, self.digit_ids, batch_size=self.options.batch_size) if ids else []
+        groups = [candidates[i].prompt_id for i in scored_at]  # a prompt's N judge prompts share their prefix
+        scored = self.engine.next_token_logprobs(ids, self.digit_ids, batch_size=self.options.batch_size, groups=groups) if ids else []
         logprobs: dict[int, dict[int, float]] = dict(zip(scored_at, scored))
         out = []
         for k, c in enumerate(candidates):

@@ -45,3 +45,38 @@ def test_gguf_file_loading_matches_the_converted_cache(smollm2):
         a = direct.model(torch.tensor([ids])).logits[0, -1]
         b = smollm2.model(torch.tensor([ids])).logits[0, -1]
     assert torch.allclose(a, b, atol=1e-4)
+
+
+def test_batched_sampler_equals_one_candidate_at_a_time(smollm2):
+    """The determinism contract of the batched sampler: prefilling once, expanding the KV cache to N rows,
+    decoding prompts together and dropping finished rows give each candidate exactly the tokens of a
+    plain loop that recomputes the whole sequence for it alone, with the same uniforms of its own seed."""
+    from bon.engines.base import SamplingSettings
+    from bon.engines.hf import _pick
+
+    s = SamplingSettings(temperature=1.0, top_p=0.9, max_tokens=10)
+    prompts = [smollm2.chat_ids([{"role": "user", "content": p.instruction}]) for p in PROMPTS]
+    batched = smollm2.sample(prompts, 3, [11, 12], s)
+    for ids, seed, group in zip(prompts, [11, 12], batched):
+        for i, got in enumerate(group):
+            u = torch.rand(s.max_tokens, generator=torch.Generator().manual_seed(derive_seed(seed, i)), dtype=torch.float64)
+            seq, out = list(ids), []
+            with torch.no_grad():
+                for step in range(s.max_tokens):
+                    t = int(_pick(smollm2.model(torch.tensor([seq])).logits[:, -1].float(), u[step : step + 1], s)[0])
+                    if t in smollm2.eos_ids:
+                        break
+                    out.append(t)
+                    seq.append(t)
+            assert got.text == smollm2.tokenizer.decode(out, skip_special_tokens=True) and got.seed == derive_seed(seed, i)
+
+
+def test_judge_prefix_reuse_matches_full_prompts(smollm2):
+    texts = ["Paris.", "The capital of France is Paris.", "Lyon, I think."]
+    ids = [smollm2.chat_ids([{"role": "user", "content": f"Rate this answer to 'capital of France?': {t}"}]) for t in texts]
+    ids += [smollm2.chat_ids([{"role": "user", "content": "Something else entirely."}])]
+    digits = smollm2.tokenizer.convert_tokens_to_ids(list("0123456789"))
+    shared = smollm2.next_token_logprobs(ids, digits, groups=["a", "a", "a", "b"])
+    plain = smollm2.next_token_logprobs(ids, digits)
+    for x, y in zip(shared, plain):
+        assert [x[d] for d in digits] == pytest.approx([y[d] for d in digits], abs=1e-4)

@@ -84,7 +84,7 @@ class DigitlessEngine:
     def text_ids(self, text):
         return [1, 2, 3]
 
-    def next_token_logprobs(self, prompts, token_ids, batch_size=8):
+    def next_token_logprobs(self, prompts, token_ids, batch_size=8, groups=None):
         return [{} for _ in prompts]
 
 

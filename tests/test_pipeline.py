@@ -147,3 +147,29 @@ def test_engine_refuses_a_sequence_longer_than_its_context(smollm2):
         smollm2.sample([[1, 2], [5] * 8190], 1, [0, 0], SamplingSettings(1.0, 1.0, 8))
     with pytest.raises(ContextLengthError):
         smollm2.next_token_logprobs([[5] * 8192], [1])
+
+
+@pytest.mark.slow
+def test_early_rejection_stops_the_worst_partial_candidates(tmp_path, prompts_file):
+    """SmolLM2 policy, length judge: after each 4-token chunk half of each prompt's unfinished candidates
+    stop; they stay in the run as rejected records with a failed judgement and are never selected."""
+    cfg = config(tmp_path, prompts_file, "n=4", "policy.max_tokens=12", "prompts.limit=2",
+                 "early_rejection.chunk_tokens=4", "early_rejection.keep_fraction=0.5")
+    result = run(cfg)
+    cands = result.run_dir.read(Candidate)
+    judged = {(j.prompt_id, j.candidate_index): j for j in result.run_dir.read(Judgement)}
+    assert len(cands) == 8 and len(judged) == 8
+    rejected = [c for c in cands if c.finish_reason == "rejected"]
+    assert rejected and all(c.flag.startswith("rejected early after ") for c in rejected)
+    assert all(judged[(c.prompt_id, c.index)].score is None for c in rejected)
+    assert all(judged[(c.prompt_id, c.index)].score is not None for c in cands if c not in rejected)
+    picks = {(s.prompt_id, s.chosen_index) for s in result.selections}
+    assert not picks & {(c.prompt_id, c.index) for c in rejected}
+    assert sum(c.completion_tokens for c in cands) < 8 * 12  # fewer tokens than full best-of-4
+
+
+def test_early_rejection_needs_the_local_engine(tmp_path, prompts_file):
+    from bon.config import ConfigError
+
+    with pytest.raises(ConfigError, match="early_rejection needs engine: local"):
+        config(tmp_path, prompts_file, "engine=ray", "early_rejection.keep_fraction=0.5")

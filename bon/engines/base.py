@@ -33,6 +33,7 @@ class Sample:
     completion_tokens: int
     finish_reason: str  # "stop" or "length"
     seed: int | None
+    token_ids: tuple[int, ...] = ()  # the generated tokens (end-of-sequence excluded), to continue from
 
 
 class LanguageModel(Protocol):
@@ -57,9 +58,12 @@ class LanguageModel(Protocol):
         """``n`` samples for each prompt; ``seeds[i]`` seeds prompt ``i``'s samples."""
 
     def next_token_logprobs(
-        self, prompts: Sequence[list[int]], token_ids: Sequence[int], batch_size: int = 8
+        self, prompts: Sequence[list[int]], token_ids: Sequence[int], batch_size: int = 8, groups: Sequence[Any] | None = None
     ) -> list[dict[int, float]]:
         """Log-probabilities of ``token_ids`` as the next token after each prompt.
+
+        Consecutive prompts with equal ``groups`` keys share a prefix the engine may compute once
+        (transformers reuses its KV cache; vLLM's prefix caching does so by itself).
 
         A token the engine cannot report (outside vLLM's top-k logprobs) is absent from the dict.
         """

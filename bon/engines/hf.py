@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -57,6 +57,75 @@ def convert_gguf(ref: ModelRef) -> Path:
     return out
 
 
+def _left_padded(prompts: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(ids, attention mask, position ids) of prompts left-padded to one width: each row's last token is at -1."""
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, p in enumerate(prompts):
+        ids[row, width - len(p):] = torch.tensor(p)
+        mask[row, width - len(p):] = 1
+    return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def _pick(logits: torch.Tensor, u: torch.Tensor | None, s: SamplingSettings) -> torch.Tensor:
+    """One token per row: greedy at temperature 0, else the inverse CDF of the nucleus at ``u`` (a uniform per row)."""
+    if s.temperature == 0 or u is None:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits / s.temperature, dim=-1)
+    if s.top_p >= 1.0:
+        return _inverse_cdf(probs, u)
+    # The nucleus is a prefix of the sorted probabilities: where the top 256 already hold top_p of
+    # the mass it lies inside them (a full vocabulary sort per step costs ~0.3 s for 160 rows).
+    top, order = probs.topk(min(256, probs.shape[-1]), dim=-1)
+    full = top.sum(-1) < s.top_p
+    if full.any():
+        rest, rest_order = probs[full].sort(dim=-1, descending=True)
+        picked = torch.empty(len(probs), dtype=torch.long)
+        picked[~full] = _nucleus(top[~full], order[~full], u[~full], s.top_p)
+        picked[full] = _nucleus(rest, rest_order, u[full], s.top_p)
+        return picked
+    return _nucleus(top, order, u, s.top_p)
+
+
+def _nucleus(sorted_p: torch.Tensor, order: torch.Tensor, u: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Sample from descending probabilities cut to the smallest prefix reaching ``top_p`` (the top token always stays)."""
+    sorted_p = sorted_p.clone()
+    sorted_p[(sorted_p.cumsum(-1) - sorted_p) >= top_p] = 0.0
+    return order.gather(-1, _inverse_cdf(sorted_p, u)[:, None])[:, 0]
+
+
+def _inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """The index where each row's cumulative (unnormalised) mass first exceeds ``u`` times its total."""
+    cdf = probs.double().cumsum(-1)
+    return torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).clamp(max=probs.shape[-1] - 1)[:, 0]
+
+
+MIN_SHARED_PREFIX = 32  # tokens; a shorter common prefix is not worth a separate prefill
+
+
+def _prefix_groups(prompts: Sequence[list[int]], groups: Sequence[Any]) -> list[tuple[int, int, int]]:
+    """(start, end, common prefix length) for runs of consecutive prompts with one group key; each keeps >= 1 own token."""
+    runs, start = [], 0
+    while start < len(prompts):
+        end = start + 1
+        while end < len(prompts) and groups[end] == groups[start]:
+            end += 1
+        shared = min(len(p) for p in prompts[start:end]) - 1
+        first = prompts[start]
+        for other in prompts[start + 1 : end]:
+            shared = next((k for k in range(shared) if other[k] != first[k]), shared)
+        runs.append((start, end, shared))
+        start = end
+    return runs
+
+
+def _copy_cache(cache):
+    import copy
+
+    return copy.deepcopy(cache)
+
+
 def set_torch_threads(n: int) -> None:
     """Intra-op threads for this process (Ray actors start with one)."""
     torch.set_num_threads(n)
@@ -96,80 +165,113 @@ class HFModel(Tokenized):
     def sample(
         self, prompts: Sequence[list[int]], n: int, seeds: Sequence[int], settings: SamplingSettings
     ) -> list[list[Sample]]:
+        """``n`` samples per prompt, all prompts decoded together.
+
+        Each prompt is prefilled once (left-padded across prompts) and its KV cache expanded to
+        ``n`` rows; finished rows leave the batch. Candidate ``i`` of a prompt draws its tokens
+        by inverse CDF from uniforms of its own generator (seeded ``derive_seed(seed, i)``), so
+        its randomness depends on its seed alone; its logits are those of its pipeline batch
+        (the padding of the prompts it was sampled with), which a resumed run redraws whole.
+        """
         self.check_fits([len(p) for p in prompts], settings.max_tokens)
-        return [self._sample_prompt(ids, n, seed, settings) for ids, seed in zip(prompts, seeds)]
-
-    def _sample_prompt(self, ids: list[int], n: int, seed: int, s: SamplingSettings) -> list[Sample]:
-        # All n rows share one prompt, so no padding: a prompt's candidates depend only on its seeds.
-        seeds = [derive_seed(seed, i) for i in range(n)]
-        generators = [torch.Generator().manual_seed(sd) for sd in seeds]
-        out = self.model(input_ids=torch.tensor([ids] * n, device=self.device), use_cache=True)
-        tokens: list[list[int]] = [[] for _ in range(n)]
-        finish = ["length"] * n
-        for step in range(s.max_tokens):
-            picked = self._pick(out.logits[:, -1, :].float().cpu(), generators, s)
-            for j, t in enumerate(picked):
-                if finish[j] == "stop":
-                    continue
+        if not prompts:
+            return []
+        seeds_of = [[derive_seed(seed, i) for i in range(n)] for seed in seeds]
+        uniforms = None
+        if settings.temperature > 0:
+            uniforms = torch.stack([
+                torch.rand(settings.max_tokens, generator=torch.Generator().manual_seed(sd), dtype=torch.float64)
+                for row in seeds_of for sd in row
+            ])
+        ids, mask, positions = _left_padded(prompts, self.pad_id)
+        out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                         position_ids=positions.to(self.device), use_cache=True)
+        cache = out.cache
+        cache.batch_repeat_interleave(n)
+        logits = out.logits[:, -1, :].repeat_interleave(n, dim=0)
+        mask = mask.repeat_interleave(n, dim=0).to(self.device)
+        next_pos = (positions[:, -1] + 1).repeat_interleave(n).to(self.device)
+        alive = torch.arange(len(prompts) * n)  # the candidate each batch row holds
+        tokens: list[list[int]] = [[] for _ in range(len(prompts) * n)]
+        finish = ["length"] * (len(prompts) * n)
+        for step in range(settings.max_tokens):
+            u = None if uniforms is None else uniforms[alive, step]
+            picked = _pick(logits.float().cpu(), u, settings)
+            keep = []
+            for row, (cand, t) in enumerate(zip(alive.tolist(), picked.tolist())):
                 if t in self.eos_ids:
-                    finish[j] = "stop"
+                    finish[cand] = "stop"
                 else:
-                    tokens[j].append(t)
-            if all(f == "stop" for f in finish) or step == s.max_tokens - 1:
+                    tokens[cand].append(t)
+                    keep.append(row)
+            if not keep or step == settings.max_tokens - 1:
                 break
-            step_ids = torch.tensor([[t] for t in picked], device=self.device)
-            out = self.model(input_ids=step_ids, past_key_values=out.past_key_values, use_cache=True)
+            if len(keep) < len(alive):  # finished rows leave the batch and its cache
+                rows = torch.tensor(keep)
+                cache.batch_select_indices(rows.to(self.device))
+                alive, picked, mask, next_pos = alive[rows], picked[rows], mask[rows], next_pos[rows]
+            mask = torch.cat([mask, mask.new_ones((len(alive), 1))], dim=1)
+            out = self.model(input_ids=picked[:, None].to(self.device), attention_mask=mask,
+                             position_ids=next_pos[:, None], cache=cache, use_cache=True)
+            cache, logits, next_pos = out.cache, out.logits[:, -1, :], next_pos + 1
         return [
-            Sample(
-                text=self.tokenizer.decode(toks, skip_special_tokens=True),
-                prompt_tokens=len(ids),
-                completion_tokens=len(toks) + (finish[j] == "stop"),
-                finish_reason=finish[j],
-                seed=seeds[j],
-            )
-            for j, toks in enumerate(tokens)
+            [
+                Sample(
+                    text=self.tokenizer.decode(tokens[k * n + i], skip_special_tokens=True),
+                    prompt_tokens=len(prompt),
+                    completion_tokens=len(tokens[k * n + i]) + (finish[k * n + i] == "stop"),
+                    finish_reason=finish[k * n + i],
+                    seed=seeds_of[k][i],
+                    token_ids=tuple(tokens[k * n + i]),
+                )
+                for i in range(n)
+            ]
+            for k, prompt in enumerate(prompts)
         ]
-
-    @staticmethod
-    def _pick(logits: torch.Tensor, generators: list[torch.Generator], s: SamplingSettings) -> list[int]:
-        if s.temperature == 0:
-            return logits.argmax(-1).tolist()
-        probs = torch.softmax(logits / s.temperature, dim=-1)
-        if s.top_p < 1.0:
-            sorted_p, order = probs.sort(dim=-1, descending=True)
-            # keep the smallest prefix whose mass reaches top_p (the top token always stays)
-            drop = (sorted_p.cumsum(-1) - sorted_p) >= s.top_p
-            sorted_p[drop] = 0.0
-            probs = torch.zeros_like(probs).scatter_(-1, order, sorted_p)
-        return [int(torch.multinomial(probs[j], 1, generator=g)) for j, g in enumerate(generators)]
 
     @torch.inference_mode()
     def next_token_logprobs(
-        self, prompts: Sequence[list[int]], token_ids: Sequence[int], batch_size: int = 8
+        self, prompts: Sequence[list[int]], token_ids: Sequence[int], batch_size: int = 8, groups: Sequence[Any] | None = None
     ) -> list[dict[int, float]]:
+        """Log-probabilities of ``token_ids`` after each prompt.
+
+        Consecutive prompts with the same ``groups`` key (a judge's N prompts for one instruction:
+        template, instruction and reference, then each answer) reuse one prefill of their common
+        prefix: its KV cache is expanded to the group and only the suffixes run. The rest go in
+        length-sorted batches.
+        """
         self.check_fits([len(p) for p in prompts], 1)
-        # Longest first, so each batch pads little; results go back in input order.
-        order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
         results: list[dict[int, float]] = [{} for _ in prompts]
         wanted = torch.tensor(list(token_ids))
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            width = max(len(prompts[i]) for i in idx)
-            ids = torch.full((len(idx), width), self.pad_id, dtype=torch.long)
-            mask = torch.zeros((len(idx), width), dtype=torch.long)
-            for row, i in enumerate(idx):  # left padding: the next token is at the last position
-                ids[row, width - len(prompts[i]) :] = torch.tensor(prompts[i])
-                mask[row, width - len(prompts[i]) :] = 1
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)
-            logits = self.model(
-                input_ids=ids.to(self.device),
-                attention_mask=mask.to(self.device),
-                position_ids=positions.to(self.device),
-            ).logits[:, -1, :]
-            logprobs = torch.log_softmax(logits.float(), dim=-1).cpu()[:, wanted]
-            for row, i in enumerate(idx):
-                results[i] = dict(zip(token_ids, logprobs[row].tolist()))
+        alone: list[int] = []
+        for start, end, shared in _prefix_groups(prompts, groups) if groups is not None else [(0, len(prompts), 0)]:
+            if shared < MIN_SHARED_PREFIX or end - start < 2:
+                alone += range(start, end)
+                continue
+            prefix = self.model(input_ids=torch.tensor([prompts[start][:shared]], device=self.device), use_cache=True)
+            for chunk in range(start, end, max(batch_size, 2)):
+                idx = list(range(chunk, min(end, chunk + max(batch_size, 2))))
+                cache = prefix.cache if chunk + max(batch_size, 2) >= end else _copy_cache(prefix.cache)
+                self._score_rows(prompts, idx, wanted, token_ids, results, cache, shared)
+        alone.sort(key=lambda i: -len(prompts[i]))  # little padding; results go back in input order
+        for start in range(0, len(alone), batch_size):
+            self._score_rows(prompts, alone[start : start + batch_size], wanted, token_ids, results)
         return results
+
+    def _score_rows(self, prompts, idx, wanted, token_ids, results, cache=None, shared: int = 0) -> None:
+        """One forward over ``prompts[idx]`` (after a cached prefix of ``shared`` tokens), keeping the last logits."""
+        ids, mask, positions = _left_padded([prompts[i][shared:] for i in idx], self.pad_id)
+        if cache is not None:  # the prefix, then each row's left-padded suffix
+            cache.batch_repeat_interleave(len(idx))
+            mask = torch.cat([mask.new_ones((len(idx), shared)), mask], dim=1)
+            positions = positions + shared
+        logits = self.model(
+            input_ids=ids.to(self.device), attention_mask=mask.to(self.device), position_ids=positions.to(self.device),
+            cache=cache, use_cache=cache is not None, logits_to_keep=1,
+        ).logits[:, -1, :]
+        logprobs = torch.log_softmax(logits.float(), dim=-1).cpu()[:, wanted]
+        for row, i in enumerate(idx):
+            results[i] = dict(zip(token_ids, logprobs[row].tolist()))
 
     @torch.inference_mode()
     def continuation_logprobs(

@@ -134,6 +134,7 @@ class VLLMModel(Tokenized):
                         completion_tokens=len(o.token_ids),
                         finish_reason="length" if o.finish_reason == "length" else "stop",
                         seed=seed,
+                        token_ids=tuple(t for t in o.token_ids if t != self.tokenizer.eos_token_id),
                     )
                     for o in outputs
                 ]
@@ -141,9 +142,9 @@ class VLLMModel(Tokenized):
         return results
 
     def next_token_logprobs(
-        self, prompts: Sequence[list[int]], token_ids: Sequence[int], batch_size: int = 8
+        self, prompts: Sequence[list[int]], token_ids: Sequence[int], batch_size: int = 8, groups: Sequence[Any] | None = None
     ) -> list[dict[int, float]]:
-        # vLLM schedules its own batches (batch_size is unused). One greedy token with its top-k logprobs; current vLLM has no best_of / beam search here.
+        # vLLM schedules its own batches and caches shared prefixes (batch_size, groups unused). One greedy token with its top-k logprobs; current vLLM has no best_of / beam search here.
         params = self._vllm.SamplingParams(n=1, temperature=0.0, max_tokens=1, logprobs=TOP_LOGPROBS)
         wanted = set(token_ids)
         results = []
