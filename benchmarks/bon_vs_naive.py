@@ -135,10 +135,10 @@ def judge_floor(engine, prompts, n: int, max_tokens: int) -> dict:
             width = max(len(g) - shared for g in group)
             suffix = torch.tensor([[engine.pad_id] * (width - len(g) + shared) + g[shared:] for g in group])
             t0 = time.perf_counter()
-            out = engine.model(input_ids=torch.tensor([group[0][:shared]]), use_cache=True)
-            out.cache.batch_repeat_interleave(len(group))
+            cache = engine._cache(engine.model(input_ids=torch.tensor([group[0][:shared]]), use_cache=True))
+            cache.batch_repeat_interleave(len(group))
             mask = torch.cat([torch.ones(len(group), shared, dtype=torch.long), (suffix != engine.pad_id).long()], 1)
-            engine.model(input_ids=suffix, attention_mask=mask, cache=out.cache, logits_to_keep=1)
+            engine.model(input_ids=suffix, attention_mask=mask, logits_to_keep=1, **{engine._cache_kw: cache})
             floor += time.perf_counter() - t0
             shared_tokens += shared
             total_tokens += sum(map(len, group))

