@@ -11,6 +11,7 @@ from rich.table import Table
 
 from bon.cli_common import console, err_console, fail_clearly, options_from
 from bon.cli_eval import eval_app, export_app
+from bon.cli_selfj import selfj_app
 
 app = typer.Typer(help="Best-of-N sampling with judges.", no_args_is_help=True, add_completion=False)
 judges_app = typer.Typer(help="Inspect the registered judges.", no_args_is_help=True)
@@ -18,6 +19,7 @@ app.add_typer(judges_app, name="judges")
 
 app.add_typer(eval_app, name="eval")
 app.add_typer(export_app, name="export")
+app.add_typer(selfj_app, name="selfj")
 
 
 @app.command()

@@ -38,6 +38,7 @@ class ModelConfig(Strict):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="weights dtype; auto = float32 on CPU, bfloat16 on GPU")
     device: str = Field("auto", description="transformers device: auto, cpu, cuda, cuda:1 ...")
     trust_remote_code: bool = Field(False, description="allow code shipped with a hub model to run")
+    adapter: str | None = Field(None, description="a LoRA adapter directory (peft) merged into the weights at load, e.g. a trained Self-J judge")
     engine_args: dict[str, Any] = Field(default_factory=dict, description="extra keyword arguments passed unchanged to vllm.LLM")
     context_length: int | None = Field(None, ge=2, description="tokens one sequence may hold; None = the model's (and engine_args.max_model_len)")
     on_overflow: Literal["error", "truncate", "skip"] = Field(
@@ -187,7 +188,7 @@ def _format_errors(err: ValidationError, source: str, tree: yaml.Node | None) ->
         line = _yaml_line(tree, loc)
         where = f"{source}:{line}" if line else source
         msg = e["msg"].removeprefix("Value error, ")
-        shown = "" if e["type"] in ("missing",) else f" (got {e['input']!r})"
+        shown = "" if e["type"] in ("missing",) or len(repr(e["input"])) > 120 else f" (got {e['input']!r})"  # not a whole section
         if e["type"] == "extra_forbidden":
             msg, shown = "unknown key", ""
         lines.append(f"{where}: {key}: {msg}{shown}")
