@@ -3,12 +3,14 @@
 Three kinds, each a set of prompts with candidates a scalar judge can score:
 - ``pairwise``: Auto-J's pairwise test format (prompt, two responses, a human label with ties);
 - ``pool``: a folder of AlpacaEval annotation files, the released verdict of every candidate known;
-- ``scores``: a JSON/JSONL file of (instruction, response, numeric score) rows, e.g. GPT-4 ratings.
+- ``scores``: a JSON/JSONL file of (instruction, response, numeric score) rows, e.g. GPT-4 ratings;
+- ``leaderboard``: a folder of per-model AlpacaEval ``model_outputs.json`` files and a leaderboard CSV.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -122,6 +124,7 @@ class Benchmark:
     pairs: list[PairItem] = field(default_factory=list)  # pairwise: one per prompt, same order
     pool: Pool | None = None  # pool: the released annotations
     values: dict[str, list[float]] = field(default_factory=dict)  # scores: prompt id -> value per candidate
+    board: dict[str, dict[str, float | None]] = field(default_factory=dict)  # leaderboard: model -> column -> value
 
     @property
     def has_references(self) -> bool:
@@ -166,6 +169,53 @@ def load_pool_benchmark(folder: Path | str, name: str = "pool") -> Benchmark:
     pool = load_pool(folder)
     prompts = pool.prompts("baseline")
     return Benchmark(name, "pool", str(folder), prompts, {p.id: pool.candidates(p.instruction) for p in prompts}, pool=pool)
+
+
+def load_leaderboard(folder: Path | str, name: str = "leaderboard") -> Benchmark:
+    """Every model's output per instruction (``folder/outputs/<model>.json``) and ``folder/leaderboard.csv``.
+
+    A prompt's candidates are the models' outputs (``Candidate.policy`` names the model); the CSV's
+    numeric columns (e.g. ``v1_win_rate``) are what judges' per-model means are ranked against.
+    """
+    import csv
+
+    folder = Path(folder)
+    table = folder / "leaderboard.csv"
+    try:
+        with open(table, encoding="utf-8", newline="") as f:
+            rows = list(csv.DictReader(f))
+    except OSError as e:
+        raise DataFileError(table, None, f"cannot read ({e.strerror})") from None
+    if not rows or "model" not in rows[0]:
+        raise DataFileError(table, 1, "expected a header with a 'model' column")
+    board: dict[str, dict[str, float | None]] = {}
+    for lineno, row in enumerate(rows, start=2):
+        values: dict[str, float | None] = {}
+        for column, raw in row.items():
+            if column == "model":
+                continue
+            try:
+                values[column] = float(raw) if raw not in (None, "") else None
+            except ValueError:
+                raise DataFileError(table, lineno, f"field {column!r}: expected a number or empty, found {raw!r}") from None
+            if values[column] is not None and not math.isfinite(values[column]):
+                raise DataFileError(table, lineno, f"field {column!r}: expected a finite number, found {raw!r}")
+        board[row["model"]] = values
+    prompts: dict[str, Prompt] = {}
+    candidates: dict[str, list[Candidate]] = {}
+    for model in sorted(board):
+        path = folder / "outputs" / f"{model}.json"
+        if not path.exists():
+            raise DataFileError(path, None, f"no outputs for model {model!r} of {table.name}")
+        for lineno, row in _read_rows(path):
+            q = _field(path, lineno, row, "instruction", str)
+            pid = prompt_id(q)
+            prompts.setdefault(pid, Prompt(pid, q, str(row.get("dataset", ""))))
+            group = candidates.setdefault(pid, [])
+            group.append(_candidate(pid, len(group), _field(path, lineno, row, "output", str), model))
+    if not prompts:
+        raise DataFileError(folder, None, "holds no outputs")
+    return Benchmark(name, "leaderboard", str(folder), list(prompts.values()), candidates, board=board)
 
 
 def load_scores(

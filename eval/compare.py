@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
@@ -22,13 +22,15 @@ from bon.io import append_records, drop_torn_tail, read_records, write_json_atom
 from bon.pipeline import keep_missing, needs_judging
 from bon.records import SCHEMA, Comparison, Judgement, Prompt
 from bon.rundir import RunDirError, package_versions, read_manifest
-from eval.benchmarks import Benchmark, load_pairwise, load_pool_benchmark, load_scores
+from eval.benchmarks import Benchmark, load_leaderboard, load_pairwise, load_pool_benchmark, load_scores
 from eval.scoring import (
     AgreementMatrix,
+    LeaderboardResult,
     PairwiseResult,
     PoolResult,
     ScoresResult,
     candidate_scores,
+    evaluate_leaderboard,
     evaluate_pairwise,
     evaluate_pool,
     evaluate_scores,
@@ -54,8 +56,10 @@ class CompareJudge(JudgeConfig):
 
 class BenchmarkConfig(Strict):
     name: str = Field(pattern=r"^[\w.-]+$", description="name in the report and the run directory")
-    kind: Literal["pairwise", "pool", "scores"] = Field(description="pairwise: Auto-J format; pool: AlpacaEval annotations folder; scores: rated responses")
-    path: str = Field(description="the file (pairwise, scores) or folder of per-model annotation files (pool)")
+    kind: Literal["pairwise", "pool", "scores", "leaderboard"] = Field(
+        description="pairwise: Auto-J format; pool: AlpacaEval annotations folder; scores: rated responses; leaderboard: per-model outputs + CSV"
+    )
+    path: str = Field(description="the file (pairwise, scores), folder of per-model annotation files (pool), or of outputs/ and leaderboard.csv (leaderboard)")
     instruction_field: str = Field("instruction", description="scores: column holding the instruction")
     response_field: str = Field("output", description="scores: column holding the response")
     score_field: str = Field("score", description="scores: the numeric reference column (e.g. a GPT-4 rating)")
@@ -100,6 +104,8 @@ def load_benchmark(cfg: BenchmarkConfig) -> Benchmark:
         bench = load_pairwise(cfg.path, cfg.name)
     elif cfg.kind == "pool":
         bench = load_pool_benchmark(cfg.path, cfg.name)
+    elif cfg.kind == "leaderboard":
+        bench = load_leaderboard(cfg.path, cfg.name)
     else:
         bench = load_scores(cfg.path, cfg.name, cfg.instruction_field, cfg.response_field, cfg.score_field, cfg.reference_field)
     if not cfg.use_references:
@@ -270,9 +276,10 @@ class BenchmarkReport:
     kind: str
     source: str
     prompts: int
-    results: list[PairwiseResult | PoolResult | ScoresResult]  # one per judge, in config order
+    results: list[PairwiseResult | PoolResult | ScoresResult | LeaderboardResult]  # one per judge, in config order
     agreement: AgreementMatrix
     skipped: dict[str, str]  # judge label -> why it has no row here
+    board: dict[str, dict[str, float | None]] = field(default_factory=dict)  # leaderboard: model -> column -> value
 
 
 @dataclass(frozen=True)
@@ -292,6 +299,8 @@ def evaluate(bench: Benchmark, subset: Sequence[Prompt], label: str, records: li
         return evaluate_pairwise(bench, subset, label, judgements=records, reps=reps, seed=seed, folds=folds)
     if bench.kind == "pool":
         return evaluate_pool(bench, subset, label, records, reps, seed)
+    if bench.kind == "leaderboard":
+        return evaluate_leaderboard(bench, subset, label, records, reps, seed)
     return evaluate_scores(bench, subset, label, records, reps, seed)
 
 
@@ -333,7 +342,7 @@ def run_compare(cfg: CompareConfig, progress=None, note: Callable[[str], None] =
             results.append(evaluate(bench, subset, label, records, cfg.bootstrap, cfg.seed, cfg.folds))
             scores[label] = candidate_scores(records)
         reports.append(
-            BenchmarkReport(name, bench.kind, bench.source, len(bench.prompts), results, judge_agreement(bench, scores), skipped[name])
+            BenchmarkReport(name, bench.kind, bench.source, len(bench.prompts), results, judge_agreement(bench, scores), skipped[name], bench.board)
         )
     return CompareResult(out, reports, described, seconds, time.perf_counter() - start)
 

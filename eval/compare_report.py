@@ -7,7 +7,7 @@ from typing import Any
 
 from bon.io import write_json_atomic
 from eval.compare import BenchmarkReport, CompareResult
-from eval.scoring import PairwiseResult, PoolResult, ScoresResult
+from eval.scoring import LeaderboardResult, PairwiseResult, PoolResult, ScoresResult
 
 
 def _num(x: float | None, digits: int = 2) -> str:
@@ -95,7 +95,22 @@ def _scores_section(b: BenchmarkReport) -> list[str]:
     return lines + _table(["judge", "n", "Pearson [CI]", "Spearman", "Kendall", "AURC", "oracle AURC", "length ρ", "failed"], rows)
 
 
-SECTIONS = {"pairwise": _pairwise_section, "pool": _pool_section, "scores": _scores_section}
+def _leaderboard_section(b: BenchmarkReport) -> list[str]:
+    rows = []
+    for r in b.results:
+        assert isinstance(r, LeaderboardResult)
+        for column, c in r.columns.items():
+            rows.append([r.judge, column, str(c["n_models"]), str(r.instructions), _ci(c["spearman"], c["spearman_ci"], 3),
+                         _ci(c["kendall"], c["kendall_ci"], 3), str(r.failed)])
+    lines = [
+        "The judge's mean score per model over the instructions it scored, rank-correlated with each leaderboard column "
+        "(95% bootstrap CIs over models).",
+        "",
+    ]
+    return lines + _table(["judge", "leaderboard column", "models", "instructions", "Spearman [CI]", "Kendall [CI]", "failed"], rows)
+
+
+SECTIONS = {"pairwise": _pairwise_section, "pool": _pool_section, "scores": _scores_section, "leaderboard": _leaderboard_section}
 
 
 def _agreement_lines(b: BenchmarkReport) -> list[str]:
@@ -164,6 +179,20 @@ def _plots(b: BenchmarkReport, out: Path) -> list[Path]:
         ax.set_title(f"{b.name}: judge agreement", fontsize=10)
         fig.tight_layout()
         written.append(out / f"agreement_{b.name}.png")
+        fig.savefig(written[-1], dpi=120)
+        plt.close(fig)
+    boards = [r for r in b.results if isinstance(r, LeaderboardResult)]
+    if boards:
+        column = next(iter(boards[0].columns))  # the CSV's first numeric column, e.g. v1_win_rate
+        fig, axes = plt.subplots(1, len(boards), figsize=(3.6 * len(boards), 3.4), squeeze=False)
+        for ax, r in zip(axes[0], boards):
+            models = [m for m, v in r.means.items() if v is not None and b.board.get(m, {}).get(column) is not None]
+            ax.scatter([b.board[m][column] for m in models], [r.means[m] for m in models], s=12)
+            ax.set_xlabel(column)
+            ax.set_ylabel(f"mean {r.judge} score")
+            ax.set_title(f"{r.judge}: Spearman {_num(r.columns[column]['spearman'], 2)}", fontsize=9)
+        fig.tight_layout()
+        written.append(out / f"leaderboard_{b.name}.png")
         fig.savefig(written[-1], dpi=120)
         plt.close(fig)
     bars = [(r.judge, r.win_rate, r.win_rate_ci) for r in b.results if isinstance(r, PoolResult)]

@@ -289,6 +289,51 @@ def evaluate_scores(bench: Benchmark, subset: Sequence[Prompt], label: str, judg
 
 
 @dataclass(frozen=True)
+class LeaderboardResult(_Result):
+    judge: str
+    n: int  # responses scored
+    failed: int
+    instructions: int
+    means: dict[str, float | None]  # model -> the judge's mean score over the instructions scored
+    columns: dict[str, dict[str, Any]]  # leaderboard column -> spearman, kendall (with bootstrap CIs over models), n models
+
+
+def evaluate_leaderboard(bench: Benchmark, subset: Sequence[Prompt], label: str, judgements: Sequence[Judgement], reps: int = 1000, seed: int = 0) -> LeaderboardResult:
+    """The judge's mean score per model, rank-correlated with each leaderboard column (bootstrap over models)."""
+    table = scores_of(judgements)
+    per_model: dict[str, list[float]] = {m: [] for m in bench.board}
+    scores = []
+    for p in subset:
+        for c in bench.candidates[p.id]:
+            s = table.get((p.id, c.index))
+            scores.append(s)
+            if s is not None:
+                per_model[c.policy].append(s)
+    means = {m: (float(np.mean(v)) if v else None) for m, v in per_model.items()}
+    columns: dict[str, dict[str, Any]] = {}
+    for column in sorted({k for row in bench.board.values() for k in row}):
+        models = [m for m in bench.board if means[m] is not None and bench.board[m].get(column) is not None]
+        x = np.array([means[m] for m in models], float)
+        y = np.array([bench.board[m][column] for m in models], float)
+        corr = correlations(x.tolist(), y.tolist())
+
+        def stat(idx: np.ndarray, which: str) -> float | None:
+            from scipy import stats
+
+            u, v = x[idx], y[idx]
+            if np.ptp(u) == 0 or np.ptp(v) == 0:
+                return None
+            return float((stats.spearmanr if which == "spearman" else stats.kendalltau)(u, v).statistic)
+
+        columns[column] = {
+            "n_models": len(models), "spearman": corr.spearman, "kendall": corr.kendall,
+            "spearman_ci": bootstrap_ci(lambda idx: stat(idx, "spearman"), len(models), reps, seed) if len(models) > 2 else None,
+            "kendall_ci": bootstrap_ci(lambda idx: stat(idx, "kendall"), len(models), reps, seed) if len(models) > 2 else None,
+        }
+    return LeaderboardResult(label, len(scores), sum(s is None for s in scores), len(subset), means, columns)
+
+
+@dataclass(frozen=True)
 class AgreementMatrix:
     judges: list[str]
     tau: list[list[float | None]]  # mean within-prompt Kendall tau-b, judges x judges

@@ -268,3 +268,38 @@ def test_compare_cli_json(tmp_path, pair_file, pool_dir):
     assert [b["name"] for b in data["benchmarks"]] == ["pairs", "pool"]
     assert data["benchmarks"][1]["results"][0]["win_rate"] == pytest.approx(66.6667, abs=0.01)
     assert (cfg.output_dir / "report.md").exists()
+
+
+def test_leaderboard_kind_ranks_models_by_mean_score(tmp_path):
+    """Four models, two instructions, the length judge: means by hand, Spearman/Kendall against the CSV."""
+    from eval.benchmarks import load_leaderboard
+    from eval.scoring import evaluate_leaderboard
+    from judges import build_judge
+
+    outputs = {"m1": ["a", "bb"], "m2": ["ccc", "dddd"], "m3": ["ee", "f"], "m4": ["gggggg", "hhhhhh"]}
+    (tmp_path / "outputs").mkdir()
+    for model, texts in outputs.items():
+        rows = [{"instruction": q, "output": t, "generator": model, "dataset": "x"} for q, t in zip(["Q1?", "Q2?"], texts)]
+        (tmp_path / "outputs" / f"{model}.json").write_text(json.dumps(rows))
+    (tmp_path / "leaderboard.csv").write_text("model,v1_win_rate,v2_win_rate\nm1,10,\nm2,30,5\nm3,20,1\nm4,40,2\n")
+    bench = load_leaderboard(tmp_path, "lb")
+    assert len(bench.prompts) == 2 and [c.policy for c in bench.candidates[bench.prompts[0].id]] == ["m1", "m2", "m3", "m4"]
+    judge = build_judge("length")
+    judgements = [j for p in bench.prompts for j in judge.score([p], bench.candidates[p.id])]
+    r = evaluate_leaderboard(bench, bench.prompts, "length", judgements, reps=200)
+    assert r.means == {"m1": 1.5, "m2": 3.5, "m3": 1.5, "m4": 6.0} and r.instructions == 2 and r.failed == 0
+    v1 = r.columns["v1_win_rate"]  # means rank m1=m3 < m2 < m4 against 10 < 20 < 30 < 40
+    assert v1["n_models"] == 4 and v1["spearman"] == pytest.approx(0.9486833, abs=1e-6)
+    assert v1["kendall"] == pytest.approx(0.9128709, abs=1e-6) and v1["spearman_ci"] is not None
+    v2 = r.columns["v2_win_rate"]  # m1 has no v2 value: 3 models, means 3.5, 1.5, 6.0 against 5, 1, 2
+    assert v2["n_models"] == 3 and v2["spearman"] == pytest.approx(0.5)
+
+
+def test_leaderboard_csv_with_a_bad_number_names_line_and_field(tmp_path):
+    from bon.io import DataFileError
+    from eval.benchmarks import load_leaderboard
+
+    (tmp_path / "outputs").mkdir()
+    (tmp_path / "leaderboard.csv").write_text("model,v1_win_rate\nm1,high\n")
+    with pytest.raises(DataFileError, match=r"leaderboard.csv:2: field 'v1_win_rate': expected a number or empty, found 'high'"):
+        load_leaderboard(tmp_path)
