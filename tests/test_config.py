@@ -35,7 +35,7 @@ def test_compare_config_errors_name_file_line_and_key(tmp_path):
 
     path = tmp_path / "c.yaml"
     path.write_text("judges:\n  - {name: length}\nbenchmarks:\n  - {name: b, kind: pairs, path: x}\n")
-    with pytest.raises(ConfigError, match=r"c\.yaml:4: benchmarks\.0\.kind: Input should be 'pairwise', 'pool' or 'scores'"):
+    with pytest.raises(ConfigError, match=r"c\.yaml:4: benchmarks\.0\.kind: Input should be 'pairwise', 'pool', 'scores' or 'leaderboard'"):
         load_config(path, model=CompareConfig)
 
 

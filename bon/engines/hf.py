@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import inspect
 import os
 import shutil
@@ -119,12 +120,6 @@ def _prefix_groups(prompts: Sequence[list[int]], groups: Sequence[Any]) -> list[
         runs.append((start, end, shared))
         start = end
     return runs
-
-
-def _copy_cache(cache):
-    import copy
-
-    return copy.deepcopy(cache)
 
 
 def _merged(model, adapter: str):
@@ -268,10 +263,13 @@ class HFModel(Tokenized):
             if shared < MIN_SHARED_PREFIX or end - start < 2:
                 alone += range(start, end)
                 continue
-            prefix = self.model(input_ids=torch.tensor([prompts[start][:shared]], device=self.device), use_cache=True)
-            for chunk in range(start, end, max(batch_size, 2)):
-                idx = list(range(chunk, min(end, chunk + max(batch_size, 2))))
-                cache = self._cache(prefix) if chunk + max(batch_size, 2) >= end else _copy_cache(self._cache(prefix))
+            prefix = self._cache(self.model(input_ids=torch.tensor([prompts[start][:shared]], device=self.device),
+                                            use_cache=True, logits_to_keep=1))
+            step = max(batch_size, 2)
+            for chunk in range(start, end, step):
+                idx = list(range(chunk, min(end, chunk + step)))
+                # each chunk expands the prefix cache in place: all but the last work on a copy
+                cache = prefix if chunk + step >= end else copy.deepcopy(prefix)
                 self._score_rows(prompts, idx, wanted, token_ids, results, cache, shared)
         alone.sort(key=lambda i: -len(prompts[i]))  # little padding; results go back in input order
         for start in range(0, len(alone), batch_size):

