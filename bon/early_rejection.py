@@ -39,9 +39,13 @@ class EarlyRejectionPolicy:
         while live:
             budget = min(self.cfg.chunk_tokens, settings.max_tokens - len(state[live[0]][0]))
             chunk = SamplingSettings(settings.temperature, settings.top_p, budget)
-            # each candidate continues with a stream of its own: (prompt seed, index, round)
-            seeds = [derive_seed(prompt_seed(seed, prompts[k].id), i, round_) for k, i in live]
-            samples = self.policy.engine.sample([fitted[k][0] + state[(k, i)][0] for k, i in live], 1, seeds, chunk)
+            if round_ == 0:  # one prefill per prompt, N rows: the first chunk of full best-of-N, token for token
+                seeds = [prompt_seed(seed, p.id) for p in prompts]
+                groups = self.policy.engine.sample([ids for ids, _ in fitted], n, seeds, chunk)
+                samples = [(groups[k][i],) for k, i in live]
+            else:  # each survivor continues with a stream of its own: (prompt seed, index, round)
+                seeds = [derive_seed(prompt_seed(seed, prompts[k].id), i, round_) for k, i in live]
+                samples = self.policy.engine.sample([fitted[k][0] + state[(k, i)][0] for k, i in live], 1, seeds, chunk)
             for (k, i), (sample,) in zip(live, samples):
                 st = state[(k, i)]
                 st[0] += list(sample.token_ids)
