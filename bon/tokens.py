@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from bon.config import ModelConfig
-from bon.models import ModelLoadError, ModelRef, cache_dir, first_line, hub_reachable, resolve
+from bon.models import ModelLoadError, ModelRef, converted_path, first_line, hub_reachable, resolve
 
 # config.json keys that hold a model's context length, in the order families use them
 _CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
@@ -157,11 +157,10 @@ class TokenizerOnly(Tokenized):
 def where_from(ref: ModelRef) -> tuple[str, str, dict[str, Any]]:
     """(a line saying where the files come from, the path to load, loader kwargs); raises when missing offline."""
     if ref.convert_gguf:  # embedded: the converted copy when made, else the GGUF inside the package
-        gguf = Path(ref.path) / str(ref.gguf_file)
-        converted = cache_dir() / f"{gguf.stem}-{gguf.stat().st_size}"
+        converted = converted_path(ref)
         if (converted / "config.json").exists():
             return f"embedded, converted copy {converted}", str(converted), {}
-        return f"embedded GGUF {gguf}", ref.path, {"gguf_file": ref.gguf_file}
+        return f"embedded GGUF {Path(ref.path) / str(ref.gguf_file)}", ref.path, {"gguf_file": ref.gguf_file}
     kwargs = {"gguf_file": ref.gguf_file} if ref.gguf_file else {}
     if Path(ref.path).exists():
         shown = Path(ref.path) / ref.gguf_file if ref.gguf_file else Path(ref.path)

@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from bon.config import ModelConfig
 from bon.engines.base import Sample, SamplingSettings, derive_seed
-from bon.models import ModelLoadError, ModelRef, cache_dir, first_line, hub_reachable, resolve
+from bon.models import ModelLoadError, ModelRef, converted_path, first_line, hub_reachable, resolve
 from bon.tokens import Tokenized, config_context
 
 _LOADED: dict[tuple, "HFModel"] = {}
@@ -39,8 +39,7 @@ def convert_gguf(ref: ModelRef) -> Path:
     A GGUF-loaded model refuses `save_pretrained` until its quantizer marker is cleared; the
     converted copy loads in well under a second and is what vLLM reads.
     """
-    gguf = Path(ref.path) / str(ref.gguf_file)
-    out = cache_dir() / f"{gguf.stem}-{gguf.stat().st_size}"
+    out = converted_path(ref)
     if (out / "config.json").exists():
         return out
     tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
