@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, get_args
 
 import yaml
+from bon.io import DataFileError, read_text
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 DEFAULT_MODEL = "embedded:SmolLM2-135M-Instruct"
@@ -17,7 +18,20 @@ class ConfigError(ValueError):
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """Every config and option model: unknown keys, NaN/infinity and booleans given for numbers are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        # pydantic reads True as 1 for an int field: `n: true` would run best-of-1
+        if isinstance(value, bool) and info.field_name in cls.model_fields:
+            annotation = cls.model_fields[info.field_name].annotation
+            kinds = set(get_args(annotation)) or {annotation}
+            if bool not in kinds and kinds & {int, float}:
+                raise ValueError(f"expected a number, found {value}")
+        return value
 
 
 class PromptsConfig(Strict):
@@ -144,6 +158,7 @@ class RunConfig(Strict):
     policy: PolicyConfig = Field(default_factory=PolicyConfig, description="the model that samples candidates")
     judge: JudgeConfig = Field(default_factory=JudgeConfig, description="the judge that scores candidates")
     selection: SelectionConfig = Field(default_factory=SelectionConfig, description="best-of-N selection and declining")
+    allow_unjudged: bool = Field(False, description="accept prompts the judge could score no candidate of (fallback pick); false ends the run with exit 2 once all is written")
     early_rejection: EarlyRejectionConfig | None = Field(
         None, description="judge partial candidates every chunk_tokens and stop the worst (Sun et al. 2024); None = off"
     )
@@ -195,6 +210,21 @@ def _format_errors(err: ValidationError, source: str, tree: yaml.Node | None) ->
     return "\n".join(lines)
 
 
+def validate_options(model: type[M], options: dict[str, Any], flags: dict[str, str] | None = None) -> M:
+    """Command-line options checked by the same config model that checks a YAML file.
+
+    ``flags`` maps a field to its option name (``{"tie_break": "--tie-break"}``) for the message.
+    """
+    try:
+        return model.model_validate(options)
+    except ValidationError as e:
+        flags = flags or {}
+        first = e.errors()[0]
+        key = ".".join(str(p) for p in first["loc"])
+        name = flags.get(key, f"--{key.replace('_', '-')}")
+        raise ConfigError(f"option {name}: {first['msg'].removeprefix('Value error, ')} (got {first.get('input')!r})") from None
+
+
 def apply_override(data: dict[str, Any], assignment: str) -> None:
     """Apply one ``dotted.key=value`` override; the value is parsed as YAML (``n=4`` is an int)."""
     key, sep, raw = assignment.partition("=")
@@ -229,9 +259,9 @@ def load_config(path: Path | str | None = None, overrides: list[str] | None = No
     if path is not None:
         source = str(path)
         try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as e:
-            raise ConfigError(f"{path}: cannot read config ({e.strerror})") from None
+            text = read_text(path)
+        except DataFileError as e:
+            raise ConfigError(f"{e} (the config)") from None
         try:
             tree = yaml.compose(text)
             data = yaml.safe_load(text) or {}

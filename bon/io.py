@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, TypeVar
+from typing import Any, Iterable, Iterator, TypeVar
 
 from bon.records import RecordError, from_json, to_json
 
@@ -22,16 +24,120 @@ class DataFileError(ValueError):
         self.path, self.line = Path(path), line
 
 
+class DirectoryInUseError(RuntimeError):
+    """Another process holds the directory's lock; the message names its pid."""
+
+
+_held: dict[str, int] = {}  # directories this process has locked -> depth, so nested commands may re-enter
+
+
+@contextlib.contextmanager
+def lock_dir(path: Path | str) -> Iterator[Path]:
+    """Create ``path`` if needed and hold its lock (``.lock``, flock) while the block runs.
+
+    A second process fails at once, naming the holder's pid; the kernel releases the lock when the
+    holder exits, kill -9 included, so a crash never leaves a stale lock behind.
+    """
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    key = str(path.resolve())
+    if key in _held:
+        _held[key] += 1
+        try:
+            yield path
+        finally:
+            _held[key] -= 1
+        return
+    fd = os.open(path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+        os.close(fd)
+        raise DirectoryInUseError(
+            f"{path} is in use by another bon process (pid {holder}); wait for it to finish or stop it"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _held[key] = 1
+    try:
+        yield path
+    finally:
+        del _held[key]
+        os.close(fd)
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def parse_json(text: str | bytes, path: Path | str, line: int | None = None, allow_nan: bool = False) -> Any:
+    """JSON text, refused with file and line when malformed or (unless ``allow_nan``) holding NaN/Infinity."""
+    try:
+        return json.loads(text, parse_constant=None if allow_nan else _reject_constant)
+    except json.JSONDecodeError as e:
+        raise DataFileError(path, line if line is not None else e.lineno, f"not valid JSON ({e.msg})") from None
+    except ValueError as e:
+        raise DataFileError(path, line, f"not valid JSON ({e})") from None
+
+
+def read_text(path: Path | str) -> str:
+    """A UTF-8 text file; unreadable (missing, a directory, not UTF-8) is a `DataFileError` naming file and line."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise DataFileError(path, None, f"cannot read ({e.strerror})") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise DataFileError(path, line, f"not UTF-8 text (byte 0x{data[e.start]:02x}); save the file as UTF-8") from None
+
+
+def read_json(path: Path | str, allow_nan: bool = False) -> Any:
+    """A JSON file through `read_text` and `parse_json`."""
+    return parse_json(read_text(path), path, allow_nan=allow_nan)
+
+
+def read_json_rows(path: Path | str) -> list[tuple[int | None, dict[str, Any]]]:
+    """(line, object) pairs of a JSONL file or a JSON list; lines are 1-based, None for a JSON list."""
+    path = Path(path)
+    text = read_text(path)
+    if path.suffix.lower() == ".json":
+        rows = parse_json(text, path)
+        if not isinstance(rows, list):
+            raise DataFileError(path, None, f"expected a JSON list of objects, found {type(rows).__name__}")
+        numbered = [(None, r) for r in rows]
+    else:
+        numbered = [(n, parse_json(line, path, n)) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
+    for i, (lineno, row) in enumerate(numbered):
+        if not isinstance(row, dict):
+            raise DataFileError(path, lineno, f"row {i}: expected a JSON object, found {type(row).__name__}")
+    return numbered
+
+
+def _repair_tail(f) -> bool:
+    """Cut an open binary file back to its last newline (a write torn by a crash); True if it cut."""
+    end = f.seek(0, os.SEEK_END)
+    if not end:
+        return False
+    f.seek(end - 1)
+    if f.read(1) == b"\n":
+        return False
+    f.seek(0)
+    data = f.read()
+    f.truncate(data.rfind(b"\n") + 1)
+    f.seek(0, os.SEEK_END)
+    return True
+
+
 def drop_torn_tail(path: Path) -> bool:
     """Truncate a last line that has no newline (a write cut by a crash); True if one was dropped."""
     if not path.exists():
         return False
     with open(path, "rb+") as f:
-        data = f.read()
-        if not data or data.endswith(b"\n"):
-            return False
-        f.truncate(data.rfind(b"\n") + 1)
-    return True
+        return _repair_tail(f)
 
 
 def read_records(path: Path, cls: type[T]) -> list[T]:
@@ -49,10 +155,7 @@ def read_records(path: Path, cls: type[T]) -> list[T]:
     for lineno, raw in enumerate(lines[:-1], start=1):
         if not raw.strip():
             continue
-        try:
-            data = json.loads(raw)
-        except json.JSONDecodeError as e:
-            raise DataFileError(path, lineno, f"not valid JSON ({e.msg})") from None
+        data = parse_json(raw, path, lineno)
         if not isinstance(data, dict):
             raise DataFileError(path, lineno, "expected a JSON object")
         try:
@@ -62,35 +165,52 @@ def read_records(path: Path, cls: type[T]) -> list[T]:
     return records
 
 
+def dumps(obj: Any) -> str:
+    """Standard JSON only: a NaN or infinity is a bug upstream, never written to a file."""
+    return json.dumps(obj, ensure_ascii=False, allow_nan=False)
+
+
 def append_records(path: Path, records: Iterable[Any]) -> None:
-    """Append records as JSON lines and fsync, so a crash loses at most a torn last line."""
-    payload = "".join(json.dumps(to_json(r), ensure_ascii=False) + "\n" for r in records)
+    """Append records as JSON lines and fsync, so a crash loses at most a torn last line.
+
+    A torn last line left by an earlier crash is cut first, so it never fuses with the next record:
+    every appender of a record file goes through here.
+    """
+    payload = "".join(dumps(to_json(r)) + "\n" for r in records).encode("utf-8")
     if not payload:
         return
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(payload)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(path, "ab+") as f:
+            _repair_tail(f)
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:  # a failed write() names no file: say which one (disk full, size limit)
+        raise OSError(e.errno, e.strerror, str(path)) from None
 
 
 def write_records_atomic(path: Path, records: Iterable[Any]) -> None:
     """Replace a JSONL file through a temporary file and a rename: readers see the old or the new one."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(to_json(r), ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-    os.replace(tmp, path)
+    _write_atomic(path, "".join(dumps(to_json(r)) + "\n" for r in records))
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
     """Write JSON through a temporary file and a rename, so readers never see half a file."""
+    _write_atomic(path, json.dumps(obj, ensure_ascii=False, indent=2, allow_nan=False) + "\n")
+
+
+def _write_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, ensure_ascii=False, indent=2)
-            f.write("\n")
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:  # a failed write() names no file: say which one (disk full, size limit)
+        Path(tmp).unlink(missing_ok=True)
+        raise OSError(e.errno, e.strerror, str(path)) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Any, Iterable
 
 from bon.config import PromptsConfig
-from bon.io import DataFileError
+from bon.io import DataFileError, read_json_rows
 from bon.records import Prompt
 
 LOCAL_SUFFIXES = (".json", ".jsonl", ".parquet")
@@ -26,31 +25,21 @@ def prompt_id(instruction: str) -> str:
     return "p" + hashlib.sha256(instruction.encode("utf-8")).hexdigest()[:16]
 
 
-def _rows_from_file(path: Path) -> Iterable[tuple[str, dict[str, Any]]]:
-    """(location, row) pairs; the location is 'line N' for JSONL, 'row N' otherwise."""
+def _rows_from_file(path: Path) -> Iterable[tuple[str, Any]]:
+    """(location, row) pairs; the location is 'N' (a line) for JSONL, 'row N' otherwise."""
     suffix = path.suffix.lower()
-    if suffix == ".jsonl":
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    yield f"{lineno}", json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataFileError(path, lineno, f"not valid JSON ({e.msg})") from None
-    elif suffix == ".json":
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise DataFileError(path, e.lineno, f"not valid JSON ({e.msg})") from None
-        if not isinstance(data, list):
-            raise DataFileError(path, None, "expected a JSON list of objects (AlpacaEval model_outputs.json shape)")
-        for i, row in enumerate(data):
-            yield f"row {i}", row
+    if suffix in (".jsonl", ".json"):
+        for i, (lineno, row) in enumerate(read_json_rows(path)):
+            yield (f"{lineno}" if lineno is not None else f"row {i}"), row
     elif suffix == ".parquet":
+        import pyarrow
         import pyarrow.parquet as pq
 
-        for i, row in enumerate(pq.read_table(path).to_pylist()):
+        try:
+            table = pq.read_table(path)
+        except (pyarrow.ArrowException, OSError) as e:
+            raise DataFileError(path, None, f"not a readable parquet file ({str(e).splitlines()[0]})") from None
+        for i, row in enumerate(table.to_pylist()):
             yield f"row {i}", row
     else:
         raise PromptSourceError(f"{path}: unsupported prompt file type {suffix!r}; use one of {LOCAL_SUFFIXES}")

@@ -7,6 +7,7 @@ schema version with a message naming the file and line (see `bon.io`).
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping
 
@@ -56,6 +57,12 @@ class Judgement:
     flag: str | None = None  # why the judgement is suspect or failed; None when clean
     raw: str | None = None  # the judge's raw generated text, where it generates any
     details: Mapping[str, Any] = field(default_factory=dict)  # judge-specific numbers
+
+    def __post_init__(self):
+        # a NaN or infinite score (a diverged reward model) would void every mean and correlation downstream
+        if self.score is not None and not math.isfinite(self.score):
+            object.__setattr__(self, "flag", "; ".join(f for f in (self.flag, f"non-finite score {self.score}") if f))
+            object.__setattr__(self, "score", None)
 
     @property
     def ok(self) -> bool:

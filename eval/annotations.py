@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from bon.io import DataFileError
+from bon.io import DataFileError, read_json
 
 
 @dataclass(frozen=True)
@@ -34,12 +33,16 @@ class Annotation:
 def _preference(value: object, path: Path, row: int) -> float | None:
     if value is None or value == "":
         return None
+    if isinstance(value, bool):
+        raise DataFileError(path, None, f"row {row}: field 'preference': expected a number, found {value!r}")
     try:
         p = float(value)  # released v1 files hold strings and numbers
     except (TypeError, ValueError):
         raise DataFileError(path, None, f"row {row}: field 'preference': expected a number, found {value!r}") from None
     if math.isnan(p):
         return None
+    if math.isinf(p):
+        raise DataFileError(path, None, f"row {row}: field 'preference': {p} is not a finite number")
     if not (p == 0 or 1 <= p <= 2):
         raise DataFileError(path, None, f"row {row}: field 'preference': {p} is outside 0 or [1, 2]")
     return p
@@ -48,16 +51,13 @@ def _preference(value: object, path: Path, row: int) -> float | None:
 def read_annotations(path: Path | str) -> list[Annotation]:
     """Annotations from an alpaca-eval `annotations.json` (a list of objects)."""
     path = Path(path)
-    try:
-        rows = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise DataFileError(path, None, f"cannot read ({e.strerror})") from None
-    except json.JSONDecodeError as e:
-        raise DataFileError(path, e.lineno, f"not valid JSON ({e.msg})") from None
-    if not isinstance(rows, list):
-        raise DataFileError(path, None, "expected a JSON list of annotations")
+    rows = read_json(path, allow_nan=True)  # pandas-written files mark a missing preference NaN
+    if not isinstance(rows, list) or not rows:
+        raise DataFileError(path, None, f"expected a non-empty JSON list of annotations, found {type(rows).__name__} {str(rows)[:40]}")
     out = []
     for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise DataFileError(path, None, f"row {i}: expected a JSON object, found {type(row).__name__}")
         for key in ("instruction", "output_1", "output_2"):
             if not isinstance(row.get(key), str):
                 raise DataFileError(path, None, f"row {i}: field {key!r}: expected a string, found {row.get(key)!r}")

@@ -17,7 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Sequence, TypeVar
 
-from bon.io import DataFileError
+from bon.io import DataFileError, read_json_rows, read_text
 from bon.prompts import prompt_id
 from bon.records import Candidate, Prompt
 from eval.pool import Pool, load_pool
@@ -63,39 +63,12 @@ def _candidate(pid: str, index: int, text: str, source: str) -> Candidate:
     return Candidate(pid, index, text, None, 0, 0, "stop", source)
 
 
-def _read_rows(path: Path) -> list[tuple[int | None, dict[str, Any]]]:
-    """(line, row) pairs from a JSONL file or a JSON list; lines are 1-based, None for JSON lists."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise DataFileError(path, None, f"cannot read ({e.strerror})") from None
-    if path.suffix == ".json":
-        try:
-            rows = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise DataFileError(path, e.lineno, f"not valid JSON ({e.msg})") from None
-        if not isinstance(rows, list):
-            raise DataFileError(path, None, "expected a JSON list of objects")
-        numbered = [(None, r) for r in rows]
-    else:
-        numbered = []
-        for lineno, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                numbered.append((lineno, json.loads(line)))
-            except json.JSONDecodeError as e:
-                raise DataFileError(path, lineno, f"not valid JSON ({e.msg})") from None
-    for i, (lineno, row) in enumerate(numbered):
-        if not isinstance(row, dict):
-            raise DataFileError(path, lineno, f"row {i}: expected a JSON object")
-    return numbered
-
-
 def _field(path: Path, lineno: int | None, row: dict, key: str, kind: type | tuple) -> Any:
     value = row.get(key)
     if not isinstance(value, kind) or isinstance(value, bool):
         raise DataFileError(path, lineno, f"field {key!r}: expected {getattr(kind, '__name__', 'a number')}, found {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise DataFileError(path, lineno, f"field {key!r}: {value} is not a finite number")
     return value
 
 
@@ -138,7 +111,7 @@ def load_pairwise(path: Path | str, name: str = "pairwise") -> Benchmark:
     path = Path(path)
     groups = scenario_groups()
     items = []
-    for i, (lineno, row) in enumerate(_read_rows(path)):
+    for i, (lineno, row) in enumerate(read_json_rows(path)):
         label = _field(path, lineno, row, "label", int)
         if label not in (0, 1, 2):
             raise DataFileError(path, lineno, f"field 'label': expected 0, 1 or 2, found {label!r}")
@@ -178,14 +151,11 @@ def load_leaderboard(folder: Path | str, name: str = "leaderboard") -> Benchmark
     numeric columns (e.g. ``v1_win_rate``) are what judges' per-model means are ranked against.
     """
     import csv
+    import io
 
     folder = Path(folder)
     table = folder / "leaderboard.csv"
-    try:
-        with open(table, encoding="utf-8", newline="") as f:
-            rows = list(csv.DictReader(f))
-    except OSError as e:
-        raise DataFileError(table, None, f"cannot read ({e.strerror})") from None
+    rows = list(csv.DictReader(io.StringIO(read_text(table), newline="")))
     if not rows or "model" not in rows[0]:
         raise DataFileError(table, 1, "expected a header with a 'model' column")
     board: dict[str, dict[str, float | None]] = {}
@@ -207,7 +177,7 @@ def load_leaderboard(folder: Path | str, name: str = "leaderboard") -> Benchmark
         path = folder / "outputs" / f"{model}.json"
         if not path.exists():
             raise DataFileError(path, None, f"no outputs for model {model!r} of {table.name}")
-        for lineno, row in _read_rows(path):
+        for lineno, row in read_json_rows(path):
             q = _field(path, lineno, row, "instruction", str)
             pid = prompt_id(q)
             prompts.setdefault(pid, Prompt(pid, q, str(row.get("dataset", ""))))
@@ -231,7 +201,7 @@ def load_scores(
     prompts: dict[str, Prompt] = {}
     candidates: dict[str, list[Candidate]] = {}
     values: dict[str, list[float]] = {}
-    for lineno, row in _read_rows(path):
+    for lineno, row in read_json_rows(path):
         q = _field(path, lineno, row, instruction_field, str)
         text = _field(path, lineno, row, response_field, str)
         value = float(_field(path, lineno, row, score_field, (int, float)))

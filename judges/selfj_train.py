@@ -25,7 +25,7 @@ from typing import Any, Callable, Literal, Sequence
 from pydantic import Field, field_validator
 
 from bon.config import ModelConfig, RunConfig, Strict
-from bon.io import DataFileError
+from bon.io import DataFileError, read_json, read_json_rows
 from bon.records import Prompt
 from judges.cosine import CosineOptions
 from judges.selfj import SelfJOptions, SelfJudge
@@ -99,18 +99,13 @@ def read_examples(path: Path) -> list[Example]:
     if not path.exists():
         raise DataFileError(path, None, "labelled data not found; make it with `bon selfj label`")
     out = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
+    for lineno, row in read_json_rows(path):
         try:
-            row = json.loads(line)
             prompt = Prompt(row["prompt_id"], row["instruction"], reference=row["reference"])
             label = row["label"]
             if not isinstance(label, int) or isinstance(label, bool) or not 0 <= label <= 9:
                 raise DataFileError(path, lineno, f"field 'label': expected a digit 0-9, found {label!r}")
             out.append(Example(row["id"], prompt, row["response"], label, row["split"]))
-        except json.JSONDecodeError as e:
-            raise DataFileError(path, lineno, f"not valid JSON ({e.msg})") from None
         except KeyError as e:
             raise DataFileError(path, lineno, f"missing field {e.args[0]!r}") from None
     return out
@@ -193,7 +188,7 @@ def train(cfg: TrainConfig, note: Callable[[str], None] = print, progress: Calla
     checkpoint = out / "checkpoint"
     if (checkpoint / "adapter_config.json").exists():
         model = PeftModel.from_pretrained(engine.model, checkpoint, is_trainable=True)
-        state = json.loads((checkpoint / "state.json").read_text())
+        state = read_json(checkpoint / "state.json")
         note(f"resuming from {checkpoint} at step {state['step']}")
     else:
         lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
