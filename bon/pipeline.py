@@ -14,12 +14,13 @@ from typing import Protocol, Sequence
 from bon.config import RunConfig
 from bon.early_rejection import in_order, rejected_judgements
 from bon.executors import Done, Executor, Pending, make_executor
+from bon.io import lock_dir
 from bon.policy import Policy
 from bon.preflight import lengths
 from bon.prompts import load_prompts
 from bon.records import Candidate, Judgement, Prompt, Selection
 from bon.rundir import RunDir
-from bon.selection import secondary_judge, select_prompt
+from bon.selection import check_judged, secondary_judge, select_prompt
 from judges import build_judge
 from judges.base import Judge
 
@@ -82,104 +83,107 @@ def run(
     judge = judge or build_judge(config.judge.name, config.judge.options)
     plan = lengths(config, prompts, judge, check_policy=policy is None)  # before the run directory exists
     describe = {"judge_description": judge.describe()}
-    rd, notes = RunDir.open(config, describe)
-    for note in notes + plan.notes:
-        progress.note(note)
+    with lock_dir(config.output_dir):  # one process per run directory
+        rd, notes = RunDir.open(config, describe, prompts)
+        for note in notes + plan.notes:
+            progress.note(note)
 
-    n = config.n
-    cands: dict[str, dict[int, Candidate]] = defaultdict(dict)
-    for c in rd.read(Candidate):
-        cands[c.prompt_id][c.index] = c
-    judged: dict[tuple[str, int], Judgement] = {
-        (j.prompt_id, j.candidate_index): j for j in rd.read(Judgement) if j.judge == judge.name
-    }
-    selected: dict[str, Selection] = {s.prompt_id: s for s in rd.read(Selection) if s.judge == judge.name}
-    sel = config.selection
-    other = secondary_judge(sel.tie_break)
-    secondary = {(j.prompt_id, j.candidate_index): j for j in rd.read(Judgement) if j.judge == other} if other else None
-    result = RunResult(rd, prompts, [], describe["judge_description"])
-    skips = [
-        Selection(p.id, None, True, None, judge.name, plan.skipped[p.id], skipped=True)
-        for p in prompts
-        if p.id in plan.skipped and p.id not in selected
-    ]
-    rd.append(skips)
-    selected.update((s.prompt_id, s) for s in skips)
-    work = [p for p in prompts if p.id not in plan.skipped]
-
-    total = len(work) * n
-    progress.start("candidates", total, sum(min(len(cands[p.id]), n) for p in work))
-    progress.start("judgements", total, sum((p.id, i) in judged for p in work for i in range(n)))
-    progress.start("prompts", len(prompts), sum(p.id in selected for p in prompts))
-
-    batches = _batches(work, config.batch_size)
-    sampling: dict[int, Pending | None] = {}
-    judging: dict[int, Pending | None] = {}
-
-    def submit_sample(k: int) -> None:
-        # a batch is redrawn whole, so padding (hence every logit) is that of an uninterrupted run
-        incomplete = any(len(cands[p.id]) < n for p in batches[k])
-        sampling[k] = executor.sample(batches[k], n, config.seed) if incomplete else None
-
-    def collect_sample(k: int) -> None:
-        pending = sampling.pop(k)
-        if pending is None:
-            return
-        fresh = [c for c in pending.result() if c.index not in cands[c.prompt_id]]
-        rd.append(fresh)
-        for c in fresh:
+        n = config.n
+        cands: dict[str, dict[int, Candidate]] = defaultdict(dict)
+        for c in rd.read(Candidate):
             cands[c.prompt_id][c.index] = c
-        result.generated += len(fresh)
-        progress.advance("candidates", len(fresh))
-
-    def submit_judge(k: int) -> None:
-        batch_cands = [cands[p.id][i] for p in batches[k] for i in range(n)]
-        if not needs_judging(batch_cands, judged):
-            judging[k] = None
-            return
-        scoreable, failed = rejected_judgements(batch_cands, judge.name)  # early-rejected: never judged, never chosen
-        judging[k] = (executor.score(batches[k], scoreable) if scoreable else Done([]), failed, batch_cands)
-
-    def finish(k: int) -> None:
-        entry = judging.pop(k)
-        if entry is not None:
-            pending, failed, batch_cands = entry
-            fresh = keep_missing(in_order(batch_cands, pending.result(), failed), judged)
-            rd.append(fresh)
-            result.judged += len(fresh)
-            progress.advance("judgements", len(fresh))
-        fresh_s = [
-            select_prompt(p.id, [judged[(p.id, i)] for i in range(n)], sel.decline_below, sel.tie_break, secondary)
-            for p in batches[k]
-            if p.id not in selected
+        judged: dict[tuple[str, int], Judgement] = {
+            (j.prompt_id, j.candidate_index): j for j in rd.read(Judgement) if j.judge == judge.name
+        }
+        selected: dict[str, Selection] = {s.prompt_id: s for s in rd.read(Selection) if s.judge == judge.name}
+        sel = config.selection
+        other = secondary_judge(sel.tie_break)
+        secondary = {(j.prompt_id, j.candidate_index): j for j in rd.read(Judgement) if j.judge == other} if other else None
+        result = RunResult(rd, prompts, [], describe["judge_description"])
+        skips = [
+            Selection(p.id, None, True, None, judge.name, plan.skipped[p.id], skipped=True)
+            for p in prompts
+            if p.id in plan.skipped and p.id not in selected
         ]
-        rd.append(fresh_s)
-        for s in fresh_s:
-            selected[s.prompt_id] = s
-        progress.advance("prompts", len(fresh_s))
+        rd.append(skips)
+        selected.update((s.prompt_id, s) for s in skips)
+        work = [p for p in prompts if p.id not in plan.skipped]
 
-    t0 = time.perf_counter()
-    with executor or make_executor(config, judge, policy, progress.note) as executor:
-        for k in range(len(batches)):
-            for ahead in range(k, min(len(batches), k + executor.window)):
-                if ahead not in sampling:
-                    submit_sample(ahead)
-            collect_sample(k)
-            submit_judge(k)
-            # batch k is queued for judging before we wait on the oldest judgements still out
+        total = len(work) * n
+        progress.start("candidates", total, sum(min(len(cands[p.id]), n) for p in work))
+        progress.start("judgements", total, sum((p.id, i) in judged for p in work for i in range(n)))
+        progress.start("prompts", len(prompts), sum(p.id in selected for p in prompts))
+
+        batches = _batches(work, config.batch_size)
+        sampling: dict[int, Pending | None] = {}
+        judging: dict[int, Pending | None] = {}
+
+        def submit_sample(k: int) -> None:
+            # a batch is redrawn whole, so padding (hence every logit) is that of an uninterrupted run
+            incomplete = any(len(cands[p.id]) < n for p in batches[k])
+            sampling[k] = executor.sample(batches[k], n, config.seed) if incomplete else None
+
+        def collect_sample(k: int) -> None:
+            pending = sampling.pop(k)
+            if pending is None:
+                return
+            fresh = [c for c in pending.result() if c.index not in cands[c.prompt_id]]
+            rd.append(fresh)
+            for c in fresh:
+                cands[c.prompt_id][c.index] = c
+            result.generated += len(fresh)
+            progress.advance("candidates", len(fresh))
+
+        def submit_judge(k: int) -> None:
+            batch_cands = [cands[p.id][i] for p in batches[k] for i in range(n)]
+            if not needs_judging(batch_cands, judged):
+                judging[k] = None
+                return
+            scoreable, failed = rejected_judgements(batch_cands, judge.name)  # early-rejected: never judged, never chosen
+            judging[k] = (executor.score(batches[k], scoreable) if scoreable else Done([]), failed, batch_cands)
+
+        def finish(k: int) -> None:
+            entry = judging.pop(k)
+            if entry is not None:
+                pending, failed, batch_cands = entry
+                fresh = keep_missing(in_order(batch_cands, pending.result(), failed), judged)
+                rd.append(fresh)
+                result.judged += len(fresh)
+                progress.advance("judgements", len(fresh))
+            fresh_s = [
+                select_prompt(p.id, [judged[(p.id, i)] for i in range(n)], sel.decline_below, sel.tie_break, secondary)
+                for p in batches[k]
+                if p.id not in selected
+            ]
+            rd.append(fresh_s)
+            for s in fresh_s:
+                selected[s.prompt_id] = s
+            progress.advance("prompts", len(fresh_s))
+
+        t0 = time.perf_counter()
+        with executor or make_executor(config, judge, policy, progress.note) as executor:
+            for k in range(len(batches)):
+                for ahead in range(k, min(len(batches), k + executor.window)):
+                    if ahead not in sampling:
+                        submit_sample(ahead)
+                collect_sample(k)
+                submit_judge(k)
+                # batch k is queued for judging before we wait on the oldest judgements still out
+                for old in sorted(judging):
+                    if old <= k - executor.judge_window:
+                        finish(old)
+                progress.status(executor.status())
             for old in sorted(judging):
-                if old <= k - executor.judge_window:
-                    finish(old)
+                finish(old)
             progress.status(executor.status())
-        for old in sorted(judging):
-            finish(old)
-        progress.status(executor.status())
-        result.seconds.update(executor.stage_seconds())
-    result.seconds["wall"] = time.perf_counter() - t0
+            result.seconds.update(executor.stage_seconds())
+        result.seconds["wall"] = time.perf_counter() - t0
 
-    result.selections = [selected[p.id] for p in prompts]
-    result.outputs_path = rd.write_outputs(alpaca_eval_outputs(config, prompts, cands, result.selections))
-    return result
+        result.selections = [selected[p.id] for p in prompts]
+        result.outputs_path = rd.write_outputs(alpaca_eval_outputs(config, prompts, cands, result.selections))
+    if not config.allow_unjudged:
+        check_judged(judge.name, {p.id: [judged[(p.id, i)] for i in range(n) if (p.id, i) in judged] for p in work})
+        return result
 
 
 def needs_judging(batch_cands: Sequence[Candidate], judged: dict[tuple[str, int], Judgement]) -> bool:

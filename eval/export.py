@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import yaml
 
-from bon.config import PromptsConfig, RunConfig
+from bon.config import PromptsConfig
 from bon.io import DataFileError, write_json_atomic
 from bon.prompts import load_prompts
-from bon.rundir import MANIFEST, OUTPUTS, RunDirError
+from bon.rundir import OUTPUTS, load_run, read_outputs
 
 
 class ExportError(ValueError):
@@ -31,12 +30,11 @@ def _show(items: list[str], k: int = 3) -> str:
 def export_alpaca_eval(
     run_dir: Path, name: str, out_dir: Path = Path("."), reference_outputs: Path | None = None, pretty_name: str | None = None
 ) -> tuple[Path, Path]:
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name or name != name.strip():
+        raise ExportError(f"--name {name!r}: a model name is one folder name under results/ (no '/', not empty, '.' or '..')")
     run_dir = Path(run_dir)
-    if not (run_dir / OUTPUTS).exists():
-        raise RunDirError(f"{run_dir}: no {OUTPUTS}; finish the run with `bon run` first")
-    manifest = json.loads((run_dir / MANIFEST).read_text(encoding="utf-8"))
-    config = RunConfig.model_validate(manifest["config"])
-    rows = json.loads((run_dir / OUTPUTS).read_text(encoding="utf-8"))
+    _, manifest, config = load_run(run_dir)
+    rows = read_outputs(run_dir)
     by_instruction = {r["instruction"]: r for r in rows}
     if len(by_instruction) != len(rows):
         raise DataFileError(run_dir / OUTPUTS, None, "holds the same instruction twice")

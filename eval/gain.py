@@ -13,7 +13,8 @@ from pathlib import Path
 
 from bon.engines.base import derive_seed
 from bon.records import Judgement
-from bon.rejudge import load_run, run_candidates
+from bon.rejudge import judgements_of, run_candidates
+from bon.rundir import load_run
 from bon.selection import secondary_judge, select_prompt
 from eval.ae import winrate
 from eval.annotations import Annotation
@@ -73,7 +74,7 @@ def gain_report(
     prompts, cands, _ = run_candidates(rd, config)  # skipped prompts were never sampled
     label = judge_label or manifest.get("selected_with", {}).get("judge") or config.judge.name
     all_j = rd.read(Judgement)
-    judged = {(j.prompt_id, j.candidate_index): j for j in all_j if j.judge == label}
+    judged = judgements_of(rd, all_j, label, prompts, config.n)
     other = secondary_judge(config.selection.tie_break)
     secondary = {(j.prompt_id, j.candidate_index): j for j in all_j if j.judge == other} if other else None
     n = config.n

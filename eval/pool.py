@@ -10,8 +10,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Literal, Sequence
 
+from pydantic import Field
+
+from bon.config import Strict
 from bon.io import DataFileError
 from bon.prompts import prompt_id
 from bon.records import Candidate, Judgement, Prompt, Selection
@@ -20,14 +23,31 @@ from eval.ae import winrate
 from eval.annotations import Annotation, read_annotations
 
 
+class PoolOptions(Strict):
+    """The options of `bon eval select-pool`, checked like any config."""
+
+    limit: int | None = Field(None, ge=1, description="only the first K instructions (model judges on CPU)")
+    reference: Literal["baseline", "none"] = Field("baseline", description="baseline: the baseline output is the judge's reference; none")
+
+
 @dataclass(frozen=True)
 class Pool:
     models: list[str]  # one per annotation file, sorted by name; a candidate's index is its model's
     instructions: list[str]  # those where every file holds a preference, in file order
     table: dict[str, list[Annotation]]  # instruction -> one annotation per model
+    dropped: dict[str, int] = field(default_factory=dict)  # file -> instructions of the pool it lacks
+
+    def note(self) -> str | None:
+        """Which files made the pool smaller (released v1/v2 files hold 803 to 805 rows)."""
+        if not self.dropped:
+            return None
+        lacking = ", ".join(f"{m} lacks {k}" for m, k in sorted(self.dropped.items()))
+        return f"{sum(self.dropped.values())} instruction slots not in every file were dropped ({lacking})"
 
     def prompts(self, reference: str = "baseline") -> list[Prompt]:
         """One prompt per instruction; with reference=baseline the baseline's output is the reference."""
+        if reference not in ("baseline", "none"):
+            raise ValueError(f"reference must be 'baseline' or 'none', got {reference!r}")
         return [
             Prompt(prompt_id(q), q, self.table[q][0].dataset, self.table[q][0].output_1 if reference == "baseline" else None)
             for q in self.instructions
@@ -35,7 +55,7 @@ class Pool:
 
     def restrict(self, instructions: list[str]) -> "Pool":
         """The same pool over fewer instructions (a judge's subset)."""
-        return Pool(self.models, list(instructions), {q: self.table[q] for q in instructions})
+        return Pool(self.models, list(instructions), {q: self.table[q] for q in instructions}, self.dropped)
 
     def candidates(self, q: str) -> list[Candidate]:
         return [Candidate(prompt_id(q), i, a.output_2, None, 0, 0, "stop", a.generator_2) for i, a in enumerate(self.table[q])]
@@ -47,17 +67,20 @@ def load_pool(folder: Path | str, limit: int | None = None) -> Pool:
     if len(files) < 2:
         raise DataFileError(folder, None, "a pool needs at least two annotation files (*.json) over the same instructions")
     per_model = {f.stem: read_annotations(f) for f in files}
-    order = [a.instruction for a in per_model[files[0].stem]]
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be at least 1, got {limit}")
     by_model = {m: {a.instruction: a for a in rows} for m, rows in per_model.items()}
-    for m, rows in by_model.items():
-        if set(rows) != set(order):
-            missing = sorted(set(order) - set(rows))[:3]
-            raise DataFileError(folder / f"{m}.json", None, f"holds other instructions than {files[0].name} (e.g. missing {missing})")
+    union = set().union(*by_model.values())
+    common = set.intersection(*(set(rows) for rows in by_model.values()))
+    if not common:
+        raise DataFileError(folder, None, "its annotation files share no instruction")
+    dropped = {m: len(union) - len(rows) for m, rows in by_model.items() if len(rows) < len(union)}
     models = list(per_model)
+    order = [a.instruction for a in per_model[files[0].stem] if a.instruction in common]
     keep = [q for q in order if all(by_model[m][q].preference is not None for m in models)]
     if limit:
         keep = keep[:limit]
-    return Pool(models, keep, {q: [by_model[m][q] for m in models] for q in keep})
+    return Pool(models, keep, {q: [by_model[m][q] for m in models] for q in keep}, dropped)
 
 
 @dataclass(frozen=True)

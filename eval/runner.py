@@ -8,19 +8,20 @@ Annotations are cached in the run directory, so a rerun costs nothing.
 
 from __future__ import annotations
 
-import json
+import contextlib
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import yaml
 
 from bon.config import ModelConfig
-from bon.io import DataFileError
+from bon.io import DataFileError, read_json
 from bon.prompts import PromptSourceError
-from bon.rundir import OUTPUTS, RunDirError
-from eval.ae import WinRate, alpaca_eval, environment_has_openai_key, full_winrate
+from bon.rundir import read_outputs
+from eval.ae import WinRate, alpaca_eval, check_lc_data, environment_has_openai_key, full_winrate
 from eval.annotations import Annotation
 
 VERSIONS = {
@@ -45,10 +46,9 @@ class EvalResult:
 def reference_rows(version: int, reference_outputs: Path | None) -> list[dict[str, Any]]:
     """The baseline outputs (a list of AlpacaEval rows) from a local file or the hub."""
     if reference_outputs is not None:
-        try:
-            rows = json.loads(Path(reference_outputs).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as e:
-            raise DataFileError(reference_outputs, getattr(e, "lineno", None), f"cannot read reference outputs ({e})") from None
+        rows = read_json(reference_outputs)
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            raise DataFileError(reference_outputs, None, "expected a JSON list of AlpacaEval rows (objects)")
         return rows
     import datasets
 
@@ -119,6 +119,25 @@ def _local_config(folder: Path, name: str) -> Path:
     return path
 
 
+class _NoTraceback(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.exc_info, record.exc_text = None, None  # keep the message, drop the traceback
+        return True
+
+
+@contextlib.contextmanager
+def _log_without_tracebacks() -> Iterator[None]:
+    """While the block runs, log records reach the root handlers without their tracebacks."""
+    handlers, no_tb = logging.getLogger().handlers, _NoTraceback()
+    for h in handlers:
+        h.addFilter(no_tb)
+    try:
+        yield
+    finally:
+        for h in handlers:
+            h.removeFilter(no_tb)
+
+
 def annotate(
     pairs: Sequence[tuple[dict, dict]],
     annotator: str,
@@ -149,9 +168,19 @@ def annotate(
     annotator_obj = ae.annotators.PairwiseAnnotator(
         annotators_config=str(config_path), caching_path=str((cache_dir / "annotations_cache.json").resolve()), **kwargs
     )
-    df = annotator_obj.annotate_head2head(
-        outputs_1=pd.DataFrame([b for b, _ in pairs]), outputs_2=pd.DataFrame([m for _, m in pairs])
-    )
+    try:
+        with _log_without_tracebacks():  # alpaca-eval logs API failures with logging.exception
+            df = annotator_obj.annotate_head2head(
+                outputs_1=pd.DataFrame([b for b, _ in pairs]), outputs_2=pd.DataFrame([m for _, m in pairs])
+            )
+    except Exception as e:  # openai's errors (unreachable server, refused key) are not ours to print as a traceback
+        if type(e).__module__.split(".")[0] != "openai":
+            raise
+        detail = str(e).splitlines()[0] if str(e) else "no detail"
+        raise AnnotatorError(
+            f"annotator {annotator!r}: the API could not be reached or refused the request ({type(e).__name__}: {detail}); "
+            "nothing new was annotated or cached"
+        ) from None
     rows = df if isinstance(df, list) else df.to_dict("records")
     out = []
     for r in rows:
@@ -171,6 +200,8 @@ def precomputed(pairs: Sequence[tuple[dict, dict]], path: Path) -> list[Annotati
     missing = sum(a is None for a in found)
     if missing:
         raise DataFileError(path, None, f"holds no annotation for {missing} of {len(pairs)} (instruction, output) pairs of this run")
+    if all(a.preference is None for a in found):
+        raise DataFileError(path, None, f"holds no preference (all null) for the {len(pairs)} pairs of this run")
     return found
 
 
@@ -181,7 +212,10 @@ def annotations_for(
     kind, _, arg = annotator.partition(":")
     if kind == "precomputed":
         return precomputed(pairs, Path(arg)), None
-    return annotate(pairs, annotator, cache_dir, backend)
+    annotations, note = annotate(pairs, annotator, cache_dir, backend)
+    if all(a.preference is None for a in annotations):
+        raise AnnotatorError(f"annotator {annotator!r} gave no preference for any of the {len(pairs)} pairs; nothing to score")
+    return annotations, note
 
 
 def run_alpaca_eval(
@@ -194,9 +228,9 @@ def run_alpaca_eval(
     max_instances: int | None = None,
 ) -> EvalResult:
     run_dir = Path(run_dir)
-    if not (run_dir / OUTPUTS).exists():
-        raise RunDirError(f"{run_dir}: no {OUTPUTS}; finish the run with `bon run` first")
-    outputs = json.loads((run_dir / OUTPUTS).read_text(encoding="utf-8"))[:max_instances]
+    if lc_data is not None and Path(lc_data).is_file():
+        check_lc_data(lc_data)  # before any annotation is paid for
+    outputs = read_outputs(run_dir)[:max_instances]
     annotator = annotator or VERSIONS[version]["annotator"]
     baseline = match_baseline(outputs, reference_rows(version, reference_outputs))
     pairs = list(zip(baseline, outputs))
