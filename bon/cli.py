@@ -97,6 +97,7 @@ def judge(
     judge_name: Annotated[str, typer.Option("--judge", help="a registered judge (`bon judges list`)")],
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="a judge option: --set model=... --set batch_size=4")] = None,
     label: Annotated[Optional[str], typer.Option("--label", help="name the judgements carry (default: the judge's)")] = None,
+    allow_unjudged: Annotated[bool, typer.Option("--allow-unjudged", help="exit 0 even when the judge scored none of a prompt's candidates")] = False,
 ) -> None:
     """Score an existing run's candidates with another judge; candidates are never regenerated."""
     from bon.progress import RichProgress
@@ -104,7 +105,7 @@ def judge(
 
     start = time.perf_counter()
     with fail_clearly(), RichProgress(console) as progress:
-        made = judge_run(run_dir, judge_name, options_from(set_), label, progress)
+        made = judge_run(run_dir, judge_name, options_from(set_), label, progress, allow_unjudged)
     console.print(f"{made} judgements by {label or judge_name} appended to {run_dir}/judgements.jsonl in {time.perf_counter() - start:.1f} s")
 
 

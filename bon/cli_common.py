@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 from typing import Iterator
 
 import typer
@@ -22,12 +23,34 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from bon.prompts import PromptSourceError
     from bon.registry import UnknownNameError
     from bon.rundir import RunDirError
-    from bon.selection import TieBreakError
+    from bon.io import DirectoryInUseError
+    from bon.selection import TieBreakError, UnjudgedError
     from bon.tokens import ContextLengthError, PromptFormatError
     from eval.export import ExportError
+    from eval.runner import AnnotatorError
 
     return (ConfigError, ExecutorError, DataFileError, ModelLoadError, PromptSourceError, UnknownNameError,
-            RunDirError, TieBreakError, ExportError, ContextLengthError, PromptFormatError, EngineError)
+            RunDirError, TieBreakError, ExportError, ContextLengthError, PromptFormatError, EngineError,
+            DirectoryInUseError, UnjudgedError, AnnotatorError)
+
+
+_OS_HINTS = {
+    errno.ENOSPC: "the disk is full: everything written so far is kept; free space and rerun the same command to resume",
+    errno.EDQUOT: "the disk quota is used up: everything written so far is kept; free space and rerun to resume",
+    errno.EFBIG: "a file size limit was hit: everything written so far is kept; raise the limit and rerun to resume",
+    errno.EROFS: "the file system is read-only: choose a writable location (e.g. --set output_dir=...)",
+    errno.EACCES: "permission denied: choose a location you can write to",
+    errno.EEXIST: "a file stands where a directory is needed: choose another output directory",
+    errno.ENOTDIR: "a file stands where a directory is needed: choose another output directory",
+    errno.EISDIR: "a directory was given where a file is needed",
+}
+
+
+def os_error_message(e: OSError) -> str:
+    """One line for an operating-system error: the file, what happened, and what to do."""
+    where = f"{e.filename}: " if e.filename else ""
+    hint = _OS_HINTS.get(e.errno)
+    return f"{where}{e.strerror or e}" + (f" ({hint})" if hint else "")
 
 
 @contextlib.contextmanager
@@ -36,6 +59,9 @@ def fail_clearly() -> Iterator[None]:
         yield
     except user_errors() as e:
         err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    except OSError as e:  # the machine said no (disk full, read-only, a file in the way): no traceback either
+        err_console.print(f"[bold red]error:[/] {os_error_message(e)}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
 
 

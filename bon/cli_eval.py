@@ -54,16 +54,20 @@ def select_pool_cmd(
 ) -> None:
     """How well a judge picks among candidates whose verdicts are already known."""
     from bon.progress import RichProgress
-    from eval.pool import evaluate_selector, load_pool, write_report
+    from bon.config import validate_options
+    from eval.pool import PoolOptions, evaluate_selector, load_pool, write_report
     from judges import build_judge
 
     start = time.perf_counter()
     with fail_clearly():
-        pool = load_pool(folder, limit)
+        opts = validate_options(PoolOptions, {"limit": limit, "reference": reference})
+        pool = load_pool(folder, opts.limit)
+        if pool.note():
+            err_console.print(pool.note(), highlight=False)
         judge_obj = build_judge(judge, options_from(set_))
         with RichProgress(console) if not as_json else _quiet() as progress:
             progress.start("prompts", len(pool.instructions), 0)
-            report, _ = evaluate_selector(pool, judge_obj, reference, on_batch=lambda k: progress.advance("prompts", k))
+            report, _ = evaluate_selector(pool, judge_obj, opts.reference, on_batch=lambda k: progress.advance("prompts", k))
     if out is not None:
         md, png = write_report(report, folder, out, judge_obj.describe())
         if not as_json:
@@ -153,15 +157,10 @@ def alpaca_eval_cmd(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Annotate a run's outputs against the AlpacaEval baseline and report win rates."""
-    from eval.runner import AnnotatorError, run_alpaca_eval
+    from eval.runner import run_alpaca_eval
 
     with fail_clearly():
-        try:
-            result = run_alpaca_eval(run_dir, version, annotator, reference_outputs, lc_data, backend)
-        except AnnotatorError as e:
-            from bon.config import ConfigError
-
-            raise ConfigError(str(e)) from None
+        result = run_alpaca_eval(run_dir, version, annotator, reference_outputs, lc_data, backend)
     w = result.winrate
     if as_json:
         keys = ("win_rate", "standard_error", "discrete_win_rate", "length_controlled_winrate", "n_total")
@@ -185,14 +184,8 @@ def gain_cmd(
 ) -> None:
     """Win rate of best-of-k for k = 1, 2, 4, ..., N from one run, with bootstrap CIs, PNG and markdown."""
     from eval.gain import gain_report
-    from eval.runner import AnnotatorError
 
     with fail_clearly():
-        try:
-            report = gain_report(run_dir, version, annotator, reference_outputs, judge)
-        except AnnotatorError as e:
-            from bon.config import ConfigError
-
-            raise ConfigError(str(e)) from None
+        report = gain_report(run_dir, version, annotator, reference_outputs, judge)
     console.print(report.markdown.read_text(), markup=False)
     console.print(f"wrote {report.markdown} and {report.png}")

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from typing import Literal, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from bon.config import Strict
 from bon.records import Candidate, Judgement, Prompt
 from judges.base import prompts_by_id
 
 EMBEDDER = "embedded:all-MiniLM-L6-v2"
 
 
-class EmbedderOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class EmbedderOptions(Strict):
     model: str = Field(EMBEDDER, description="sentence-embedding model: embedded:all-MiniLM-L6-v2, a local directory or hub id")
     device: str = Field("auto", description="auto, cpu or cuda")
     batch_size: int = Field(32, ge=1, description="texts per forward pass")

@@ -9,20 +9,19 @@ from __future__ import annotations
 import statistics
 from typing import Any, Literal, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from bon.config import Strict
 from bon.records import Candidate, Judgement, Prompt
 
 
-class Member(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class Member(Strict):
     name: str = Field(description="a registered judge")
     options: dict[str, Any] = Field(default_factory=dict, description="its options")
     weight: float = Field(1.0, description="its weight in the sum")
 
 
-class EnsembleOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class EnsembleOptions(Strict):
     members: list[Member] = Field(
         default_factory=lambda: [Member(name="self_eval", options={"reference": "always"}), Member(name="cosine")],
         description="the judges to combine (default: Self-J's label recipe)",

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from pydantic import BaseModel, ConfigDict
-
+from bon.config import Strict
 from bon.records import Candidate, Judgement, Prompt
 
 
-class LengthOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class LengthOptions(Strict):
+    """No options."""
 
 
 class LengthJudge:

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from itertools import permutations
 from typing import Any, Literal, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from bon.config import ModelConfig
+from bon.config import ModelConfig, Strict
 from bon.engines.base import SamplingSettings
 from bon.records import Candidate, Judgement, Prompt
 from bon.registry import Registry
@@ -86,8 +86,7 @@ class AutoJPairwise(UsesEngine):
         return [parse_decision(group[0].text) for group in self.engine.sample(ids, 1, [0] * len(ids), greedy)]
 
 
-class ScalarComparatorOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class ScalarComparatorOptions(Strict):
     judge: str = Field("length", description="a registered scalar judge")
     options: dict[str, Any] = Field(default_factory=dict, description="that judge's options")
     tie_threshold: float = Field(0.0, ge=0.0, description="scores differing by less than this tie (equal scores always do)")
@@ -127,8 +126,7 @@ COMPARATORS: Registry = Registry(
 )
 
 
-class PairwiseOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class PairwiseOptions(Strict):
     comparator: str = Field("autoj", description="a pairwise comparator: autoj or scalar")
     comparator_options: dict[str, Any] = Field(default_factory=dict, description="the comparator's options")
     mode: Literal["round_robin", "knockout"] = Field("round_robin", description="round_robin = N(N-1) ordered comparisons; knockout = 2(N-1)")

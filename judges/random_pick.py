@@ -5,14 +5,14 @@ from __future__ import annotations
 import random
 from typing import Sequence
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from bon.config import Strict
 from bon.engines.base import derive_seed
 from bon.records import Candidate, Judgement, Prompt
 
 
-class RandomOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class RandomOptions(Strict):
     seed: int = Field(0, description="seed; a candidate's score depends only on it, its prompt id and index")
 
 
