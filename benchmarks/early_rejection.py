@@ -94,7 +94,8 @@ def main() -> None:
         results.append(best_of_n(lambda counting, cfg=cfg: EarlyRejectionPolicy(policy, counting, cfg), f"keep {keep:g}"))
         print(f"done: {results[-1]}", flush=True)
     full = results[0]
-    randoms = {keep: statistics.mean(best_of_random_subset(s, math.ceil(keep * args.n)) for s in full["all_scores"]) for keep in args.keep}
+    randoms = {keep: statistics.mean(best_of_random_subset(s, math.ceil(keep * args.n)) for s in full["all_scores"])
+               for keep in sorted({0.125, 0.25, 0.5, *args.keep})}
     print(f"\n{len(prompts)} prompts, N={args.n}, max_tokens {args.max_tokens}, chunk {args.chunk} tokens")
     print(f"{'setting':<18}{'gen tokens':>11}{'fewer':>8}{'judged':>8}{'wall s':>8}{'speed-up':>9}{'mean selected score':>21}{'vs full':>9}")
     for r in results:
