@@ -60,5 +60,21 @@ def prompts_file(tmp_path: Path) -> Path:
     return path
 
 
+def finished_ae_run(tmp_path: Path, questions: list[str], *overrides: str):
+    """A finished fake-policy run (length judge) over ``questions`` and a baseline file for them: (config, baseline path)."""
+    import json
+
+    from bon.config import load_config
+    from bon.pipeline import run
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"instruction": q}) + "\n" for q in questions))
+    reference = tmp_path / "ref.json"
+    reference.write_text(json.dumps([{"instruction": q, "output": "Baseline.", "generator": "base", "dataset": "t"} for q in questions]))
+    cfg = load_config(None, [f"output_dir={tmp_path / 'run'}", f"prompts.source={prompts}", "n=2", "judge.name=length", *overrides])
+    run(cfg, policy=FakePolicy())
+    return cfg, reference
+
+
 def make_prompts(k: int = 3) -> list[Prompt]:
     return [Prompt(f"q{i}", f"Question {i}?", "test") for i in range(k)]

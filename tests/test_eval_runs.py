@@ -4,13 +4,11 @@ import json
 
 import pytest
 
-from bon.config import load_config
-from bon.pipeline import run
 from bon.rundir import RunDir
 from bon.records import Candidate
 from eval.gain import gain_report, ks_for
 from eval.runner import AnnotatorError, run_alpaca_eval
-from tests.conftest import FakePolicy
+from tests.conftest import finished_ae_run
 
 QUESTIONS = [f"Question number {i}?" for i in range(6)]
 
@@ -18,13 +16,7 @@ QUESTIONS = [f"Question number {i}?" for i in range(6)]
 @pytest.fixture
 def small_run(tmp_path):
     """A finished run (n=4, length judge) over six prompts, and baseline outputs for them."""
-    prompts = tmp_path / "p.jsonl"
-    prompts.write_text("".join(json.dumps({"instruction": q}) + "\n" for q in QUESTIONS))
-    reference = tmp_path / "ref.json"
-    reference.write_text(json.dumps([{"instruction": q, "output": "Baseline.", "generator": "base", "dataset": "t"} for q in QUESTIONS]))
-    cfg = load_config(None, [f"output_dir={tmp_path / 'run'}", f"prompts.source={prompts}", "n=4", "judge.name=length", "batch_size=3"])
-    run(cfg, policy=FakePolicy())
-    return cfg, reference
+    return finished_ae_run(tmp_path, QUESTIONS, "n=4", "batch_size=3")
 
 
 def preference_of(text: str) -> float:

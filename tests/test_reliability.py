@@ -20,7 +20,7 @@ from bon.records import Judgement
 from bon.rejudge import judge_run, select_run
 from bon.rundir import RunDir, RunDirError
 from bon.selection import UnjudgedError
-from tests.conftest import FakePolicy
+from tests.conftest import FakePolicy, finished_ae_run
 from tests.test_cli import bon
 from tests.test_pipeline import config
 
@@ -320,12 +320,7 @@ def test_broken_manifest_is_one_line_in_every_reader(finished, tmp_path, manifes
 def test_eval_inputs_of_the_wrong_shape_are_one_line(tmp_path):
     from tests.test_eval_runs import QUESTIONS, write_annotations
 
-    prompts = tmp_path / "p.jsonl"
-    prompts.write_text("".join(json.dumps({"instruction": q}) + "\n" for q in QUESTIONS))
-    reference = tmp_path / "ref.json"
-    reference.write_text(json.dumps([{"instruction": q, "output": "Baseline.", "generator": "base", "dataset": "t"} for q in QUESTIONS]))
-    cfg = load_config(None, [f"output_dir={tmp_path / 'run'}", f"prompts.source={prompts}", "n=2", "judge.name=length"])
-    run(cfg, policy=FakePolicy())
+    cfg, reference = finished_ae_run(tmp_path, QUESTIONS)
     ann = tmp_path / "ann.json"
     write_annotations(cfg, ann)
     run_dir = str(cfg.output_dir)
@@ -347,12 +342,7 @@ def test_eval_inputs_of_the_wrong_shape_are_one_line(tmp_path):
 def test_unreachable_official_annotator_is_one_line_and_caches_nothing(tmp_path):
     from tests.test_eval_runs import QUESTIONS
 
-    prompts = tmp_path / "p.jsonl"
-    prompts.write_text("".join(json.dumps({"instruction": q}) + "\n" for q in QUESTIONS[:2]))
-    reference = tmp_path / "ref.json"
-    reference.write_text(json.dumps([{"instruction": q, "output": "Baseline.", "generator": "base", "dataset": "t"} for q in QUESTIONS[:2]]))
-    cfg = load_config(None, [f"output_dir={tmp_path / 'run'}", f"prompts.source={prompts}", "n=2", "judge.name=length"])
-    run(cfg, policy=FakePolicy())
+    cfg, reference = finished_ae_run(tmp_path, QUESTIONS[:2])
     out = bon("eval", "alpaca-eval", str(cfg.output_dir), "--version", "1", "--reference-outputs", str(reference),
               env_extra={"OPENAI_API_KEY": "sk-test-not-a-key", "OPENAI_BASE_URL": "http://127.0.0.1:9/v1", "OPENAI_MAX_RETRIES": "0"},
               timeout=300)
