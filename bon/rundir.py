@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import importlib.metadata
+import json
 import platform
 import time
 from pathlib import Path
@@ -170,6 +170,7 @@ class RunDir:
         if manifest.exists() and rd.empty():
             notes.append(f"{rd.path} holds no candidates yet (an earlier start failed): starting it afresh")
             manifest.unlink()
+            (rd.path / PROMPTS).unlink(missing_ok=True)
         if manifest.exists():
             changes = config_changes(read_manifest(manifest), config)
             if changes:
