@@ -91,6 +91,30 @@ def check(
     console.print("[bold green]ok:[/] nothing missing, nothing wrong")
 
 
+@app.command("serve-check")
+def serve_check(
+    url: Annotated[str, typer.Argument(help="an OpenAI-compatible API root, e.g. http://localhost:8000/v1")],
+    model: Annotated[Optional[str], typer.Option("--model", help="the served model to probe (default: the only one)")] = None,
+    api_key_env: Annotated[str, typer.Option("--api-key-env", help="environment variable holding the key")] = "OPENAI_API_KEY",
+) -> None:
+    """Probe a server for backend: openai: served models, n, seed, logprobs and the round trip per request."""
+    from bon.config import ModelConfig, ServerConfig, validate_options
+    from bon.engines.openai_server import check_server
+
+    with fail_clearly():
+        server = validate_options(ServerConfig, {"base_url": url, "model": model, "api_key_env": api_key_env},
+                                  {"base_url": "URL", "model": "--model", "api_key_env": "--api-key-env"})
+        rows = check_server(ModelConfig(backend="openai", server=server))
+    table = Table(title=f"bon serve-check {url}", title_justify="left", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("found", overflow="fold")
+    for what, found in rows:
+        table.add_row(what, found)
+    console.print(table)
+    if any(what == "problem" or found.startswith("no:") for what, found in rows):
+        raise typer.Exit(1)
+
+
 @app.command()
 def judge(
     run_dir: Annotated[Path, typer.Argument(help="a run directory made by `bon run`")],

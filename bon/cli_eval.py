@@ -154,13 +154,14 @@ def alpaca_eval_cmd(
     reference_outputs: Annotated[Optional[Path], typer.Option("--reference-outputs", help="local baseline outputs (default: the hub)")] = None,
     lc_data: Annotated[Optional[Path], typer.Option("--lc-data", help="df_gamed.csv, for the LC win rate offline")] = None,
     backend: Annotated[str, typer.Option("--backend", help="engine of a local annotator: transformers or vllm")] = "transformers",
+    base_url: Annotated[Optional[str], typer.Option("--base-url", help="an OpenAI-compatible server for an official annotator (e.g. http://localhost:8000/v1)")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Annotate a run's outputs against the AlpacaEval baseline and report win rates."""
     from eval.runner import run_alpaca_eval
 
     with fail_clearly():
-        result = run_alpaca_eval(run_dir, version, annotator, reference_outputs, lc_data, backend)
+        result = run_alpaca_eval(run_dir, version, annotator, reference_outputs, lc_data, backend, base_url=base_url)
     w = result.winrate
     if as_json:
         keys = ("win_rate", "standard_error", "discrete_win_rate", "length_controlled_winrate", "n_total")

@@ -45,8 +45,24 @@ class PromptsConfig(Strict):
     limit: int | None = Field(None, ge=1, description="keep only the first `limit` prompts")
 
 
+class ServerConfig(Strict):
+    """An OpenAI-compatible server (vllm serve, SGLang, TGI, a hosted endpoint) for ``backend: openai``."""
+
+    base_url: str = Field("http://localhost:8000/v1", description="the server's OpenAI API root, e.g. http://host:8000/v1")
+    model: str | None = Field(None, description="the served model name; None = the server's only model")
+    api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the API key (the key itself is never written anywhere); unset = no key")
+    endpoint: Literal["completions", "chat"] = Field(
+        "completions", description="completions: token ids formatted here; chat: messages, the server applies its own template"
+    )
+    concurrency: int = Field(8, ge=1, description="requests in flight at once")
+    timeout_s: float = Field(300.0, gt=0, description="seconds one request may take")
+    max_retries: int = Field(5, ge=0, description="retries with exponential backoff on connection errors, 408/409/429 and 5xx")
+    n_per_request: bool = Field(True, description="ask for N samples with one request's `n`; false = N requests (servers without `n`)")
+    token_ids: bool = Field(True, description="ask for logprob tokens as ids (vLLM/SGLang return_tokens_as_token_ids); false = match decoded strings")
+
+
 class ModelConfig(Strict):
-    backend: Literal["transformers", "vllm"] = Field("transformers", description="inference engine")
+    backend: Literal["transformers", "vllm", "openai"] = Field("transformers", description="inference engine (openai: a served model, see `server`)")
     model: str = Field(DEFAULT_MODEL, description="embedded:<name>, a local directory or .gguf file, or a hub id")
     gguf_file: str | None = Field(None, description="GGUF file name inside `model` (a directory or hub repo)")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="weights dtype; auto = float32 on CPU, bfloat16 on GPU")
@@ -59,6 +75,7 @@ class ModelConfig(Strict):
         "error",
         description="a prompt that does not fit the context: error before any work, truncate it (flagged), or skip it (flagged)",
     )
+    server: ServerConfig = Field(default_factory=ServerConfig, description="backend openai: the server; `model` then names the local tokenizer")
 
 
 class PolicyConfig(ModelConfig):

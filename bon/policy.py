@@ -91,7 +91,7 @@ class EnginePolicy:
                 prompt_tokens=s.prompt_tokens,
                 completion_tokens=s.completion_tokens,
                 finish_reason=s.finish_reason,
-                policy=self.name,
+                policy=s.source or self.name,
                 flag=flag,
             )
             for p, (_, flag), group in zip(prompts, fitted, samples)

@@ -68,8 +68,9 @@ def judge_run(
         JUDGES.check(name)
         options = dict(options or {})
         if name == "self_eval":  # the policy judging itself: default to the run's policy weights
-            for key in ("model", "backend", "gguf_file", "dtype", "device"):
-                options.setdefault(key, getattr(config.policy, key))
+            policy = config.policy.model_dump(mode="json")
+            for key in ("model", "backend", "gguf_file", "dtype", "device", "server"):
+                options.setdefault(key, policy[key])
         judge = build_judge(name, options)
         label = label or name
         judge.name = label

@@ -9,8 +9,10 @@ Annotations are cached in the run directory, so a rerun costs nothing.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -138,13 +140,40 @@ def _log_without_tracebacks() -> Iterator[None]:
             h.removeFilter(no_tb)
 
 
+@contextlib.contextmanager
+def _openai_server(base_url: str | None) -> Iterator[None]:
+    """While the block runs, OpenAI clients built without a base URL (alpaca-eval's) use ``base_url``.
+
+    A local server needs no key: a placeholder is set when the environment has none.
+    """
+    if base_url is None:
+        yield
+        return
+    saved = {k: os.environ.get(k) for k in ("OPENAI_BASE_URL", "OPENAI_API_KEY")}
+    os.environ["OPENAI_BASE_URL"] = base_url
+    os.environ.setdefault("OPENAI_API_KEY", "EMPTY")
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def annotate(
     pairs: Sequence[tuple[dict, dict]],
     annotator: str,
     cache_dir: Path,
     backend: str = "transformers",
+    base_url: str | None = None,
 ) -> tuple[list[Annotation], str | None]:
-    """alpaca-eval annotations of (baseline row, model row) pairs; cached under ``cache_dir``."""
+    """alpaca-eval annotations of (baseline row, model row) pairs; cached under ``cache_dir``.
+
+    ``base_url`` points an official (OpenAI-client) annotator at any OpenAI-compatible server; its
+    verdicts are cached apart from other servers'.
+    """
     import pandas as pd
 
     kind, _, arg = annotator.partition(":")
@@ -161,7 +190,9 @@ def annotate(
         config_path = Path(alpaca_eval().__file__).parent / "evaluators_configs" / annotator / "configs.yaml"
         if not config_path.exists():
             raise AnnotatorError(f"unknown annotator {annotator!r}: use an alpaca-eval config name, local:MODEL or precomputed:FILE")
-        if "openai" in config_path.read_text() and not environment_has_openai_key():
+        if base_url:
+            cache_dir = cache_dir / ("server-" + hashlib.sha256(base_url.encode()).hexdigest()[:10])
+        elif "openai" in config_path.read_text() and not environment_has_openai_key():
             raise AnnotatorError(f"annotator {annotator!r} calls the OpenAI API: set OPENAI_API_KEY (nothing was annotated)")
     ae = alpaca_eval()
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -169,7 +200,7 @@ def annotate(
         annotators_config=str(config_path), caching_path=str((cache_dir / "annotations_cache.json").resolve()), **kwargs
     )
     try:
-        with _log_without_tracebacks():  # alpaca-eval logs API failures with logging.exception
+        with _log_without_tracebacks(), _openai_server(base_url):  # alpaca-eval logs API failures with logging.exception
             df = annotator_obj.annotate_head2head(
                 outputs_1=pd.DataFrame([b for b, _ in pairs]), outputs_2=pd.DataFrame([m for _, m in pairs])
             )
@@ -206,13 +237,13 @@ def precomputed(pairs: Sequence[tuple[dict, dict]], path: Path) -> list[Annotati
 
 
 def annotations_for(
-    pairs: Sequence[tuple[dict, dict]], annotator: str, cache_dir: Path, backend: str = "transformers"
+    pairs: Sequence[tuple[dict, dict]], annotator: str, cache_dir: Path, backend: str = "transformers", base_url: str | None = None
 ) -> tuple[list[Annotation], str | None]:
     """Annotations of (baseline row, model row) pairs by any annotator kind, and a note on its meaning."""
     kind, _, arg = annotator.partition(":")
     if kind == "precomputed":
         return precomputed(pairs, Path(arg)), None
-    annotations, note = annotate(pairs, annotator, cache_dir, backend)
+    annotations, note = annotate(pairs, annotator, cache_dir, backend, base_url)
     if all(a.preference is None for a in annotations):
         raise AnnotatorError(f"annotator {annotator!r} gave no preference for any of the {len(pairs)} pairs; nothing to score")
     return annotations, note
@@ -226,6 +257,7 @@ def run_alpaca_eval(
     lc_data: Path | None = None,
     backend: str = "transformers",
     max_instances: int | None = None,
+    base_url: str | None = None,
 ) -> EvalResult:
     run_dir = Path(run_dir)
     if lc_data is not None and Path(lc_data).is_file():
@@ -234,7 +266,7 @@ def run_alpaca_eval(
     annotator = annotator or VERSIONS[version]["annotator"]
     baseline = match_baseline(outputs, reference_rows(version, reference_outputs))
     pairs = list(zip(baseline, outputs))
-    annotations, note = annotations_for(pairs, annotator, run_dir / "alpaca_eval" / f"v{version}", backend)
+    annotations, note = annotations_for(pairs, annotator, run_dir / "alpaca_eval" / f"v{version}", backend, base_url)
     lc = len(outputs) == 805  # the LC model assumes AlpacaEval's 805-instruction order
     result = full_winrate(annotations, lc=lc, lc_data=lc_data)
     if not lc:

@@ -11,6 +11,7 @@ ENGINES: Registry = Registry(
     {
         "transformers": "bon.engines.hf:load",
         "vllm": "bon.engines.vllm:load",
+        "openai": "bon.engines.openai_server:load",
     },
 )
 

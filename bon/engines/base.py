@@ -34,6 +34,7 @@ class Sample:
     finish_reason: str  # "stop" or "length"
     seed: int | None
     token_ids: tuple[int, ...] = ()  # the generated tokens (end-of-sequence excluded), to continue from
+    source: str | None = None  # who generated it when the engine cannot vouch: a server's model name and system_fingerprint
 
 
 class LanguageModel(Protocol):
