@@ -183,7 +183,7 @@ def run(
         result.outputs_path = rd.write_outputs(alpaca_eval_outputs(config, prompts, cands, result.selections))
     if not config.allow_unjudged:
         check_judged(judge.name, {p.id: [judged[(p.id, i)] for i in range(n) if (p.id, i) in judged] for p in work})
-        return result
+    return result
 
 
 def needs_judging(batch_cands: Sequence[Candidate], judged: dict[tuple[str, int], Judgement]) -> bool:

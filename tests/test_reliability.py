@@ -252,7 +252,8 @@ def test_a_judge_that_scores_no_candidate_fails_loudly(tmp_path):
         run(cfg, policy=FakePolicy())
     assert (cfg.output_dir / "model_outputs.json").exists()  # everything is written first
     allowed = load_config(None, [f"output_dir={tmp_path / 'run'}", f"prompts.source={prompts}", "n=2", "judge.name=cosine", "allow_unjudged=true"])
-    run(allowed, policy=FakePolicy())
+    result = run(allowed, policy=FakePolicy())  # accepted: the fallback picks, each saying why
+    assert [s.reason for s in result.selections] == ["no candidate could be judged; kept the first"] * 3
     one_clear_line(bon("judge", str(cfg.output_dir), "--judge", "cosine", "--label", "cos2"), "could score none", "--allow-unjudged")
     assert bon("judge", str(cfg.output_dir), "--judge", "cosine", "--label", "cos2", "--allow-unjudged").returncode == 0
 
