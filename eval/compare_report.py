@@ -151,7 +151,7 @@ def _plots(b: BenchmarkReport, out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     written = []
-    curves = [r for r in b.results if r.curve is not None and r.curve.coverage]
+    curves = [r for r in b.results if getattr(r, "curve", None) is not None and r.curve.coverage]  # leaderboard rows have none
     if curves:
         fig, ax = plt.subplots(figsize=(5.5, 4))
         for r in curves:

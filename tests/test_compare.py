@@ -13,7 +13,7 @@ from bon.io import DataFileError
 from bon.records import Judgement
 from bon.rundir import RunDirError
 from eval.benchmarks import load_pairwise, load_pool_benchmark, load_scores, spread_order, spread_subset
-from eval.compare import CompareConfig, evaluate_pairwise_file, judge_benchmark, run_compare
+from eval.compare import BenchmarkConfig, CompareConfig, evaluate_pairwise_file, judge_benchmark, run_compare
 from eval.compare_report import write_compare_report
 from eval.scoring import evaluate_pairwise, evaluate_pool, evaluate_scores
 from judges.pairwise import FIRST, PairVerdict
@@ -270,19 +270,32 @@ def test_compare_cli_json(tmp_path, pair_file, pool_dir):
     assert (cfg.output_dir / "report.md").exists()
 
 
+def write_leaderboard(folder):
+    """Four models' outputs on two instructions and their leaderboard CSV (m1 has no v2 value)."""
+    outputs = {"m1": ["a", "bb"], "m2": ["ccc", "dddd"], "m3": ["ee", "f"], "m4": ["gggggg", "hhhhhh"]}
+    (folder / "outputs").mkdir(parents=True)
+    for model, texts in outputs.items():
+        rows = [{"instruction": q, "output": t, "generator": model, "dataset": "x"} for q, t in zip(["Q1?", "Q2?"], texts)]
+        (folder / "outputs" / f"{model}.json").write_text(json.dumps(rows))
+    (folder / "leaderboard.csv").write_text("model,v1_win_rate,v2_win_rate\nm1,10,\nm2,30,5\nm3,20,1\nm4,40,2\n")
+    return folder
+
+
+def test_compare_report_with_a_leaderboard_benchmark(tmp_path, pair_file, pool_dir):
+    board = write_leaderboard(tmp_path / "lb")
+    cfg = _config(tmp_path, pair_file, pool_dir)
+    cfg = cfg.model_copy(update={"benchmarks": [*cfg.benchmarks, BenchmarkConfig(name="lb", kind="leaderboard", path=str(board))]})
+    md, js, pngs = write_compare_report(run_compare(cfg, note=lambda m: None))
+    assert "## lb (leaderboard" in md.read_text() and "leaderboard_lb.png" in {p.name for p in pngs}
+
+
 def test_leaderboard_kind_ranks_models_by_mean_score(tmp_path):
     """Four models, two instructions, the length judge: means by hand, Spearman/Kendall against the CSV."""
     from eval.benchmarks import load_leaderboard
     from eval.scoring import evaluate_leaderboard
     from judges import build_judge
 
-    outputs = {"m1": ["a", "bb"], "m2": ["ccc", "dddd"], "m3": ["ee", "f"], "m4": ["gggggg", "hhhhhh"]}
-    (tmp_path / "outputs").mkdir()
-    for model, texts in outputs.items():
-        rows = [{"instruction": q, "output": t, "generator": model, "dataset": "x"} for q, t in zip(["Q1?", "Q2?"], texts)]
-        (tmp_path / "outputs" / f"{model}.json").write_text(json.dumps(rows))
-    (tmp_path / "leaderboard.csv").write_text("model,v1_win_rate,v2_win_rate\nm1,10,\nm2,30,5\nm3,20,1\nm4,40,2\n")
-    bench = load_leaderboard(tmp_path, "lb")
+    bench = load_leaderboard(write_leaderboard(tmp_path), "lb")
     assert len(bench.prompts) == 2 and [c.policy for c in bench.candidates[bench.prompts[0].id]] == ["m1", "m2", "m3", "m4"]
     judge = build_judge("length")
     judgements = [j for p in bench.prompts for j in judge.score([p], bench.candidates[p.id])]
