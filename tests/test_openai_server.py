@@ -251,5 +251,7 @@ def test_official_annotator_runs_unmodified_against_the_server(vllm_server, tmp_
     if out.returncode == 0:  # SmolLM2 put 'm' or 'M' among its top-5 first tokens for some pairs
         result = json.loads(out.stdout.strip().splitlines()[-1])
         assert result["annotator"] == "weighted_alpaca_eval_gpt4_turbo" and result["n_total"] >= 1
+        print(f"\nannotator against the server: win rate {result['win_rate']:.2f} over {result['n_total']} pairs")
     else:  # it rated none: the one-line refusal, and nothing cached as an answer
         assert out.returncode == 2 and "gave no preference for any of the 3 pairs" in out.stderr, out.stderr[-2000:]
+        print("\nannotator against the server: no preference parsed (SmolLM2 put neither 'm' nor 'M' in its top 5)")
