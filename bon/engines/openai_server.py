@@ -144,8 +144,7 @@ class ServedModel(Tokenized):
         """A logprob entry's token as an id: "token_id:123" (vLLM/SGLang) or its decoded text."""
         if token.startswith("token_id:"):
             return int(token.removeprefix("token_id:"))
-        matches = self._by_text().get(token)
-        return matches if matches is not None else None
+        return self._by_text().get(token)
 
     def _by_text(self) -> dict[str, int]:
         if not hasattr(self, "_decoded"):  # decoded text -> the first id that decodes to it
