@@ -51,22 +51,30 @@ def test_kill_9_then_resume_matches_uninterrupted(tmp_path):
         assert (killed / name).read_bytes() == (ref / name).read_bytes(), name
 
 
-def kill_loop(cmd: list[str], kills: int, longest: float, rng) -> int:
-    """Start ``cmd``, SIGKILL it at a random moment, again and again; then let it finish. Returns the kills made."""
-    made = 0
-    for _ in range(3 * kills):
-        if made == kills:
-            break
+def timed(cmd: list[str]) -> float:
+    t0 = time.perf_counter()
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr
+    return time.perf_counter() - t0
+
+
+def kill_loop(cmd: list[str], kills: int, whole: float, idle: float, rng) -> None:
+    """Start ``cmd`` and SIGKILL it at a random moment, ``kills`` times, each a resume; then let it finish.
+
+    ``whole``: the uninterrupted command's seconds; ``idle``: the same command's with nothing left to do (start-up,
+    loading, writing outputs). Each kill lands within start-up plus a share of the work, so the work never runs
+    out before the last kill and every kill interrupts something (loading, sampling, judging or writing).
+    """
+    share = max(whole - idle, 1.0) / kills
+    for k in range(kills):
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            proc.wait(timeout=rng.uniform(0.3, longest))
+            proc.wait(timeout=rng.uniform(0.3, idle + share))
+            raise AssertionError(f"kill {k + 1}: the command finished before it could be killed")
         except subprocess.TimeoutExpired:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
-            made += 1
-    final = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert final.returncode == 0, final.stderr
-    return made
+    timed(cmd)
 
 
 def test_kill_loop_of_run_and_judge_matches_uninterrupted(tmp_path):
@@ -76,18 +84,16 @@ def test_kill_loop_of_run_and_judge_matches_uninterrupted(tmp_path):
 
     rng = random.Random(13)
     ref = tmp_path / "ref"
-    t0 = time.perf_counter()
-    assert subprocess.run(command(ref), cwd=ROOT, capture_output=True, timeout=900).returncode == 0
-    run_s = time.perf_counter() - t0
+    run_s = timed(command(ref))
+    run_idle = timed(command(ref))  # nothing left to do
     uninterrupted = {name: (ref / name).read_bytes() for name in COMPARED}  # before `bon judge` adds to ref
-    judge = ["--judge", "selfj", "--set", "prompt_format=chat", "--set", "reference=never", "--label", "sj"]
-    t0 = time.perf_counter()
-    assert subprocess.run([*BON, "judge", str(ref), *judge], cwd=ROOT, capture_output=True, timeout=900).returncode == 0
-    judge_s = time.perf_counter() - t0
+    judge = [*BON, "judge", str(ref), "--judge", "selfj", "--set", "prompt_format=chat", "--set", "reference=never", "--label", "sj"]
+    judge_s, judge_idle = timed(judge), timed(judge)
 
     killed = tmp_path / "killed"
-    assert kill_loop(command(killed), 6, run_s, rng) == 6
+    kill_loop(command(killed), 6, run_s, run_idle, rng)
     for name in COMPARED:
         assert (killed / name).read_bytes() == uninterrupted[name], name
-    assert kill_loop([*BON, "judge", str(killed), *judge], 4, judge_s, rng) == 4
+    judge[judge.index(str(ref))] = str(killed)
+    kill_loop(judge, 4, judge_s, judge_idle, rng)
     assert (killed / "judgements.jsonl").read_bytes() == (ref / "judgements.jsonl").read_bytes()
