@@ -1,0 +1,52 @@
+"""Run directories written by an older bon (main f4e461e) resume and re-select under this one.
+
+`tests/data/run_f4e461e/` was made by f4e461e's code with the fake policy and the length judge:
+``partial`` died while sampling its second batch; ``finished`` was also judged by ``random``
+(label ``rand5``) and re-selected with it.
+"""
+
+import shutil
+
+from bon.config import load_config
+from bon.pipeline import run
+from bon.records import Judgement, Selection
+from bon.rejudge import judge_run, select_run
+from bon.rundir import RunDir
+from tests.conftest import ROOT, FakePolicy
+
+FIXTURE = ROOT / "tests" / "data" / "run_f4e461e"
+BASE = ["prompts.source=prompts.jsonl", "n=3", "batch_size=2", "judge.name=length"]
+RECORDS = ("candidates.jsonl", "judgements.jsonl", "selections.jsonl", "model_outputs.json")
+
+
+def _copy(tmp_path, monkeypatch):
+    work = tmp_path / "old"
+    shutil.copytree(FIXTURE, work)
+    monkeypatch.chdir(work)  # the stored configs name relative paths
+    return work
+
+
+def test_an_old_interrupted_run_resumes_to_the_uninterrupted_files(tmp_path, monkeypatch):
+    work = _copy(tmp_path, monkeypatch)
+    policy = FakePolicy()
+    result = run(load_config(None, ["output_dir=partial", *BASE]), policy=policy)
+    assert policy.calls == 2 and result.generated == 9  # only the two batches the old run never sampled
+    fresh = run(load_config(None, ["output_dir=fresh", *BASE]), policy=FakePolicy())
+    assert fresh.generated == 15
+    for name in RECORDS:
+        assert (work / "partial" / name).read_bytes() == (work / "fresh" / name).read_bytes(), name
+
+
+def test_an_old_finished_run_rejudges_nothing_and_reselects(tmp_path, monkeypatch):
+    work = _copy(tmp_path, monkeypatch)
+    before = (work / "finished" / "judgements.jsonl").read_bytes()
+    assert judge_run(work / "finished", "random", {"seed": 5}, label="rand5") == 0  # the old label keeps its meaning
+    assert (work / "finished" / "judgements.jsonl").read_bytes() == before
+    selections, _ = select_run(work / "finished", "length")
+    rd = RunDir(work / "finished")
+    by_length = {s.prompt_id: s for s in rd.read(Selection) if s.judge == "length"}
+    assert [s.chosen_index for s in selections] == [by_length[s.prompt_id].chosen_index for s in selections]
+    old_rand = [s for s in rd.read(Selection) if s.judge == "rand5"]
+    assert len(old_rand) == 5 and len([j for j in rd.read(Judgement) if j.judge == "rand5"]) == 15
+    policy = FakePolicy()
+    assert run(load_config(None, ["output_dir=finished", *BASE]), policy=policy).generated == 0 and policy.calls == 0
