@@ -26,7 +26,7 @@ SEED = 0
 
 
 def load_prompts(k: int):
-    from bon.records import Prompt
+    from bon.core.records import Prompt
 
     rows = [json.loads(line) for line in (ROOT / "benchmarks" / "prompts20.jsonl").read_text().splitlines()]
     return [Prompt(r["id"], r["instruction"]) for r in rows[:k]]
@@ -36,7 +36,7 @@ def naive(engine, prompts, n: int, max_tokens: int) -> dict:
     """The hand-written loop: HF generate per prompt, then one Self-J forward per candidate."""
     import torch
 
-    from bon.tokens import digit_token_ids
+    from bon.engines.tokens import digit_token_ids
     from judges.selfj import SelfJOptions, SelfJudge
 
     model, tok = engine.model, engine.tokenizer
@@ -66,9 +66,9 @@ def naive(engine, prompts, n: int, max_tokens: int) -> dict:
 
 
 def bon_run(prompts, n: int, max_tokens: int, backend: str, out_dir: Path) -> dict:
-    from bon.config import load_config
-    from bon.pipeline import run
-    from bon.records import Candidate
+    from bon.core.config import load_config
+    from bon.pipeline.runner import run
+    from bon.core.records import Candidate
 
     src = out_dir / "prompts.jsonl"
     src.write_text("".join(json.dumps({"id": p.id, "instruction": p.instruction}) + "\n" for p in prompts))
@@ -96,8 +96,8 @@ def table(rows: list[dict]) -> None:
 
 
 def n_sweep(engine, prompts, max_tokens: int) -> None:
-    from bon.policy import EnginePolicy
-    from bon.config import PolicyConfig
+    from bon.pipeline.policy import EnginePolicy
+    from bon.core.config import PolicyConfig
 
     policy = EnginePolicy(PolicyConfig(max_tokens=max_tokens), engine=engine)
     print(f"\nN sweep ({len(prompts)} prompts, max_tokens {max_tokens}, transformers engine, sampling only)")
@@ -113,8 +113,8 @@ def judge_floor(engine, prompts, n: int, max_tokens: int) -> dict:
     """Self-J judge time against the floor (each prompt's prefix once + its N suffixes) and against no reuse."""
     import torch
 
-    from bon.config import PolicyConfig
-    from bon.policy import EnginePolicy
+    from bon.core.config import PolicyConfig
+    from bon.pipeline.policy import EnginePolicy
     from judges.selfj import SelfJOptions, SelfJudge
 
     cands = EnginePolicy(PolicyConfig(max_tokens=max_tokens), engine=engine).generate(prompts, n, SEED)
@@ -182,7 +182,7 @@ def main() -> None:
     parser.add_argument("--skip-naive", action="store_true", help="leave the naive loop out (for quick runs)")
     args = parser.parse_args()
 
-    from bon.config import ModelConfig
+    from bon.core.config import ModelConfig
     from bon.engines.hf import load
 
     prompts = load_prompts(args.prompts)

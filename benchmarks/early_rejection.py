@@ -43,11 +43,11 @@ def main() -> None:
     if not SEEDS.exists():
         raise SystemExit(f"{SEEDS} not found: this benchmark needs the shared data beside a dev checkout")
 
-    from bon.config import EarlyRejectionConfig, PolicyConfig
-    from bon.early_rejection import EarlyRejectionPolicy, rejected_judgements
-    from bon.policy import EnginePolicy
-    from bon.records import Prompt
-    from bon.selection import select
+    from bon.core.config import EarlyRejectionConfig, PolicyConfig
+    from bon.pipeline.early_rejection import EarlyRejectionPolicy, rejected_judgements
+    from bon.pipeline.policy import EnginePolicy
+    from bon.core.records import Prompt
+    from bon.pipeline.selection import select
     from judges.selfj import SelfJOptions, SelfJudge
 
     rows = [json.loads(line) for line in SEEDS.read_text().splitlines()[: args.prompts]]

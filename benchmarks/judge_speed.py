@@ -31,11 +31,11 @@ def tiny_reward_model(tokenizer) -> str:
 
 
 def main() -> None:
-    from bon.config import ModelConfig, load_config
+    from bon.core.config import ModelConfig, load_config
     from bon.engines.hf import load
-    from bon.prompts import load_prompts
-    from bon.records import Candidate
-    from bon.rundir import RunDir
+    from bon.core.prompts import load_prompts
+    from bon.core.records import Candidate
+    from bon.core.rundir import RunDir
     from judges import build_judge
 
     run_dir = Path(sys.argv[1] if len(sys.argv) > 1 else ROOT / "runs" / "demo")

@@ -25,10 +25,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=2, help="prompts per pipeline batch")
     args = parser.parse_args()
 
-    from bon.config import load_config
-    from bon.pipeline import run
-    from bon.policy import EnginePolicy
-    from bon.prompts import load_prompts
+    from bon.core.config import load_config
+    from bon.pipeline.runner import run
+    from bon.pipeline.policy import EnginePolicy
+    from bon.core.prompts import load_prompts
     from judges import build_judge
 
     work = Path(tempfile.mkdtemp(prefix="bon-bench-"))

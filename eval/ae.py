@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from bon.io import DataFileError, read_text
+from bon.core.io import DataFileError, read_text
 from eval.annotations import Annotation
 
 LC_REPO = "tatsu-lab/alpaca_eval"
@@ -78,7 +78,7 @@ def _lc_source(lc_data: Path | None) -> tuple[str | None, str | None]:
         return str(lc_data), None
     from huggingface_hub import try_to_load_from_cache
 
-    from bon.models import hub_reachable
+    from bon.engines.models import hub_reachable
 
     ae = alpaca_eval()
     cached = try_to_load_from_cache(LC_REPO, LC_FILE, cache_dir=ae.constants.DEFAULT_CACHE_DIR, repo_type="dataset")

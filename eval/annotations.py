@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from bon.io import DataFileError, read_json
+from bon.core.io import DataFileError, read_json
 
 
 @dataclass(frozen=True)

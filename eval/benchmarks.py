@@ -17,9 +17,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Sequence, TypeVar
 
-from bon.io import DataFileError, read_json_rows, read_text
-from bon.prompts import prompt_id
-from bon.records import Candidate, Prompt
+from bon.core.io import DataFileError, read_json_rows, read_text
+from bon.core.prompts import prompt_id
+from bon.core.records import Candidate, Prompt
 from eval.pool import Pool, load_pool
 
 T = TypeVar("T")

@@ -17,11 +17,12 @@ from typing import Any, Callable, Literal, Sequence
 
 from pydantic import Field, model_validator
 
-from bon.config import JudgeConfig, RayConfig, RunConfig, Strict
-from bon.io import append_records, lock_dir, read_records, write_json_atomic
-from bon.pipeline import keep_missing, needs_judging
-from bon.records import SCHEMA, Comparison, Judgement, Prompt
-from bon.rundir import RunDirError, package_versions, read_manifest
+from bon.core.config import JudgeConfig, RayConfig, RunConfig, Strict
+from bon.core.judging import build_judge, judge_spec
+from bon.core.io import append_records, lock_dir, read_records, write_json_atomic
+from bon.pipeline.runner import keep_missing, needs_judging
+from bon.core.records import SCHEMA, Comparison, Judgement, Prompt
+from bon.core.rundir import RunDirError, package_versions, read_manifest
 from eval.benchmarks import Benchmark, load_leaderboard, load_pairwise, load_pool_benchmark, load_scores
 from eval.scoring import (
     AgreementMatrix,
@@ -113,18 +114,11 @@ def load_benchmark(cfg: BenchmarkConfig) -> Benchmark:
     return bench
 
 
-def _judge_spec(name: str, options: dict) -> dict:
-    """A judge's meaning with its options' defaults filled in, so `{}` and the explicit defaults compare equal."""
-    from judges import JUDGES
-
-    return {"name": name, "options": JUDGES.get(name).Options.model_validate(options).model_dump(mode="json")}
-
-
 def _unchanged(what: str, before: dict, now: dict) -> bool:
     """Whether a stored spec, read with today's defaults (a field added since is no change), equals ``now``."""
     try:
         if what == "judge":
-            return _judge_spec(before["name"], before["options"]) == now
+            return judge_spec(before["name"], before["options"]) == now
         return BenchmarkConfig.model_validate(before).model_dump(mode="json") == now
     except (KeyError, TypeError, ValueError):  # unreadable or no longer valid: a different judge or benchmark
         return False
@@ -135,7 +129,7 @@ def open_run(cfg: CompareConfig) -> Path:
     out = cfg.output_dir
     out.mkdir(parents=True, exist_ok=True)
     manifest = out / MANIFEST
-    judges = {j.key: _judge_spec(j.name, j.options) for j in cfg.judges}
+    judges = {j.key: judge_spec(j.name, j.options) for j in cfg.judges}
     benchmarks = {b.name: b.model_dump(mode="json") for b in cfg.benchmarks}
     if manifest.exists():
         stored = read_manifest(manifest)
@@ -247,7 +241,7 @@ def compare_benchmark(
 
 def judge_executor(cfg: CompareConfig, entry: CompareJudge, judge, note: Callable[[str], None]):
     """The same executors as reranking (in-process, or Ray judge actors with no policy actors)."""
-    from bon.executors import make_executor
+    from bon.pipeline.executors import make_executor
 
     run_cfg = RunConfig(
         engine=cfg.engine,
@@ -306,8 +300,6 @@ def evaluate(bench: Benchmark, subset: Sequence[Prompt], label: str, records: li
 
 def run_compare(cfg: CompareConfig, progress=None, note: Callable[[str], None] = print) -> CompareResult:
     """Judge every benchmark with every judge (only what the run directory lacks), then score them."""
-    from judges import build_judge
-
     start = time.perf_counter()
     benches = {b.name: load_benchmark(b) for b in cfg.benchmarks}  # bad data fails before anything is written
     with lock_dir(cfg.output_dir):  # one process per comparison directory
@@ -365,9 +357,7 @@ def evaluate_pairwise_file(
     path: Path | str, name: str, options: dict | None = None, limit: int | None = None, batch_size: int = 16, progress=None
 ) -> PairwiseResult:
     """`bon eval pairwise`: one judge on one Auto-J format file, in this process, nothing written."""
-    from bon.executors import LocalExecutor
-    from judges import build_judge
-
+    from bon.pipeline.executors import LocalExecutor
     bench = load_pairwise(path)
     judge = build_judge(name, options)
     subset = bench.subset(limit)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bon.io import write_json_atomic
+from bon.core.io import write_json_atomic
 from eval.compare import BenchmarkReport, CompareResult
 from eval.scoring import LeaderboardResult, PairwiseResult, PoolResult, ScoresResult
 

@@ -6,13 +6,14 @@ from pathlib import Path
 
 import yaml
 
-from bon.config import PromptsConfig
-from bon.io import DataFileError, write_json_atomic
-from bon.prompts import load_prompts
-from bon.rundir import OUTPUTS, load_run, read_outputs
+from bon.core.errors import BonError
+from bon.core.config import PromptsConfig
+from bon.core.io import DataFileError, write_json_atomic
+from bon.core.prompts import load_prompts
+from bon.core.rundir import OUTPUTS, load_run, read_outputs
 
 
-class ExportError(ValueError):
+class ExportError(BonError, ValueError):
     """The run's outputs do not cover the AlpacaEval set exactly; the message lists the difference."""
 
 

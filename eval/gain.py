@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bon.engines.base import derive_seed
-from bon.records import Judgement
-from bon.rejudge import judgements_of, run_candidates
-from bon.rundir import load_run
-from bon.selection import secondary_judge, select_prompt
+from bon.core.records import Judgement
+from bon.pipeline.rejudge import judgements_of, run_candidates
+from bon.core.rundir import load_run
+from bon.pipeline.selection import secondary_judge, select_prompt
 from eval.ae import winrate
 from eval.annotations import Annotation
 from eval.runner import annotations_for, match_baseline, reference_rows

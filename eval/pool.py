@@ -14,11 +14,11 @@ from typing import Any, Callable, Literal, Sequence
 
 from pydantic import Field
 
-from bon.config import Strict
-from bon.io import DataFileError
-from bon.prompts import prompt_id
-from bon.records import Candidate, Judgement, Prompt, Selection
-from bon.selection import select
+from bon.core.config import Strict
+from bon.core.io import DataFileError
+from bon.core.prompts import prompt_id
+from bon.core.records import Candidate, Judgement, Prompt, Selection
+from bon.pipeline.selection import select
 from eval.ae import winrate
 from eval.annotations import Annotation, read_annotations
 

@@ -19,10 +19,11 @@ from typing import Any, Iterator, Sequence
 
 import yaml
 
-from bon.config import ModelConfig
-from bon.io import DataFileError, read_json
-from bon.prompts import PromptSourceError
-from bon.rundir import read_outputs
+from bon.core.errors import BonError
+from bon.core.config import ModelConfig
+from bon.core.io import DataFileError, read_json
+from bon.core.prompts import PromptSourceError
+from bon.core.rundir import read_outputs
 from eval.ae import WinRate, alpaca_eval, check_lc_data, environment_has_openai_key, full_winrate
 from eval.annotations import Annotation
 
@@ -32,7 +33,7 @@ VERSIONS = {
 }
 
 
-class AnnotatorError(ValueError):
+class AnnotatorError(BonError, ValueError):
     """An annotator cannot run here; one line saying what is missing."""
 
 

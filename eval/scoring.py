@@ -8,7 +8,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from bon.records import Comparison, Judgement, Prompt
+from bon.core.records import Comparison, Judgement, Prompt
 from eval.benchmarks import Benchmark, group_order
 from eval.metrics import (
     FIRST,

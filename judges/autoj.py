@@ -12,9 +12,9 @@ from typing import Literal, Sequence
 
 from pydantic import Field
 
-from bon.config import ModelConfig
+from bon.core.config import ModelConfig
 from bon.engines.base import SamplingSettings
-from bon.records import Candidate, Judgement, Prompt
+from bon.core.records import Candidate, Judgement, Prompt
 from judges.base import PromptJudge, prompts_by_id, read_prompt_template
 
 AUTOJ_HUB_ID = "GAIR/autoj-13b"

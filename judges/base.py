@@ -1,32 +1,16 @@
-"""The judge protocol: score a batch of candidates, one `Judgement` each, in order."""
+"""What model judges share: prompts per candidate, prompt templates as data files, an engine, context fitting."""
 
 from __future__ import annotations
 
 from importlib import resources
-from typing import Protocol, Sequence
+from typing import Sequence
 
-from bon.records import Candidate, Judgement, Prompt
-from bon.tokens import ContextLengthError, effective_context, overflow_message
-
-
-class Judge(Protocol):
-    name: str  # the name judgements carry
-    summary: str  # one line for `bon judges list`
-    needs_reference: bool  # scores only prompts that carry a gold reference
-    hub_id: str | None  # the weights GPU users load, where the judge has any
-
-    def describe(self) -> str:
-        """One honest line on what is scoring (which weights, which template)."""
-
-    def score(self, prompts: Sequence[Prompt], candidates: Sequence[Candidate]) -> list[Judgement]:
-        """One judgement per candidate, in the candidates' order; failures are flagged, score None."""
+from bon.core.judging import Judge, PairwiseJudge
+from bon.core.records import Candidate, Prompt
+from bon.engines.tokens import ContextLengthError, effective_context, overflow_message
 
 
-class PairwiseJudge(Judge, Protocol):
-    """A judge that also compares two responses directly (Auto-J pairwise); `bon compare` asks it both orders."""
-
-    def compare(self, items: Sequence[tuple[str, str, str]]) -> list:
-        """One `judges.pairwise.PairVerdict` per (instruction, shown first, shown second) triple."""
+__all__ = ["Judge", "PairwiseJudge", "PromptJudge", "UsesEngine", "prompts_by_id", "read_prompt_template"]
 
 
 def prompts_by_id(prompts: Sequence[Prompt], candidates: Sequence[Candidate]) -> list[Prompt]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from bon.records import Candidate, Judgement, Prompt
+from bon.core.records import Candidate, Judgement, Prompt
 from judges.cosine import EmbedderOptions, cosine, load_embedder
 
 

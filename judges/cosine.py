@@ -6,8 +6,8 @@ from typing import Literal, Sequence
 
 from pydantic import Field
 
-from bon.config import Strict
-from bon.records import Candidate, Judgement, Prompt
+from bon.core.config import Strict
+from bon.core.records import Candidate, Judgement, Prompt
 from judges.base import prompts_by_id
 
 EMBEDDER = "embedded:all-MiniLM-L6-v2"
@@ -27,7 +27,7 @@ class CosineOptions(EmbedderOptions):
 
 def load_embedder(options: EmbedderOptions):
     from bon.engines.hf import load_embedder as load
-    from bon.models import embedded_path
+    from bon.engines.models import embedded_path
 
     prefix = "embedded:"
     path = str(embedded_path(options.model[len(prefix):])) if options.model.startswith(prefix) else options.model

@@ -11,8 +11,9 @@ from typing import Any, Literal, Sequence
 
 from pydantic import Field
 
-from bon.config import Strict
-from bon.records import Candidate, Judgement, Prompt
+from bon.core.config import Strict
+from bon.core.judging import build_judge
+from bon.core.records import Candidate, Judgement, Prompt
 
 
 class Member(Strict):
@@ -42,11 +43,10 @@ class EnsembleJudge:
     name = "ensemble"
     summary = "weighted sum of member judges, z-scored per prompt (default: self_eval with reference + cosine)"
     hub_id = None
+    cpu_default = "its members'"
     needs_reference = False  # per instance: true when a member needs one
 
     def __init__(self, options: EnsembleOptions | None = None):
-        from judges import build_judge
-
         self.options = options or EnsembleOptions()
         self.members = [build_judge(m.name, m.options) for m in self.options.members]
         self.needs_reference = any(getattr(m, "needs_reference", False) for m in self.members)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from bon.config import Strict
-from bon.records import Candidate, Judgement, Prompt
+from bon.core.config import Strict
+from bon.core.records import Candidate, Judgement, Prompt
 
 
 class LengthOptions(Strict):

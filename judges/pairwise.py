@@ -14,10 +14,11 @@ from typing import Any, Literal, Sequence
 
 from pydantic import Field
 
-from bon.config import ModelConfig, Strict
+from bon.core.config import ModelConfig, Strict
+from bon.core.judging import build_judge
 from bon.engines.base import SamplingSettings
-from bon.records import Candidate, Judgement, Prompt
-from bon.registry import Registry
+from bon.core.records import Candidate, Judgement, Prompt
+from bon.core.registry import Registry
 from judges.autoj import AUTOJ_HUB_ID, wrap
 from judges.base import UsesEngine, prompts_by_id, read_prompt_template
 
@@ -99,8 +100,6 @@ class ScalarComparator:
     name = "scalar"
 
     def __init__(self, options: ScalarComparatorOptions | None = None):
-        from judges import build_judge
-
         self.options = options or ScalarComparatorOptions()
         self.judge = build_judge(self.options.judge, self.options.options)
 
@@ -146,6 +145,7 @@ class PairwiseRanking:
     summary = "ranks N candidates with a pairwise judge (Auto-J pairwise, or any scalar judge), both orders"
     needs_reference = False
     hub_id = AUTOJ_HUB_ID
+    cpu_default = "SmolLM2-135M-Instruct (autoj comparator)"
 
     def __init__(self, options: PairwiseOptions | None = None):
         self.options = options or PairwiseOptions()

@@ -6,8 +6,8 @@ from typing import Sequence
 
 from pydantic import Field
 
-from bon.config import ModelConfig
-from bon.records import Candidate, Judgement, Prompt
+from bon.core.config import ModelConfig
+from bon.core.records import Candidate, Judgement, Prompt
 from judges.base import UsesEngine, prompts_by_id
 
 

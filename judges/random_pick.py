@@ -7,9 +7,9 @@ from typing import Sequence
 
 from pydantic import Field
 
-from bon.config import Strict
+from bon.core.config import Strict
 from bon.engines.base import derive_seed
-from bon.records import Candidate, Judgement, Prompt
+from bon.core.records import Candidate, Judgement, Prompt
 
 
 class RandomOptions(Strict):

@@ -11,8 +11,8 @@ from typing import Sequence
 
 from pydantic import Field
 
-from bon.config import ModelConfig
-from bon.records import Candidate, Judgement, Prompt
+from bon.core.config import ModelConfig
+from bon.core.records import Candidate, Judgement, Prompt
 from judges.base import prompts_by_id
 
 RM_HUB_ID = "Skywork/Skywork-Reward-Llama-3.1-8B-v0.2"

@@ -9,6 +9,7 @@ class SelfEvalJudge(SelfJudge):
     name = "self_eval"
     summary = "the policy model itself with the Self-J template (`bon judge` defaults `model` to the run's policy)"
     hub_id = None
+    policy_defaults = ("model", "backend", "gguf_file", "dtype", "device", "server")  # the policy judging itself
 
     def describe(self) -> str:
         return f"self-evaluation: Self-J template on the policy model {self.options.model.removeprefix('embedded:')} ({self.options.prompt_format} prompt)"

@@ -3,7 +3,7 @@
 The templates are the Self-J repository's `judge.py` ones, kept verbatim in judges/prompts/. The
 released judge feeds the template as raw text (``prompt_format: raw``); ``chat`` wraps it in the
 judge tokenizer's chat template instead. The digit ids come from the judge's own tokenizer, as the
-model emits them after text (`bon.tokens.digit_token_ids`: on Llama-2 exactly the repository's ids).
+model emits them after text (`bon.engines.tokens.digit_token_ids`: on Llama-2 exactly the repository's ids).
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from typing import Literal, Sequence
 
 from pydantic import Field
 
-from bon.config import ModelConfig
-from bon.records import Candidate, Judgement, Prompt
-from bon.tokens import digit_token_ids
+from bon.core.config import ModelConfig
+from bon.core.records import Candidate, Judgement, Prompt
+from bon.engines.tokens import digit_token_ids
 from judges.base import PromptJudge, prompts_by_id, read_prompt_template
 
 SELFJ_HUB_ID = "oceanpty/Self-J"  # the released Self-J-13B weights

@@ -24,9 +24,9 @@ from typing import Any, Callable, Literal, Sequence
 
 from pydantic import Field, field_validator
 
-from bon.config import ModelConfig, RunConfig, Strict
-from bon.io import DataFileError, read_json, read_json_rows
-from bon.records import Prompt
+from bon.core.config import ModelConfig, RunConfig, Strict
+from bon.core.io import DataFileError, read_json, read_json_rows
+from bon.core.records import Prompt
 from judges.cosine import CosineOptions
 from judges.selfj import SelfJOptions, SelfJudge
 
@@ -275,10 +275,10 @@ def label(cfg: LabelConfig, progress=None, note: Callable[[str], None] = print) 
 
     Both steps are a `bon run` and a `bon judge` on ``cfg.run.output_dir``, so a rerun resumes.
     """
-    from bon.io import write_json_atomic
-    from bon.pipeline import run
-    from bon.records import Candidate, Judgement
-    from bon.rejudge import judge_run
+    from bon.core.io import write_json_atomic
+    from bon.pipeline.runner import run
+    from bon.core.records import Candidate, Judgement
+    from bon.pipeline.rejudge import judge_run
 
     result = run(cfg.run, progress=progress)
     judge_run(cfg.run.output_dir, "cosine", cfg.cosine.model_dump(), label="cosine", progress=progress)

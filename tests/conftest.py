@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bon.records import Candidate, Prompt
+from bon.core.records import Candidate, Prompt
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -22,7 +22,7 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def smollm2():
     """The real SmolLM2-135M-Instruct on the transformers engine, loaded once for all tests."""
-    from bon.config import ModelConfig
+    from bon.core.config import ModelConfig
     from bon.engines.hf import load
 
     return load(ModelConfig())
@@ -64,8 +64,8 @@ def finished_ae_run(tmp_path: Path, questions: list[str], *overrides: str):
     """A finished fake-policy run (length judge) over ``questions`` and a baseline file for them: (config, baseline path)."""
     import json
 
-    from bon.config import load_config
-    from bon.pipeline import run
+    from bon.core.config import load_config
+    from bon.pipeline.runner import run
 
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("".join(json.dumps({"instruction": q}) + "\n" for q in questions))

@@ -26,7 +26,7 @@ def test_help_and_judges_list_are_fast_and_import_no_torch():
     assert listing.returncode == 0 and "selfj" in listing.stdout and "oceanpty/Self-J" in listing.stdout
     assert time.perf_counter() - start < 20
     probe = subprocess.run(
-        [sys.executable, "-c", "import sys, bon.cli, bon.pipeline, judges.selfj; print('torch' in sys.modules)"],
+        [sys.executable, "-c", "import sys, bon.cli, bon.pipeline.runner, judges.selfj; print('torch' in sys.modules)"],
         cwd=ROOT, capture_output=True, text=True,
     )
     assert probe.stdout.strip() == "False"

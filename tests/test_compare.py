@@ -7,11 +7,11 @@ import pytest
 from typer.testing import CliRunner
 
 from bon.cli import app
-from bon.config import ConfigError, load_config
-from bon.executors import LocalExecutor
-from bon.io import DataFileError
-from bon.records import Judgement
-from bon.rundir import RunDirError
+from bon.core.config import ConfigError, load_config
+from bon.pipeline.executors import LocalExecutor
+from bon.core.io import DataFileError
+from bon.core.records import Judgement
+from bon.core.rundir import RunDirError
 from eval.benchmarks import load_pairwise, load_pool_benchmark, load_scores, spread_order, spread_subset
 from eval.compare import BenchmarkConfig, CompareConfig, evaluate_pairwise_file, judge_benchmark, run_compare
 from eval.compare_report import write_compare_report
@@ -309,7 +309,7 @@ def test_leaderboard_kind_ranks_models_by_mean_score(tmp_path):
 
 
 def test_leaderboard_csv_with_a_bad_number_names_line_and_field(tmp_path):
-    from bon.io import DataFileError
+    from bon.core.io import DataFileError
     from eval.benchmarks import load_leaderboard
 
     (tmp_path / "outputs").mkdir()

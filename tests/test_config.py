@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from bon.config import ConfigError, RunConfig, load_config
+from bon.core.config import ConfigError, RunConfig, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 

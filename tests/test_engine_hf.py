@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from bon.config import ModelConfig, PolicyConfig
+from bon.core.config import ModelConfig, PolicyConfig
 from bon.engines.base import derive_seed
-from bon.models import embedded_path
-from bon.policy import EnginePolicy, prompt_seed
-from bon.records import Prompt
+from bon.engines.models import embedded_path
+from bon.pipeline.policy import EnginePolicy, prompt_seed
+from bon.core.records import Prompt
 
 pytestmark = pytest.mark.slow
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bon.io import DataFileError
+from bon.core.io import DataFileError
 from eval.ae import full_winrate, leaderboard_row
 from eval.annotations import Annotation, read_annotations
 from eval.pool import evaluate_selector, load_pool, reference_points

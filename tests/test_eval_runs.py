@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from bon.rundir import RunDir
-from bon.records import Candidate
+from bon.core.rundir import RunDir
+from bon.core.records import Candidate
 from eval.gain import gain_report, ks_for
 from eval.runner import AnnotatorError, run_alpaca_eval
 from tests.conftest import finished_ae_run
@@ -25,7 +25,7 @@ def preference_of(text: str) -> float:
 
 
 def write_annotations(cfg, path):
-    from bon.prompts import load_prompts
+    from bon.core.prompts import load_prompts
 
     cands = RunDir(cfg.output_dir).read(Candidate)
     prompts = {p.id: p for p in load_prompts(cfg.prompts)}
@@ -83,7 +83,7 @@ def test_gain_curve_by_hand(small_run, tmp_path):
 def test_gain_reports_declines_apart(small_run, tmp_path):
     cfg, reference = small_run
     write_annotations(cfg, tmp_path / "ann.json")
-    from bon.rejudge import select_run
+    from bon.pipeline.rejudge import select_run
 
     select_run(cfg.output_dir, "length", decline_below=1e9)  # the rewritten manifest keeps the run's config
     report = gain_report(cfg.output_dir, 2, f"precomputed:{tmp_path / 'ann.json'}", reference, rounds=50)

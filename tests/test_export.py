@@ -5,8 +5,8 @@ import json
 import pytest
 import yaml
 
-from bon.config import load_config
-from bon.pipeline import run
+from bon.core.config import load_config
+from bon.pipeline.runner import run
 from eval.export import ExportError, export_alpaca_eval
 from tests.conftest import FakePolicy
 

@@ -2,8 +2,8 @@ import math
 
 import pytest
 
-from bon.records import Candidate, Prompt
-from bon.registry import Registry, UnknownNameError
+from bon.core.records import Candidate, Prompt
+from bon.core.registry import Registry, UnknownNameError
 from judges import JUDGES, build_judge
 from judges.length import LengthJudge
 from judges.random_pick import RandomJudge

@@ -4,10 +4,10 @@
 import pytest
 import torch
 
-from bon.config import ModelConfig
-from bon.models import embedded_path
-from bon.records import Candidate, Prompt
-from bon.selection import select
+from bon.core.config import ModelConfig
+from bon.engines.models import embedded_path
+from bon.core.records import Candidate, Prompt
+from bon.pipeline.selection import select
 from judges import build_judge
 from judges.base import prompts_by_id
 from judges.autoj import AutoJOptions, AutoJudge
@@ -129,7 +129,7 @@ def test_reward_model_plumbing_matches_unbatched_logits(tiny_rm):
 
 
 def test_reward_model_offline_hub_id_is_a_clear_error(monkeypatch):
-    from bon.models import ModelLoadError
+    from bon.engines.models import ModelLoadError
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelLoadError, match="Skywork/Skywork-Reward-Llama-3.1-8B-v0.2"):
@@ -140,7 +140,7 @@ def test_two_label_classifier_is_refused(tmp_path, smollm2):
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
     from bon.engines.hf import HFRewardModel
-    from bon.models import ModelLoadError
+    from bon.engines.models import ModelLoadError
 
     cfg = LlamaConfig(vocab_size=len(smollm2.tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                       num_attention_heads=2, num_key_value_heads=1, num_labels=2)

@@ -6,8 +6,8 @@ import random
 import pytest
 
 from bon.engines.base import derive_seed
-from bon.records import Candidate, Judgement, Prompt
-from bon.selection import TieBreakError, select, select_prompt, tiebreak_values
+from bon.core.records import Candidate, Judgement, Prompt
+from bon.pipeline.selection import TieBreakError, select, select_prompt, tiebreak_values
 from judges import build_judge, describe_judges
 from judges.autoj import parse_rating
 from judges.ensemble import zscores

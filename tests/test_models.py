@@ -1,7 +1,7 @@
 import pytest
 
-from bon.config import ModelConfig
-from bon.models import ModelLoadError, embedded_path, resolve
+from bon.core.config import ModelConfig
+from bon.engines.models import ModelLoadError, embedded_path, resolve
 
 
 def test_resolve_forms(tmp_path):

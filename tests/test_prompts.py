@@ -4,9 +4,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from bon.config import PromptsConfig
-from bon.io import DataFileError
-from bon.prompts import PromptSourceError, load_prompts, prompt_id
+from bon.core.config import PromptsConfig
+from bon.core.io import DataFileError
+from bon.core.prompts import PromptSourceError, load_prompts, prompt_id
 
 
 def test_jsonl_with_ids_and_references(prompts_file):

@@ -9,10 +9,10 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from bon.config import load_config  # noqa: E402
-from bon.executors import ExecutorError  # noqa: E402
-from bon.pipeline import run  # noqa: E402
-from bon.ray_executor import RayExecutor, asked_resources, check_fits, death_reason, plan  # noqa: E402
+from bon.core.config import load_config  # noqa: E402
+from bon.pipeline.executors import ExecutorError  # noqa: E402
+from bon.pipeline.runner import run  # noqa: E402
+from bon.pipeline.ray_executor import RayExecutor, asked_resources, check_fits, death_reason, plan  # noqa: E402
 
 SMALL = ["n=2", "prompts.limit=4", "policy.max_tokens=16", "batch_size=1"]
 COMPARED = ("candidates.jsonl", "judgements.jsonl", "selections.jsonl", "model_outputs.json")

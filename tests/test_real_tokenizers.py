@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import pytest
 
-from bon.config import ModelConfig, PolicyConfig, RunConfig
-from bon.policy import EnginePolicy
-from bon.preflight import lengths
-from bon.records import Candidate, Prompt
-from bon.tokens import ContextLengthError, PromptFormatError, TokenizerOnly, digit_token_ids
+from bon.core.config import ModelConfig, PolicyConfig, RunConfig
+from bon.pipeline.policy import EnginePolicy
+from bon.pipeline.preflight import lengths
+from bon.core.records import Candidate, Prompt
+from bon.engines.tokens import ContextLengthError, PromptFormatError, TokenizerOnly, digit_token_ids
 from judges.autoj import AutoJOptions, AutoJudge
 from judges.selfj import SelfJOptions, SelfJudge
 

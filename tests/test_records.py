@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from bon.io import DataFileError, append_records, drop_torn_tail, read_records, write_json_atomic
-from bon.records import SCHEMA, Candidate, Judgement, Prompt, RecordError, Selection, from_json, to_json
+from bon.core.io import DataFileError, append_records, drop_torn_tail, read_records, write_json_atomic
+from bon.core.records import SCHEMA, Candidate, Judgement, Prompt, RecordError, Selection, from_json, to_json
 
 RECORDS = [
     Prompt("p1", "Say hi", "demo", reference="hi"),

@@ -4,11 +4,11 @@ import json
 
 import pytest
 
-from bon.config import ConfigError
-from bon.pipeline import run
-from bon.records import Judgement, Selection
-from bon.rejudge import judge_run, select_run
-from bon.rundir import RunDirError
+from bon.core.config import ConfigError
+from bon.pipeline.runner import run
+from bon.core.records import Judgement, Selection
+from bon.pipeline.rejudge import judge_run, select_run
+from bon.core.rundir import RunDirError
 from tests.conftest import FakePolicy
 from tests.test_pipeline import config
 
@@ -25,7 +25,7 @@ def test_judge_then_select_with_another_judge(finished):
     assert judge_run(finished, "random", {"seed": 5}) == 15
     assert judge_run(finished, "random", {"seed": 5}) == 0  # rerun: nothing left to do
     assert (finished / "candidates.jsonl").read_bytes() == candidates
-    from bon.rundir import RunDir
+    from bon.core.rundir import RunDir
 
     rd = RunDir(finished)
     by_judge = {}

@@ -13,13 +13,13 @@ import sys
 
 import pytest
 
-from bon.config import ConfigError, load_config
-from bon.io import DataFileError, DirectoryInUseError, append_records, lock_dir, read_records, write_json_atomic
-from bon.pipeline import run
-from bon.records import Judgement
-from bon.rejudge import judge_run, select_run
-from bon.rundir import RunDir, RunDirError
-from bon.selection import UnjudgedError
+from bon.core.config import ConfigError, load_config
+from bon.core.io import DataFileError, DirectoryInUseError, append_records, lock_dir, read_records, write_json_atomic
+from bon.pipeline.runner import run
+from bon.core.records import Judgement
+from bon.pipeline.rejudge import judge_run, select_run
+from bon.core.rundir import RunDir, RunDirError
+from bon.pipeline.selection import UnjudgedError
 from tests.conftest import FakePolicy, finished_ae_run
 from tests.test_cli import bon
 from tests.test_pipeline import config
@@ -105,7 +105,7 @@ def test_resume_accepts_new_prompts(tmp_path, prompts_file):
 def test_a_second_process_fails_at_once_naming_the_holder(tmp_path, prompts_file):
     cfg = config(tmp_path, prompts_file)
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from bon.io import lock_dir\n"
+        [sys.executable, "-c", "import sys, time; from bon.core.io import lock_dir\n"
          f"with lock_dir({str(cfg.output_dir)!r}):\n print('held', flush=True); time.sleep(60)"],
         stdout=subprocess.PIPE, text=True, cwd=os.path.dirname(os.path.dirname(__file__)),
     )
@@ -124,7 +124,7 @@ def test_the_lock_is_reentrant_within_one_process(tmp_path):
     with lock_dir(tmp_path / "d"):
         with lock_dir(tmp_path / "d"):  # e.g. a command calling another in the same process
             pass
-        child = subprocess.run([sys.executable, "-c", f"from bon.io import lock_dir\nwith lock_dir({str(tmp_path / 'd')!r}): pass"],
+        child = subprocess.run([sys.executable, "-c", f"from bon.core.io import lock_dir\nwith lock_dir({str(tmp_path / 'd')!r}): pass"],
                                capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
         assert child.returncode != 0 and f"pid {os.getpid()}" in child.stderr
     with lock_dir(tmp_path / "d"):  # released on exit
@@ -353,7 +353,7 @@ def test_unreachable_official_annotator_is_one_line_and_caches_nothing(tmp_path)
 
 
 def test_a_failed_first_start_does_not_block_the_corrected_retry(tmp_path, prompts_file):
-    from bon.prompts import load_prompts
+    from bon.core.prompts import load_prompts
 
     first = config(tmp_path, prompts_file, "policy.model=/no/such/model")
     RunDir.open(first, {}, load_prompts(first.prompts))  # the manifest is written, then loading the weights failed
@@ -366,7 +366,7 @@ def test_a_failed_first_start_does_not_block_the_corrected_retry(tmp_path, promp
 
 def test_disk_full_then_resume_gives_identical_files(tmp_path, prompts_file):
     """ENOSPC mid-append (simulated at the one append path): one line, and the resumed files equal a clean run's."""
-    import bon.io as io
+    import bon.core.io as io
 
     clean = config(tmp_path / "clean", prompts_file)
     run(clean, policy=FakePolicy())
@@ -382,14 +382,14 @@ def test_disk_full_then_resume_gives_identical_files(tmp_path, prompts_file):
             raise OSError(28, "No space left on device", str(path))
         real_write(path, records)
 
-    import bon.rundir
+    import bon.core.rundir
 
-    bon.rundir.append_records = full_disk
+    bon.core.rundir.append_records = full_disk
     try:
         with pytest.raises(OSError, match="No space left"):
             run(cfg, policy=FakePolicy())
     finally:
-        bon.rundir.append_records = real_write
+        bon.core.rundir.append_records = real_write
     run(cfg, policy=FakePolicy())
     for name in ("candidates.jsonl", "judgements.jsonl", "selections.jsonl", "model_outputs.json"):
         assert (cfg.output_dir / name).read_bytes() == (clean.output_dir / name).read_bytes(), name

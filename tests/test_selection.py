@@ -1,5 +1,5 @@
-from bon.records import Judgement
-from bon.selection import select
+from bon.core.records import Judgement
+from bon.pipeline.selection import select
 
 
 def j(i, score, judge="t"):

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from bon.records import Candidate, Prompt
-from bon.tokens import digit_token_ids
+from bon.core.records import Candidate, Prompt
+from bon.engines.tokens import digit_token_ids
 from judges.selfj import SelfJOptions, SelfJudge
 
 pytestmark = pytest.mark.slow

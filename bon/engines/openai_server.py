@@ -14,10 +14,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Sequence, TypeVar
 
-from bon.config import ModelConfig
+from bon.core.config import ModelConfig
 from bon.engines.base import EngineError, Sample, SamplingSettings, derive_seed
-from bon.models import ModelLoadError, first_line
-from bon.tokens import TokenizerOnly, Tokenized
+from bon.engines.models import ModelLoadError, first_line
+from bon.engines.tokens import TokenizerOnly, Tokenized
 
 T = TypeVar("T")
 TOP_LOGPROBS = 20  # what vLLM serves by default (max_logprobs) and the Self-J repository's judge.py reads

@@ -6,10 +6,10 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from bon.config import ModelConfig
+from bon.core.config import ModelConfig
 from bon.engines.base import EngineError, Sample, SamplingSettings
-from bon.models import ModelLoadError, first_line, hub_reachable, resolve
-from bon.tokens import Tokenized, config_context
+from bon.engines.models import ModelLoadError, first_line, hub_reachable, resolve
+from bon.engines.tokens import Tokenized, config_context
 
 _LOADED: dict[tuple, "VLLMModel"] = {}
 

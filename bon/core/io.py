@@ -10,12 +10,13 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator, TypeVar
 
-from bon.records import RecordError, from_json, to_json
+from bon.core.errors import BonError
+from bon.core.records import RecordError, from_json, to_json
 
 T = TypeVar("T")
 
 
-class DataFileError(ValueError):
+class DataFileError(BonError, ValueError):
     """A data file is malformed; the message names the file, the line and the field."""
 
     def __init__(self, path: Path | str, line: int | None, message: str):
@@ -24,7 +25,7 @@ class DataFileError(ValueError):
         self.path, self.line = Path(path), line
 
 
-class DirectoryInUseError(RuntimeError):
+class DirectoryInUseError(BonError, RuntimeError):
     """Another process holds the directory's lock; the message names its pid."""
 
 

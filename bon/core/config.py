@@ -6,15 +6,15 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args
 
 import yaml
-from bon.io import DataFileError, read_text
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+
+from bon.core.errors import ConfigError, problems
+from bon.core.formats import check_format
+from bon.core.io import DataFileError, read_text
+from bon.core.judging import JUDGES, option_problems
 
 DEFAULT_MODEL = "embedded:SmolLM2-135M-Instruct"
 M = TypeVar("M", bound=BaseModel)
-
-
-class ConfigError(ValueError):
-    """A configuration is invalid; the message names the file, line and key."""
 
 
 class Strict(BaseModel):
@@ -91,8 +91,6 @@ class PolicyConfig(ModelConfig):
     @field_validator("prompt_format")
     @classmethod
     def _format(cls, value: str, info: ValidationInfo) -> str:
-        from bon.formats import check_format
-
         return check_format(value, info.data.get("system_prompt"))
 
 
@@ -103,8 +101,6 @@ class JudgeConfig(Strict):
     @field_validator("name")
     @classmethod
     def _known(cls, name: str) -> str:
-        from judges import JUDGES
-
         try:
             return JUDGES.check(name)
         except KeyError as e:
@@ -112,18 +108,9 @@ class JudgeConfig(Strict):
 
     @model_validator(mode="after")
     def _options(self) -> "JudgeConfig":
-        from judges import JUDGES
-
-        try:
-            JUDGES.get(self.name).Options.model_validate(self.options)
-        except ValidationError as e:
-            raise ValueError(
-                "; ".join(
-                    f"options.{'.'.join(str(p) for p in x['loc'])}: "
-                    + ("unknown key" if x["type"] == "extra_forbidden" else f"{x['msg']} (got {x['input']!r})")
-                    for x in e.errors()
-                )
-            ) from None
+        bad = option_problems(self.name, self.options)
+        if bad:
+            raise ValueError("; ".join(f"options.{key}: {what}" for key, what in bad))
         return self
 
 
@@ -214,16 +201,9 @@ def _yaml_line(node: yaml.Node | None, path: tuple[Any, ...]) -> int | None:
 
 def _format_errors(err: ValidationError, source: str, tree: yaml.Node | None) -> str:
     lines = []
-    for e in err.errors():
-        loc = tuple(e["loc"])
-        key = ".".join(str(p) for p in loc) or "<top level>"
-        line = _yaml_line(tree, loc)
-        where = f"{source}:{line}" if line else source
-        msg = e["msg"].removeprefix("Value error, ")
-        shown = "" if e["type"] in ("missing",) or len(repr(e["input"])) > 120 else f" (got {e['input']!r})"  # not a whole section
-        if e["type"] == "extra_forbidden":
-            msg, shown = "unknown key", ""
-        lines.append(f"{where}: {key}: {msg}{shown}")
+    for e, (key, what) in zip(err.errors(), problems(err)):
+        line = _yaml_line(tree, tuple(e["loc"]))
+        lines.append(f"{source}:{line}: {key}: {what}" if line else f"{source}: {key}: {what}")
     return "\n".join(lines)
 
 
@@ -235,11 +215,9 @@ def validate_options(model: type[M], options: dict[str, Any], flags: dict[str, s
     try:
         return model.model_validate(options)
     except ValidationError as e:
-        flags = flags or {}
-        first = e.errors()[0]
-        key = ".".join(str(p) for p in first["loc"])
-        name = flags.get(key, f"--{key.replace('_', '-')}")
-        raise ConfigError(f"option {name}: {first['msg'].removeprefix('Value error, ')} (got {first.get('input')!r})") from None
+        key, what = problems(e)[0]
+        name = (flags or {}).get(key, f"--{key.replace('_', '-')}")
+        raise ConfigError(f"option {name}: {what}") from None
 
 
 def apply_override(data: dict[str, Any], assignment: str) -> None:

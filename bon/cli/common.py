@@ -9,29 +9,10 @@ from typing import Iterator
 import typer
 from rich.console import Console
 
+from bon.core.errors import BonError
+
 console = Console()
 err_console = Console(stderr=True)
-
-
-def user_errors() -> tuple[type[BaseException], ...]:
-    """Errors that mean bad input or a missing resource: one red line, exit 2, no traceback."""
-    from bon.config import ConfigError
-    from bon.engines.base import EngineError
-    from bon.executors import ExecutorError
-    from bon.io import DataFileError
-    from bon.models import ModelLoadError
-    from bon.prompts import PromptSourceError
-    from bon.registry import UnknownNameError
-    from bon.rundir import RunDirError
-    from bon.io import DirectoryInUseError
-    from bon.selection import TieBreakError, UnjudgedError
-    from bon.tokens import ContextLengthError, PromptFormatError
-    from eval.export import ExportError
-    from eval.runner import AnnotatorError
-
-    return (ConfigError, ExecutorError, DataFileError, ModelLoadError, PromptSourceError, UnknownNameError,
-            RunDirError, TieBreakError, ExportError, ContextLengthError, PromptFormatError, EngineError,
-            DirectoryInUseError, UnjudgedError, AnnotatorError)
 
 
 _OS_HINTS = {
@@ -57,7 +38,7 @@ def os_error_message(e: OSError) -> str:
 def fail_clearly() -> Iterator[None]:
     try:
         yield
-    except user_errors() as e:
+    except BonError as e:  # every error user input can cause derives from it
         err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     except OSError as e:  # the machine said no (disk full, read-only, a file in the way): no traceback either
@@ -67,7 +48,7 @@ def fail_clearly() -> Iterator[None]:
 
 def options_from(assignments: list[str] | None) -> dict:
     """Judge options from ``key=value`` strings (values parsed as YAML)."""
-    from bon.config import apply_override
+    from bon.core.config import apply_override
 
     options: dict = {}
     for a in assignments or []:

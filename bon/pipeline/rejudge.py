@@ -7,14 +7,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from bon.config import RunConfig, SelectionConfig, validate_options
-from bon.io import write_json_atomic, write_records_atomic
-from bon.pipeline import Progress, _Silent, alpaca_eval_outputs, judge_missing
-from bon.prompts import load_prompts
-from bon.records import Candidate, Judgement, Prompt, Selection
-from bon.rundir import FILES, MANIFEST, RunDir, RunDirError, open_run
-from bon.selection import check_judged, secondary_judge, select_prompt
-from judges import JUDGES, build_judge
+from bon.core.config import RunConfig, SelectionConfig, validate_options
+from bon.core.io import write_json_atomic, write_records_atomic
+from bon.pipeline.runner import Progress, _Silent, alpaca_eval_outputs, judge_missing
+from bon.core.prompts import load_prompts
+from bon.core.records import Candidate, Judgement, Prompt, Selection
+from bon.core.rundir import FILES, MANIFEST, RunDir, RunDirError, open_run
+from bon.pipeline.selection import check_judged, secondary_judge, select_prompt
+from bon.core.judging import JUDGES, build_judge, policy_defaults
 
 
 def run_candidates(rd: RunDir, config: RunConfig):
@@ -66,11 +66,7 @@ def judge_run(
     progress = progress or _Silent()
     with open_run(run_dir) as (rd, manifest, config):
         JUDGES.check(name)
-        options = dict(options or {})
-        if name == "self_eval":  # the policy judging itself: default to the run's policy weights
-            policy = config.policy.model_dump(mode="json")
-            for key in ("model", "backend", "gguf_file", "dtype", "device", "server"):
-                options.setdefault(key, policy[key])
+        options = policy_defaults(name, options or {}, config.policy.model_dump(mode="json"))
         judge = build_judge(name, options)
         label = label or name
         judge.name = label

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from bon.cli_common import console, err_console, fail_clearly, options_from
+from bon.cli.common import console, err_console, fail_clearly, options_from
 
 eval_app = typer.Typer(help="Win rates, selector evaluation and AlpacaEval runs.", no_args_is_help=True)
 export_app = typer.Typer(help="Export a run for submission.", no_args_is_help=True)
@@ -53,8 +53,8 @@ def select_pool_cmd(
     out: Annotated[Optional[Path], typer.Option("--out", help="write select_pool.md and select_pool.png here")] = None,
 ) -> None:
     """How well a judge picks among candidates whose verdicts are already known."""
-    from bon.progress import RichProgress
-    from bon.config import validate_options
+    from bon.cli.progress import RichProgress
+    from bon.core.config import validate_options
     from eval.pool import PoolOptions, evaluate_selector, load_pool, write_report
     from judges import build_judge
 
@@ -95,7 +95,7 @@ def pairwise_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
 ) -> None:
     """Agreement of one judge with human pairwise labels (ties included), Auto-J leaderboard protocol."""
-    from bon.progress import RichProgress
+    from bon.cli.progress import RichProgress
     from eval.compare import evaluate_pairwise_file
 
     start = time.perf_counter()

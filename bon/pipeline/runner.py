@@ -11,18 +11,18 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Protocol, Sequence
 
-from bon.config import RunConfig
-from bon.early_rejection import in_order, rejected_judgements
-from bon.executors import Done, Executor, Pending, make_executor
-from bon.io import lock_dir
-from bon.policy import Policy
-from bon.preflight import lengths
-from bon.prompts import load_prompts
-from bon.records import Candidate, Judgement, Prompt, Selection
-from bon.rundir import RunDir
-from bon.selection import check_judged, secondary_judge, select_prompt
-from judges import build_judge
-from judges.base import Judge
+from bon.core.config import RunConfig
+from bon.pipeline.early_rejection import in_order, rejected_judgements
+from bon.pipeline.executors import Done, Executor, Pending, make_executor
+from bon.core.io import lock_dir
+from bon.pipeline.policy import Policy
+from bon.pipeline.preflight import lengths
+from bon.core.prompts import load_prompts
+from bon.core.records import Candidate, Judgement, Prompt, Selection
+from bon.core.rundir import RunDir
+from bon.pipeline.selection import check_judged, secondary_judge, select_prompt
+from bon.core.judging import build_judge
+from bon.core.judging import Judge
 
 
 class Progress(Protocol):

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Protocol, Sequence
 
-from bon.config import PolicyConfig
+from bon.core.config import PolicyConfig
 from bon.engines import LanguageModel, SamplingSettings, derive_seed, load_engine
-from bon.formats import CHAT, render
-from bon.records import Candidate, Prompt
-from bon.tokens import ContextLengthError, effective_context, overflow_message
+from bon.core.formats import CHAT, render
+from bon.core.records import Candidate, Prompt
+from bon.engines.tokens import ContextLengthError, effective_context, overflow_message
 
 
 class Policy(Protocol):

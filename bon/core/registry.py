@@ -6,10 +6,12 @@ import difflib
 import importlib
 from typing import Generic, Iterator, TypeVar
 
+from bon.core.errors import BonError
+
 T = TypeVar("T")
 
 
-class UnknownNameError(KeyError):
+class UnknownNameError(BonError, KeyError):
     """A name that is not registered; the message lists close matches and every choice."""
 
     def __str__(self) -> str:  # KeyError would print the message with quotes around it

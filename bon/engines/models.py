@@ -9,7 +9,8 @@ from urllib.parse import urlparse
 from dataclasses import dataclass
 from pathlib import Path
 
-from bon.config import ModelConfig
+from bon.core.errors import BonError
+from bon.core.config import ModelConfig
 
 EMBEDDED_PREFIX = "embedded:"
 
@@ -20,7 +21,7 @@ EMBEDDED_MODELS = {
 }
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(BonError, RuntimeError):
     """A model cannot be found or loaded; the message says which and what to do."""
 
 

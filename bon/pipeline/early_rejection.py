@@ -12,10 +12,10 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-from bon.config import EarlyRejectionConfig
+from bon.core.config import EarlyRejectionConfig
 from bon.engines.base import SamplingSettings, derive_seed
-from bon.policy import EnginePolicy, prompt_seed
-from bon.records import Candidate, Judgement, Prompt
+from bon.pipeline.policy import EnginePolicy, prompt_seed
+from bon.core.records import Candidate, Judgement, Prompt
 
 REJECTED = "rejected"
 

@@ -1,7 +1,7 @@
 """The records that cross module boundaries, and their one on-disk JSONL schema.
 
 Every line written by `bon` carries ``"schema": SCHEMA`` and ``"kind"``; readers reject any other
-schema version with a message naming the file and line (see `bon.io`).
+schema version with a message naming the file and line (see `bon.core.io`).
 """
 
 from __future__ import annotations

@@ -10,18 +10,19 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Sequence
 
-from bon.config import ModelConfig
-from bon.models import ModelLoadError, ModelRef, converted_path, first_line, hub_reachable, resolve
+from bon.core.errors import BonError
+from bon.core.config import ModelConfig
+from bon.engines.models import ModelLoadError, ModelRef, converted_path, first_line, hub_reachable, resolve
 
 # config.json keys that hold a model's context length, in the order families use them
 _CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
 
 
-class PromptFormatError(ValueError):
+class PromptFormatError(BonError, ValueError):
     """A prompt cannot be put in a model's tokens (no chat template, no single-token digits); the message says what to set."""
 
 
-class ContextLengthError(ValueError):
+class ContextLengthError(BonError, ValueError):
     """Prompts do not fit a model's context; the message lists them with their lengths."""
 
 

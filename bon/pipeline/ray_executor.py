@@ -1,6 +1,6 @@
 """The Ray executor: policy and judge actors, pipelined; the only module that imports ray.
 
-The driver (bon.pipeline) submits sampling for several batches ahead and judging as soon as a
+The driver (bon.pipeline.runner) submits sampling for several batches ahead and judging as soon as a
 batch is sampled, so the judge scores batch k while the policy samples batch k+1. A call whose
 actor dies is resubmitted (the actor restarts, up to ``ray.max_restarts``), and because every
 prompt's samples depend only on its seed, the redone batch equals the lost one.
@@ -18,11 +18,11 @@ from typing import Any, Callable, Sequence
 import ray
 from ray.exceptions import ActorUnavailableError, GetTimeoutError, OutOfMemoryError, RayActorError
 
-from bon.config import RayConfig, RunConfig
-from bon.executors import ExecutorError
-from bon.policy import Policy
-from bon.records import Candidate, Prompt
-from judges.base import Judge
+from bon.core.config import RayConfig, RunConfig
+from bon.pipeline.executors import ExecutorError
+from bon.pipeline.policy import Policy
+from bon.core.records import Candidate, Prompt
+from bon.core.judging import Judge
 
 
 # ---------------------------------------------------------------- actors (run in worker processes)
@@ -40,8 +40,8 @@ class PolicyWorker:
     """Hosts one `EnginePolicy` (its model stays loaded between batches)."""
 
     def __init__(self, policy_cfg: dict[str, Any], threads: float):
-        from bon.config import PolicyConfig
-        from bon.policy import EnginePolicy
+        from bon.core.config import PolicyConfig
+        from bon.pipeline.policy import EnginePolicy
 
         cfg = PolicyConfig.model_validate(policy_cfg)
         _use_threads(threads, cfg.backend)
@@ -60,7 +60,7 @@ class JudgeWorker:
     """Hosts one judge from the registry."""
 
     def __init__(self, name: str, options: dict[str, Any], threads: float):
-        from judges import build_judge
+        from bon.core.judging import build_judge
 
         self.judge = build_judge(name, options)
         _use_threads(threads, options.get("backend", "transformers"))
@@ -370,7 +370,7 @@ def _root_cause(error: BaseException) -> str:
 
 
 def ray_executor(config: RunConfig, judge: Judge, policy: Policy | None, note: Callable[[str], None] = lambda m: None) -> RayExecutor:
-    """Factory for `bon.executors.make_executor`; the actors build their own policy and judge."""
+    """Factory for `bon.pipeline.executors.make_executor`; the actors build their own policy and judge."""
     if policy is not None:
         raise ExecutorError("engine: ray builds its policy inside actors; an in-process policy cannot be used")
     return RayExecutor(config, note)

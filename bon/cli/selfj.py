@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from bon.cli_common import console, fail_clearly
+from bon.cli.common import console, fail_clearly
 
 selfj_app = typer.Typer(help="Train a Self-J judge: label responses, then LoRA self-distillation.", no_args_is_help=True)
 
@@ -19,8 +19,8 @@ def label_cmd(
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="override a key: --set run.n=2")] = None,
 ) -> None:
     """Sample K responses per instruction, rate each by self-evaluation with reference + cosine, write the data."""
-    from bon.config import load_config
-    from bon.progress import RichProgress
+    from bon.core.config import load_config
+    from bon.cli.progress import RichProgress
     from judges.selfj_train import LabelConfig, label
 
     with fail_clearly():
@@ -37,7 +37,7 @@ def train_cmd(
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="override a key: --set max_minutes=5")] = None,
 ) -> None:
     """LoRA self-distillation (teacher: with reference; student: without); resumable; writes an adapter."""
-    from bon.config import load_config
+    from bon.core.config import load_config
     from judges.selfj_train import TrainConfig, train
 
     def show(row: dict) -> None:

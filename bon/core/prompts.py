@@ -6,9 +6,10 @@ import hashlib
 from pathlib import Path
 from typing import Any, Iterable
 
-from bon.config import PromptsConfig
-from bon.io import DataFileError, read_json_rows
-from bon.records import Prompt
+from bon.core.errors import BonError
+from bon.core.config import PromptsConfig
+from bon.core.io import DataFileError, read_json_rows
+from bon.core.records import Prompt
 
 LOCAL_SUFFIXES = (".json", ".jsonl", ".parquet")
 
@@ -16,7 +17,7 @@ LOCAL_SUFFIXES = (".json", ".jsonl", ".parquet")
 HUB_FILES = {"tatsu-lab/alpaca_eval": "hf://datasets/tatsu-lab/alpaca_eval/alpaca_eval.json"}
 
 
-class PromptSourceError(ValueError):
+class PromptSourceError(BonError, ValueError):
     """A prompt source cannot be read; one line saying what and what to do."""
 
 

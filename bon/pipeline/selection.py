@@ -5,14 +5,15 @@ from __future__ import annotations
 import math
 from typing import Mapping, Sequence
 
-from bon.records import Judgement, Selection
+from bon.core.errors import BonError
+from bon.core.records import Judgement, Selection
 
 
-class TieBreakError(ValueError):
+class TieBreakError(BonError, ValueError):
     """A tie-break cannot be computed from what the run directory holds."""
 
 
-class UnjudgedError(RuntimeError):
+class UnjudgedError(BonError, RuntimeError):
     """The judge could score none of some prompt's candidates; everything made is already written."""
 
 

@@ -1,0 +1,135 @@
+"""The judge protocol and the judge registry: the only way bon's core reaches a judge.
+
+Judges live in the ``judges`` package, one class per module, named here by ``"module:Class"``
+strings that are imported on first use, so nothing below ``judges`` imports it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Mapping, Protocol, Sequence
+
+from pydantic import BaseModel, ValidationError
+
+from bon.core.errors import ConfigError, problems
+from bon.core.records import Candidate, Judgement, Prompt
+from bon.core.registry import Registry
+
+
+class Judge(Protocol):
+    name: str  # the name judgements carry
+    summary: str  # one line for `bon judges list`
+    needs_reference: bool  # scores only prompts that carry a gold reference
+    hub_id: str | None  # the weights GPU users load, where the judge has any
+
+    def describe(self) -> str:
+        """One honest line on what is scoring (which weights, which template)."""
+        ...
+
+    def score(self, prompts: Sequence[Prompt], candidates: Sequence[Candidate]) -> list[Judgement]:
+        """One judgement per candidate, in the candidates' order; failures are flagged, score None."""
+        ...
+
+
+class PairwiseJudge(Judge, Protocol):
+    """A judge that also compares two responses directly (Auto-J pairwise); `bon compare` asks it both orders."""
+
+    def compare(self, items: Sequence[tuple[str, str, str]]) -> list[Any]:
+        """One verdict (``winner``, ``flag``, ``raw``) per (instruction, shown first, shown second) triple."""
+        ...
+
+
+class JudgeClass(Protocol):
+    """What the registry holds: a judge class with its options model.
+
+    Optional declarations, read with their defaults when a class does not make them:
+    ``cpu_default`` (str: what `bon judges list` shows as the model it runs on by default) and
+    ``policy_defaults`` (tuple of option keys that `bon judge` fills from the run's policy).
+    """
+
+    Options: ClassVar[type[BaseModel]]
+    summary: str
+    needs_reference: bool
+    hub_id: str | None
+
+    def __call__(self, options: Any = ..., /) -> Judge: ...
+
+
+JUDGES: Registry[JudgeClass] = Registry(
+    "judge",
+    {
+        "selfj": "judges.selfj:SelfJudge",
+        "autoj": "judges.autoj:AutoJudge",
+        "reward_model": "judges.reward_model:RewardModelJudge",
+        "pairwise": "judges.pairwise:PairwiseRanking",
+        "ppl": "judges.ppl:PPLJudge",
+        "cosine": "judges.cosine:CosineJudge",
+        "self_eval": "judges.self_eval:SelfEvalJudge",
+        "consistency": "judges.consistency:ConsistencyJudge",
+        "ensemble": "judges.ensemble:EnsembleJudge",
+        "length": "judges.length:LengthJudge",
+        "random": "judges.random_pick:RandomJudge",
+    },
+)
+
+
+def option_problems(name: str, options: Mapping[str, Any] | None) -> list[tuple[str, str]]:
+    """(key, what is wrong) for each option of a registered judge that its Options model refuses."""
+    try:
+        JUDGES.get(name).Options.model_validate(dict(options or {}))
+    except ValidationError as e:
+        return problems(e)
+    return []
+
+
+def judge_options(name: str, options: Mapping[str, Any] | None = None) -> BaseModel:
+    """A registered judge's options, validated by its Options model (an unknown name suggests close ones)."""
+    bad = option_problems(name, options)
+    if bad:
+        raise ConfigError(f"judge {name!r} options: " + "; ".join(f"{k}: {m}" for k, m in bad))
+    return JUDGES.get(name).Options.model_validate(dict(options or {}))
+
+
+def judge_spec(name: str, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A judge's meaning with its options' defaults filled in, so `{}` and the explicit defaults compare equal."""
+    return {"name": name, "options": judge_options(name, options).model_dump(mode="json")}
+
+
+def build_judge(name: str, options: Mapping[str, Any] | None = None) -> Judge:
+    """A judge instance from its registered name and options."""
+    return JUDGES.get(name)(judge_options(name, options))
+
+
+def policy_defaults(name: str, options: Mapping[str, Any], policy: Mapping[str, Any]) -> dict[str, Any]:
+    """``options`` with the keys the judge declares in ``policy_defaults`` taken from the run's policy when unset."""
+    out = dict(options)
+    for key in getattr(JUDGES.get(name), "policy_defaults", ()):
+        out.setdefault(key, policy[key])
+    return out
+
+
+@dataclass(frozen=True)
+class JudgeInfo:
+    name: str
+    summary: str
+    needs_reference: bool
+    hub_id: str | None
+    cpu_default: str  # the model it loads when no option names one
+
+
+def describe_judges() -> list[JudgeInfo]:
+    """One row per registered judge, from its class and its Options defaults (nothing is loaded)."""
+    rows = []
+    for name in JUDGES:
+        cls = JUDGES.get(name)
+        default = getattr(cls, "cpu_default", None)
+        if default is None:
+            model = cls.Options.model_fields.get("model")
+            if model is None:
+                default = "no model"
+            elif str(model.default).startswith("embedded:"):
+                default = str(model.default).removeprefix("embedded:")
+            else:
+                default = "none: set options.model to a local copy"
+        rows.append(JudgeInfo(name, cls.summary, cls.needs_reference, cls.hub_id, default))
+    return rows
