@@ -18,11 +18,11 @@ from typing import Any, Callable, Literal, Sequence
 from pydantic import Field, model_validator
 
 from bon.core.config import JudgeConfig, RayConfig, RunConfig, Strict
-from bon.core.judging import build_judge, judge_spec
-from bon.core.io import append_records, lock_dir, read_records, write_json_atomic
-from bon.pipeline.runner import keep_missing, needs_judging
-from bon.core.records import SCHEMA, Comparison, Judgement, Prompt
-from bon.core.rundir import RunDirError, package_versions, read_manifest
+from bon.core.judging import build_judge, judge_spec, same_judge
+from bon.core.io import append_records, read_records
+from bon.pipeline.scoring import InFlight, needs_judging, score_missing
+from bon.core.records import SCHEMA, Comparison, Judgement, Prompt, by_key
+from bon.core.rundir import RunDir, package_versions
 from eval.benchmarks import Benchmark, load_leaderboard, load_pairwise, load_pool_benchmark, load_scores
 from eval.scoring import (
     AgreementMatrix,
@@ -97,9 +97,6 @@ class CompareConfig(Strict):
         return self
 
 
-MANIFEST = "manifest.json"
-
-
 def load_benchmark(cfg: BenchmarkConfig) -> Benchmark:
     if cfg.kind == "pairwise":
         bench = load_pairwise(cfg.path, cfg.name)
@@ -114,46 +111,40 @@ def load_benchmark(cfg: BenchmarkConfig) -> Benchmark:
     return bench
 
 
-def _unchanged(what: str, before: dict, now: dict) -> bool:
-    """Whether a stored spec, read with today's defaults (a field added since is no change), equals ``now``."""
+def _same_benchmark(before: Any, now: Any) -> bool:
+    """Whether a stored benchmark spec, read with today's defaults (a field added since is no change), equals ``now``."""
     try:
-        if what == "judge":
-            return judge_spec(before["name"], before["options"]) == now
         return BenchmarkConfig.model_validate(before).model_dump(mode="json") == now
-    except (KeyError, TypeError, ValueError):  # unreadable or no longer valid: a different judge or benchmark
+    except (TypeError, ValueError):  # no longer valid: a different benchmark
         return False
 
 
 def open_run(cfg: CompareConfig) -> Path:
-    """Create or reopen the run directory; a stored judge label or benchmark must keep its meaning."""
-    out = cfg.output_dir
-    out.mkdir(parents=True, exist_ok=True)
-    manifest = out / MANIFEST
+    """Create or reopen the run directory (locked by the caller); a stored judge label or benchmark keeps its meaning."""
+    rd = RunDir(cfg.output_dir)
+    manifest = rd.manifest()
+
+    def refusal(what: str) -> Callable[[str, Any, Any], str]:
+        return lambda key, before, now: (
+            f"{what} {key!r} was run as {before} and is now {now}; its stored judgements would be mixed with new ones: "
+            "give it another name or use another output_dir"
+        )
+
     judges = {j.key: judge_spec(j.name, j.options) for j in cfg.judges}
+    rd.register(manifest, "judges", judges, same_judge, refusal("judge"))  # every label ever run here
     benchmarks = {b.name: b.model_dump(mode="json") for b in cfg.benchmarks}
-    if manifest.exists():
-        stored = read_manifest(manifest)
-        stored_judges, stored_benchmarks = stored.get("judges", {}), stored.get("benchmarks", {})
-        for what, now, before in (("judge", judges, stored_judges), ("benchmark", benchmarks, stored_benchmarks)):
-            for key in now.keys() & before.keys():
-                if not _unchanged(what, before[key], now[key]):
-                    raise RunDirError(
-                        f"{out}: {what} {key!r} was run as {before[key]} and is now {now[key]}; its stored "
-                        "judgements would be mixed with new ones: give it another name or use another output_dir"
-                    )
-        judges, benchmarks = {**stored_judges, **judges}, {**stored_benchmarks, **benchmarks}
-    write_json_atomic(
-        manifest,
+    rd.register(manifest, "benchmarks", benchmarks, _same_benchmark, refusal("benchmark"))
+    rd.write_manifest(
         {
             "schema": SCHEMA,
             "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "config": cfg.model_dump(mode="json"),
-            "judges": judges,  # every label ever run here, so its stored judgements keep their meaning
-            "benchmarks": benchmarks,
+            "judges": manifest["judges"],
+            "benchmarks": manifest["benchmarks"],
             "packages": package_versions(),
-        },
+        }
     )
-    return out
+    return rd.path
 
 
 def store_path(out: Path, bench: str, label: str, pairwise_judge: bool) -> Path:
@@ -172,39 +163,23 @@ def _append(path: Path | None, records: list) -> None:
         append_records(path, records)
 
 
-def _in_flight(submit: Callable[[Any], Any], batches: Sequence[Any], executor, collect: Callable[[Any, Any], None]) -> None:
-    """Submit batches keeping the executor's judge window in flight; collect results in submission order."""
-    if not batches:
-        return  # touching the executor would start it
-    window = max(1, executor.judge_window)
-    pending: list[tuple[Any, Any]] = []
-    for batch in batches:
-        pending.append((batch, submit(batch)))
-        if len(pending) >= window:
-            b, p = pending.pop(0)
-            collect(b, p.result())
-    for b, p in pending:
-        collect(b, p.result())
-
-
 def score_benchmark(
     executor, bench: Benchmark, prompts: Sequence[Prompt], path: Path | None, label: str, batch_size: int, advance: Callable[[int], None]
 ) -> list[Judgement]:
     """Every candidate of ``prompts`` judged once; judgements already in ``path`` are kept, not redone."""
     have = _stored(path, Judgement)
-    judged = {(j.prompt_id, j.candidate_index): j for j in have}
+    judged = by_key(have)
     todo = [p for p in prompts if needs_judging(bench.candidates[p.id], judged)]
     advance(len(prompts) - len(todo))
-    batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
 
-    def collect(batch: list[Prompt], judgements: list[Judgement]) -> None:
-        new = [dataclasses.replace(j, judge=label) for j in keep_missing(judgements, judged)]
-        _append(path, new)
-        have.extend(new)
+    def write(batch: Sequence[Prompt], fresh: list[Judgement]) -> None:
+        _append(path, fresh)
+        have.extend(fresh)
         advance(len(batch))
 
-    submit = lambda batch: executor.score(batch, [c for p in batch for c in bench.candidates[p.id]])  # noqa: E731
-    _in_flight(submit, batches, executor, collect)
+    if todo:  # touching the executor would start it
+        batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
+        score_missing(executor, batches, lambda p: bench.candidates[p.id], judged, label, write)
     return have
 
 
@@ -218,24 +193,28 @@ def compare_benchmark(
     advance(len(prompts) - len(todo))
     batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
 
-    def items(batch: list[Prompt]) -> list[tuple[str, str, str]]:
+    def items(batch: Sequence[Prompt]) -> list[tuple[str, str, str]]:
         out = []
         for p in batch:
             r1, r2 = (c.text for c in bench.candidates[p.id])
             out += [(p.instruction, r1, r2), (p.instruction, r2, r1)]
         return out
 
-    def collect(batch: list[Prompt], verdicts: list) -> None:
+    def collect(k: int, verdicts: list) -> None:
         new = []
-        for k, p in enumerate(batch):
-            for first, v in zip((0, 1), verdicts[2 * k : 2 * k + 2]):
+        for i, p in enumerate(batches[k]):
+            for first, v in zip((0, 1), verdicts[2 * i : 2 * i + 2]):
                 if (p.id, first) not in done:
                     new.append(Comparison(p.id, first, 1 - first, label, v.winner, v.flag, v.raw))
         _append(path, new)
         have.extend(new)
-        advance(len(batch))
+        advance(len(batches[k]))
 
-    _in_flight(lambda batch: executor.compare(items(batch)), batches, executor, collect)
+    flight = InFlight(collect)
+    for k, batch in enumerate(batches):
+        flight.submit(k, executor.compare(items(batch)))
+        flight.collect(keep=max(1, executor.judge_window))
+    flight.collect()
     return have
 
 
@@ -302,7 +281,7 @@ def run_compare(cfg: CompareConfig, progress=None, note: Callable[[str], None] =
     """Judge every benchmark with every judge (only what the run directory lacks), then score them."""
     start = time.perf_counter()
     benches = {b.name: load_benchmark(b) for b in cfg.benchmarks}  # bad data fails before anything is written
-    with lock_dir(cfg.output_dir):  # one process per comparison directory
+    with RunDir(cfg.output_dir).locked():  # one process per comparison directory
         out = open_run(cfg)
         stored: dict[str, dict[str, tuple[list[Prompt], list]]] = {name: {} for name in benches}
         skipped: dict[str, dict[str, str]] = {name: {} for name in benches}

@@ -17,7 +17,9 @@ from pydantic import Field
 from bon.core.config import Strict
 from bon.core.io import DataFileError
 from bon.core.prompts import prompt_id
-from bon.core.records import Candidate, Judgement, Prompt, Selection
+from bon.core.records import Candidate, Judgement, Key, Prompt, Selection
+from bon.pipeline.executors import LocalExecutor
+from bon.pipeline.scoring import score_missing
 from bon.pipeline.selection import select
 from eval.ae import winrate
 from eval.annotations import Annotation, read_annotations
@@ -125,13 +127,13 @@ def evaluate_selector(
 ) -> tuple[PoolReport, list[Judgement]]:
     """The judge's picks over the pool, their win rate, and every judgement it made."""
     prompts = pool.prompts(reference)
-    judgements: list[Judgement] = []
-    for start in range(0, len(prompts), batch_size):
-        batch = prompts[start : start + batch_size]
-        cands = [c for p in batch for c in pool.candidates(p.instruction)]
-        judgements += judge.score(batch, cands)
-        if on_batch:
-            on_batch(len(batch))
+    judged: dict[Key, Judgement] = {}
+    batches = [prompts[i : i + batch_size] for i in range(0, len(prompts), batch_size)]
+    score_missing(
+        LocalExecutor(judge), batches, lambda p: pool.candidates(p.instruction), judged, judge.name,
+        lambda batch, _: on_batch(len(batch)) if on_batch else None,
+    )
+    judgements = list(judged.values())
     return picks_report(pool, judge.name, judgements), judgements
 
 

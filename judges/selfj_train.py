@@ -25,8 +25,11 @@ from typing import Any, Callable, Literal, Sequence
 from pydantic import Field, field_validator
 
 from bon.core.config import ModelConfig, RunConfig, Strict
-from bon.core.io import DataFileError, read_json, read_json_rows
-from bon.core.records import Prompt
+from bon.engines.base import derive_seed
+from bon.core.io import DataFileError, append_jsonl, read_json, read_json_rows, write_json_atomic, write_jsonl_atomic
+from bon.core.records import Candidate, Judgement, Prompt, by_key, by_prompt
+from bon.pipeline.rejudge import judge_run
+from bon.pipeline.runner import run
 from judges.cosine import CosineOptions
 from judges.selfj import SelfJOptions, SelfJudge
 
@@ -79,8 +82,6 @@ def combine(self_score: float | None, cosine: float | None, self_weight: float, 
 
 
 def is_heldout(prompt_id: str, share: float) -> bool:
-    from bon.engines.base import derive_seed
-
     return derive_seed("heldout", prompt_id) % 10_000 < share * 10_000
 
 
@@ -163,12 +164,72 @@ def _padded(rows: Sequence[tuple[list[int], list[int]]], pad: int):
     return ids, mask, labels
 
 
+Pair = tuple[list[int], list[int], list[int]]  # (teacher prompt ids, student prompt ids, target ids)
+
+
+def training_pairs(cfg: TrainConfig, teacher: SelfJudge, student: SelfJudge, eos: int, note: Callable[[str], None]) -> list[Pair]:
+    """The data: every 'train' example as token ids, those longer than ``cfg.cutoff`` dropped (said)."""
+    pairs = [pair_ids(teacher, student, ex, eos) for ex in read_examples(cfg.data) if ex.split == "train"]
+    kept = [p for p in pairs if max(len(p[0]), len(p[1])) + len(p[2]) <= cfg.cutoff]
+    if len(kept) < len(pairs):
+        note(f"dropped {len(pairs) - len(kept)} pairs longer than cutoff {cfg.cutoff}")
+    if not kept:
+        raise DataFileError(cfg.data, None, "no training pairs (split 'train') within the cutoff")
+    return kept
+
+
+def trainable(cfg: TrainConfig, base: Any, checkpoint: Path, note: Callable[[str], None]) -> tuple[Any, dict[str, int]]:
+    """The model: LoRA layers on ``base``, fresh or from the last checkpoint, and the loop's state (step, seen)."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    if (checkpoint / "adapter_config.json").exists():
+        state = read_json(checkpoint / "state.json")
+        note(f"resuming from {checkpoint} at step {state['step']}")
+        return PeftModel.from_pretrained(base, checkpoint, is_trainable=True), state
+    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=list(cfg.target_modules), task_type="CAUSAL_LM")
+    return get_peft_model(base, lora), {"step": 0, "seen": 0}
+
+
+def optimiser_for(cfg: TrainConfig, model: Any, checkpoint: Path, step: int, total_steps: int) -> tuple[Any, Any]:
+    """AdamW and its warm-up + linear-decay schedule, both restored to ``step``."""
+    import torch
+
+    optimiser = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate)
+    if (checkpoint / "optimiser.pt").exists():
+        optimiser.load_state_dict(torch.load(checkpoint / "optimiser.pt"))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimiser, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)) * max(0.0, 1 - s / total_steps)
+    )
+    for _ in range(step):
+        schedule.step()
+    return optimiser, schedule
+
+
+def accumulate_step(cfg: TrainConfig, model: Any, batches: Sequence[Sequence[Pair]], pad: int, eos: int) -> tuple[dict[str, float], int]:
+    """Forward and backward over one optimiser step's batches; (mean loss parts, tokens read)."""
+    parts = {"loss": 0.0, "ce_teacher": 0.0, "ce_student": 0.0, "kl": 0.0}
+    tokens = 0
+    for batch in batches:
+        t_ids, t_mask, t_labels = _padded([(b[0], b[2]) for b in batch], pad)
+        s_ids, s_mask, s_labels = _padded([(b[1], b[2]) for b in batch], pad)
+        losses = distill_loss(
+            model(input_ids=t_ids, attention_mask=t_mask).logits, t_labels,
+            model(input_ids=s_ids, attention_mask=s_mask).logits, s_labels, eos,
+            cfg.ce_student_weight, cfg.kl_weight,
+        )
+        (losses["loss"] / len(batches)).backward()
+        tokens += int(t_mask.sum() + s_mask.sum())
+        for k in parts:
+            parts[k] += float(losses[k].detach()) / len(batches)
+    return parts, tokens
+
+
 def train(cfg: TrainConfig, note: Callable[[str], None] = print, progress: Callable[[dict], None] | None = None) -> Path:
     """LoRA self-distillation; resumable from the last checkpoint in ``cfg.output_dir``. Returns the adapter directory."""
     import random
 
     import torch
-    from peft import LoraConfig, PeftModel, get_peft_model
 
     from bon.engines.hf import HFModel
 
@@ -176,65 +237,34 @@ def train(cfg: TrainConfig, note: Callable[[str], None] = print, progress: Calla
     options = SelfJOptions(**{k: getattr(cfg.model, k) for k in ModelConfig.model_fields}, prompt_format=cfg.prompt_format)
     teacher, student = training_judges(options, engine)
     eos = engine.tokenizer.eos_token_id
-    examples = [ex for ex in read_examples(cfg.data) if ex.split == "train"]
-    pairs = [pair_ids(teacher, student, ex, eos) for ex in examples]
-    kept = [p for p in pairs if max(len(p[0]), len(p[1])) + len(p[2]) <= cfg.cutoff]
-    if len(kept) < len(pairs):
-        note(f"dropped {len(pairs) - len(kept)} pairs longer than cutoff {cfg.cutoff}")
-    if not kept:
-        raise DataFileError(cfg.data, None, "no training pairs (split 'train') within the cutoff")
+    kept = training_pairs(cfg, teacher, student, eos, note)
     torch.manual_seed(cfg.seed)
     out = Path(cfg.output_dir)
     checkpoint = out / "checkpoint"
-    if (checkpoint / "adapter_config.json").exists():
-        model = PeftModel.from_pretrained(engine.model, checkpoint, is_trainable=True)
-        state = read_json(checkpoint / "state.json")
-        note(f"resuming from {checkpoint} at step {state['step']}")
-    else:
-        lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                          target_modules=list(cfg.target_modules), task_type="CAUSAL_LM")
-        model, state = get_peft_model(engine.model, lora), {"step": 0, "seen": 0}
+    model, state = trainable(cfg, engine.model, checkpoint, note)
     model.train()
     accumulate = max(1, cfg.effective_batch // cfg.batch_size)
-    steps_per_epoch = max(1, math.ceil(len(kept) / (cfg.batch_size * accumulate)))
-    total_steps = max(1, math.ceil(cfg.epochs * steps_per_epoch))
-    optimiser = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate)
-    if (checkpoint / "optimiser.pt").exists():
-        optimiser.load_state_dict(torch.load(checkpoint / "optimiser.pt"))
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimiser, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)) * max(0.0, 1 - s / total_steps)
-    )
-    for _ in range(state["step"]):
-        schedule.step()
+    total_steps = max(1, math.ceil(cfg.epochs * max(1, math.ceil(len(kept) / (cfg.batch_size * accumulate)))))
+    optimiser, schedule = optimiser_for(cfg, model, checkpoint, state["step"], total_steps)
     order = list(range(len(kept)))
     random.Random(cfg.seed).shuffle(order)
     stream = order * math.ceil(cfg.epochs + 1)  # the data order of every epoch, fixed by the seed
-    started, tokens, log = time.perf_counter(), 0, out / "train_log.jsonl"
+    started, tokens = time.perf_counter(), 0
     out.mkdir(parents=True, exist_ok=True)
     while state["step"] < total_steps:
-        parts = {"loss": 0.0, "ce_teacher": 0.0, "ce_student": 0.0, "kl": 0.0}
+        batches = []
         for _ in range(accumulate):
-            batch = [kept[i] for i in stream[state["seen"] : state["seen"] + cfg.batch_size]]
+            batches.append([kept[i] for i in stream[state["seen"] : state["seen"] + cfg.batch_size]])
             state["seen"] += cfg.batch_size
-            t_ids, t_mask, t_labels = _padded([(b[0], b[2]) for b in batch], engine.pad_id)
-            s_ids, s_mask, s_labels = _padded([(b[1], b[2]) for b in batch], engine.pad_id)
-            losses = distill_loss(
-                model(input_ids=t_ids, attention_mask=t_mask).logits, t_labels,
-                model(input_ids=s_ids, attention_mask=s_mask).logits, s_labels, eos,
-                cfg.ce_student_weight, cfg.kl_weight,
-            )
-            (losses["loss"] / accumulate).backward()
-            tokens += int(t_mask.sum() + s_mask.sum())
-            for k in parts:
-                parts[k] += float(losses[k].detach()) / accumulate
+        parts, read = accumulate_step(cfg, model, batches, engine.pad_id, eos)
         optimiser.step()
         schedule.step()
         optimiser.zero_grad()
         state["step"] += 1
+        tokens += read
         elapsed = time.perf_counter() - started
         row = {"step": state["step"], "of": total_steps, **parts, "tokens_per_s": tokens / elapsed, "lr": schedule.get_last_lr()[0]}
-        with open(log, "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
+        append_jsonl(out / "train_log.jsonl", [row])
         if progress:
             progress(row)
         out_of_time = cfg.max_minutes is not None and elapsed > 60 * cfg.max_minutes
@@ -275,35 +305,27 @@ def label(cfg: LabelConfig, progress=None, note: Callable[[str], None] = print) 
 
     Both steps are a `bon run` and a `bon judge` on ``cfg.run.output_dir``, so a rerun resumes.
     """
-    from bon.core.io import write_json_atomic
-    from bon.pipeline.runner import run
-    from bon.core.records import Candidate, Judgement
-    from bon.pipeline.rejudge import judge_run
-
     result = run(cfg.run, progress=progress)
     judge_run(cfg.run.output_dir, "cosine", cfg.cosine.model_dump(), label="cosine", progress=progress)
     rd = result.run_dir
-    cands = {(c.prompt_id, c.index): c for c in rd.read(Candidate)}
-    scores: dict[str, dict[tuple[str, int], float | None]] = {"selfj": {}, "cosine": {}}
-    for j in rd.read(Judgement):
-        if j.judge in scores:
-            scores[j.judge][(j.prompt_id, j.candidate_index)] = j.score
+    cands = by_prompt(rd.read(Candidate))
+    judgements = rd.read(Judgement)
+    self_eval, cosine = by_key(judgements, "selfj"), by_key(judgements, "cosine")
     rows, missing = [], 0
     for p in result.prompts:
         for i in range(cfg.run.n):
-            key = (p.id, i)
-            parts = combine(scores["selfj"].get(key), scores["cosine"].get(key), cfg.self_weight, cfg.cosine_weight)
-            if parts is None:
+            s, c = self_eval.get((p.id, i)), cosine.get((p.id, i))
+            parts = combine(s and s.score, c and c.score, cfg.self_weight, cfg.cosine_weight)
+            if parts is None or s is None or c is None:
                 missing += 1
                 continue
             rows.append({
                 "id": f"{p.id}#{i}", "prompt_id": p.id, "instruction": p.instruction, "reference": p.reference,
-                "response": cands[key].text, "self_eval": scores["selfj"][key], "cosine": scores["cosine"][key],
+                "response": cands[p.id][i].text, "self_eval": s.score, "cosine": c.score,
                 "combined": parts[0], "label": parts[1], "split": "heldout" if is_heldout(p.id, cfg.heldout) else "train",
             })
-    cfg.output.parent.mkdir(parents=True, exist_ok=True)
-    _write_jsonl(cfg.output, rows)
-    _write_jsonl(heldout_path(cfg.output), [r for r in rows if r["split"] == "heldout"])  # a `scores` benchmark for bon compare
+    write_jsonl_atomic(cfg.output, rows)
+    write_jsonl_atomic(heldout_path(cfg.output), [r for r in rows if r["split"] == "heldout"])  # a `scores` benchmark for bon compare
     summary = {"rows": len(rows), "unlabelled": missing, "train": sum(r["split"] == "train" for r in rows),
                "labels": {d: sum(r["label"] == d for r in rows) for d in range(10)}}
     write_json_atomic(cfg.output.with_suffix(".summary.json"), summary)
@@ -313,8 +335,3 @@ def label(cfg: LabelConfig, progress=None, note: Callable[[str], None] = print) 
 def heldout_path(output: Path) -> Path:
     return output.with_name(output.stem + ".heldout.jsonl")
 
-
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    tmp.replace(path)

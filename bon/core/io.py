@@ -172,12 +172,17 @@ def dumps(obj: Any) -> str:
 
 
 def append_records(path: Path, records: Iterable[Any]) -> None:
-    """Append records as JSON lines and fsync, so a crash loses at most a torn last line.
+    """Append records (with their schema version and kind) through `append_jsonl`."""
+    append_jsonl(path, (to_json(r) for r in records))
 
-    A torn last line left by an earlier crash is cut first, so it never fuses with the next record:
-    every appender of a record file goes through here.
+
+def append_jsonl(path: Path, rows: Iterable[Any]) -> None:
+    """Append JSON lines and fsync, so a crash loses at most a torn last line.
+
+    A torn last line left by an earlier crash is cut first, so it never fuses with the next row:
+    every appender of a JSONL file goes through here.
     """
-    payload = "".join(dumps(to_json(r)) + "\n" for r in records).encode("utf-8")
+    payload = "".join(dumps(r) + "\n" for r in rows).encode("utf-8")
     if not payload:
         return
     try:
@@ -191,8 +196,13 @@ def append_records(path: Path, records: Iterable[Any]) -> None:
 
 
 def write_records_atomic(path: Path, records: Iterable[Any]) -> None:
+    """Replace a JSONL file of records through `write_jsonl_atomic`."""
+    write_jsonl_atomic(path, (to_json(r) for r in records))
+
+
+def write_jsonl_atomic(path: Path, rows: Iterable[Any]) -> None:
     """Replace a JSONL file through a temporary file and a rename: readers see the old or the new one."""
-    _write_atomic(path, "".join(dumps(to_json(r)) + "\n" for r in records))
+    _write_atomic(path, "".join(dumps(r) + "\n" for r in rows))
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:

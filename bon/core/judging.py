@@ -95,6 +95,14 @@ def judge_spec(name: str, options: Mapping[str, Any] | None = None) -> dict[str,
     return {"name": name, "options": judge_options(name, options).model_dump(mode="json")}
 
 
+def same_judge(stored: Any, now: Any) -> bool:
+    """Whether two ``{"name", "options"}`` entries mean the same judge (defaults filled in; unreadable: no)."""
+    try:
+        return judge_spec(stored["name"], stored["options"]) == judge_spec(now["name"], now["options"])
+    except (KeyError, TypeError, ValueError):  # unknown name, options no longer valid, not a mapping
+        return False
+
+
 def build_judge(name: str, options: Mapping[str, Any] | None = None) -> Judge:
     """A judge instance from its registered name and options."""
     return JUDGES.get(name)(judge_options(name, options))

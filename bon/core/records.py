@@ -9,9 +9,11 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Mapping
+from collections import defaultdict
+from typing import Any, ClassVar, Iterable, Mapping
 
 SCHEMA = 1  # bump when a record's fields change meaning; readers refuse other versions
+Key = tuple[str, int]  # (prompt id, candidate index): one candidate of a run
 
 
 class RecordError(ValueError):
@@ -44,6 +46,10 @@ class Candidate:
     policy: str
     flag: str | None = None  # e.g. the prompt was truncated to fit the context; None when clean
 
+    @property
+    def key(self) -> Key:
+        return (self.prompt_id, self.index)
+
 
 @dataclass(frozen=True)
 class Judgement:
@@ -67,6 +73,10 @@ class Judgement:
     @property
     def ok(self) -> bool:
         return self.score is not None
+
+    @property
+    def key(self) -> Key:
+        return (self.prompt_id, self.candidate_index)
 
 
 @dataclass(frozen=True)
@@ -95,6 +105,19 @@ class Comparison:
     winner: int | None  # 0 = the one shown first, 1 = the one shown second, 2 = tie; None when unusable
     flag: str | None = None  # why the verdict is unusable; None when clean
     raw: str | None = None  # the judge's raw generated text, where it generates any
+
+
+def by_key(judgements: Iterable[Judgement], judge: str | None = None) -> dict[Key, Judgement]:
+    """Judgements keyed by candidate, only ``judge``'s when it is given."""
+    return {j.key: j for j in judgements if judge is None or j.judge == judge}
+
+
+def by_prompt(candidates: Iterable[Candidate]) -> dict[str, dict[int, Candidate]]:
+    """Candidates by prompt id, then index (a prompt without candidates reads as an empty dict)."""
+    table: dict[str, dict[int, Candidate]] = defaultdict(dict)
+    for c in candidates:
+        table[c.prompt_id][c.index] = c
+    return table
 
 
 RECORD_TYPES: dict[str, type] = {t.kind: t for t in (Prompt, Candidate, Judgement, Selection, Comparison)}

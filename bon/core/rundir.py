@@ -9,7 +9,7 @@ import json
 import platform
 import time
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from pydantic import ValidationError
 
@@ -150,10 +150,52 @@ def state(config: RunConfig) -> str:
 
 
 class RunDir:
-    """One run's directory. Record files only grow; a rerun reads them and continues."""
+    """A run directory: a manifest, append-only record files, and a lock while a process writes.
 
-    def __init__(self, path: Path):
+    `bon run` makes one (`open`), `bon judge`/`bon select` reopen it (`open_run`), and `bon compare`
+    keeps its judgements in one too. Record files only grow; a rerun reads them and continues.
+    Named specs kept in the manifest (a judge label, a benchmark) keep their meaning (`register`).
+    """
+
+    def __init__(self, path: Path | str):
         self.path = Path(path)
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.path / MANIFEST
+
+    def locked(self) -> contextlib.AbstractContextManager[Path]:
+        """Hold the directory's lock (created if needed) while the block runs; another process is refused."""
+        return lock_dir(self.path)
+
+    def manifest(self) -> dict[str, Any]:
+        """The stored manifest ({} when there is none yet), refused when unreadable or of another schema."""
+        return read_manifest(self.manifest_path) if self.manifest_path.exists() else {}
+
+    def write_manifest(self, manifest: dict[str, Any]) -> None:
+        write_json_atomic(self.manifest_path, manifest)
+
+    def register(
+        self,
+        manifest: dict[str, Any],
+        section: str,
+        specs: dict[str, Any],
+        same: Callable[[Any, Any], bool],
+        refusal: Callable[[str, Any, Any], str],
+        stored: dict[str, Any] | None = None,
+    ) -> None:
+        """Add ``specs`` (name -> spec) to ``manifest[section]``; a name stored with another meaning is refused.
+
+        ``same(stored, new)`` decides meaning (e.g. options compared with today's defaults filled in);
+        ``refusal(name, stored, new)`` says why and what to do instead. ``stored`` overrides what the
+        manifest holds (e.g. the run's own judge). Only ``manifest`` changes: the caller writes it.
+        """
+        section_specs = manifest.setdefault(section, {})
+        before = {**(stored or {}), **section_specs}
+        for name, spec in specs.items():
+            if name in before and not same(before[name], spec):
+                raise RunDirError(f"{self.path}: {refusal(name, before[name], spec)}")
+        section_specs.update(specs)
 
     @classmethod
     def open(cls, config: RunConfig, describe: dict[str, str], prompts: Sequence[Prompt]) -> tuple["RunDir", list[str]]:

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from bon.core.config import RunConfig, SelectionConfig, validate_options
 from bon.core.io import write_json_atomic, write_records_atomic
-from bon.pipeline.runner import Progress, _Silent, alpaca_eval_outputs, judge_missing
+from bon.pipeline.executors import LocalExecutor
+from bon.pipeline.runner import Progress, Silent, alpaca_eval_outputs
+from bon.pipeline.scoring import score_missing
 from bon.core.prompts import load_prompts
-from bon.core.records import Candidate, Judgement, Prompt, Selection
+from bon.core.records import Candidate, Judgement, Key, Prompt, Selection, by_key, by_prompt
 from bon.core.rundir import FILES, MANIFEST, RunDir, RunDirError, open_run
 from bon.pipeline.selection import check_judged, secondary_judge, select_prompt
-from bon.core.judging import JUDGES, build_judge, policy_defaults
+from bon.core.judging import JUDGES, build_judge, policy_defaults, same_judge
 
 
 def run_candidates(rd: RunDir, config: RunConfig):
@@ -23,9 +24,7 @@ def run_candidates(rd: RunDir, config: RunConfig):
     loaded = load_prompts(config.prompts)
     rd.check_prompts(loaded)
     prompts = [p for p in loaded if p.id not in skipped]
-    cands: dict[str, dict[int, Candidate]] = defaultdict(dict)
-    for c in rd.read(Candidate):
-        cands[c.prompt_id][c.index] = c
+    cands = by_prompt(rd.read(Candidate))
     incomplete = [p.id for p in prompts if len(cands[p.id]) < config.n]
     if incomplete:
         raise RunDirError(
@@ -36,9 +35,9 @@ def run_candidates(rd: RunDir, config: RunConfig):
 
 def judgements_of(
     rd: RunDir, all_judgements: list[Judgement], label: str, prompts: list[Prompt], n: int
-) -> dict[tuple[str, int], Judgement]:
+) -> dict[Key, Judgement]:
     """The ``label`` judgements of every candidate, keyed (prompt id, index); refused when any is missing."""
-    judged = {(j.prompt_id, j.candidate_index): j for j in all_judgements if j.judge == label}
+    judged = by_key(all_judgements, label)
     missing = sum((p.id, i) not in judged for p in prompts for i in range(n))
     if missing:
         have = sorted({j.judge for j in all_judgements})
@@ -63,37 +62,33 @@ def judge_run(
     touched. Rerunning continues where it stopped. A label already used with other options is
     refused, so two settings never mix under one name.
     """
-    progress = progress or _Silent()
+    progress = progress or Silent()
     with open_run(run_dir) as (rd, manifest, config):
         JUDGES.check(name)
         options = policy_defaults(name, options or {}, config.policy.model_dump(mode="json"))
         judge = build_judge(name, options)
         label = label or name
-        judge.name = label
-        entry = {"name": name, "options": options, "description": judge.describe()}
-        known = manifest.setdefault("judges", {})
-        previous = known.get(label)
-        if previous is None and label == config.judge.name:
-            previous = {"name": config.judge.name, "options": config.judge.options}
-        if previous is not None and (previous["name"], previous["options"]) != (name, options):
-            raise RunDirError(
-                f"{rd.path}: judgements named {label!r} were made by {previous['name']} with options "
-                f"{previous['options']}; pass another --label"
-            )
-        known[label] = entry
-        write_json_atomic(rd.path / MANIFEST, manifest)
+        rd.register(
+            manifest,
+            "judges",
+            {label: {"name": name, "options": options, "description": judge.describe()}},
+            same_judge,
+            lambda key, before, _: f"judgements named {key!r} were made by {before['name']} with options {before['options']}; pass another --label",
+            stored={config.judge.name: {"name": config.judge.name, "options": config.judge.options}},
+        )
+        rd.write_manifest(manifest)
 
         prompts, cands, _ = run_candidates(rd, config)
         n = config.n
-        judged = {(j.prompt_id, j.candidate_index): j for j in rd.read(Judgement) if j.judge == label}
+        judged = by_key(rd.read(Judgement), label)
         progress.start("judgements", len(prompts) * n, len(judged))
-        made = 0
-        for start in range(0, len(prompts), config.batch_size):
-            batch = prompts[start : start + config.batch_size]
-            fresh = judge_missing(judge, batch, [cands[p.id][i] for p in batch for i in range(n)], judged)
+
+        def write(batch: Sequence[Prompt], fresh: list[Judgement]) -> None:
             rd.append(fresh)
-            made += len(fresh)
             progress.advance("judgements", len(fresh))
+
+        batches = [prompts[i : i + config.batch_size] for i in range(0, len(prompts), config.batch_size)]
+        made = score_missing(LocalExecutor(judge), batches, lambda p: [cands[p.id][i] for i in range(n)], judged, label, write)
     if not allow_unjudged:
         check_judged(label, {p.id: [judged[(p.id, i)] for i in range(n)] for p in prompts})
     return made
@@ -112,7 +107,7 @@ def select_run(
         all_judgements = rd.read(Judgement)
         judged = judgements_of(rd, all_judgements, label, sampled, config.n)
         other = secondary_judge(tie_break)
-        secondary = {(j.prompt_id, j.candidate_index): j for j in all_judgements if j.judge == other} if other else None
+        secondary = by_key(all_judgements, other) if other else None
         prompts = load_prompts(config.prompts)  # skipped prompts keep their declined selection, under this judge
         selections = [
             replace(skipped[p.id], judge=label)
@@ -128,5 +123,5 @@ def select_run(
         generator = f"{config.generator_name().rsplit('-', 1)[0]}-{label}" if not config.name else config.name
         outputs = alpaca_eval_outputs(updated, prompts, cands, selections, generator)
         manifest["selected_with"] = {"judge": label, "decline_below": decline_below, "tie_break": tie_break}
-        write_json_atomic(rd.path / MANIFEST, manifest)
+        rd.write_manifest(manifest)
         return selections, rd.write_outputs(outputs)
