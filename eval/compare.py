@@ -23,7 +23,8 @@ from bon.core.io import append_records, read_records
 from bon.pipeline.scoring import InFlight, needs_judging, score_missing
 from bon.core.records import SCHEMA, Comparison, Judgement, Prompt, by_key
 from bon.core.rundir import RunDir, package_versions
-from eval.benchmarks import Benchmark, load_leaderboard, load_pairwise, load_pool_benchmark, load_scores
+from eval.benchmarks import Benchmark, load_pairwise
+from eval.kinds import KINDS
 from eval.scoring import (
     AgreementMatrix,
     LeaderboardResult,
@@ -59,7 +60,7 @@ class BenchmarkConfig(Strict):
     name: str = Field(pattern=r"^[\w.-]+$", description="name in the report and the run directory")
     kind: Literal["pairwise", "pool", "scores", "leaderboard"] = Field(
         description="pairwise: Auto-J format; pool: AlpacaEval annotations folder; scores: rated responses; leaderboard: per-model outputs + CSV"
-    )
+    )  # the kinds registered in eval.kinds.KINDS (a test keeps the two equal)
     path: str = Field(description="the file (pairwise, scores), folder of per-model annotation files (pool), or of outputs/ and leaderboard.csv (leaderboard)")
     instruction_field: str = Field("instruction", description="scores: column holding the instruction")
     response_field: str = Field("output", description="scores: column holding the response")
@@ -98,14 +99,7 @@ class CompareConfig(Strict):
 
 
 def load_benchmark(cfg: BenchmarkConfig) -> Benchmark:
-    if cfg.kind == "pairwise":
-        bench = load_pairwise(cfg.path, cfg.name)
-    elif cfg.kind == "pool":
-        bench = load_pool_benchmark(cfg.path, cfg.name)
-    elif cfg.kind == "leaderboard":
-        bench = load_leaderboard(cfg.path, cfg.name)
-    else:
-        bench = load_scores(cfg.path, cfg.name, cfg.instruction_field, cfg.response_field, cfg.score_field, cfg.reference_field)
+    bench = KINDS.get(cfg.kind).load(cfg)
     if not cfg.use_references:
         bench = dataclasses.replace(bench, prompts=[dataclasses.replace(p, reference=None) for p in bench.prompts])
     return bench
@@ -266,15 +260,7 @@ class CompareResult:
 
 def evaluate(bench: Benchmark, subset: Sequence[Prompt], label: str, records: list, reps: int = 1000, seed: int = 0, folds: int = 2):
     """The kind's numbers for one judge's stored records (judgements, or comparisons of a pairwise judge)."""
-    if bench.kind == "pairwise":
-        if is_comparisons(records):
-            return evaluate_pairwise(bench, subset, label, comparisons=records, reps=reps, seed=seed, folds=folds)
-        return evaluate_pairwise(bench, subset, label, judgements=records, reps=reps, seed=seed, folds=folds)
-    if bench.kind == "pool":
-        return evaluate_pool(bench, subset, label, records, reps, seed)
-    if bench.kind == "leaderboard":
-        return evaluate_leaderboard(bench, subset, label, records, reps, seed)
-    return evaluate_scores(bench, subset, label, records, reps, seed)
+    return KINDS.get(bench.kind).evaluate(bench, subset, label, records, reps, seed, folds)
 
 
 def run_compare(cfg: CompareConfig, progress=None, note: Callable[[str], None] = print) -> CompareResult:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from importlib import resources
-from typing import Sequence
+from typing import Any, Sequence
 
 from bon.core.judging import Judge, PairwiseJudge
 from bon.core.records import Candidate, Prompt
@@ -96,6 +96,16 @@ class PromptJudge(UsesEngine):
         raise ContextLengthError(
             f"{self.name} judge prompt for {cand.prompt_id} does not fit {room} tokens even with an empty answer"
         )
+
+    def on_tokenizer(self, tokens: Any) -> "PromptJudge":
+        return type(self)(self.options, engine=tokens)  # type: ignore[call-arg]
+
+    def judges(self, prompt: Prompt) -> bool:
+        return True
+
+    def preflight_rows(self) -> list[tuple[str, str]]:
+        fmt = getattr(self.options, "prompt_format", None) or getattr(self.options, "wrapper", None)
+        return [("judge prompt format", f"{self.name}: {fmt}")]
 
     def bound(self, prompt: Prompt, answer_tokens: int) -> int:
         """Tokens the judge prompt of ``prompt`` takes with an answer of ``answer_tokens``, plus generation."""

@@ -64,6 +64,13 @@ class SelfJudge(PromptJudge):
             self._digits = digit_token_ids(self.engine.tokenizer)
         return self._digits
 
+    def judges(self, prompt: Prompt) -> bool:
+        return not (self.options.reference == "always" and prompt.reference is None)
+
+    def preflight_rows(self) -> list[tuple[str, str]]:
+        # a tokenizer that cannot rate fails here, before any sampling
+        return [*super().preflight_rows(), ("Self-J digit ids", str(self.digit_ids))]
+
     def describe(self) -> str:
         weights = self.options.model.removeprefix("embedded:")
         honest = "" if "self-j" in weights.lower() else f"; NOT the trained Self-J weights ({SELFJ_HUB_ID})"

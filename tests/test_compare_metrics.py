@@ -118,3 +118,13 @@ def test_one_tie_rule_for_scalar_judges():
     comparator = ScalarComparator(ScalarComparatorOptions(judge="length", tie_threshold=2.0))
     verdicts = comparator.compare([("q", "abc", "abcd"), ("q", "abc", "abcde"), ("q", "abcdef", "a")])
     assert [v.winner for v in verdicts] == predict_pairs([3, 3, 6], [4, 5, 1], 2.0) == [TIE, SECOND, FIRST]
+
+
+def test_every_benchmark_kind_a_config_accepts_is_registered():
+    from typing import get_args
+
+    from eval.compare import BenchmarkConfig
+    from eval.kinds import KINDS
+
+    assert sorted(get_args(BenchmarkConfig.model_fields["kind"].annotation)) == KINDS.names()
+    assert all(callable(KINDS.get(k).load) and callable(KINDS.get(k).evaluate) for k in KINDS)

@@ -7,7 +7,7 @@ strings that are imported on first use, so nothing below ``judges`` imports it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping, Protocol, Sequence
+from typing import Any, ClassVar, Mapping, Protocol, Sequence, runtime_checkable
 
 from pydantic import BaseModel, ValidationError
 
@@ -36,6 +36,30 @@ class PairwiseJudge(Judge, Protocol):
 
     def compare(self, items: Sequence[tuple[str, str, str]]) -> list[Any]:
         """One verdict (``winner``, ``flag``, ``raw``) per (instruction, shown first, shown second) triple."""
+        ...
+
+
+@runtime_checkable
+class PromptBuilder(Protocol):
+    """A judge that reads one model prompt per candidate: preflight counts its tokens on a tokenizer alone.
+
+    Only methods are declared, so an isinstance check never touches a lazily loaded engine.
+    """
+
+    def on_tokenizer(self, tokens: Any) -> PromptBuilder:
+        """The same judge on ``tokens`` (an engine that only tokenizes): nothing is loaded."""
+        ...
+
+    def judges(self, prompt: Prompt) -> bool:
+        """Whether this prompt gets a judge prompt at all (e.g. not without a reference it requires)."""
+        ...
+
+    def bound(self, prompt: Prompt, answer_tokens: int) -> int:
+        """Tokens the judge prompt of ``prompt`` takes with an answer of ``answer_tokens``, plus generation."""
+        ...
+
+    def preflight_rows(self) -> list[tuple[str, str]]:
+        """What `bon check` shows of the prompts (format, digit ids); raises what the first judgement would."""
         ...
 
 

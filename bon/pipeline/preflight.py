@@ -11,6 +11,7 @@ from typing import Any, Sequence
 
 from bon.core.config import RunConfig
 from bon.pipeline.policy import EnginePolicy
+from bon.core.judging import Judge, PromptBuilder
 from bon.core.records import Prompt
 from bon.engines.tokens import ContextLengthError, TokenizerOnly, effective_context, overflow_message
 
@@ -50,18 +51,18 @@ def judge_fit(config: RunConfig, twin: Any, prompts: Sequence[Prompt]) -> Fit:
     """Judge prompts with an answer of the policy's max_tokens, counted in the judge's tokens (an estimate
     when policy and judge tokenize differently); each judgement is checked exactly when it is made."""
     answer = config.policy.max_tokens
-    usable = [p for p in prompts if not (getattr(twin.options, "reference", None) == "always" and p.reference is None)]
+    usable = [p for p in prompts if twin.judges(p)]
     return Fit(
         "judge", "judge.options.on_overflow", twin.options.on_overflow, twin.context, twin.context,
         [(p.id, twin.bound(p, answer)) for p in usable], f" (with a {answer}-token answer, {twin.generates} generated)",
     )
 
 
-def offline_twin(judge: Any) -> Any | None:
+def offline_twin(judge: Judge) -> Any | None:
     """The same judge on its tokenizer alone, for judges that build prompts (None for the others)."""
-    if not hasattr(judge, "bound"):
+    if not isinstance(judge, PromptBuilder):
         return None
-    return type(judge)(judge.options, engine=TokenizerOnly(judge.options))
+    return judge.on_tokenizer(TokenizerOnly(judge.options))  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,7 @@ def _outcome(fit: Fit) -> str:
     return f"{len(fit.over)} {fit.role} prompts do not fit its context of {fit.context}: {'truncated' if fit.mode == 'truncate' else 'skipped'} ({fit.option}: {fit.mode})"
 
 
-def lengths(config: RunConfig, prompts: Sequence[Prompt], judge: Any, check_policy: bool = True) -> LengthPlan:
+def lengths(config: RunConfig, prompts: Sequence[Prompt], judge: Judge, check_policy: bool = True) -> LengthPlan:
     """Apply the context limits before any work: raise for on_overflow: error, else say what happens."""
     plan = LengthPlan()
     fits = []
@@ -90,7 +91,7 @@ def lengths(config: RunConfig, prompts: Sequence[Prompt], judge: Any, check_poli
                 )
     twin = offline_twin(judge)
     if twin is not None:
-        getattr(twin, "digit_ids", None)  # a Self-J judge whose tokenizer cannot rate fails here, not after sampling
+        twin.preflight_rows()  # a judge whose tokenizer cannot build its prompts fails here, not after sampling
         fits.append(judge_fit(config, twin, [p for p in prompts if p.id not in plan.skipped]))
     for fit in fits:
         if fit.over and fit.mode == "error":
@@ -140,7 +141,7 @@ def _report_fit(report: CheckReport, fit: Fit, extra: int = 0) -> None:
         report.rows.append((f"{fit.role} overflow", _outcome(fit)))
 
 
-def check(config: RunConfig, judge: Any) -> CheckReport:
+def check(config: RunConfig, judge: Judge) -> CheckReport:
     """Everything `bon run` would find wrong before its first batch, from tokenizers and configs only."""
     from bon.core import rundir
     from bon.core.prompts import PromptSourceError, load_prompts
@@ -166,18 +167,16 @@ def check(config: RunConfig, judge: Any) -> CheckReport:
         except (PromptFormatError, ContextLengthError) as e:
             report.problems.append(f"policy: {e}")
 
-    twin_tokens = _load_tokens("judge", judge.options, report) if hasattr(judge, "bound") else None
-    if twin_tokens is not None:
-        twin = type(judge)(judge.options, engine=twin_tokens)
-        fmt = getattr(twin.options, "prompt_format", None) or getattr(twin.options, "wrapper", None)
-        report.rows.append(("judge prompt format", f"{twin.name}: {fmt}"))
+    builds = isinstance(judge, PromptBuilder)
+    twin_tokens = _load_tokens("judge", judge.options, report) if builds else None  # type: ignore[attr-defined]
+    if builds and twin_tokens is not None:
+        twin = judge.on_tokenizer(twin_tokens)
         try:
-            if hasattr(twin, "digit_ids"):
-                report.rows.append(("Self-J digit ids", str(twin.digit_ids)))
+            report.rows.extend(twin.preflight_rows())
             _report_fit(report, judge_fit(config, twin, [p for p in prompts if p.id not in skipped]))
         except (PromptFormatError, ContextLengthError) as e:
             report.problems.append(f"judge: {e}")
-    elif not hasattr(judge, "bound"):
+    elif not builds:
         report.rows.append(("judge", f"{judge.describe()} (builds no model prompt; nothing to check)"))
 
     if prompts:
