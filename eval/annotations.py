@@ -53,7 +53,9 @@ def read_annotations(path: Path | str) -> list[Annotation]:
     path = Path(path)
     rows = read_json(path, allow_nan=True)  # pandas-written files mark a missing preference NaN
     if not isinstance(rows, list) or not rows:
-        raise DataFileError(path, None, f"expected a non-empty JSON list of annotations, found {type(rows).__name__} {str(rows)[:40]}")
+        raise DataFileError(
+            path, None, f"expected a non-empty JSON list of annotations, found {type(rows).__name__} {str(rows)[:40]}"
+        )
     out = []
     for i, row in enumerate(rows):
         if not isinstance(row, dict):

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Any, Sequence, TypeVar
+from typing import Any, TypeVar
 
 from bon.core.io import DataFileError, read_json_rows, read_text
 from bon.core.prompts import prompt_id
@@ -28,7 +29,9 @@ T = TypeVar("T")
 @cache
 def scenario_groups() -> dict[str, str]:
     """Auto-J scenario -> its leaderboard group (a data file copied from the Auto-J repo's table)."""
-    table = json.loads(resources.files("eval").joinpath("data", "autoj_scenario_groups.json").read_text(encoding="utf-8"))
+    table = json.loads(
+        resources.files("eval").joinpath("data", "autoj_scenario_groups.json").read_text(encoding="utf-8")
+    )
     return {scenario: group for group, members in table.items() if not group.startswith("_") for scenario in members}
 
 
@@ -66,7 +69,9 @@ def _candidate(pid: str, index: int, text: str, source: str) -> Candidate:
 def _field(path: Path, lineno: int | None, row: dict, key: str, kind: type | tuple) -> Any:
     value = row.get(key)
     if not isinstance(value, kind) or isinstance(value, bool):
-        raise DataFileError(path, lineno, f"field {key!r}: expected {getattr(kind, '__name__', 'a number')}, found {value!r}")
+        raise DataFileError(
+            path, lineno, f"field {key!r}: expected {getattr(kind, '__name__', 'a number')}, found {value!r}"
+        )
     if isinstance(value, float) and not math.isfinite(value):
         raise DataFileError(path, lineno, f"field {key!r}: {value} is not a finite number")
     return value
@@ -141,7 +146,9 @@ def load_pool_benchmark(folder: Path | str, name: str = "pool") -> Benchmark:
     """Every instruction of an annotation pool; the baseline's output is the prompt's reference."""
     pool = load_pool(folder)
     prompts = pool.prompts("baseline")
-    return Benchmark(name, "pool", str(folder), prompts, {p.id: pool.candidates(p.instruction) for p in prompts}, pool=pool)
+    return Benchmark(
+        name, "pool", str(folder), prompts, {p.id: pool.candidates(p.instruction) for p in prompts}, pool=pool
+    )
 
 
 def load_leaderboard(folder: Path | str, name: str = "leaderboard") -> Benchmark:
@@ -167,7 +174,9 @@ def load_leaderboard(folder: Path | str, name: str = "leaderboard") -> Benchmark
             try:
                 values[column] = float(raw) if raw not in (None, "") else None
             except ValueError:
-                raise DataFileError(table, lineno, f"field {column!r}: expected a number or empty, found {raw!r}") from None
+                raise DataFileError(
+                    table, lineno, f"field {column!r}: expected a number or empty, found {raw!r}"
+                ) from None
             if values[column] is not None and not math.isfinite(values[column]):
                 raise DataFileError(table, lineno, f"field {column!r}: expected a finite number, found {raw!r}")
         board[row["model"]] = values

@@ -11,18 +11,19 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
 from bon.core.config import JudgeConfig, RayConfig, RunConfig, Strict
-from bon.core.judging import build_judge, judge_spec, same_judge
 from bon.core.io import append_records, read_records
-from bon.pipeline.scoring import InFlight, needs_judging, score_missing
+from bon.core.judging import build_judge, judge_spec, same_judge
 from bon.core.records import SCHEMA, Comparison, Judgement, Prompt, by_key
 from bon.core.rundir import RunDir, package_versions
+from bon.pipeline.scoring import InFlight, needs_judging, score_missing
 from eval.benchmarks import Benchmark, load_pairwise
 from eval.kinds import KINDS
 from eval.scoring import (
@@ -32,19 +33,20 @@ from eval.scoring import (
     PoolResult,
     ScoresResult,
     candidate_scores,
-    evaluate_leaderboard,
-    evaluate_pairwise,
-    evaluate_pool,
-    evaluate_scores,
-    is_comparisons,
     judge_agreement,
 )
 
 
 class CompareJudge(JudgeConfig):
-    label: str | None = Field(None, pattern=r"^[\w.-]+$", description="name in the report and the run directory; default the judge's name")
+    label: str | None = Field(
+        None, pattern=r"^[\w.-]+$", description="name in the report and the run directory; default the judge's name"
+    )
     max_items: int | dict[str, int] | None = Field(
-        None, description="score K prompts per benchmark, or {benchmark: K}: spread evenly and nested across judges (model judges on CPU)"
+        None,
+        description=(
+            "score K prompts per benchmark, or {benchmark: K}: spread "
+            "evenly and nested across judges (model judges on CPU)"
+        ),
     )
     benchmarks: list[str] | None = Field(None, description="only these benchmarks (by name); None = every benchmark")
 
@@ -59,30 +61,47 @@ class CompareJudge(JudgeConfig):
 class BenchmarkConfig(Strict):
     name: str = Field(pattern=r"^[\w.-]+$", description="name in the report and the run directory")
     kind: Literal["pairwise", "pool", "scores", "leaderboard"] = Field(
-        description="pairwise: Auto-J format; pool: AlpacaEval annotations folder; scores: rated responses; leaderboard: per-model outputs + CSV"
+        description=(
+            "pairwise: Auto-J format; pool: AlpacaEval annotations folder; "
+            "scores: rated responses; leaderboard: per-model outputs + CSV"
+        )
     )  # the kinds registered in eval.kinds.KINDS (a test keeps the two equal)
-    path: str = Field(description="the file (pairwise, scores), folder of per-model annotation files (pool), or of outputs/ and leaderboard.csv (leaderboard)")
+    path: str = Field(
+        description=(
+            "the file (pairwise, scores), folder of per-model annotation "
+            "files (pool), or of outputs/ and leaderboard.csv (leaderboard)"
+        )
+    )
     instruction_field: str = Field("instruction", description="scores: column holding the instruction")
     response_field: str = Field("output", description="scores: column holding the response")
     score_field: str = Field("score", description="scores: the numeric reference column (e.g. a GPT-4 rating)")
     reference_field: str | None = Field(None, description="scores: column holding a gold answer, if any")
-    use_references: bool = Field(True, description="give judges the reference answers (pool: the baseline's output); false = reference-free")
+    use_references: bool = Field(
+        True, description="give judges the reference answers (pool: the baseline's output); false = reference-free"
+    )
 
 
 class CompareConfig(Strict):
     output_dir: Path = Field(Path("runs/compare"), description="run directory; rerunning continues there")
-    judges: list[CompareJudge] = Field(min_length=1, description="the judges to compare (registry names, options, labels)")
+    judges: list[CompareJudge] = Field(
+        min_length=1, description="the judges to compare (registry names, options, labels)"
+    )
     benchmarks: list[BenchmarkConfig] = Field(min_length=1, description="the data they are compared on")
     batch_size: int = Field(16, ge=1, description="prompts per judge call (the unit of resumption)")
     bootstrap: int = Field(1000, ge=0, description="bootstrap resamples for confidence intervals (0 = none)")
     folds: int = Field(2, ge=2, description="splits for the held-out tie threshold of scalar judges on pairwise data")
     seed: int = Field(0, ge=0, description="seed of the bootstrap")
-    engine: Literal["local", "ray"] = Field("local", description="local = judges in this process; ray = judges in Ray actors")
+    engine: Literal["local", "ray"] = Field(
+        "local", description="local = judges in this process; ray = judges in Ray actors"
+    )
     ray: RayConfig = Field(default_factory=RayConfig, description="judge actors and cluster for engine: ray")
 
     @model_validator(mode="after")
-    def _names(self) -> "CompareConfig":
-        for what, names in (("judge label", [j.key for j in self.judges]), ("benchmark name", [b.name for b in self.benchmarks])):
+    def _names(self) -> CompareConfig:
+        for what, names in (
+            ("judge label", [j.key for j in self.judges]),
+            ("benchmark name", [b.name for b in self.benchmarks]),
+        ):
             dup = sorted({n for n in names if names.count(n) > 1})
             if dup:
                 raise ValueError(f"{what} {dup[0]!r} is used twice; give each a distinct one")
@@ -94,7 +113,9 @@ class CompareConfig(Strict):
                 raise ValueError(f"judge {j.key!r}: max_items {bad[0]!r}: a known benchmark and a count of at least 1")
             unknown = sorted(set(j.benchmarks or []) - known)
             if unknown:
-                raise ValueError(f"judge {j.key!r}: unknown benchmark {unknown[0]!r} (known: {', '.join(sorted(known))})")
+                raise ValueError(
+                    f"judge {j.key!r}: unknown benchmark {unknown[0]!r} (known: {', '.join(sorted(known))})"
+                )
         return self
 
 
@@ -106,7 +127,7 @@ def load_benchmark(cfg: BenchmarkConfig) -> Benchmark:
 
 
 def _same_benchmark(before: Any, now: Any) -> bool:
-    """Whether a stored benchmark spec, read with today's defaults (a field added since is no change), equals ``now``."""
+    """Whether a stored benchmark spec, read with today's defaults (a field added since: no change), equals ``now``."""
     try:
         return BenchmarkConfig.model_validate(before).model_dump(mode="json") == now
     except (TypeError, ValueError):  # no longer valid: a different benchmark
@@ -114,7 +135,7 @@ def _same_benchmark(before: Any, now: Any) -> bool:
 
 
 def open_run(cfg: CompareConfig) -> Path:
-    """Create or reopen the run directory (locked by the caller); a stored judge label or benchmark keeps its meaning."""
+    """Create or reopen the run directory (the caller holds its lock); stored labels and benchmarks keep meaning."""
     rd = RunDir(cfg.output_dir)
     manifest = rd.manifest()
 
@@ -158,7 +179,13 @@ def _append(path: Path | None, records: list) -> None:
 
 
 def score_benchmark(
-    executor, bench: Benchmark, prompts: Sequence[Prompt], path: Path | None, label: str, batch_size: int, advance: Callable[[int], None]
+    executor,
+    bench: Benchmark,
+    prompts: Sequence[Prompt],
+    path: Path | None,
+    label: str,
+    batch_size: int,
+    advance: Callable[[int], None],
 ) -> list[Judgement]:
     """Every candidate of ``prompts`` judged once; judgements already in ``path`` are kept, not redone."""
     have = _stored(path, Judgement)
@@ -178,7 +205,13 @@ def score_benchmark(
 
 
 def compare_benchmark(
-    executor, bench: Benchmark, prompts: Sequence[Prompt], path: Path | None, label: str, batch_size: int, advance: Callable[[int], None]
+    executor,
+    bench: Benchmark,
+    prompts: Sequence[Prompt],
+    path: Path | None,
+    label: str,
+    batch_size: int,
+    advance: Callable[[int], None],
 ) -> list[Comparison]:
     """A pairwise judge on each pair in both orders (response 1 first, then response 2 first)."""
     have = _stored(path, Comparison)
@@ -258,7 +291,15 @@ class CompareResult:
     wall_s: float
 
 
-def evaluate(bench: Benchmark, subset: Sequence[Prompt], label: str, records: list, reps: int = 1000, seed: int = 0, folds: int = 2):
+def evaluate(
+    bench: Benchmark,
+    subset: Sequence[Prompt],
+    label: str,
+    records: list,
+    reps: int = 1000,
+    seed: int = 0,
+    folds: int = 2,
+):
     """The kind's numbers for one judge's stored records (judgements, or comparisons of a pairwise judge)."""
     return KINDS.get(bench.kind).evaluate(bench, subset, label, records, reps, seed, folds)
 
@@ -291,7 +332,10 @@ def run_compare(cfg: CompareConfig, progress=None, note: Callable[[str], None] =
                         progress.start(stage, len(subset), 0)
                     advance = (lambda k, s=stage: progress.advance(s, k)) if progress is not None else (lambda k: None)
                     path = store_path(out, name, label, asks_pairs(judge, bench))
-                    stored[name][label] = (subset, judge_benchmark(executor, judge, bench, subset, path, label, cfg.batch_size, advance))
+                    stored[name][label] = (
+                        subset,
+                        judge_benchmark(executor, judge, bench, subset, path, label, cfg.batch_size, advance),
+                    )
             seconds[label] = time.perf_counter() - t0
         reports = []
         for name, bench in benches.items():
@@ -300,8 +344,17 @@ def run_compare(cfg: CompareConfig, progress=None, note: Callable[[str], None] =
                 results.append(evaluate(bench, subset, label, records, cfg.bootstrap, cfg.seed, cfg.folds))
                 scores[label] = candidate_scores(records)
             reports.append(
-                BenchmarkReport(name, bench.kind, bench.source, len(bench.prompts), results, judge_agreement(bench, scores), skipped[name],
-                                bench.board, [bench.pool.note()] if bench.pool is not None and bench.pool.note() else [])
+                BenchmarkReport(
+                    name,
+                    bench.kind,
+                    bench.source,
+                    len(bench.prompts),
+                    results,
+                    judge_agreement(bench, scores),
+                    skipped[name],
+                    bench.board,
+                    [bench.pool.note()] if bench.pool is not None and bench.pool.note() else [],
+                )
             )
         return CompareResult(out, reports, described, seconds, time.perf_counter() - start)
 
@@ -311,7 +364,9 @@ def asks_pairs(judge, bench: Benchmark) -> bool:
     return bench.kind == "pairwise" and callable(getattr(judge, "compare", None))
 
 
-def judge_benchmark(executor, judge, bench: Benchmark, subset: Sequence[Prompt], path: Path | None, label: str, batch_size: int, advance) -> list:
+def judge_benchmark(
+    executor, judge, bench: Benchmark, subset: Sequence[Prompt], path: Path | None, label: str, batch_size: int, advance
+) -> list:
     """Comparisons when a pairwise judge meets a pairwise benchmark, else one judgement per candidate."""
     if asks_pairs(judge, bench):
         return compare_benchmark(executor, bench, subset, path, label, batch_size, advance)
@@ -319,10 +374,16 @@ def judge_benchmark(executor, judge, bench: Benchmark, subset: Sequence[Prompt],
 
 
 def evaluate_pairwise_file(
-    path: Path | str, name: str, options: dict | None = None, limit: int | None = None, batch_size: int = 16, progress=None
+    path: Path | str,
+    name: str,
+    options: dict | None = None,
+    limit: int | None = None,
+    batch_size: int = 16,
+    progress=None,
 ) -> PairwiseResult:
     """`bon eval pairwise`: one judge on one Auto-J format file, in this process, nothing written."""
     from bon.pipeline.executors import LocalExecutor
+
     bench = load_pairwise(path)
     judge = build_judge(name, options)
     subset = bench.subset(limit)

@@ -27,24 +27,51 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 def _pairwise_section(b: BenchmarkReport) -> list[str]:
     rows = [
         [
-            r.judge, str(r.n), _ci(r.agreement, r.agreement_ci), _num(r.agreement_no_tie), _num(r.tie_threshold),
-            _num(r.heldout_agreement), _num(r.consistency), _num(r.aurc, 3), _num(r.length_spearman), _num(r.prefers_longer), str(r.failed),
+            r.judge,
+            str(r.n),
+            _ci(r.agreement, r.agreement_ci),
+            _num(r.agreement_no_tie),
+            _num(r.tie_threshold),
+            _num(r.heldout_agreement),
+            _num(r.consistency),
+            _num(r.aurc, 3),
+            _num(r.length_spearman),
+            _num(r.prefers_longer),
+            str(r.failed),
         ]
         for r in b.results
         if isinstance(r, PairwiseResult)
     ]
     lines = [
-        "Agreement with the human label (%, ties included) with a 95% bootstrap CI over items. Scalar judges predict a tie "
-        "when their two scores differ by less than a threshold searched over 0–2.0 in steps of 0.01 (the Auto-J leaderboard "
-        "protocol, tuned on the items it is reported on); *held-out* predicts each fold with the threshold searched on the "
-        "other folds (folds alternate within each human label, so each has the same share of ties). Pairwise judges count an item only when both orders give the "
-        "label; consistency is the share of items whose two orders agree. AURC: declining the smallest score gaps first, "
-        "risk = 1 − agreement (lower is better). Length ρ: Spearman of score with response length; prefers longer: % of "
+        "Agreement with the human label (%, ties included) with a "
+        "95% bootstrap CI over items. Scalar judges predict a tie "
+        "when their two scores differ by less than a threshold "
+        "searched over 0–2.0 in steps of 0.01 (the Auto-J leaderboard "
+        "protocol, tuned on the items it is reported on); *held-out* "
+        "predicts each fold with the threshold searched on the "
+        "other folds (folds alternate within each human label, so each has the same "
+        "share of ties). Pairwise judges count an item only when both orders give the "
+        "label; consistency is the share of items whose two orders "
+        "agree. AURC: declining the smallest score gaps first, "
+        "risk = 1 − agreement (lower is better). Length ρ: Spearman "
+        "of score with response length; prefers longer: % of "
         "decisive verdicts picking the longer response.",
         "",
     ]
     lines += _table(
-        ["judge", "n", "agreement % [CI]", "no-tie %", "tie τ", "held-out %", "consistency %", "AURC", "length ρ", "prefers longer %", "failed"],
+        [
+            "judge",
+            "n",
+            "agreement % [CI]",
+            "no-tie %",
+            "tie τ",
+            "held-out %",
+            "consistency %",
+            "AURC",
+            "length ρ",
+            "prefers longer %",
+            "failed",
+        ],
         rows,
     )
     groups = list(dict.fromkeys(g for r in b.results for g in r.groups))  # Auto-J's order
@@ -58,24 +85,55 @@ def _pool_section(b: BenchmarkReport) -> list[str]:
     for r in b.results:
         assert isinstance(r, PoolResult)
         c = r.correlation
-        rows.append([
-            r.judge, str(r.n), _ci(r.win_rate, r.win_rate_ci), _num(r.reference_points["random"]), _num(r.reference_points["longest"]),
-            _num(r.reference_points["oracle"]), _ci(c.pearson, r.pearson_ci, 3), _num(c.spearman, 3), _num(c.kendall, 3),
-            _num(r.aurc, 3), _num(r.oracle_aurc, 3), _num(r.length_spearman, 3), f"{r.mean_pick_length:.0f} / {r.mean_length:.0f}",
-            _num(r.longest_picked, 1), str(r.failed),
-        ])
+        rows.append(
+            [
+                r.judge,
+                str(r.n),
+                _ci(r.win_rate, r.win_rate_ci),
+                _num(r.reference_points["random"]),
+                _num(r.reference_points["longest"]),
+                _num(r.reference_points["oracle"]),
+                _ci(c.pearson, r.pearson_ci, 3),
+                _num(c.spearman, 3),
+                _num(c.kendall, 3),
+                _num(r.aurc, 3),
+                _num(r.oracle_aurc, 3),
+                _num(r.length_spearman, 3),
+                f"{r.mean_pick_length:.0f} / {r.mean_length:.0f}",
+                _num(r.longest_picked, 1),
+                str(r.failed),
+            ]
+        )
     lines = [
-        "The judge as best-of-N selector over the released annotations: the win rate (%) of its picks by alpaca-eval's metric "
+        "The judge as best-of-N selector over the released annotations: "
+        "the win rate (%) of its picks by alpaca-eval's metric "
         "(95% bootstrap CI over instructions), beside the reference points on the same instructions (random = the mean "
         "over models). Correlation of the judge's score with each candidate's released preference (its win in [0, 1]), "
-        "Pearson CI by bootstrap over instructions. AURC: declining the instructions whose pick scores lowest, risk = 1 − win. "
-        "Length: Spearman of score with output length, mean characters of the picks / of all candidates, % of picks that are "
+        "Pearson CI by bootstrap over instructions. AURC: declining "
+        "the instructions whose pick scores lowest, risk = 1 − win. "
+        "Length: Spearman of score with output length, mean characters "
+        "of the picks / of all candidates, % of picks that are "
         "the longest candidate.",
         "",
     ]
     return lines + _table(
-        ["judge", "n", "win rate % [CI]", "random", "longest", "oracle", "Pearson [CI]", "Spearman", "Kendall", "AURC",
-         "oracle AURC", "length ρ", "pick / mean length", "longest picked %", "failed"],
+        [
+            "judge",
+            "n",
+            "win rate % [CI]",
+            "random",
+            "longest",
+            "oracle",
+            "Pearson [CI]",
+            "Spearman",
+            "Kendall",
+            "AURC",
+            "oracle AURC",
+            "length ρ",
+            "pick / mean length",
+            "longest picked %",
+            "failed",
+        ],
         rows,
     )
 
@@ -85,14 +143,28 @@ def _scores_section(b: BenchmarkReport) -> list[str]:
     for r in b.results:
         assert isinstance(r, ScoresResult)
         c = r.correlation
-        rows.append([r.judge, str(r.n), _ci(c.pearson, r.pearson_ci, 3), _num(c.spearman, 3), _num(c.kendall, 3),
-                     _num(r.aurc, 3), _num(r.oracle_aurc, 3), _num(r.length_spearman, 3), str(r.failed)])
+        rows.append(
+            [
+                r.judge,
+                str(r.n),
+                _ci(c.pearson, r.pearson_ci, 3),
+                _num(c.spearman, 3),
+                _num(c.kendall, 3),
+                _num(r.aurc, 3),
+                _num(r.oracle_aurc, 3),
+                _num(r.length_spearman, 3),
+                str(r.failed),
+            ]
+        )
     lines = [
-        "Correlation of the judge's score with the reference score column (Pearson CI by bootstrap over instructions). AURC: "
+        "Correlation of the judge's score with the reference score "
+        "column (Pearson CI by bootstrap over instructions). AURC: "
         "declining the lowest-scored responses, risk = 1 − the reference score scaled to [0, 1].",
         "",
     ]
-    return lines + _table(["judge", "n", "Pearson [CI]", "Spearman", "Kendall", "AURC", "oracle AURC", "length ρ", "failed"], rows)
+    return lines + _table(
+        ["judge", "n", "Pearson [CI]", "Spearman", "Kendall", "AURC", "oracle AURC", "length ρ", "failed"], rows
+    )
 
 
 def _leaderboard_section(b: BenchmarkReport) -> list[str]:
@@ -100,25 +172,46 @@ def _leaderboard_section(b: BenchmarkReport) -> list[str]:
     for r in b.results:
         assert isinstance(r, LeaderboardResult)
         for column, c in r.columns.items():
-            rows.append([r.judge, column, str(c["n_models"]), str(r.instructions), _ci(c["spearman"], c["spearman_ci"], 3),
-                         _ci(c["kendall"], c["kendall_ci"], 3), str(r.failed)])
+            rows.append(
+                [
+                    r.judge,
+                    column,
+                    str(c["n_models"]),
+                    str(r.instructions),
+                    _ci(c["spearman"], c["spearman_ci"], 3),
+                    _ci(c["kendall"], c["kendall_ci"], 3),
+                    str(r.failed),
+                ]
+            )
     lines = [
-        "The judge's mean score per model over the instructions it scored, rank-correlated with each leaderboard column "
+        "The judge's mean score per model over the instructions "
+        "it scored, rank-correlated with each leaderboard column "
         "(95% bootstrap CIs over models).",
         "",
     ]
-    return lines + _table(["judge", "leaderboard column", "models", "instructions", "Spearman [CI]", "Kendall [CI]", "failed"], rows)
+    return lines + _table(
+        ["judge", "leaderboard column", "models", "instructions", "Spearman [CI]", "Kendall [CI]", "failed"], rows
+    )
 
 
-SECTIONS = {"pairwise": _pairwise_section, "pool": _pool_section, "scores": _scores_section, "leaderboard": _leaderboard_section}
+SECTIONS = {
+    "pairwise": _pairwise_section,
+    "pool": _pool_section,
+    "scores": _scores_section,
+    "leaderboard": _leaderboard_section,
+}
 
 
 def _agreement_lines(b: BenchmarkReport) -> list[str]:
     m = b.agreement
     if len(m.judges) < 2:
         return []
-    lines = ["", "Agreement between judges: mean within-prompt Kendall τ-b over the candidates both scored "
-             "(prompts where either judge is constant are left out; the count is in results.json).", ""]
+    lines = [
+        "",
+        "Agreement between judges: mean within-prompt Kendall τ-b over the candidates both scored "
+        "(prompts where either judge is constant are left out; the count is in results.json).",
+        "",
+    ]
     return lines + _table(["", *m.judges], [[a] + [_num(t, 2) for t in row] for a, row in zip(m.judges, m.tau)])
 
 
@@ -135,7 +228,11 @@ def results_json(result: CompareResult) -> dict[str, Any]:
                 "source": b.source,
                 "prompts": b.prompts,
                 "results": [r.as_json() for r in b.results],
-                "agreement": {"judges": b.agreement.judges, "kendall_tau": b.agreement.tau, "prompts": b.agreement.prompts},
+                "agreement": {
+                    "judges": b.agreement.judges,
+                    "kendall_tau": b.agreement.tau,
+                    "prompts": b.agreement.prompts,
+                },
                 "skipped": b.skipped,
                 "notes": b.notes,
             }
@@ -151,7 +248,9 @@ def _plots(b: BenchmarkReport, out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     written = []
-    curves = [r for r in b.results if getattr(r, "curve", None) is not None and r.curve.coverage]  # leaderboard rows have none
+    curves = [
+        r for r in b.results if getattr(r, "curve", None) is not None and r.curve.coverage
+    ]  # leaderboard rows have none
     if curves:
         fig, ax = plt.subplots(figsize=(5.5, 4))
         for r in curves:
@@ -175,7 +274,9 @@ def _plots(b: BenchmarkReport, out: Path) -> list[Path]:
         ax.set_yticks(range(len(m.judges)), m.judges, fontsize=8)
         for i in range(len(m.judges)):
             for j in range(len(m.judges)):
-                ax.text(j, i, "—" if np.isnan(grid[i, j]) else f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=7)
+                ax.text(
+                    j, i, "—" if np.isnan(grid[i, j]) else f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=7
+                )
         fig.colorbar(im, ax=ax, label="Kendall τ-b")
         ax.set_title(f"{b.name}: judge agreement", fontsize=10)
         fig.tight_layout()
@@ -233,7 +334,11 @@ def write_compare_report(result: CompareResult) -> tuple[Path, Path, list[Path]]
         written = _plots(b, out)
         pngs += written
         lines += [""] + [f"![{p.stem}]({p.name})" for p in written]
-    lines += ["", f"Wall time of this invocation: {result.wall_s:.1f} s (judgements already in the run directory are reused).", ""]
+    lines += [
+        "",
+        f"Wall time of this invocation: {result.wall_s:.1f} s (judgements already in the run directory are reused).",
+        "",
+    ]
     md = out / "report.md"
     md.write_text("\n".join(lines), encoding="utf-8")
     js = out / "results.json"

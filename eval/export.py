@@ -6,8 +6,8 @@ from pathlib import Path
 
 import yaml
 
-from bon.core.errors import BonError
 from bon.core.config import PromptsConfig
+from bon.core.errors import BonError
 from bon.core.io import DataFileError, write_json_atomic
 from bon.core.prompts import load_prompts
 from bon.core.rundir import OUTPUTS, load_run, read_outputs
@@ -29,10 +29,16 @@ def _show(items: list[str], k: int = 3) -> str:
 
 
 def export_alpaca_eval(
-    run_dir: Path, name: str, out_dir: Path = Path("."), reference_outputs: Path | None = None, pretty_name: str | None = None
+    run_dir: Path,
+    name: str,
+    out_dir: Path = Path("."),
+    reference_outputs: Path | None = None,
+    pretty_name: str | None = None,
 ) -> tuple[Path, Path]:
     if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name or name != name.strip():
-        raise ExportError(f"--name {name!r}: a model name is one folder name under results/ (no '/', not empty, '.' or '..')")
+        raise ExportError(
+            f"--name {name!r}: a model name is one folder name under results/ (no '/', not empty, '.' or '..')"
+        )
     run_dir = Path(run_dir)
     _, manifest, config = load_run(run_dir)
     rows = read_outputs(run_dir)

@@ -11,10 +11,10 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from bon.engines.base import derive_seed
 from bon.core.records import Judgement
-from bon.pipeline.rejudge import judgements_of, run_candidates
 from bon.core.rundir import load_run
+from bon.engines.base import derive_seed
+from bon.pipeline.rejudge import judgements_of, run_candidates
 from bon.pipeline.selection import secondary_judge, select_prompt
 from eval.ae import winrate
 from eval.annotations import Annotation
@@ -83,16 +83,26 @@ def gain_report(
     for k in ks_for(n):
         picks[f"k={k}"] = {}
         for p in prompts:
-            s = select_prompt(p.id, [judged[(p.id, i)] for i in range(k)], config.selection.decline_below,
-                              config.selection.tie_break, secondary)
+            s = select_prompt(
+                p.id,
+                [judged[(p.id, i)] for i in range(k)],
+                config.selection.decline_below,
+                config.selection.tie_break,
+                secondary,
+            )
             picks[f"k={k}"][p.id] = s.chosen_index
     picks["random candidate"] = {p.id: random.Random(derive_seed(seed, p.id)).randrange(n) for p in prompts}
 
-    rows = [{"instruction": p.instruction, "output": cands[p.id][i].text, "generator": f"bo-{i}", "dataset": p.dataset}
-            for p in prompts for i in sorted({pk[p.id] for pk in picks.values() if pk[p.id] is not None})]
+    rows = [
+        {"instruction": p.instruction, "output": cands[p.id][i].text, "generator": f"bo-{i}", "dataset": p.dataset}
+        for p in prompts
+        for i in sorted({pk[p.id] for pk in picks.values() if pk[p.id] is not None})
+    ]
     baseline = match_baseline(rows, reference_rows(version, reference_outputs))
     pairs = list(zip(baseline, rows))
-    annotations, note = annotations_for(pairs, annotator, rd.path / "alpaca_eval" / f"v{version}", config.policy.backend)
+    annotations, note = annotations_for(
+        pairs, annotator, rd.path / "alpaca_eval" / f"v{version}", config.policy.backend
+    )
     verdict: dict[tuple[str, str], Annotation] = {(a.instruction, a.output_2): a for a in annotations}
 
     points = []
@@ -121,7 +131,9 @@ def _plot(report: GainReport) -> None:
     curve = [p for p in report.points if p.k is not None and p.win_rate is not None]
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot([p.k for p in curve], [p.win_rate for p in curve], marker="o", label=f"best-of-k ({report.judge})")
-    ax.fill_between([p.k for p in curve], [p.ci_low for p in curve], [p.ci_high for p in curve], alpha=0.2, label="95% bootstrap CI")
+    ax.fill_between(
+        [p.k for p in curve], [p.ci_low for p in curve], [p.ci_high for p in curve], alpha=0.2, label="95% bootstrap CI"
+    )
     if curve:
         ax.axhline(curve[0].win_rate, color="grey", linestyle="--", label="N=1 (plain sampling)")
     rnd = next((p for p in report.points if p.k is None and p.win_rate is not None), None)
@@ -149,6 +161,14 @@ def _markdown(report: GainReport) -> None:
     ]
     for p in report.points:
         coverage = 100 * p.answered / max(1, p.answered + p.declined)
-        lines.append(f"| {p.label} | {fmt(p.win_rate)} | {fmt(p.ci_low)}–{fmt(p.ci_high)} | {p.answered} | {p.declined} | {coverage:.1f} |")
-    lines += ["", "Win rates are over answered prompts; declined prompts are counted apart (coverage).", "", f"![gain]({report.png.name})"]
+        lines.append(
+            f"| {p.label} | {fmt(p.win_rate)} | {fmt(p.ci_low)}–{fmt(p.ci_high)} "
+            f"| {p.answered} | {p.declined} | {coverage:.1f} |"
+        )
+    lines += [
+        "",
+        "Win rates are over answered prompts; declined prompts are counted apart (coverage).",
+        "",
+        f"![gain]({report.png.name})",
+    ]
     report.markdown.write_text("\n".join(lines) + "\n", encoding="utf-8")

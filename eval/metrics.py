@@ -8,12 +8,13 @@ Pair labels follow Auto-J: 0 = response 1 better, 1 = response 2 better, 2 = tie
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 
 from judges.pairwise import FIRST, SECOND, TIE, scalar_verdict
+
 # the Auto-J leaderboard's tie thresholds for scalar reward models: 0 to 2.0 in steps of 0.01
 THRESHOLDS: tuple[float, ...] = tuple(round(0.01 * i, 2) for i in range(201))
 
@@ -152,7 +153,9 @@ def risk_coverage(confidence: Sequence[float | None], quality: Sequence[float]) 
     return RiskCoverage([(k + 1) / n for k in range(n)], risk.tolist(), float(risk.mean()), float(oracle.mean()))
 
 
-def grouped_kendall(a: dict[str, Sequence[float | None]], b: dict[str, Sequence[float | None]]) -> tuple[float | None, int]:
+def grouped_kendall(
+    a: dict[str, Sequence[float | None]], b: dict[str, Sequence[float | None]]
+) -> tuple[float | None, int]:
     """Mean within-group Kendall tau-b of two judges over the same candidates, and the groups used.
 
     A group counts when both judges score at least two of its candidates and neither is constant

@@ -8,9 +8,10 @@ i.e. the expected win rate of a uniformly random pick), longest output, best sin
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -29,7 +30,9 @@ class PoolOptions(Strict):
     """The options of `bon eval select-pool`, checked like any config."""
 
     limit: int | None = Field(None, ge=1, description="only the first K instructions (model judges on CPU)")
-    reference: Literal["baseline", "none"] = Field("baseline", description="baseline: the baseline output is the judge's reference; none")
+    reference: Literal["baseline", "none"] = Field(
+        "baseline", description="baseline: the baseline output is the judge's reference; none"
+    )
 
 
 @dataclass(frozen=True)
@@ -51,23 +54,33 @@ class Pool:
         if reference not in ("baseline", "none"):
             raise ValueError(f"reference must be 'baseline' or 'none', got {reference!r}")
         return [
-            Prompt(prompt_id(q), q, self.table[q][0].dataset, self.table[q][0].output_1 if reference == "baseline" else None)
+            Prompt(
+                prompt_id(q),
+                q,
+                self.table[q][0].dataset,
+                self.table[q][0].output_1 if reference == "baseline" else None,
+            )
             for q in self.instructions
         ]
 
-    def restrict(self, instructions: list[str]) -> "Pool":
+    def restrict(self, instructions: list[str]) -> Pool:
         """The same pool over fewer instructions (a judge's subset)."""
         return Pool(self.models, list(instructions), {q: self.table[q] for q in instructions}, self.dropped)
 
     def candidates(self, q: str) -> list[Candidate]:
-        return [Candidate(prompt_id(q), i, a.output_2, None, 0, 0, "stop", a.generator_2) for i, a in enumerate(self.table[q])]
+        return [
+            Candidate(prompt_id(q), i, a.output_2, None, 0, 0, "stop", a.generator_2)
+            for i, a in enumerate(self.table[q])
+        ]
 
 
 def load_pool(folder: Path | str, limit: int | None = None) -> Pool:
     folder = Path(folder)
     files = sorted(folder.glob("*.json"))
     if len(files) < 2:
-        raise DataFileError(folder, None, "a pool needs at least two annotation files (*.json) over the same instructions")
+        raise DataFileError(
+            folder, None, "a pool needs at least two annotation files (*.json) over the same instructions"
+        )
     per_model = {f.stem: read_annotations(f) for f in files}
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be at least 1, got {limit}")
@@ -97,7 +110,9 @@ class PoolReport:
     selections: list[Selection] = field(default_factory=list)  # one per instruction, in pool order
 
     def as_json(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if k in ("judge", "n_instructions", "win_rate", "reference_points")}
+        return {
+            k: v for k, v in asdict(self).items() if k in ("judge", "n_instructions", "win_rate", "reference_points")
+        }
 
 
 def _rate(rows: Sequence[Annotation]) -> float:
@@ -130,7 +145,11 @@ def evaluate_selector(
     judged: dict[Key, Judgement] = {}
     batches = [prompts[i : i + batch_size] for i in range(0, len(prompts), batch_size)]
     score_missing(
-        LocalExecutor(judge), batches, lambda p: pool.candidates(p.instruction), judged, judge.name,
+        LocalExecutor(judge),
+        batches,
+        lambda p: pool.candidates(p.instruction),
+        judged,
+        judge.name,
         lambda batch, _: on_batch(len(batch)) if on_batch else None,
     )
     judgements = list(judged.values())
@@ -163,14 +182,26 @@ def write_report(report: PoolReport, folder: Path, out: Path, describe: str) -> 
     out.mkdir(parents=True, exist_ok=True)
     rows = [(f"{report.judge}", report.win_rate)] + [
         (label, report.reference_points[key])
-        for key, label in (("random", "random pick"), ("longest", "longest"), ("best_single", f"best single ({report.best_single_model})"), ("oracle", "oracle"))
+        for key, label in (
+            ("random", "random pick"),
+            ("longest", "longest"),
+            ("best_single", f"best single ({report.best_single_model})"),
+            ("oracle", "oracle"),
+        )
     ]
     md = out / "select_pool.md"
     md.write_text(
         "\n".join(
-            [f"# Selector evaluation on {folder}", "", f"Judge: {describe}. {report.n_instructions} instructions, "
-             f"{len(report.picks)} candidates each; win rates (%) from alpaca-eval's metric over the released annotations.", "",
-             "| selector | win rate % |", "|---|---|"]
+            [
+                f"# Selector evaluation on {folder}",
+                "",
+                f"Judge: {describe}. {report.n_instructions} instructions, "
+                f"{len(report.picks)} candidates each; win rates (%) from "
+                "alpaca-eval's metric over the released annotations.",
+                "",
+                "| selector | win rate % |",
+                "|---|---|",
+            ]
             + [f"| {name} | {rate:.2f} |" for name, rate in rows]
             + ["", f"Picks per model: {report.picks}.", "", "![select-pool](select_pool.png)", ""]
         ),
@@ -179,7 +210,9 @@ def write_report(report: PoolReport, folder: Path, out: Path, describe: str) -> 
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.barh([name for name, _ in rows][::-1], [rate for _, rate in rows][::-1], color=["#999"] * 4 + ["#1f77b4"])
     ax.set_xlabel("win rate vs baseline (%)")
-    ax.set_title(f"{report.judge} as best-of-{len(report.picks)} selector, {report.n_instructions} instructions", fontsize=9)
+    ax.set_title(
+        f"{report.judge} as best-of-{len(report.picks)} selector, {report.n_instructions} instructions", fontsize=9
+    )
     fig.tight_layout()
     png = out / "select_pool.png"
     fig.savefig(png, dpi=120)

@@ -13,14 +13,15 @@ import hashlib
 import logging
 import math
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import yaml
 
-from bon.core.errors import BonError
 from bon.core.config import ModelConfig
+from bon.core.errors import BonError
 from bon.core.io import DataFileError, read_json
 from bon.core.prompts import PromptSourceError
 from bon.core.rundir import read_outputs
@@ -29,7 +30,11 @@ from eval.annotations import Annotation
 
 VERSIONS = {
     1: {"annotator": "alpaca_eval_gpt4", "baseline": "text_davinci_003", "hub": "alpaca_eval.json"},
-    2: {"annotator": "weighted_alpaca_eval_gpt4_turbo", "baseline": "gpt4_turbo", "hub": "alpaca_eval_gpt4_baseline.json"},
+    2: {
+        "annotator": "weighted_alpaca_eval_gpt4_turbo",
+        "baseline": "gpt4_turbo",
+        "hub": "alpaca_eval_gpt4_baseline.json",
+    },
 }
 
 
@@ -61,7 +66,8 @@ def reference_rows(version: int, reference_outputs: Path | None) -> list[dict[st
     except Exception as e:  # offline: ConnectionError, httpx errors, OSError
         raise PromptSourceError(
             f"could not load the AlpacaEval {VERSIONS[version]['baseline']} baseline outputs from the hub "
-            f"({type(e).__name__}); pass --reference-outputs ../shared/data/alpaca_eval/reference_outputs_v{version}.json"
+            f"({type(e).__name__}); pass --reference-outputs "
+            f"../shared/data/alpaca_eval/reference_outputs_v{version}.json"
         ) from None
 
 
@@ -70,7 +76,8 @@ def match_baseline(outputs: Sequence[dict], reference: Sequence[dict]) -> list[d
     missing = [o["instruction"] for o in outputs if o["instruction"] not in by_q]
     if missing:
         raise DataFileError(
-            "model_outputs.json", None,
+            "model_outputs.json",
+            None,
             f"{len(missing)} of {len(outputs)} instructions have no baseline output (e.g. {missing[0][:60]!r}); "
             "AlpacaEval compares answers to its own instructions",
         )
@@ -96,13 +103,28 @@ class LocalAnnotator:
         ids = [self.engine.text_ids(p + "\n<|im_start|>assistant\n") for p in prompts]
         logprobs = self.engine.next_token_logprobs(ids, list(self.tokens.values()))
         completions = [
-            {"logprobs": {"content": [{"token": "m", "logprob": lp.get(self.tokens["m"], -math.inf),
-                                       "top_logprobs": [{"token": t, "logprob": lp.get(i, -math.inf)} for t, i in self.tokens.items()]}]},
-             "text": "m"}
+            {
+                "logprobs": {
+                    "content": [
+                        {
+                            "token": "m",
+                            "logprob": lp.get(self.tokens["m"], -math.inf),
+                            "top_logprobs": [
+                                {"token": t, "logprob": lp.get(i, -math.inf)} for t, i in self.tokens.items()
+                            ],
+                        }
+                    ]
+                },
+                "text": "m",
+            }
             for lp in logprobs
         ]
-        return {"completions": ["m"] * len(prompts), "completions_all": completions,
-                "price_per_example": [0.0] * len(prompts), "time_per_example": [0.0] * len(prompts)}
+        return {
+            "completions": ["m"] * len(prompts),
+            "completions_all": completions,
+            "price_per_example": [0.0] * len(prompts),
+            "time_per_example": [0.0] * len(prompts),
+        }
 
 
 def _local_config(folder: Path, name: str) -> Path:
@@ -111,7 +133,11 @@ def _local_config(folder: Path, name: str) -> Path:
         name: {
             "prompt_template": str(ae_dir / "alpaca_eval_clf_gpt4_turbo" / "alpaca_eval_clf.txt"),
             "fn_completion_parser": "logprob_parser",
-            "completion_parser_kwargs": {"numerator_token": "m", "denominator_tokens": ["m", "M"], "is_binarize": False},
+            "completion_parser_kwargs": {
+                "numerator_token": "m",
+                "denominator_tokens": ["m", "M"],
+                "is_binarize": False,
+            },
             "completion_key": "completions_all",
             "batch_size": 1,
         }
@@ -186,22 +212,31 @@ def annotate(
         config_path = _local_config(cache_dir, safe)
         kwargs["fn_completions"] = LocalAnnotator(cfg)
         if "SmolLM2" in arg:
-            note = "local annotator SmolLM2-135M: a plumbing smoke test of the annotation path, not a meaningful verdict"
+            note = (
+                "local annotator SmolLM2-135M: a plumbing smoke test of the annotation path, not a meaningful verdict"
+            )
     else:
         config_path = Path(alpaca_eval().__file__).parent / "evaluators_configs" / annotator / "configs.yaml"
         if not config_path.exists():
-            raise AnnotatorError(f"unknown annotator {annotator!r}: use an alpaca-eval config name, local:MODEL or precomputed:FILE")
+            raise AnnotatorError(
+                f"unknown annotator {annotator!r}: use an alpaca-eval config name, local:MODEL or precomputed:FILE"
+            )
         if base_url:
             cache_dir = cache_dir / ("server-" + hashlib.sha256(base_url.encode()).hexdigest()[:10])
         elif "openai" in config_path.read_text() and not environment_has_openai_key():
-            raise AnnotatorError(f"annotator {annotator!r} calls the OpenAI API: set OPENAI_API_KEY (nothing was annotated)")
+            raise AnnotatorError(
+                f"annotator {annotator!r} calls the OpenAI API: set OPENAI_API_KEY (nothing was annotated)"
+            )
     ae = alpaca_eval()
     cache_dir.mkdir(parents=True, exist_ok=True)
     annotator_obj = ae.annotators.PairwiseAnnotator(
         annotators_config=str(config_path), caching_path=str((cache_dir / "annotations_cache.json").resolve()), **kwargs
     )
     try:
-        with _log_without_tracebacks(), _openai_server(base_url):  # alpaca-eval logs API failures with logging.exception
+        with (
+            _log_without_tracebacks(),
+            _openai_server(base_url),
+        ):  # alpaca-eval logs API failures with logging.exception
             df = annotator_obj.annotate_head2head(
                 outputs_1=pd.DataFrame([b for b, _ in pairs]), outputs_2=pd.DataFrame([m for _, m in pairs])
             )
@@ -210,7 +245,8 @@ def annotate(
             raise
         detail = str(e).splitlines()[0] if str(e) else "no detail"
         raise AnnotatorError(
-            f"annotator {annotator!r}: the API could not be reached or refused the request ({type(e).__name__}: {detail}); "
+            f"annotator {annotator!r}: the API could not be reached "
+            f"or refused the request ({type(e).__name__}: {detail}); "
             "nothing new was annotated or cached"
         ) from None
     rows = df if isinstance(df, list) else df.to_dict("records")
@@ -218,8 +254,16 @@ def annotate(
     for r in rows:
         p = r.get("preference")
         out.append(
-            Annotation(r["instruction"], r["output_1"], str(r.get("generator_1", "")), r["output_2"], str(r.get("generator_2", "")),
-                       None if p is None or (isinstance(p, float) and math.isnan(p)) else float(p), annotator, str(r.get("dataset", "")))
+            Annotation(
+                r["instruction"],
+                r["output_1"],
+                str(r.get("generator_1", "")),
+                r["output_2"],
+                str(r.get("generator_2", "")),
+                None if p is None or (isinstance(p, float) and math.isnan(p)) else float(p),
+                annotator,
+                str(r.get("dataset", "")),
+            )
         )
     return out, note
 
@@ -231,14 +275,20 @@ def precomputed(pairs: Sequence[tuple[dict, dict]], path: Path) -> list[Annotati
     found = [table.get((m["instruction"], m["output"])) for _, m in pairs]
     missing = sum(a is None for a in found)
     if missing:
-        raise DataFileError(path, None, f"holds no annotation for {missing} of {len(pairs)} (instruction, output) pairs of this run")
+        raise DataFileError(
+            path, None, f"holds no annotation for {missing} of {len(pairs)} (instruction, output) pairs of this run"
+        )
     if all(a.preference is None for a in found):
         raise DataFileError(path, None, f"holds no preference (all null) for the {len(pairs)} pairs of this run")
     return found
 
 
 def annotations_for(
-    pairs: Sequence[tuple[dict, dict]], annotator: str, cache_dir: Path, backend: str = "transformers", base_url: str | None = None
+    pairs: Sequence[tuple[dict, dict]],
+    annotator: str,
+    cache_dir: Path,
+    backend: str = "transformers",
+    base_url: str | None = None,
 ) -> tuple[list[Annotation], str | None]:
     """Annotations of (baseline row, model row) pairs by any annotator kind, and a note on its meaning."""
     kind, _, arg = annotator.partition(":")
@@ -246,7 +296,9 @@ def annotations_for(
         return precomputed(pairs, Path(arg)), None
     annotations, note = annotate(pairs, annotator, cache_dir, backend, base_url)
     if all(a.preference is None for a in annotations):
-        raise AnnotatorError(f"annotator {annotator!r} gave no preference for any of the {len(pairs)} pairs; nothing to score")
+        raise AnnotatorError(
+            f"annotator {annotator!r} gave no preference for any of the {len(pairs)} pairs; nothing to score"
+        )
     return annotations, note
 
 
@@ -271,5 +323,10 @@ def run_alpaca_eval(
     lc = len(outputs) == 805  # the LC model assumes AlpacaEval's 805-instruction order
     result = full_winrate(annotations, lc=lc, lc_data=lc_data)
     if not lc:
-        result = WinRate(**{**result.as_json(), "lc_note": f"length-controlled win rate needs all 805 instructions; this run has {len(outputs)}"})
+        result = WinRate(
+            **{
+                **result.as_json(),
+                "lc_note": f"length-controlled win rate needs all 805 instructions; this run has {len(outputs)}",
+            }
+        )
     return EvalResult(annotator, version, result, annotations, note)

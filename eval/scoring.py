@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -117,7 +118,11 @@ def _folds(items: Sequence[Any], k: int) -> list[int]:
 
 
 def _prefers_longer(predictions: Sequence[int | None], items: Sequence[Any]) -> float | None:
-    decisive = [(p, it) for p, it in zip(predictions, items) if p in (FIRST, SECOND) and len(it.response_1) != len(it.response_2)]
+    decisive = [
+        (p, it)
+        for p, it in zip(predictions, items)
+        if p in (FIRST, SECOND) and len(it.response_1) != len(it.response_2)
+    ]
     if not decisive:
         return None
     longer = sum((p == FIRST) == (len(it.response_1) > len(it.response_2)) for p, it in decisive)
@@ -174,7 +179,10 @@ def evaluate_pairwise(
         heldout_agreement=heldout,
         heldout_thresholds=thresholds,
         consistency=consistency,
-        groups={g: agreement([predictions[i] for i in idx], [labels[i] for i in idx]) for g, idx in sorted(groups.items(), key=lambda kv: group_order(kv[0]))},
+        groups={
+            g: agreement([predictions[i] for i in idx], [labels[i] for i in idx])
+            for g, idx in sorted(groups.items(), key=lambda kv: group_order(kv[0]))
+        },
         aurc=None if curve is None else curve.aurc,
         oracle_aurc=None if curve is None else curve.oracle_aurc,
         length_spearman=length,
@@ -204,7 +212,9 @@ class PoolResult(_Result):
     curve: RiskCoverage | None = field(default=None, compare=False)
 
 
-def _cluster_pearson(groups: list[tuple[list[float | None], list[float]]], reps: int, seed: int) -> tuple[float, float] | None:
+def _cluster_pearson(
+    groups: list[tuple[list[float | None], list[float]]], reps: int, seed: int
+) -> tuple[float, float] | None:
     """Bootstrap over prompts (their candidates move together) of the pooled Pearson correlation."""
     kept = [np.array([(x, y) for x, y in zip(*g) if x is not None], float).reshape(-1, 2) for g in groups]
 
@@ -217,7 +227,14 @@ def _cluster_pearson(groups: list[tuple[list[float | None], list[float]]], reps:
     return bootstrap_ci(stat, len(groups), reps, seed)
 
 
-def evaluate_pool(bench: Benchmark, subset: Sequence[Prompt], label: str, judgements: Sequence[Judgement], reps: int = 1000, seed: int = 0) -> PoolResult:
+def evaluate_pool(
+    bench: Benchmark,
+    subset: Sequence[Prompt],
+    label: str,
+    judgements: Sequence[Judgement],
+    reps: int = 1000,
+    seed: int = 0,
+) -> PoolResult:
     assert bench.pool is not None
     pool = bench.pool.restrict([p.instruction for p in subset])
     report = picks_report(pool, label, judgements)
@@ -267,7 +284,14 @@ class ScoresResult(_Result):
     curve: RiskCoverage | None = field(default=None, compare=False)
 
 
-def evaluate_scores(bench: Benchmark, subset: Sequence[Prompt], label: str, judgements: Sequence[Judgement], reps: int = 1000, seed: int = 0) -> ScoresResult:
+def evaluate_scores(
+    bench: Benchmark,
+    subset: Sequence[Prompt],
+    label: str,
+    judgements: Sequence[Judgement],
+    reps: int = 1000,
+    seed: int = 0,
+) -> ScoresResult:
     table = scores_of(judgements)
     groups = [([table.get((p.id, i)) for i in range(len(bench.values[p.id]))], bench.values[p.id]) for p in subset]
     scores = [x for g in groups for x in g[0]]
@@ -295,10 +319,19 @@ class LeaderboardResult(_Result):
     failed: int
     instructions: int
     means: dict[str, float | None]  # model -> the judge's mean score over the instructions scored
-    columns: dict[str, dict[str, Any]]  # leaderboard column -> spearman, kendall (with bootstrap CIs over models), n models
+    columns: dict[
+        str, dict[str, Any]
+    ]  # leaderboard column -> spearman, kendall (with bootstrap CIs over models), n models
 
 
-def evaluate_leaderboard(bench: Benchmark, subset: Sequence[Prompt], label: str, judgements: Sequence[Judgement], reps: int = 1000, seed: int = 0) -> LeaderboardResult:
+def evaluate_leaderboard(
+    bench: Benchmark,
+    subset: Sequence[Prompt],
+    label: str,
+    judgements: Sequence[Judgement],
+    reps: int = 1000,
+    seed: int = 0,
+) -> LeaderboardResult:
     """The judge's mean score per model, rank-correlated with each leaderboard column (bootstrap over models)."""
     table = scores_of(judgements)
     per_model: dict[str, list[float]] = {m: [] for m in bench.board}
@@ -317,7 +350,7 @@ def evaluate_leaderboard(bench: Benchmark, subset: Sequence[Prompt], label: str,
         y = np.array([bench.board[m][column] for m in models], float)
         corr = correlations(x.tolist(), y.tolist())
 
-        def stat(idx: np.ndarray, which: str) -> float | None:
+        def stat(idx: np.ndarray, which: str, x: np.ndarray = x, y: np.ndarray = y) -> float | None:
             from scipy import stats
 
             u, v = x[idx], y[idx]
@@ -326,9 +359,15 @@ def evaluate_leaderboard(bench: Benchmark, subset: Sequence[Prompt], label: str,
             return float((stats.spearmanr if which == "spearman" else stats.kendalltau)(u, v).statistic)
 
         columns[column] = {
-            "n_models": len(models), "spearman": corr.spearman, "kendall": corr.kendall,
-            "spearman_ci": bootstrap_ci(lambda idx: stat(idx, "spearman"), len(models), reps, seed) if len(models) > 2 else None,
-            "kendall_ci": bootstrap_ci(lambda idx: stat(idx, "kendall"), len(models), reps, seed) if len(models) > 2 else None,
+            "n_models": len(models),
+            "spearman": corr.spearman,
+            "kendall": corr.kendall,
+            "spearman_ci": bootstrap_ci(lambda idx: stat(idx, "spearman"), len(models), reps, seed)
+            if len(models) > 2
+            else None,
+            "kendall_ci": bootstrap_ci(lambda idx: stat(idx, "kendall"), len(models), reps, seed)
+            if len(models) > 2
+            else None,
         }
     return LeaderboardResult(label, len(scores), sum(s is None for s in scores), len(subset), means, columns)
 

@@ -8,13 +8,14 @@ flagged judgement with score None (the original returned 0.0).
 from __future__ import annotations
 
 import re
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 from pydantic import Field
 
 from bon.core.config import ModelConfig
-from bon.engines.base import SamplingSettings
 from bon.core.records import Candidate, Judgement, Prompt
+from bon.engines.base import SamplingSettings
 from judges.base import PromptJudge, prompts_by_id, read_prompt_template
 
 AUTOJ_HUB_ID = "GAIR/autoj-13b"
@@ -23,8 +24,12 @@ _RATING = re.compile(r"Rating: \[\[")
 
 class AutoJOptions(ModelConfig):
     max_tokens: int = Field(1024, ge=1, description="longest critique, in tokens (Auto-J uses 1024)")
-    wrapper: Literal["llama2", "chat"] = Field("llama2", description="llama2 = Auto-J's [INST] ... [/INST]; chat = the judge tokenizer's chat template")
-    rating_logprob: bool = Field(True, description="record the log-probability of the rating's first token (a tie-break for integer ratings)")
+    wrapper: Literal["llama2", "chat"] = Field(
+        "llama2", description="llama2 = Auto-J's [INST] ... [/INST]; chat = the judge tokenizer's chat template"
+    )
+    rating_logprob: bool = Field(
+        True, description="record the log-probability of the rating's first token (a tie-break for integer ratings)"
+    )
 
 
 def parse_rating(text: str) -> tuple[float | None, str | None]:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from importlib import resources
-from typing import Any, Sequence
+from typing import Any
 
 from bon.core.judging import Judge, PairwiseJudge
 from bon.core.records import Candidate, Prompt
 from bon.engines.tokens import ContextLengthError, effective_context, overflow_message
-
 
 __all__ = ["Judge", "PairwiseJudge", "PromptJudge", "UsesEngine", "prompts_by_id", "read_prompt_template"]
 
@@ -79,7 +79,10 @@ class PromptJudge(UsesEngine):
         for i in over:
             prompt, cand = pairs[i]
             if self.options.on_overflow == "skip":
-                out[i] = (None, f"judge prompt of {len(out[i][0])} tokens does not fit {room} (context {self.context}): skipped")
+                out[i] = (
+                    None,
+                    f"judge prompt of {len(out[i][0])} tokens does not fit {room} (context {self.context}): skipped",
+                )
             else:
                 out[i] = self._truncated(prompt, cand, len(out[i][0]) - room, room)
         return out
@@ -91,13 +94,16 @@ class PromptJudge(UsesEngine):
         while keep >= 0:
             ids = self.prompt_ids(prompt, self.engine.tokenizer.decode(answer[:keep]))
             if len(ids) <= room:
-                return ids, f"answer truncated from {len(answer)} to {keep} tokens to fit the judge's context ({self.context})"
+                return (
+                    ids,
+                    f"answer truncated from {len(answer)} to {keep} tokens to fit the judge's context ({self.context})",
+                )
             keep -= max(1, len(ids) - room)
         raise ContextLengthError(
             f"{self.name} judge prompt for {cand.prompt_id} does not fit {room} tokens even with an empty answer"
         )
 
-    def on_tokenizer(self, tokens: Any) -> "PromptJudge":
+    def on_tokenizer(self, tokens: Any) -> PromptJudge:
         return type(self)(self.options, engine=tokens)  # type: ignore[call-arg]
 
     def judges(self, prompt: Prompt) -> bool:

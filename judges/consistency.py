@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from bon.core.records import Candidate, Judgement, Prompt
 from judges.cosine import EmbedderOptions, cosine, load_embedder

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 from pydantic import Field
 
@@ -14,14 +15,20 @@ EMBEDDER = "embedded:all-MiniLM-L6-v2"
 
 
 class EmbedderOptions(Strict):
-    model: str = Field(EMBEDDER, description="sentence-embedding model: embedded:all-MiniLM-L6-v2, a local directory or hub id")
+    model: str = Field(
+        EMBEDDER, description="sentence-embedding model: embedded:all-MiniLM-L6-v2, a local directory or hub id"
+    )
     device: str = Field("auto", description="auto, cpu or cuda")
     batch_size: int = Field(32, ge=1, description="texts per forward pass")
 
 
 class CosineOptions(EmbedderOptions):
     against: Literal["reference", "instruction"] = Field(
-        "reference", description="reference = similarity to the gold answer; instruction = relevance to the question (data without references)"
+        "reference",
+        description=(
+            "reference = similarity to the gold answer; instruction "
+            "= relevance to the question (data without references)"
+        ),
     )
 
 
@@ -30,7 +37,7 @@ def load_embedder(options: EmbedderOptions):
     from bon.engines.models import embedded_path
 
     prefix = "embedded:"
-    path = str(embedded_path(options.model[len(prefix):])) if options.model.startswith(prefix) else options.model
+    path = str(embedded_path(options.model[len(prefix) :])) if options.model.startswith(prefix) else options.model
     return load(path, options.device)
 
 
@@ -42,7 +49,10 @@ def cosine(a: Sequence[float], b: Sequence[float]) -> float:
 class CosineJudge:
     Options = CosineOptions
     name = "cosine"
-    summary = "cosine similarity of candidate and reference embeddings, or of candidate and instruction with against=instruction (all-MiniLM-L6-v2, embedded)"
+    summary = (
+        "cosine similarity of candidate and reference embeddings, or of candidate and instruction "
+        "with against=instruction (all-MiniLM-L6-v2, embedded)"
+    )
     needs_reference = True  # per instance: false with against=instruction
     hub_id = "sentence-transformers/all-MiniLM-L6-v2"
 

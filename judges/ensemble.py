@@ -7,7 +7,8 @@ fails to score gets no ensemble score (None, flagged with the member's name).
 from __future__ import annotations
 
 import statistics
-from typing import Any, Literal, Sequence
+from collections.abc import Sequence
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -65,7 +66,9 @@ class EnsembleJudge:
         for member, scores in zip(self.options.members, member_scores):
             for idx in groups.values():
                 ok = [i for i in idx if scores[i] is not None]
-                normed = zscores([scores[i] for i in ok]) if self.options.normalize == "zscore" else [scores[i] for i in ok]
+                normed = (
+                    zscores([scores[i] for i in ok]) if self.options.normalize == "zscore" else [scores[i] for i in ok]
+                )
                 for i, z in zip(ok, normed):
                     if total[i] is not None:
                         total[i] += member.weight * z

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from bon.core.config import Strict
 from bon.core.records import Candidate, Judgement, Prompt

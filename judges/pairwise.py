@@ -8,17 +8,18 @@ orders cancels position bias; a pair whose two orders disagree counts as a tie.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import permutations
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 from pydantic import Field
 
 from bon.core.config import ModelConfig, Strict
 from bon.core.judging import build_judge
-from bon.engines.base import SamplingSettings
 from bon.core.records import Candidate, Judgement, Prompt
 from bon.core.registry import Registry
+from bon.engines.base import SamplingSettings
 from judges.autoj import AUTOJ_HUB_ID, wrap
 from judges.base import UsesEngine, prompts_by_id, read_prompt_template
 
@@ -57,7 +58,9 @@ def parse_decision(text: str) -> PairVerdict:
 
 class AutoJPairwiseOptions(ModelConfig):
     max_tokens: int = Field(1024, ge=1, description="longest comparison, in tokens")
-    wrapper: Literal["llama2", "chat"] = Field("llama2", description="llama2 = Auto-J's [INST] ... [/INST]; chat = the judge's chat template")
+    wrapper: Literal["llama2", "chat"] = Field(
+        "llama2", description="llama2 = Auto-J's [INST] ... [/INST]; chat = the judge's chat template"
+    )
 
 
 class AutoJPairwise(UsesEngine):
@@ -80,7 +83,12 @@ class AutoJPairwise(UsesEngine):
     def compare(self, items: Sequence[tuple[str, str, str]]) -> list[PairVerdict]:
         """Verdicts for (instruction, response 1, response 2) triples."""
         ids = [
-            wrap(self.engine, self.template.format(prompt=q, response=a, response_another=b), self.options.wrapper, self.wrapper)
+            wrap(
+                self.engine,
+                self.template.format(prompt=q, response=a, response_another=b),
+                self.options.wrapper,
+                self.wrapper,
+            )
             for q, a, b in items
         ]
         greedy = SamplingSettings(temperature=0.0, top_p=1.0, max_tokens=self.options.max_tokens)
@@ -90,7 +98,9 @@ class AutoJPairwise(UsesEngine):
 class ScalarComparatorOptions(Strict):
     judge: str = Field("length", description="a registered scalar judge")
     options: dict[str, Any] = Field(default_factory=dict, description="that judge's options")
-    tie_threshold: float = Field(0.0, ge=0.0, description="scores differing by less than this tie (equal scores always do)")
+    tie_threshold: float = Field(
+        0.0, ge=0.0, description="scores differing by less than this tie (equal scores always do)"
+    )
 
 
 class ScalarComparator:
@@ -108,7 +118,11 @@ class ScalarComparator:
 
     def compare(self, items: Sequence[tuple[str, str, str]]) -> list[PairVerdict]:
         prompts = [Prompt(f"q{i}", q) for i, (q, _, _) in enumerate(items)]
-        cands = [Candidate(f"q{i}", k, text, None, 0, 0, "stop", "pair") for i, (_, a, b) in enumerate(items) for k, text in enumerate((a, b))]
+        cands = [
+            Candidate(f"q{i}", k, text, None, 0, 0, "stop", "pair")
+            for i, (_, a, b) in enumerate(items)
+            for k, text in enumerate((a, b))
+        ]
         scores = [j.score for j in self.judge.score(prompts, cands)]
         out = []
         for a, b in zip(scores[0::2], scores[1::2]):
@@ -128,7 +142,9 @@ COMPARATORS: Registry = Registry(
 class PairwiseOptions(Strict):
     comparator: str = Field("autoj", description="a pairwise comparator: autoj or scalar")
     comparator_options: dict[str, Any] = Field(default_factory=dict, description="the comparator's options")
-    mode: Literal["round_robin", "knockout"] = Field("round_robin", description="round_robin = N(N-1) ordered comparisons; knockout = 2(N-1)")
+    mode: Literal["round_robin", "knockout"] = Field(
+        "round_robin", description="round_robin = N(N-1) ordered comparisons; knockout = 2(N-1)"
+    )
 
 
 def _both_orders(forward: PairVerdict, backward: PairVerdict) -> int | None:
@@ -180,7 +196,9 @@ class PairwiseRanking:
                 c.index,
                 self.name,
                 scores[(c.prompt_id, c.index)],
-                flag=None if scores[(c.prompt_id, c.index)] is not None else "every comparison with this candidate failed",
+                flag=None
+                if scores[(c.prompt_id, c.index)] is not None
+                else "every comparison with this candidate failed",
                 details={"mode": self.options.mode, "comparisons_per_prompt": self.cost(n, self.options.mode)},
             )
             for c in candidates

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from pydantic import Field
 
@@ -30,7 +30,10 @@ class PPLJudge(UsesEngine):
         return f"mean token log-probability under {self.options.model.removeprefix('embedded:')}"
 
     def score(self, prompts: Sequence[Prompt], candidates: Sequence[Candidate]) -> list[Judgement]:
-        contexts = [self.engine.chat_ids([{"role": "user", "content": p.instruction}]) for p in prompts_by_id(prompts, candidates)]
+        contexts = [
+            self.engine.chat_ids([{"role": "user", "content": p.instruction}])
+            for p in prompts_by_id(prompts, candidates)
+        ]
         targets = [self.engine.tokenizer.encode(c.text, add_special_tokens=False) for c in candidates]
         keep = [i for i, t in enumerate(targets) if t]
         logprobs = self.engine.continuation_logprobs(

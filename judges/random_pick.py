@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import random
-from typing import Sequence
+from collections.abc import Sequence
 
 from pydantic import Field
 
 from bon.core.config import Strict
-from bon.engines.base import derive_seed
 from bon.core.records import Candidate, Judgement, Prompt
+from bon.engines.base import derive_seed
 
 
 class RandomOptions(Strict):

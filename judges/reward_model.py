@@ -7,7 +7,7 @@ vLLM supports the architecture. `trust_remote_code` only when the options say so
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from pydantic import Field
 
@@ -26,7 +26,10 @@ class RewardModelOptions(ModelConfig):
 class RewardModelJudge:
     Options = RewardModelOptions
     name = "reward_model"
-    summary = f"scalar reward model (sequence classification, 1 logit), e.g. {RM_HUB_ID}, OpenAssistant/reward-model-deberta-v3-large-v2"
+    summary = (
+        f"scalar reward model (sequence classification, 1 logit), e.g. {RM_HUB_ID}, "
+        "OpenAssistant/reward-model-deberta-v3-large-v2"
+    )
     needs_reference = False
     hub_id = RM_HUB_ID
 
@@ -48,7 +51,10 @@ class RewardModelJudge:
         return f"reward model {self.options.model} ({self.options.backend})"
 
     def score(self, prompts: Sequence[Prompt], candidates: Sequence[Candidate]) -> list[Judgement]:
-        convs = [self.model.conversation_ids(p.instruction, c.text) for p, c in zip(prompts_by_id(prompts, candidates), candidates)]
+        convs = [
+            self.model.conversation_ids(p.instruction, c.text)
+            for p, c in zip(prompts_by_id(prompts, candidates), candidates)
+        ]
         rewards = self.model.rewards(convs, batch_size=self.options.batch_size)
         return [
             Judgement(c.prompt_id, c.index, self.name, r, details={"reward_model": self.model.name})

@@ -12,4 +12,5 @@ class SelfEvalJudge(SelfJudge):
     policy_defaults = ("model", "backend", "gguf_file", "dtype", "device", "server")  # the policy judging itself
 
     def describe(self) -> str:
-        return f"self-evaluation: Self-J template on the policy model {self.options.model.removeprefix('embedded:')} ({self.options.prompt_format} prompt)"
+        model = self.options.model.removeprefix("embedded:")
+        return f"self-evaluation: Self-J template on the policy model {model} ({self.options.prompt_format} prompt)"

@@ -9,7 +9,8 @@ model emits them after text (`bon.engines.tokens.digit_token_ids`: on Llama-2 ex
 from __future__ import annotations
 
 import math
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 from pydantic import Field
 
@@ -22,13 +23,21 @@ SELFJ_HUB_ID = "oceanpty/Self-J"  # the released Self-J-13B weights
 
 
 class SelfJOptions(ModelConfig):
-    prompt_format: Literal["raw", "chat"] = Field("raw", description="raw = template text as the Self-J repo feeds it; chat = inside the judge's chat template")
-    reference: Literal["auto", "always", "never"] = Field("auto", description="auto = reference-based template when the prompt has a reference")
+    prompt_format: Literal["raw", "chat"] = Field(
+        "raw", description="raw = template text as the Self-J repo feeds it; chat = inside the judge's chat template"
+    )
+    reference: Literal["auto", "always", "never"] = Field(
+        "auto", description="auto = reference-based template when the prompt has a reference"
+    )
     batch_size: int = Field(8, ge=1, description="sequences per forward pass (transformers backend)")
-    min_digit_mass: float = Field(0.05, ge=0.0, le=1.0, description="flag a judgement whose digits hold less of the next-token mass than this")
+    min_digit_mass: float = Field(
+        0.05, ge=0.0, le=1.0, description="flag a judgement whose digits hold less of the next-token mass than this"
+    )
 
 
-def expected_score(logprobs: dict[int, float], digit_ids: Sequence[int]) -> tuple[float | None, list[float | None], float]:
+def expected_score(
+    logprobs: dict[int, float], digit_ids: Sequence[int]
+) -> tuple[float | None, list[float | None], float]:
     """(score, renormalised digit probabilities, digit mass) from next-token logprobs.
 
     Digits the engine did not report (outside vLLM's top-k) get probability 0 in the
@@ -98,7 +107,11 @@ class SelfJudge(PromptJudge):
         scored_at = [i for i in usable if fitted[i][0] is not None]
         ids = [fitted[i][0] for i in scored_at]
         groups = [candidates[i].prompt_id for i in scored_at]  # a prompt's N judge prompts share their prefix
-        scored = self.engine.next_token_logprobs(ids, self.digit_ids, batch_size=self.options.batch_size, groups=groups) if ids else []
+        scored = (
+            self.engine.next_token_logprobs(ids, self.digit_ids, batch_size=self.options.batch_size, groups=groups)
+            if ids
+            else []
+        )
         logprobs: dict[int, dict[int, float]] = dict(zip(scored_at, scored))
         out = []
         for k, c in enumerate(candidates):

@@ -18,16 +18,17 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
 from bon.core.config import ModelConfig, RunConfig, Strict
-from bon.engines.base import derive_seed
 from bon.core.io import DataFileError, append_jsonl, read_json, read_json_rows, write_json_atomic, write_jsonl_atomic
 from bon.core.records import Candidate, Judgement, Prompt, by_key, by_prompt
+from bon.engines.base import derive_seed
 from bon.pipeline.rejudge import judge_run
 from bon.pipeline.runner import run
 from judges.cosine import CosineOptions
@@ -35,11 +36,20 @@ from judges.selfj import SelfJOptions, SelfJudge
 
 
 class LabelConfig(Strict):
-    run: RunConfig = Field(default_factory=RunConfig, description="sampling K responses (n) and the self-evaluation judge (selfj, reference: always)")
-    cosine: CosineOptions = Field(default_factory=CosineOptions, description="the embedder for response-reference similarity")
+    run: RunConfig = Field(
+        default_factory=RunConfig,
+        description="sampling K responses (n) and the self-evaluation judge (selfj, reference: always)",
+    )
+    cosine: CosineOptions = Field(
+        default_factory=CosineOptions, description="the embedder for response-reference similarity"
+    )
     self_weight: float = Field(0.5, ge=0.0, description="weight of the self-evaluation rating (0-9)")
-    cosine_weight: float = Field(0.5, ge=0.0, description="weight of the cosine similarity rescaled to 0-9 (max(cos, 0) x 9)")
-    heldout: float = Field(0.2, ge=0.0, lt=1.0, description="share of instructions held out for evaluation (by a hash of the prompt id)")
+    cosine_weight: float = Field(
+        0.5, ge=0.0, description="weight of the cosine similarity rescaled to 0-9 (max(cos, 0) x 9)"
+    )
+    heldout: float = Field(
+        0.2, ge=0.0, lt=1.0, description="share of instructions held out for evaluation (by a hash of the prompt id)"
+    )
     output: Path = Field(Path("runs/selfj_labels.jsonl"), description="the training data written")
 
     @field_validator("run")
@@ -52,7 +62,9 @@ class LabelConfig(Strict):
 
 class TrainConfig(Strict):
     data: Path = Field(Path("runs/selfj_labels.jsonl"), description="labelled data from `bon selfj label`")
-    model: ModelConfig = Field(default_factory=ModelConfig, description="the model trained (teacher and student are the same LoRA model)")
+    model: ModelConfig = Field(
+        default_factory=ModelConfig, description="the model trained (teacher and student are the same LoRA model)"
+    )
     prompt_format: Literal["raw", "chat"] = Field("raw", description="as the selfj judge that will use the adapter")
     output_dir: Path = Field(Path("runs/selfj_adapter"), description="adapter, checkpoints and the training log")
     lora_r: int = Field(16, ge=1, description="LoRA rank")
@@ -73,11 +85,15 @@ class TrainConfig(Strict):
     seed: int = Field(0, ge=0, description="data order and LoRA init")
 
 
-def combine(self_score: float | None, cosine: float | None, self_weight: float, cosine_weight: float) -> tuple[float, int] | None:
+def combine(
+    self_score: float | None, cosine: float | None, self_weight: float, cosine_weight: float
+) -> tuple[float, int] | None:
     """(the combined 0-9 value, the digit label) from the two parts; None when a part is missing."""
     if self_score is None or cosine is None or not math.isfinite(self_score) or not math.isfinite(cosine):
         return None
-    value = (self_weight * self_score + cosine_weight * 9.0 * min(max(cosine, 0.0), 1.0)) / (self_weight + cosine_weight)
+    value = (self_weight * self_score + cosine_weight * 9.0 * min(max(cosine, 0.0), 1.0)) / (
+        self_weight + cosine_weight
+    )
     return value, int(min(9, max(0, math.floor(value + 0.5))))
 
 
@@ -125,8 +141,15 @@ def pair_ids(teacher: SelfJudge, student: SelfJudge, ex: Example, eos: int) -> t
     return teacher.prompt_ids(ex.prompt, ex.response), student.prompt_ids(ex.prompt, ex.response), target
 
 
-def distill_loss(teacher_logits, teacher_labels, student_logits, student_labels, eos: int,
-                 ce_student_weight: float = 0.3, kl_weight: float = 2.0) -> dict[str, Any]:
+def distill_loss(
+    teacher_logits,
+    teacher_labels,
+    student_logits,
+    student_labels,
+    eos: int,
+    ce_student_weight: float = 0.3,
+    kl_weight: float = 2.0,
+) -> dict[str, Any]:
     """The Self-J loss on one batch: labels are -100 on prompt tokens; logits at t predict the label at t+1.
 
     KL is `F.kl_div(log_softmax(student), softmax(teacher.detach()), reduction="batchmean")` over
@@ -136,7 +159,9 @@ def distill_loss(teacher_logits, teacher_labels, student_logits, student_labels,
     import torch.nn.functional as F
 
     def ce(logits, labels):
-        return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1), ignore_index=-100)
+        return F.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1), ignore_index=-100
+        )
 
     def positions(logits, labels):
         targets = labels[:, 1:]
@@ -167,7 +192,9 @@ def _padded(rows: Sequence[tuple[list[int], list[int]]], pad: int):
 Pair = tuple[list[int], list[int], list[int]]  # (teacher prompt ids, student prompt ids, target ids)
 
 
-def training_pairs(cfg: TrainConfig, teacher: SelfJudge, student: SelfJudge, eos: int, note: Callable[[str], None]) -> list[Pair]:
+def training_pairs(
+    cfg: TrainConfig, teacher: SelfJudge, student: SelfJudge, eos: int, note: Callable[[str], None]
+) -> list[Pair]:
     """The data: every 'train' example as token ids, those longer than ``cfg.cutoff`` dropped (said)."""
     pairs = [pair_ids(teacher, student, ex, eos) for ex in read_examples(cfg.data) if ex.split == "train"]
     kept = [p for p in pairs if max(len(p[0]), len(p[1])) + len(p[2]) <= cfg.cutoff]
@@ -186,8 +213,13 @@ def trainable(cfg: TrainConfig, base: Any, checkpoint: Path, note: Callable[[str
         state = read_json(checkpoint / "state.json")
         note(f"resuming from {checkpoint} at step {state['step']}")
         return PeftModel.from_pretrained(base, checkpoint, is_trainable=True), state
-    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=list(cfg.target_modules), task_type="CAUSAL_LM")
+    lora = LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=list(cfg.target_modules),
+        task_type="CAUSAL_LM",
+    )
     return get_peft_model(base, lora), {"step": 0, "seen": 0}
 
 
@@ -206,7 +238,9 @@ def optimiser_for(cfg: TrainConfig, model: Any, checkpoint: Path, step: int, tot
     return optimiser, schedule
 
 
-def accumulate_step(cfg: TrainConfig, model: Any, batches: Sequence[Sequence[Pair]], pad: int, eos: int) -> tuple[dict[str, float], int]:
+def accumulate_step(
+    cfg: TrainConfig, model: Any, batches: Sequence[Sequence[Pair]], pad: int, eos: int
+) -> tuple[dict[str, float], int]:
     """Forward and backward over one optimiser step's batches; (mean loss parts, tokens read)."""
     parts = {"loss": 0.0, "ce_teacher": 0.0, "ce_student": 0.0, "kl": 0.0}
     tokens = 0
@@ -214,9 +248,13 @@ def accumulate_step(cfg: TrainConfig, model: Any, batches: Sequence[Sequence[Pai
         t_ids, t_mask, t_labels = _padded([(b[0], b[2]) for b in batch], pad)
         s_ids, s_mask, s_labels = _padded([(b[1], b[2]) for b in batch], pad)
         losses = distill_loss(
-            model(input_ids=t_ids, attention_mask=t_mask).logits, t_labels,
-            model(input_ids=s_ids, attention_mask=s_mask).logits, s_labels, eos,
-            cfg.ce_student_weight, cfg.kl_weight,
+            model(input_ids=t_ids, attention_mask=t_mask).logits,
+            t_labels,
+            model(input_ids=s_ids, attention_mask=s_mask).logits,
+            s_labels,
+            eos,
+            cfg.ce_student_weight,
+            cfg.kl_weight,
         )
         (losses["loss"] / len(batches)).backward()
         tokens += int(t_mask.sum() + s_mask.sum())
@@ -225,8 +263,10 @@ def accumulate_step(cfg: TrainConfig, model: Any, batches: Sequence[Sequence[Pai
     return parts, tokens
 
 
-def train(cfg: TrainConfig, note: Callable[[str], None] = print, progress: Callable[[dict], None] | None = None) -> Path:
-    """LoRA self-distillation; resumable from the last checkpoint in ``cfg.output_dir``. Returns the adapter directory."""
+def train(
+    cfg: TrainConfig, note: Callable[[str], None] = print, progress: Callable[[dict], None] | None = None
+) -> Path:
+    """LoRA self-distillation, resumable from the last checkpoint in ``cfg.output_dir``; returns the adapter folder."""
     import random
 
     import torch
@@ -234,7 +274,9 @@ def train(cfg: TrainConfig, note: Callable[[str], None] = print, progress: Calla
     from bon.engines.hf import HFModel
 
     engine = HFModel(cfg.model)  # a private copy: LoRA layers go into its modules, not into a shared engine
-    options = SelfJOptions(**{k: getattr(cfg.model, k) for k in ModelConfig.model_fields}, prompt_format=cfg.prompt_format)
+    options = SelfJOptions(
+        **{k: getattr(cfg.model, k) for k in ModelConfig.model_fields}, prompt_format=cfg.prompt_format
+    )
     teacher, student = training_judges(options, engine)
     eos = engine.tokenizer.eos_token_id
     kept = training_pairs(cfg, teacher, student, eos, note)
@@ -263,7 +305,13 @@ def train(cfg: TrainConfig, note: Callable[[str], None] = print, progress: Calla
         state["step"] += 1
         tokens += read
         elapsed = time.perf_counter() - started
-        row = {"step": state["step"], "of": total_steps, **parts, "tokens_per_s": tokens / elapsed, "lr": schedule.get_last_lr()[0]}
+        row = {
+            "step": state["step"],
+            "of": total_steps,
+            **parts,
+            "tokens_per_s": tokens / elapsed,
+            "lr": schedule.get_last_lr()[0],
+        }
         append_jsonl(out / "train_log.jsonl", [row])
         if progress:
             progress(row)
@@ -319,19 +367,33 @@ def label(cfg: LabelConfig, progress=None, note: Callable[[str], None] = print) 
             if parts is None or s is None or c is None:
                 missing += 1
                 continue
-            rows.append({
-                "id": f"{p.id}#{i}", "prompt_id": p.id, "instruction": p.instruction, "reference": p.reference,
-                "response": cands[p.id][i].text, "self_eval": s.score, "cosine": c.score,
-                "combined": parts[0], "label": parts[1], "split": "heldout" if is_heldout(p.id, cfg.heldout) else "train",
-            })
+            rows.append(
+                {
+                    "id": f"{p.id}#{i}",
+                    "prompt_id": p.id,
+                    "instruction": p.instruction,
+                    "reference": p.reference,
+                    "response": cands[p.id][i].text,
+                    "self_eval": s.score,
+                    "cosine": c.score,
+                    "combined": parts[0],
+                    "label": parts[1],
+                    "split": "heldout" if is_heldout(p.id, cfg.heldout) else "train",
+                }
+            )
     write_jsonl_atomic(cfg.output, rows)
-    write_jsonl_atomic(heldout_path(cfg.output), [r for r in rows if r["split"] == "heldout"])  # a `scores` benchmark for bon compare
-    summary = {"rows": len(rows), "unlabelled": missing, "train": sum(r["split"] == "train" for r in rows),
-               "labels": {d: sum(r["label"] == d for r in rows) for d in range(10)}}
+    write_jsonl_atomic(
+        heldout_path(cfg.output), [r for r in rows if r["split"] == "heldout"]
+    )  # a `scores` benchmark for bon compare
+    summary = {
+        "rows": len(rows),
+        "unlabelled": missing,
+        "train": sum(r["split"] == "train" for r in rows),
+        "labels": {d: sum(r["label"] == d for r in rows) for d in range(10)},
+    }
     write_json_atomic(cfg.output.with_suffix(".summary.json"), summary)
     return summary
 
 
 def heldout_path(output: Path) -> Path:
     return output.with_name(output.stem + ".heldout.jsonl")
-

@@ -42,7 +42,16 @@ class FakePolicy:
             raise KeyboardInterrupt("simulated crash")
         self.calls += 1
         return [
-            Candidate(p.id, i, f"{p.instruction} answer {i} " + "x" * ((i * 7 + sum(map(ord, p.id))) % 5), seed + i, 3, i + 1, "stop", self.name)
+            Candidate(
+                p.id,
+                i,
+                f"{p.instruction} answer {i} " + "x" * ((i * 7 + sum(map(ord, p.id))) % 5),
+                seed + i,
+                3,
+                i + 1,
+                "stop",
+                self.name,
+            )
             for p in prompts
             for i in range(n)
         ]
@@ -70,8 +79,12 @@ def finished_ae_run(tmp_path: Path, questions: list[str], *overrides: str):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("".join(json.dumps({"instruction": q}) + "\n" for q in questions))
     reference = tmp_path / "ref.json"
-    reference.write_text(json.dumps([{"instruction": q, "output": "Baseline.", "generator": "base", "dataset": "t"} for q in questions]))
-    cfg = load_config(None, [f"output_dir={tmp_path / 'run'}", f"prompts.source={prompts}", "n=2", "judge.name=length", *overrides])
+    reference.write_text(
+        json.dumps([{"instruction": q, "output": "Baseline.", "generator": "base", "dataset": "t"} for q in questions])
+    )
+    cfg = load_config(
+        None, [f"output_dir={tmp_path / 'run'}", f"prompts.source={prompts}", "n=2", "judge.name=length", *overrides]
+    )
     run(cfg, policy=FakePolicy())
     return cfg, reference
 

@@ -29,7 +29,10 @@ class ReplayServer:
 
     def __init__(self, exchanges: list[dict] | None = None, upstream: str | None = None, fail_first: int = 0):
         self.exchanges = list(exchanges or [])
-        self.table = {_key(e["method"], e["path"], json.dumps(e["body"]).encode() if e["body"] is not None else b""): e for e in self.exchanges}
+        self.table = {
+            _key(e["method"], e["path"], json.dumps(e["body"]).encode() if e["body"] is not None else b""): e
+            for e in self.exchanges
+        }
         self.upstream, self.fail_first, self.requests = upstream, fail_first, []
         outer = self
 
@@ -54,19 +57,33 @@ class ReplayServer:
                     return self._forward(method, body)
                 entry = outer.table.get(_key(method, self.path, body))
                 if entry is None:
-                    return self._answer(404, json.dumps({"error": {"message": f"no recorded exchange for {method} {self.path}"}}).encode())
+                    return self._answer(
+                        404,
+                        json.dumps({"error": {"message": f"no recorded exchange for {method} {self.path}"}}).encode(),
+                    )
                 self._answer(entry["status"], json.dumps(entry["response"]).encode())
 
             def _forward(self, method: str, body: bytes) -> None:
-                request = urllib.request.Request(outer.upstream + self.path, data=body or None, method=method,
-                                                 headers={"Content-Type": "application/json"})
+                request = urllib.request.Request(
+                    outer.upstream + self.path,
+                    data=body or None,
+                    method=method,
+                    headers={"Content-Type": "application/json"},
+                )
                 try:
                     with urllib.request.urlopen(request, timeout=600) as r:
                         status, payload = r.status, r.read()
                 except urllib.error.HTTPError as e:
                     status, payload = e.code, e.read()
-                outer.exchanges.append({"method": method, "path": self.path.split("?")[0], "body": json.loads(body) if body else None,
-                                        "status": status, "response": json.loads(payload)})
+                outer.exchanges.append(
+                    {
+                        "method": method,
+                        "path": self.path.split("?")[0],
+                        "body": json.loads(body) if body else None,
+                        "status": status,
+                        "response": json.loads(payload),
+                    }
+                )
                 self._answer(status, payload)
 
             def do_GET(self):  # noqa: N802
@@ -79,7 +96,7 @@ class ReplayServer:
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
-    def __enter__(self) -> "ReplayServer":
+    def __enter__(self) -> ReplayServer:
         self.thread.start()
         return self
 

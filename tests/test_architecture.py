@@ -111,7 +111,12 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_no_upward_import():
     graph = imports(modules())
-    upward = [f"{m} ({LAYERS[layer(m)][0]}) imports {t} ({LAYERS[layer(t)][0]})" for m in sorted(graph) for t in sorted(graph[m]) if layer(t) > layer(m)]
+    upward = [
+        f"{m} ({LAYERS[layer(m)][0]}) imports {t} ({LAYERS[layer(t)][0]})"
+        for m in sorted(graph)
+        for t in sorted(graph[m])
+        if layer(t) > layer(m)
+    ]
     assert not upward, "\n".join(upward)
 
 

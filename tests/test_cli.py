@@ -15,7 +15,9 @@ BON = [sys.executable, "-m", "bon"]
 
 def bon(*args, env_extra=None, **kw):
     env = {**os.environ, "COLUMNS": "200", **(env_extra or {})}  # rich folds table cells to the terminal width
-    return subprocess.run([*BON, *args], cwd=ROOT, capture_output=True, text=True, timeout=kw.pop("timeout", 600), env=env, **kw)
+    return subprocess.run(
+        [*BON, *args], cwd=ROOT, capture_output=True, text=True, timeout=kw.pop("timeout", 600), env=env, **kw
+    )
 
 
 def test_help_and_judges_list_are_fast_and_import_no_torch():
@@ -27,7 +29,9 @@ def test_help_and_judges_list_are_fast_and_import_no_torch():
     assert time.perf_counter() - start < 20
     probe = subprocess.run(
         [sys.executable, "-c", "import sys, bon.cli, bon.pipeline.runner, judges.selfj; print('torch' in sys.modules)"],
-        cwd=ROOT, capture_output=True, text=True,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
     )
     assert probe.stdout.strip() == "False"
 
@@ -37,7 +41,9 @@ def test_bad_config_is_one_clear_error(tmp_path):
     cfg.write_text("n: 2\npolicy:\n  max_tokens: -1\n")
     out = bon("run", str(cfg))
     assert out.returncode == 2
-    assert "bad.yaml:3: policy.max_tokens: Input should be greater than or equal to 1 (got -1)" in " ".join(out.stderr.split())
+    assert "bad.yaml:3: policy.max_tokens: Input should be greater than or equal to 1 (got -1)" in " ".join(
+        out.stderr.split()
+    )
     assert "Traceback" not in out.stderr
 
 
@@ -52,8 +58,16 @@ def test_bad_prompt_file_names_line(tmp_path):
 def test_demo_config_end_to_end(tmp_path):
     run_dir = tmp_path / "demo"
     out = bon(
-        "run", "configs/demo.yaml", "--set", "n=2", "--set", "prompts.limit=2", "--set", "policy.max_tokens=24",
-        "--set", f"output_dir={run_dir}",
+        "run",
+        "configs/demo.yaml",
+        "--set",
+        "n=2",
+        "--set",
+        "prompts.limit=2",
+        "--set",
+        "policy.max_tokens=24",
+        "--set",
+        f"output_dir={run_dir}",
     )
     assert out.returncode == 0, out.stderr
     assert "NOT the trained Self-J weights" in " ".join(out.stdout.split())
@@ -61,15 +75,20 @@ def test_demo_config_end_to_end(tmp_path):
     for name in ("manifest.json", "candidates.jsonl", "judgements.jsonl", "selections.jsonl", "model_outputs.json"):
         assert (run_dir / name).is_file(), name
     outputs = json.loads((run_dir / "model_outputs.json").read_text())
-    assert len(outputs) == 2 and all(o["output"] and o["generator"] == "SmolLM2-135M-Instruct-bo2-selfj" for o in outputs)
+    assert len(outputs) == 2 and all(
+        o["output"] and o["generator"] == "SmolLM2-135M-Instruct-bo2-selfj" for o in outputs
+    )
     judgements = [json.loads(line) for line in (run_dir / "judgements.jsonl").read_text().splitlines()]
     assert len(judgements) == 4 and all(0 <= j["score"] <= 9 and j["details"]["digit_mass"] > 0 for j in judgements)
 
 
 def _headline(shared_data, *extra):
     return (
-        "check", "configs/alpaca_eval_v2_bo32.yaml",
-        "--set", f"prompts.source={shared_data / 'alpaca_eval' / 'reference_outputs_v2.json'}", *extra,
+        "check",
+        "configs/alpaca_eval_v2_bo32.yaml",
+        "--set",
+        f"prompts.source={shared_data / 'alpaca_eval' / 'reference_outputs_v2.json'}",
+        *extra,
     )
 
 
@@ -90,8 +109,17 @@ def test_check_headline_passes_with_llama2_vocabulary_stand_ins(shared_data):
     assert "[29900, 29896, 29906, 29941, 29946, 29945, 29953, 29955, 29947, 29929]" in text  # the Self-J repo's ids
     assert "vicuna_v1.1" in text and "of 4096" in text and "805 prompts x n=32 = 25760" in text
     assert "ok: nothing missing, nothing wrong" in text
-    no_template = bon(*_headline(shared_data, "--set", f"policy.model={spm}", "--set", f"judge.options.model={spm}",
-                                 "--set", "policy.prompt_format=chat"))
+    no_template = bon(
+        *_headline(
+            shared_data,
+            "--set",
+            f"policy.model={spm}",
+            "--set",
+            f"judge.options.model={spm}",
+            "--set",
+            "policy.prompt_format=chat",
+        )
+    )
     assert no_template.returncode == 1
     assert "has no chat template; set policy.prompt_format" in " ".join(no_template.stdout.split())
 
@@ -101,5 +129,7 @@ def test_run_refuses_a_prompt_longer_than_the_context_before_any_work(tmp_path):
     prompts.write_text('{"id": "ok", "instruction": "Hi"}\n{"id": "huge", "instruction": "' + "word " * 9000 + '"}\n')
     out = bon("run", "configs/demo.yaml", "--set", f"prompts.source={prompts}", "--set", f"output_dir={tmp_path / 'r'}")
     assert out.returncode == 2 and "Traceback" not in out.stderr
-    assert "1 policy prompts are longer than the 8128 tokens that fit (context 8192): huge (" in " ".join(out.stderr.split())
+    assert "1 policy prompts are longer than the 8128 tokens that fit (context 8192): huge (" in " ".join(
+        out.stderr.split()
+    )
     assert not (tmp_path / "r").exists()  # nothing written: the corrected retry starts clean

@@ -8,10 +8,10 @@ from typer.testing import CliRunner
 
 from bon.cli import app
 from bon.core.config import ConfigError, load_config
-from bon.pipeline.executors import LocalExecutor
 from bon.core.io import DataFileError
 from bon.core.records import Judgement
 from bon.core.rundir import RunDirError
+from bon.pipeline.executors import LocalExecutor
 from eval.benchmarks import load_pairwise, load_pool_benchmark, load_scores, spread_order, spread_subset
 from eval.compare import BenchmarkConfig, CompareConfig, evaluate_pairwise_file, judge_benchmark, run_compare
 from eval.compare_report import write_compare_report
@@ -31,15 +31,27 @@ PAIRS = [
 @pytest.fixture
 def pair_file(tmp_path: Path) -> Path:
     path = tmp_path / "pairs.jsonl"
-    path.write_text("".join(json.dumps({"scenario": s, "label": y, "prompt": f"q{i}", "response 1": a, "response 2": b}) + "\n"
-                            for i, (s, y, a, b) in enumerate(PAIRS)))
+    path.write_text(
+        "".join(
+            json.dumps({"scenario": s, "label": y, "prompt": f"q{i}", "response 1": a, "response 2": b}) + "\n"
+            for i, (s, y, a, b) in enumerate(PAIRS)
+        )
+    )
     return path
 
 
 def _annotations(outputs, prefs, model):
     return [
-        {"instruction": f"instr {i}", "dataset": "d", "output_1": "base", "generator_1": "baseline", "output_2": o,
-         "generator_2": model, "annotator": "a", "preference": p}
+        {
+            "instruction": f"instr {i}",
+            "dataset": "d",
+            "output_1": "base",
+            "generator_1": "baseline",
+            "output_2": o,
+            "generator_2": model,
+            "annotator": "a",
+            "preference": p,
+        }
         for i, (o, p) in enumerate(zip(outputs, prefs))
     ]
 
@@ -56,8 +68,16 @@ def pool_dir(tmp_path: Path) -> Path:
 
 def test_scalar_pairwise_numbers(pair_file):
     bench = load_pairwise(pair_file)
-    assert [it.group for it in bench.pairs] == ["Summarization", "Summarization", "Code", "Code", "General Communication"]
-    judgements = [Judgement(p.id, c.index, "length", float(len(c.text))) for p in bench.prompts for c in bench.candidates[p.id]]
+    assert [it.group for it in bench.pairs] == [
+        "Summarization",
+        "Summarization",
+        "Code",
+        "Code",
+        "General Communication",
+    ]
+    judgements = [
+        Judgement(p.id, c.index, "length", float(len(c.text))) for p in bench.prompts for c in bench.candidates[p.id]
+    ]
     r = evaluate_pairwise(bench, bench.prompts, "length", judgements=judgements, reps=200)
     # gaps 2, 5, 0, 2, 4: ties only at gap 0 for any threshold <= 2, so the search keeps 0.0 (60% right)
     assert r.tie_threshold == 0.0
@@ -93,7 +113,9 @@ class LongerComparator:
 def test_pairwise_judge_agreement_and_consistency(pair_file):
     bench = load_pairwise(pair_file)
     for judge, agree, consistent in ((BiasedComparator(), 0.0, 0.0), (LongerComparator(), 60.0, 100.0)):
-        records = judge_benchmark(LocalExecutor(judge), judge, bench, bench.prompts, None, judge.name, 2, lambda k: None)
+        records = judge_benchmark(
+            LocalExecutor(judge), judge, bench, bench.prompts, None, judge.name, 2, lambda k: None
+        )
         assert [(c.first, c.second) for c in records[:2]] == [(0, 1), (1, 0)]
         r = evaluate_pairwise(bench, bench.prompts, judge.name, comparisons=records, reps=0)
         assert (r.agreement, r.consistency) == (pytest.approx(agree), pytest.approx(consistent))
@@ -103,7 +125,9 @@ def test_pairwise_judge_agreement_and_consistency(pair_file):
 def test_pool_numbers(pool_dir):
     bench = load_pool_benchmark(pool_dir)
     assert [p.reference for p in bench.prompts] == ["base"] * 3  # the baseline output is the reference
-    judgements = [Judgement(p.id, c.index, "length", float(len(c.text))) for p in bench.prompts for c in bench.candidates[p.id]]
+    judgements = [
+        Judgement(p.id, c.index, "length", float(len(c.text))) for p in bench.prompts for c in bench.candidates[p.id]
+    ]
     r = evaluate_pool(bench, bench.prompts, "length", judgements, reps=100)
     # length always picks b: wins 0, 1, 1 -> 66.67; random = mean of a (50) and b (66.67); oracle 1, 1, 1
     assert r.win_rate == pytest.approx(200 / 3, abs=0.01)
@@ -112,7 +136,9 @@ def test_pool_numbers(pool_dir):
     assert r.picks == {"a": 0, "b": 3} and r.longest_picked == 100.0
     assert r.mean_pick_length == 4.0 and r.mean_length == pytest.approx((1 + 2 + 1 + 12) / 6)
     # scores (len) 1, 4, 2, 4, 1, 4 vs wins 1, 0, 0, 1, .5, 1
-    expected = __import__("eval.metrics", fromlist=["correlations"]).correlations([1, 4, 2, 4, 1, 4], [1, 0, 0, 1, 0.5, 1])
+    expected = __import__("eval.metrics", fromlist=["correlations"]).correlations(
+        [1, 4, 2, 4, 1, 4], [1, 0, 0, 1, 0.5, 1]
+    )
     assert r.correlation == expected
     # confidence = pick score 4, 4, 4 (ties keep order) -> pick wins 0, 1, 1 -> risks 1, .5, 1/3
     assert r.aurc == pytest.approx((1 + 0.5 + 1 / 3) / 3)
@@ -124,7 +150,9 @@ def test_scores_numbers(tmp_path):
     path.write_text("".join(json.dumps({"instruction": q, "output": o, "score": s}) + "\n" for q, o, s in rows))
     bench = load_scores(path)
     assert len(bench.prompts) == 2 and bench.values[bench.prompts[0].id] == [1.0, 3.0]
-    judgements = [Judgement(p.id, c.index, "length", float(len(c.text))) for p in bench.prompts for c in bench.candidates[p.id]]
+    judgements = [
+        Judgement(p.id, c.index, "length", float(len(c.text))) for p in bench.prompts for c in bench.candidates[p.id]
+    ]
     r = evaluate_scores(bench, bench.prompts, "length", judgements, reps=0)
     assert r.correlation.spearman == pytest.approx(1.0) and r.n == 4
     # quality scaled to [0, 1]: 0, .5, .25, 1; most confident first (len 4, 3, 2, 1) = 1, .5, .25, 0
@@ -134,7 +162,9 @@ def test_scores_numbers(tmp_path):
 
 def test_bad_pair_file_names_file_line_and_field(tmp_path):
     path = tmp_path / "bad.jsonl"
-    path.write_text('{"label": 0, "prompt": "q", "response 1": "a", "response 2": "b"}\n{"label": 5, "prompt": "q", "response 1": "a", "response 2": "b"}\n')
+    path.write_text(
+        '{"label": 0, "prompt": "q", "response 1": "a", "response 2": "b"}\n{"label": 5, "prompt": "q", "response 1": "a", "response 2": "b"}\n'
+    )
     with pytest.raises(DataFileError, match=r"bad.jsonl:2: field 'label'"):
         load_pairwise(path)
     path.write_text('{"label": 0, "prompt": "q", "response 1": "a"}\n')
@@ -147,8 +177,10 @@ def _config(tmp_path, pair_file, pool_dir, judges=None, **extra) -> CompareConfi
         "output_dir": str(tmp_path / "cmp"),
         "bootstrap": 50,
         "judges": judges or [{"name": "length"}, {"name": "random"}],
-        "benchmarks": [{"name": "pairs", "kind": "pairwise", "path": str(pair_file)},
-                       {"name": "pool", "kind": "pool", "path": str(pool_dir)}],
+        "benchmarks": [
+            {"name": "pairs", "kind": "pairwise", "path": str(pair_file)},
+            {"name": "pool", "kind": "pool", "path": str(pool_dir)},
+        ],
         **extra,
     }
     path = tmp_path / "compare.yaml"
@@ -162,8 +194,12 @@ def test_compare_run_report_resume_and_reuse(tmp_path, pair_file, pool_dir):
     md, js, pngs = write_compare_report(result)
     out = cfg.output_dir
     stored = {p.relative_to(out): p.read_bytes() for p in out.glob("judgements/*/*.jsonl")}
-    assert set(map(str, stored)) == {"judgements/pairs/length.jsonl", "judgements/pairs/random.jsonl",
-                                     "judgements/pool/length.jsonl", "judgements/pool/random.jsonl"}
+    assert set(map(str, stored)) == {
+        "judgements/pairs/length.jsonl",
+        "judgements/pairs/random.jsonl",
+        "judgements/pool/length.jsonl",
+        "judgements/pool/random.jsonl",
+    }
     assert len(stored[Path("judgements/pairs/length.jsonl")].splitlines()) == 10
     report = md.read_text()
     assert "## pairs (pairwise" in report and "## pool (pool" in report and "| length | 5 | 60.00 [" in report
@@ -172,13 +208,20 @@ def test_compare_run_report_resume_and_reuse(tmp_path, pair_file, pool_dir):
     assert data["benchmarks"][0]["agreement"]["kendall_tau"][0][0] == 1.0
     assert {p.name for p in pngs} >= {"risk_coverage_pairs.png", "agreement_pairs.png", "selector_pool.png"}
     # adding a judge reuses the stored judgements of the others byte for byte
-    cfg2 = _config(tmp_path, pair_file, pool_dir, judges=[{"name": "length"}, {"name": "random"}, {"name": "random", "label": "random7", "options": {"seed": 7}}])
+    cfg2 = _config(
+        tmp_path,
+        pair_file,
+        pool_dir,
+        judges=[{"name": "length"}, {"name": "random"}, {"name": "random", "label": "random7", "options": {"seed": 7}}],
+    )
     result2 = run_compare(cfg2, note=lambda m: None)
     for rel, content in stored.items():
         assert (out / rel).read_bytes() == content
     assert [r.judge for r in result2.benchmarks[1].results] == ["length", "random", "random7"]
     # the defaults written out are the same judge
-    run_compare(_config(tmp_path, pair_file, pool_dir, judges=[{"name": "random", "options": {"seed": 0}}]), note=lambda m: None)
+    run_compare(
+        _config(tmp_path, pair_file, pool_dir, judges=[{"name": "random", "options": {"seed": 0}}]), note=lambda m: None
+    )
     # a label may not change its meaning
     cfg3 = _config(tmp_path, pair_file, pool_dir, judges=[{"name": "random", "options": {"seed": 1}}])
     with pytest.raises(RunDirError, match="judge 'random' was run as"):
@@ -208,7 +251,9 @@ def test_config_errors_name_the_key(tmp_path, pair_file, pool_dir):
 
 
 def test_reference_judge_is_skipped_on_data_without_references(tmp_path, pair_file, pool_dir):
-    cfg = _config(tmp_path, pair_file, pool_dir, judges=[{"name": "length"}, {"name": "cosine", "benchmarks": ["pairs"]}])
+    cfg = _config(
+        tmp_path, pair_file, pool_dir, judges=[{"name": "length"}, {"name": "cosine", "benchmarks": ["pairs"]}]
+    )
     result = run_compare(cfg, note=lambda m: None)
     assert result.benchmarks[0].skipped == {"cosine": "needs a reference answer and this benchmark has none"}
     assert [r.judge for r in result.benchmarks[0].results] == ["length"]
@@ -238,8 +283,17 @@ def test_eval_pairwise_cli_json(pair_file):
     assert out.exit_code == 0, out.output
     data = json.loads(out.stdout.strip().splitlines()[-1])
     assert set(data) == {"judge", "n", "agreement", "agreement_no_tie", "tie_threshold", "consistency"}
-    assert data == {"judge": "length", "n": 5, "agreement": 60.0, "agreement_no_tie": 66.6667, "tie_threshold": 0.0, "consistency": None}
-    pairwise = evaluate_pairwise_file(pair_file, "pairwise", {"comparator": "scalar", "comparator_options": {"judge": "length"}})
+    assert data == {
+        "judge": "length",
+        "n": 5,
+        "agreement": 60.0,
+        "agreement_no_tie": 66.6667,
+        "tie_threshold": 0.0,
+        "consistency": None,
+    }
+    pairwise = evaluate_pairwise_file(
+        pair_file, "pairwise", {"comparator": "scalar", "comparator_options": {"judge": "length"}}
+    )
     assert pairwise.consistency == 100.0 and pairwise.agreement == pytest.approx(60.0)
 
 
@@ -275,7 +329,9 @@ def write_leaderboard(folder):
     outputs = {"m1": ["a", "bb"], "m2": ["ccc", "dddd"], "m3": ["ee", "f"], "m4": ["gggggg", "hhhhhh"]}
     (folder / "outputs").mkdir(parents=True)
     for model, texts in outputs.items():
-        rows = [{"instruction": q, "output": t, "generator": model, "dataset": "x"} for q, t in zip(["Q1?", "Q2?"], texts)]
+        rows = [
+            {"instruction": q, "output": t, "generator": model, "dataset": "x"} for q, t in zip(["Q1?", "Q2?"], texts)
+        ]
         (folder / "outputs" / f"{model}.json").write_text(json.dumps(rows))
     (folder / "leaderboard.csv").write_text("model,v1_win_rate,v2_win_rate\nm1,10,\nm2,30,5\nm3,20,1\nm4,40,2\n")
     return folder
@@ -284,7 +340,9 @@ def write_leaderboard(folder):
 def test_compare_report_with_a_leaderboard_benchmark(tmp_path, pair_file, pool_dir):
     board = write_leaderboard(tmp_path / "lb")
     cfg = _config(tmp_path, pair_file, pool_dir)
-    cfg = cfg.model_copy(update={"benchmarks": [*cfg.benchmarks, BenchmarkConfig(name="lb", kind="leaderboard", path=str(board))]})
+    cfg = cfg.model_copy(
+        update={"benchmarks": [*cfg.benchmarks, BenchmarkConfig(name="lb", kind="leaderboard", path=str(board))]}
+    )
     md, js, pngs = write_compare_report(run_compare(cfg, note=lambda m: None))
     assert "## lb (leaderboard" in md.read_text() and "leaderboard_lb.png" in {p.name for p in pngs}
 
@@ -296,7 +354,12 @@ def test_leaderboard_kind_ranks_models_by_mean_score(tmp_path):
     from judges import build_judge
 
     bench = load_leaderboard(write_leaderboard(tmp_path), "lb")
-    assert len(bench.prompts) == 2 and [c.policy for c in bench.candidates[bench.prompts[0].id]] == ["m1", "m2", "m3", "m4"]
+    assert len(bench.prompts) == 2 and [c.policy for c in bench.candidates[bench.prompts[0].id]] == [
+        "m1",
+        "m2",
+        "m3",
+        "m4",
+    ]
     judge = build_judge("length")
     judgements = [j for p in bench.prompts for j in judge.score([p], bench.candidates[p.id])]
     r = evaluate_leaderboard(bench, bench.prompts, "length", judgements, reps=200)
@@ -314,5 +377,7 @@ def test_leaderboard_csv_with_a_bad_number_names_line_and_field(tmp_path):
 
     (tmp_path / "outputs").mkdir()
     (tmp_path / "leaderboard.csv").write_text("model,v1_win_rate\nm1,high\n")
-    with pytest.raises(DataFileError, match=r"leaderboard.csv:2: field 'v1_win_rate': expected a number or empty, found 'high'"):
+    with pytest.raises(
+        DataFileError, match=r"leaderboard.csv:2: field 'v1_win_rate': expected a number or empty, found 'high'"
+    ):
         load_leaderboard(tmp_path)

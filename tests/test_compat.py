@@ -8,10 +8,10 @@
 import shutil
 
 from bon.core.config import load_config
-from bon.pipeline.runner import run
 from bon.core.records import Judgement, Selection
-from bon.pipeline.rejudge import judge_run, select_run
 from bon.core.rundir import RunDir
+from bon.pipeline.rejudge import judge_run, select_run
+from bon.pipeline.runner import run
 from tests.conftest import ROOT, FakePolicy
 
 FIXTURE = ROOT / "tests" / "data" / "run_f4e461e"

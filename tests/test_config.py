@@ -23,7 +23,9 @@ def test_overrides_are_typed():
 def test_compare_config_ships_and_overrides_index_lists():
     from eval.compare import CompareConfig
 
-    cfg = load_config(ROOT / "configs" / "compare_cpu.yaml", ["judges.4.max_items.autoj_dev=10", "bootstrap=0"], model=CompareConfig)
+    cfg = load_config(
+        ROOT / "configs" / "compare_cpu.yaml", ["judges.4.max_items.autoj_dev=10", "bootstrap=0"], model=CompareConfig
+    )
     assert [j.key for j in cfg.judges] == ["length", "random", "cosine_ref", "cosine_q", "selfj"]
     assert cfg.judges[4].limit("autoj_dev") == 10 and cfg.judges[0].limit("autoj_dev") is None
     with pytest.raises(ConfigError, match="'9' is not an index of that list"):
@@ -35,7 +37,10 @@ def test_compare_config_errors_name_file_line_and_key(tmp_path):
 
     path = tmp_path / "c.yaml"
     path.write_text("judges:\n  - {name: length}\nbenchmarks:\n  - {name: b, kind: pairs, path: x}\n")
-    with pytest.raises(ConfigError, match=r"c\.yaml:4: benchmarks\.0\.kind: Input should be 'pairwise', 'pool', 'scores' or 'leaderboard'"):
+    with pytest.raises(
+        ConfigError,
+        match=r"c\.yaml:4: benchmarks\.0\.kind: Input should be 'pairwise', 'pool', 'scores' or 'leaderboard'",
+    ):
         load_config(path, model=CompareConfig)
 
 
@@ -56,7 +61,9 @@ def test_bad_value_names_key_and_value(tmp_path):
 
 
 def test_unknown_judge_suggests(tmp_path):
-    with pytest.raises(ConfigError, match=r"judge\.name: unknown judge 'selfjj'\. Did you mean 'selfj' or 'self_eval'\?"):
+    with pytest.raises(
+        ConfigError, match=r"judge\.name: unknown judge 'selfjj'\. Did you mean 'selfj' or 'self_eval'\?"
+    ):
         load_config(None, ["judge.name=selfjj"])
 
 

@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from bon.core.config import ModelConfig, PolicyConfig
+from bon.core.records import Prompt
 from bon.engines.base import derive_seed
 from bon.engines.models import embedded_path
 from bon.pipeline.policy import EnginePolicy, prompt_seed
-from bon.core.records import Prompt
 
 pytestmark = pytest.mark.slow
 
@@ -59,7 +59,9 @@ def test_batched_sampler_equals_one_candidate_at_a_time(smollm2):
     batched = smollm2.sample(prompts, 3, [11, 12], s)
     for ids, seed, group in zip(prompts, [11, 12], batched):
         for i, got in enumerate(group):
-            u = torch.rand(s.max_tokens, generator=torch.Generator().manual_seed(derive_seed(seed, i)), dtype=torch.float64)
+            u = torch.rand(
+                s.max_tokens, generator=torch.Generator().manual_seed(derive_seed(seed, i)), dtype=torch.float64
+            )
             seq, out = list(ids), []
             with torch.no_grad():
                 for step in range(s.max_tokens):
@@ -68,12 +70,16 @@ def test_batched_sampler_equals_one_candidate_at_a_time(smollm2):
                         break
                     out.append(t)
                     seq.append(t)
-            assert got.text == smollm2.tokenizer.decode(out, skip_special_tokens=True) and got.seed == derive_seed(seed, i)
+            assert got.text == smollm2.tokenizer.decode(out, skip_special_tokens=True) and got.seed == derive_seed(
+                seed, i
+            )
 
 
 def test_judge_prefix_reuse_matches_full_prompts(smollm2):
     texts = ["Paris.", "The capital of France is Paris.", "Lyon, I think."]
-    ids = [smollm2.chat_ids([{"role": "user", "content": f"Rate this answer to 'capital of France?': {t}"}]) for t in texts]
+    ids = [
+        smollm2.chat_ids([{"role": "user", "content": f"Rate this answer to 'capital of France?': {t}"}]) for t in texts
+    ]
     ids += [smollm2.chat_ids([{"role": "user", "content": "Something else entirely."}])]
     digits = smollm2.tokenizer.convert_tokens_to_ids(list("0123456789"))
     shared = smollm2.next_token_logprobs(ids, digits, groups=["a", "a", "a", "b"])

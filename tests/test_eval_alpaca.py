@@ -15,13 +15,24 @@ from judges import build_judge
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data" / "alpaca_eval"
-MODELS = ["alpaca-7b", "claude-2", "falcon-7b-instruct", "gpt-3.5-turbo-0301", "oasst-rlhf-llama-33b", "phi-2-sft", "vicuna-13b", "wizardlm-13b"]
+MODELS = [
+    "alpaca-7b",
+    "claude-2",
+    "falcon-7b-instruct",
+    "gpt-3.5-turbo-0301",
+    "oasst-rlhf-llama-33b",
+    "phi-2-sft",
+    "vicuna-13b",
+    "wizardlm-13b",
+]
 
 
 @pytest.mark.parametrize("version", [1, 2])
 @pytest.mark.parametrize("model", MODELS)
 def test_win_rate_reproduces_the_leaderboard(shared_data, version, model):
-    result = full_winrate(read_annotations(shared_data / "alpaca_eval" / "annotations" / f"v{version}" / f"{model}.json"), lc=False)
+    result = full_winrate(
+        read_annotations(shared_data / "alpaca_eval" / "annotations" / f"v{version}" / f"{model}.json"), lc=False
+    )
     row = leaderboard_row(version, model)
     assert row is not None, f"{model} not on the v{version} leaderboard"
     assert result.win_rate == pytest.approx(row["win_rate"], abs=0.01)
@@ -35,23 +46,45 @@ def test_length_controlled_reproduces_the_leaderboard(shared_data):
 
     from eval.ae import LC_FILE, LC_REPO, alpaca_eval
 
-    cached = try_to_load_from_cache(LC_REPO, LC_FILE, cache_dir=alpaca_eval().constants.DEFAULT_CACHE_DIR, repo_type="dataset")
+    cached = try_to_load_from_cache(
+        LC_REPO, LC_FILE, cache_dir=alpaca_eval().constants.DEFAULT_CACHE_DIR, repo_type="dataset"
+    )
     if not isinstance(cached, str):
         pytest.skip(f"{LC_FILE} of {LC_REPO} is not in the Hugging Face cache (the LC metric needs it)")
     result = full_winrate(read_annotations(shared_data / "alpaca_eval" / "annotations" / "v2" / "claude-2.json"))
-    assert result.length_controlled_winrate == pytest.approx(leaderboard_row(2, "claude-2")["length_controlled_winrate"], abs=0.01)
+    assert result.length_controlled_winrate == pytest.approx(
+        leaderboard_row(2, "claude-2")["length_controlled_winrate"], abs=0.01
+    )
 
 
 def test_lc_offline_is_one_clear_line_and_the_rest_still_works(shared_data, tmp_path):
-    result = full_winrate(read_annotations(shared_data / "alpaca_eval" / "annotations" / "v2" / "claude-2.json"), lc_data=tmp_path / "no.csv")
-    assert result.length_controlled_winrate is None and "\n" not in result.lc_note and "no.csv does not exist" in result.lc_note
+    result = full_winrate(
+        read_annotations(shared_data / "alpaca_eval" / "annotations" / "v2" / "claude-2.json"),
+        lc_data=tmp_path / "no.csv",
+    )
+    assert (
+        result.length_controlled_winrate is None
+        and "\n" not in result.lc_note
+        and "no.csv does not exist" in result.lc_note
+    )
     assert result.win_rate == pytest.approx(17.188, abs=0.01)
 
 
 def test_winrate_cli_json_uses_alpaca_eval_key_names(shared_data):
     out = subprocess.run(
-        [sys.executable, "-m", "bon", "eval", "winrate", str(shared_data / "alpaca_eval" / "annotations" / "v1" / "alpaca-7b.json"), "--json"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "bon",
+            "eval",
+            "winrate",
+            str(shared_data / "alpaca_eval" / "annotations" / "v1" / "alpaca-7b.json"),
+            "--json",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
@@ -78,15 +111,34 @@ def test_pool_reference_points_match_the_data_readme(shared_data, version):
 
 def test_select_pool_cli_json(shared_data, tmp_path):
     out = subprocess.run(
-        [sys.executable, "-m", "bon", "eval", "select-pool", str(shared_data / "alpaca_eval" / "annotations" / "v2"),
-         "--judge", "random", "--limit", "50", "--json", "--out", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "bon",
+            "eval",
+            "select-pool",
+            str(shared_data / "alpaca_eval" / "annotations" / "v2"),
+            "--judge",
+            "random",
+            "--limit",
+            "50",
+            "--json",
+            "--out",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
     assert set(data) == {"judge", "n_instructions", "win_rate", "reference_points"} and data["n_instructions"] == 50
     assert set(data["reference_points"]) == {"random", "longest", "best_single", "oracle"}
-    assert "| random |" in (tmp_path / "select_pool.md").read_text() and (tmp_path / "select_pool.png").stat().st_size > 1000
+    assert (
+        "| random |" in (tmp_path / "select_pool.md").read_text()
+        and (tmp_path / "select_pool.png").stat().st_size > 1000
+    )
 
 
 def annotation(pref, out2="b"):
@@ -100,7 +152,10 @@ def test_pool_by_hand(tmp_path):
         "m2": [("q0", "s", 1), ("q1", "longer one", 2), ("q2", "zzz", 1), ("q3", "w", 2)],
     }
     for m, items in rows.items():
-        data = [{"instruction": q, "output_1": "base", "generator_1": "b", "output_2": o, "generator_2": m, "preference": p} for q, o, p in items]
+        data = [
+            {"instruction": q, "output_1": "base", "generator_1": "b", "output_2": o, "generator_2": m, "preference": p}
+            for q, o, p in items
+        ]
         (tmp_path / f"{m}.json").write_text(json.dumps(data))
     pool = load_pool(tmp_path)
     assert pool.instructions == ["q0", "q1", "q2"]
@@ -112,7 +167,9 @@ def test_pool_by_hand(tmp_path):
 
 
 def test_bad_annotation_files_name_the_field(tmp_path):
-    (tmp_path / "a.json").write_text(json.dumps([{"instruction": "q", "output_1": "a", "output_2": "b", "preference": "maybe"}]))
+    (tmp_path / "a.json").write_text(
+        json.dumps([{"instruction": "q", "output_1": "a", "output_2": "b", "preference": "maybe"}])
+    )
     with pytest.raises(DataFileError, match=r"a\.json: row 0: field 'preference': expected a number"):
         read_annotations(tmp_path / "a.json")
     (tmp_path / "a.json").write_text(json.dumps([{"instruction": "q", "output_1": "a", "preference": 1}]))

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from bon.core.rundir import RunDir
 from bon.core.records import Candidate
+from bon.core.rundir import RunDir
 from eval.gain import gain_report, ks_for
 from eval.runner import AnnotatorError, run_alpaca_eval
 from tests.conftest import finished_ae_run
@@ -30,8 +30,14 @@ def write_annotations(cfg, path):
     cands = RunDir(cfg.output_dir).read(Candidate)
     prompts = {p.id: p for p in load_prompts(cfg.prompts)}
     rows = [
-        {"instruction": prompts[c.prompt_id].instruction, "output_1": "Baseline.", "generator_1": "base",
-         "output_2": c.text, "generator_2": "m", "preference": preference_of(c.text)}
+        {
+            "instruction": prompts[c.prompt_id].instruction,
+            "output_1": "Baseline.",
+            "generator_1": "base",
+            "output_2": c.text,
+            "generator_2": "m",
+            "preference": preference_of(c.text),
+        }
         for c in cands
     ]
     path.write_text(json.dumps(rows))
@@ -70,7 +76,7 @@ def test_gain_curve_by_hand(small_run, tmp_path):
     assert [p.k for p in report.points if p.k] == ks_for(4) == [1, 2, 4]
     for k in (1, 2, 4):  # best-of-k under the length judge: the longest of the first k (lowest index on ties)
         wins = []
-        for pid, group in by_prompt.items():
+        for group in by_prompt.values():
             best = max(group[:k], key=lambda c: (len(c.text), -c.index))
             wins.append(preference_of(best.text) - 1)
         assert points[f"k={k}"].win_rate == pytest.approx(100 * sum(wins) / len(wins))
@@ -100,4 +106,6 @@ def test_local_annotator_smoke_and_cache(small_run):
     assert cache.is_file()
     again = run_alpaca_eval(cfg.output_dir, 2, "local:embedded:SmolLM2-135M-Instruct", reference)
     # alpaca-eval's cache keeps ten decimals
-    assert [a.preference for a in again.annotations] == pytest.approx([a.preference for a in first.annotations], abs=1e-9)
+    assert [a.preference for a in again.annotations] == pytest.approx(
+        [a.preference for a in first.annotations], abs=1e-9
+    )

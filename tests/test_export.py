@@ -14,7 +14,9 @@ from tests.conftest import FakePolicy
 @pytest.fixture
 def ae_run(tmp_path, shared_data):
     ref = shared_data / "alpaca_eval" / "reference_outputs_v2.json"
-    cfg = load_config(None, [f"output_dir={tmp_path / 'run'}", f"prompts.source={ref}", "n=2", "judge.name=length", "batch_size=200"])
+    cfg = load_config(
+        None, [f"output_dir={tmp_path / 'run'}", f"prompts.source={ref}", "n=2", "judge.name=length", "batch_size=200"]
+    )
     run(cfg, policy=FakePolicy())
     return cfg.output_dir, ref
 
@@ -38,6 +40,9 @@ def test_missing_and_extra_instructions_are_listed(ae_run, tmp_path):
     rows = json.loads((run_dir / "model_outputs.json").read_text())
     rows = rows[:-2] + [{**rows[0], "instruction": "Not an AlpacaEval question?"}]
     (run_dir / "model_outputs.json").write_text(json.dumps(rows))
-    with pytest.raises(ExportError, match=r"2 AlpacaEval instructions have no output: .*; 1 outputs are not AlpacaEval instructions: 'Not an AlpacaEval question\?'"):
+    with pytest.raises(
+        ExportError,
+        match=r"2 AlpacaEval instructions have no output: .*; 1 outputs are not AlpacaEval instructions: 'Not an AlpacaEval question\?'",
+    ):
         export_alpaca_eval(run_dir, "x", tmp_path, ref)
     assert not (tmp_path / "results").exists()

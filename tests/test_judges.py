@@ -19,7 +19,19 @@ C = [
 
 def test_registry_suggests_and_lists():
     assert JUDGES.names() == sorted(
-        ["autoj", "consistency", "cosine", "ensemble", "length", "pairwise", "ppl", "random", "reward_model", "self_eval", "selfj"]
+        [
+            "autoj",
+            "consistency",
+            "cosine",
+            "ensemble",
+            "length",
+            "pairwise",
+            "ppl",
+            "random",
+            "reward_model",
+            "self_eval",
+            "selfj",
+        ]
     )
     with pytest.raises(UnknownNameError, match=r"unknown judge 'lenght'\. Did you mean 'length'\?"):
         JUDGES.get("lenght")
@@ -30,7 +42,11 @@ def test_registry_suggests_and_lists():
 def test_length_scores_characters():
     out = LengthJudge().score(P, C)
     assert [j.score for j in out] == [1.0, 11.0, 34.0]
-    assert [(j.prompt_id, j.candidate_index, j.judge) for j in out] == [("a", 0, "length"), ("a", 1, "length"), ("b", 0, "length")]
+    assert [(j.prompt_id, j.candidate_index, j.judge) for j in out] == [
+        ("a", 0, "length"),
+        ("a", 1, "length"),
+        ("b", 0, "length"),
+    ]
 
 
 def test_random_is_seeded_and_per_candidate():
@@ -58,7 +74,9 @@ def test_templates_are_the_self_j_repository_ones():
     wo = "Please act as a precise judge and evaluate the quality of the answer to question. Rate the answer from 0 to 9, where a higher value means a better answer. Please respond with an integer between 0 and 9. \n\n[Question]\n{instruction}\n\n[Answer]\n{input}"
     assert judge.templates == {True: w, False: wo}
     assert judge.build_prompt(P[0], C[0].text) == w.format(instruction="Add 2 and 2.", reference="4", input="4")
-    assert judge.build_prompt(P[1], C[2].text).endswith("[Question]\nName a colour.\n\n[Answer]\nBlue, like the sky on a clear day.")
+    assert judge.build_prompt(P[1], C[2].text).endswith(
+        "[Question]\nName a colour.\n\n[Answer]\nBlue, like the sky on a clear day."
+    )
     never = SelfJudge(SelfJOptions(reference="never"))
     assert "[Reference]" not in never.build_prompt(P[0], C[0].text)
     with pytest.raises(ValueError, match="has no reference"):
@@ -96,7 +114,9 @@ def test_no_digit_gives_none_and_flag_never_zero():
 
 def test_reference_always_flags_prompts_without_one():
     out = SelfJudge(SelfJOptions(reference="always"), engine=DigitlessEngine()).score(P, C)
-    assert [j.flag for j in out] == ["no digit token among the judge's next-token probabilities"] * 2 + ["the prompt has no reference"]
+    assert [j.flag for j in out] == ["no digit token among the judge's next-token probabilities"] * 2 + [
+        "the prompt has no reference"
+    ]
     assert all(j.score is None for j in out)
 
 

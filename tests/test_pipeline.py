@@ -5,9 +5,9 @@ import json
 import pytest
 
 from bon.core.config import load_config
-from bon.pipeline.runner import run
 from bon.core.records import Candidate, Judgement, Selection
 from bon.core.rundir import RunDirError
+from bon.pipeline.runner import run
 from tests.conftest import FakePolicy
 
 FILES = ("manifest.json", "candidates.jsonl", "judgements.jsonl", "selections.jsonl", "model_outputs.json")
@@ -16,7 +16,14 @@ FILES = ("manifest.json", "candidates.jsonl", "judgements.jsonl", "selections.js
 def config(tmp_path, prompts_file, *extra):
     return load_config(
         None,
-        [f"output_dir={tmp_path / 'run'}", f"prompts.source={prompts_file}", "n=3", "batch_size=2", "judge.name=length", *extra],
+        [
+            f"output_dir={tmp_path / 'run'}",
+            f"prompts.source={prompts_file}",
+            "n=3",
+            "batch_size=2",
+            "judge.name=length",
+            *extra,
+        ],
     )
 
 
@@ -74,7 +81,9 @@ def test_torn_lines_and_partial_batches_are_redone(tmp_path, prompts_file):
     # a kill -9 after 4 candidates and 2 judgements of batch 1, in the middle of a line
     (cfg.output_dir / "candidates.jsonl").write_text("".join(ref_lines["candidates.jsonl"][:4]) + '{"schema": 1, "ki')
     (cfg.output_dir / "judgements.jsonl").write_text("".join(ref_lines["judgements.jsonl"][:2]) + '{"sch')
-    (cfg.output_dir / "manifest.json").write_text(read(ref_cfg.output_dir / "manifest.json").replace(str(ref_cfg.output_dir), str(cfg.output_dir)))
+    (cfg.output_dir / "manifest.json").write_text(
+        read(ref_cfg.output_dir / "manifest.json").replace(str(ref_cfg.output_dir), str(cfg.output_dir))
+    )
     result = run(cfg, policy=FakePolicy())
     assert result.generated == 11 and result.judged == 13
     for f in FILES[1:]:
@@ -112,11 +121,23 @@ def test_prompts_over_the_policy_context_are_skipped_or_truncated_with_a_flag(tm
     """SmolLM2 with a 96-token context: the long prompt gets a declined selection (skip) or a flagged,
     left-truncated prompt (truncate); the short one runs as usual."""
     prompts = tmp_path / "p.jsonl"
-    prompts.write_text('{"id": "short", "instruction": "Name a fruit."}\n{"id": "long", "instruction": "' + "Tell me about cats. " * 30 + '"}\n')
-    cfg = load_config(None, [
-        f"output_dir={tmp_path / 'run'}", f"prompts.source={prompts}", "n=2", "judge.name=length",
-        "policy.max_tokens=8", "policy.context_length=96", f"policy.on_overflow={mode}",
-    ])
+    prompts.write_text(
+        '{"id": "short", "instruction": "Name a fruit."}\n{"id": "long", "instruction": "'
+        + "Tell me about cats. " * 30
+        + '"}\n'
+    )
+    cfg = load_config(
+        None,
+        [
+            f"output_dir={tmp_path / 'run'}",
+            f"prompts.source={prompts}",
+            "n=2",
+            "judge.name=length",
+            "policy.max_tokens=8",
+            "policy.context_length=96",
+            f"policy.on_overflow={mode}",
+        ],
+    )
     result = run(cfg)
     cands = result.run_dir.read(Candidate)
     by_id = {s.prompt_id: s for s in result.selections}
@@ -131,10 +152,15 @@ def test_prompts_over_the_policy_context_are_skipped_or_truncated_with_a_flag(tm
 
         assert judge_run(cfg.output_dir, "random") == 2
         selections, _ = select_run(cfg.output_dir, "random")
-        assert [(s.prompt_id, s.skipped, s.judge) for s in selections] == [("short", False, "random"), ("long", True, "random")]
+        assert [(s.prompt_id, s.skipped, s.judge) for s in selections] == [
+            ("short", False, "random"),
+            ("long", True, "random"),
+        ]
     else:
         long = [c for c in cands if c.prompt_id == "long"]
-        assert len(long) == 2 and all(c.prompt_tokens == 88 and c.flag.startswith("prompt left-truncated from ") for c in long)
+        assert len(long) == 2 and all(
+            c.prompt_tokens == 88 and c.flag.startswith("prompt left-truncated from ") for c in long
+        )
         assert not by_id["long"].declined
 
 
@@ -153,8 +179,15 @@ def test_engine_refuses_a_sequence_longer_than_its_context(smollm2):
 def test_early_rejection_stops_the_worst_partial_candidates(tmp_path, prompts_file):
     """SmolLM2 policy, length judge: after each 4-token chunk half of each prompt's unfinished candidates
     stop; they stay in the run as rejected records with a failed judgement and are never selected."""
-    cfg = config(tmp_path, prompts_file, "n=4", "policy.max_tokens=12", "prompts.limit=2",
-                 "early_rejection.chunk_tokens=4", "early_rejection.keep_fraction=0.5")
+    cfg = config(
+        tmp_path,
+        prompts_file,
+        "n=4",
+        "policy.max_tokens=12",
+        "prompts.limit=2",
+        "early_rejection.chunk_tokens=4",
+        "early_rejection.keep_fraction=0.5",
+    )
     result = run(cfg)
     cands = result.run_dir.read(Candidate)
     judged = {(j.prompt_id, j.candidate_index): j for j in result.run_dir.read(Judgement)}

@@ -25,7 +25,10 @@ def test_alpaca_eval_shape_and_derived_ids(tmp_path):
     path = tmp_path / "model_outputs.json"
     path.write_text(json.dumps(rows))
     prompts = load_prompts(PromptsConfig(source=str(path), reference_field="output"))
-    assert prompts[0].id == prompt_id("Name a fruit.") and prompts[0].id == load_prompts(PromptsConfig(source=str(path)))[0].id
+    assert (
+        prompts[0].id == prompt_id("Name a fruit.")
+        and prompts[0].id == load_prompts(PromptsConfig(source=str(path)))[0].id
+    )
     assert prompts[1].dataset == "oasst" and prompts[1].reference == "Red."
 
 

@@ -11,8 +11,8 @@ ray = pytest.importorskip("ray")
 
 from bon.core.config import load_config  # noqa: E402
 from bon.pipeline.executors import ExecutorError  # noqa: E402
-from bon.pipeline.runner import run  # noqa: E402
 from bon.pipeline.ray_executor import RayExecutor, asked_resources, check_fits, death_reason, plan  # noqa: E402
+from bon.pipeline.runner import run  # noqa: E402
 
 SMALL = ["n=2", "prompts.limit=4", "policy.max_tokens=16", "batch_size=1"]
 COMPARED = ("candidates.jsonl", "judgements.jsonl", "selections.jsonl", "model_outputs.json")
@@ -117,7 +117,12 @@ def test_unsatisfiable_resources_fail_fast(ray_session, tmp_path):
 def test_plan_for_tensor_parallel_vllm():
     cfg = load_config(
         "configs/alpaca_eval_v2_bo32.yaml",
-        ["policy.engine_args.tensor_parallel_size=2", "ray.policy_replicas=2", "ray.judge.num_gpus=1", "ray.judge_replicas=3"],
+        [
+            "policy.engine_args.tensor_parallel_size=2",
+            "ray.policy_replicas=2",
+            "ray.judge.num_gpus=1",
+            "ray.judge_replicas=3",
+        ],
     )
     policy, judge = plan(cfg)
     assert policy.bundles == [{"GPU": 1.0, "CPU": 1.0}] * 2 and policy.num_gpus == 0
@@ -129,9 +134,14 @@ def test_plan_for_tensor_parallel_vllm():
 
 def test_death_reasons_name_out_of_memory():
     oom = ray.exceptions.OutOfMemoryError("Task was killed due to the node running low on memory.")
-    assert "running out of memory" in death_reason("judge", 1, oom) and "ray.judge.memory_gb" in death_reason("judge", 1, oom)
+    assert "running out of memory" in death_reason("judge", 1, oom) and "ray.judge.memory_gb" in death_reason(
+        "judge", 1, oom
+    )
     plain = ray.exceptions.ActorDiedError()
-    assert death_reason("policy", 0, plain) == "policy actor 0 died (The actor died unexpectedly before finishing this task.)"
+    assert (
+        death_reason("policy", 0, plain)
+        == "policy actor 0 died (The actor died unexpectedly before finishing this task.)"
+    )
 
 
 @pytest.mark.slow
@@ -142,25 +152,48 @@ def test_compare_on_ray_equals_local_and_starts_judge_actors_only(ray_session, t
     from eval.compare import CompareConfig, run_compare
 
     pairs = tmp_path / "pairs.jsonl"
-    pairs.write_text("".join(
-        json.dumps({"scenario": "chitchat", "label": i % 3, "prompt": f"q{i}", "response 1": "a" * (i % 4), "response 2": "b" * (i % 3)}) + "\n"
-        for i in range(12)
-    ))
+    pairs.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "scenario": "chitchat",
+                    "label": i % 3,
+                    "prompt": f"q{i}",
+                    "response 1": "a" * (i % 4),
+                    "response 2": "b" * (i % 3),
+                }
+            )
+            + "\n"
+            for i in range(12)
+        )
+    )
     results = {}
     for engine in ("local", "ray"):
-        cfg = CompareConfig.model_validate({
-            "output_dir": str(tmp_path / engine), "engine": engine, "batch_size": 3, "bootstrap": 20,
-            "ray": {"judge_replicas": 2, "judge": {"num_cpus": 0.5}},
-            "judges": [{"name": "length"}, {"name": "pairwise", "label": "pw", "options": {"comparator": "scalar"}}],
-            "benchmarks": [{"name": "pairs", "kind": "pairwise", "path": str(pairs)}],
-        })
+        cfg = CompareConfig.model_validate(
+            {
+                "output_dir": str(tmp_path / engine),
+                "engine": engine,
+                "batch_size": 3,
+                "bootstrap": 20,
+                "ray": {"judge_replicas": 2, "judge": {"num_cpus": 0.5}},
+                "judges": [
+                    {"name": "length"},
+                    {"name": "pairwise", "label": "pw", "options": {"comparator": "scalar"}},
+                ],
+                "benchmarks": [{"name": "pairs", "kind": "pairwise", "path": str(pairs)}],
+            }
+        )
         seen = []
         results[engine] = run_compare(cfg, note=seen.append)
         assert not [a for a in ray.util.list_named_actors() if a.startswith("bon-")]  # every actor is gone after
         for rel in ("judgements/pairs/length.jsonl", "comparisons/pairs/pw.jsonl"):
             assert (cfg.output_dir / rel).exists()
-    assert (tmp_path / "ray/judgements/pairs/length.jsonl").read_bytes() == (tmp_path / "local/judgements/pairs/length.jsonl").read_bytes()
-    assert (tmp_path / "ray/comparisons/pairs/pw.jsonl").read_bytes() == (tmp_path / "local/comparisons/pairs/pw.jsonl").read_bytes()
+    assert (tmp_path / "ray/judgements/pairs/length.jsonl").read_bytes() == (
+        tmp_path / "local/judgements/pairs/length.jsonl"
+    ).read_bytes()
+    assert (tmp_path / "ray/comparisons/pairs/pw.jsonl").read_bytes() == (
+        tmp_path / "local/comparisons/pairs/pw.jsonl"
+    ).read_bytes()
     assert results["ray"].benchmarks == results["local"].benchmarks
 
 

@@ -12,8 +12,8 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from bon.pipeline.runner import run  # noqa: E402
 from bon.pipeline.ray_executor import RayExecutor  # noqa: E402
+from bon.pipeline.runner import run  # noqa: E402
 from tests.test_ray import demo, same_files  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]

@@ -9,10 +9,10 @@ from __future__ import annotations
 import pytest
 
 from bon.core.config import ModelConfig, PolicyConfig, RunConfig
-from bon.pipeline.policy import EnginePolicy
-from bon.pipeline.preflight import lengths
 from bon.core.records import Candidate, Prompt
 from bon.engines.tokens import ContextLengthError, PromptFormatError, TokenizerOnly, digit_token_ids
+from bon.pipeline.policy import EnginePolicy
+from bon.pipeline.preflight import lengths
 from judges.autoj import AutoJOptions, AutoJudge
 from judges.selfj import SelfJOptions, SelfJudge
 
@@ -57,10 +57,76 @@ def test_selfj_prompt_token_ids_on_llama2(shared_data):
     judge = SelfJudge(SelfJOptions(reference="never"), engine=engine)
     ids = judge.prompt_ids(Prompt("a", "What is 2+2?"), "4")
     assert ids == [
-        1, 3529, 1044, 408, 263, 18378, 16833, 322, 14707, 278, 11029, 310, 278, 1234, 304, 1139, 29889, 390, 403,
-        278, 1234, 515, 29871, 29900, 304, 29871, 29929, 29892, 988, 263, 6133, 995, 2794, 263, 2253, 1234, 29889,
-        3529, 10049, 411, 385, 6043, 1546, 29871, 29900, 322, 29871, 29929, 29889, 29871, 13, 13, 29961, 16492,
-        29962, 13, 5618, 338, 29871, 29906, 29974, 29906, 29973, 13, 13, 29961, 22550, 29962, 13, 29946,
+        1,
+        3529,
+        1044,
+        408,
+        263,
+        18378,
+        16833,
+        322,
+        14707,
+        278,
+        11029,
+        310,
+        278,
+        1234,
+        304,
+        1139,
+        29889,
+        390,
+        403,
+        278,
+        1234,
+        515,
+        29871,
+        29900,
+        304,
+        29871,
+        29929,
+        29892,
+        988,
+        263,
+        6133,
+        995,
+        2794,
+        263,
+        2253,
+        1234,
+        29889,
+        3529,
+        10049,
+        411,
+        385,
+        6043,
+        1546,
+        29871,
+        29900,
+        322,
+        29871,
+        29929,
+        29889,
+        29871,
+        13,
+        13,
+        29961,
+        16492,
+        29962,
+        13,
+        5618,
+        338,
+        29871,
+        29906,
+        29974,
+        29906,
+        29973,
+        13,
+        13,
+        29961,
+        22550,
+        29962,
+        13,
+        29946,
     ]  # BOS, the template as raw text, the answer "4" as the bare digit piece
 
 
@@ -109,13 +175,19 @@ def test_policy_context_guard_error_truncate_skip(family, tmp_path):
     engine = tokens(path)
     strict = EnginePolicy(PolicyConfig(**cfg), engine=engine)
     assert engine.context > 128 and strict.context == 128  # the engine keeps the model's own; the policy asks for less
-    with pytest.raises(ContextLengthError, match=r"1 policy prompts are longer than the 112 tokens.*long \(\d+ tokens\).*policy.on_overflow"):
+    with pytest.raises(
+        ContextLengthError,
+        match=r"1 policy prompts are longer than the 112 tokens.*long \(\d+ tokens\).*policy.on_overflow",
+    ):
         strict.fit([SHORT, LONG])
     cut = EnginePolicy(PolicyConfig(**cfg, on_overflow="truncate"), engine=engine)
     (short_ids, short_flag), (long_ids, long_flag) = cut.fit([SHORT, LONG])
     full = cut.prompt_ids(LONG)
     assert short_flag is None and short_ids == cut.prompt_ids(SHORT)
-    assert long_ids == full[-112:] and long_flag == f"prompt left-truncated from {len(full)} to 112 tokens (context 128, max_tokens 16)"
+    assert (
+        long_ids == full[-112:]
+        and long_flag == f"prompt left-truncated from {len(full)} to 112 tokens (context 128, max_tokens 16)"
+    )
     assert engine.tokenizer.decode(long_ids).endswith("ASSISTANT:")  # the end of the prompt is kept
     run = RunConfig(output_dir=tmp_path, judge={"name": "length"}, policy={**cfg, "on_overflow": "skip"})
     plan = lengths(run, [SHORT, LONG], judge=None)
@@ -128,7 +200,10 @@ def test_judge_context_guard_truncates_the_answer(family):
     _, path = family
     engine = tokens(path)
     answer = "word " * 300
-    pairs = [(SHORT, Candidate("short", 0, "Apple.", 1, 1, 1, "stop", "p")), (SHORT, Candidate("short", 1, answer, 1, 1, 1, "stop", "p"))]
+    pairs = [
+        (SHORT, Candidate("short", 0, "Apple.", 1, 1, 1, "stop", "p")),
+        (SHORT, Candidate("short", 1, answer, 1, 1, 1, "stop", "p")),
+    ]
     strict = SelfJudge(SelfJOptions(model=path, context_length=160), engine=engine)
     with pytest.raises(ContextLengthError, match=r"short#1"):
         strict.fit(pairs)
@@ -136,10 +211,14 @@ def test_judge_context_guard_truncates_the_answer(family):
     (ok_ids, ok_flag), (cut_ids, cut_flag) = cut.fit(pairs)
     assert ok_flag is None and ok_ids == cut.prompt_ids(SHORT, "Apple.")
     assert len(cut_ids) <= 159 and cut_flag.startswith("answer truncated from ")
-    assert engine.tokenizer.decode(cut_ids, skip_special_tokens=True).strip().startswith("Please act as a precise judge")
+    assert (
+        engine.tokenizer.decode(cut_ids, skip_special_tokens=True).strip().startswith("Please act as a precise judge")
+    )
     skip = SelfJudge(SelfJOptions(model=path, context_length=160, on_overflow="skip"), engine=engine)
     assert skip.fit(pairs)[1] == (None, skip.fit(pairs)[1][1]) and "skipped" in skip.fit(pairs)[1][1]
-    autoj = AutoJudge(AutoJOptions(model=path, context_length=160, max_tokens=16, on_overflow="truncate"), engine=engine)
+    autoj = AutoJudge(
+        AutoJOptions(model=path, context_length=160, max_tokens=16, on_overflow="truncate"), engine=engine
+    )
     assert autoj.room() == 144 and all(len(ids) <= 144 for ids, _ in autoj.fit(pairs))
 
 

@@ -5,10 +5,10 @@ import json
 import pytest
 
 from bon.core.config import ConfigError
-from bon.pipeline.runner import run
 from bon.core.records import Judgement, Selection
-from bon.pipeline.rejudge import judge_run, select_run
 from bon.core.rundir import RunDirError
+from bon.pipeline.rejudge import judge_run, select_run
+from bon.pipeline.runner import run
 from tests.conftest import FakePolicy
 from tests.test_pipeline import config
 

@@ -15,10 +15,10 @@ import pytest
 
 from bon.core.config import ConfigError, load_config
 from bon.core.io import DataFileError, DirectoryInUseError, append_records, lock_dir, read_records, write_json_atomic
-from bon.pipeline.runner import run
 from bon.core.records import Judgement
-from bon.pipeline.rejudge import judge_run, select_run
 from bon.core.rundir import RunDir, RunDirError
+from bon.pipeline.rejudge import judge_run, select_run
+from bon.pipeline.runner import run
 from bon.pipeline.selection import UnjudgedError
 from tests.conftest import FakePolicy, finished_ae_run
 from tests.test_cli import bon
@@ -67,7 +67,9 @@ def test_bon_judge_after_a_torn_write_keeps_the_file_valid(finished, tmp_path):
     limit_kb = (finished / "judgements.jsonl").stat().st_size // 1024 + 1  # the next appends cross it mid-line
     cut = subprocess.run(
         ["bash", "-c", f"ulimit -f {limit_kb}; exec {sys.executable} -m bon judge {finished} --judge random"],
-        capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)),
+        capture_output=True,
+        text=True,
+        cwd=os.path.dirname(os.path.dirname(__file__)),
     )
     one_clear_line(cut, "judgements.jsonl", "File too large", "rerun")
     assert not (finished / "judgements.jsonl").read_bytes().endswith(b"\n")  # it really tore a line
@@ -105,9 +107,15 @@ def test_resume_accepts_new_prompts(tmp_path, prompts_file):
 def test_a_second_process_fails_at_once_naming_the_holder(tmp_path, prompts_file):
     cfg = config(tmp_path, prompts_file)
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from bon.core.io import lock_dir\n"
-         f"with lock_dir({str(cfg.output_dir)!r}):\n print('held', flush=True); time.sleep(60)"],
-        stdout=subprocess.PIPE, text=True, cwd=os.path.dirname(os.path.dirname(__file__)),
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from bon.core.io import lock_dir\n"
+            f"with lock_dir({str(cfg.output_dir)!r}):\n print('held', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=os.path.dirname(os.path.dirname(__file__)),
     )
     try:
         assert holder.stdout.readline().strip() == "held"
@@ -124,8 +132,12 @@ def test_the_lock_is_reentrant_within_one_process(tmp_path):
     with lock_dir(tmp_path / "d"):
         with lock_dir(tmp_path / "d"):  # e.g. a command calling another in the same process
             pass
-        child = subprocess.run([sys.executable, "-c", f"from bon.core.io import lock_dir\nwith lock_dir({str(tmp_path / 'd')!r}): pass"],
-                               capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+        child = subprocess.run(
+            [sys.executable, "-c", f"from bon.core.io import lock_dir\nwith lock_dir({str(tmp_path / 'd')!r}): pass"],
+            capture_output=True,
+            text=True,
+            cwd=os.path.dirname(os.path.dirname(__file__)),
+        )
         assert child.returncode != 0 and f"pid {os.getpid()}" in child.stderr
     with lock_dir(tmp_path / "d"):  # released on exit
         pass
@@ -134,13 +146,16 @@ def test_the_lock_is_reentrant_within_one_process(tmp_path):
 # 4. numbers that are not numbers ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("override, needle", [
-    ("n=true", "n: expected a number, found True"),
-    ("selection.decline_below=.nan", "selection.decline_below: Input should be a finite number"),
-    ("selection.decline_below=nan", "selection.decline_below: Input should be a finite number"),
-    ("policy.temperature=.inf", "policy.temperature: Input should be a finite number"),
-    ("judge.options.seed=true", None),  # judge options are checked when the judge is built
-])
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ("n=true", "n: expected a number, found True"),
+        ("selection.decline_below=.nan", "selection.decline_below: Input should be a finite number"),
+        ("selection.decline_below=nan", "selection.decline_below: Input should be a finite number"),
+        ("policy.temperature=.inf", "policy.temperature: Input should be a finite number"),
+        ("judge.options.seed=true", None),  # judge options are checked when the judge is built
+    ],
+)
 def test_config_refuses_non_numbers(override, needle):
     if needle is None:
         from judges import build_judge
@@ -157,7 +172,10 @@ def test_non_finite_scores_are_refused_at_load(tmp_path):
 
     for bad in ("NaN", "Infinity", "-Infinity"):
         path = tmp_path / "s.jsonl"
-        path.write_text('{"instruction": "q", "output": "a", "score": 3}\n' f'{{"instruction": "q", "output": "b", "score": {bad}}}\n')
+        path.write_text(
+            '{"instruction": "q", "output": "a", "score": 3}\n'
+            f'{{"instruction": "q", "output": "b", "score": {bad}}}\n'
+        )
         with pytest.raises(DataFileError, match=rf"s.jsonl:2: not valid JSON \({bad} is not a number JSON allows\)"):
             load_scores(path)
     path.write_text('{"instruction": "q", "output": "a", "score": true}\n')
@@ -197,16 +215,28 @@ def test_select_refuses_nan_and_unknown_tie_break_before_writing(finished):
 def write_pool(folder, rows_per_file):
     folder.mkdir()
     for name, instructions in rows_per_file.items():
-        rows = [{"instruction": q, "output_1": "base", "generator_1": "b", "output_2": f"{name} on {q}", "generator_2": name,
-                 "preference": 2.0 if name == "good" else 1.0} for q in instructions]
+        rows = [
+            {
+                "instruction": q,
+                "output_1": "base",
+                "generator_1": "b",
+                "output_2": f"{name} on {q}",
+                "generator_2": name,
+                "preference": 2.0 if name == "good" else 1.0,
+            }
+            for q in instructions
+        ]
         (folder / f"{name}.json").write_text(json.dumps(rows))
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["--limit", "0"], "option --limit: Input should be greater than or equal to 1 (got 0)"),
-    (["--limit", "-3"], "option --limit: Input should be greater than or equal to 1 (got -3)"),
-    (["--reference", "bogus"], "option --reference: Input should be 'baseline' or 'none' (got 'bogus')"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--limit", "0"], "option --limit: Input should be greater than or equal to 1 (got 0)"),
+        (["--limit", "-3"], "option --limit: Input should be greater than or equal to 1 (got -3)"),
+        (["--reference", "bogus"], "option --reference: Input should be 'baseline' or 'none' (got 'bogus')"),
+    ],
+)
 def test_select_pool_options_are_checked(tmp_path, args, needle):
     write_pool(tmp_path / "pool", {"good": ["q1", "q2"], "bad": ["q1", "q2"]})
     one_clear_line(bon("eval", "select-pool", str(tmp_path / "pool"), "--judge", "length", *args), needle)
@@ -216,8 +246,11 @@ def test_commands_refuse_an_unknown_schema_before_writing(finished):
     manifest = json.loads((finished / "manifest.json").read_text())
     (finished / "manifest.json").write_text(json.dumps({**manifest, "schema": 99}))
     before = contents(finished)
-    for args in (["select", str(finished), "--judge", "length"], ["judge", str(finished), "--judge", "random"],
-                 ["export", "alpaca-eval", str(finished), "--name", "m"]):
+    for args in (
+        ["select", str(finished), "--judge", "length"],
+        ["judge", str(finished), "--judge", "random"],
+        ["export", "alpaca-eval", str(finished), "--name", "m"],
+    ):
         one_clear_line(bon(*args), "manifest.json: field 'schema': this bon reads version 1, found 99")
     assert contents(finished) == before
 
@@ -237,8 +270,11 @@ def test_export_refuses_outputs_that_are_not_text(finished, tmp_path, value):
     rows = json.loads((finished / "model_outputs.json").read_text())
     rows[1]["output"] = value
     (finished / "model_outputs.json").write_text(json.dumps(rows))
-    one_clear_line(bon("export", "alpaca-eval", str(finished), "--name", "m", "--out", str(tmp_path / "o")),
-                   "model_outputs.json: 1 rows lack a non-empty string: row 1 'output'", "Question number 1?")
+    one_clear_line(
+        bon("export", "alpaca-eval", str(finished), "--name", "m", "--out", str(tmp_path / "o")),
+        "model_outputs.json: 1 rows lack a non-empty string: row 1 'output'",
+        "Question number 1?",
+    )
 
 
 # 7. a judge that can judge nothing says so ---------------------------------------------------------------
@@ -248,13 +284,29 @@ def test_a_judge_that_scores_no_candidate_fails_loudly(tmp_path):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("".join(json.dumps({"id": f"q{i}", "instruction": f"Question {i}?"}) + "\n" for i in range(3)))
     cfg = load_config(None, [f"output_dir={tmp_path / 'run'}", f"prompts.source={prompts}", "n=2", "judge.name=cosine"])
-    with pytest.raises(UnjudgedError, match=r"judge 'cosine' could score none of the candidates of 3 of 3 prompts \(e.g. 'q0': the prompt has no reference\)"):
+    with pytest.raises(
+        UnjudgedError,
+        match=r"judge 'cosine' could score none of the candidates of 3 of 3 prompts \(e.g. 'q0': the prompt has no reference\)",
+    ):
         run(cfg, policy=FakePolicy())
     assert (cfg.output_dir / "model_outputs.json").exists()  # everything is written first
-    allowed = load_config(None, [f"output_dir={tmp_path / 'run'}", f"prompts.source={prompts}", "n=2", "judge.name=cosine", "allow_unjudged=true"])
+    allowed = load_config(
+        None,
+        [
+            f"output_dir={tmp_path / 'run'}",
+            f"prompts.source={prompts}",
+            "n=2",
+            "judge.name=cosine",
+            "allow_unjudged=true",
+        ],
+    )
     result = run(allowed, policy=FakePolicy())  # accepted: the fallback picks, each saying why
     assert [s.reason for s in result.selections] == ["no candidate could be judged; kept the first"] * 3
-    one_clear_line(bon("judge", str(cfg.output_dir), "--judge", "cosine", "--label", "cos2"), "could score none", "--allow-unjudged")
+    one_clear_line(
+        bon("judge", str(cfg.output_dir), "--judge", "cosine", "--label", "cos2"),
+        "could score none",
+        "--allow-unjudged",
+    )
     assert bon("judge", str(cfg.output_dir), "--judge", "cosine", "--label", "cos2", "--allow-unjudged").returncode == 0
 
 
@@ -278,17 +330,23 @@ def test_uneven_pool_uses_the_common_instructions_and_says_what_was_dropped(tmp_
 def test_unreadable_inputs_are_one_line(tmp_path, finished):
     bad = tmp_path / "latin1.jsonl"
     bad.write_bytes(b'{"instruction": "fine"}\n{"instruction": "caf\xe9"}\n')
-    one_clear_line(bon("run", "configs/demo.yaml", "--set", f"prompts.source={bad}", "--set", f"output_dir={tmp_path / 'r1'}"),
-                   "latin1.jsonl:2: not UTF-8 text (byte 0xe9)")
+    one_clear_line(
+        bon("run", "configs/demo.yaml", "--set", f"prompts.source={bad}", "--set", f"output_dir={tmp_path / 'r1'}"),
+        "latin1.jsonl:2: not UTF-8 text (byte 0xe9)",
+    )
     cfg = tmp_path / "c.yaml"
     cfg.write_bytes(b"n: 2\nname: \xff\n")
     one_clear_line(bon("run", str(cfg)), "c.yaml:2: not UTF-8 text (byte 0xff)")
     folder = tmp_path / "dir.jsonl"
     folder.mkdir()
-    one_clear_line(bon("run", "configs/demo.yaml", "--set", f"prompts.source={folder}"), "dir.jsonl: cannot read (Is a directory)")
+    one_clear_line(
+        bon("run", "configs/demo.yaml", "--set", f"prompts.source={folder}"), "dir.jsonl: cannot read (Is a directory)"
+    )
     parquet = tmp_path / "p.parquet"
     parquet.write_bytes(b"PAR1 not really")
-    one_clear_line(bon("run", "configs/demo.yaml", "--set", f"prompts.source={parquet}"), "p.parquet: not a readable parquet file")
+    one_clear_line(
+        bon("run", "configs/demo.yaml", "--set", f"prompts.source={parquet}"), "p.parquet: not a readable parquet file"
+    )
     pool = tmp_path / "pool"
     write_pool(pool, {"good": ["q1"], "bad": ["q1"]})
     (pool / "bad.json").write_bytes(b'[{"instruction": "\xfe"}]')
@@ -301,20 +359,29 @@ def test_unreadable_inputs_are_one_line(tmp_path, finished):
 def test_output_dir_that_is_a_file_is_one_line(tmp_path, prompts_file):
     blocker = tmp_path / "run"
     blocker.write_text("I am a file")
-    one_clear_line(bon("run", "configs/demo.yaml", "--set", f"prompts.source={prompts_file}", "--set", f"output_dir={blocker}"),
-                   str(blocker), "File exists")
+    one_clear_line(
+        bon("run", "configs/demo.yaml", "--set", f"prompts.source={prompts_file}", "--set", f"output_dir={blocker}"),
+        str(blocker),
+        "File exists",
+    )
 
 
-@pytest.mark.parametrize("manifest, needle", [
-    ('{"schema": 1, "config": {"n": 3', "manifest.json:1: not valid JSON"),
-    ('{"schema": 1}', "manifest.json: field 'config'"),
-    ('{"schema": 1, "config": {"n": "many"}}', "manifest.json: field 'config.n'"),
-])
+@pytest.mark.parametrize(
+    "manifest, needle",
+    [
+        ('{"schema": 1, "config": {"n": 3', "manifest.json:1: not valid JSON"),
+        ('{"schema": 1}', "manifest.json: field 'config'"),
+        ('{"schema": 1, "config": {"n": "many"}}', "manifest.json: field 'config.n'"),
+    ],
+)
 def test_broken_manifest_is_one_line_in_every_reader(finished, tmp_path, manifest, needle):
     (finished / "manifest.json").write_text(manifest)
-    for args in (["judge", str(finished), "--judge", "random"], ["select", str(finished), "--judge", "length"],
-                 ["export", "alpaca-eval", str(finished), "--name", "m", "--out", str(tmp_path / "o")],
-                 ["eval", "gain", str(finished), "--annotator", "precomputed:none.json"]):
+    for args in (
+        ["judge", str(finished), "--judge", "random"],
+        ["select", str(finished), "--judge", "length"],
+        ["export", "alpaca-eval", str(finished), "--name", "m", "--out", str(tmp_path / "o")],
+        ["eval", "gain", str(finished), "--annotator", "precomputed:none.json"],
+    ):
         one_clear_line(bon(*args), needle)
 
 
@@ -327,26 +394,64 @@ def test_eval_inputs_of_the_wrong_shape_are_one_line(tmp_path):
     run_dir = str(cfg.output_dir)
     lc = tmp_path / "lc.csv"
     lc.write_text("a,b\n1,2\n")
-    one_clear_line(bon("eval", "alpaca-eval", run_dir, "--annotator", f"precomputed:{ann}", "--reference-outputs", str(reference),
-                       "--lc-data", str(lc)),
-                   "lc.csv:1: not AlpacaEval's df_gamed.csv: no column 'model', 'index', 'instruction_difficulty'")
+    one_clear_line(
+        bon(
+            "eval",
+            "alpaca-eval",
+            run_dir,
+            "--annotator",
+            f"precomputed:{ann}",
+            "--reference-outputs",
+            str(reference),
+            "--lc-data",
+            str(lc),
+        ),
+        "lc.csv:1: not AlpacaEval's df_gamed.csv: no column 'model', 'index', 'instruction_difficulty'",
+    )
     rows = json.loads(ann.read_text())
     empty = tmp_path / "none.json"
     empty.write_text(json.dumps([{**r, "preference": None} for r in rows]))
-    one_clear_line(bon("eval", "alpaca-eval", run_dir, "--annotator", f"precomputed:{empty}", "--reference-outputs", str(reference)),
-                   "none.json: holds no preference (all null)")
-    one_clear_line(bon("eval", "gain", run_dir, "--annotator", f"precomputed:{ann}", "--reference-outputs", str(reference),
-                       "--judge", "nobody"),
-                   "candidates have no 'nobody' judgement (judges here: length)")
+    one_clear_line(
+        bon(
+            "eval", "alpaca-eval", run_dir, "--annotator", f"precomputed:{empty}", "--reference-outputs", str(reference)
+        ),
+        "none.json: holds no preference (all null)",
+    )
+    one_clear_line(
+        bon(
+            "eval",
+            "gain",
+            run_dir,
+            "--annotator",
+            f"precomputed:{ann}",
+            "--reference-outputs",
+            str(reference),
+            "--judge",
+            "nobody",
+        ),
+        "candidates have no 'nobody' judgement (judges here: length)",
+    )
 
 
 def test_unreachable_official_annotator_is_one_line_and_caches_nothing(tmp_path):
     from tests.test_eval_runs import QUESTIONS
 
     cfg, reference = finished_ae_run(tmp_path, QUESTIONS[:2])
-    out = bon("eval", "alpaca-eval", str(cfg.output_dir), "--version", "1", "--reference-outputs", str(reference),
-              env_extra={"OPENAI_API_KEY": "sk-test-not-a-key", "OPENAI_BASE_URL": "http://127.0.0.1:9/v1", "OPENAI_MAX_RETRIES": "0"},
-              timeout=300)
+    out = bon(
+        "eval",
+        "alpaca-eval",
+        str(cfg.output_dir),
+        "--version",
+        "1",
+        "--reference-outputs",
+        str(reference),
+        env_extra={
+            "OPENAI_API_KEY": "sk-test-not-a-key",
+            "OPENAI_BASE_URL": "http://127.0.0.1:9/v1",
+            "OPENAI_MAX_RETRIES": "0",
+        },
+        timeout=300,
+    )
     one_clear_line(out, "the API could not be reached or refused the request", "nothing new was annotated or cached")
     cache = cfg.output_dir / "alpaca_eval" / "v1" / "annotations_cache.json"
     assert not cache.exists() or all(r.get("preference") is None for r in json.loads(cache.read_text()))
@@ -359,7 +464,9 @@ def test_a_failed_first_start_does_not_block_the_corrected_retry(tmp_path, promp
     RunDir.open(first, {}, load_prompts(first.prompts))  # the manifest is written, then loading the weights failed
     fixed = config(tmp_path, prompts_file)
     assert run(fixed, policy=FakePolicy()).generated == 15
-    assert json.loads((fixed.output_dir / "manifest.json").read_text())["config"]["policy"]["model"] == fixed.policy.model
+    assert (
+        json.loads((fixed.output_dir / "manifest.json").read_text())["config"]["policy"]["model"] == fixed.policy.model
+    )
     with pytest.raises(RunDirError, match="different config"):  # once something was made, a changed config is refused
         run(first, policy=FakePolicy())
 

@@ -87,7 +87,19 @@ def test_kill_loop_of_run_and_judge_matches_uninterrupted(tmp_path):
     run_s = timed(command(ref))
     run_idle = timed(command(ref))  # nothing left to do
     uninterrupted = {name: (ref / name).read_bytes() for name in COMPARED}  # before `bon judge` adds to ref
-    judge = [*BON, "judge", str(ref), "--judge", "selfj", "--set", "prompt_format=chat", "--set", "reference=never", "--label", "sj"]
+    judge = [
+        *BON,
+        "judge",
+        str(ref),
+        "--judge",
+        "selfj",
+        "--set",
+        "prompt_format=chat",
+        "--set",
+        "reference=never",
+        "--label",
+        "sj",
+    ]
     judge_s, judge_idle = timed(judge), timed(judge)
 
     killed = tmp_path / "killed"

@@ -13,7 +13,9 @@ PROMPTS = [Prompt("m", "What is 2+2?", reference="4"), Prompt("c", "What is the 
 CANDS = [
     Candidate("m", 0, "2+2 equals 4.", 0, 1, 1, "stop", "x"),
     Candidate("m", 1, "2+2 equals 5.", 0, 1, 1, "stop", "x"),
-    Candidate("c", 0, "Rome is the capital of Italy, famous for the Colosseum and its long history.", 0, 1, 1, "stop", "x"),
+    Candidate(
+        "c", 0, "Rome is the capital of Italy, famous for the Colosseum and its long history.", 0, 1, 1, "stop", "x"
+    ),
 ]
 
 

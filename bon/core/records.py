@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
 from collections import defaultdict
-from typing import Any, ClassVar, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 SCHEMA = 1  # bump when a record's fields change meaning; readers refuse other versions
 Key = tuple[str, int]  # (prompt id, candidate index): one candidate of a run
@@ -130,15 +131,23 @@ def to_json(record: Any) -> dict[str, Any]:
     return out
 
 
-_INT_FIELDS = {"index", "candidate_index", "chosen_index", "prompt_tokens", "completion_tokens", "seed", "first", "second", "winner"}
+_INT_FIELDS = {
+    "index",
+    "candidate_index",
+    "chosen_index",
+    "prompt_tokens",
+    "completion_tokens",
+    "seed",
+    "first",
+    "second",
+    "winner",
+}
 
 
 def from_json(cls: type, data: Mapping[str, Any]) -> Any:
     """Build ``cls`` from a dict as written by `to_json`; extra or missing fields are errors."""
     if data.get("schema") != SCHEMA:
-        raise RecordError(
-            f"field 'schema': this bon reads schema version {SCHEMA}, found {data.get('schema')!r}"
-        )
+        raise RecordError(f"field 'schema': this bon reads schema version {SCHEMA}, found {data.get('schema')!r}")
     if data.get("kind") != cls.kind:
         raise RecordError(f"field 'kind': expected {cls.kind!r}, found {data.get('kind')!r}")
     names = {f.name for f in dataclasses.fields(cls)}

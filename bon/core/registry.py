@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import difflib
 import importlib
-from typing import Generic, Iterator, TypeVar
+from collections.abc import Iterator
+from typing import Generic, TypeVar
 
 from bon.core.errors import BonError
 
@@ -45,9 +46,7 @@ class Registry(Generic[T]):
         if name not in self._targets:
             close = difflib.get_close_matches(name, self._targets, n=3, cutoff=0.5)
             hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-            raise UnknownNameError(
-                f"unknown {self.what} {name!r}.{hint} Choices: {', '.join(self.names())}"
-            )
+            raise UnknownNameError(f"unknown {self.what} {name!r}.{hint} Choices: {', '.join(self.names())}")
         return name
 
     def get(self, name: str) -> T:

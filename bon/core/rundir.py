@@ -8,14 +8,23 @@ import importlib.metadata
 import json
 import platform
 import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 from pydantic import ValidationError
 
-from bon.core.errors import BonError, problems
 from bon.core.config import RunConfig
-from bon.core.io import DataFileError, append_records, drop_torn_tail, lock_dir, read_json, read_records, write_json_atomic
+from bon.core.errors import BonError, problems
+from bon.core.io import (
+    DataFileError,
+    append_records,
+    drop_torn_tail,
+    lock_dir,
+    read_json,
+    read_records,
+    write_json_atomic,
+)
 from bon.core.records import SCHEMA, Candidate, Judgement, Prompt, Selection
 
 MANIFEST = "manifest.json"
@@ -58,12 +67,16 @@ def read_manifest(path: Path) -> dict[str, Any]:
     try:
         stored = read_json(path)
     except DataFileError as e:
-        raise RunDirError(f"{e}; a manifest cut short by a crash or an edit: restore it or start a new output_dir") from None
+        raise RunDirError(
+            f"{e}; a manifest cut short by a crash or an edit: restore it or start a new output_dir"
+        ) from None
     if not isinstance(stored, dict) or stored.get("schema") != SCHEMA:
         found = stored.get("schema") if isinstance(stored, dict) else type(stored).__name__
         raise RunDirError(f"{path}: field 'schema': this bon reads version {SCHEMA}, found {found!r}")
     if not isinstance(stored.get("config"), dict):
-        raise RunDirError(f"{path}: field 'config': expected the run's config (a mapping), found {stored.get('config')!r}")
+        raise RunDirError(
+            f"{path}: field 'config': expected the run's config (a mapping), found {stored.get('config')!r}"
+        )
     return stored
 
 
@@ -81,14 +94,14 @@ def _manifest_path(run_dir: Path | str) -> Path:
 
 
 @contextlib.contextmanager
-def open_run(run_dir: Path | str) -> Iterator[tuple["RunDir", dict[str, Any], RunConfig]]:
+def open_run(run_dir: Path | str) -> Iterator[tuple[RunDir, dict[str, Any], RunConfig]]:
     """`load_run` for a command that writes: the directory is locked against other processes meanwhile."""
     _manifest_path(run_dir)
     with lock_dir(run_dir):
         yield load_run(run_dir)
 
 
-def load_run(run_dir: Path | str) -> tuple["RunDir", dict[str, Any], RunConfig]:
+def load_run(run_dir: Path | str) -> tuple[RunDir, dict[str, Any], RunConfig]:
     """An existing run: its directory, manifest and config (refused with the manifest's path and field)."""
     manifest_path = _manifest_path(run_dir)
     manifest = read_manifest(manifest_path)
@@ -114,9 +127,20 @@ def read_outputs(run_dir: Path | str) -> list[dict[str, Any]]:
             raise DataFileError(path, None, f"row {i}: expected a JSON object, found {type(row).__name__}")
         for key in ("instruction", "output"):
             if not isinstance(row.get(key), str) or not row[key].strip():
-                bad.append(f"row {i} {key!r} = {row.get(key)!r}" + (f" (instruction {row['instruction'][:50]!r})" if key == "output" and isinstance(row.get("instruction"), str) else ""))
+                bad.append(
+                    f"row {i} {key!r} = {row.get(key)!r}"
+                    + (
+                        f" (instruction {row['instruction'][:50]!r})"
+                        if key == "output" and isinstance(row.get("instruction"), str)
+                        else ""
+                    )
+                )
     if bad:
-        raise DataFileError(path, None, f"{len(bad)} rows lack a non-empty string: {'; '.join(bad[:3])}" + (" ..." if len(bad) > 3 else ""))
+        raise DataFileError(
+            path,
+            None,
+            f"{len(bad)} rows lack a non-empty string: {'; '.join(bad[:3])}" + (" ..." if len(bad) > 3 else ""),
+        )
     return rows
 
 
@@ -198,7 +222,7 @@ class RunDir:
         section_specs.update(specs)
 
     @classmethod
-    def open(cls, config: RunConfig, describe: dict[str, str], prompts: Sequence[Prompt]) -> tuple["RunDir", list[str]]:
+    def open(cls, config: RunConfig, describe: dict[str, str], prompts: Sequence[Prompt]) -> tuple[RunDir, list[str]]:
         """Create or reopen ``config.output_dir``; returns the directory and notes on repairs made.
 
         Reopening checks that the stored config and prompts equal these, so a resumed run cannot mix
@@ -256,10 +280,13 @@ class RunDir:
             raise DataFileError(path, None, "expected a mapping of prompt id to fingerprint")
         changed = [p.id for p in prompts if p.id in stored and stored[p.id] != fingerprint(p)]
         if changed:
-            shown = ", ".join(repr(c) for c in changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
+            shown = ", ".join(repr(c) for c in changed[:5]) + (
+                f" and {len(changed) - 5} more" if len(changed) > 5 else ""
+            )
             raise RunDirError(
                 f"{self.path}: {len(changed)} prompts changed since this run sampled them (same id, other instruction "
-                f"or reference: {shown}); restore the prompt file, give edited prompts new ids, or use another output_dir"
+                f"or reference: {shown}); restore the prompt file, give "
+                "edited prompts new ids, or use another output_dir"
             )
         new = {p.id: fingerprint(p) for p in prompts if p.id not in stored}
         if record and new:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from bon.core.config import ModelConfig
-from bon.engines.base import LanguageModel, Sample, SamplingSettings, derive_seed
 from bon.core.registry import Registry
+from bon.engines.base import LanguageModel, Sample, SamplingSettings, derive_seed
 
 ENGINES: Registry = Registry(
     "backend",

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 from bon.core.errors import BonError
 
@@ -36,7 +37,9 @@ class Sample:
     finish_reason: str  # "stop" or "length"
     seed: int | None
     token_ids: tuple[int, ...] = ()  # the generated tokens (end-of-sequence excluded), to continue from
-    source: str | None = None  # who generated it when the engine cannot vouch: a server's model name and system_fingerprint
+    source: str | None = (
+        None  # who generated it when the engine cannot vouch: a server's model name and system_fingerprint
+    )
 
 
 class LanguageModel(Protocol):
@@ -61,7 +64,11 @@ class LanguageModel(Protocol):
         """``n`` samples for each prompt; ``seeds[i]`` seeds prompt ``i``'s samples."""
 
     def next_token_logprobs(
-        self, prompts: Sequence[list[int]], token_ids: Sequence[int], batch_size: int = 8, groups: Sequence[Any] | None = None
+        self,
+        prompts: Sequence[list[int]],
+        token_ids: Sequence[int],
+        batch_size: int = 8,
+        groups: Sequence[Any] | None = None,
     ) -> list[dict[int, float]]:
         """Log-probabilities of ``token_ids`` as the next token after each prompt.
 

@@ -6,8 +6,9 @@ import copy
 import inspect
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -17,7 +18,7 @@ from bon.engines.base import Sample, SamplingSettings, derive_seed
 from bon.engines.models import ModelLoadError, ModelRef, converted_path, first_line, hub_reachable, resolve
 from bon.engines.tokens import Tokenized, config_context
 
-_LOADED: dict[tuple, "HFModel"] = {}
+_LOADED: dict[tuple, HFModel] = {}
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -64,8 +65,8 @@ def _left_padded(prompts: Sequence[list[int]], pad_id: int) -> tuple[torch.Tenso
     ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(prompts), width), dtype=torch.long)
     for row, p in enumerate(prompts):
-        ids[row, width - len(p):] = torch.tensor(p)
-        mask[row, width - len(p):] = 1
+        ids[row, width - len(p) :] = torch.tensor(p)
+        mask[row, width - len(p) :] = 1
     return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
 
 
@@ -90,7 +91,10 @@ def _pick(logits: torch.Tensor, u: torch.Tensor | None, s: SamplingSettings) -> 
 
 
 def _nucleus(sorted_p: torch.Tensor, order: torch.Tensor, u: torch.Tensor, top_p: float) -> torch.Tensor:
-    """Sample from descending probabilities cut to the smallest prefix reaching ``top_p`` (the top token always stays)."""
+    """Sample from descending probabilities cut to the smallest prefix reaching ``top_p``.
+
+    The top token always stays.
+    """
     sorted_p = sorted_p.clone()
     sorted_p[(sorted_p.cumsum(-1) - sorted_p) >= top_p] = 0.0
     return order.gather(-1, _inverse_cdf(sorted_p, u)[:, None])[:, 0]
@@ -106,7 +110,10 @@ MIN_SHARED_PREFIX = 32  # tokens; a shorter common prefix is not worth a separat
 
 
 def _prefix_groups(prompts: Sequence[list[int]], groups: Sequence[Any]) -> list[tuple[int, int, int]]:
-    """(start, end, common prefix length) for runs of consecutive prompts with one group key; each keeps >= 1 own token."""
+    """(start, end, common prefix length) for runs of consecutive prompts with one group key.
+
+    Each prompt keeps at least one token of its own.
+    """
     runs, start = [], 0
     while start < len(prompts):
         end = start + 1
@@ -137,7 +144,7 @@ def set_torch_threads(n: int) -> None:
     torch.set_num_threads(n)
 
 
-def load(cfg: ModelConfig) -> "HFModel":
+def load(cfg: ModelConfig) -> HFModel:
     """The model for ``cfg``, loaded once per process (a policy and a judge on the same weights share it)."""
     key = (cfg.model, cfg.gguf_file, cfg.dtype, cfg.device, cfg.trust_remote_code, cfg.adapter)
     if key not in _LOADED:
@@ -156,8 +163,14 @@ class HFModel(Tokenized):
         path, gguf_file = (str(convert_gguf(ref)), None) if ref.convert_gguf else (ref.path, ref.gguf_file)
         kwargs = {"gguf_file": gguf_file} if gguf_file else {}
         self.tokenizer, self.model = _load_pretrained(
-            AutoModelForCausalLM, path, "model", cfg.model, dtype=dtype, trust_remote_code=cfg.trust_remote_code,
-            hint=" or .gguf file, or to embedded:SmolLM2-135M-Instruct", **kwargs,
+            AutoModelForCausalLM,
+            path,
+            "model",
+            cfg.model,
+            dtype=dtype,
+            trust_remote_code=cfg.trust_remote_code,
+            hint=" or .gguf file, or to embedded:SmolLM2-135M-Instruct",
+            **kwargs,
         )
         if cfg.adapter:
             self.model = _merged(self.model, cfg.adapter)
@@ -193,13 +206,20 @@ class HFModel(Tokenized):
         seeds_of = [[derive_seed(seed, i) for i in range(n)] for seed in seeds]
         uniforms = None
         if settings.temperature > 0:
-            uniforms = torch.stack([
-                torch.rand(settings.max_tokens, generator=torch.Generator().manual_seed(sd), dtype=torch.float64)
-                for row in seeds_of for sd in row
-            ])
+            uniforms = torch.stack(
+                [
+                    torch.rand(settings.max_tokens, generator=torch.Generator().manual_seed(sd), dtype=torch.float64)
+                    for row in seeds_of
+                    for sd in row
+                ]
+            )
         ids, mask, positions = _left_padded(prompts, self.pad_id)
-        out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                         position_ids=positions.to(self.device), use_cache=True)
+        out = self.model(
+            input_ids=ids.to(self.device),
+            attention_mask=mask.to(self.device),
+            position_ids=positions.to(self.device),
+            use_cache=True,
+        )
         cache = self._cache(out)
         cache.batch_repeat_interleave(n)
         logits = out.logits[:, -1, :].repeat_interleave(n, dim=0)
@@ -225,8 +245,13 @@ class HFModel(Tokenized):
                 cache.batch_select_indices(rows.to(self.device))
                 alive, picked, mask, next_pos = alive[rows], picked[rows], mask[rows], next_pos[rows]
             mask = torch.cat([mask, mask.new_ones((len(alive), 1))], dim=1)
-            out = self.model(input_ids=picked[:, None].to(self.device), attention_mask=mask,
-                             position_ids=next_pos[:, None], use_cache=True, **{self._cache_kw: cache})
+            out = self.model(
+                input_ids=picked[:, None].to(self.device),
+                attention_mask=mask,
+                position_ids=next_pos[:, None],
+                use_cache=True,
+                **{self._cache_kw: cache},
+            )
             cache, logits, next_pos = self._cache(out), out.logits[:, -1, :], next_pos + 1
         return [
             [
@@ -245,7 +270,11 @@ class HFModel(Tokenized):
 
     @torch.inference_mode()
     def next_token_logprobs(
-        self, prompts: Sequence[list[int]], token_ids: Sequence[int], batch_size: int = 8, groups: Sequence[Any] | None = None
+        self,
+        prompts: Sequence[list[int]],
+        token_ids: Sequence[int],
+        batch_size: int = 8,
+        groups: Sequence[Any] | None = None,
     ) -> list[dict[int, float]]:
         """Log-probabilities of ``token_ids`` after each prompt.
 
@@ -262,8 +291,13 @@ class HFModel(Tokenized):
             if shared < MIN_SHARED_PREFIX or end - start < 2:
                 alone += range(start, end)
                 continue
-            prefix = self._cache(self.model(input_ids=torch.tensor([prompts[start][:shared]], device=self.device),
-                                            use_cache=True, logits_to_keep=1))
+            prefix = self._cache(
+                self.model(
+                    input_ids=torch.tensor([prompts[start][:shared]], device=self.device),
+                    use_cache=True,
+                    logits_to_keep=1,
+                )
+            )
             step = max(batch_size, 2)
             for chunk in range(start, end, step):
                 idx = list(range(chunk, min(end, chunk + step)))
@@ -283,8 +317,12 @@ class HFModel(Tokenized):
             mask = torch.cat([mask.new_ones((len(idx), shared)), mask], dim=1)
             positions = positions + shared
         logits = self.model(
-            input_ids=ids.to(self.device), attention_mask=mask.to(self.device), position_ids=positions.to(self.device),
-            use_cache=cache is not None, logits_to_keep=1, **{self._cache_kw: cache},
+            input_ids=ids.to(self.device),
+            attention_mask=mask.to(self.device),
+            position_ids=positions.to(self.device),
+            use_cache=cache is not None,
+            logits_to_keep=1,
+            **{self._cache_kw: cache},
         ).logits[:, -1, :]
         logprobs = torch.log_softmax(logits.float(), dim=-1).cpu()[:, wanted]
         for row, i in enumerate(idx):
@@ -345,11 +383,17 @@ class HFRewardModel:
         self.device = _device(cfg)
         dtype = _dtype(cfg, self.device)
         self.tokenizer, self.model = _load_pretrained(
-            AutoModelForSequenceClassification, ref.path, "reward model", cfg.model, dtype=dtype,
+            AutoModelForSequenceClassification,
+            ref.path,
+            "reward model",
+            cfg.model,
+            dtype=dtype,
             trust_remote_code=cfg.trust_remote_code,
         )
         if self.model.config.num_labels != 1:
-            raise ModelLoadError(f"reward model {cfg.model!r} has {self.model.config.num_labels} labels; a scalar reward model has one")
+            raise ModelLoadError(
+                f"reward model {cfg.model!r} has {self.model.config.num_labels} labels; a scalar reward model has one"
+            )
         self.model.to(self.device).eval()
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -392,11 +436,15 @@ class HFEmbedder:
         self.name = Path(path).name
 
     @torch.inference_mode()
-    def embed(self, texts: Sequence[str], batch_size: int = 32) -> "list[list[float]]":
+    def embed(self, texts: Sequence[str], batch_size: int = 32) -> list[list[float]]:
         vectors: list[list[float]] = []
         for start in range(0, len(texts), batch_size):
             enc = self.tokenizer(
-                list(texts[start : start + batch_size]), padding=True, truncation=True, max_length=256, return_tensors="pt"
+                list(texts[start : start + batch_size]),
+                padding=True,
+                truncation=True,
+                max_length=256,
+                return_tensors="pt",
             ).to(self.device)
             hidden = self.model(**enc).last_hidden_state
             mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)

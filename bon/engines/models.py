@@ -5,12 +5,12 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import socket
-from urllib.parse import urlparse
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
-from bon.core.errors import BonError
 from bon.core.config import ModelConfig
+from bon.core.errors import BonError
 
 EMBEDDED_PREFIX = "embedded:"
 
@@ -46,7 +46,7 @@ def cache_dir() -> Path:
     return Path(os.environ.get("BON_CACHE_DIR") or Path.home() / ".cache" / "bon")
 
 
-def converted_path(ref: "ModelRef") -> Path:
+def converted_path(ref: ModelRef) -> Path:
     """Where the safetensors copy of an embedded GGUF model is kept (made by `bon.engines.hf.convert_gguf`)."""
     gguf = Path(ref.path) / str(ref.gguf_file)
     return cache_dir() / f"{gguf.stem}-{gguf.stat().st_size}"
@@ -76,7 +76,7 @@ def resolve(cfg: ModelConfig) -> ModelRef:
     """Turn a config's `model` / `gguf_file` into a location."""
     model = cfg.model
     if model.startswith(EMBEDDED_PREFIX):
-        name = model[len(EMBEDDED_PREFIX):]
+        name = model[len(EMBEDDED_PREFIX) :]
         found = embedded_path(name)
         if found.suffix == ".gguf":
             return ModelRef(name=name, path=str(found.parent), gguf_file=found.name, convert_gguf=True)

@@ -11,20 +11,21 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, TypeVar
 
 from bon.core.config import ModelConfig
 from bon.engines.base import EngineError, Sample, SamplingSettings, derive_seed
 from bon.engines.models import ModelLoadError, first_line
-from bon.engines.tokens import TokenizerOnly, Tokenized
+from bon.engines.tokens import Tokenized, TokenizerOnly
 
 T = TypeVar("T")
 TOP_LOGPROBS = 20  # what vLLM serves by default (max_logprobs) and the Self-J repository's judge.py reads
-_LOADED: dict[tuple, "ServedModel"] = {}
+_LOADED: dict[tuple, ServedModel] = {}
 
 
-def load(cfg: ModelConfig) -> "ServedModel":
+def load(cfg: ModelConfig) -> ServedModel:
     """One client per process and server settings (a policy and a judge on one server share it)."""
     key = (cfg.model, cfg.gguf_file, cfg.server.model_dump_json())
     if key not in _LOADED:
@@ -52,7 +53,9 @@ def served_models(client, base_url: str) -> list[dict[str, Any]]:
     try:
         return [m.model_dump() for m in client.models.list().data]
     except Exception as e:  # openai raises its own hierarchy; any of them means "not usable"
-        raise ModelLoadError(f"{server_error(base_url, e)}; start it (e.g. `vllm serve MODEL`) or fix server.base_url") from None
+        raise ModelLoadError(
+            f"{server_error(base_url, e)}; start it (e.g. `vllm serve MODEL`) or fix server.base_url"
+        ) from None
 
 
 class ServedModel(Tokenized):
@@ -71,7 +74,9 @@ class ServedModel(Tokenized):
         local = TokenizerOnly(cfg)  # templates, digit ids and context limits need the served model's tokenizer
         self.tokenizer = local.tokenizer
         served_context = next((m.get("max_model_len") for m in models if m["id"] == self.served), None)
-        self.context = min(c for c in (served_context, local.context) if c) if (served_context or local.context) else None
+        self.context = (
+            min(c for c in (served_context, local.context) if c) if (served_context or local.context) else None
+        )
         self.name = self.served.rstrip("/").rsplit("/", 1)[-1]
         self._chats: dict[tuple[int, ...], list[dict[str, str]]] = {}
 
@@ -93,13 +98,16 @@ class ServedModel(Tokenized):
     # -- requests
     def _all(self, calls: Sequence[Callable[[], T]]) -> list[T]:
         """Run the calls with at most ``server.concurrency`` in flight, in order; a failure is one line."""
+
         def guarded(call: Callable[[], T]) -> T:
             try:
                 return call()
             except EngineError:
                 raise
             except Exception as e:
-                raise EngineError(f"{server_error(self.server.base_url, e)}; finished batches are kept, rerun to resume") from None
+                raise EngineError(
+                    f"{server_error(self.server.base_url, e)}; finished batches are kept, rerun to resume"
+                ) from None
 
         if len(calls) <= 1:
             return [guarded(c) for c in calls]
@@ -127,16 +135,28 @@ class ServedModel(Tokenized):
     ) -> list[list[Sample]]:
         params = {"temperature": settings.temperature, "top_p": settings.top_p, "max_tokens": settings.max_tokens}
         if self.server.n_per_request:  # one request per prompt, its seed makes it reproducible where honoured
-            calls = [lambda ids=ids, seed=seed: self._sample(self._complete(ids, n=n, seed=seed % 2**31, **params), ids, seed)
-                     for ids, seed in zip(prompts, seeds)]
+            calls = [
+                lambda ids=ids, seed=seed: self._sample(
+                    self._complete(ids, n=n, seed=seed % 2**31, **params), ids, seed
+                )
+                for ids, seed in zip(prompts, seeds)
+            ]
             groups = self._all(calls)
             short = [len(g) for g in groups if len(g) != n]
             if short:
-                raise EngineError(f"{self.server.base_url} returned {short[0]} samples where n={n} was asked; set server.n_per_request: false")
+                raise EngineError(
+                    f"{self.server.base_url} returned {short[0]} samples "
+                    f"where n={n} was asked; set server.n_per_request: false"
+                )
             return groups
         # N requests per prompt, each with its candidate's own seed
-        calls = [lambda ids=ids, s=derive_seed(seed, i): self._sample(self._complete(ids, n=1, seed=s % 2**31, **params), ids, s)[0]
-                 for ids, seed in zip(prompts, seeds) for i in range(n)]
+        calls = [
+            lambda ids=ids, s=derive_seed(seed, i): self._sample(
+                self._complete(ids, n=1, seed=s % 2**31, **params), ids, s
+            )[0]
+            for ids, seed in zip(prompts, seeds)
+            for i in range(n)
+        ]
         flat = self._all(calls)
         return [flat[k * n : (k + 1) * n] for k in range(len(prompts))]
 
@@ -157,7 +177,11 @@ class ServedModel(Tokenized):
         return {"extra_body": {"return_tokens_as_token_ids": True}} if self.server.token_ids else {}
 
     def next_token_logprobs(
-        self, prompts: Sequence[list[int]], token_ids: Sequence[int], batch_size: int = 8, groups: Sequence[Any] | None = None
+        self,
+        prompts: Sequence[list[int]],
+        token_ids: Sequence[int],
+        batch_size: int = 8,
+        groups: Sequence[Any] | None = None,
     ) -> list[dict[int, float]]:
         # One greedy token with the top-20 logprobs (the server caches shared prefixes itself); a wanted
         # token outside the top 20 is absent, as on the in-process vLLM engine.
@@ -165,7 +189,9 @@ class ServedModel(Tokenized):
 
         def one(ids: Sequence[int]) -> dict[int, float]:
             if self.server.endpoint == "chat":
-                r = self._complete(ids, max_tokens=1, temperature=0.0, logprobs=True, top_logprobs=TOP_LOGPROBS, **self._extra())
+                r = self._complete(
+                    ids, max_tokens=1, temperature=0.0, logprobs=True, top_logprobs=TOP_LOGPROBS, **self._extra()
+                )
                 content = r.choices[0].logprobs.content if r.choices[0].logprobs else []
                 top = {e.token: e.logprob for e in content[0].top_logprobs} if content else {}
             else:
@@ -189,7 +215,13 @@ class ServedModel(Tokenized):
 
         def one(p: Sequence[int], c: Sequence[int]) -> list[float]:
             r = self.client.completions.create(
-                model=self.served, prompt=list(p) + list(c), max_tokens=1, temperature=0.0, echo=True, logprobs=0, **self._extra()
+                model=self.served,
+                prompt=list(p) + list(c),
+                max_tokens=1,
+                temperature=0.0,
+                echo=True,
+                logprobs=0,
+                **self._extra(),
             )
             values = r.choices[0].logprobs.token_logprobs[len(p) : len(p) + len(c)]
             return [float(v) for v in values]
@@ -206,7 +238,10 @@ def check_server(cfg: ModelConfig, tries: int = 3) -> list[tuple[str, str]]:
     models = served_models(client, base)
     ids = [m["id"] for m in models]
     served = cfg.server.model or (ids[0] if ids else None)
-    rows = [("server", base), ("models", ", ".join(f"{m['id']} (context {m.get('max_model_len', '?')})" for m in models) or "none")]
+    rows = [
+        ("server", base),
+        ("models", ", ".join(f"{m['id']} (context {m.get('max_model_len', '?')})" for m in models) or "none"),
+    ]
     if served not in ids:
         return rows + [("problem", f"{served!r} is not served; choose one with --model")]
 
@@ -223,19 +258,52 @@ def check_server(cfg: ModelConfig, tries: int = 3) -> list[tuple[str, str]]:
         if probe("round trip", max_tokens=1, temperature=0.0) is None:
             return rows
         times.append(time.perf_counter() - t0)
-    rows.append(("round trip", f"{1000 * sorted(times)[len(times) // 2]:.0f} ms median of {tries} one-token completions"))
+    rows.append(
+        ("round trip", f"{1000 * sorted(times)[len(times) // 2]:.0f} ms median of {tries} one-token completions")
+    )
     r = probe("n", n=4, max_tokens=4, temperature=1.0)
     if r is not None:
-        rows.append(("n", f"yes ({len(r.choices)} choices for n=4)" if len(r.choices) == 4 else f"no ({len(r.choices)} choices for n=4): set server.n_per_request: false"))
+        rows.append(
+            (
+                "n",
+                f"yes ({len(r.choices)} choices for n=4)"
+                if len(r.choices) == 4
+                else f"no ({len(r.choices)} choices for n=4): set server.n_per_request: false",
+            )
+        )
     a, b = (probe("seed", n=1, max_tokens=12, temperature=1.0, seed=1234) for _ in range(2))
     if a is not None and b is not None:
         same = a.choices[0].text == b.choices[0].text
-        rows.append(("seed", "honoured (same seed, same text at temperature 1)" if same else "not honoured (same seed, different text): runs are not reproducible"))
-    r = probe("logprobs", max_tokens=1, temperature=0.0, logprobs=TOP_LOGPROBS, extra_body={"return_tokens_as_token_ids": True})
+        rows.append(
+            (
+                "seed",
+                "honoured (same seed, same text at temperature 1)"
+                if same
+                else "not honoured (same seed, different text): runs are not reproducible",
+            )
+        )
+    r = probe(
+        "logprobs",
+        max_tokens=1,
+        temperature=0.0,
+        logprobs=TOP_LOGPROBS,
+        extra_body={"return_tokens_as_token_ids": True},
+    )
     if r is not None:
-        top = r.choices[0].logprobs.top_logprobs[0] if r.choices[0].logprobs and r.choices[0].logprobs.top_logprobs else {}
+        top = (
+            r.choices[0].logprobs.top_logprobs[0]
+            if r.choices[0].logprobs and r.choices[0].logprobs.top_logprobs
+            else {}
+        )
         as_ids = bool(top) and all(str(t).startswith("token_id:") for t in top)
-        rows.append(("logprobs", f"yes, top {len(top)}" + (" as token ids" if as_ids else " as text (set server.token_ids: false)") if top else "no: the Self-J judge needs them"))
+        rows.append(
+            (
+                "logprobs",
+                f"yes, top {len(top)}" + (" as token ids" if as_ids else " as text (set server.token_ids: false)")
+                if top
+                else "no: the Self-J judge needs them",
+            )
+        )
     if r is not None and getattr(r, "system_fingerprint", None):
         rows.append(("system_fingerprint", r.system_fingerprint))
     return rows

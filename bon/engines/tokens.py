@@ -6,12 +6,13 @@ and the pipeline's preflight see exactly the token ids a run feeds its models.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-from bon.core.errors import BonError
 from bon.core.config import ModelConfig
+from bon.core.errors import BonError
 from bon.engines.models import ModelLoadError, ModelRef, converted_path, first_line, hub_reachable, resolve
 
 # config.json keys that hold a model's context length, in the order families use them
@@ -19,21 +20,27 @@ _CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length"
 
 
 class PromptFormatError(BonError, ValueError):
-    """A prompt cannot be put in a model's tokens (no chat template, no single-token digits); the message says what to set."""
+    """A prompt cannot be put in a model's tokens (no chat template, no single-token digits).
+
+    The message says what to set.
+    """
 
 
 class ContextLengthError(BonError, ValueError):
     """Prompts do not fit a model's context; the message lists them with their lengths."""
 
 
-def chat_ids(tokenizer: Any, messages: Sequence[dict[str, str]], fix: str = "use a model with one", model: str = "") -> list[int]:
+def chat_ids(
+    tokenizer: Any, messages: Sequence[dict[str, str]], fix: str = "use a model with one", model: str = ""
+) -> list[int]:
     """Token ids of a conversation in the tokenizer's chat template, ready for the assistant turn.
 
     ``fix`` says which option avoids the chat template, for the error a template-less tokenizer raises.
     """
     if not getattr(tokenizer, "chat_template", None):
         raise PromptFormatError(
-            f"the tokenizer of {model or getattr(tokenizer, 'name_or_path', '') or 'this model'} has no chat template; {fix}"
+            f"the tokenizer of {model or getattr(tokenizer, 'name_or_path', '') or 'this model'} "
+            f"has no chat template; {fix}"
         )
     text = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
     return tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -112,7 +119,8 @@ class Tokenized:
         over = [(f"#{i}", n) for i, n in enumerate(lengths) if n + generated > self.context]
         if over:
             raise ContextLengthError(
-                f"{self.name}: " + overflow_message("sequences are", over, self.context - generated, self.context, "on_overflow")
+                f"{self.name}: "
+                + overflow_message("sequences are", over, self.context - generated, self.context, "on_overflow")
             )
 
 
@@ -146,7 +154,9 @@ class TokenizerOnly(Tokenized):
         self.where, path, kwargs = where_from(ref)
         gguf = kwargs.get("gguf_file")
         try:
-            self.tokenizer, model_context = _read_files(path, gguf, cfg.trust_remote_code, bool(kwargs.get("local_files_only")))
+            self.tokenizer, model_context = _read_files(
+                path, gguf, cfg.trust_remote_code, bool(kwargs.get("local_files_only"))
+            )
         except (OSError, ValueError) as e:
             raise ModelLoadError(
                 f"model {cfg.model!r}: {self.where}; could not read its tokenizer ({first_line(e)})"

@@ -3,23 +3,31 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from bon.core.config import ModelConfig
 from bon.engines.base import EngineError, Sample, SamplingSettings
 from bon.engines.models import ModelLoadError, first_line, hub_reachable, resolve
 from bon.engines.tokens import Tokenized, config_context
 
-_LOADED: dict[tuple, "VLLMModel"] = {}
+_LOADED: dict[tuple, VLLMModel] = {}
 
 # vLLM returns at most this many top logprobs per position by default (max_logprobs).
 TOP_LOGPROBS = 20
 
 
-def load(cfg: ModelConfig) -> "VLLMModel":
+def load(cfg: ModelConfig) -> VLLMModel:
     """One engine per process and settings: a vLLM engine owns the GPU memory it reserves."""
-    key = (cfg.model, cfg.gguf_file, cfg.dtype, cfg.trust_remote_code, cfg.context_length, repr(sorted(cfg.engine_args.items())))
+    key = (
+        cfg.model,
+        cfg.gguf_file,
+        cfg.dtype,
+        cfg.trust_remote_code,
+        cfg.context_length,
+        repr(sorted(cfg.engine_args.items())),
+    )
     if key not in _LOADED:
         _LOADED[key] = VLLMModel(cfg)
     return _LOADED[key]
@@ -61,7 +69,9 @@ def _context_args(cfg: ModelConfig, path: str) -> dict[str, Any]:
         if context is None:
             context = config_context(AutoConfig.from_pretrained(path, trust_remote_code=cfg.trust_remote_code))
         args["enable_chunked_prefill"] = False
-        args["max_num_batched_tokens"] = max(2048, int(context or 0), int(cfg.engine_args.get("max_num_batched_tokens", 0)))
+        args["max_num_batched_tokens"] = max(
+            2048, int(context or 0), int(cfg.engine_args.get("max_num_batched_tokens", 0))
+        )
     return args
 
 
@@ -147,9 +157,14 @@ class VLLMModel(Tokenized):
         return results
 
     def next_token_logprobs(
-        self, prompts: Sequence[list[int]], token_ids: Sequence[int], batch_size: int = 8, groups: Sequence[Any] | None = None
+        self,
+        prompts: Sequence[list[int]],
+        token_ids: Sequence[int],
+        batch_size: int = 8,
+        groups: Sequence[Any] | None = None,
     ) -> list[dict[int, float]]:
-        # vLLM schedules its own batches and caches shared prefixes (batch_size, groups unused). One greedy token with its top-k logprobs; current vLLM has no best_of / beam search here.
+        # vLLM schedules its own batches and caches shared prefixes (batch_size, groups unused).
+        # One greedy token with its top-k logprobs; current vLLM has no best_of / beam search here.
         params = self._vllm.SamplingParams(n=1, temperature=0.0, max_tokens=1, logprobs=TOP_LOGPROBS)
         wanted = set(token_ids)
         results = []
@@ -165,7 +180,7 @@ class VLLMModel(Tokenized):
         params = self._vllm.SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
         seqs = [list(p) + list(c) for p, c in zip(prompts, continuations)]
         out = []
-        for p, c, seq, request in zip(prompts, continuations, seqs, self._generate(seqs, [params] * len(seqs))):
+        for p, c, request in zip(prompts, continuations, self._generate(seqs, [params] * len(seqs))):
             entries = request.prompt_logprobs[len(p) : len(p) + len(c)]
             out.append([float(e[t].logprob) for e, t in zip(entries, c)])
         return out

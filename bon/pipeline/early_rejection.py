@@ -10,14 +10,14 @@ its judgement is a failed one (`rejected_judgements`).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 from bon.core.config import EarlyRejectionConfig
-from bon.engines.base import SamplingSettings, derive_seed
-from bon.pipeline.policy import EnginePolicy, prompt_seed
 from bon.core.judging import Judge
 from bon.core.records import Candidate, Judgement, Key, Prompt, by_key
+from bon.engines.base import SamplingSettings, derive_seed
+from bon.pipeline.policy import EnginePolicy, prompt_seed
 
 REJECTED = "rejected"
 
@@ -57,7 +57,9 @@ class EarlyRejectionPolicy:
                 samples = [groups[k][i] for k, i in live]
             else:  # each survivor continues with a stream of its own: (prompt seed, index, round)
                 seeds = [derive_seed(prompt_seed(seed, prompts[k].id), i, round_) for k, i in live]
-                continuing = self.policy.engine.sample([fitted[k][0] + state[(k, i)].tokens for k, i in live], 1, seeds, chunk)
+                continuing = self.policy.engine.sample(
+                    [fitted[k][0] + state[(k, i)].tokens for k, i in live], 1, seeds, chunk
+                )
                 samples = [group[0] for group in continuing]
             for slot, sample in zip(live, samples):
                 partial = state[slot]
@@ -71,7 +73,14 @@ class EarlyRejectionPolicy:
             round_ += 1
         return self._candidates(prompts, fitted, state, list(state), seed)
 
-    def _cut(self, prompts: Sequence[Prompt], live: list[Slot], state: dict[Slot, Partial], round_: int, partial: list[Candidate]) -> list[Slot]:
+    def _cut(
+        self,
+        prompts: Sequence[Prompt],
+        live: list[Slot],
+        state: dict[Slot, Partial],
+        round_: int,
+        partial: list[Candidate],
+    ) -> list[Slot]:
         """Keep the best ``keep_fraction`` of each prompt's unfinished candidates; flag the others rejected."""
         scores = {c.key: j.score for c, j in zip(partial, self.judge.score(prompts, partial))}
 
@@ -95,7 +104,12 @@ class EarlyRejectionPolicy:
         return sorted(kept)
 
     def _candidates(
-        self, prompts: Sequence[Prompt], fitted: list[tuple[list[int], str | None]], state: dict[Slot, Partial], slots: list[Slot], seed: int
+        self,
+        prompts: Sequence[Prompt],
+        fitted: list[tuple[list[int], str | None]],
+        state: dict[Slot, Partial],
+        slots: list[Slot],
+        seed: int,
     ) -> list[Candidate]:
         tok = self.policy.engine.tokenizer
         return [
@@ -114,7 +128,9 @@ class EarlyRejectionPolicy:
         ]
 
 
-def rejected_judgements(candidates: Sequence[Candidate], judge_name: str) -> tuple[list[Candidate], dict[Key, Judgement]]:
+def rejected_judgements(
+    candidates: Sequence[Candidate], judge_name: str
+) -> tuple[list[Candidate], dict[Key, Judgement]]:
     """(the candidates a judge should score, failed judgements of the early-rejected ones keyed by candidate)."""
     scoreable = [c for c in candidates if c.finish_reason != REJECTED]
     failed = {
@@ -125,7 +141,9 @@ def rejected_judgements(candidates: Sequence[Candidate], judge_name: str) -> tup
     return scoreable, failed
 
 
-def in_order(candidates: Sequence[Candidate], verdicts: Sequence[Judgement], failed: dict[Key, Judgement]) -> list[Judgement]:
+def in_order(
+    candidates: Sequence[Candidate], verdicts: Sequence[Judgement], failed: dict[Key, Judgement]
+) -> list[Judgement]:
     """The judge's verdicts and the rejected candidates' failed judgements, in the candidates' order."""
     table = by_key(verdicts) | failed
     return [table[c.key] for c in candidates]

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from typing import Any, Callable, Protocol, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
-from bon.core.errors import BonError
 from bon.core.config import RunConfig
-from bon.pipeline.policy import Policy
+from bon.core.errors import BonError
+from bon.core.judging import Judge
 from bon.core.records import Candidate, Prompt
 from bon.core.registry import Registry
-from bon.core.judging import Judge
+from bon.pipeline.policy import Policy
 
 
 class ExecutorError(BonError, RuntimeError):
@@ -30,7 +31,7 @@ class Executor(Protocol):
     window: int  # batches whose sampling may be in flight (the one being collected included)
     judge_window: int  # batches whose judging may be in flight before the oldest is finished
 
-    def __enter__(self) -> "Executor": ...
+    def __enter__(self) -> Executor: ...
 
     def __exit__(self, *exc: object) -> None: ...
 
@@ -72,7 +73,7 @@ class LocalExecutor:
         self._make_policy = make_policy
         self.seconds: dict[str, float] = defaultdict(float)
 
-    def __enter__(self) -> "LocalExecutor":
+    def __enter__(self) -> LocalExecutor:
         return self
 
     def __exit__(self, *exc: object) -> None:

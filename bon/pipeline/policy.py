@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
 from bon.core.config import PolicyConfig
-from bon.engines import LanguageModel, SamplingSettings, derive_seed, load_engine
 from bon.core.formats import CHAT, render
 from bon.core.records import Candidate, Prompt
+from bon.engines import LanguageModel, SamplingSettings, derive_seed, load_engine
 from bon.engines.tokens import ContextLengthError, effective_context, overflow_message
 
 
@@ -54,7 +55,8 @@ class EnginePolicy:
             return None
         if self.cfg.max_tokens >= context:
             raise ContextLengthError(
-                f"policy.max_tokens {self.cfg.max_tokens} leaves no room for a prompt in {self.name}'s context of {context} tokens"
+                f"policy.max_tokens {self.cfg.max_tokens} leaves no room "
+                f"for a prompt in {self.name}'s context of {context} tokens"
             )
         return context - self.cfg.max_tokens
 
@@ -73,8 +75,13 @@ class EnginePolicy:
                 overflow_message("policy prompts are", over, room, self.context, "policy.on_overflow")
             )
         return [
-            (x[-room:], f"prompt left-truncated from {len(x)} to {room} tokens (context {self.context}, "
-             f"max_tokens {self.cfg.max_tokens})") if len(x) > room else (x, None)
+            (
+                x[-room:],
+                f"prompt left-truncated from {len(x)} to {room} tokens (context {self.context}, "
+                f"max_tokens {self.cfg.max_tokens})",
+            )
+            if len(x) > room
+            else (x, None)
             for x in ids
         ]
 

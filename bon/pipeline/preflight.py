@@ -6,14 +6,15 @@ does before its first batch; `check` is `bon check`, which reports instead of ra
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from bon.core.config import RunConfig
-from bon.pipeline.policy import EnginePolicy
 from bon.core.judging import Judge, PromptBuilder
 from bon.core.records import Prompt
 from bon.engines.tokens import ContextLengthError, TokenizerOnly, effective_context, overflow_message
+from bon.pipeline.policy import EnginePolicy
 
 
 @dataclass(frozen=True)
@@ -23,7 +24,9 @@ class Fit:
     role: str  # policy | judge
     option: str  # the config key that decides what overflow becomes
     mode: str  # error | truncate | skip
-    limit: int | None  # tokens that fit (policy: prompt tokens; judge: prompt + answer + generated); None = no limit known
+    limit: (
+        int | None
+    )  # tokens that fit (policy: prompt tokens; judge: prompt + answer + generated); None = no limit known
     context: int | None
     lengths: list[tuple[str, int]]  # (prompt id, tokens)
     what: str  # how the lengths were counted, for messages
@@ -42,8 +45,13 @@ class Fit:
 def policy_fit(config: RunConfig, prompts: Sequence[Prompt], tokens: TokenizerOnly) -> Fit:
     policy = EnginePolicy(config.policy, engine=tokens)
     return Fit(
-        "policy", "policy.on_overflow", config.policy.on_overflow, policy.room(), policy.context,
-        [(p.id, len(policy.prompt_ids(p))) for p in prompts], "",
+        "policy",
+        "policy.on_overflow",
+        config.policy.on_overflow,
+        policy.room(),
+        policy.context,
+        [(p.id, len(policy.prompt_ids(p))) for p in prompts],
+        "",
     )
 
 
@@ -53,8 +61,13 @@ def judge_fit(config: RunConfig, twin: Any, prompts: Sequence[Prompt]) -> Fit:
     answer = config.policy.max_tokens
     usable = [p for p in prompts if twin.judges(p)]
     return Fit(
-        "judge", "judge.options.on_overflow", twin.options.on_overflow, twin.context, twin.context,
-        [(p.id, twin.bound(p, answer)) for p in usable], f" (with a {answer}-token answer, {twin.generates} generated)",
+        "judge",
+        "judge.options.on_overflow",
+        twin.options.on_overflow,
+        twin.context,
+        twin.context,
+        [(p.id, twin.bound(p, answer)) for p in usable],
+        f" (with a {answer}-token answer, {twin.generates} generated)",
     )
 
 
@@ -74,7 +87,9 @@ class LengthPlan:
 
 
 def _outcome(fit: Fit) -> str:
-    return f"{len(fit.over)} {fit.role} prompts do not fit its context of {fit.context}: {'truncated' if fit.mode == 'truncate' else 'skipped'} ({fit.option}: {fit.mode})"
+    became = "truncated" if fit.mode == "truncate" else "skipped"
+    n = len(fit.over)
+    return f"{n} {fit.role} prompts do not fit its context of {fit.context}: {became} ({fit.option}: {fit.mode})"
 
 
 def lengths(config: RunConfig, prompts: Sequence[Prompt], judge: Judge, check_policy: bool = True) -> LengthPlan:
@@ -87,7 +102,8 @@ def lengths(config: RunConfig, prompts: Sequence[Prompt], judge: Judge, check_po
         if fit.mode == "skip":
             for pid, n in fit.over:
                 plan.skipped[pid] = (
-                    f"skipped: prompt of {n} tokens + max_tokens {config.policy.max_tokens} exceeds the policy's context of {fit.context}"
+                    f"skipped: prompt of {n} tokens + max_tokens {config.policy.max_tokens} "
+                    f"exceeds the policy's context of {fit.context}"
                 )
     twin = offline_twin(judge)
     if twin is not None:
@@ -123,7 +139,12 @@ def _load_tokens(role: str, cfg: Any, report: CheckReport) -> TokenizerOnly | No
         report.rows.append((f"{role} weights", f"MISSING: {e}"))
         report.missing.append(f"{role} weights {cfg.model!r}")
         return None
-    report.rows.append((f"{role} weights", tokens.where + (" (vocab only: a tokenizer stand-in, no weights)" if tokens.vocab_only else "")))
+    report.rows.append(
+        (
+            f"{role} weights",
+            tokens.where + (" (vocab only: a tokenizer stand-in, no weights)" if tokens.vocab_only else ""),
+        )
+    )
     context = effective_context(cfg, tokens.context)
     report.rows.append((f"{role} context", f"{context} tokens" if context else "unknown (no limit checked)"))
     return tokens
@@ -134,7 +155,9 @@ def _report_fit(report: CheckReport, fit: Fit, extra: int = 0) -> None:
     if longest is not None:
         total = f" = {longest[1] + extra}" if extra else ""
         budget = f" + max_tokens {extra}" if extra else fit.what
-        report.rows.append((f"longest {fit.role} prompt", f"{longest[0]}: {longest[1]} tokens{budget}{total} of {fit.context or '?'}"))
+        report.rows.append(
+            (f"longest {fit.role} prompt", f"{longest[0]}: {longest[1]} tokens{budget}{total} of {fit.context or '?'}")
+        )
     if fit.over and fit.mode == "error":
         report.problems.append(f"{fit.role}: {fit.message()}")
     elif fit.over:
@@ -182,7 +205,12 @@ def check(config: RunConfig, judge: Judge) -> CheckReport:
     if prompts:
         seqs = len(prompts) * config.n
         report.rows.append(("sequences", f"{len(prompts)} prompts x n={config.n} = {seqs}"))
-        report.rows.append(("generated tokens", f"at most {seqs * config.policy.max_tokens:,} ({seqs} x max_tokens {config.policy.max_tokens})"))
+        report.rows.append(
+            (
+                "generated tokens",
+                f"at most {seqs * config.policy.max_tokens:,} ({seqs} x max_tokens {config.policy.max_tokens})",
+            )
+        )
     report.rows.append(("run directory", rundir.state(config)))
     if report.rows[-1][1].startswith("incompatible"):
         report.problems.append(f"run directory: {report.rows[-1][1]}")

@@ -12,18 +12,18 @@ import os
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import ray
 from ray.exceptions import ActorUnavailableError, GetTimeoutError, OutOfMemoryError, RayActorError
 
 from bon.core.config import RayConfig, RunConfig
+from bon.core.judging import Judge
+from bon.core.records import Candidate, Prompt
 from bon.pipeline.executors import ExecutorError
 from bon.pipeline.policy import Policy
-from bon.core.records import Candidate, Prompt
-from bon.core.judging import Judge
-
 
 # ---------------------------------------------------------------- actors (run in worker processes)
 
@@ -162,7 +162,9 @@ def death_reason(role: str, replica: int, error: BaseException) -> str:
 class _Pool:
     """Replicas of one actor class; calls go to the least loaded live replica."""
 
-    def __init__(self, role: str, actors: list[Any], pids: list[int], startup_timeout: float, note: Callable[[str], None]):
+    def __init__(
+        self, role: str, actors: list[Any], pids: list[int], startup_timeout: float, note: Callable[[str], None]
+    ):
         self.role, self.actors, self.pids, self.note = role, actors, list(pids), note
         self.startup_timeout = startup_timeout
         self.inflight = [0] * len(actors)
@@ -173,7 +175,7 @@ class _Pool:
     def alive(self) -> list[int]:
         return [i for i in range(len(self.actors)) if i not in self.dead]
 
-    def submit(self, method: str, *args: Any) -> "RayPending":
+    def submit(self, method: str, *args: Any) -> RayPending:
         return RayPending(self, method, args)
 
     def _wait_ready(self, replica: int) -> int | None:
@@ -198,7 +200,9 @@ class _Pool:
         if pid is None:
             self.dead.add(replica)
             if not self.alive():
-                raise ExecutorError(f"{reason}; no {self.role} actor is left (each restarts ray.max_restarts times)") from None
+                raise ExecutorError(
+                    f"{reason}; no {self.role} actor is left (each restarts ray.max_restarts times)"
+                ) from None
             self.note(f"{reason}; it is not coming back, its work moves to the other replicas")
             return
         if pid != self.pids[replica]:
@@ -251,7 +255,7 @@ class RayExecutor:
         self._depth = 0
 
     # -- lifecycle
-    def __enter__(self) -> "RayExecutor":
+    def __enter__(self) -> RayExecutor:
         self._depth += 1  # re-entrant: a caller may start it first to reach the actors
         if self._depth == 1:
             self._connect()
@@ -320,8 +324,10 @@ class RayExecutor:
                         cfg["engine_args"] = {"distributed_executor_backend": "ray", **cfg["engine_args"]}
                     actor = ray.remote(PolicyWorker).options(**options).remote(cfg, p.num_cpus)
                 else:
-                    actor = ray.remote(JudgeWorker).options(**options).remote(
-                        self.config.judge.name, self.config.judge.options, p.num_cpus
+                    actor = (
+                        ray.remote(JudgeWorker)
+                        .options(**options)
+                        .remote(self.config.judge.name, self.config.judge.options, p.num_cpus)
                     )
                 pools[p.role].append(actor)
                 self._actors.append(actor)
@@ -369,7 +375,9 @@ def _root_cause(error: BaseException) -> str:
     return (errors[-1] if errors else lines[-1] if lines else type(error).__name__)[:300]
 
 
-def ray_executor(config: RunConfig, judge: Judge, policy: Policy | None, note: Callable[[str], None] = lambda m: None) -> RayExecutor:
+def ray_executor(
+    config: RunConfig, judge: Judge, policy: Policy | None, note: Callable[[str], None] = lambda m: None
+) -> RayExecutor:
     """Factory for `bon.pipeline.executors.make_executor`; the actors build their own policy and judge."""
     if policy is not None:
         raise ExecutorError("engine: ray builds its policy inside actors; an in-process policy cannot be used")

@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from bon.core.config import RunConfig, SelectionConfig, validate_options
-from bon.core.io import write_json_atomic, write_records_atomic
+from bon.core.io import write_records_atomic
+from bon.core.judging import JUDGES, build_judge, policy_defaults, same_judge
+from bon.core.prompts import load_prompts
+from bon.core.records import Candidate, Judgement, Key, Prompt, Selection, by_key, by_prompt
+from bon.core.rundir import FILES, RunDir, RunDirError, open_run
 from bon.pipeline.executors import LocalExecutor
 from bon.pipeline.runner import Progress, Silent, alpaca_eval_outputs
 from bon.pipeline.scoring import score_missing
-from bon.core.prompts import load_prompts
-from bon.core.records import Candidate, Judgement, Key, Prompt, Selection, by_key, by_prompt
-from bon.core.rundir import FILES, MANIFEST, RunDir, RunDirError, open_run
 from bon.pipeline.selection import check_judged, secondary_judge, select_prompt
-from bon.core.judging import JUDGES, build_judge, policy_defaults, same_judge
 
 
 def run_candidates(rd: RunDir, config: RunConfig):
@@ -28,7 +29,8 @@ def run_candidates(rd: RunDir, config: RunConfig):
     incomplete = [p.id for p in prompts if len(cands[p.id]) < config.n]
     if incomplete:
         raise RunDirError(
-            f"{rd.path}: {len(incomplete)} prompts lack candidates (e.g. {incomplete[0]!r}); finish the run with `bon run` first"
+            f"{rd.path}: {len(incomplete)} prompts lack candidates (e.g. "
+            f"{incomplete[0]!r}); finish the run with `bon run` first"
         )
     return prompts, cands, skipped
 
@@ -73,7 +75,10 @@ def judge_run(
             "judges",
             {label: {"name": name, "options": options, "description": judge.describe()}},
             same_judge,
-            lambda key, before, _: f"judgements named {key!r} were made by {before['name']} with options {before['options']}; pass another --label",
+            lambda key, before, _: (
+                f"judgements named {key!r} were made by {before['name']} "
+                f"with options {before['options']}; pass another --label"
+            ),
             stored={config.judge.name: {"name": config.judge.name, "options": config.judge.options}},
         )
         rd.write_manifest(manifest)
@@ -88,7 +93,9 @@ def judge_run(
             progress.advance("judgements", len(fresh))
 
         batches = [prompts[i : i + config.batch_size] for i in range(0, len(prompts), config.batch_size)]
-        made = score_missing(LocalExecutor(judge), batches, lambda p: [cands[p.id][i] for i in range(n)], judged, label, write)
+        made = score_missing(
+            LocalExecutor(judge), batches, lambda p: [cands[p.id][i] for i in range(n)], judged, label, write
+        )
     if not allow_unjudged:
         check_judged(label, {p.id: [judged[(p.id, i)] for i in range(n)] for p in prompts})
     return made
@@ -118,7 +125,11 @@ def select_run(
         kept = [s for s in rd.read(Selection) if s.judge != label]
         write_records_atomic(rd.path / FILES[Selection], kept + selections)
         updated = config.model_copy(
-            update={"selection": config.selection.model_copy(update={"decline_below": decline_below, "tie_break": tie_break})}
+            update={
+                "selection": config.selection.model_copy(
+                    update={"decline_below": decline_below, "tie_break": tie_break}
+                )
+            }
         )
         generator = f"{config.generator_name().rsplit('-', 1)[0]}-{label}" if not config.name else config.name
         outputs = alpaca_eval_outputs(updated, prompts, cands, selections, generator)

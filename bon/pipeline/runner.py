@@ -9,9 +9,10 @@ decides what is in flight; the executor decides where it runs.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Protocol
 
 from bon.core.config import RunConfig
 from bon.core.io import lock_dir
@@ -115,7 +116,15 @@ class Scheduler:
     judging; each record file is appended in batch order whatever the executor, so the local and
     the Ray engine write the same files."""
 
-    def __init__(self, state: RunState, executor: Executor, batches: list[Sequence[Prompt]], config: RunConfig, progress: Progress, result: RunResult):
+    def __init__(
+        self,
+        state: RunState,
+        executor: Executor,
+        batches: list[Sequence[Prompt]],
+        config: RunConfig,
+        progress: Progress,
+        result: RunResult,
+    ):
         self.state, self.executor, self.batches = state, executor, batches
         self.config, self.progress, self.result = config, progress, result
         self.sampling: dict[int, Pending | None] = {}
@@ -127,7 +136,11 @@ class Scheduler:
                 if ahead not in self.sampling:
                     self._submit_sample(ahead)
             self._collect_sample(k)
-            self.scorer.submit(k, self.batches[k], [self.state.candidates[p.id][i] for p in self.batches[k] for i in range(self.state.n)])
+            self.scorer.submit(
+                k,
+                self.batches[k],
+                [self.state.candidates[p.id][i] for p in self.batches[k] for i in range(self.state.n)],
+            )
             self.scorer.collect(keep=self.executor.judge_window)  # batch k is queued before we wait on older ones
             self.progress.status(self.executor.status())
         self.scorer.collect()
@@ -187,7 +200,11 @@ def run(
         state = RunState.read(rd, config, judge.name)
         result = RunResult(rd, prompts, [], description)
         state.add_selections(
-            [Selection(p.id, None, True, None, judge.name, why, skipped=True) for p in prompts if (why := plan.skipped.get(p.id)) and p.id not in state.selected]
+            [
+                Selection(p.id, None, True, None, judge.name, why, skipped=True)
+                for p in prompts
+                if (why := plan.skipped.get(p.id)) and p.id not in state.selected
+            ]
         )
         work = [p for p in prompts if p.id not in plan.skipped]
         total = len(work) * config.n
@@ -202,7 +219,9 @@ def run(
         result.seconds["wall"] = time.perf_counter() - t0
 
         result.selections = [state.selected[p.id] for p in prompts]
-        result.outputs_path = rd.write_outputs(alpaca_eval_outputs(config, prompts, state.candidates, result.selections))
+        result.outputs_path = rd.write_outputs(
+            alpaca_eval_outputs(config, prompts, state.candidates, result.selections)
+        )
     if not config.allow_unjudged:
         check_judged(judge.name, {p.id: state.judgements(p) for p in work})
     return result
@@ -220,7 +239,9 @@ def alpaca_eval_outputs(
     return [
         {
             "instruction": p.instruction,
-            "output": config.selection.decline_message if s.declined or s.chosen_index is None else cands[p.id][s.chosen_index].text,
+            "output": config.selection.decline_message
+            if s.declined or s.chosen_index is None
+            else cands[p.id][s.chosen_index].text,
             "generator": generator,
             "dataset": p.dataset,
         }

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections import deque
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from bon.core.records import Candidate, Judgement, Key, Prompt
 from bon.pipeline.early_rejection import in_order, rejected_judgements
 from bon.pipeline.executors import Done, Executor, Pending
+
 
 class InFlight:
     """Submitted batches (numbered), finished strictly in submission order, with a bounded number outstanding."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from bon.core.errors import BonError
 from bon.core.records import Judgement, Selection
@@ -84,7 +84,12 @@ def select(
     best = min(scored, key=lambda j: (-j.score, -tiebreak.get(j.candidate_index, -math.inf), j.candidate_index))
     if decline_below is not None and best.score < decline_below:
         return Selection(
-            prompt_id, None, True, best.score, judge, reason=f"best score {best.score:.4g} < decline_below {decline_below:g}"
+            prompt_id,
+            None,
+            True,
+            best.score,
+            judge,
+            reason=f"best score {best.score:.4g} < decline_below {decline_below:g}",
         )
     return Selection(prompt_id, best.candidate_index, False, best.score, judge)
 
