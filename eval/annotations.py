@@ -36,7 +36,7 @@ def _preference(value: object, path: Path, row: int) -> float | None:
     if isinstance(value, bool):
         raise DataFileError(path, None, f"row {row}: field 'preference': expected a number, found {value!r}")
     try:
-        p = float(value)  # released v1 files hold strings and numbers
+        p = float(value)  # type: ignore[arg-type]  # released v1 files hold strings and numbers
     except (TypeError, ValueError):
         raise DataFileError(path, None, f"row {row}: field 'preference': expected a number, found {value!r}") from None
     if math.isnan(p):

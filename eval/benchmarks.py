@@ -172,12 +172,13 @@ def load_leaderboard(folder: Path | str, name: str = "leaderboard") -> Benchmark
             if column == "model":
                 continue
             try:
-                values[column] = float(raw) if raw not in (None, "") else None
+                value = float(raw) if raw not in (None, "") else None
             except ValueError:
                 raise DataFileError(
                     table, lineno, f"field {column!r}: expected a number or empty, found {raw!r}"
                 ) from None
-            if values[column] is not None and not math.isfinite(values[column]):
+            values[column] = value
+            if value is not None and not math.isfinite(value):
                 raise DataFileError(table, lineno, f"field {column!r}: expected a finite number, found {raw!r}")
         board[row["model"]] = values
     prompts: dict[str, Prompt] = {}
@@ -186,12 +187,12 @@ def load_leaderboard(folder: Path | str, name: str = "leaderboard") -> Benchmark
         path = folder / "outputs" / f"{model}.json"
         if not path.exists():
             raise DataFileError(path, None, f"no outputs for model {model!r} of {table.name}")
-        for lineno, row in read_json_rows(path):
-            q = _field(path, lineno, row, "instruction", str)
+        for line, row in read_json_rows(path):
+            q = _field(path, line, row, "instruction", str)
             pid = prompt_id(q)
             prompts.setdefault(pid, Prompt(pid, q, str(row.get("dataset", ""))))
             group = candidates.setdefault(pid, [])
-            group.append(_candidate(pid, len(group), _field(path, lineno, row, "output", str), model))
+            group.append(_candidate(pid, len(group), _field(path, line, row, "output", str), model))
     if not prompts:
         raise DataFileError(folder, None, "holds no outputs")
     return Benchmark(name, "leaderboard", str(folder), list(prompts.values()), candidates, board=board)

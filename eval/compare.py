@@ -13,6 +13,7 @@ import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -319,7 +320,7 @@ def run_compare(cfg: CompareConfig, progress=None, note: Callable[[str], None] =
             described[label] = judge.describe()
             t0 = time.perf_counter()
             with contextlib.ExitStack() as stack:
-                executor = _OnDemand(lambda e=entry, j=judge: judge_executor(cfg, e, j, note), stack)
+                executor = _OnDemand(partial(judge_executor, cfg, entry, judge, note), stack)
                 for name, bench in benches.items():
                     if entry.benchmarks is not None and name not in entry.benchmarks:
                         continue
@@ -353,7 +354,7 @@ def run_compare(cfg: CompareConfig, progress=None, note: Callable[[str], None] =
                     judge_agreement(bench, scores),
                     skipped[name],
                     bench.board,
-                    [bench.pool.note()] if bench.pool is not None and bench.pool.note() else [],
+                    [note for note in [bench.pool.note() if bench.pool is not None else None] if note],
                 )
             )
         return CompareResult(out, reports, described, seconds, time.perf_counter() - start)

@@ -74,9 +74,10 @@ def _pairwise_section(b: BenchmarkReport) -> list[str]:
         ],
         rows,
     )
-    groups = list(dict.fromkeys(g for r in b.results for g in r.groups))  # Auto-J's order
+    results = [r for r in b.results if isinstance(r, PairwiseResult)]
+    groups = list(dict.fromkeys(g for r in results for g in r.groups))  # Auto-J's order
     lines += ["", "Agreement (%) per scenario group:", ""]
-    lines += _table(["judge"] + groups, [[r.judge] + [_num(r.groups.get(g), 1) for g in groups] for r in b.results])
+    lines += _table(["judge"] + groups, [[r.judge] + [_num(r.groups.get(g), 1) for g in groups] for r in results])
     return lines
 
 
@@ -248,13 +249,11 @@ def _plots(b: BenchmarkReport, out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     written = []
-    curves = [
-        r for r in b.results if getattr(r, "curve", None) is not None and r.curve.coverage
-    ]  # leaderboard rows have none
-    if curves:
+    curves = [(r.judge, c) for r in b.results if (c := getattr(r, "curve", None)) is not None and c.coverage]
+    if curves:  # leaderboard rows have none
         fig, ax = plt.subplots(figsize=(5.5, 4))
-        for r in curves:
-            ax.plot(r.curve.coverage, r.curve.risk, label=f"{r.judge} (AURC {r.curve.aurc:.3f})")
+        for judge, curve in curves:
+            ax.plot(curve.coverage, curve.risk, label=f"{judge} (AURC {curve.aurc:.3f})")
         ax.set_xlabel("coverage (share of items kept)")
         ax.set_ylabel("risk (1 − quality of kept items)")
         ax.set_title(f"{b.name}: risk–coverage", fontsize=10)

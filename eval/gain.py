@@ -110,9 +110,9 @@ def gain_report(
         rows_k = [verdict[(p.instruction, cands[p.id][chosen[p.id]].text)] for p in prompts if chosen[p.id] is not None]
         usable = [a for a in rows_k if a.preference is not None]
         rate = float(winrate(usable)["win_rate"]) if usable else None
-        low, high = bootstrap([a.win() for a in usable], rounds, seed)
-        k = int(name[2:]) if name.startswith("k=") else None
-        points.append(GainPoint(name, k, rate, low, high, len(rows_k), sum(c is None for c in chosen.values())))
+        low, high = bootstrap([a.win() or 0.0 for a in usable], rounds, seed)  # usable: rated, so win() is set
+        size = int(name[2:]) if name.startswith("k=") else None
+        points.append(GainPoint(name, size, rate, low, high, len(rows_k), sum(c is None for c in chosen.values())))
 
     out = rd.path / "gain"
     out.mkdir(exist_ok=True)

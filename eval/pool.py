@@ -122,8 +122,8 @@ def _rate(rows: Sequence[Annotation]) -> float:
 def reference_points(pool: Pool) -> tuple[dict[str, float], str]:
     per_model = {m: _rate([pool.table[q][i] for q in pool.instructions]) for i, m in enumerate(pool.models)}
     longest = [max(pool.table[q], key=lambda a: len(a.output_2)) for q in pool.instructions]  # first on ties
-    oracle = [max(pool.table[q], key=lambda a: a.win()) for q in pool.instructions]
-    best = max(per_model, key=per_model.get)
+    oracle = [max(pool.table[q], key=lambda a: a.win() or 0.0) for q in pool.instructions]  # unrated: no win
+    best = max(per_model, key=lambda m: per_model[m])
     points = {
         "random": sum(per_model.values()) / len(per_model),
         "longest": _rate(longest),
@@ -163,10 +163,11 @@ def picks_report(pool: Pool, name: str, judgements: Sequence[Judgement]) -> Pool
         by_prompt.setdefault(j.prompt_id, []).append(j)
     # no threshold: an all-failed prompt keeps candidate 0
     selections = [select(prompt_id(q), by_prompt[prompt_id(q)]) for q in pool.instructions]
+    chosen_index = [s.chosen_index if s.chosen_index is not None else 0 for s in selections]  # never declined here
     picks = {m: 0 for m in pool.models}
-    for s in selections:
-        picks[pool.models[s.chosen_index]] += 1
-    chosen = [pool.table[q][s.chosen_index] for q, s in zip(pool.instructions, selections)]
+    for i in chosen_index:
+        picks[pool.models[i]] += 1
+    chosen = [pool.table[q][i] for q, i in zip(pool.instructions, chosen_index)]
     failed = sum(s.score is None for s in selections)
     points, best = reference_points(pool)
     return PoolReport(name, len(pool.instructions), _rate(chosen), points, best, picks, failed, selections)

@@ -272,8 +272,9 @@ def precomputed(pairs: Sequence[tuple[dict, dict]], path: Path) -> list[Annotati
     from eval.annotations import read_annotations
 
     table = {(a.instruction, a.output_2): a for a in read_annotations(path)}
-    found = [table.get((m["instruction"], m["output"])) for _, m in pairs]
-    missing = sum(a is None for a in found)
+    looked_up = [table.get((m["instruction"], m["output"])) for _, m in pairs]
+    found = [a for a in looked_up if a is not None]
+    missing = len(looked_up) - len(found)
     if missing:
         raise DataFileError(
             path, None, f"holds no annotation for {missing} of {len(pairs)} (instruction, output) pairs of this run"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -40,7 +40,9 @@ def scores_of(judgements: Sequence[Judgement]) -> Scores:
 
 def candidate_scores(records: Sequence[Judgement] | Sequence[Comparison]) -> Scores:
     """A judge's stored records as one score per candidate (a pairwise judge's verdicts as points)."""
-    return comparison_scores(records) if is_comparisons(records) else scores_of(records)
+    if is_comparisons(records):
+        return comparison_scores(cast(Sequence[Comparison], records))
+    return scores_of(cast(Sequence[Judgement], records))
 
 
 def is_comparisons(records: Sequence[Any]) -> bool:
@@ -59,8 +61,8 @@ def comparison_scores(comparisons: Sequence[Comparison]) -> Scores:
             out[(pid, 0)] = out[(pid, 1)] = None
             continue
         winner = forward if forward == swapped else TIE
-        out[(pid, 0)] = {FIRST: 1.0, SECOND: 0.0, TIE: 0.5}[winner]
-        out[(pid, 1)] = 1.0 - out[(pid, 0)]
+        first = {FIRST: 1.0, SECOND: 0.0, TIE: 0.5}[winner]
+        out[(pid, 0)], out[(pid, 1)] = first, 1.0 - first
     return out
 
 
@@ -80,7 +82,7 @@ def _round(x: Any) -> Any:
 
 class _Result:
     def as_json(self) -> dict[str, Any]:
-        return {k: _round(v) for k, v in asdict(self).items() if k != "curve"}
+        return {k: _round(v) for k, v in asdict(cast(Any, self)).items() if k != "curve"}  # subclasses are dataclasses
 
 
 @dataclass(frozen=True)
@@ -239,14 +241,19 @@ def evaluate_pool(
     pool = bench.pool.restrict([p.instruction for p in subset])
     report = picks_report(pool, label, judgements)
     table = scores_of(judgements)
-    groups, confidence, pick_wins, pick_lengths, longest = [], [], [], [], 0
+    groups: list[tuple[list[float | None], list[float]]] = []
+    confidence: list[float | None] = []
+    pick_wins: list[float] = []
+    pick_lengths: list[int] = []
+    longest = 0
     for p, s in zip(subset, report.selections):
         annotations = pool.table[p.instruction]
-        groups.append(([table.get((p.id, i)) for i in range(len(annotations))], [a.win() for a in annotations]))
+        pick = annotations[s.chosen_index or 0]  # no threshold: never declined
+        groups.append(([table.get((p.id, i)) for i in range(len(annotations))], [a.win() or 0.0 for a in annotations]))
         confidence.append(s.score)
-        pick_wins.append(annotations[s.chosen_index].win())
-        pick_lengths.append(len(annotations[s.chosen_index].output_2))
-        longest += len(annotations[s.chosen_index].output_2) == max(len(a.output_2) for a in annotations)
+        pick_wins.append(pick.win() or 0.0)
+        pick_lengths.append(len(pick.output_2))
+        longest += len(pick.output_2) == max(len(a.output_2) for a in annotations)
     scores = [x for g in groups for x in g[0]]
     lengths = [len(a.output_2) for p in subset for a in pool.table[p.instruction]]
     curve = risk_coverage(confidence, pick_wins)
@@ -381,15 +388,15 @@ class AgreementMatrix:
 
 def judge_agreement(bench: Benchmark, scores: dict[str, Scores]) -> AgreementMatrix:
     """Rank agreement of every two judges over the candidates both scored, prompt by prompt."""
-    per_prompt: dict[str, dict[str, list[float | None]]] = {}
+    per_prompt: dict[str, dict[str, Sequence[float | None]]] = {}
     for label, table in scores.items():
-        grouped: dict[str, list[float | None]] = {}
+        grouped: dict[str, Sequence[float | None]] = {}
         for p in bench.prompts:
             if (p.id, 0) in table:
                 grouped[p.id] = [table.get((p.id, c.index)) for c in bench.candidates[p.id]]
         per_prompt[label] = grouped
     labels = list(scores)
-    tau = [[None] * len(labels) for _ in labels]
+    tau: list[list[float | None]] = [[None] * len(labels) for _ in labels]
     counts = [[0] * len(labels) for _ in labels]
     for i, a in enumerate(labels):
         for j, b in enumerate(labels):

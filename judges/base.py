@@ -31,10 +31,12 @@ class UsesEngine:
     """For model judges: ``self.engine`` is the engine of ``self.options`` (a ModelConfig), loaded on
     first use and shared with every policy or judge on the same weights in this process."""
 
-    _engine = None
+    options: Any  # the judge's Options (a ModelConfig)
+    name: str
+    _engine: Any = None
 
     @property
-    def engine(self):
+    def engine(self) -> Any:
         if self._engine is None:
             from bon.engines import load_engine
 
@@ -67,12 +69,13 @@ class PromptJudge(UsesEngine):
     def fit(self, pairs: Sequence[tuple[Prompt, Candidate]]) -> list[tuple[list[int] | None, str | None]]:
         """(prompt ids, flag) per (prompt, candidate); ids None when skipped."""
         room = self.room()
-        out = [(self.prompt_ids(p, c.text), None) for p, c in pairs]
+        ids = [self.prompt_ids(p, c.text) for p, c in pairs]
+        out: list[tuple[list[int] | None, str | None]] = [(i, None) for i in ids]
         if room is None:
             return out
-        over = [i for i, (ids, _) in enumerate(out) if len(ids) > room]
+        over = [i for i, row in enumerate(ids) if len(row) > room]
         if over and self.options.on_overflow == "error":
-            rows = [(f"{pairs[i][1].prompt_id}#{pairs[i][1].index}", len(out[i][0])) for i in over]
+            rows = [(f"{pairs[i][1].prompt_id}#{pairs[i][1].index}", len(ids[i])) for i in over]
             raise ContextLengthError(
                 overflow_message(f"{self.name} judge prompts are", rows, room, self.context, "the judge's on_overflow")
             )
@@ -81,10 +84,10 @@ class PromptJudge(UsesEngine):
             if self.options.on_overflow == "skip":
                 out[i] = (
                     None,
-                    f"judge prompt of {len(out[i][0])} tokens does not fit {room} (context {self.context}): skipped",
+                    f"judge prompt of {len(ids[i])} tokens does not fit {room} (context {self.context}): skipped",
                 )
             else:
-                out[i] = self._truncated(prompt, cand, len(out[i][0]) - room, room)
+                out[i] = self._truncated(prompt, cand, len(ids[i]) - room, room)
         return out
 
     def _truncated(self, prompt: Prompt, cand: Candidate, excess: int, room: int) -> tuple[list[int], str]:

@@ -65,14 +65,13 @@ class EnsembleJudge:
         flags: list[str | None] = [None] * len(candidates)
         for member, scores in zip(self.options.members, member_scores):
             for idx in groups.values():
-                ok = [i for i in idx if scores[i] is not None]
-                normed = (
-                    zscores([scores[i] for i in ok]) if self.options.normalize == "zscore" else [scores[i] for i in ok]
-                )
-                for i, z in zip(ok, normed):
-                    if total[i] is not None:
-                        total[i] += member.weight * z
-                for i in set(idx) - set(ok):
+                ok = [(i, s) for i in idx if (s := scores[i]) is not None]
+                values = [s for _, s in ok]
+                normed = zscores(values) if self.options.normalize == "zscore" else values
+                for (i, _), z in zip(ok, normed):
+                    if (t := total[i]) is not None:
+                        total[i] = t + member.weight * z
+                for i in set(idx) - {i for i, _ in ok}:
                     total[i], flags[i] = None, f"member {member.name!r} could not score this candidate"
         return [
             Judgement(

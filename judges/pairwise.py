@@ -207,7 +207,7 @@ class PairwiseRanking:
     def _round_robin(self, q: str, group: list[Candidate]) -> list[float | None]:
         pairs = list(permutations(range(len(group)), 2))
         verdicts = dict(zip(pairs, self.comparator.compare([(q, group[i].text, group[j].text) for i, j in pairs])))
-        points: list[float | None] = [0.0] * len(group)
+        points = [0.0] * len(group)
         usable = [0] * len(group)
         for i, j in pairs:
             if i > j:

@@ -8,6 +8,7 @@ vLLM supports the architecture. `trust_remote_code` only when the options say so
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from pydantic import Field
 
@@ -35,16 +36,19 @@ class RewardModelJudge:
 
     def __init__(self, options: RewardModelOptions | None = None):
         self.options = options or RewardModelOptions()
-        self._model = None
+        self._model: Any = None
 
     @property
-    def model(self):
+    def model(self) -> Any:
         if self._model is None:
             if self.options.backend == "vllm":
-                from bon.engines.vllm import load_reward_model
+                from bon.engines import vllm
+
+                self._model = vllm.load_reward_model(self.options)
             else:
-                from bon.engines.hf import load_reward_model
-            self._model = load_reward_model(self.options)
+                from bon.engines import hf
+
+                self._model = hf.load_reward_model(self.options)
         return self._model
 
     def describe(self) -> str:

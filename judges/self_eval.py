@@ -8,7 +8,7 @@ from judges.selfj import SelfJudge
 class SelfEvalJudge(SelfJudge):
     name = "self_eval"
     summary = "the policy model itself with the Self-J template (`bon judge` defaults `model` to the run's policy)"
-    hub_id = None
+    hub_id: str | None = None
     policy_defaults = ("model", "backend", "gguf_file", "dtype", "device", "server")  # the policy judging itself
 
     def describe(self) -> str:

@@ -56,7 +56,7 @@ class SelfJudge(PromptJudge):
     name = "selfj"
     summary = "Self-J expected digit rating (0-9) of a rating prompt, with or without reference"
     needs_reference = False
-    hub_id = SELFJ_HUB_ID
+    hub_id: str | None = SELFJ_HUB_ID
 
     def __init__(self, options: SelfJOptions | None = None, engine=None):
         self.options = options or SelfJOptions()

@@ -363,7 +363,7 @@ def label(cfg: LabelConfig, progress=None, note: Callable[[str], None] = print) 
     for p in result.prompts:
         for i in range(cfg.run.n):
             s, c = self_eval.get((p.id, i)), cosine.get((p.id, i))
-            parts = combine(s and s.score, c and c.score, cfg.self_weight, cfg.cosine_weight)
+            parts = combine(s.score, c.score, cfg.self_weight, cfg.cosine_weight) if s and c else None
             if parts is None or s is None or c is None:
                 missing += 1
                 continue

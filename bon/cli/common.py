@@ -32,7 +32,7 @@ _OS_HINTS = {
 def os_error_message(e: OSError) -> str:
     """One line for an operating-system error: the file, what happened, and what to do."""
     where = f"{e.filename}: " if e.filename else ""
-    hint = _OS_HINTS.get(e.errno)
+    hint = _OS_HINTS.get(e.errno) if e.errno is not None else None
     return f"{where}{e.strerror or e}" + (f" ({hint})" if hint else "")
 
 

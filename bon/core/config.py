@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, TypeVar, get_args
+from typing import Any, Literal, TypeVar, get_args, overload
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -318,9 +318,23 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
     node[parts[-1]] = value
 
 
-def load_config(path: Path | str | None = None, overrides: list[str] | None = None, model: type[M] = RunConfig) -> M:
+@overload
+def load_config(path: Path | str | None = None, overrides: list[str] | None = None) -> RunConfig: ...
+
+
+@overload
+def load_config(path: Path | str | None, overrides: list[str] | None, model: type[M]) -> M: ...
+
+
+@overload
+def load_config(path: Path | str | None = None, overrides: list[str] | None = None, *, model: type[M]) -> M: ...
+
+
+def load_config(
+    path: Path | str | None = None, overrides: list[str] | None = None, model: type[BaseModel] = RunConfig
+) -> BaseModel:
     """Load a config (a `RunConfig` unless ``model`` says otherwise) from YAML or defaults, plus overrides."""
-    source, tree, data = "<defaults>", None, {}
+    source, tree, data = "<defaults>", None, {}  # type: tuple[str, yaml.Node | None, dict[str, Any]]
     if path is not None:
         source = str(path)
         try:

@@ -112,7 +112,7 @@ def read_json_rows(path: Path | str) -> list[tuple[int | None, dict[str, Any]]]:
         rows = parse_json(text, path)
         if not isinstance(rows, list):
             raise DataFileError(path, None, f"expected a JSON list of objects, found {type(rows).__name__}")
-        numbered = [(None, r) for r in rows]
+        numbered: list[tuple[int | None, Any]] = [(None, r) for r in rows]
     else:
         numbered = [(n, parse_json(line, path, n)) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
     for i, (lineno, row) in enumerate(numbered):

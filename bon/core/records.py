@@ -144,7 +144,7 @@ _INT_FIELDS = {
 }
 
 
-def from_json(cls: type, data: Mapping[str, Any]) -> Any:
+def from_json(cls: Any, data: Mapping[str, Any]) -> Any:
     """Build ``cls`` from a dict as written by `to_json`; extra or missing fields are errors."""
     if data.get("schema") != SCHEMA:
         raise RecordError(f"field 'schema': this bon reads schema version {SCHEMA}, found {data.get('schema')!r}")

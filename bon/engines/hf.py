@@ -355,7 +355,7 @@ class HFModel(Tokenized):
         return results
 
 
-_ENCODERS: dict[tuple, object] = {}
+_ENCODERS: dict[tuple, Any] = {}
 
 
 def _load_pretrained(loader, path: str, what: str, name: str | None = None, hint: str = "", **kwargs):

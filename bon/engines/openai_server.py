@@ -13,6 +13,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any, TypeVar
 
 from bon.core.config import ModelConfig
@@ -134,14 +135,12 @@ class ServedModel(Tokenized):
         self, prompts: Sequence[list[int]], n: int, seeds: Sequence[int], settings: SamplingSettings
     ) -> list[list[Sample]]:
         params = {"temperature": settings.temperature, "top_p": settings.top_p, "max_tokens": settings.max_tokens}
+
+        def draw(ids: list[int], seed: int, k: int) -> list[Sample]:
+            return self._sample(self._complete(ids, n=k, seed=seed % 2**31, **params), ids, seed)
+
         if self.server.n_per_request:  # one request per prompt, its seed makes it reproducible where honoured
-            calls = [
-                lambda ids=ids, seed=seed: self._sample(
-                    self._complete(ids, n=n, seed=seed % 2**31, **params), ids, seed
-                )
-                for ids, seed in zip(prompts, seeds)
-            ]
-            groups = self._all(calls)
+            groups = self._all([partial(draw, ids, seed, n) for ids, seed in zip(prompts, seeds)])
             short = [len(g) for g in groups if len(g) != n]
             if short:
                 raise EngineError(
@@ -150,14 +149,8 @@ class ServedModel(Tokenized):
                 )
             return groups
         # N requests per prompt, each with its candidate's own seed
-        calls = [
-            lambda ids=ids, s=derive_seed(seed, i): self._sample(
-                self._complete(ids, n=1, seed=s % 2**31, **params), ids, s
-            )[0]
-            for ids, seed in zip(prompts, seeds)
-            for i in range(n)
-        ]
-        flat = self._all(calls)
+        singles = [partial(draw, ids, derive_seed(seed, i), 1) for ids, seed in zip(prompts, seeds) for i in range(n)]
+        flat = [group[0] for group in self._all(singles)]
         return [flat[k * n : (k + 1) * n] for k in range(len(prompts))]
 
     def _token_id(self, token: str) -> int | None:
@@ -205,7 +198,7 @@ class ServedModel(Tokenized):
                     out[tid] = float(logprob)
             return out
 
-        return self._all([lambda ids=ids: one(ids) for ids in prompts])
+        return self._all([partial(one, ids) for ids in prompts])
 
     def continuation_logprobs(
         self, prompts: Sequence[list[int]], continuations: Sequence[list[int]], batch_size: int = 8
@@ -226,7 +219,7 @@ class ServedModel(Tokenized):
             values = r.choices[0].logprobs.token_logprobs[len(p) : len(p) + len(c)]
             return [float(v) for v in values]
 
-        return self._all([lambda p=p, c=c: one(p, c) for p, c in zip(prompts, continuations)])
+        return self._all([partial(one, p, c) for p, c in zip(prompts, continuations)])
 
 
 def check_server(cfg: ModelConfig, tries: int = 3) -> list[tuple[str, str]]:

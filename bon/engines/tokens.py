@@ -88,7 +88,9 @@ def effective_context(cfg: ModelConfig, model_context: int | None) -> int | None
     return min(known) if known else None
 
 
-def overflow_message(what: str, rows: Sequence[tuple[str, int]], limit: int, context: int, option: str) -> str:
+def overflow_message(
+    what: str, rows: Sequence[tuple[str, int]], limit: int | None, context: int | None, option: str
+) -> str:
     """One message listing prompts that do not fit (the longest first), and the option that decides."""
     rows = sorted(rows, key=lambda r: -r[1])
     shown = ", ".join(f"{pid} ({n} tokens)" for pid, n in rows[:10])
@@ -152,7 +154,7 @@ class TokenizerOnly(Tokenized):
         ref = resolve(cfg)
         self.name = ref.name
         self.where, path, kwargs = where_from(ref)
-        gguf = kwargs.get("gguf_file")
+        gguf: str | None = kwargs.get("gguf_file")
         try:
             self.tokenizer, model_context = _read_files(
                 path, gguf, cfg.trust_remote_code, bool(kwargs.get("local_files_only"))
@@ -162,7 +164,7 @@ class TokenizerOnly(Tokenized):
                 f"model {cfg.model!r}: {self.where}; could not read its tokenizer ({first_line(e)})"
             ) from None
         self.context = model_context  # the model's own, as an engine reports it; configs may ask for less
-        self.vocab_only = bool(gguf) and _is_vocab_only(Path(path) / gguf)
+        self.vocab_only = gguf is not None and _is_vocab_only(Path(path) / gguf)
 
 
 def where_from(ref: ModelRef) -> tuple[str, str, dict[str, Any]]:

@@ -9,11 +9,11 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from bon.core.config import RunConfig
 from bon.core.errors import BonError
-from bon.core.judging import Judge
+from bon.core.judging import Judge, PairwiseJudge
 from bon.core.records import Candidate, Prompt
 from bon.core.registry import Registry
 from bon.pipeline.policy import Policy
@@ -90,13 +90,15 @@ class LocalExecutor:
             if self._make_policy is None:
                 raise RuntimeError("LocalExecutor needs a policy or a way to make one")
             self._policy = self._make_policy()
-        return self._timed("sample", lambda: self._policy.generate(prompts, n, seed))
+        policy = self._policy
+        return self._timed("sample", lambda: policy.generate(prompts, n, seed))
 
     def score(self, prompts: Sequence[Prompt], candidates: Sequence[Candidate]) -> Done:
         return self._timed("judge", lambda: self.judge.score(prompts, candidates))
 
     def compare(self, items: Sequence[tuple[str, str, str]]) -> Done:
-        return self._timed("judge", lambda: self.judge.compare(items))
+        judge = cast(PairwiseJudge, self.judge)  # callers ask only judges that compare (eval.compare.asks_pairs)
+        return self._timed("judge", lambda: judge.compare(items))
 
     def status(self) -> str:
         return ""

@@ -67,7 +67,9 @@ class EnginePolicy:
         """
         ids = [self.prompt_ids(p) for p in prompts]
         room = self.room()
-        over = [(p.id, len(x)) for p, x in zip(prompts, ids) if room is not None and len(x) > room]
+        if room is None:  # no known limit
+            return [(x, None) for x in ids]
+        over = [(p.id, len(x)) for p, x in zip(prompts, ids) if len(x) > room]
         if not over:
             return [(x, None) for x in ids]
         if self.cfg.on_overflow != "truncate":

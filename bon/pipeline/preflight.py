@@ -43,7 +43,7 @@ class Fit:
 
 
 def policy_fit(config: RunConfig, prompts: Sequence[Prompt], tokens: TokenizerOnly) -> Fit:
-    policy = EnginePolicy(config.policy, engine=tokens)
+    policy = EnginePolicy(config.policy, engine=tokens)  # type: ignore[arg-type]  # only its token side is used
     return Fit(
         "policy",
         "policy.on_overflow",
@@ -192,7 +192,7 @@ def check(config: RunConfig, judge: Judge) -> CheckReport:
 
     builds = isinstance(judge, PromptBuilder)
     twin_tokens = _load_tokens("judge", judge.options, report) if builds else None  # type: ignore[attr-defined]
-    if builds and twin_tokens is not None:
+    if isinstance(judge, PromptBuilder) and twin_tokens is not None:
         twin = judge.on_tokenizer(twin_tokens)
         try:
             report.rows.extend(twin.preflight_rows())

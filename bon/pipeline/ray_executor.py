@@ -14,13 +14,13 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import ray
 from ray.exceptions import ActorUnavailableError, GetTimeoutError, OutOfMemoryError, RayActorError
 
 from bon.core.config import RayConfig, RunConfig
-from bon.core.judging import Judge
+from bon.core.judging import Judge, PairwiseJudge
 from bon.core.records import Candidate, Prompt
 from bon.pipeline.executors import ExecutorError
 from bon.pipeline.policy import Policy
@@ -76,7 +76,7 @@ class JudgeWorker:
 
     def compare(self, items: Sequence[tuple[str, str, str]]) -> tuple[list, float]:
         t0 = time.perf_counter()
-        out = self.judge.compare(items)
+        out = cast(PairwiseJudge, self.judge).compare(items)  # asked only of judges that compare
         return out, time.perf_counter() - t0
 
 

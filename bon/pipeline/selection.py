@@ -75,14 +75,16 @@ def select(
     if not judgements:
         raise ValueError(f"prompt {prompt_id!r}: no judgements to select from")
     judge = judgements[0].judge
-    scored = [j for j in judgements if j.score is not None]
+    scored = [(j.score, j) for j in judgements if j.score is not None]
     if not scored:
         if decline_below is not None:
             return Selection(prompt_id, None, True, None, judge, reason="no candidate could be judged")
         first = min(j.candidate_index for j in judgements)
         return Selection(prompt_id, first, False, None, judge, reason="no candidate could be judged; kept the first")
-    best = min(scored, key=lambda j: (-j.score, -tiebreak.get(j.candidate_index, -math.inf), j.candidate_index))
-    if decline_below is not None and best.score < decline_below:
+    score, best = min(
+        scored, key=lambda sj: (-sj[0], -tiebreak.get(sj[1].candidate_index, -math.inf), sj[1].candidate_index)
+    )
+    if decline_below is not None and score < decline_below:
         return Selection(
             prompt_id,
             None,

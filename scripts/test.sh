@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The test command: static checks (ruff lint and format, mypy), then the test suite.
+# Extra arguments go to pytest, e.g. `bash scripts/test.sh -m "not slow"`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+echo "ruff check" && .venv/bin/ruff check .
+echo "ruff format --check" && .venv/bin/ruff format --check .
+echo "mypy" && .venv/bin/mypy
+.venv/bin/python -m pytest "$@"
