@@ -6,11 +6,8 @@ from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
-from bon.core.judging import Judge, PairwiseJudge
 from bon.core.records import Candidate, Prompt
 from bon.engines.tokens import ContextLengthError, effective_context, overflow_message
-
-__all__ = ["Judge", "PairwiseJudge", "PromptJudge", "UsesEngine", "prompts_by_id", "read_prompt_template"]
 
 
 def prompts_by_id(prompts: Sequence[Prompt], candidates: Sequence[Candidate]) -> list[Prompt]:

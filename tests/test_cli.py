@@ -79,7 +79,13 @@ def test_demo_config_end_to_end(tmp_path):
         o["output"] and o["generator"] == "SmolLM2-135M-Instruct-bo2-selfj" for o in outputs
     )
     judgements = [json.loads(line) for line in (run_dir / "judgements.jsonl").read_text().splitlines()]
-    assert len(judgements) == 4 and all(0 <= j["score"] <= 9 and j["details"]["digit_mass"] > 0 for j in judgements)
+    assert len(judgements) == 4
+    for j in judgements:  # the written score is the expectation over the written digit distribution
+        probs = j["details"]["digit_probs"]
+        assert (
+            j["score"] == pytest.approx(sum(d * (p or 0.0) for d, p in enumerate(probs)))
+            and j["details"]["digit_mass"] > 0
+        )
 
 
 def _headline(shared_data, *extra):

@@ -97,14 +97,22 @@ def test_gain_reports_declines_apart(small_run, tmp_path):
 
 
 @pytest.mark.slow
-def test_local_annotator_smoke_and_cache(small_run):
+def test_local_annotator_smoke_and_cache(small_run, monkeypatch):
+    from eval.runner import LocalAnnotator
+
     cfg, reference = small_run
+    asked: list[int] = []  # prompts that reached the local model, per call
+    real = LocalAnnotator.__call__
+    monkeypatch.setattr(
+        LocalAnnotator, "__call__", lambda self, prompts, **kw: asked.append(len(prompts)) or real(self, prompts, **kw)
+    )
     first = run_alpaca_eval(cfg.output_dir, 2, "local:embedded:SmolLM2-135M-Instruct", reference)
     assert "plumbing smoke test" in first.note
-    assert all(a.preference is not None and 1.0 <= a.preference <= 2.0 for a in first.annotations)
+    assert sum(asked) == len(first.annotations) and all(a.preference is not None for a in first.annotations)
     cache = cfg.output_dir / "alpaca_eval" / "v2" / "annotations_cache.json"
     assert cache.is_file()
     again = run_alpaca_eval(cfg.output_dir, 2, "local:embedded:SmolLM2-135M-Instruct", reference)
+    assert sum(asked) == len(first.annotations)  # answered from the cache: the model was asked nothing more
     # alpaca-eval's cache keeps ten decimals
     assert [a.preference for a in again.annotations] == pytest.approx(
         [a.preference for a in first.annotations], abs=1e-9

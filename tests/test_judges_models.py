@@ -90,9 +90,12 @@ def test_ppl_is_mean_token_logprob(smollm2):
 
 def test_self_eval_and_selfj_share_the_loaded_model(smollm2):
     judge = build_judge("self_eval", {"prompt_format": "chat"})
-    out = judge.score(PROMPTS, CANDS)
-    assert judge.engine is smollm2 and all(0 <= j.score <= 9 for j in out)
-    assert "self-evaluation" in judge.describe()
+    selfj = build_judge("selfj", {"prompt_format": "chat"})
+    out, same = judge.score(PROMPTS, CANDS), selfj.score(PROMPTS, CANDS)
+    assert judge.engine is smollm2 and selfj.engine is smollm2  # one load for both
+    assert [j.score for j in out] == pytest.approx([j.score for j in same], abs=1e-6)  # the same template and weights
+    assert {j.judge for j in out} == {"self_eval"} and {j.judge for j in same} == {"selfj"}
+    assert "self-evaluation" in judge.describe() and "self-evaluation" not in selfj.describe()
 
 
 def test_autoj_on_smollm2_flags_real_malformed_output(smollm2):

@@ -205,9 +205,11 @@ def stop_server(proc: subprocess.Popen) -> None:
 def vllm_server():
     pytest.importorskip("vllm")
     port = free_port()
-    proc = start_server(port)
-    yield {"url": f"http://127.0.0.1:{port}/v1", "port": port, "proc": proc}
-    stop_server(proc)
+    state = {"url": f"http://127.0.0.1:{port}/v1", "port": port, "proc": start_server(port)}
+    try:
+        yield state
+    finally:  # a test may have replaced the server with a restarted one: stop the current one
+        stop_server(state["proc"])
 
 
 @pytest.mark.vllm
@@ -298,12 +300,17 @@ def test_killed_server_then_resume_equals_an_uninterrupted_run(vllm_server, tmp_
         ),
     ]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    cands = tmp_path / "killed" / "candidates.jsonl"
-    deadline = time.time() + 300
-    while (not cands.exists() or not cands.read_text().count("\n")) and time.time() < deadline:
-        time.sleep(0.1)
-    stop_server(vllm_server["proc"])  # mid-run
-    out, err = proc.communicate(timeout=600)
+    try:
+        cands = tmp_path / "killed" / "candidates.jsonl"
+        deadline = time.time() + 300
+        while (not cands.exists() or not cands.read_text().count("\n")) and time.time() < deadline:
+            time.sleep(0.1)
+        stop_server(vllm_server["proc"])  # mid-run
+        out, err = proc.communicate(timeout=600)
+    finally:  # the bon process never outlives the test
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
     assert proc.returncode == 2 and "Traceback" not in err and "the server at" in err, err[-2000:]
     vllm_server["proc"] = start_server(vllm_server["port"])
     again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)

@@ -1,7 +1,5 @@
 import json
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from bon.core.config import PromptsConfig
@@ -34,6 +32,9 @@ def test_alpaca_eval_shape_and_derived_ids(tmp_path):
 
 def test_parquet(tmp_path):
     path = tmp_path / "p.parquet"
+    pa = pytest.importorskip("pyarrow")  # the lean install has it; .venv-vllm need not
+    import pyarrow.parquet as pq
+
     pq.write_table(pa.Table.from_pylist([{"instruction": "A?"}, {"instruction": "B?"}]), path)
     assert [p.instruction for p in load_prompts(PromptsConfig(source=str(path)))] == ["A?", "B?"]
 
@@ -59,9 +60,16 @@ def test_bad_rows_name_line_and_field(tmp_path):
         load_prompts(PromptsConfig(source=str(path)))
 
 
-def test_missing_file_and_offline_hub(tmp_path):
+def test_missing_file_and_offline_hub(tmp_path, monkeypatch):
+    import datasets
+
     with pytest.raises(PromptSourceError, match="prompt file not found"):
         load_prompts(PromptsConfig(source=str(tmp_path / "nope.jsonl")))
+
+    def offline(*args, **kwargs):  # what datasets raises without a network, whether or not this machine has one
+        raise ConnectionError("Couldn't reach 'tatsu-lab/alpaca_eval' on the Hub (LocalEntryNotFoundError)")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
     with pytest.raises(PromptSourceError) as e:
         load_prompts(PromptsConfig(source="tatsu-lab/alpaca_eval"))
     msg = str(e.value)

@@ -42,6 +42,5 @@ def test_score_equals_expectation_over_raw_logits(smollm2, fmt):
         assert sum(j.details["digit_probs"]) == pytest.approx(1.0, abs=1e-9)
         assert j.details["digit_mass"] == pytest.approx(float(p.sum()), rel=1e-3)
         assert j.details["prompt_format"] == fmt and j.details["judge_model"] == "SmolLM2-135M-Instruct"
-        assert 0.0 <= j.score <= 9.0
     if fmt == "chat":  # measured, not assumed: the chat form puts a visible share of mass on digits
         assert all(j.details["digit_mass"] > 0.01 for j in out)

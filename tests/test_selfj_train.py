@@ -144,7 +144,7 @@ def test_train_then_judge_with_the_adapter(tmp_path, smollm2):
 
 
 @pytest.mark.slow
-def test_label_writes_both_parts_and_resumes(tmp_path, prompts_file):
+def test_label_writes_both_parts_and_resumes(tmp_path, prompts_file, monkeypatch):
     import json
 
     from bon.core.config import load_config
@@ -170,6 +170,13 @@ def test_label_writes_both_parts_and_resumes(tmp_path, prompts_file):
         assert (r["combined"], r["label"]) == combine(r["self_eval"], r["cosine"], 0.5, 0.5)
         assert r["split"] == ("heldout" if is_heldout(r["prompt_id"], 0.5) else "train")
     before = (tmp_path / "labels.jsonl").read_bytes()
-    assert (
-        label(cfg, note=lambda m: None) == summary and (tmp_path / "labels.jsonl").read_bytes() == before
-    )  # resumed: nothing redone
+    from bon.pipeline.policy import EnginePolicy
+    from judges.cosine import CosineJudge
+    from judges.selfj import SelfJudge
+
+    def redone(*args, **kwargs):
+        raise AssertionError("the resumed label step sampled or judged again")
+
+    for cls, method in ((EnginePolicy, "generate"), (SelfJudge, "score"), (CosineJudge, "score")):
+        monkeypatch.setattr(cls, method, redone)
+    assert label(cfg, note=lambda m: None) == summary and (tmp_path / "labels.jsonl").read_bytes() == before

@@ -213,7 +213,3 @@ def judges_list() -> None:
     for row in describe_judges():
         table.add_row(row.name, row.summary, "yes" if row.needs_reference else "no", row.hub_id or "—", row.cpu_default)
     console.print(table)
-
-
-def main() -> None:  # pragma: no cover - console entry point
-    app()

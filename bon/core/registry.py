@@ -27,11 +27,6 @@ class Registry(Generic[T]):
         self._targets: dict[str, str] = dict(targets or {})
         self._loaded: dict[str, T] = {}
 
-    def register(self, name: str, target: str) -> None:
-        if name in self._targets and self._targets[name] != target:
-            raise ValueError(f"{self.what} {name!r} is already registered as {self._targets[name]}")
-        self._targets[name] = target
-
     def names(self) -> list[str]:
         return sorted(self._targets)
 

@@ -1,4 +1,8 @@
-"""The transformers engine: the only module that imports torch and transformers for causal LMs."""
+"""The transformers engine: causal LMs, reward models and embedders loaded with their weights.
+
+torch and transformers are imported lazily here and in two other places: `bon.engines.tokens`
+(tokenizers without weights) and `judges.selfj_train` (LoRA training).
+"""
 
 from __future__ import annotations
 
