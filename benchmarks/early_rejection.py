@@ -44,7 +44,7 @@ def main() -> None:
         raise SystemExit(f"{SEEDS} not found: this benchmark needs the shared data beside a dev checkout")
 
     from bon.core.config import EarlyRejectionConfig, PolicyConfig
-    from bon.core.records import Prompt
+    from bon.core.records import Prompt, by_key
     from bon.pipeline.early_rejection import EarlyRejectionPolicy, rejected_judgements
     from bon.pipeline.policy import EnginePolicy
     from bon.pipeline.selection import select
@@ -77,7 +77,7 @@ def main() -> None:
             if hasattr(pol, "generated_tokens"):
                 pol.generated_tokens = 0
             scoreable, failed = rejected_judgements(cands, judge.name)
-            verdicts = {(j.prompt_id, j.candidate_index): j for j in counting.score(batch, scoreable)} | failed
+            verdicts = by_key(counting.score(batch, scoreable)) | failed
             for p in batch:
                 s = select(p.id, [verdicts[(p.id, i)] for i in range(args.n)])
                 picked.append(s.score)

@@ -11,7 +11,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from bon.core.records import Judgement
+from bon.core.records import Judgement, by_key
 from bon.core.rundir import load_run
 from bon.engines.base import derive_seed
 from bon.pipeline.rejudge import judgements_of, run_candidates
@@ -76,7 +76,7 @@ def gain_report(
     all_j = rd.read(Judgement)
     judged = judgements_of(rd, all_j, label, prompts, config.n)
     other = secondary_judge(config.selection.tie_break)
-    secondary = {(j.prompt_id, j.candidate_index): j for j in all_j if j.judge == other} if other else None
+    secondary = by_key(all_j, other) if other else None
     n = config.n
 
     picks: dict[str, dict] = {}  # label -> prompt id -> candidate index or None (declined)

@@ -35,7 +35,7 @@ Scores = dict[tuple[str, int], float | None]  # (prompt id, candidate index) -> 
 
 
 def scores_of(judgements: Sequence[Judgement]) -> Scores:
-    return {(j.prompt_id, j.candidate_index): j.score for j in judgements}
+    return {j.key: j.score for j in judgements}
 
 
 def candidate_scores(records: Sequence[Judgement] | Sequence[Comparison]) -> Scores:
