@@ -24,6 +24,7 @@ from bon.core.io import append_records, read_records
 from bon.core.judging import build_judge, judge_spec, same_judge
 from bon.core.records import SCHEMA, Comparison, Judgement, Prompt, by_key
 from bon.core.rundir import RunDir, package_versions
+from bon.pipeline.executors import LocalExecutor, make_executor
 from bon.pipeline.scoring import InFlight, needs_judging, score_missing
 from eval.benchmarks import Benchmark, load_pairwise
 from eval.kinds import KINDS
@@ -248,8 +249,6 @@ def compare_benchmark(
 
 def judge_executor(cfg: CompareConfig, entry: CompareJudge, judge, note: Callable[[str], None]):
     """The same executors as reranking (in-process, or Ray judge actors with no policy actors)."""
-    from bon.pipeline.executors import make_executor
-
     run_cfg = RunConfig(
         engine=cfg.engine,
         ray=cfg.ray.model_copy(update={"policy_replicas": 0}),  # comparing needs judge actors only
@@ -383,8 +382,6 @@ def evaluate_pairwise_file(
     progress=None,
 ) -> PairwiseResult:
     """`bon eval pairwise`: one judge on one Auto-J format file, in this process, nothing written."""
-    from bon.pipeline.executors import LocalExecutor
-
     bench = load_pairwise(path)
     judge = build_judge(name, options)
     subset = bench.subset(limit)

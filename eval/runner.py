@@ -26,7 +26,7 @@ from bon.core.io import DataFileError, read_json
 from bon.core.prompts import PromptSourceError
 from bon.core.rundir import read_outputs
 from eval.ae import WinRate, alpaca_eval, check_lc_data, environment_has_openai_key, full_winrate
-from eval.annotations import Annotation
+from eval.annotations import Annotation, read_annotations
 
 VERSIONS = {
     1: {"annotator": "alpaca_eval_gpt4", "baseline": "text_davinci_003", "hub": "alpaca_eval.json"},
@@ -269,8 +269,6 @@ def annotate(
 
 
 def precomputed(pairs: Sequence[tuple[dict, dict]], path: Path) -> list[Annotation]:
-    from eval.annotations import read_annotations
-
     table = {(a.instruction, a.output_2): a for a in read_annotations(path)}
     looked_up = [table.get((m["instruction"], m["output"])) for _, m in pairs]
     found = [a for a in looked_up if a is not None]

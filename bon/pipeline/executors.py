@@ -16,7 +16,8 @@ from bon.core.errors import BonError
 from bon.core.judging import Judge, PairwiseJudge
 from bon.core.records import Candidate, Prompt
 from bon.core.registry import Registry
-from bon.pipeline.policy import Policy
+from bon.pipeline.early_rejection import EarlyRejectionPolicy
+from bon.pipeline.policy import EnginePolicy, Policy
 
 
 class ExecutorError(BonError, RuntimeError):
@@ -117,13 +118,9 @@ EXECUTORS: Registry = Registry(
 def local_executor(
     config: RunConfig, judge: Judge, policy: Policy | None, note: Callable[[str], None] = print
 ) -> LocalExecutor:
-    from bon.pipeline.policy import EnginePolicy
-
     def make_policy() -> Policy:
         if config.early_rejection is None:
             return EnginePolicy(config.policy)
-        from bon.pipeline.early_rejection import EarlyRejectionPolicy
-
         return EarlyRejectionPolicy(EnginePolicy(config.policy), judge, config.early_rejection)
 
     return LocalExecutor(judge, policy, make_policy=make_policy)

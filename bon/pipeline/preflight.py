@@ -10,10 +10,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from bon.core import rundir
 from bon.core.config import RunConfig
 from bon.core.judging import Judge, PromptBuilder
+from bon.core.prompts import PromptSourceError, load_prompts
 from bon.core.records import Prompt
-from bon.engines.tokens import ContextLengthError, TokenizerOnly, effective_context, overflow_message
+from bon.engines.models import ModelLoadError
+from bon.engines.tokens import ContextLengthError, PromptFormatError, TokenizerOnly, effective_context, overflow_message
 from bon.pipeline.policy import EnginePolicy
 
 
@@ -131,8 +134,6 @@ class CheckReport:
 
 
 def _load_tokens(role: str, cfg: Any, report: CheckReport) -> TokenizerOnly | None:
-    from bon.engines.models import ModelLoadError
-
     try:
         tokens = TokenizerOnly(cfg)
     except ModelLoadError as e:
@@ -166,10 +167,6 @@ def _report_fit(report: CheckReport, fit: Fit, extra: int = 0) -> None:
 
 def check(config: RunConfig, judge: Judge) -> CheckReport:
     """Everything `bon run` would find wrong before its first batch, from tokenizers and configs only."""
-    from bon.core import rundir
-    from bon.core.prompts import PromptSourceError, load_prompts
-    from bon.engines.tokens import PromptFormatError
-
     report = CheckReport()
     prompts: list[Prompt] = []
     try:
