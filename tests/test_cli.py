@@ -139,3 +139,13 @@ def test_run_refuses_a_prompt_longer_than_the_context_before_any_work(tmp_path):
         out.stderr.split()
     )
     assert not (tmp_path / "r").exists()  # nothing written: the corrected retry starts clean
+
+
+def test_prepare_reports_where_the_model_loads_from(tmp_path):
+    local = tmp_path / "model"
+    local.mkdir()  # a local directory: loaded as it is, nothing to convert, no weights read
+    out = bon("prepare", str(local))
+    assert out.returncode == 0 and f"{local}: ready, loads from {local}" in " ".join(out.stdout.split()), out.stderr
+    missing = bon("prepare", str(tmp_path / "absent.gguf"))
+    assert missing.returncode == 2 and "absent.gguf: GGUF file not found" in missing.stderr
+    assert "Traceback" not in missing.stderr

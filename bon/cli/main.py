@@ -96,6 +96,23 @@ def check(
     console.print("[bold green]ok:[/] nothing missing, nothing wrong")
 
 
+@app.command()
+def prepare(
+    model: Annotated[str, typer.Argument(help="a model as a config names it")] = "embedded:SmolLM2-135M-Instruct",
+) -> None:
+    """Convert an embedded GGUF model to safetensors once, so no run pays for it (setup.sh does this)."""
+    from bon.core.config import ModelConfig, validate_options
+    from bon.engines.hf import prepare as prepare_model
+
+    with fail_clearly():
+        cfg = validate_options(ModelConfig, {"model": model}, {"model": "MODEL"})
+        path, converted, seconds = prepare_model(cfg)
+    if converted:
+        console.print(f"{model}: converted to {path} in {seconds:.0f} s (once; every run now loads this copy)")
+    else:
+        console.print(f"{model}: ready, loads from {path}")
+
+
 @app.command("serve-check")
 def serve_check(
     url: Annotated[str, typer.Argument(help="an OpenAI-compatible API root, e.g. http://localhost:8000/v1")],

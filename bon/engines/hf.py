@@ -10,6 +10,7 @@ import copy
 import inspect
 import os
 import shutil
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,17 @@ def convert_gguf(ref: ModelRef) -> Path:
     except OSError:  # another process converted it first
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def prepare(cfg: ModelConfig) -> tuple[Path, bool, float]:
+    """(where the weights load from, whether this call converted them, seconds): `bon prepare`."""
+    ref = resolve(cfg)
+    if not ref.convert_gguf:
+        return Path(ref.path), False, 0.0
+    if (converted_path(ref) / "config.json").exists():
+        return converted_path(ref), False, 0.0
+    t0 = time.perf_counter()
+    return convert_gguf(ref), True, time.perf_counter() - t0
 
 
 def _left_padded(prompts: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
