@@ -211,8 +211,8 @@ class RunDir:
         """Add ``specs`` (name -> spec) to ``manifest[section]``; a name stored with another meaning is refused.
 
         ``same(stored, new)`` decides meaning (e.g. options compared with today's defaults filled in);
-        ``refusal(name, stored, new)`` says why and what to do instead. ``stored`` overrides what the
-        manifest holds (e.g. the run's own judge). Only ``manifest`` changes: the caller writes it.
+        ``refusal(name, stored, new)`` says why and what to do instead. ``stored`` adds entries the
+        manifest may lack (e.g. the run's own judge). Only ``manifest`` changes: the caller writes it.
         """
         section_specs = manifest.setdefault(section, {})
         before = {**(stored or {}), **section_specs}
@@ -230,15 +230,13 @@ class RunDir:
         """
         rd = cls(config.output_dir)
         rd.path.mkdir(parents=True, exist_ok=True)
-        manifest = rd.path / MANIFEST
-        current = config.model_dump(mode="json")
         notes = []
-        if manifest.exists() and rd.empty():
+        if rd.manifest_path.exists() and rd.empty():
             notes.append(f"{rd.path} holds no candidates yet (an earlier start failed): starting it afresh")
-            manifest.unlink()
+            rd.manifest_path.unlink()
             (rd.path / PROMPTS).unlink(missing_ok=True)
-        if manifest.exists():
-            changes = config_changes(read_manifest(manifest), config)
+        if rd.manifest_path.exists():
+            changes = config_changes(rd.manifest(), config)
             if changes:
                 raise RunDirError(
                     f"{rd.path} holds a run with a different config ({'; '.join(changes)}); "
@@ -246,12 +244,11 @@ class RunDir:
                 )
             notes.append(f"resuming the run in {rd.path}")
         else:
-            write_json_atomic(
-                manifest,
+            rd.write_manifest(
                 {
                     "schema": SCHEMA,
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                    "config": current,
+                    "config": config.model_dump(mode="json"),
                     "generator": config.generator_name(),
                     "seeds": {
                         "run": config.seed,
