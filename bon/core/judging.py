@@ -98,21 +98,24 @@ JUDGES: Registry[JudgeClass] = Registry(
 )
 
 
+def _validated(name: str, options: Mapping[str, Any] | None) -> tuple[BaseModel | None, list[tuple[str, str]]]:
+    try:
+        return JUDGES.get(name).Options.model_validate(dict(options or {})), []
+    except ValidationError as e:
+        return None, problems(e)
+
+
 def option_problems(name: str, options: Mapping[str, Any] | None) -> list[tuple[str, str]]:
     """(key, what is wrong) for each option of a registered judge that its Options model refuses."""
-    try:
-        JUDGES.get(name).Options.model_validate(dict(options or {}))
-    except ValidationError as e:
-        return problems(e)
-    return []
+    return _validated(name, options)[1]
 
 
 def judge_options(name: str, options: Mapping[str, Any] | None = None) -> BaseModel:
     """A registered judge's options, validated by its Options model (an unknown name suggests close ones)."""
-    bad = option_problems(name, options)
-    if bad:
+    validated, bad = _validated(name, options)
+    if validated is None:
         raise ConfigError(f"judge {name!r} options: " + "; ".join(f"{k}: {m}" for k, m in bad))
-    return JUDGES.get(name).Options.model_validate(dict(options or {}))
+    return validated
 
 
 def judge_spec(name: str, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
