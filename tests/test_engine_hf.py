@@ -86,3 +86,37 @@ def test_judge_prefix_reuse_matches_full_prompts(smollm2):
     plain = smollm2.next_token_logprobs(ids, digits)
     for x, y in zip(shared, plain):
         assert [x[d] for d in digits] == pytest.approx([y[d] for d in digits], abs=1e-4)
+
+
+def test_continuous_batching_mixes_prompts_and_keeps_each_candidates_tokens(smollm2):
+    """A decode step holds rows of prompts that waves of 2 would have separated, and every candidate gets
+    the tokens the wave sampler gives it (its own uniforms; neighbours change only float rounding)."""
+    from bon.engines.base import SamplingSettings
+
+    s = SamplingSettings(temperature=0.7, top_p=0.95, max_tokens=24)
+    texts = ["Name a fruit.", "Say hello in French.", "What is 2+2?", "Name a colour.", "Count to three.", "Hi!"]
+    prompts = [smollm2.chat_ids([{"role": "user", "content": t}]) for t in texts]
+    waves = [group for k in range(0, 6, 2) for group in smollm2.sample(prompts[k : k + 2], 3, [50 + k, 51 + k], s)]
+    session = smollm2.session(s, max_rows=9)
+    for k, ids in enumerate(prompts):
+        session.add(k, ids, 3, 50 + k)
+    streamed = [session.result(k) for k in range(6)]
+    assert [[c.token_ids for c in g] for g in streamed] == [[c.token_ids for c in g] for g in waves]
+    assert [[c.seed for c in g] for g in streamed] == [[c.seed for c in g] for g in waves]
+    assert session.stats.most_prompts_in_a_step >= 3  # rows of three prompts decoded in one step
+    assert session.stats.peak_rows <= 9
+
+
+def test_continuous_batching_holds_its_kv_budget(smollm2):
+    from bon.engines.base import EngineError, SamplingSettings
+
+    s = SamplingSettings(temperature=1.0, top_p=1.0, max_tokens=16)
+    prompts = [smollm2.chat_ids([{"role": "user", "content": f"Tell me about the number {i}."}]) for i in range(5)]
+    budget = 4 * (max(map(len, prompts)) + 16)  # room for two prompts' two rows at a time, never three
+    session = smollm2.session(s, max_rows=64, max_kv_tokens=budget)
+    for k, ids in enumerate(prompts):
+        session.add(k, ids, 2, k)
+    assert all(len(session.result(k)) == 2 for k in range(5))
+    assert 0 < session.stats.peak_kv_tokens <= budget and session.stats.peak_rows <= 4
+    with pytest.raises(EngineError, match="policy.max_kv_tokens"):
+        session.add("big", prompts[0], 8, 0)  # one prompt alone would exceed the budget: refused before any work

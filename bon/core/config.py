@@ -116,6 +116,18 @@ class ModelConfig(Strict):
 
 
 class PolicyConfig(ModelConfig):
+    max_rows: int | None = Field(
+        None,
+        ge=1,
+        description="transformers engine: sequences decoding at once, across prompts (continuous batching); "
+        "None = 128 on a CPU, 512 on a GPU",
+    )
+    max_kv_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="transformers engine: KV-cache tokens held at once, never exceeded; None = a quarter of the free "
+        "RAM (CPU) or half the free GPU memory, in the model's KV bytes per token",
+    )
     temperature: float = Field(0.7, ge=0.0, description="sampling temperature (0 = greedy)")
     top_p: float = Field(0.95, gt=0.0, le=1.0, description="nucleus sampling mass")
     max_tokens: int = Field(256, ge=1, description="longest candidate, in tokens")
@@ -215,7 +227,12 @@ class RunConfig(Strict):
     output_dir: Path = Field(Path("runs/demo"), description="run directory; rerunning continues there")
     n: int = Field(8, ge=1, description="candidates per prompt")
     seed: int = Field(0, ge=0, description="base seed; every candidate's seed derives from it")
-    batch_size: int = Field(4, ge=1, description="prompts per pipeline batch (the unit of resumption)")
+    batch_size: int = Field(
+        4,
+        ge=1,
+        description="prompts per pipeline batch: the unit of resumption and of judging; the transformers engine "
+        "decodes across batches (policy.max_rows)",
+    )
     engine: Literal["local", "ray"] = Field(
         "local", description="local = in-process pipeline; ray = policy and judge in Ray actors"
     )

@@ -9,6 +9,9 @@ from typing import Any, Protocol
 
 from bon.core.errors import BonError
 
+CPU_ROWS = 128  # continuous batching: sequences decoding at once on a CPU by default
+GPU_ROWS = 512  # and on a GPU
+
 
 def derive_seed(*parts: object) -> int:
     """A 63-bit seed from any parts (run seed, prompt id, index), stable across processes and runs."""

@@ -21,6 +21,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from bon.core.config import ModelConfig
 from bon.engines.base import Sample, SamplingSettings, derive_seed
 from bon.engines.models import ModelLoadError, ModelRef, converted_path, first_line, hub_reachable, resolve
+from bon.engines.sampling import _left_padded, _pick, uniforms
 from bon.engines.tokens import Tokenized, config_context
 
 _LOADED: dict[tuple, HFModel] = {}
@@ -73,53 +74,6 @@ def prepare(cfg: ModelConfig) -> tuple[Path, bool, float]:
         return converted_path(ref), False, 0.0
     t0 = time.perf_counter()
     return convert_gguf(ref), True, time.perf_counter() - t0
-
-
-def _left_padded(prompts: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(ids, attention mask, position ids) of prompts left-padded to one width: each row's last token is at -1."""
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for row, p in enumerate(prompts):
-        ids[row, width - len(p) :] = torch.tensor(p)
-        mask[row, width - len(p) :] = 1
-    return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
-
-
-def _pick(logits: torch.Tensor, u: torch.Tensor | None, s: SamplingSettings) -> torch.Tensor:
-    """One token per row: greedy at temperature 0, else the inverse CDF of the nucleus at ``u`` (a uniform per row)."""
-    if s.temperature == 0 or u is None:
-        return logits.argmax(-1)
-    probs = torch.softmax(logits / s.temperature, dim=-1)
-    if s.top_p >= 1.0:
-        return _inverse_cdf(probs, u)
-    # The nucleus is a prefix of the sorted probabilities: where the top 256 already hold top_p of
-    # the mass it lies inside them (a full vocabulary sort per step costs ~0.3 s for 160 rows).
-    top, order = probs.topk(min(256, probs.shape[-1]), dim=-1)
-    full = top.sum(-1) < s.top_p
-    if full.any():
-        rest, rest_order = probs[full].sort(dim=-1, descending=True)
-        picked = torch.empty(len(probs), dtype=torch.long)
-        picked[~full] = _nucleus(top[~full], order[~full], u[~full], s.top_p)
-        picked[full] = _nucleus(rest, rest_order, u[full], s.top_p)
-        return picked
-    return _nucleus(top, order, u, s.top_p)
-
-
-def _nucleus(sorted_p: torch.Tensor, order: torch.Tensor, u: torch.Tensor, top_p: float) -> torch.Tensor:
-    """Sample from descending probabilities cut to the smallest prefix reaching ``top_p``.
-
-    The top token always stays.
-    """
-    sorted_p = sorted_p.clone()
-    sorted_p[(sorted_p.cumsum(-1) - sorted_p) >= top_p] = 0.0
-    return order.gather(-1, _inverse_cdf(sorted_p, u)[:, None])[:, 0]
-
-
-def _inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """The index where each row's cumulative (unnormalised) mass first exceeds ``u`` times its total."""
-    cdf = probs.double().cumsum(-1)
-    return torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).clamp(max=probs.shape[-1] - 1)[:, 0]
 
 
 MIN_SHARED_PREFIX = 32  # tokens; a shorter common prefix is not worth a separate prefill
@@ -220,15 +174,9 @@ class HFModel(Tokenized):
         if not prompts:
             return []
         seeds_of = [[derive_seed(seed, i) for i in range(n)] for seed in seeds]
-        uniforms = None
-        if settings.temperature > 0:
-            uniforms = torch.stack(
-                [
-                    torch.rand(settings.max_tokens, generator=torch.Generator().manual_seed(sd), dtype=torch.float64)
-                    for row in seeds_of
-                    for sd in row
-                ]
-            )
+        draws = (
+            uniforms([sd for row in seeds_of for sd in row], settings.max_tokens) if settings.temperature > 0 else None
+        )
         ids, mask, positions = _left_padded(prompts, self.pad_id)
         out = self.model(
             input_ids=ids.to(self.device),
@@ -245,7 +193,7 @@ class HFModel(Tokenized):
         tokens: list[list[int]] = [[] for _ in range(len(prompts) * n)]
         finish = ["length"] * (len(prompts) * n)
         for step in range(settings.max_tokens):
-            u = None if uniforms is None else uniforms[alive, step]
+            u = None if draws is None else draws[alive, step]
             picked = _pick(logits.float().cpu(), u, settings)
             keep = []
             for row, (cand, t) in enumerate(zip(alive.tolist(), picked.tolist())):
@@ -283,6 +231,21 @@ class HFModel(Tokenized):
             ]
             for k, prompt in enumerate(prompts)
         ]
+
+    def session(self, settings: SamplingSettings, max_rows: int | None = None, max_kv_tokens: int | None = None):
+        """A continuous-batching decode loop (`bon.engines.stream`), or None for a model it cannot serve.
+
+        Budgets left None are sized to the device (`stream.default_rows`, `stream.default_kv_tokens`).
+        Sliding-window caches are not merged across prompts: those models keep wave batching.
+        """
+        from bon.engines import stream
+
+        layer_types = getattr(self.model.config, "layer_types", None) or []
+        if getattr(self.model.config, "sliding_window", None) or "sliding_attention" in layer_types:
+            return None
+        rows = max_rows or stream.default_rows(self.device)
+        kv = max_kv_tokens or stream.default_kv_tokens(self.model, self.device)
+        return stream.DecodeSession(self, settings, rows, kv)
 
     @torch.inference_mode()
     def next_token_logprobs(

@@ -6,6 +6,7 @@ runs them in Ray actors, several batches in flight. Both hand back objects with 
 
 from __future__ import annotations
 
+import math
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -16,6 +17,7 @@ from bon.core.errors import BonError
 from bon.core.judging import Judge, PairwiseJudge
 from bon.core.records import Candidate, Prompt
 from bon.core.registry import Registry
+from bon.engines.base import CPU_ROWS
 from bon.pipeline.early_rejection import EarlyRejectionPolicy
 from bon.pipeline.policy import EnginePolicy, Policy
 
@@ -29,7 +31,11 @@ class Pending(Protocol):
 
 
 class Executor(Protocol):
-    window: int  # batches whose sampling may be in flight (the one being collected included)
+    @property
+    def window(self) -> int:
+        """Batches whose sampling may be in flight (the one being collected included)."""
+        ...
+
     judge_window: int  # batches whose judging may be in flight before the oldest is finished
 
     def __enter__(self) -> Executor: ...
@@ -62,17 +68,51 @@ class Done:
         return self.value
 
 
-class LocalExecutor:
-    """Runs each stage in this process when it is submitted; the policy loads on first use."""
+class _Sampling:
+    """A batch submitted for sampling; its candidates are made when asked for (`LocalExecutor._collect`)."""
 
-    window = 1
+    def __init__(self, executor: LocalExecutor, prompts: Sequence[Prompt], n: int, seed: int):
+        self.executor, self.prompts, self.n, self.seed = executor, prompts, n, seed
+        self.started: Any = None  # the policy's handle once the batch joined its decode loop
+        self.value: list[Candidate] | None = None
+
+    def result(self) -> list[Candidate]:
+        return self.executor._collect(self)
+
+
+class LocalExecutor:
+    """Runs each stage in this process; the policy loads on first use.
+
+    Judging runs when submitted. Sampling runs when its result is asked for: a policy that decodes
+    continuously (`EnginePolicy.streams`) then takes every batch submitted so far into its decode
+    loop, so rows of later batches fill the rows earlier ones free; ``window`` keeps enough batches
+    submitted to fill twice its rows. Any other policy samples one batch at a time.
+    """
+
     judge_window = 1
 
-    def __init__(self, judge: Judge, policy: Policy | None = None, make_policy: Callable[[], Policy] | None = None):
+    def __init__(
+        self,
+        judge: Judge,
+        policy: Policy | None = None,
+        make_policy: Callable[[], Policy] | None = None,
+        batch_rows: int = 0,
+        rows_hint: int = 1,
+    ):
         self.judge = judge
         self._policy = policy
         self._make_policy = make_policy
+        self.batch_rows, self.rows_hint = batch_rows, rows_hint  # rows per pipeline batch; decode rows expected
+        self._submitted: list[_Sampling] = []
         self.seconds: dict[str, float] = defaultdict(float)
+
+    @property
+    def window(self) -> int:
+        """Batches whose sampling may be submitted ahead of the one being collected (itself included)."""
+        if not self.batch_rows:
+            return 1
+        rows = self._policy.rows() if _streams(self._policy) else self.rows_hint  # type: ignore[union-attr]
+        return 1 + math.ceil(2 * rows / self.batch_rows)
 
     def __enter__(self) -> LocalExecutor:
         return self
@@ -86,13 +126,30 @@ class LocalExecutor:
         self.seconds[stage] += time.perf_counter() - t0
         return Done(value)
 
-    def sample(self, prompts: Sequence[Prompt], n: int, seed: int) -> Done:
+    def sample(self, prompts: Sequence[Prompt], n: int, seed: int) -> _Sampling:
+        job = _Sampling(self, prompts, n, seed)
+        self._submitted.append(job)
+        return job
+
+    def _collect(self, job: _Sampling) -> list[Candidate]:
+        if job.value is not None:
+            return job.value
         if self._policy is None:
             if self._make_policy is None:
                 raise RuntimeError("LocalExecutor needs a policy or a way to make one")
             self._policy = self._make_policy()
         policy = self._policy
-        return self._timed("sample", lambda: policy.generate(prompts, n, seed))
+        t0 = time.perf_counter()
+        if _streams(policy):
+            for other in self._submitted:  # every batch submitted so far joins the decode loop, in order
+                if other.started is None:
+                    other.started = policy.start(other.prompts, other.n, other.seed)  # type: ignore[attr-defined]
+            job.value = policy.finish(job.started)  # type: ignore[attr-defined]
+        else:
+            job.value = policy.generate(job.prompts, job.n, job.seed)
+        self._submitted.remove(job)
+        self.seconds["sample"] += time.perf_counter() - t0
+        return job.value
 
     def score(self, prompts: Sequence[Prompt], candidates: Sequence[Candidate]) -> Done:
         return self._timed("judge", lambda: self.judge.score(prompts, candidates))
@@ -106,6 +163,11 @@ class LocalExecutor:
 
     def stage_seconds(self) -> dict[str, float]:
         return dict(self.seconds)
+
+
+def _streams(policy: Policy | None) -> bool:
+    streams = getattr(policy, "streams", None)
+    return bool(callable(streams) and streams())
 
 
 # engine name -> executor factory "module:function(config, judge, policy, note) -> Executor"
@@ -123,7 +185,10 @@ def local_executor(
             return EnginePolicy(config.policy)
         return EarlyRejectionPolicy(EnginePolicy(config.policy), judge, config.early_rejection)
 
-    return LocalExecutor(judge, policy, make_policy=make_policy)
+    rows = config.policy.max_rows or CPU_ROWS  # until the policy says how many rows it decodes
+    return LocalExecutor(
+        judge, policy, make_policy=make_policy, batch_rows=config.batch_size * config.n, rows_hint=rows
+    )
 
 
 def make_executor(

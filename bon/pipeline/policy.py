@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from bon.core.config import PolicyConfig
 from bon.core.formats import CHAT, render
 from bon.core.records import Candidate, Prompt
-from bon.engines import LanguageModel, SamplingSettings, derive_seed, load_engine
+from bon.engines import LanguageModel, Sample, SamplingSettings, derive_seed, load_engine
 from bon.engines.tokens import ContextLengthError, effective_context, overflow_message
 
 
@@ -35,6 +35,7 @@ class EnginePolicy:
         self.engine = engine or load_engine(cfg)
         self.name = self.engine.name
         self.settings = SamplingSettings(temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens)
+        self._session: Any = None  # the engine's continuous decode loop, made on first use (False: none)
 
     def prompt_ids(self, prompt: Prompt) -> list[int]:
         """The token ids the policy reads for ``prompt``, in the configured prompt format."""
@@ -90,7 +91,34 @@ class EnginePolicy:
     def generate(self, prompts: Sequence[Prompt], n: int, seed: int) -> list[Candidate]:
         fitted = self.fit(prompts)
         seeds = [prompt_seed(seed, p.id) for p in prompts]
-        samples = self.engine.sample([ids for ids, _ in fitted], n, seeds, self.settings)
+        return self._candidates(
+            prompts, fitted, self.engine.sample([ids for ids, _ in fitted], n, seeds, self.settings)
+        )
+
+    def streams(self) -> bool:
+        """Whether this policy decodes continuously (`start`/`finish`): the transformers engine does."""
+        if self._session is None:
+            make = getattr(self.engine, "session", None)
+            self._session = (make(self.settings, self.cfg.max_rows, self.cfg.max_kv_tokens) if make else None) or False
+        return self._session is not False
+
+    def rows(self) -> int:
+        """Sequences decoding at once (1 when this policy does not stream)."""
+        return self._session.max_rows if self.streams() else 1
+
+    def start(self, prompts: Sequence[Prompt], n: int, seed: int) -> tuple[Sequence[Prompt], list, int]:
+        """Queue ``prompts`` in the continuous decode loop; `finish` returns their candidates."""
+        fitted = self.fit(prompts)
+        for p, (ids, _) in zip(prompts, fitted):
+            self._session.add(p.id, ids, n, prompt_seed(seed, p.id))
+        return prompts, fitted, n
+
+    def finish(self, started: tuple[Sequence[Prompt], list, int]) -> list[Candidate]:
+        """Decode until every prompt of a `start` is done (later prompts decode alongside)."""
+        prompts, fitted, n = started
+        return self._candidates(prompts, fitted, [self._session.result(p.id) for p in prompts])
+
+    def _candidates(self, prompts: Sequence[Prompt], fitted: list, samples: list[list[Sample]]) -> list[Candidate]:
         return [
             Candidate(
                 prompt_id=p.id,

@@ -1,0 +1,239 @@
+"""Continuous batching for the transformers engine: one decode loop that prompts join as rows free up.
+
+A `DecodeSession` keeps up to ``max_rows`` sequences decoding at every step. A prompt is admitted
+when its N rows fit (one prefill, its KV cache expanded to N rows and merged into the live cache,
+left-padded to a common width); its samples leave as soon as all N rows have finished, while the
+other prompts' rows go on. The KV cache never holds more than ``max_kv_tokens`` tokens: a prompt is
+admitted only when every live row, grown by ``max_tokens``, still fits.
+
+Each candidate draws its tokens from the uniforms of its own seed, exactly as `HFModel.sample`
+does; only float rounding (other padding, other neighbours) can differ from a wave-batched run.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from bon.engines.base import CPU_ROWS, GPU_ROWS, EngineError, Sample, SamplingSettings, derive_seed
+from bon.engines.sampling import _left_padded, _pick, uniforms
+
+
+def default_rows(device: torch.device) -> int:
+    return GPU_ROWS if device.type == "cuda" else CPU_ROWS
+
+
+def default_kv_tokens(model: torch.nn.Module, device: torch.device) -> int:
+    """KV-cache tokens that fit a share of the device's free memory: half a GPU's, a quarter of the RAM."""
+    cfg = model.config
+    heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    dtype_bytes = next(model.parameters()).element_size()
+    per_token = 2 * cfg.num_hidden_layers * heads * head_dim * dtype_bytes  # keys and values
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0] // 2
+    else:
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
+    return max(1, int(free // per_token))
+
+
+@dataclass
+class _Request:
+    key: Hashable
+    ids: list[int]
+    n: int
+    seeds: list[int]
+    uniforms: torch.Tensor | None  # (n, max_tokens) float64, one row per candidate, once admitted
+    tokens: list[list[int]] = field(default_factory=list)
+    finish: list[str] = field(default_factory=list)
+    left: int = 0  # rows still decoding
+
+
+@dataclass
+class SessionStats:
+    steps: int = 0
+    peak_rows: int = 0
+    peak_kv_tokens: int = 0  # rows x cache width, at its largest
+    most_prompts_in_a_step: int = 0  # distinct prompts whose rows shared one decode step
+
+
+class DecodeSession:
+    """A continuous decode loop over an `HFModel`; `add` queues prompts, `result` returns one prompt's samples."""
+
+    def __init__(self, engine, settings: SamplingSettings, max_rows: int, max_kv_tokens: int):
+        self.engine, self.settings = engine, settings
+        self.max_rows, self.max_kv_tokens = max_rows, max_kv_tokens
+        self.queue: deque[_Request] = deque()
+        self.live: dict[Hashable, _Request] = {}
+        self.done: dict[Hashable, list[Sample]] = {}
+        self.rows: list[tuple[_Request, int]] = []  # (prompt, candidate index) of each cache row
+        self.cache: Any = None
+        self.mask = self.pos = self.logits = torch.empty(0)
+        self.stats = SessionStats()
+
+    def add(self, key: Hashable, ids: list[int], n: int, seed: int) -> None:
+        """Queue ``n`` samples of one prompt; candidate ``i`` uses the uniforms of ``derive_seed(seed, i)``."""
+        s = self.settings
+        self.engine.check_fits([len(ids)], s.max_tokens)
+        if n > self.max_rows or n * (len(ids) + s.max_tokens) > self.max_kv_tokens:
+            raise EngineError(
+                f"one prompt of {len(ids)} tokens with n={n} and max_tokens={s.max_tokens} needs "
+                f"{n} rows and {n * (len(ids) + s.max_tokens)} KV tokens; the engine allows {self.max_rows} rows "
+                f"and {self.max_kv_tokens} tokens (policy.max_rows, policy.max_kv_tokens)"
+            )
+        seeds = [derive_seed(seed, i) for i in range(n)]
+        self.queue.append(_Request(key, list(ids), n, seeds, None, [[] for _ in range(n)], ["length"] * n, n))
+
+    def result(self, key: Hashable) -> list[Sample]:
+        """Decode until prompt ``key`` is finished (other prompts progress meanwhile); its ``n`` samples."""
+        while key not in self.done:
+            if not self.rows and not self.queue:
+                raise KeyError(f"prompt {key!r} was never added to this decode session")
+            self._step()
+        return self.done.pop(key)
+
+    @torch.inference_mode()
+    def _step(self) -> None:
+        if self.rows:
+            self._decode()
+        self._admit()
+
+    def _decode(self) -> None:
+        """Sample one token for every live row, drop finished rows, and run the rest one position on."""
+        s, eos = self.settings, self.engine.eos_ids
+        self.stats.steps += 1
+        self.stats.most_prompts_in_a_step = max(self.stats.most_prompts_in_a_step, len({id(r) for r, _ in self.rows}))
+        u = None
+        if s.temperature > 0:
+            u = torch.stack([req.uniforms[i, len(req.tokens[i])] for req, i in self.rows])  # type: ignore[index]
+        picked = _pick(self.logits.float().cpu(), u, s)
+        keep = []
+        for row, ((req, i), t) in enumerate(zip(self.rows, picked.tolist())):
+            if t in eos:
+                req.finish[i] = "stop"
+            else:
+                req.tokens[i].append(t)
+                if len(req.tokens[i]) < s.max_tokens:
+                    keep.append(row)
+                    continue
+            req.left -= 1
+            if req.left == 0:
+                self.done[req.key] = self._samples(self.live.pop(req.key))
+        if len(keep) < len(self.rows):  # finished rows leave the batch and its cache
+            self._select(keep)
+            picked = picked[keep]
+        if not self.rows:
+            self.cache = None
+            return
+        self.mask = torch.cat([self.mask, self.mask.new_ones((len(self.rows), 1))], dim=1)
+        out = self.engine.model(
+            input_ids=picked[:, None].to(self.engine.device),
+            attention_mask=self.mask,
+            position_ids=self.pos[:, None],
+            use_cache=True,
+            **{self.engine._cache_kw: self.cache},
+        )
+        self.cache, self.logits, self.pos = self.engine._cache(out), out.logits[:, -1, :], self.pos + 1
+        self._trim()
+        self._measure()
+
+    def _admit(self) -> None:
+        """Prefill the queued prompts whose rows fit, in order, and merge them into the live batch."""
+        group: list[_Request] = []
+        rows, width = len(self.rows), self.mask.shape[1] if self.rows else 0
+        while self.queue:
+            req = self.queue[0]
+            new_rows, new_width = rows + req.n, max(width, len(req.ids))
+            if new_rows > self.max_rows or new_rows * (new_width + self.settings.max_tokens) > self.max_kv_tokens:
+                break
+            group.append(self.queue.popleft())
+            rows, width = new_rows, new_width
+        if not group:
+            return
+        ids, mask, positions = _left_padded([r.ids for r in group], self.engine.pad_id)
+        device = self.engine.device
+        out = self.engine.model(
+            input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device), use_cache=True
+        )
+        counts = torch.tensor([r.n for r in group])
+        cache = self.engine._cache(out)
+        self._merge(
+            _expand(cache, counts),
+            mask.repeat_interleave(counts, dim=0).to(device),
+            (positions[:, -1] + 1).repeat_interleave(counts).to(device),
+            out.logits[:, -1, :].repeat_interleave(counts.to(out.logits.device), dim=0),
+        )
+        for req in group:
+            if self.settings.temperature > 0:  # made at admission: a long queue holds token ids only
+                req.uniforms = uniforms(req.seeds, self.settings.max_tokens)
+            self.live[req.key] = req
+            self.rows += [(req, i) for i in range(req.n)]
+        self._measure()
+
+    def _measure(self) -> None:
+        self.stats.peak_rows = max(self.stats.peak_rows, len(self.rows))
+        self.stats.peak_kv_tokens = max(self.stats.peak_kv_tokens, len(self.rows) * self.mask.shape[1])
+
+    def _merge(self, cache, mask: torch.Tensor, pos: torch.Tensor, logits: torch.Tensor) -> None:
+        """Append new rows to the live batch: the narrower side is left-padded (masked) to the wider width."""
+        if self.cache is None or not self.rows:
+            self.cache, self.mask, self.pos, self.logits = cache, mask, pos, logits
+            return
+        width = max(self.mask.shape[1], mask.shape[1])
+        for live, new in zip(self.cache.layers, cache.layers):
+            for name in ("keys", "values"):
+                a, b = _pad_time(getattr(live, name), width), _pad_time(getattr(new, name), width)
+                setattr(live, name, torch.cat([a, b], dim=0))
+        self.mask = torch.cat([_pad_mask(self.mask, width), _pad_mask(mask, width)], dim=0)
+        self.pos = torch.cat([self.pos, pos])
+        self.logits = torch.cat([self.logits, logits], dim=0)
+
+    def _select(self, keep: list[int]) -> None:
+        rows = torch.tensor(keep, dtype=torch.long)
+        self.rows = [self.rows[k] for k in keep]
+        if keep:
+            self.cache.batch_select_indices(rows.to(self.engine.device))
+            self.mask, self.pos, self.logits = self.mask[rows], self.pos[rows], self.logits[rows]
+
+    def _trim(self) -> None:
+        """Drop leading cache columns that no live row attends to (padding of rows that have left)."""
+        used = self.mask.any(dim=0).nonzero()
+        start = int(used[0]) if len(used) else 0
+        if start > 0:
+            self.mask = self.mask[:, start:]
+            for layer in self.cache.layers:
+                layer.keys, layer.values = layer.keys[:, :, start:], layer.values[:, :, start:]
+
+    def _samples(self, req: _Request) -> list[Sample]:
+        return [
+            Sample(
+                text=self.engine.tokenizer.decode(req.tokens[i], skip_special_tokens=True),
+                prompt_tokens=len(req.ids),
+                completion_tokens=len(req.tokens[i]) + (req.finish[i] == "stop"),
+                finish_reason=req.finish[i],
+                seed=req.seeds[i],
+                token_ids=tuple(req.tokens[i]),
+            )
+            for i in range(req.n)
+        ]
+
+
+def _expand(cache, counts: torch.Tensor):
+    """Each prompt's cache rows repeated ``counts[k]`` times (its N candidates share one prefill)."""
+    for layer in cache.layers:
+        layer.keys = layer.keys.repeat_interleave(counts.to(layer.keys.device), dim=0)
+        layer.values = layer.values.repeat_interleave(counts.to(layer.values.device), dim=0)
+    return cache
+
+
+def _pad_time(t: torch.Tensor, width: int) -> torch.Tensor:
+    return t if t.shape[2] == width else torch.nn.functional.pad(t, (0, 0, width - t.shape[2], 0))
+
+
+def _pad_mask(m: torch.Tensor, width: int) -> torch.Tensor:
+    return m if m.shape[1] == width else torch.nn.functional.pad(m, (width - m.shape[1], 0))
