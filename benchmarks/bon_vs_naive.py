@@ -2,8 +2,9 @@
 
 Naive loop: per prompt `model.generate(num_return_sequences=N, do_sample=True)` in the chat
 template, then one forward pass per candidate for its Self-J score. bon: `bon.pipeline.run` with
-the transformers engine (and the vLLM engine when vllm is importable), one pipeline batch holding
-every prompt. SmolLM2-135M-Instruct is policy and Self-J judge (chat prompt), as in the demo.
+the transformers engine (and the vLLM engine when vllm is importable) and `configs/demo.yaml`'s
+shipped settings (batch_size 2; the transformers engine decodes across batches). SmolLM2-135M-Instruct
+is policy and Self-J judge (chat prompt), as in the demo.
 
 Then: an N sweep (cost growth with N), the Self-J judge against its prefix-reuse floor and
 against no reuse, and a roofline (FLOPs per generated / judged token against this machine's
@@ -91,7 +92,6 @@ def bon_run(prompts, n: int, max_tokens: int, backend: str, out_dir: Path) -> di
         f"prompts.source={src}",
         f"n={n}",
         f"seed={SEED}",
-        f"batch_size={len(prompts)}",
         f"policy.max_tokens={max_tokens}",
         f"policy.backend={backend}",
         f"judge.options.backend={backend}",
