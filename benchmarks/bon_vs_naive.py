@@ -19,11 +19,38 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED = 0
+
+
+class PeakRSS:
+    """The process's peak resident memory while a block runs, sampled from /proc every 20 ms (Linux)."""
+
+    def __enter__(self) -> PeakRSS:
+        self.peak, self._stop = _rss(), threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, _rss())
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss())
+
+
+def _rss() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
 
 
 def load_prompts(k: int):
@@ -119,12 +146,22 @@ def bon_run(prompts, n: int, max_tokens: int, backend: str, out_dir: Path) -> di
 
 
 def table(rows: list[dict]) -> None:
-    print(f"\n{'path':<18}{'wall s':>9}{'sample s':>10}{'judge s':>9}{'gen tokens':>12}{'tokens/s':>10}{'cand/s':>9}")
+    print(
+        f"\n{'path':<18}{'wall s':>9}{'sample s':>10}{'judge s':>9}{'gen tokens':>12}{'tokens/s':>10}{'cand/s':>9}"
+        f"{'peak RSS GB':>12}"
+    )
     for r in rows:
         print(
             f"{r['path']:<18}{r['wall']:>9.1f}{r['sample']:>10.1f}{r['judge']:>9.1f}{r['tokens']:>12}"
-            f"{r['tokens'] / r['sample']:>10.1f}{r['candidates'] / r['wall']:>9.2f}"
+            f"{r['tokens'] / r['sample']:>10.1f}{r['candidates'] / r['wall']:>9.2f}{r['rss'] / 2**30:>12.2f}"
         )
+
+
+def measured(fn, *args) -> dict:
+    """``fn(*args)``'s row with the process's peak resident memory while it ran (the loaded models included)."""
+    with PeakRSS() as rss:
+        row = fn(*args)
+    return {**row, "rss": rss.peak}
 
 
 def n_sweep(engine, prompts, max_tokens: int) -> None:
@@ -235,15 +272,15 @@ def main() -> None:
     engine = load(ModelConfig())
     rows = []
     with tempfile.TemporaryDirectory(prefix="bon-bench-") as tmp:
-        base = None if args.skip_naive else naive(engine, prompts, args.n, args.max_tokens)
+        base = None if args.skip_naive else measured(naive, engine, prompts, args.n, args.max_tokens)
         if base:
             rows.append(base)
             table(rows)
-        rows.append(bon_run(prompts, args.n, args.max_tokens, "transformers", Path(tmp)))
+        rows.append(measured(bon_run, prompts, args.n, args.max_tokens, "transformers", Path(tmp)))
         try:
             import vllm  # noqa: F401
 
-            rows.append(bon_run(prompts, args.n, args.max_tokens, "vllm", Path(tmp)))
+            rows.append(measured(bon_run, prompts, args.n, args.max_tokens, "vllm", Path(tmp)))
         except ImportError:
             pass
     table(rows)

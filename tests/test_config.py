@@ -84,3 +84,9 @@ def test_bad_yaml_and_bad_set():
 def test_generator_name():
     assert RunConfig().generator_name() == "SmolLM2-135M-Instruct-bo8-selfj"
     assert RunConfig(name="mine").generator_name() == "mine"
+
+
+def test_decode_rows_must_hold_one_prompt():
+    with pytest.raises(ConfigError, match="policy.max_rows 4 cannot hold one prompt's n=8 rows"):
+        load_config(None, ["n=8", "policy.max_rows=4"])
+    assert load_config(None, ["n=8", "policy.max_rows=8"]).policy.max_rows == 8

@@ -258,6 +258,12 @@ class RunConfig(Strict):
             raise ValueError("early_rejection needs engine: local (the policy consults the judge between chunks)")
         return self
 
+    @model_validator(mode="after")
+    def _rows_hold_a_prompt(self) -> RunConfig:
+        if self.policy.max_rows is not None and self.policy.max_rows < self.n:
+            raise ValueError(f"policy.max_rows {self.policy.max_rows} cannot hold one prompt's n={self.n} rows")
+        return self
+
     def generator_name(self) -> str:
         if self.name:
             return self.name
