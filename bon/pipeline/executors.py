@@ -10,7 +10,7 @@ import math
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol, cast
+from typing import Any, Protocol, TypeGuard, cast
 
 from bon.core.config import RunConfig
 from bon.core.errors import BonError
@@ -19,7 +19,7 @@ from bon.core.records import Candidate, Prompt
 from bon.core.registry import Registry
 from bon.engines.base import CPU_ROWS
 from bon.pipeline.early_rejection import EarlyRejectionPolicy
-from bon.pipeline.policy import EnginePolicy, Policy
+from bon.pipeline.policy import EnginePolicy, Policy, StreamingPolicy
 
 
 class ExecutorError(BonError, RuntimeError):
@@ -111,8 +111,11 @@ class LocalExecutor:
         """Batches whose sampling may be submitted ahead of the one being collected (itself included)."""
         if not self.batch_rows:
             return 1
-        rows = self._policy.rows() if _streams(self._policy) else self.rows_hint  # type: ignore[union-attr]
-        return 1 + math.ceil(2 * rows / self.batch_rows)
+        if self._policy is None:  # not loaded yet: the configured or default rows
+            return 1 + math.ceil(2 * self.rows_hint / self.batch_rows)
+        if not _streams(self._policy):
+            return 1
+        return 1 + math.ceil(2 * self._policy.rows() / self.batch_rows)
 
     def __enter__(self) -> LocalExecutor:
         return self
@@ -143,8 +146,8 @@ class LocalExecutor:
         if _streams(policy):
             for other in self._submitted:  # every batch submitted so far joins the decode loop, in order
                 if other.started is None:
-                    other.started = policy.start(other.prompts, other.n, other.seed)  # type: ignore[attr-defined]
-            job.value = policy.finish(job.started)  # type: ignore[attr-defined]
+                    other.started = policy.start(other.prompts, other.n, other.seed)
+            job.value = policy.finish(job.started)
         else:
             job.value = policy.generate(job.prompts, job.n, job.seed)
         self._submitted.remove(job)
@@ -165,9 +168,8 @@ class LocalExecutor:
         return dict(self.seconds)
 
 
-def _streams(policy: Policy | None) -> bool:
-    streams = getattr(policy, "streams", None)
-    return bool(callable(streams) and streams())
+def _streams(policy: Policy | None) -> TypeGuard[StreamingPolicy]:
+    return isinstance(policy, StreamingPolicy) and policy.streams()
 
 
 # engine name -> executor factory "module:function(config, judge, policy, note) -> Executor"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from bon.core.config import PolicyConfig
 from bon.core.formats import CHAT, render
@@ -17,6 +17,23 @@ class Policy(Protocol):
 
     def generate(self, prompts: Sequence[Prompt], n: int, seed: int) -> list[Candidate]:
         """``n`` candidates for each prompt, in prompt order then index order."""
+
+
+@runtime_checkable
+class StreamingPolicy(Policy, Protocol):
+    """A policy with a continuous decode loop: `start` queues a batch, `finish` returns its candidates."""
+
+    def streams(self) -> bool:
+        """Whether the loop is there (the engine may not have one)."""
+        ...
+
+    def rows(self) -> int:
+        """Sequences the loop decodes at once."""
+        ...
+
+    def start(self, prompts: Sequence[Prompt], n: int, seed: int) -> Any: ...
+
+    def finish(self, started: Any) -> list[Candidate]: ...
 
 
 NO_TEMPLATE_FIX = "set policy.prompt_format to a named format (e.g. vicuna_v1.1) or a template with {instruction}"
