@@ -95,6 +95,20 @@ def _outcome(fit: Fit) -> str:
     return f"{n} {fit.role} prompts do not fit its context of {fit.context}: {became} ({fit.option}: {fit.mode})"
 
 
+def _check_kv_budget(config: RunConfig, fit: Fit) -> None:
+    """A set policy.max_kv_tokens must hold one prompt's N rows with max_tokens each, for every prompt."""
+    budget, n, generated = config.policy.max_kv_tokens, config.n, config.policy.max_tokens
+    if budget is None:
+        return
+    over = [(pid, n * (length + generated)) for pid, length in fit.lengths if n * (length + generated) > budget]
+    if over:
+        pid, need = max(over, key=lambda r: r[1])
+        raise ContextLengthError(
+            f"policy.max_kv_tokens {budget} cannot hold {len(over)} prompts' n={n} rows of prompt + max_tokens "
+            f"{generated} (e.g. {pid!r} needs {need}); raise it, or lower n or policy.max_tokens"
+        )
+
+
 def lengths(config: RunConfig, prompts: Sequence[Prompt], judge: Judge, check_policy: bool = True) -> LengthPlan:
     """Apply the context limits before any work: raise for on_overflow: error, else say what happens."""
     plan = LengthPlan()
@@ -108,6 +122,7 @@ def lengths(config: RunConfig, prompts: Sequence[Prompt], judge: Judge, check_po
                     f"skipped: prompt of {n} tokens + max_tokens {config.policy.max_tokens} "
                     f"exceeds the policy's context of {fit.context}"
                 )
+        _check_kv_budget(config, fit)
     twin = offline_twin(judge)
     if twin is not None:
         twin.preflight_rows()  # a judge whose tokenizer cannot build its prompts fails here, not after sampling
