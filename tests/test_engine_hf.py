@@ -52,7 +52,7 @@ def test_batched_sampler_equals_one_candidate_at_a_time(smollm2):
     decoding prompts together and dropping finished rows give each candidate exactly the tokens of a
     plain loop that recomputes the whole sequence for it alone, with the same uniforms of its own seed."""
     from bon.engines.base import SamplingSettings
-    from bon.engines.hf import _pick
+    from bon.engines.sampling import _pick
 
     s = SamplingSettings(temperature=1.0, top_p=0.9, max_tokens=10)
     prompts = [smollm2.chat_ids([{"role": "user", "content": p.instruction}]) for p in PROMPTS]

@@ -10,6 +10,7 @@ import copy
 import inspect
 import os
 import shutil
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,9 +20,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from bon.core.config import ModelConfig
-from bon.engines.base import Sample, SamplingSettings, derive_seed
+from bon.engines.base import Sample, SamplingSettings
 from bon.engines.models import ModelLoadError, ModelRef, converted_path, first_line, hub_reachable, resolve
-from bon.engines.sampling import _left_padded, _pick, uniforms
+from bon.engines.sampling import _left_padded
+from bon.engines.stream import DecodeSession, default_kv_tokens, default_rows
 from bon.engines.tokens import Tokenized, config_context
 
 _LOADED: dict[tuple, HFModel] = {}
@@ -158,79 +160,23 @@ class HFModel(Tokenized):
     def _cache(self, out):
         return getattr(out, "cache", None) or out.past_key_values
 
-    @torch.inference_mode()
     def sample(
         self, prompts: Sequence[list[int]], n: int, seeds: Sequence[int], settings: SamplingSettings
     ) -> list[list[Sample]]:
-        """``n`` samples per prompt, all prompts decoded together.
+        """``n`` samples per prompt, all prompts decoded together (one wave).
 
-        Each prompt is prefilled once (left-padded across prompts) and its KV cache expanded to
-        ``n`` rows; finished rows leave the batch. Candidate ``i`` of a prompt draws its tokens
-        by inverse CDF from uniforms of its own generator (seeded ``derive_seed(seed, i)``), so
-        its randomness depends on its seed alone; its logits are those of its pipeline batch
-        (the padding of the prompts it was sampled with), which a resumed run redraws whole.
+        The continuous decode loop (`bon.engines.stream`) with room for every row at once: each
+        prompt is prefilled once (left-padded across prompts) and its KV cache expanded to ``n``
+        rows; finished rows leave the batch. Candidate ``i`` of a prompt draws its tokens by inverse
+        CDF from uniforms of its own generator (seeded ``derive_seed(seed, i)``), so its randomness
+        depends on its seed alone; its logits are those of its wave (the padding of the prompts it
+        was sampled with), which a resumed run redraws whole.
         """
-        self.check_fits([len(p) for p in prompts], settings.max_tokens)
-        if not prompts:
-            return []
-        seeds_of = [[derive_seed(seed, i) for i in range(n)] for seed in seeds]
-        draws = (
-            uniforms([sd for row in seeds_of for sd in row], settings.max_tokens) if settings.temperature > 0 else None
-        )
-        ids, mask, positions = _left_padded(prompts, self.pad_id)
-        out = self.model(
-            input_ids=ids.to(self.device),
-            attention_mask=mask.to(self.device),
-            position_ids=positions.to(self.device),
-            use_cache=True,
-        )
-        cache = self._cache(out)
-        cache.batch_repeat_interleave(n)
-        logits = out.logits[:, -1, :].repeat_interleave(n, dim=0)
-        mask = mask.repeat_interleave(n, dim=0).to(self.device)
-        next_pos = (positions[:, -1] + 1).repeat_interleave(n).to(self.device)
-        alive = torch.arange(len(prompts) * n)  # the candidate each batch row holds
-        tokens: list[list[int]] = [[] for _ in range(len(prompts) * n)]
-        finish = ["length"] * (len(prompts) * n)
-        for step in range(settings.max_tokens):
-            u = None if draws is None else draws[alive, step]
-            picked = _pick(logits.float().cpu(), u, settings)
-            keep = []
-            for row, (cand, t) in enumerate(zip(alive.tolist(), picked.tolist())):
-                if t in self.eos_ids:
-                    finish[cand] = "stop"
-                else:
-                    tokens[cand].append(t)
-                    keep.append(row)
-            if not keep or step == settings.max_tokens - 1:
-                break
-            if len(keep) < len(alive):  # finished rows leave the batch and its cache
-                rows = torch.tensor(keep)
-                cache.batch_select_indices(rows.to(self.device))
-                alive, picked, mask, next_pos = alive[rows], picked[rows], mask[rows], next_pos[rows]
-            mask = torch.cat([mask, mask.new_ones((len(alive), 1))], dim=1)
-            out = self.model(
-                input_ids=picked[:, None].to(self.device),
-                attention_mask=mask,
-                position_ids=next_pos[:, None],
-                use_cache=True,
-                **{self._cache_kw: cache},
-            )
-            cache, logits, next_pos = self._cache(out), out.logits[:, -1, :], next_pos + 1
-        return [
-            [
-                Sample(
-                    text=self.tokenizer.decode(tokens[k * n + i], skip_special_tokens=True),
-                    prompt_tokens=len(prompt),
-                    completion_tokens=len(tokens[k * n + i]) + (finish[k * n + i] == "stop"),
-                    finish_reason=finish[k * n + i],
-                    seed=seeds_of[k][i],
-                    token_ids=tuple(tokens[k * n + i]),
-                )
-                for i in range(n)
-            ]
-            for k, prompt in enumerate(prompts)
-        ]
+        self.check_fits([len(p) for p in prompts], settings.max_tokens)  # every prompt named by its index
+        wave = DecodeSession(self, settings, max_rows=max(1, len(prompts) * n), max_kv_tokens=sys.maxsize)
+        for k, (ids, seed) in enumerate(zip(prompts, seeds)):
+            wave.add(k, ids, n, seed)
+        return [wave.result(k) for k in range(len(prompts))]
 
     def session(self, settings: SamplingSettings, max_rows: int | None = None, max_kv_tokens: int | None = None):
         """A continuous-batching decode loop (`bon.engines.stream`), or None for a model it cannot serve.
@@ -238,14 +184,12 @@ class HFModel(Tokenized):
         Budgets left None are sized to the device (`stream.default_rows`, `stream.default_kv_tokens`).
         Sliding-window caches are not merged across prompts: those models keep wave batching.
         """
-        from bon.engines import stream
-
         layer_types = getattr(self.model.config, "layer_types", None) or []
         if getattr(self.model.config, "sliding_window", None) or "sliding_attention" in layer_types:
             return None
-        rows = max_rows or stream.default_rows(self.device)
-        kv = max_kv_tokens or stream.default_kv_tokens(self.model, self.device)
-        return stream.DecodeSession(self, settings, rows, kv)
+        rows = max_rows or default_rows(self.device)
+        kv = max_kv_tokens or default_kv_tokens(self.model, self.device)
+        return DecodeSession(self, settings, rows, kv)
 
     @torch.inference_mode()
     def next_token_logprobs(

@@ -202,6 +202,8 @@ class DecodeSession:
 
     def _trim(self) -> None:
         """Drop leading cache columns that no live row attends to (padding of rows that have left)."""
+        if any(getattr(layer, "is_sliding", False) for layer in self.cache.layers):
+            return  # a sliding window's cache is not aligned with the mask (one-wave use only: `HFModel.sample`)
         used = self.mask.any(dim=0).nonzero()
         start = int(used[0]) if len(used) else 0
         if start > 0:
@@ -225,6 +227,9 @@ class DecodeSession:
 
 def _expand(cache, counts: torch.Tensor):
     """Each prompt's cache rows repeated ``counts[k]`` times (its N candidates share one prefill)."""
+    if bool((counts == counts[0]).all()):  # the usual case: the cache's own expansion, for any layer type
+        cache.batch_repeat_interleave(int(counts[0]))
+        return cache
     for layer in cache.layers:
         layer.keys = layer.keys.repeat_interleave(counts.to(layer.keys.device), dim=0)
         layer.values = layer.values.repeat_interleave(counts.to(layer.values.device), dim=0)
