@@ -1,22 +1,18 @@
-"""Early rejection against full best-of-N at the same N: generated tokens against the selected score.
+"""Early rejection against full best-of-N at the same N, both as `bon run` with the demo's defaults.
 
-SmolLM2-135M-Instruct samples N candidates per prompt; the Self-J template on the same model
-(chat prompt) judges them, partial answers included. Full best-of-N judges every complete
-candidate; early rejection judges partial candidates every `chunk` tokens and keeps the best
-`keep_fraction` (Sun et al. 2024). For each setting: tokens generated, judge calls, wall time, the
-mean score of the selected candidates under the full judge, and both as ratios to full best-of-N.
+SmolLM2-135M-Instruct samples N candidates per prompt; the Self-J template on the same model (chat
+prompt) judges them, partial answers included. Full best-of-N judges every complete candidate;
+early rejection judges the unfinished candidates every `--chunk` tokens and keeps the best
+`keep_fraction` (Sun et al. 2024), their KV cache kept between rounds. For each setting: tokens
+generated (rejected candidates' included), judge calls, wall time, and the mean full-judge score of
+the selected candidates, each against full best-of-N. A free baseline is printed beside them:
+"random k of N", the expected best full-judge score of k = ceil(keep_fraction * N) candidates kept
+at random (exact, from full best-of-N's scores), which tells whether partial scores beat chance.
 
-    .venv/bin/python benchmarks/early_rejection.py [--prompts 50] [--n 32] [--max-tokens 16] [--chunk 4] [--keep 0.25]
+    .venv/bin/python benchmarks/early_rejection.py [--prompts 16] [--n 32] [--max-tokens 128] [--chunk 16] [--keep 0.25]
 
-On this 2-core CPU the defaults take ~9 minutes (full best-of-32 ~300 s, one early-rejection setting
-~210 s); `--keep 0.125 0.25 0.5` prints the curve in ~17 minutes. Every round re-reads each
-surviving candidate's prompt and partial answer (policy prefill) and judges it, so the partial
-judging costs about what full judging does here. A free baseline is printed beside each setting:
-"random k of N", the expected best full-judge score of k = ceil(keep_fraction * N) candidates
-kept at random (computed exactly from full best-of-N's scores), which tells whether the partial
-scores choose better than chance.
-
-Prompts: the 175 seed instructions of ../shared/data/selfj/seed_tasks.jsonl (first --prompts).
+The defaults take ~5 minutes on this 2-core CPU. The last line is the headline (first --keep).
+Prompts: the first --prompts of the 175 seed instructions in ../shared/data/selfj/seed_tasks.jsonl.
 """
 
 from __future__ import annotations
@@ -25,6 +21,7 @@ import argparse
 import json
 import math
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,96 +29,93 @@ ROOT = Path(__file__).resolve().parent.parent
 SEEDS = ROOT.parent / "shared" / "data" / "selfj" / "seed_tasks.jsonl"
 
 
+def bon_run(src: Path, out: Path, args: argparse.Namespace, keep: float | None) -> dict:
+    from bon.core.config import load_config
+    from bon.core.records import Candidate, Judgement
+    from bon.pipeline.runner import run
+
+    sets = [f"output_dir={out}", f"prompts.source={src}", f"n={args.n}", f"policy.max_tokens={args.max_tokens}"]
+    if keep is not None:
+        sets += [f"early_rejection.chunk_tokens={args.chunk}", f"early_rejection.keep_fraction={keep}"]
+    cfg = load_config(ROOT / "configs" / "demo.yaml", sets)
+    judged = 0
+    judge_cls = _judge_class()
+    score = judge_cls.score
+
+    def counting(self, prompts, candidates):  # every judge call, partial answers included
+        nonlocal judged
+        judged += len(candidates)
+        return score(self, prompts, candidates)
+
+    judge_cls.score = counting
+    try:
+        t0 = time.perf_counter()
+        result = run(cfg)
+        wall = time.perf_counter() - t0
+    finally:
+        judge_cls.score = score
+    verdicts = result.run_dir.read(Judgement)
+    by_prompt: dict[str, list[float | None]] = {}
+    for j in verdicts:
+        by_prompt.setdefault(j.prompt_id, []).append(j.score)
+    picked = [s.score for s in result.selections if s.score is not None]
+    return {
+        "label": f"keep {keep:g}" if keep is not None else f"full best-of-{args.n}",
+        "tokens": sum(c.completion_tokens for c in result.run_dir.read(Candidate)),
+        "judged": judged,
+        "wall": wall,
+        "score": statistics.mean(picked),
+        "all_scores": list(by_prompt.values()),
+    }
+
+
+def _judge_class():
+    from judges.selfj import SelfJudge
+
+    return SelfJudge
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--prompts", type=int, default=50)
+    parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--n", type=int, default=32)
-    parser.add_argument("--max-tokens", type=int, default=16)
-    parser.add_argument("--chunk", type=int, default=4)
+    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--chunk", type=int, default=16)
     parser.add_argument("--keep", type=float, nargs="+", default=[0.25])
     args = parser.parse_args()
     if not SEEDS.exists():
         raise SystemExit(f"{SEEDS} not found: this benchmark needs the shared data beside a dev checkout")
 
-    from bon.core.config import EarlyRejectionConfig, PolicyConfig
-    from bon.core.records import Prompt, by_key
-    from bon.pipeline.early_rejection import EarlyRejectionPolicy, rejected_judgements
-    from bon.pipeline.policy import EnginePolicy
-    from bon.pipeline.selection import select
-    from judges.selfj import SelfJOptions, SelfJudge
-
     rows = [json.loads(line) for line in SEEDS.read_text().splitlines()[: args.prompts]]
-    prompts = [Prompt(str(r["id"]), r["instruction"]) for r in rows]
-    policy = EnginePolicy(PolicyConfig(max_tokens=args.max_tokens))
-    judge = SelfJudge(SelfJOptions(prompt_format="chat", batch_size=args.n), engine=policy.engine)
-
-    class Counting:  # counts what the judge is asked, partial answers included
-        name = judge.name
-
-        def __init__(self):
-            self.calls = 0
-
-        def score(self, ps, cs):
-            self.calls += len(cs)
-            return judge.score(ps, cs)
-
-    def best_of_n(make_policy, label: str) -> dict:
-        counting = Counting()
-        pol = make_policy(counting)
-        t0 = time.perf_counter()
-        tokens, picked, all_scores = 0, [], []
-        for start in range(0, len(prompts), 10):  # ten prompts per engine call
-            batch = prompts[start : start + 10]
-            cands = pol.generate(batch, args.n, 0)
-            tokens += getattr(pol, "generated_tokens", 0) or sum(c.completion_tokens for c in cands)
-            if hasattr(pol, "generated_tokens"):
-                pol.generated_tokens = 0
-            scoreable, failed = rejected_judgements(cands, judge.name)
-            verdicts = by_key(counting.score(batch, scoreable)) | failed
-            for p in batch:
-                s = select(p.id, [verdicts[(p.id, i)] for i in range(args.n)])
-                picked.append(s.score)
-                all_scores.append([verdicts[(p.id, i)].score for i in range(args.n)])
-        wall = time.perf_counter() - t0
-        scores = [s for s in picked if s is not None]
-        return {
-            "label": label,
-            "tokens": tokens,
-            "judged": counting.calls,
-            "wall": wall,
-            "score": statistics.mean(scores),
-            "all_scores": all_scores,
-        }
-
-    results = [best_of_n(lambda _: policy, f"full best-of-{args.n}")]
-    print(f"done: {results[-1]}", flush=True)
-    for keep in args.keep:
-        cfg = EarlyRejectionConfig(chunk_tokens=args.chunk, keep_fraction=keep)
-        results.append(
-            best_of_n(lambda counting, cfg=cfg: EarlyRejectionPolicy(policy, counting, cfg), f"keep {keep:g}")
-        )
-        print(f"done: {results[-1]}", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "prompts.jsonl"
+        src.write_text("".join(json.dumps({"id": r["id"], "instruction": r["instruction"]}) + "\n" for r in rows))
+        results = [bon_run(src, Path(tmp) / "full", args, None)]
+        print(f"done: {results[-1]['label']} in {results[-1]['wall']:.1f} s", flush=True)
+        for keep in args.keep:
+            results.append(bon_run(src, Path(tmp) / f"keep{keep}", args, keep))
+            print(f"done: {results[-1]['label']} in {results[-1]['wall']:.1f} s", flush=True)
     full = results[0]
-    randoms = {
-        keep: statistics.mean(best_of_random_subset(s, math.ceil(keep * args.n)) for s in full["all_scores"])
-        for keep in sorted({0.125, 0.25, 0.5, *args.keep})
-    }
-    print(f"\n{len(prompts)} prompts, N={args.n}, max_tokens {args.max_tokens}, chunk {args.chunk} tokens")
+    print(f"\n{len(rows)} prompts, N={args.n}, max_tokens {args.max_tokens}, a cut every {args.chunk} tokens")
     print(
-        f"{'setting':<18}{'gen tokens':>11}{'fewer':>8}{'judged':>8}{'wall s':>8}{'speed-up':>9}"
+        f"{'setting':<18}{'gen tokens':>11}{'fewer':>8}{'judged':>8}{'wall s':>8}{'wall':>8}"
         f"{'mean selected score':>21}{'vs full':>9}"
     )
     for r in results:
         print(
             f"{r['label']:<18}{r['tokens']:>11}{full['tokens'] / r['tokens']:>7.2f}x{r['judged']:>8}{r['wall']:>8.1f}"
-            f"{full['wall'] / r['wall']:>8.2f}x{r['score']:>21.3f}{100 * (r['score'] / full['score'] - 1):>+8.1f}%"
+            f"{r['wall'] / full['wall']:>7.2f}x{r['score']:>21.3f}{100 * (r['score'] / full['score'] - 1):>+8.1f}%"
         )
-    for keep, score in randoms.items():
+    for keep in args.keep:
         k = math.ceil(keep * args.n)
-        print(
-            f"{f'random {k} of {args.n}':<18}{'':>11}{'':>8}{'':>8}{'':>8}{'':>9}"
-            f"{score:>21.3f}{100 * (score / full['score'] - 1):>+8.1f}%"
-        )
+        score = statistics.mean(best_of_random_subset(s, k) for s in full["all_scores"])
+        print(f"{f'random {k} of {args.n}':<61}{score:>21.3f}{100 * (score / full['score'] - 1):>+8.1f}%")
+    head = results[1]
+    print(
+        f"early rejection keep {args.keep[0]:.2f}: wall {head['wall'] / full['wall']:.2f}x of full best-of-{args.n}, "
+        f"{full['tokens'] / head['tokens']:.2f}x fewer generated tokens, "
+        f"mean selected score {100 * head['score'] / full['score']:.1f}% of full"
+    )
 
 
 def best_of_random_subset(scores: list[float | None], k: int) -> float:

@@ -120,3 +120,72 @@ def test_continuous_batching_holds_its_kv_budget(smollm2):
     assert 0 < session.stats.peak_kv_tokens <= budget and session.stats.peak_rows <= 4
     with pytest.raises(EngineError, match="policy.max_kv_tokens"):
         session.add("big", prompts[0], 8, 0)  # one prompt alone would exceed the budget: refused before any work
+
+
+def _pause_all(loop, keys, keep):
+    """Drive a pause/resume loop to the end; at each pause keep ``keep(partial)``; the partials seen per prompt."""
+    seen: dict = {k: [] for k in keys}
+    while True:
+        loop.advance(keys)
+        if not loop.paused:
+            return seen
+        for k in list(loop.paused):
+            part = loop.partial(k)
+            seen[k].append(part)
+            loop.resume(k, keep(part))
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_paused_rows_keep_their_cache_and_survivors_get_their_full_best_of_n_tokens(smollm2, temperature):
+    """Early rejection on the decode loop: rows park after each chunk and resume without a prefill; a
+    survivor's tokens are the ones full best-of-N gives that candidate, a rejected one's are their prefix,
+    and the rows rejection frees are taken by the next prompts while others are parked. Greedy decoding
+    must match exactly; sampled tokens may flip where the inverse CDF sits within float rounding of a
+    boundary (other neighbours), so there most candidates must match: a cache or position wrong after
+    resuming would change nearly every one."""
+    from bon.engines.base import SamplingSettings
+
+    s = SamplingSettings(temperature=temperature, top_p=1.0, max_tokens=16)
+    texts = ["Name a fruit.", "Say hello in French.", "Name a colour.", "Count to three."]
+    prompts = [smollm2.chat_ids([{"role": "user", "content": t}]) for t in texts]
+    full = smollm2.sample(prompts, 4, [7, 8, 9, 10], s)
+    loop = smollm2.session(s, max_rows=8)
+    for k, ids in enumerate(prompts):
+        loop.add(k, ids, 4, 7 + k, pause_every=4)
+    seen = _pause_all(loop, range(4), keep=lambda part: sorted(part)[:1])  # the lowest index goes on
+    got = [loop.result(k) for k in range(4)]
+    assert loop.stats.prefills == 4 and loop.stats.peak_rows <= 8
+    assert loop.stats.most_prompts_in_a_step >= 2
+    same = total = 0
+    for k in range(4):
+        assert seen[k] and all(len(t) == 4 * (r + 1) for r, part in enumerate(seen[k]) for t in part.values())
+        assert sum(c.finish_reason != "rejected" for c in got[k]) >= 1
+        for a, b in zip(got[k], full[k]):
+            assert a.seed == b.seed
+            total += 1
+            if a.finish_reason == "rejected":
+                assert len(a.token_ids) % 4 == 0
+                same += b.token_ids[: len(a.token_ids)] == a.token_ids
+            else:
+                same += (a.token_ids, a.finish_reason) == (b.token_ids, b.finish_reason)
+    assert same == total if temperature == 0 else same >= 0.75 * total
+    with pytest.raises(KeyError, match="never added"):
+        loop.result("other")
+
+
+def test_resubmitting_loop_pauses_and_rejects_like_the_decode_loop(smollm2):
+    from bon.engines.base import SamplingSettings
+    from bon.pipeline.early_rejection import Resubmit
+
+    s = SamplingSettings(temperature=1.0, top_p=1.0, max_tokens=10)
+    prompts = [smollm2.chat_ids([{"role": "user", "content": t}]) for t in ["Name a fruit.", "Say hi."]]
+    loop = Resubmit(smollm2, s)
+    for k, ids in enumerate(prompts):
+        loop.add(k, ids, 4, k, pause_every=4)
+    seen = _pause_all(loop, range(2), keep=lambda part: sorted(part)[:2])
+    for k in range(2):
+        got = loop.result(k)
+        assert [len(t) for part in seen[k][:1] for t in part.values()] == [4] * len(seen[k][0])
+        assert all(len(c.token_ids) <= 10 for c in got) and any(c.finish_reason == "rejected" for c in got)
+        kept = [c for c in got if c.finish_reason != "rejected"]
+        assert kept and all(c.finish_reason == "stop" or len(c.token_ids) == 10 for c in kept)

@@ -37,7 +37,7 @@ class Sample:
     text: str
     prompt_tokens: int
     completion_tokens: int
-    finish_reason: str  # "stop" or "length"
+    finish_reason: str  # "stop", "length", or "rejected" (stopped early by its caller)
     seed: int | None
     token_ids: tuple[int, ...] = ()  # the generated tokens (end-of-sequence excluded), to continue from
     source: str | None = (

@@ -8,13 +8,18 @@ admitted only when every live row, grown by ``max_tokens``, still fits.
 
 Each candidate draws its tokens from the uniforms of its own seed, exactly as `HFModel.sample`
 does; only float rounding (other padding, other neighbours) can differ from a wave-batched run.
+
+A prompt added with ``pause_every`` stops after every so many tokens (early rejection): its rows
+leave the decode batch with their KV cache (parked), the caller looks at the partial answers and
+`resume` puts the ones it keeps back into the batch, never re-prefilled; the others end
+``"rejected"``. Parked rows count against both budgets, so resuming never overflows them.
 """
 
 from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import Collection, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +57,33 @@ class _Request:
     tokens: list[list[int]] = field(default_factory=list)
     finish: list[str] = field(default_factory=list)
     left: int = 0  # rows still decoding
+    every: int | None = None  # tokens between two pauses (None: never pauses)
+    pause_at: int = 0  # the length at which its rows park next
+    parked: _Rows | None = None  # its rows out of the batch, KV kept, while the caller decides
+
+
+@dataclass
+class _Rows:
+    """Rows taken out of the decode batch with everything needed to put them back without a prefill."""
+
+    owners: list[tuple[_Request, int]]
+    layers: list[tuple[torch.Tensor, torch.Tensor]]  # keys, values per layer
+    mask: torch.Tensor
+    pos: torch.Tensor
+    logits: torch.Tensor
+
+    def take(self, rows: list[int]) -> _Rows:
+        idx = torch.tensor(rows, dtype=torch.long)
+        return _Rows(
+            [self.owners[r] for r in rows],
+            [(k[idx.to(k.device)], v[idx.to(v.device)]) for k, v in self.layers],
+            self.mask[idx.to(self.mask.device)],
+            self.pos[idx.to(self.pos.device)],
+            self.logits[idx.to(self.logits.device)],
+        )
+
+    def tokens(self) -> int:
+        return self.mask.shape[0] * self.mask.shape[1]
 
 
 @dataclass
@@ -60,10 +92,13 @@ class SessionStats:
     peak_rows: int = 0
     peak_kv_tokens: int = 0  # rows x cache width, at its largest
     most_prompts_in_a_step: int = 0  # distinct prompts whose rows shared one decode step
+    prefills: int = 0  # prompts prefilled (each once: resumed rows keep their cache)
 
 
 class DecodeSession:
     """A continuous decode loop over an `HFModel`; `add` queues prompts, `result` returns one prompt's samples."""
+
+    pauses = True  # prompts added with ``pause_every`` park between chunks (early rejection)
 
     def __init__(self, engine, settings: SamplingSettings, max_rows: int, max_kv_tokens: int):
         self.engine, self.settings = engine, settings
@@ -71,13 +106,18 @@ class DecodeSession:
         self.queue: deque[_Request] = deque()
         self.live: dict[Hashable, _Request] = {}
         self.done: dict[Hashable, list[Sample]] = {}
+        self.paused: dict[Hashable, _Request] = {}  # parked, waiting for `resume`
+        self.resuming: deque[_Rows] = deque()  # kept rows waiting to rejoin the batch (before any new prompt)
         self.rows: list[tuple[_Request, int]] = []  # (prompt, candidate index) of each cache row
         self.cache: Any = None
         self.mask = self.pos = self.logits = torch.empty(0)
         self.stats = SessionStats()
 
-    def add(self, key: Hashable, ids: list[int], n: int, seed: int) -> None:
-        """Queue ``n`` samples of one prompt; candidate ``i`` uses the uniforms of ``derive_seed(seed, i)``."""
+    def add(self, key: Hashable, ids: list[int], n: int, seed: int, pause_every: int | None = None) -> None:
+        """Queue ``n`` samples of one prompt; candidate ``i`` uses the uniforms of ``derive_seed(seed, i)``.
+
+        With ``pause_every``, the prompt pauses after every so many tokens (see `paused`, `resume`).
+        """
         s = self.settings
         self.engine.check_fits([len(ids)], s.max_tokens)
         if n > self.max_rows or n * (len(ids) + s.max_tokens) > self.max_kv_tokens:
@@ -87,13 +127,47 @@ class DecodeSession:
                 f"and {self.max_kv_tokens} tokens (policy.max_rows, policy.max_kv_tokens)"
             )
         seeds = [derive_seed(seed, i) for i in range(n)]
-        self.queue.append(_Request(key, list(ids), n, seeds, None, [[] for _ in range(n)], ["length"] * n, n))
+        req = _Request(key, list(ids), n, seeds, None, [[] for _ in range(n)], ["length"] * n, n, pause_every)
+        req.pause_at = pause_every or 0
+        self.queue.append(req)
+
+    def partial(self, key: Hashable) -> dict[int, list[int]]:
+        """A paused prompt's parked candidates: index -> tokens so far."""
+        rows = self.paused[key].parked
+        assert rows is not None
+        return {i: list(req.tokens[i]) for req, i in rows.owners}
+
+    def resume(self, key: Hashable, keep: Sequence[int]) -> None:
+        """Let candidates ``keep`` of a paused prompt go on from where they are; its other parked ones end rejected."""
+        req = self.paused.pop(key)
+        rows, req.parked = req.parked, None
+        assert rows is not None
+        wanted = set(keep)
+        kept = [r for r, (_, i) in enumerate(rows.owners) if i in wanted]
+        for _, i in rows.owners:
+            if i not in wanted:
+                req.finish[i] = "rejected"
+                req.left -= 1
+        req.pause_at += req.every or 0
+        if kept:
+            self.resuming.append(rows.take(kept))
+        elif req.left == 0:
+            self.done[req.key] = self._samples(self.live.pop(req.key))
+
+    def advance(self, keys: Collection[Hashable]) -> None:
+        """Decode until every prompt of ``keys`` is done or some prompt is paused."""
+        while not self.paused and not all(k in self.done for k in keys):
+            if not self.rows and not self.queue and not self.resuming:
+                missing = [k for k in keys if k not in self.done]
+                raise KeyError(f"prompts {missing[:3]} ({len(missing)} in all) are not in this decode session")
+            self._step()
 
     def result(self, key: Hashable) -> list[Sample]:
         """Decode until prompt ``key`` is finished (other prompts progress meanwhile); its ``n`` samples."""
         while key not in self.done:
-            if not self.rows and not self.queue:
-                raise KeyError(f"prompt {key!r} was never added to this decode session")
+            if not self.rows and not self.queue and not self.resuming:
+                state = "is paused (resume it)" if key in self.paused else "was never added to this decode session"
+                raise KeyError(f"prompt {key!r} {state}")
             self._step()
         return self.done.pop(key)
 
@@ -112,13 +186,16 @@ class DecodeSession:
         if s.temperature > 0:
             u = torch.stack([req.uniforms[i, len(req.tokens[i])] for req, i in self.rows])  # type: ignore[index]
         picked = _pick(self.logits.float().cpu(), u, s)
-        keep = []
+        keep: list[int] = []
+        park: list[int] = []  # rows decoding on; of those, rows that park once this step's token is in the cache
         for row, ((req, i), t) in enumerate(zip(self.rows, picked.tolist())):
             if t in eos:
                 req.finish[i] = "stop"
             else:
                 req.tokens[i].append(t)
                 if len(req.tokens[i]) < s.max_tokens:
+                    if req.every and len(req.tokens[i]) == req.pause_at:
+                        park.append(len(keep))
                     keep.append(row)
                     continue
             req.left -= 1
@@ -128,7 +205,6 @@ class DecodeSession:
             self._select(keep)
             picked = picked[keep]
         if not self.rows:
-            self.cache = None
             return
         self.mask = torch.cat([self.mask, self.mask.new_ones((len(self.rows), 1))], dim=1)
         out = self.engine.model(
@@ -139,13 +215,41 @@ class DecodeSession:
             **{self.engine._cache_kw: self.cache},
         )
         self.cache, self.logits, self.pos = self.engine._cache(out), out.logits[:, -1, :], self.pos + 1
+        if park:
+            self._park(park)
         self._trim()
         self._measure()
 
+    def _park(self, rows: list[int]) -> None:
+        """Take ``rows`` out of the batch, KV cache and next-token logits kept; their prompts pause."""
+        idx = torch.tensor(rows, dtype=torch.long, device=self.mask.device)
+        taken = _Rows(
+            [self.rows[r] for r in rows],
+            [(layer.keys[idx], layer.values[idx]) for layer in self.cache.layers],
+            self.mask[idx],
+            self.pos[idx],
+            self.logits[idx],
+        )
+        by_prompt: dict[int, list[int]] = {}
+        for r, (req, _) in enumerate(taken.owners):
+            by_prompt.setdefault(id(req), []).append(r)
+        for mine in by_prompt.values():  # a prompt's rows advance in step: all its unfinished rows park at once
+            req = taken.owners[mine[0]][0]
+            req.parked = _trimmed(taken.take(mine))
+            self.paused[req.key] = req
+        leaving = set(rows)
+        self._select([r for r in range(len(self.rows)) if r not in leaving])
+
     def _admit(self) -> None:
-        """Prefill the queued prompts whose rows fit, in order, and merge them into the live batch."""
+        """Put kept rows back, then prefill the queued prompts whose rows fit, in order, and merge them in."""
+        while self.resuming:  # their rows were counted while parked: they always fit
+            rows_ = self.resuming.popleft()
+            self._merge(rows_.layers, rows_.mask, rows_.pos, rows_.logits)
+            self.rows += rows_.owners
         group: list[_Request] = []
-        rows, width = len(self.rows), self.mask.shape[1] if self.rows else 0
+        parked = [r.parked for r in self.paused.values() if r.parked is not None]
+        rows = len(self.rows) + sum(len(p.owners) for p in parked)
+        width = max([self.mask.shape[1] if self.rows else 0] + [p.mask.shape[1] for p in parked])
         while self.queue:
             req = self.queue[0]
             new_rows, new_width = rows + req.n, max(width, len(req.ids))
@@ -161,9 +265,12 @@ class DecodeSession:
             input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device), use_cache=True
         )
         counts = torch.tensor([r.n for r in group])
-        cache = self.engine._cache(out)
+        self.stats.prefills += len(group)
+        cache = _expand(self.engine._cache(out), counts)
+        if self.cache is None:  # the first prefill's cache object carries every later row
+            self.cache = cache
         self._merge(
-            _expand(cache, counts),
+            [(layer.keys, layer.values) for layer in cache.layers],
             mask.repeat_interleave(counts, dim=0).to(device),
             (positions[:, -1] + 1).repeat_interleave(counts).to(device),
             out.logits[:, -1, :].repeat_interleave(counts.to(out.logits.device), dim=0),
@@ -176,29 +283,38 @@ class DecodeSession:
         self._measure()
 
     def _measure(self) -> None:
-        self.stats.peak_rows = max(self.stats.peak_rows, len(self.rows))
-        self.stats.peak_kv_tokens = max(self.stats.peak_kv_tokens, len(self.rows) * self.mask.shape[1])
+        parked = [r.parked for r in self.paused.values() if r.parked is not None] + list(self.resuming)
+        held = len(self.rows) + sum(len(p.owners) for p in parked)
+        self.stats.peak_rows = max(self.stats.peak_rows, held)
+        kv = len(self.rows) * self.mask.shape[1] + sum(p.tokens() for p in parked)
+        self.stats.peak_kv_tokens = max(self.stats.peak_kv_tokens, kv)
 
-    def _merge(self, cache, mask: torch.Tensor, pos: torch.Tensor, logits: torch.Tensor) -> None:
-        """Append new rows to the live batch: the narrower side is left-padded (masked) to the wider width."""
-        if self.cache is None or not self.rows:
-            self.cache, self.mask, self.pos, self.logits = cache, mask, pos, logits
+    def _merge(self, layers: list[tuple[torch.Tensor, torch.Tensor]], mask, pos, logits) -> None:
+        """Append rows to the live batch (an empty one included): the narrower side is left-padded (masked)."""
+        if not self.rows:  # nothing live: the new rows are the batch
+            for live, (k, v) in zip(self.cache.layers, layers):
+                live.keys, live.values = k, v
+            self.mask, self.pos, self.logits = mask, pos, logits
             return
         width = max(self.mask.shape[1], mask.shape[1])
-        for live, new in zip(self.cache.layers, cache.layers):
-            for name in ("keys", "values"):
-                a, b = _pad_time(getattr(live, name), width), _pad_time(getattr(new, name), width)
-                setattr(live, name, torch.cat([a, b], dim=0))
+        for live, (k, v) in zip(self.cache.layers, layers):
+            live.keys = torch.cat([_pad_time(live.keys, width), _pad_time(k, width)], dim=0)
+            live.values = torch.cat([_pad_time(live.values, width), _pad_time(v, width)], dim=0)
         self.mask = torch.cat([_pad_mask(self.mask, width), _pad_mask(mask, width)], dim=0)
         self.pos = torch.cat([self.pos, pos])
         self.logits = torch.cat([self.logits, logits], dim=0)
 
     def _select(self, keep: list[int]) -> None:
+        """Keep these rows of the batch; with none left the cache is emptied, its object kept for later rows."""
         rows = torch.tensor(keep, dtype=torch.long)
         self.rows = [self.rows[k] for k in keep]
         if keep:
             self.cache.batch_select_indices(rows.to(self.engine.device))
             self.mask, self.pos, self.logits = self.mask[rows], self.pos[rows], self.logits[rows]
+            return
+        for layer in self.cache.layers:
+            layer.keys, layer.values = layer.keys[:0, :, :0], layer.values[:0, :, :0]
+        self.mask, self.pos, self.logits = self.mask[:0, :0], self.pos[:0], self.logits[:0]
 
     def _trim(self) -> None:
         """Drop leading cache columns that no live row attends to (padding of rows that have left)."""
@@ -223,6 +339,17 @@ class DecodeSession:
             )
             for i in range(req.n)
         ]
+
+
+def _trimmed(rows: _Rows) -> _Rows:
+    """Parked rows without the leading columns none of them attends to."""
+    used = rows.mask.any(dim=0).nonzero()
+    start = int(used[0]) if len(used) else 0
+    if start == 0:
+        return rows
+    rows.mask = rows.mask[:, start:]
+    rows.layers = [(k[:, :, start:], v[:, :, start:]) for k, v in rows.layers]
+    return rows
 
 
 def _expand(cache, counts: torch.Tensor):

@@ -11,121 +11,216 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any
 
 from bon.core.config import EarlyRejectionConfig
 from bon.core.judging import Judge
 from bon.core.records import Candidate, Judgement, Key, Prompt, by_key
-from bon.engines.base import SamplingSettings, derive_seed
+from bon.engines.base import Sample, SamplingSettings, derive_seed
 from bon.pipeline.policy import EnginePolicy, prompt_seed
 
 REJECTED = "rejected"
 
 
-@dataclass
-class Partial:
-    """One candidate while rounds go on: its tokens so far, and why it ended (None while it goes on)."""
-
-    tokens: list[int] = field(default_factory=list)
-    finish: str | None = None  # stop | length | rejected
-    flag: str | None = None  # why it was rejected
-
-
-Slot = tuple[int, int]  # (prompt position in the batch, candidate index)
-
-
 class EarlyRejectionPolicy:
-    """An `EnginePolicy` that consults a judge between chunks and stops the worst partial candidates."""
+    """An `EnginePolicy` that consults a judge between chunks and stops the worst partial candidates.
+
+    On the transformers engine the prompts run in its continuous decode loop: a prompt's rows pause
+    after each chunk with their KV cache kept, survivors go on without a new prefill (each with the
+    uniforms of its own seed, so a survivor's tokens are those full best-of-N gives it) and the rows of
+    rejected candidates go to the next prompts. Engines without that loop (vLLM, a server) continue
+    each survivor as a new request of its prompt and partial answer (`Resubmit`).
+    """
 
     def __init__(self, policy: EnginePolicy, judge: Judge, cfg: EarlyRejectionConfig):
         self.policy, self.judge, self.cfg = policy, judge, cfg
         self.name = policy.name
         self.generated_tokens = 0  # every token sampled, the stopped candidates' included
+        self._loop: Any = None
+        self._open: dict[str, tuple[Prompt, int]] = {}  # prompt id -> (prompt, round), while it is in the loop
+        self._flags: dict[Key, str] = {}
+
+    def streams(self) -> bool:
+        return True  # its own loop, whichever engine runs under it
+
+    def rows(self) -> int:
+        return self.policy.rows()
+
+    def _session(self) -> Any:
+        if self._loop is None:
+            loop = self.policy.decode_loop()
+            self._loop = loop if getattr(loop, "pauses", False) else Resubmit(self.policy.engine, self.policy.settings)
+        return self._loop
 
     def generate(self, prompts: Sequence[Prompt], n: int, seed: int) -> list[Candidate]:
+        return self.finish(self.start(prompts, n, seed))
+
+    def start(self, prompts: Sequence[Prompt], n: int, seed: int) -> tuple[Sequence[Prompt], list, int]:
         fitted = self.policy.fit(prompts)
-        settings = self.policy.settings
-        state = {(k, i): Partial() for k in range(len(prompts)) for i in range(n)}
-        live = sorted(state)
-        round_ = 0
-        while live:
-            budget = min(self.cfg.chunk_tokens, settings.max_tokens - len(state[live[0]].tokens))
-            chunk = SamplingSettings(settings.temperature, settings.top_p, budget)
-            if round_ == 0:  # one prefill per prompt, N rows: the first chunk of full best-of-N, token for token
-                seeds = [prompt_seed(seed, p.id) for p in prompts]
-                groups = self.policy.engine.sample([ids for ids, _ in fitted], n, seeds, chunk)
-                samples = [groups[k][i] for k, i in live]
-            else:  # each survivor continues with a stream of its own: (prompt seed, index, round)
-                seeds = [derive_seed(prompt_seed(seed, prompts[k].id), i, round_) for k, i in live]
-                continuing = self.policy.engine.sample(
-                    [fitted[k][0] + state[(k, i)].tokens for k, i in live], 1, seeds, chunk
+        loop = self._session()
+        for p, (ids, _) in zip(prompts, fitted):
+            loop.add(p.id, ids, n, prompt_seed(seed, p.id), pause_every=self.cfg.chunk_tokens)
+            self._open[p.id] = (p, 0)
+        return prompts, fitted, seed
+
+    def finish(self, started: tuple[Sequence[Prompt], list, int]) -> list[Candidate]:
+        prompts, fitted, seed = started
+        loop, keys = self._session(), [p.id for p in prompts]
+        while True:
+            loop.advance(keys)
+            if not loop.paused:
+                break
+            self._cut(list(loop.paused))  # every paused prompt, this batch's or a later one's
+        out = []
+        for p, (_, flag) in zip(prompts, fitted):
+            del self._open[p.id]
+            for i, s in enumerate(loop.result(p.id)):
+                self.generated_tokens += s.completion_tokens
+                out.append(
+                    Candidate(
+                        prompt_id=p.id,
+                        index=i,
+                        text=s.text,
+                        seed=s.seed,
+                        prompt_tokens=s.prompt_tokens,
+                        completion_tokens=s.completion_tokens,
+                        finish_reason=s.finish_reason,
+                        policy=self.name,
+                        flag="; ".join(f for f in (flag, self._flags.pop((p.id, i), None)) if f) or None,
+                    )
                 )
-                samples = [group[0] for group in continuing]
-            for slot, sample in zip(live, samples):
-                partial = state[slot]
-                partial.tokens += list(sample.token_ids)
-                self.generated_tokens += len(sample.token_ids) + (sample.finish_reason == "stop")
-                if sample.finish_reason == "stop" or len(partial.tokens) >= settings.max_tokens:
-                    partial.finish = sample.finish_reason
-            live = [slot for slot in live if state[slot].finish is None]
-            if live:
-                live = self._cut(prompts, live, state, round_, self._candidates(prompts, fitted, state, live, seed))
-            round_ += 1
-        return self._candidates(prompts, fitted, state, list(state), seed)
+        return out
 
-    def _cut(
-        self,
-        prompts: Sequence[Prompt],
-        live: list[Slot],
-        state: dict[Slot, Partial],
-        round_: int,
-        partial: list[Candidate],
-    ) -> list[Slot]:
-        """Keep the best ``keep_fraction`` of each prompt's unfinished candidates; flag the others rejected."""
-        scores = {c.key: j.score for c, j in zip(partial, self.judge.score(prompts, partial))}
-
-        def rank(slot: Slot) -> tuple[float, int]:
-            score = scores[(prompts[slot[0]].id, slot[1])]
-            return (-(score if score is not None else -math.inf), slot[1])
-
-        kept: list[Slot] = []
-        for k, p in enumerate(prompts):
-            mine = sorted((slot for slot in live if slot[0] == k), key=rank)
-            if not mine:
-                continue
-            keep = max(1, math.ceil(self.cfg.keep_fraction * len(mine)))
-            kept += mine[:keep]
-            for slot in mine[keep:]:
-                state[slot].finish = REJECTED
-                state[slot].flag = (
-                    f"rejected early after {len(state[slot].tokens)} tokens (round {round_}, partial score "
-                    f"{scores[(p.id, slot[1])]}, kept {keep} of {len(mine)})"
-                )
-        return sorted(kept)
-
-    def _candidates(
-        self,
-        prompts: Sequence[Prompt],
-        fitted: list[tuple[list[int], str | None]],
-        state: dict[Slot, Partial],
-        slots: list[Slot],
-        seed: int,
-    ) -> list[Candidate]:
-        tok = self.policy.engine.tokenizer
-        return [
-            Candidate(
-                prompt_id=prompts[k].id,
-                index=i,
-                text=tok.decode(state[(k, i)].tokens, skip_special_tokens=True),
-                seed=derive_seed(prompt_seed(seed, prompts[k].id), i),
-                prompt_tokens=len(fitted[k][0]),
-                completion_tokens=len(state[(k, i)].tokens) + (state[(k, i)].finish == "stop"),
-                finish_reason=state[(k, i)].finish or "length",
-                policy=self.name,
-                flag="; ".join(f for f in (fitted[k][1], state[(k, i)].flag) if f) or None,
-            )
-            for k, i in sorted(slots)
+    def _cut(self, keys: list[str]) -> None:
+        """Judge the paused prompts' partial answers; keep the best ``keep_fraction`` of each, reject the others."""
+        loop, tok = self._session(), self.policy.engine.tokenizer
+        partial = {k: loop.partial(k) for k in keys}
+        shown = [
+            Candidate(k, i, tok.decode(t, skip_special_tokens=True), None, 0, len(t), "length", self.name)
+            for k in keys
+            for i, t in partial[k].items()
         ]
+        verdicts = self.judge.score([self._open[k][0] for k in keys], shown)
+        scores = {c.key: j.score for c, j in zip(shown, verdicts)}
+        for k in keys:
+            prompt, round_ = self._open[k]
+            self._open[k] = (prompt, round_ + 1)
+
+            def rank(i: int, k: str = k) -> tuple[float, int]:
+                score = scores[(k, i)]
+                return (-(score if score is not None else -math.inf), i)
+
+            mine = sorted(partial[k], key=rank)
+            keep = max(1, math.ceil(self.cfg.keep_fraction * len(mine)))
+            for i in mine[keep:]:
+                self._flags[(k, i)] = (
+                    f"rejected early after {len(partial[k][i])} tokens (round {round_}, partial score "
+                    f"{scores[(k, i)]}, kept {keep} of {len(mine)})"
+                )
+            loop.resume(k, mine[:keep])
+
+
+@dataclass
+class _Open:
+    """One prompt in `Resubmit`: its candidates' tokens so far and how each ended (None: still going)."""
+
+    ids: list[int]
+    seed: int
+    every: int
+    tokens: list[list[int]]
+    finish: list[str | None]
+    round: int = 0
+
+
+class Resubmit:
+    """The pause/resume loop of `bon.engines.stream.DecodeSession` over any engine's `sample`.
+
+    Each round samples one chunk for every live candidate of every prompt not paused, in one call:
+    the first from the prompt (N samples, the first tokens of full best-of-N), later ones from the
+    prompt and the partial answer, with a stream of their own (prompt seed, index, round).
+    """
+
+    def __init__(self, engine: Any, settings: SamplingSettings):
+        self.engine, self.settings = engine, settings
+        self.open: dict[str, _Open] = {}
+        self.paused: dict[str, _Open] = {}
+        self.done: dict[str, list[Sample]] = {}
+
+    def add(self, key: str, ids: list[int], n: int, seed: int, pause_every: int | None = None) -> None:
+        every = pause_every or self.settings.max_tokens
+        self.open[key] = _Open(list(ids), seed, every, [[] for _ in range(n)], [None] * n)
+
+    def partial(self, key: str) -> dict[int, list[int]]:
+        p = self.paused[key]
+        return {i: list(t) for i, (t, f) in enumerate(zip(p.tokens, p.finish)) if f is None}
+
+    def resume(self, key: str, keep: Sequence[int]) -> None:
+        p = self.paused.pop(key)
+        for i in self.partial_indices(p):
+            if i not in keep:
+                p.finish[i] = "rejected"
+        p.round += 1
+        self._settle(key, p)
+
+    @staticmethod
+    def partial_indices(p: _Open) -> list[int]:
+        return [i for i, f in enumerate(p.finish) if f is None]
+
+    def advance(self, keys: Sequence[str]) -> None:
+        """One chunk for every prompt that is neither paused nor done, unless one is paused or ``keys`` are done."""
+        if self.paused or all(k in self.done for k in keys):
+            return
+        if not self.open:
+            raise KeyError(f"prompts {sorted(keys)} are not all in this loop")
+        s = self.settings
+        chunk = SamplingSettings(s.temperature, s.top_p, min(p.every for p in self.open.values()))
+        fresh = [k for k, p in self.open.items() if p.round == 0]
+        later = [(k, i) for k, p in self.open.items() if p.round > 0 for i in self.partial_indices(p)]
+        made: list[tuple[str, int, Sample]] = []
+        if fresh:
+            n = len(self.open[fresh[0]].tokens)
+            groups = self.engine.sample([self.open[k].ids for k in fresh], n, [self.open[k].seed for k in fresh], chunk)
+            made += [(k, i, sample) for k, group in zip(fresh, groups) for i, sample in enumerate(group)]
+        if later:
+            ids = [self.open[k].ids + self.open[k].tokens[i] for k, i in later]
+            seeds = [derive_seed(self.open[k].seed, i, self.open[k].round) for k, i in later]
+            made += [(k, i, group[0]) for (k, i), group in zip(later, self.engine.sample(ids, 1, seeds, chunk))]
+        for k, i, sample in made:
+            p = self.open[k]
+            room = s.max_tokens - len(p.tokens[i])
+            p.tokens[i] += list(sample.token_ids[:room])
+            if sample.finish_reason == "stop" and len(sample.token_ids) <= room:
+                p.finish[i] = "stop"
+            elif len(p.tokens[i]) >= s.max_tokens:
+                p.finish[i] = "length"
+        for k in dict.fromkeys(fresh + [k for k, _ in later]):
+            p = self.open[k]
+            if self.partial_indices(p):
+                self.paused[k] = p
+            else:
+                self._settle(k, p)
+
+    def _settle(self, key: str, p: _Open) -> None:
+        """A prompt with no candidate left going is done: its samples, rejected ones included."""
+        if self.partial_indices(p):
+            return
+        del self.open[key]
+        tok = self.engine.tokenizer
+        self.done[key] = [
+            Sample(
+                text=tok.decode(t, skip_special_tokens=True),
+                prompt_tokens=len(p.ids),
+                completion_tokens=len(t) + (f == "stop"),
+                finish_reason=f or "length",
+                seed=derive_seed(p.seed, i),
+                token_ids=tuple(t),
+            )
+            for i, (t, f) in enumerate(zip(p.tokens, p.finish))
+        ]
+
+    def result(self, key: str) -> list[Sample]:
+        return self.done.pop(key)
 
 
 def rejected_judgements(

@@ -119,6 +119,10 @@ class EnginePolicy:
             self._session = (make(self.settings, self.cfg.max_rows, self.cfg.max_kv_tokens) if make else None) or False
         return self._session is not False
 
+    def decode_loop(self) -> Any:
+        """The engine's continuous decode loop (`bon.engines.stream.DecodeSession`), or None."""
+        return self._session if self.streams() else None
+
     def rows(self) -> int:
         """Sequences decoding at once (1 when this policy does not stream)."""
         return self._session.max_rows if self.streams() else 1

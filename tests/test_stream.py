@@ -1,0 +1,90 @@
+"""The continuous decode loop on a tiny randomly initialised Llama: budgets at the headline's shape.
+
+N=32 candidates for 64 queued prompts with max_tokens 512: the KV cache tensors themselves (not the
+loop's own count) never hold more than ``max_kv_tokens`` tokens, however many prompts wait.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from bon.engines.base import SamplingSettings
+from bon.engines.stream import DecodeSession
+
+EOS = 2
+
+
+class TinyEngine:
+    """What `DecodeSession` needs of an `HFModel`, over a 2-layer Llama with a 64-token vocabulary."""
+
+    def __init__(self) -> None:
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        cfg = LlamaConfig(
+            vocab_size=64,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=2048,
+        )
+        torch.manual_seed(0)
+        self.model = LlamaForCausalLM(cfg).eval()
+        self.device = torch.device("cpu")
+        self.eos_ids, self.pad_id, self._cache_kw = {EOS}, 0, "past_key_values"
+        self.tokenizer = SimpleNamespace(decode=lambda ids, skip_special_tokens=True: " ".join(map(str, ids)))
+
+    def _cache(self, out):
+        return out.past_key_values
+
+    def check_fits(self, lengths, generated) -> None:
+        pass
+
+
+class Watched(DecodeSession):
+    """Measures the cache tensors after every change of the batch."""
+
+    peak_tensor_tokens = 0
+
+    def _measure(self) -> None:
+        super()._measure()
+        keys = self.cache.layers[0].keys  # tokens per layer: every layer holds the same
+        held = keys.shape[0] * keys.shape[2]
+        parked = [r.parked for r in self.paused.values() if r.parked is not None] + list(self.resuming)
+        held += sum(rows.layers[0][0].shape[0] * rows.layers[0][0].shape[2] for rows in parked)
+        self.peak_tensor_tokens = max(self.peak_tensor_tokens, held)
+
+
+def _prompts(k: int) -> list[list[int]]:
+    g = torch.Generator().manual_seed(1)
+    return [torch.randint(3, 64, (int(torch.randint(4, 24, (1,), generator=g)),), generator=g).tolist() for _ in range(k)]
+
+
+@pytest.mark.parametrize("pause_every", [None, 64])
+def test_n32_with_64_prompts_queued_and_512_tokens_holds_the_kv_budget(pause_every):
+    engine = TinyEngine()
+    settings = SamplingSettings(temperature=1.0, top_p=1.0, max_tokens=512)
+    prompts = _prompts(64)
+    budget = 3 * 32 * (24 + 512)  # three prompts' rows at their longest: the queue of 61 others waits
+    loop = Watched(engine, settings, max_rows=256, max_kv_tokens=budget)
+    for k, ids in enumerate(prompts):
+        loop.add(k, ids, 32, k, pause_every=pause_every)
+    done = {}
+    while len(done) < 64:
+        loop.advance([k for k in range(64) if k not in done])
+        for k in list(loop.paused):  # early rejection's shape: keep a quarter of each prompt's candidates
+            part = loop.partial(k)
+            loop.resume(k, sorted(part)[: max(1, len(part) // 4)])
+        done.update((k, loop.result(k)) for k in list(loop.done))
+    assert all(len(done[k]) == 32 for k in range(64))
+    assert all(len(s.token_ids) <= 512 for group in done.values() for s in group)
+    assert 0 < loop.peak_tensor_tokens <= budget and loop.stats.peak_kv_tokens <= budget
+    assert loop.stats.peak_rows <= 3 * 32 and loop.stats.prefills == 64
+    assert loop.stats.most_prompts_in_a_step >= 2
+    if pause_every:  # rejection frees rows: more prompts decode at once than the budget allows unpaused
+        assert loop.stats.most_prompts_in_a_step > 3
+        assert any(s.finish_reason == "rejected" for group in done.values() for s in group)
