@@ -61,7 +61,9 @@ class Watched(DecodeSession):
 
 def _prompts(k: int) -> list[list[int]]:
     g = torch.Generator().manual_seed(1)
-    return [torch.randint(3, 64, (int(torch.randint(4, 24, (1,), generator=g)),), generator=g).tolist() for _ in range(k)]
+    return [
+        torch.randint(3, 64, (int(torch.randint(4, 24, (1,), generator=g)),), generator=g).tolist() for _ in range(k)
+    ]
 
 
 @pytest.mark.parametrize("pause_every", [None, 64])
