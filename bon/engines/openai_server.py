@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from typing import Any, TypeVar
 
@@ -97,23 +97,23 @@ class ServedModel(Tokenized):
             ) from None
 
     # -- requests
+    def _guarded(self, call: Callable[[], T]) -> T:
+        """``call()``; a failure is one line naming the server."""
+        try:
+            return call()
+        except EngineError:
+            raise
+        except Exception as e:
+            raise EngineError(
+                f"{server_error(self.server.base_url, e)}; finished batches are kept, rerun to resume"
+            ) from None
+
     def _all(self, calls: Sequence[Callable[[], T]]) -> list[T]:
-        """Run the calls with at most ``server.concurrency`` in flight, in order; a failure is one line."""
-
-        def guarded(call: Callable[[], T]) -> T:
-            try:
-                return call()
-            except EngineError:
-                raise
-            except Exception as e:
-                raise EngineError(
-                    f"{server_error(self.server.base_url, e)}; finished batches are kept, rerun to resume"
-                ) from None
-
+        """Run the calls with at most ``server.concurrency`` in flight, in order."""
         if len(calls) <= 1:
-            return [guarded(c) for c in calls]
+            return [self._guarded(c) for c in calls]
         with ThreadPoolExecutor(max_workers=min(self.server.concurrency, len(calls))) as pool:
-            return list(pool.map(guarded, calls))
+            return list(pool.map(self._guarded, calls))
 
     def _complete(self, ids: Sequence[int], **kwargs: Any) -> Any:
         if self.server.endpoint == "chat":
@@ -131,27 +131,37 @@ class ServedModel(Tokenized):
             out.append(Sample(text, len(ids), len(tokens) + stop, "stop" if stop else "length", seed, tokens, source))
         return out
 
+    def _draws(self, ids: list[int], n: int, seed: int, settings: SamplingSettings) -> list[Callable[[], list[Sample]]]:
+        """The requests for one prompt's ``n`` samples: one with ``n`` (its seed makes it reproducible where
+        honoured), or, without ``server.n_per_request``, one per candidate with the candidate's own seed."""
+        params = {"temperature": settings.temperature, "top_p": settings.top_p, "max_tokens": settings.max_tokens}
+
+        def draw(seed: int, k: int) -> list[Sample]:
+            return self._sample(self._complete(ids, n=k, seed=seed % 2**31, **params), ids, seed)
+
+        if self.server.n_per_request:
+            return [partial(draw, seed, n)]
+        return [partial(draw, derive_seed(seed, i), 1) for i in range(n)]
+
+    def _joined(self, groups: Sequence[list[Sample]], n: int) -> list[Sample]:
+        flat = [s for g in groups for s in g]
+        if len(flat) != n:
+            raise EngineError(
+                f"{self.server.base_url} returned {len(flat)} samples where n={n} was asked; "
+                "set server.n_per_request: false"
+            )
+        return flat
+
     def sample(
         self, prompts: Sequence[list[int]], n: int, seeds: Sequence[int], settings: SamplingSettings
     ) -> list[list[Sample]]:
-        params = {"temperature": settings.temperature, "top_p": settings.top_p, "max_tokens": settings.max_tokens}
+        calls = [self._draws(ids, n, seed, settings) for ids, seed in zip(prompts, seeds)]
+        done = iter(self._all([c for mine in calls for c in mine]))
+        return [self._joined([next(done) for _ in mine], n) for mine in calls]
 
-        def draw(ids: list[int], seed: int, k: int) -> list[Sample]:
-            return self._sample(self._complete(ids, n=k, seed=seed % 2**31, **params), ids, seed)
-
-        if self.server.n_per_request:  # one request per prompt, its seed makes it reproducible where honoured
-            groups = self._all([partial(draw, ids, seed, n) for ids, seed in zip(prompts, seeds)])
-            short = [len(g) for g in groups if len(g) != n]
-            if short:
-                raise EngineError(
-                    f"{self.server.base_url} returned {short[0]} samples "
-                    f"where n={n} was asked; set server.n_per_request: false"
-                )
-            return groups
-        # N requests per prompt, each with its candidate's own seed
-        singles = [partial(draw, ids, derive_seed(seed, i), 1) for ids, seed in zip(prompts, seeds) for i in range(n)]
-        flat = [group[0] for group in self._all(singles)]
-        return [flat[k * n : (k + 1) * n] for k in range(len(prompts))]
+    def session(self, settings: SamplingSettings, max_rows: int | None = None, max_kv_tokens: int | None = None):
+        """Prompts stream to the server: up to ``server.concurrency`` requests in flight across prompts."""
+        return ServedSession(self, settings)
 
     def _token_id(self, token: str) -> int | None:
         """A logprob entry's token as an id: "token_id:123" (vLLM/SGLang) or its decoded text."""
@@ -220,6 +230,36 @@ class ServedModel(Tokenized):
             return [float(v) for v in values]
 
         return self._all([partial(one, p, c) for p, c in zip(prompts, continuations)])
+
+
+class ServedSession:
+    """A window of in-flight requests across prompts: `add` sends a prompt's requests, `result` waits for them.
+
+    The server batches whatever is in flight; ``server.concurrency`` bounds it. The session's rows
+    (how far ahead the pipeline queues prompts) are the requests in flight times the samples each carries.
+    """
+
+    pauses = False
+
+    def __init__(self, model: ServedModel, settings: SamplingSettings):
+        self.model, self.settings = model, settings
+        self.pool = ThreadPoolExecutor(max_workers=model.server.concurrency, thread_name_prefix="bon-served")
+        self.open: dict[Hashable, tuple[int, list[Future]]] = {}
+        self.per_request = 1  # samples per request, known once a prompt is added
+
+    @property
+    def max_rows(self) -> int:
+        return self.model.server.concurrency * self.per_request
+
+    def add(self, key: Hashable, ids: list[int], n: int, seed: int) -> None:
+        self.model.check_fits([len(ids)], self.settings.max_tokens)
+        self.per_request = n if self.model.server.n_per_request else 1
+        draws = self.model._draws(ids, n, seed, self.settings)
+        self.open[key] = (n, [self.pool.submit(self.model._guarded, d) for d in draws])
+
+    def result(self, key: Hashable) -> list[Sample]:
+        n, futures = self.open.pop(key)
+        return self.model._joined([f.result() for f in futures], n)
 
 
 def check_server(cfg: ModelConfig, tries: int = 3) -> list[tuple[str, str]]:
