@@ -8,6 +8,7 @@ prompt's samples depend only on its seed, the redone batch equals the lost one.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 import uuid
@@ -37,7 +38,11 @@ def _use_threads(n: float, backend: str) -> None:
 
 
 class PolicyWorker:
-    """Hosts one `EnginePolicy` (its model stays loaded between batches)."""
+    """Hosts one `EnginePolicy` (its model stays loaded between batches) and its continuous decode loop.
+
+    `start` queues a batch in the loop and returns at once; `finish` decodes until that batch is done,
+    batches started before it was asked for decoding alongside (the executor starts several ahead).
+    """
 
     def __init__(self, policy_cfg: dict[str, Any], threads: float):
         from bon.core.config import PolicyConfig
@@ -46,14 +51,26 @@ class PolicyWorker:
         cfg = PolicyConfig.model_validate(policy_cfg)
         _use_threads(threads, cfg.backend)
         self.policy = EnginePolicy(cfg)
+        self.started: dict[str, Any] = {}
 
     def ready(self) -> int:
         return os.getpid()
 
-    def generate(self, prompts: Sequence[Prompt], n: int, seed: int) -> tuple[list[Candidate], float]:
+    def rows(self) -> int:
+        """Sequences its loop decodes at once (0: it samples one batch at a time)."""
+        return self.policy.rows() if self.policy.streams() else 0
+
+    def start(self, token: str, prompts: Sequence[Prompt], n: int, seed: int) -> None:
+        if self.policy.streams():
+            self.started[token] = self.policy.start(prompts, n, seed)
+
+    def finish(self, token: str, prompts: Sequence[Prompt], n: int, seed: int) -> tuple[list[Candidate], float]:
+        """The batch's candidates; started here if this actor never saw its `start` (it restarted since)."""
         t0 = time.perf_counter()
-        out = self.policy.generate(prompts, n, seed)
-        return out, time.perf_counter() - t0
+        if not self.policy.streams():
+            return self.policy.generate(prompts, n, seed), time.perf_counter() - t0
+        started = self.started.pop(token, None) or self.policy.start(prompts, n, seed)
+        return self.policy.finish(started), time.perf_counter() - t0
 
 
 class JudgeWorker:
@@ -175,8 +192,8 @@ class _Pool:
     def alive(self) -> list[int]:
         return [i for i in range(len(self.actors)) if i not in self.dead]
 
-    def submit(self, method: str, *args: Any) -> RayPending:
-        return RayPending(self, method, args)
+    def submit(self, method: str, *args: Any, then: str | None = None) -> RayPending:
+        return RayPending(self, method, args, then)
 
     def _wait_ready(self, replica: int) -> int | None:
         """The replica's pid once it answers again, or None if Ray gave it up (or it never came back)."""
@@ -212,10 +229,17 @@ class _Pool:
 
 
 class RayPending:
-    """A submitted call; `result()` resubmits it when its actor dies on the way."""
+    """A submitted call; `result()` resubmits it when its actor dies on the way.
 
-    def __init__(self, pool: _Pool, method: str, args: tuple):
-        self.pool, self.method, self.args = pool, method, args
+    With ``then``, the call is the first half of a pair on one replica, both called with a token and
+    the same arguments: `result()` sends ``then`` to the replica that got the first (sampling: `start`
+    now, `finish` when asked), so the batches started meanwhile decode beside it. After a death the
+    pair is sent again; a restarted actor that never saw the `start` does it in `finish`.
+    """
+
+    def __init__(self, pool: _Pool, method: str, args: tuple, then: str | None = None):
+        self.pool, self.method, self.then = pool, method, then
+        self.args = (uuid.uuid4().hex, *args) if then else args
         self._submit()
 
     def _submit(self) -> None:
@@ -227,7 +251,10 @@ class RayPending:
     def result(self) -> Any:
         while True:
             try:
-                value, seconds = ray.get(self.ref)
+                ref = self.ref
+                if self.then is not None:  # the actor runs calls in order: every earlier start is in its loop
+                    ref = getattr(self.pool.actors[self.replica], self.then).remote(*self.args)
+                value, seconds = ray.get(ref)
             except (RayActorError, OutOfMemoryError) as e:
                 self.pool.inflight[self.replica] -= 1
                 self.pool.recover(self.replica, e)
@@ -245,7 +272,7 @@ class RayExecutor:
         self.config = config
         self.cfg: RayConfig = config.ray
         self.note = note
-        self.window = self.cfg.policy_replicas + self.cfg.queue_size
+        self.window = self.cfg.policy_replicas + self.cfg.queue_size  # until the actors say how many rows they decode
         self.judge_window = self.cfg.judge_replicas
         self._owns_ray = False
         self._actors: list[Any] = []
@@ -349,10 +376,13 @@ class RayExecutor:
         self.policies = _Pool("policy", pools["policy"], pids["policy"], timeout, self.note)
         self.judges = _Pool("judge", pools["judge"], pids["judge"], timeout, self.note)
         self.pids = {"policy": self.policies.pids, "judge": self.judges.pids}
+        rows = ray.get(pools["policy"][0].rows.remote()) if pools["policy"] else 0
+        ahead = math.ceil(2 * rows / (self.config.batch_size * self.config.n)) if rows else 0
+        self.window = self.cfg.policy_replicas * (1 + ahead) + self.cfg.queue_size  # enough to keep each loop full
 
     # -- the Executor protocol
     def sample(self, prompts: Sequence[Prompt], n: int, seed: int) -> RayPending:
-        return self.policies.submit("generate", list(prompts), n, seed)
+        return self.policies.submit("start", list(prompts), n, seed, then="finish")
 
     def score(self, prompts: Sequence[Prompt], candidates: Sequence[Candidate]) -> RayPending:
         return self.judges.submit("score", list(prompts), list(candidates))
