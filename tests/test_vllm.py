@@ -122,3 +122,26 @@ def test_seeded_batch_of_160_sequences(vllm_policy):
         )
     else:  # CUDA's generators rewind: chunked prefill stays as vLLM sets it
         assert "enable_chunked_prefill" not in args
+
+
+def test_one_engine_step_holds_requests_of_prompts_a_wave_would_separate(vllm_policy):
+    """The streaming loop: prompts of four pipeline batches go into one vLLM engine before any is
+    collected, so its steps decode them together (about one batch's worth of steps, where waves would
+    take four); a prompt's samples equal those of a wave, and a judge request on the same engine in
+    the middle of the stream neither loses nor steals the policy's outputs."""
+    engine = vllm_policy.engine
+    loop = vllm_policy.decode_loop()
+    assert loop is not None and loop.max_rows >= 8
+    prompts = [Prompt(str(k), t) for k, t in enumerate(["What is 2+2?", "Name a colour.", "Say hi.", "Count to 3."])]
+    started = [vllm_policy.start([p], 4, seed=5) for p in prompts]  # four batches of one prompt
+    steps = engine.driver.steps
+    first = vllm_policy.finish(started[0])
+    digits = digit_token_ids(engine.tokenizer)
+    judged = engine.next_token_logprobs([engine.chat_ids([{"role": "user", "content": "Rate 0-9: hi"}])], digits)
+    rest = [c for s in started[1:] for c in vllm_policy.finish(s)]
+    streamed_steps = engine.driver.steps - steps
+    assert judged and judged[0]
+    waves = vllm_policy.generate(prompts, 4, seed=5)
+    assert [c.text for c in first + rest] == [c.text for c in waves]
+    longest = max(c.completion_tokens for c in waves)
+    assert streamed_steps <= longest + 4 < 2 * longest  # together, not one wave after another

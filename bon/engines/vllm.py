@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import os
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -113,48 +114,44 @@ class VLLMModel(Tokenized):
         self.tokenizer = self.llm.get_tokenizer()
         self.context = self.llm.model_config.max_model_len
         self._vllm = vllm
+        self.driver = Driver(self.llm.llm_engine, self.name)
 
     def _generate(self, prompts: Sequence[list[int]], params: Sequence[Any]) -> list[Any]:
-        inputs = [{"prompt_token_ids": list(ids)} for ids in prompts]
-        try:
-            return self.llm.generate(inputs, list(params), use_tqdm=False)
-        except Exception as e:  # the engine core died (EngineDeadError has no common base with RuntimeError)
-            raise EngineError(
-                f"vLLM engine for {self.name} failed ({type(e).__name__}: {first_line(e)}); vLLM's log above gives the "
-                "cause; finished batches are kept, rerun to resume"
-            ) from None
+        return self.driver.wait([self.driver.add(ids, p) for ids, p in zip(prompts, params)])
+
+    def _params(self, n: int, seed: int, settings: SamplingSettings) -> Any:
+        return self._vllm.SamplingParams(
+            n=n, temperature=settings.temperature, top_p=settings.top_p, max_tokens=settings.max_tokens, seed=seed
+        )
+
+    def _samples(self, request: Any, ids: Sequence[int], seed: int) -> list[Sample]:
+        return [
+            Sample(
+                text=o.text,
+                prompt_tokens=len(ids),
+                completion_tokens=len(o.token_ids),
+                finish_reason="length" if o.finish_reason == "length" else "stop",
+                seed=seed,
+                token_ids=tuple(t for t in o.token_ids if t != self.tokenizer.eos_token_id),
+            )
+            for o in sorted(request.outputs, key=lambda o: o.index)
+        ]
+
+    def session(self, settings: SamplingSettings, max_rows: int | None = None, max_kv_tokens: int | None = None):
+        """The engine's own continuous batching, fed prompt by prompt (`VLLMSession`).
+
+        vLLM schedules rows and KV blocks itself (engine_args max_num_seqs, gpu_memory_utilization);
+        ``max_rows`` only sizes how far ahead prompts are queued, ``max_kv_tokens`` is vLLM's to keep.
+        """
+        rows = max_rows or self.llm.llm_engine.vllm_config.scheduler_config.max_num_seqs
+        return VLLMSession(self, settings, rows)
 
     def sample(
         self, prompts: Sequence[list[int]], n: int, seeds: Sequence[int], settings: SamplingSettings
     ) -> list[list[Sample]]:
         # One request per prompt with n samples; its seed makes the request reproducible.
-        params = [
-            self._vllm.SamplingParams(
-                n=n,
-                temperature=settings.temperature,
-                top_p=settings.top_p,
-                max_tokens=settings.max_tokens,
-                seed=seed,
-            )
-            for seed in seeds
-        ]
-        results = []
-        for ids, seed, request in zip(prompts, seeds, self._generate(prompts, params)):
-            outputs = sorted(request.outputs, key=lambda o: o.index)
-            results.append(
-                [
-                    Sample(
-                        text=o.text,
-                        prompt_tokens=len(ids),
-                        completion_tokens=len(o.token_ids),
-                        finish_reason="length" if o.finish_reason == "length" else "stop",
-                        seed=seed,
-                        token_ids=tuple(t for t in o.token_ids if t != self.tokenizer.eos_token_id),
-                    )
-                    for o in outputs
-                ]
-            )
-        return results
+        params = [self._params(n, seed, settings) for seed in seeds]
+        return [self._samples(r, ids, seed) for ids, seed, r in zip(prompts, seeds, self._generate(prompts, params))]
 
     def next_token_logprobs(
         self,
@@ -184,6 +181,74 @@ class VLLMModel(Tokenized):
             entries = request.prompt_logprobs[len(p) : len(p) + len(c)]
             out.append([float(e[t].logprob) for e, t in zip(entries, c)])
         return out
+
+
+class Driver:
+    """The one loop that steps a vLLM engine: requests of any caller go in, each caller waits for its own.
+
+    `LLM.generate` would step the engine until it is idle and return every request that finished,
+    another caller's included; here the policy's streamed prompts and the judge's requests can share
+    one engine (same weights), and a finished request waits for whoever asks for it.
+    """
+
+    def __init__(self, engine: Any, name: str):
+        self.engine, self.name = engine, name
+        self.ids = itertools.count()
+        self.finished: dict[str, Any] = {}
+        self.steps = 0
+
+    def add(self, ids: Sequence[int], params: Any) -> str:
+        from vllm.sampling_params import RequestOutputKind
+
+        params.output_kind = RequestOutputKind.FINAL_ONLY  # one output per request, when it has finished
+        rid = f"bon-{next(self.ids)}"
+        try:
+            self.engine.add_request(rid, {"prompt_token_ids": list(ids)}, params)
+        except ValueError as e:  # vLLM's own check of the request (length, parameters)
+            raise EngineError(f"vLLM refused a request to {self.name}: {first_line(e)}") from None
+        return rid
+
+    def wait(self, rids: Sequence[str]) -> list[Any]:
+        """Step the engine until every request of ``rids`` has finished; their outputs, in order."""
+        try:
+            while any(r not in self.finished for r in rids):
+                if not self.engine.has_unfinished_requests():
+                    missing = [r for r in rids if r not in self.finished]
+                    raise EngineError(f"vLLM engine for {self.name} lost requests {missing[:3]}")
+                self.steps += 1
+                for out in self.engine.step():
+                    if out.finished:
+                        self.finished[out.request_id] = out
+        except EngineError:
+            raise
+        except Exception as e:  # the engine core died (EngineDeadError has no common base with RuntimeError)
+            raise EngineError(
+                f"vLLM engine for {self.name} failed ({type(e).__name__}: {first_line(e)}); vLLM's log above gives the "
+                "cause; finished batches are kept, rerun to resume"
+            ) from None
+        return [self.finished.pop(r) for r in rids]
+
+
+class VLLMSession:
+    """Prompts stream into one vLLM engine: `add` queues a prompt's N samples, `result` waits for them.
+
+    Requests of every prompt added so far decode together in vLLM's scheduler (no per-batch barrier);
+    a prompt's samples depend on its seed alone, as with `VLLMModel.sample`.
+    """
+
+    pauses = False  # early rejection continues survivors as new requests (`bon.pipeline.early_rejection`)
+
+    def __init__(self, model: VLLMModel, settings: SamplingSettings, max_rows: int):
+        self.model, self.settings, self.max_rows = model, settings, max_rows
+        self.open: dict[Hashable, tuple[str, list[int], int]] = {}
+
+    def add(self, key: Hashable, ids: list[int], n: int, seed: int) -> None:
+        self.model.check_fits([len(ids)], self.settings.max_tokens)
+        self.open[key] = (self.model.driver.add(ids, self.model._params(n, seed, self.settings)), list(ids), seed)
+
+    def result(self, key: Hashable) -> list[Sample]:
+        rid, ids, seed = self.open.pop(key)
+        return self.model._samples(self.model.driver.wait([rid])[0], ids, seed)
 
 
 class VLLMRewardModel:
