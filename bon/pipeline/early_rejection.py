@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from bon.core.config import EarlyRejectionConfig
@@ -72,25 +72,14 @@ class EarlyRejectionPolicy:
             if not loop.paused:
                 break
             self._cut(list(loop.paused))  # every paused prompt, this batch's or a later one's
-        out = []
-        for p, (_, flag) in zip(prompts, fitted):
+        samples = [loop.result(p.id) for p in prompts]
+        for p in prompts:
             del self._open[p.id]
-            for i, s in enumerate(loop.result(p.id)):
-                self.generated_tokens += s.completion_tokens
-                out.append(
-                    Candidate(
-                        prompt_id=p.id,
-                        index=i,
-                        text=s.text,
-                        seed=s.seed,
-                        prompt_tokens=s.prompt_tokens,
-                        completion_tokens=s.completion_tokens,
-                        finish_reason=s.finish_reason,
-                        policy=self.name,
-                        flag="; ".join(f for f in (flag, self._flags.pop((p.id, i), None)) if f) or None,
-                    )
-                )
-        return out
+        self.generated_tokens += sum(s.completion_tokens for group in samples for s in group)
+        return [
+            replace(c, flag="; ".join(f for f in (c.flag, why) if f)) if (why := self._flags.pop(c.key, None)) else c
+            for c in self.policy.candidates(prompts, fitted, samples)
+        ]
 
     def _cut(self, keys: list[str]) -> None:
         """Judge the paused prompts' partial answers; keep the best ``keep_fraction`` of each, reject the others."""

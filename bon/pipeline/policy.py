@@ -108,12 +108,11 @@ class EnginePolicy:
     def generate(self, prompts: Sequence[Prompt], n: int, seed: int) -> list[Candidate]:
         fitted = self.fit(prompts)
         seeds = [prompt_seed(seed, p.id) for p in prompts]
-        return self._candidates(
-            prompts, fitted, self.engine.sample([ids for ids, _ in fitted], n, seeds, self.settings)
-        )
+        return self.candidates(prompts, fitted, self.engine.sample([ids for ids, _ in fitted], n, seeds, self.settings))
 
     def streams(self) -> bool:
-        """Whether this policy decodes continuously (`start`/`finish`): the transformers engine does."""
+        """Whether this policy decodes continuously (`start`/`finish`): engines with a `session` do (transformers
+        without a sliding window, vLLM, served models)."""
         if self._session is None:
             make = getattr(self.engine, "session", None)
             self._session = (make(self.settings, self.cfg.max_rows, self.cfg.max_kv_tokens) if make else None) or False
@@ -137,9 +136,10 @@ class EnginePolicy:
     def finish(self, started: tuple[Sequence[Prompt], list, int]) -> list[Candidate]:
         """Decode until every prompt of a `start` is done (later prompts decode alongside)."""
         prompts, fitted, n = started
-        return self._candidates(prompts, fitted, [self._session.result(p.id) for p in prompts])
+        return self.candidates(prompts, fitted, [self._session.result(p.id) for p in prompts])
 
-    def _candidates(self, prompts: Sequence[Prompt], fitted: list, samples: list[list[Sample]]) -> list[Candidate]:
+    def candidates(self, prompts: Sequence[Prompt], fitted: list, samples: list[list[Sample]]) -> list[Candidate]:
+        """Records of ``samples`` (per prompt, by index), flagged where `fit` truncated the prompt."""
         return [
             Candidate(
                 prompt_id=p.id,
