@@ -228,10 +228,10 @@ class RunConfig(Strict):
     n: int = Field(8, ge=1, description="candidates per prompt")
     seed: int = Field(0, ge=0, description="base seed; every candidate's seed derives from it")
     batch_size: int = Field(
-        4,
+        1,
         ge=1,
-        description="prompts per pipeline batch: the unit of resumption and of judging; the transformers engine "
-        "decodes across batches (policy.max_rows)",
+        description="prompts per pipeline batch: the unit written to disk (resumption) and of judging; engines "
+        "decode across batches",
     )
     engine: Literal["local", "ray"] = Field(
         "local", description="local = in-process pipeline; ray = policy and judge in Ray actors"
