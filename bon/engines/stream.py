@@ -222,20 +222,15 @@ class DecodeSession:
 
     def _park(self, rows: list[int]) -> None:
         """Take ``rows`` out of the batch, KV cache and next-token logits kept; their prompts pause."""
-        idx = torch.tensor(rows, dtype=torch.long, device=self.mask.device)
-        taken = _Rows(
-            [self.rows[r] for r in rows],
-            [(layer.keys[idx], layer.values[idx]) for layer in self.cache.layers],
-            self.mask[idx],
-            self.pos[idx],
-            self.logits[idx],
-        )
         by_prompt: dict[int, list[int]] = {}
-        for r, (req, _) in enumerate(taken.owners):
-            by_prompt.setdefault(id(req), []).append(r)
+        for r in rows:
+            by_prompt.setdefault(id(self.rows[r][0]), []).append(r)
         for mine in by_prompt.values():  # a prompt's rows advance in step: all its unfinished rows park at once
-            req = taken.owners[mine[0]][0]
-            req.parked = _trimmed(taken.take(mine))
+            req = self.rows[mine[0]][0]
+            idx = torch.tensor(mine, dtype=torch.long, device=self.mask.device)
+            layers = [(layer.keys[idx], layer.values[idx]) for layer in self.cache.layers]
+            owners = [self.rows[r] for r in mine]
+            req.parked = _trimmed(_Rows(owners, layers, self.mask[idx], self.pos[idx], self.logits[idx]))
             self.paused[req.key] = req
         leaving = set(rows)
         self._select([r for r in range(len(self.rows)) if r not in leaving])
@@ -243,9 +238,9 @@ class DecodeSession:
     def _admit(self) -> None:
         """Put kept rows back, then prefill the queued prompts whose rows fit, in order, and merge them in."""
         while self.resuming:  # their rows were counted while parked: they always fit
-            rows_ = self.resuming.popleft()
-            self._merge(rows_.layers, rows_.mask, rows_.pos, rows_.logits)
-            self.rows += rows_.owners
+            back = self.resuming.popleft()
+            self._merge(back.layers, back.mask, back.pos, back.logits)
+            self.rows += back.owners
         group: list[_Request] = []
         parked = [r.parked for r in self.paused.values() if r.parked is not None]
         rows = len(self.rows) + sum(len(p.owners) for p in parked)
