@@ -90,3 +90,26 @@ def test_decode_rows_must_hold_one_prompt():
     with pytest.raises(ConfigError, match="policy.max_rows 4 cannot hold one prompt's n=8 rows"):
         load_config(None, ["n=8", "policy.max_rows=4"])
     assert load_config(None, ["n=8", "policy.max_rows=8"]).policy.max_rows == 8
+
+
+@pytest.mark.parametrize(
+    "text, line, key, first",
+    [
+        ("n: 4\nseed: 1\nn: 5\n", 3, "n", 1),
+        ("n: 4\npolicy:\n  max_tokens: 8\n  temperature: 0.5\n  max_tokens: 9\n", 5, "policy.max_tokens", 3),
+        ("judge:\n  name: length\n  options: {}\n  options: {x: 1}\n", 4, "judge.options", 3),
+        ("n: 4\nn: 4\n", 2, "n", 1),  # the same value twice is still two statements of one key
+    ],
+)
+def test_a_key_given_twice_is_refused_naming_both_lines(tmp_path, text, line, key, first):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert str(e.value) == f"{path}:{line}: key {key} is given twice (lines {first} and {line}); keep one"
+
+
+def test_equal_keys_in_different_mappings_are_not_duplicates(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("policy:\n  max_tokens: 8\njudge:\n  name: autoj\n  options:\n    max_tokens: 4\n")
+    assert load_config(path).policy.max_tokens == 8

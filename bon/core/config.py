@@ -341,6 +341,24 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
     node[parts[-1]] = value
 
 
+def _refuse_duplicate_keys(node: yaml.Node | None, source: str, where: str = "") -> None:
+    """YAML keeps the last of two equal keys; a config that says two things is refused instead, naming both lines."""
+    if isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _refuse_duplicate_keys(item, source, f"{where}[{i}]")
+    if not isinstance(node, yaml.MappingNode):
+        return
+    seen: dict[Any, int] = {}
+    for key, value in node.value:
+        name = key.value if isinstance(key, yaml.ScalarNode) else str(key)
+        line = key.start_mark.line + 1
+        dotted = f"{where}.{name}" if where else str(name)
+        if name in seen:
+            raise ConfigError(f"{source}:{line}: key {dotted} is given twice (lines {seen[name]} and {line}); keep one")
+        seen[name] = line
+        _refuse_duplicate_keys(value, source, dotted)
+
+
 @overload
 def load_config(path: Path | str | None = None, overrides: list[str] | None = None) -> RunConfig: ...
 
@@ -373,6 +391,7 @@ def load_config(
             raise ConfigError(f"{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: a config is a mapping of keys, found {type(data).__name__}")
+        _refuse_duplicate_keys(tree, str(path))
     for assignment in overrides or []:
         apply_override(data, assignment)
     try:
