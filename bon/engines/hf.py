@@ -21,7 +21,15 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from bon.core.config import ModelConfig
 from bon.engines.base import Sample, SamplingSettings
-from bon.engines.models import ModelLoadError, ModelRef, converted_path, first_line, hub_reachable, resolve
+from bon.engines.models import (
+    ModelLoadError,
+    ModelRef,
+    converted_path,
+    first_line,
+    hub_reachable,
+    require_gguf_weights,
+    resolve,
+)
 from bon.engines.sampling import _left_padded
 from bon.engines.stream import DecodeSession, default_kv_tokens, default_rows
 from bon.engines.tokens import Tokenized, config_context
@@ -285,14 +293,44 @@ def _load_pretrained(loader, path: str, what: str, name: str | None = None, hint
     """(tokenizer, model) from a local path or hub id; offline, a hub id fails at once, naming ``name``."""
     if not Path(path).exists():  # a hub id: the local cache first, the network only if it answers
         kwargs["local_files_only"] = not hub_reachable()
+    if kwargs.get("gguf_file"):
+        require_gguf_weights(Path(path) / kwargs["gguf_file"], what, name or path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, **{k: v for k, v in kwargs.items() if k != "dtype"})
-        return tokenizer, loader.from_pretrained(path, **kwargs)
+        model, info = loader.from_pretrained(path, output_loading_info=True, **kwargs)
     except (OSError, ValueError) as e:
         raise ModelLoadError(
             f"could not load {what} {name or path!r} ({first_line(e)}). Without network access, set `model` to a "
             f"local directory{hint}"
         ) from None
+    check_weights(info, what, name or path)
+    return tokenizer, model
+
+
+def check_weights(info: dict[str, Any], what: str, name: str) -> None:
+    """Refuse a checkpoint whose weights do not match the model: transformers would invent the missing ones.
+
+    ``info`` is `from_pretrained(..., output_loading_info=True)`'s report (keys it is told to ignore are not in it).
+    """
+    problems = [
+        (info.get(key) or [], words)
+        for key, words in (
+            ("missing_keys", "lacks {n} weights the model needs (it would run them randomly initialised)"),
+            ("unexpected_keys", "holds {n} weights the model has no place for"),
+            ("mismatched_keys", "holds {n} weights of the wrong shape"),
+        )
+    ]
+    said = [
+        words.format(n=len(keys)) + f": {', '.join(str(k if isinstance(k, str) else k[0]) for k in list(keys)[:3])}"
+        for keys, words in problems
+        if keys
+    ]
+    if said:
+        raise ModelLoadError(
+            f"{what} {name!r} is not a complete checkpoint of its architecture: it " + "; it ".join(said) + ". Point "
+            "`model` at the full weights (a vocabulary-only GGUF, a base model for a reward head, or another "
+            "architecture's checkpoint cannot be used)"
+        )
 
 
 class HFRewardModel:

@@ -72,6 +72,22 @@ def embedded_path(name: str) -> Path:
     raise ModelLoadError(f"package {dist!r} is installed but holds no {inner!r}")
 
 
+def require_gguf_weights(file: Path, what: str, name: str) -> None:
+    """Refuse a GGUF without tensors (a vocabulary-only file) before a loader builds the model from its config
+    with random weights (for a Llama-3 vocabulary that is an 8B-parameter allocation)."""
+    from gguf import GGUFReader
+
+    try:
+        tensors = len(GGUFReader(str(file)).tensors)
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"{what} {name!r}: {file} is not a readable GGUF file ({first_line(e)})") from None
+    if tensors == 0:
+        raise ModelLoadError(
+            f"{what} {name!r}: {file} holds no weights (a vocabulary-only GGUF); point `model` at a GGUF with weights "
+            "or a model directory"
+        )
+
+
 def resolve(cfg: ModelConfig) -> ModelRef:
     """Turn a config's `model` / `gguf_file` into a location."""
     model = cfg.model

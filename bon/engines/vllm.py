@@ -10,7 +10,7 @@ from typing import Any
 
 from bon.core.config import ModelConfig
 from bon.engines.base import EngineError, Sample, SamplingSettings
-from bon.engines.models import ModelLoadError, first_line, hub_reachable, resolve
+from bon.engines.models import ModelLoadError, first_line, hub_reachable, require_gguf_weights, resolve
 from bon.engines.tokens import Tokenized, config_context
 
 _LOADED: dict[tuple, VLLMModel] = {}
@@ -99,6 +99,7 @@ class VLLMModel(Tokenized):
             path = str(convert_gguf(ref))
         elif ref.gguf_file:
             path = f"{ref.path}/{ref.gguf_file}"
+            require_gguf_weights(Path(path), "model", cfg.model)
         else:
             path = ref.path
         if not Path(path).exists() and not hub_reachable():

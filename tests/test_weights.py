@@ -1,0 +1,149 @@
+"""Weights that are not there are never invented: every loader refuses a checkpoint that does not fill its model.
+
+Tiny checkpoints are built here (SmolLM2's tokenizer, a 2-layer Llama) and then damaged: weights
+removed, weights added, a causal LM read as a reward model; the vocabulary-only GGUFs of
+../shared/data are real files a user may point `model` at by mistake.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from bon.core.config import ModelConfig
+from bon.engines.models import ModelLoadError
+
+pytestmark = pytest.mark.slow  # the tokenizer comes from the converted SmolLM2 (bon prepare)
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tmp_path_factory) -> Path:
+    """A complete 2-layer Llama checkpoint with SmolLM2's tokenizer."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from bon.engines.hf import prepare
+
+    smol, _, _ = prepare(ModelConfig())
+    out = tmp_path_factory.mktemp("tiny") / "lm"
+    cfg = LlamaConfig(
+        vocab_size=49152, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(cfg).save_pretrained(out)
+    AutoTokenizer.from_pretrained(smol).save_pretrained(out)
+    return out
+
+
+def _damaged(src: Path, dst: Path, drop: tuple[str, ...] = (), add: dict | None = None) -> Path:
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(src, dst)
+    weights = load_file(dst / "model.safetensors")
+    weights = {k: v for k, v in weights.items() if not k.startswith(drop)} if drop else weights
+    save_file({**weights, **(add or {})}, dst / "model.safetensors", metadata={"format": "pt"})
+    return dst
+
+
+def test_a_complete_checkpoint_loads(tiny_lm):
+    from bon.engines.hf import HFModel
+
+    assert HFModel(ModelConfig(model=str(tiny_lm))).model.config.num_hidden_layers == 2
+
+
+@pytest.mark.parametrize(
+    "drop, says",
+    [
+        (
+            ("model.layers.1.",),
+            r"lacks 9 weights the model needs \(it would run them randomly initialised\): model\.layers\.1",
+        ),
+        (("model.norm.",), r"lacks 1 weights the model needs .*: model\.norm\.weight"),
+        (("model.embed_tokens.",), r"lacks \d+ weights .*embed_tokens"),
+    ],
+)
+def test_missing_weights_are_refused_naming_the_model_and_the_first_keys(tiny_lm, tmp_path, drop, says):
+    from bon.engines.hf import HFModel
+
+    broken = _damaged(tiny_lm, tmp_path / "broken", drop=drop)
+    with pytest.raises(
+        ModelLoadError, match=f"model '{broken}' is not a complete checkpoint of its architecture: it {says}"
+    ):
+        HFModel(ModelConfig(model=str(broken)))
+
+
+def test_weights_the_model_has_no_place_for_are_refused(tiny_lm, tmp_path):
+    from bon.engines.hf import HFModel
+
+    broken = _damaged(tiny_lm, tmp_path / "extra", add={"model.layers.7.mlp.up_proj.weight": torch.zeros(32, 16)})
+    with pytest.raises(ModelLoadError, match=r"holds 1 weights the model has no place for: model\.layers\.7"):
+        HFModel(ModelConfig(model=str(broken)))
+
+
+def test_a_causal_lm_is_not_a_reward_model(tiny_lm):
+    """Its classification head would be random: every reward would be noise."""
+    from bon.engines.hf import HFRewardModel
+
+    with pytest.raises(ModelLoadError, match=r"reward model '.*' is not a complete checkpoint.*lacks 1 weights.*score"):
+        HFRewardModel(ModelConfig(model=str(tiny_lm)))
+
+
+def test_an_embedder_without_its_weights_is_refused(tmp_path):
+    from bon.engines.hf import HFEmbedder
+    from bon.engines.models import embedded_path
+
+    minilm = embedded_path("all-MiniLM-L6-v2")
+    assert HFEmbedder(str(minilm)).embed(["a"])  # the complete one loads
+    files = {p.name for p in minilm.iterdir()}
+    weights = next(n for n in ("model.safetensors", "pytorch_model.bin") if n in files)
+    broken = (
+        _damaged(minilm, tmp_path / "minilm", drop=("encoder.layer.5.",)) if weights == "model.safetensors" else None
+    )
+    if broken is None:
+        pytest.skip("the embedded MiniLM ships .bin weights")
+    with pytest.raises(ModelLoadError, match=r"embedding model '.*' is not a complete checkpoint.*encoder\.layer\.5"):
+        HFEmbedder(str(broken))
+
+
+@pytest.mark.parametrize("name", ["ggml-vocab-gpt-2.gguf", "ggml-vocab-llama-bpe.gguf", "ggml-vocab-phi-3.gguf"])
+def test_a_vocabulary_only_gguf_is_refused_before_any_allocation(shared_data, name):
+    """The Llama-3 vocabulary's config describes an 8B model: it must be refused before it is built."""
+    from bon.engines.hf import HFModel
+
+    path = shared_data / "tokenizers" / name
+    with pytest.raises(ModelLoadError, match=r"holds no weights \(a vocabulary-only GGUF\)"):
+        HFModel(ModelConfig(model=str(path)))
+
+
+def test_bon_run_on_a_vocabulary_only_gguf_exits_2_with_one_line(shared_data, tmp_path):
+    import subprocess
+    import sys
+
+    gguf = shared_data / "tokenizers" / "ggml-vocab-gpt-2.gguf"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bon",
+            "run",
+            "configs/demo.yaml",
+            "--set",
+            f"output_dir={tmp_path / 'run'}",
+            "--set",
+            f"policy.model={gguf}",
+            "--set",
+            "policy.prompt_format=vicuna_v1.1",
+            "--set",
+            "judge.name=length",
+            "--set",
+            "judge.options={}",
+        ],
+        cwd=Path(__file__).parent.parent,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "holds no weights (a vocabulary-only GGUF)" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "run" / "candidates.jsonl").exists()
