@@ -24,7 +24,7 @@ def test_round_trip(record):
 
 def test_file_round_trip(tmp_path):
     path = tmp_path / "c.jsonl"
-    cands = [r for r in RECORDS if isinstance(r, Candidate)] * 3
+    cands = [Candidate("p1", i, f"hi ü {i}", 42, 10, 3, "stop", "SmolLM2") for i in range(3)]
     append_records(path, cands[:1])
     append_records(path, cands[1:])
     assert read_records(path, Candidate) == cands
@@ -80,3 +80,99 @@ def test_write_json_atomic(tmp_path):
     write_json_atomic(target, [{"a": 1}])
     assert json.loads(target.read_text()) == [{"a": 1}]
     assert [p.name for p in target.parent.iterdir()] == ["x.json"]
+
+
+def _lines(path, records):
+    path.write_text("".join(json.dumps(to_json(r)) + "\n" for r in records))
+    return path
+
+
+CAND = Candidate("p1", 0, "Paris.", 1, 5, 2, "stop", "pol")
+JUDGED = Judgement("p1", 0, "selfj", 7.5)
+
+
+@pytest.mark.parametrize(
+    "records, cls, line, first, named",
+    [
+        ([CAND, CAND.__class__(**{**CAND.__dict__, "text": "Lyon."})], Candidate, 2, 1, "prompt_id 'p1', index 0"),
+        (
+            [CAND, Candidate("p2", 0, "x", 1, 5, 2, "stop", "pol"), CAND.__class__(**{**CAND.__dict__, "seed": 9})],
+            Candidate,
+            3,
+            1,
+            "prompt_id 'p1', index 0",
+        ),
+        (
+            [JUDGED, Judgement("p1", 0, "selfj", 2.0)],
+            Judgement,
+            2,
+            1,
+            "judge 'selfj', prompt_id 'p1', candidate_index 0",
+        ),
+        ([JUDGED, Judgement("p1", 0, "selfj", None, flag="failed")], Judgement, 2, 1, "judge 'selfj'"),
+        (
+            [Selection("p1", 0, False, 1.0, "selfj"), Selection("p1", None, True, None, "selfj")],
+            Selection,
+            2,
+            1,
+            "judge 'selfj', prompt_id 'p1'",
+        ),
+    ],
+)
+def test_two_different_records_of_one_thing_are_an_error_naming_both_lines(tmp_path, records, cls, line, first, named):
+    path = _lines(tmp_path / "f.jsonl", records)
+    with pytest.raises(DataFileError) as e:
+        read_records(path, cls)
+    assert str(e.value) == (
+        f"{path}:{line}: a second, different {cls.kind} record for {named}" + str(e.value).split(named, 1)[1]
+    )
+    assert f"(the first is on line {first}); keep one of the two lines" in str(e.value)
+
+
+def test_identical_repeats_are_merged_and_other_judges_or_prompts_are_not_repeats(tmp_path):
+    other_judge = Judgement("p1", 0, "length", 7.5)
+    path = _lines(tmp_path / "j.jsonl", [JUDGED, other_judge, JUDGED, Judgement("p1", 1, "selfj", 7.5)])
+    assert read_records(path, Judgement) == [JUDGED, other_judge, Judgement("p1", 1, "selfj", 7.5)]
+    assert read_records(_lines(tmp_path / "c.jsonl", [CAND, CAND]), Candidate) == [CAND]
+
+
+@pytest.mark.parametrize(
+    "field, value, says",
+    [
+        ("index", -1, "field 'index': expected 0 or more, found -1"),
+        ("completion_tokens", -3, "field 'completion_tokens': expected 0 or more, found -3"),
+        ("prompt_tokens", -1, "field 'prompt_tokens': expected 0 or more"),
+    ],
+)
+def test_candidate_fields_outside_their_domain_are_refused(tmp_path, field, value, says):
+    data = to_json(CAND) | {field: value}
+    (tmp_path / "c.jsonl").write_text(json.dumps(data) + "\n")
+    with pytest.raises(DataFileError, match=f"c.jsonl:1: {says}"):
+        read_records(tmp_path / "c.jsonl", Candidate)
+
+
+@pytest.mark.parametrize(
+    "raw, says",
+    [
+        ('"score": 1e400', "field 'score': expected a finite number or null, found inf"),
+        ('"score": -1e999', "field 'score': expected a finite number or null, found -inf"),
+        ('"candidate_index": -2', "field 'candidate_index': expected 0 or more, found -2"),
+    ],
+)
+def test_judgement_values_outside_their_domain_are_refused_as_written(tmp_path, raw, says):
+    """Written by hand or another tool: 1e400 parses to inf and would otherwise win every selection."""
+    base = json.dumps(to_json(JUDGED))
+    key = raw.split(":")[0]
+    start = base.index(key)
+    end = base.index(",", start)
+    (tmp_path / "j.jsonl").write_text(base[:start] + raw + base[end:] + "\n")
+    with pytest.raises(DataFileError, match=f"j.jsonl:1: {says}"):
+        read_records(tmp_path / "j.jsonl", Judgement)
+
+
+def test_a_comparison_winner_outside_0_1_2_is_refused():
+    from bon.core.records import Comparison
+
+    data = to_json(Comparison("p", 0, 1, "autoj", 1)) | {"winner": 3}
+    with pytest.raises(RecordError, match="field 'winner': expected 0, 1, 2 or null, found 3"):
+        from_json(Comparison, data)

@@ -153,6 +153,8 @@ def read_records(path: Path, cls: type[T]) -> list[T]:
     if not path.exists():
         return []
     records: list[T] = []
+    identity: tuple[str, ...] = getattr(cls, "identity", ())
+    seen: dict[tuple, tuple[int, T]] = {}  # identity -> (line, record)
     with open(path, "rb") as f:
         lines = f.read().split(b"\n")
     # the element after the last newline is either empty or a torn write
@@ -163,9 +165,23 @@ def read_records(path: Path, cls: type[T]) -> list[T]:
         if not isinstance(data, dict):
             raise DataFileError(path, lineno, "expected a JSON object")
         try:
-            records.append(from_json(cls, data))
+            record = from_json(cls, data)
         except (RecordError, TypeError) as e:
             raise DataFileError(path, lineno, str(e)) from None
+        if identity:  # an identical repeat is merged; two different records of one thing are an error
+            key = tuple(getattr(record, name) for name in identity)
+            if key in seen:
+                if seen[key][1] == record:
+                    continue
+                named = ", ".join(f"{name} {value!r}" for name, value in zip(identity, key))
+                raise DataFileError(
+                    path,
+                    lineno,
+                    f"a second, different {getattr(cls, 'kind', cls.__name__)} record for {named} "
+                    f"(the first is on line {seen[key][0]}); keep one of the two lines",
+                )
+            seen[key] = (lineno, record)
+        records.append(record)
     return records
 
 

@@ -37,6 +37,7 @@ class Candidate:
     """One sampled answer to a prompt."""
 
     kind: ClassVar[str] = "candidate"
+    identity: ClassVar[tuple[str, ...]] = ("prompt_id", "index")  # one record per value in a file
     prompt_id: str
     index: int
     text: str
@@ -57,6 +58,7 @@ class Judgement:
     """A judge's verdict on one candidate. A failed judgement has score None and a flag."""
 
     kind: ClassVar[str] = "judgement"
+    identity: ClassVar[tuple[str, ...]] = ("judge", "prompt_id", "candidate_index")
     prompt_id: str
     candidate_index: int
     judge: str
@@ -85,6 +87,7 @@ class Selection:
     """The outcome for one prompt: the kept candidate, or a decline."""
 
     kind: ClassVar[str] = "selection"
+    identity: ClassVar[tuple[str, ...]] = ("judge", "prompt_id")
     prompt_id: str
     chosen_index: int | None  # None when declined
     declined: bool
@@ -167,8 +170,14 @@ def from_json(cls: Any, data: Mapping[str, Any]) -> Any:
         value = body[name]
         if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
             raise RecordError(f"field {name!r}: expected an integer, found {value!r}")
+        if value is not None and name != "seed" and value < 0:
+            raise RecordError(f"field {name!r}: expected 0 or more, found {value!r}")
+    if body.get("winner") not in (None, 0, 1, 2):
+        raise RecordError(f"field 'winner': expected 0, 1, 2 or null, found {body['winner']!r}")
     if "score" in body and body["score"] is not None:
         if not isinstance(body["score"], (int, float)) or isinstance(body["score"], bool):
             raise RecordError(f"field 'score': expected a number or null, found {body['score']!r}")
+        if not math.isfinite(body["score"]):  # e.g. 1e400 parses to inf
+            raise RecordError(f"field 'score': expected a finite number or null, found {body['score']!r}")
         body["score"] = float(body["score"])
     return cls(**body)
