@@ -74,6 +74,24 @@ class Pool:
         ]
 
 
+def _one_per_instruction(rows: list[Annotation], path: Path) -> list[Annotation]:
+    """A model's annotations, an identical repeat merged; two different rows for one instruction are an error."""
+    first: dict[str, int] = {}
+    out = []
+    for i, a in enumerate(rows):
+        if a.instruction not in first:
+            first[a.instruction] = i
+            out.append(a)
+        elif rows[first[a.instruction]] != a:
+            raise DataFileError(
+                path,
+                None,
+                f"row {i}: instruction {a.instruction[:60]!r} is also row {first[a.instruction]}, with another output "
+                "or preference; a pool counts each instruction once, keep one of the two rows",
+            )
+    return out
+
+
 def load_pool(folder: Path | str, limit: int | None = None) -> Pool:
     folder = Path(folder)
     files = sorted(folder.glob("*.json"))
@@ -81,7 +99,7 @@ def load_pool(folder: Path | str, limit: int | None = None) -> Pool:
         raise DataFileError(
             folder, None, "a pool needs at least two annotation files (*.json) over the same instructions"
         )
-    per_model = {f.stem: read_annotations(f) for f in files}
+    per_model = {f.stem: _one_per_instruction(read_annotations(f), f) for f in files}
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be at least 1, got {limit}")
     by_model = {m: {a.instruction: a for a in rows} for m, rows in per_model.items()}

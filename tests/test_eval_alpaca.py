@@ -176,3 +176,35 @@ def test_bad_annotation_files_name_the_field(tmp_path):
     with pytest.raises(DataFileError, match="field 'output_2'"):
         read_annotations(tmp_path / "a.json")
     assert annotation(0).win() == 0.5 and annotation(1.25).win() == 0.25 and annotation(None).win() is None
+
+
+def _pool_files(folder, rows):
+    for m, items in rows.items():
+        data = [
+            {"instruction": q, "output_1": "base", "generator_1": "b", "output_2": o, "generator_2": m, "preference": p}
+            for q, o, p in items
+        ]
+        (folder / f"{m}.json").write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize(
+    "m1, says",
+    [
+        ([("q0", "a", 2), ("q1", "b", 1), ("q0", "a", 1)], r"m1\.json: row 2: instruction 'q0' is also row 0"),
+        ([("q0", "a", 2), ("q1", "b", 1), ("q1", "c", 1)], r"m1\.json: row 2: instruction 'q1' is also row 1"),
+    ],
+)
+def test_a_pool_file_listing_an_instruction_twice_differently_is_refused(tmp_path, m1, says):
+    _pool_files(tmp_path, {"m1": m1, "m2": [("q0", "s", 1), ("q1", "t", 2)]})
+    with pytest.raises(DataFileError, match=says + r", with another output or preference"):
+        load_pool(tmp_path)
+
+
+def test_an_identical_repeat_in_a_pool_file_counts_once(tmp_path):
+    _pool_files(
+        tmp_path, {"m1": [("q0", "a", 2), ("q1", "b", 1), ("q0", "a", 2)], "m2": [("q0", "s", 1), ("q1", "t", 2)]}
+    )
+    pool = load_pool(tmp_path)
+    assert pool.instructions == ["q0", "q1"]
+    points, _ = reference_points(pool)
+    assert points["oracle"] == pytest.approx(100 * (1 + 1) / 2)
