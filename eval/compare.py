@@ -22,6 +22,7 @@ from pydantic import Field, model_validator
 from bon.core.config import JudgeConfig, RayConfig, RunConfig, Strict
 from bon.core.io import append_records, read_records
 from bon.core.judging import build_judge, judge_spec, same_judge
+from bon.core.names import Name
 from bon.core.records import SCHEMA, Comparison, Judgement, Prompt, by_key
 from bon.core.rundir import RunDir, package_versions
 from bon.pipeline.executors import LocalExecutor, make_executor
@@ -40,9 +41,7 @@ from eval.scoring import (
 
 
 class CompareJudge(JudgeConfig):
-    label: str | None = Field(
-        None, pattern=r"^[\w.-]+$", description="name in the report and the run directory; default the judge's name"
-    )
+    label: Name | None = Field(None, description="name in the report and the run directory; default the judge's name")
     max_items: int | dict[str, int] | None = Field(
         None,
         description=(
@@ -61,7 +60,7 @@ class CompareJudge(JudgeConfig):
 
 
 class BenchmarkConfig(Strict):
-    name: str = Field(pattern=r"^[\w.-]+$", description="name in the report and the run directory")
+    name: Name = Field(description="name in the report and the run directory")
     kind: Literal["pairwise", "pool", "scores", "leaderboard"] = Field(
         description=(
             "pairwise: Auto-J format; pool: AlpacaEval annotations folder; "

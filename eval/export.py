@@ -9,6 +9,7 @@ import yaml
 from bon.core.config import PromptsConfig
 from bon.core.errors import BonError
 from bon.core.io import DataFileError, write_json_atomic
+from bon.core.names import check_name
 from bon.core.prompts import load_prompts
 from bon.core.rundir import OUTPUTS, load_run, read_outputs
 
@@ -35,10 +36,7 @@ def export_alpaca_eval(
     reference_outputs: Path | None = None,
     pretty_name: str | None = None,
 ) -> tuple[Path, Path]:
-    if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name or name != name.strip():
-        raise ExportError(
-            f"--name {name!r}: a model name is one folder name under results/ (no '/', not empty, '.' or '..')"
-        )
+    check_name(name, "--name")  # one folder under results/ and models_configs/
     run_dir = Path(run_dir)
     _, manifest, config = load_run(run_dir)
     rows = read_outputs(run_dir)

@@ -12,6 +12,7 @@ from bon.core.errors import ConfigError, problems
 from bon.core.formats import check_format
 from bon.core.io import DataFileError, read_text
 from bon.core.judging import JUDGES, option_problems
+from bon.core.names import Name
 
 DEFAULT_MODEL = "embedded:SmolLM2-135M-Instruct"
 M = TypeVar("M", bound=BaseModel)
@@ -223,7 +224,7 @@ class RayConfig(Strict):
 
 
 class RunConfig(Strict):
-    name: str | None = Field(None, description="generator name in model_outputs.json; default <policy>-bo<n>-<judge>")
+    name: Name | None = Field(None, description="generator name in model_outputs.json; default <policy>-bo<n>-<judge>")
     output_dir: Path = Field(Path("runs/demo"), description="run directory; rerunning continues there")
     n: int = Field(8, ge=1, description="candidates per prompt")
     seed: int = Field(0, ge=0, description="base seed; every candidate's seed derives from it")

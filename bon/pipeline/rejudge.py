@@ -10,6 +10,7 @@ from typing import Any
 from bon.core.config import RunConfig, SelectionConfig, validate_options
 from bon.core.io import write_records_atomic
 from bon.core.judging import JUDGES, build_judge, policy_defaults, same_judge
+from bon.core.names import check_name
 from bon.core.prompts import load_prompts
 from bon.core.records import Candidate, Judgement, Key, Prompt, Selection, by_key, by_prompt
 from bon.core.rundir import FILES, RunDir, RunDirError, open_run
@@ -65,6 +66,8 @@ def judge_run(
     refused, so two settings never mix under one name.
     """
     progress = progress or Silent()
+    if label is not None:
+        check_name(label, "--label")  # before the run directory is opened: a refusal changes nothing
     with open_run(run_dir) as (rd, manifest, config):
         JUDGES.check(name)
         options = policy_defaults(name, options or {}, config.policy.model_dump(mode="json"))
