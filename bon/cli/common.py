@@ -8,11 +8,19 @@ from collections.abc import Iterator
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from bon.core.errors import BonError
 
-console = Console()
-err_console = Console(stderr=True)
+# No markup: paths, instructions, judge names and messages are user text ("[/]" in one would crash rich);
+# the few styled words go through `tagged`.
+console = Console(markup=False)
+err_console = Console(stderr=True, markup=False)
+
+
+def tagged(tag: str, style: str, text: object) -> Text:
+    """``tag`` in ``style``, then ``text`` verbatim."""
+    return Text.assemble((tag, style), " ", str(text))
 
 
 _OS_HINTS = {
@@ -41,10 +49,10 @@ def fail_clearly() -> Iterator[None]:
     try:
         yield
     except BonError as e:  # every error user input can cause derives from it
-        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        err_console.print(tagged("error:", "bold red", e), highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     except OSError as e:  # the machine said no (disk full, read-only, a file in the way): no traceback either
-        err_console.print(f"[bold red]error:[/] {os_error_message(e)}", highlight=False, soft_wrap=True)
+        err_console.print(tagged("error:", "bold red", os_error_message(e)), highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
 
 

@@ -8,8 +8,9 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
-from bon.cli.common import console, err_console, fail_clearly, options_from
+from bon.cli.common import console, err_console, fail_clearly, options_from, tagged
 from bon.cli.evaluate import eval_app, export_app
 from bon.cli.selfj import selfj_app
 
@@ -65,7 +66,11 @@ def run(
         f"made {result.judged} judgements in {judge_s:.1f} s ({result.judged / judge_s if judge_s else 0:.2f}/s); "
         f"wall {wall:.1f} s"
     )
-    console.print(f"run directory: [bold]{result.run_dir.path}[/]  (AlpacaEval outputs: {result.outputs_path})")
+    console.print(
+        Text.assemble(
+            "run directory: ", (str(result.run_dir.path), "bold"), f"  (AlpacaEval outputs: {result.outputs_path})"
+        )
+    )
 
 
 @app.command()
@@ -88,12 +93,12 @@ def check(
         table.add_row(what, found)
     console.print(table)
     for line in report.missing:
-        console.print(f"[bold red]missing:[/] {line}", highlight=False)
+        console.print(tagged("missing:", "bold red", line), highlight=False)
     for line in report.problems:
-        console.print(f"[bold red]problem:[/] {line}", highlight=False)
+        console.print(tagged("problem:", "bold red", line), highlight=False)
     if not report.ok:
         raise typer.Exit(1)
-    console.print("[bold green]ok:[/] nothing missing, nothing wrong")
+    console.print(tagged("ok:", "bold green", "nothing missing, nothing wrong"))
 
 
 @app.command()

@@ -29,14 +29,14 @@ class RichProgress:
     def __init__(self, console: Console):
         self.console = console
         self._progress = Progress(
-            TextColumn("{task.description:>11}"),
+            TextColumn("{task.description:>11}", markup=False),
             BarColumn(),
             MofNCompleteColumn(),
             RateColumn(),
             TimeElapsedColumn(),
             TextColumn("eta"),
             TimeRemainingColumn(),
-            TextColumn("{task.fields[info]}", style="dim"),
+            TextColumn("{task.fields[info]}", style="dim", markup=False),
             console=console,
         )
         self._tasks: dict[str, TaskID] = {}
@@ -59,4 +59,4 @@ class RichProgress:
             self._progress.update(self._tasks["prompts"], info=line)
 
     def note(self, message: str) -> None:
-        self._progress.console.print(f"[dim]{message}[/]")
+        self._progress.console.print(Text(message, style="dim"))
