@@ -26,6 +26,7 @@ class Member(Strict):
 class EnsembleOptions(Strict):
     members: list[Member] = Field(
         default_factory=lambda: [Member(name="self_eval", options={"reference": "always"}), Member(name="cosine")],
+        min_length=1,
         description="the judges to combine (default: Self-J's label recipe)",
     )
     normalize: Literal["zscore", "none"] = Field("zscore", description="zscore = per prompt, before weighting")

@@ -39,6 +39,13 @@ def tiebreak_values(
     Auto-J's ``rating_logprob``. ``judge:NAME``: another judge's score of the same candidate.
     """
     kind, _, arg = rule.partition(":")
+    judged = [j for j in judgements if j.ok]
+    if kind == "details" and judged and not any(arg in j.details for j in judged):  # a judge records its keys always
+        recorded = sorted({k for j in judged for k, v in j.details.items() if isinstance(v, (int, float))})
+        raise TieBreakError(
+            f"tie_break {rule!r}: judge {judged[0].judge!r} records no {arg!r} (prompt {judged[0].prompt_id!r}); "
+            f"it records {', '.join(recorded) or 'no numbers'}"
+        )
     out: dict[int, float] = {}
     for j in judgements:
         if kind == "details":
