@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from bon.core.io import DataFileError, read_text
-from eval.annotations import Annotation
+from eval.annotations import Annotation, AnnotationError
 
 LC_REPO = "tatsu-lab/alpaca_eval"
 LC_FILE = "df_gamed.csv"
@@ -57,8 +57,13 @@ class WinRate:
         return asdict(self)
 
 
-def winrate(annotations: Sequence[Annotation]) -> dict[str, float]:
-    """`alpaca_eval.metrics.get_winrate` on these annotations."""
+def winrate(annotations: Sequence[Annotation], source: str = "the annotations") -> dict[str, float]:
+    """`alpaca_eval.metrics.get_winrate` on these annotations (``source`` names them in an error)."""
+    if not any(a.preference is not None for a in annotations):  # alpaca-eval would fail deep inside pandas
+        raise AnnotationError(
+            f"{source}: none of {len(annotations)} annotations holds a preference, so there is no win rate; "
+            "annotate them first (bon eval alpaca-eval)"
+        )
     return alpaca_eval().metrics.get_winrate(frame(annotations))
 
 
@@ -112,12 +117,14 @@ def _lc_file(path: str | None) -> Iterator[None]:
         glm.hf_hub_download = original
 
 
-def full_winrate(annotations: Sequence[Annotation], lc: bool = True, lc_data: Path | None = None) -> WinRate:
+def full_winrate(
+    annotations: Sequence[Annotation], lc: bool = True, lc_data: Path | None = None, source: str = "the annotations"
+) -> WinRate:
     """Win rate, standard error, discrete win rate and, when its data is at hand, the LC win rate.
 
     The LC win rate assumes the rows follow AlpacaEval's 805-instruction order.
     """
-    base = winrate(annotations)
+    base = winrate(annotations, source)
     fields: dict[str, Any] = {
         k: float(base[k])
         for k in ("win_rate", "standard_error", "discrete_win_rate", "n_wins", "n_wins_base", "n_draws")

@@ -6,7 +6,12 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from bon.core.errors import BonError
 from bon.core.io import DataFileError, read_json
+
+
+class AnnotationError(BonError, ValueError):
+    """Annotations that cannot give what was asked of them (e.g. a win rate without any preference)."""
 
 
 @dataclass(frozen=True)

@@ -111,6 +111,10 @@ def load_pool(folder: Path | str, limit: int | None = None) -> Pool:
     models = list(per_model)
     order = [a.instruction for a in per_model[files[0].stem] if a.instruction in common]
     keep = [q for q in order if all(by_model[m][q].preference is not None for m in models)]
+    if not keep:
+        raise DataFileError(
+            folder, None, "no instruction has a preference in every annotation file: nothing to select among"
+        )
     if limit:
         keep = keep[:limit]
     return Pool(models, keep, {q: [by_model[m][q] for m in models] for q in keep}, dropped)

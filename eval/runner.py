@@ -57,6 +57,12 @@ def reference_rows(version: int, reference_outputs: Path | None) -> list[dict[st
         rows = read_json(reference_outputs)
         if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
             raise DataFileError(reference_outputs, None, "expected a JSON list of AlpacaEval rows (objects)")
+        for i, row in enumerate(rows):
+            for key in ("instruction", "output"):
+                if not isinstance(row.get(key), str):
+                    raise DataFileError(
+                        reference_outputs, None, f"row {i}: field {key!r}: expected a string, found {row.get(key)!r}"
+                    )
         return rows
     import datasets
 

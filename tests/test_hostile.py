@@ -46,3 +46,60 @@ def test_a_tie_break_on_a_number_no_judgement_records_is_refused(finished, key):
     out = bon("select", str(finished), "--judge", "length", "--tie-break", f"details:{key}")
     one_clear_line(out, f"tie_break 'details:{key}': judge 'length' records no '{key}'")
     assert contents(finished) == before
+
+
+# library errors that user input causes end in one line -------------------------------------------------
+
+
+@pytest.mark.parametrize("prefs", [[None], [None, None], ["NaN"]])
+def test_a_win_rate_of_annotations_without_preferences_is_one_line(tmp_path, prefs):
+    import json
+
+    rows = [{"instruction": f"q{i}", "output_1": "a", "output_2": "b"} for i in range(len(prefs))]
+    for row, p in zip(rows, prefs):
+        if p is not None:
+            row["preference"] = p
+    path = tmp_path / "ann.json"
+    path.write_text(json.dumps(rows).replace('"NaN"', "NaN"))
+    one_clear_line(bon("eval", "winrate", str(path)), f"{path}: none of {len(prefs)} annotations holds a preference")
+
+
+def _pool(folder, rows_a, rows_b):
+    import json
+
+    folder.mkdir()
+    for name, rows in (("a", rows_a), ("b", rows_b)):
+        data = [{"instruction": q, "output_1": "x", "output_2": o, "preference": p} for q, o, p in rows]
+        (folder / f"{name}.json").write_text(json.dumps(data))
+    return folder
+
+
+def test_a_pool_with_no_instruction_rated_in_every_file_is_one_line(tmp_path):
+    pool = _pool(tmp_path / "pool", [("q", "a", None), ("r", "b", 1)], [("q", "c", 1), ("r", "d", None)])
+    one_clear_line(bon("eval", "select-pool", str(pool), "--judge", "length"), "no instruction has a preference")
+
+
+def test_select_pool_out_onto_a_file_is_one_line_after_the_work(tmp_path):
+    pool = _pool(tmp_path / "pool", [("q", "a", 2), ("r", "b", 1)], [("q", "cc", 1), ("r", "d", 2)])
+    blocker = tmp_path / "afile"
+    blocker.write_text("mine")
+    one_clear_line(bon("eval", "select-pool", str(pool), "--judge", "length", "--out", str(blocker)), str(blocker))
+    assert blocker.read_text() == "mine"
+
+
+@pytest.mark.parametrize(
+    "row, says",
+    [
+        ({"output": "x"}, "row 0: field 'instruction': expected a string, found None"),
+        ({"instruction": "q", "output": None}, "row 0: field 'output': expected a string, found None"),
+        ({"instruction": "q", "output": 3}, "row 0: field 'output': expected a string, found 3"),
+    ],
+)
+def test_reference_outputs_rows_are_checked_where_they_are_read(finished, tmp_path, row, says):  # noqa: F811
+    import json
+
+    ref = tmp_path / "ref.json"
+    ref.write_text(json.dumps([row]))
+    before = contents(finished)
+    one_clear_line(bon("eval", "alpaca-eval", str(finished), "--reference-outputs", str(ref)), f"{ref}: {says}")
+    assert contents(finished) == before

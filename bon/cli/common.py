@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import sys
 from collections.abc import Iterator
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -44,16 +46,33 @@ def os_error_message(e: OSError) -> str:
     return f"{where}{e.strerror or e}" + (f" ({hint})" if hint else "")
 
 
+def user_error(e: BaseException) -> str | None:
+    """The one line for an exception user input or the machine can cause; None for anything else (a bug)."""
+    if isinstance(e, BonError):  # every error user input can cause derives from it
+        return str(e)
+    if isinstance(e, OSError):  # the machine said no (disk full, read-only, a file in the way)
+        return os_error_message(e)
+    return None
+
+
 @contextlib.contextmanager
 def fail_clearly() -> Iterator[None]:
     try:
         yield
-    except BonError as e:  # every error user input can cause derives from it
-        err_console.print(tagged("error:", "bold red", e), highlight=False, soft_wrap=True)
+    except (BonError, OSError) as e:
+        err_console.print(tagged("error:", "bold red", user_error(e)), highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
-    except OSError as e:  # the machine said no (disk full, read-only, a file in the way): no traceback either
-        err_console.print(tagged("error:", "bold red", os_error_message(e)), highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
+
+
+class BonApp(typer.Typer):
+    """The command line; whatever a command leaves outside its `fail_clearly` block still ends in one line."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().__call__(*args, **kwargs)
+        except (BonError, OSError) as e:
+            err_console.print(tagged("error:", "bold red", user_error(e)), highlight=False, soft_wrap=True)
+            sys.exit(2)
 
 
 def options_from(assignments: list[str] | None) -> dict:

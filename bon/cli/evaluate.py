@@ -30,7 +30,7 @@ def winrate_cmd(
     from eval.annotations import read_annotations
 
     with fail_clearly():
-        result = full_winrate(read_annotations(annotations), lc_data=lc_data)
+        result = full_winrate(read_annotations(annotations), lc_data=lc_data, source=str(annotations))
     if as_json:
         keys = ("win_rate", "standard_error", "discrete_win_rate", "length_controlled_winrate", "n_total")
         print(json.dumps({k: getattr(result, k) for k in keys}))

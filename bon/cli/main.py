@@ -10,11 +10,11 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from bon.cli.common import console, err_console, fail_clearly, options_from, tagged
+from bon.cli.common import BonApp, console, err_console, fail_clearly, options_from, tagged
 from bon.cli.evaluate import eval_app, export_app
 from bon.cli.selfj import selfj_app
 
-app = typer.Typer(help="Best-of-N sampling with judges.", no_args_is_help=True, add_completion=False)
+app = BonApp(help="Best-of-N sampling with judges.", no_args_is_help=True, add_completion=False)
 judges_app = typer.Typer(help="Inspect the registered judges.", no_args_is_help=True)
 app.add_typer(judges_app, name="judges")
 
