@@ -78,6 +78,8 @@ def check_lc_data(path: Path | str) -> None:
 def _lc_source(lc_data: Path | None) -> tuple[str | None, str | None]:
     """(path to df_gamed.csv or None to let alpaca-eval download it, or a note why LC is unavailable)."""
     if lc_data is not None:
+        if Path(lc_data).is_dir():  # a folder is a misreading, never a quiet note (a missing file is offline LC)
+            raise DataFileError(lc_data, None, f"is a directory; --lc-data takes the file {LC_FILE}")
         if not Path(lc_data).is_file():
             return None, f"length-controlled win rate unavailable: --lc-data {lc_data} does not exist"
         check_lc_data(lc_data)

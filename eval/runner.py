@@ -154,23 +154,35 @@ def _local_config(folder: Path, name: str) -> Path:
     return path
 
 
-class _NoTraceback(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.exc_info, record.exc_text = None, None  # keep the message, drop the traceback
-        return True
+class _Held(logging.Handler):
+    """Keeps log records instead of printing them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
 
 
 @contextlib.contextmanager
-def _log_without_tracebacks() -> Iterator[None]:
-    """While the block runs, log records reach the root handlers without their tracebacks."""
-    handlers, no_tb = logging.getLogger().handlers, _NoTraceback()
-    for h in handlers:
-        h.addFilter(no_tb)
+def _held_logs() -> Iterator[None]:
+    """While the block runs, log records (alpaca-eval logs on the root logger) are held back.
+
+    If the block fails, its one-line error is all the user sees; if it succeeds, the held warnings
+    are printed after it, without tracebacks.
+    """
+    root, held = logging.getLogger(), _Held()
+    handlers = root.handlers[:]
+    root.handlers = [held]
     try:
         yield
     finally:
-        for h in handlers:
-            h.removeFilter(no_tb)
+        root.handlers = handlers
+    for record in held.records:
+        if record.levelno >= logging.WARNING:
+            record.exc_info, record.exc_text = None, None
+            root.handle(record)
 
 
 @contextlib.contextmanager
@@ -235,14 +247,16 @@ def annotate(
             )
     ae = alpaca_eval()
     cache_dir.mkdir(parents=True, exist_ok=True)
-    annotator_obj = ae.annotators.PairwiseAnnotator(
-        annotators_config=str(config_path), caching_path=str((cache_dir / "annotations_cache.json").resolve()), **kwargs
-    )
     try:
         with (
-            _log_without_tracebacks(),
+            _held_logs(),
             _openai_server(base_url),
         ):  # alpaca-eval logs API failures with logging.exception
+            annotator_obj = ae.annotators.PairwiseAnnotator(
+                annotators_config=str(config_path),
+                caching_path=str((cache_dir / "annotations_cache.json").resolve()),
+                **kwargs,
+            )
             df = annotator_obj.annotate_head2head(
                 outputs_1=pd.DataFrame([b for b, _ in pairs]), outputs_2=pd.DataFrame([m for _, m in pairs])
             )
@@ -296,7 +310,12 @@ def annotations_for(
     base_url: str | None = None,
 ) -> tuple[list[Annotation], str | None]:
     """Annotations of (baseline row, model row) pairs by any annotator kind, and a note on its meaning."""
-    kind, _, arg = annotator.partition(":")
+    kind, colon, arg = annotator.partition(":")
+    if colon and kind in ("precomputed", "local") and not arg.strip():  # Path("") would read the current directory
+        what = "an annotations file" if kind == "precomputed" else "a model"
+        raise AnnotatorError(
+            f"--annotator {annotator!r} names no {what}: use {kind}:{'FILE' if kind == 'precomputed' else 'MODEL'}"
+        )
     if kind == "precomputed":
         return precomputed(pairs, Path(arg)), None
     annotations, note = annotate(pairs, annotator, cache_dir, backend, base_url)

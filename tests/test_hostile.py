@@ -103,3 +103,52 @@ def test_reference_outputs_rows_are_checked_where_they_are_read(finished, tmp_pa
     before = contents(finished)
     one_clear_line(bon("eval", "alpaca-eval", str(finished), "--reference-outputs", str(ref)), f"{ref}: {says}")
     assert contents(finished) == before
+
+
+# quiet misreadings -------------------------------------------------------------------------------------
+
+
+def _annotations_file(tmp_path):
+    import json
+
+    path = tmp_path / "ann.json"
+    path.write_text(json.dumps([{"instruction": "q", "output_1": "a", "output_2": "b", "preference": 2}]))
+    return path
+
+
+@pytest.mark.parametrize("where", ["dir", "dir/"])
+def test_lc_data_given_a_directory_is_an_error_not_a_note(tmp_path, where):
+    (tmp_path / "dir").mkdir()
+    lc = str(tmp_path / where)
+    one_clear_line(bon("eval", "winrate", str(_annotations_file(tmp_path)), "--lc-data", lc), "is a directory")
+
+
+@pytest.mark.parametrize("annotator", ["precomputed:", "precomputed:  ", "local:"])
+def test_an_annotator_that_names_no_file_or_model_is_refused(finished, tmp_path, annotator):  # noqa: F811
+    import json
+
+    ref = tmp_path / "ref.json"
+    rows = json.loads((finished / "model_outputs.json").read_text())
+    ref.write_text(json.dumps([{"instruction": r["instruction"], "output": "base"} for r in rows]))
+    out = bon("eval", "alpaca-eval", str(finished), "--reference-outputs", str(ref), "--annotator", annotator)
+    one_clear_line(out, " ".join(f"--annotator {annotator!r} names no".split()))  # stderr is read with spaces folded
+
+
+def test_a_failing_official_annotator_prints_its_one_line_without_alpaca_evals_log(tmp_path):
+    from tests.conftest import finished_ae_run
+    from tests.test_eval_runs import QUESTIONS
+
+    cfg, reference = finished_ae_run(tmp_path, QUESTIONS[:2])
+    out = bon(
+        "eval",
+        "alpaca-eval",
+        str(cfg.output_dir),
+        "--version",
+        "1",
+        "--reference-outputs",
+        str(reference),
+        env_extra={"OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": "http://127.0.0.1:9/v1", "OPENAI_MAX_RETRIES": "0"},
+        timeout=300,
+    )
+    one_clear_line(out, "the API could not be reached")
+    assert "WARNING" not in out.stderr and "ERROR:" not in out.stderr, out.stderr
