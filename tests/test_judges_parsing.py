@@ -120,7 +120,8 @@ def test_tie_breaks():
     assert select_prompt("p", js, None, "details:rating_logprob").chosen_index == 1
     secondary = {("p", i): Judgement("p", i, "selfj", s) for i, s in enumerate([1.0, 2.0, 3.0])}
     assert select_prompt("p", js, None, "judge:selfj", secondary).chosen_index == 2
-    assert tiebreak_values("details:missing", js) == {}
+    with pytest.raises(TieBreakError, match="judge 'autoj' records no 'missing' .*; it records rating_logprob"):
+        tiebreak_values("details:missing", js)  # issue 21: a key no judgement records is refused, not ignored
     with pytest.raises(TieBreakError, match="has no 'selfj' judgement"):
         tiebreak_values("judge:selfj", js, {})
     higher = [Judgement("p", 0, "autoj", 5.0, details={"rating_logprob": -0.01}), js[2]]
