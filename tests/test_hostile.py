@@ -152,3 +152,45 @@ def test_a_failing_official_annotator_prints_its_one_line_without_alpaca_evals_l
     )
     one_clear_line(out, "the API could not be reached")
     assert "WARNING" not in out.stderr and "ERROR:" not in out.stderr, out.stderr
+
+
+# a refusal leaves the directory as it was, or says what it kept and a rerun redoes it -----------------
+
+
+@pytest.mark.parametrize("damage", ["{not json", '{"schema": 1, "kind": "candidate"}', "[1, 2]"])
+@pytest.mark.parametrize("command", [["judge", "--judge", "random"], ["select", "--judge", "length"]])
+def test_a_corrupt_candidates_line_is_refused_before_anything_is_written(finished, damage, command):  # noqa: F811
+    path = finished / "candidates.jsonl"
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:2] + [damage + "\n"] + lines[2:]))
+    before = contents(finished)
+    one_clear_line(bon(command[0], str(finished), *command[1:]), "candidates.jsonl:3:")
+    assert contents(finished) == before
+
+
+def test_a_judge_that_scores_nothing_keeps_its_failures_and_a_fixed_rerun_judges_them_again(finished, monkeypatch):  # noqa: F811
+    from bon.core.io import read_records
+    from bon.core.judging import build_judge
+    from bon.core.records import Judgement
+    from bon.pipeline import rejudge
+    from bon.pipeline.selection import UnjudgedError
+
+    real = build_judge("length", {})
+
+    class Broken:  # e.g. a reference-based judge on prompts whose references are missing
+        name = "length"
+        describe = real.describe
+
+        def score(self, prompts, candidates):
+            return [Judgement(c.prompt_id, c.index, "length", None, flag="reference missing") for c in candidates]
+
+    monkeypatch.setattr(rejudge, "build_judge", lambda name, options: Broken())
+    with pytest.raises(UnjudgedError, match="kept under 'len2' and judged again when this command is rerun"):
+        rejudge.judge_run(finished, "length", label="len2")
+    kept = [j for j in read_records(finished / "judgements.jsonl", Judgement) if j.judge == "len2"]
+    assert kept and not any(j.ok for j in kept)
+    monkeypatch.undo()
+    assert rejudge.judge_run(finished, "length", label="len2") == len(kept)  # the cause fixed: judged again
+    again = [j for j in read_records(finished / "judgements.jsonl", Judgement) if j.judge == "len2"]
+    assert len(again) == len(kept) and all(j.ok for j in again)
+    assert rejudge.judge_run(finished, "length", label="len2") == 0  # and then nothing is left to do

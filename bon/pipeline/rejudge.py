@@ -73,6 +73,9 @@ def judge_run(
         options = policy_defaults(name, options or {}, config.policy.model_dump(mode="json"))
         judge = build_judge(name, options)
         label = label or name
+        prompts, cands, _ = run_candidates(rd, config)  # every input is read before anything is written
+        n = config.n
+        existing = rd.read(Judgement)
         rd.register(
             manifest,
             "judges",
@@ -84,11 +87,14 @@ def judge_run(
             ),
             stored={config.judge.name: {"name": config.judge.name, "options": config.judge.options}},
         )
+        judged = by_key(existing, label)
+        blind = {p.id for p in prompts if _blind([judged.get((p.id, i)) for i in range(n)])}
+        if blind:  # a judge that could score none of a prompt's candidates (refused before): those are judged again
+            write_records_atomic(
+                rd.path / FILES[Judgement], [j for j in existing if not (j.judge == label and j.prompt_id in blind)]
+            )
+            judged = {k: j for k, j in judged.items() if k[0] not in blind}
         rd.write_manifest(manifest)
-
-        prompts, cands, _ = run_candidates(rd, config)
-        n = config.n
-        judged = by_key(rd.read(Judgement), label)
         progress.start("judgements", len(prompts) * n, len(judged))
 
         def write(batch: Sequence[Prompt], fresh: list[Judgement]) -> None:
@@ -100,8 +106,17 @@ def judge_run(
             LocalExecutor(judge), batches, lambda p: [cands[p.id][i] for i in range(n)], judged, label, write
         )
     if not allow_unjudged:
-        check_judged(label, {p.id: [judged[(p.id, i)] for i in range(n)] for p in prompts})
+        check_judged(
+            label,
+            {p.id: [judged[(p.id, i)] for i in range(n)] for p in prompts},
+            kept=f"the failed judgements are kept under {label!r} and judged again when this command is rerun",
+        )
     return made
+
+
+def _blind(judgements: Sequence[Judgement | None]) -> bool:
+    """All of a prompt's candidates judged, none of them successfully."""
+    return all(j is not None for j in judgements) and not any(j.ok for j in judgements if j is not None)
 
 
 def select_run(

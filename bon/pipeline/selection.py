@@ -17,15 +17,18 @@ class UnjudgedError(BonError, RuntimeError):
     """The judge could score none of some prompt's candidates; everything made is already written."""
 
 
-def check_judged(judge: str, by_prompt: Mapping[str, Sequence[Judgement]]) -> None:
-    """Refuse loudly when a prompt's candidates all failed to be judged (its pick would be a blind fallback)."""
+def check_judged(judge: str, by_prompt: Mapping[str, Sequence[Judgement]], kept: str = "everything is written") -> None:
+    """Refuse loudly when a prompt's candidates all failed to be judged (its pick would be a blind fallback).
+
+    ``kept`` says what stays on disk and what a rerun does with it.
+    """
     blind = {pid: js for pid, js in by_prompt.items() if js and not any(j.ok for j in js)}
     if blind:
         pid, js = next(iter(blind.items()))
         reason = next((j.flag for j in js if j.flag), "no reason recorded")
         raise UnjudgedError(
             f"judge {judge!r} could score none of the candidates of {len(blind)} of {len(by_prompt)} prompts "
-            f"(e.g. {pid!r}: {reason}); everything is written. Fix the judge or its inputs (e.g. references), "
+            f"(e.g. {pid!r}: {reason}); {kept}. Fix the judge or its inputs (e.g. references), "
             "or accept the fallback picks with allow_unjudged: true (bon judge: --allow-unjudged)"
         )
 
