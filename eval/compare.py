@@ -89,7 +89,9 @@ class CompareConfig(Strict):
     )
     benchmarks: list[BenchmarkConfig] = Field(min_length=1, description="the data they are compared on")
     batch_size: int = Field(16, ge=1, description="prompts per judge call (the unit of resumption)")
-    bootstrap: int = Field(1000, ge=0, description="bootstrap resamples for confidence intervals (0 = none)")
+    bootstrap: int = Field(
+        1000, ge=0, le=100_000, description="bootstrap resamples for confidence intervals (0 = none; at most 100,000)"
+    )
     folds: int = Field(2, ge=2, description="splits for the held-out tie threshold of scalar judges on pairwise data")
     seed: int = Field(0, ge=0, description="seed of the bootstrap")
     engine: Literal["local", "ray"] = Field(

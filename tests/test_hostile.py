@@ -194,3 +194,46 @@ def test_a_judge_that_scores_nothing_keeps_its_failures_and_a_fixed_rerun_judges
     again = [j for j in read_records(finished / "judgements.jsonl", Judgement) if j.judge == "len2"]
     assert len(again) == len(kept) and all(j.ok for j in again)
     assert rejudge.judge_run(finished, "length", label="len2") == 0  # and then nothing is left to do
+
+
+# absurd sizes are refused before any work --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", ["1000000000000000000000000000000", "4097", "10**30"])
+def test_an_absurd_n_is_refused_by_the_config(n):
+    from bon.core.config import load_config
+
+    with pytest.raises(ConfigError, match=r"^<defaults>: n: "):
+        load_config(None, [f"n={n}"])
+
+
+@pytest.mark.parametrize(
+    "n, rows, says",
+    [
+        (129, None, "n 129 is more candidates than the transformers engine decodes at once (128 rows"),
+        (500, None, "n 500 is more candidates than the transformers engine decodes at once (128 rows"),
+        (64, 32, "policy.max_rows 32 cannot hold one prompt's n=64 rows"),
+        (200, 256, None),
+    ],
+)
+def test_n_beyond_the_engines_rows_is_refused_before_the_run_directory_exists(tmp_path, n, rows, says):
+    sets = ["--set", f"n={n}", "--set", f"output_dir={tmp_path / 'run'}", "--set", "policy.device=cpu"]
+    if rows:
+        sets += ["--set", f"policy.max_rows={rows}"]
+    check = bon("check", "configs/demo.yaml", *sets)
+    said = " ".join((check.stdout + check.stderr).split())
+    if says is None:
+        assert check.returncode == 0 and "more candidates than" not in said, said
+        return
+    assert check.returncode in (1, 2) and says in said, said
+    one_clear_line(bon("run", "configs/demo.yaml", *sets), says)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("value", ["1000000000", "100001"])
+def test_an_absurd_bootstrap_is_refused(tmp_path, value):
+    from bon.core.config import load_config
+    from eval.compare import CompareConfig
+
+    with pytest.raises(ConfigError, match="bootstrap: Input should be less than or equal to 100000"):
+        load_config("configs/compare_cpu.yaml", [f"bootstrap={value}"], model=CompareConfig)

@@ -226,7 +226,9 @@ class RayConfig(Strict):
 class RunConfig(Strict):
     name: Name | None = Field(None, description="generator name in model_outputs.json; default <policy>-bo<n>-<judge>")
     output_dir: Path = Field(Path("runs/demo"), description="run directory; rerunning continues there")
-    n: int = Field(8, ge=1, description="candidates per prompt")
+    n: int = Field(
+        8, ge=1, le=4096, description="candidates per prompt (at most 4096; an engine decodes a prompt's N together)"
+    )
     seed: int = Field(0, ge=0, description="base seed; every candidate's seed derives from it")
     batch_size: int = Field(
         1,

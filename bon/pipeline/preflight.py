@@ -15,6 +15,7 @@ from bon.core.config import RunConfig
 from bon.core.judging import Judge, PromptBuilder
 from bon.core.prompts import PromptSourceError, load_prompts
 from bon.core.records import Prompt
+from bon.engines.base import CPU_ROWS, GPU_ROWS
 from bon.engines.models import ModelLoadError
 from bon.engines.tokens import ContextLengthError, PromptFormatError, TokenizerOnly, effective_context, overflow_message
 from bon.pipeline.policy import EnginePolicy
@@ -95,6 +96,35 @@ def _outcome(fit: Fit) -> str:
     return f"{n} {fit.role} prompts do not fit its context of {fit.context}: {became} ({fit.option}: {fit.mode})"
 
 
+def decode_rows(config: RunConfig) -> int | None:
+    """Sequences the transformers engine decodes at once: policy.max_rows or its device's default (None: the
+    engine schedules its own, vLLM or a server)."""
+    policy = config.policy
+    if policy.backend != "transformers":
+        return None
+    if policy.max_rows is not None:
+        return policy.max_rows
+    device = policy.device
+    if device == "auto":
+        import torch  # only to know whether a GPU is there: no weights are read
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return GPU_ROWS if device.startswith("cuda") else CPU_ROWS
+
+
+def check_rows(config: RunConfig) -> None:
+    """One prompt's N candidates decode together: N beyond the engine's rows is refused before any work."""
+    rows = decode_rows(config)
+    if rows is not None and config.n > rows:
+        where = (
+            "policy.max_rows" if config.policy.max_rows is not None else "the default policy.max_rows on this device"
+        )
+        raise ContextLengthError(
+            f"n {config.n} is more candidates than the transformers engine decodes at once ({rows} rows, {where}); "
+            "lower n, or raise policy.max_rows if the memory allows it"
+        )
+
+
 def _check_kv_budget(config: RunConfig, fit: Fit) -> None:
     """A set policy.max_kv_tokens must hold one prompt's N rows with max_tokens each, for every prompt."""
     budget, n, generated = config.policy.max_kv_tokens, config.n, config.policy.max_tokens
@@ -114,6 +144,7 @@ def lengths(config: RunConfig, prompts: Sequence[Prompt], judge: Judge, check_po
     plan = LengthPlan()
     fits = []
     if check_policy:
+        check_rows(config)
         fit = policy_fit(config, prompts, TokenizerOnly(config.policy))
         fits.append(fit)
         if fit.mode == "skip":
@@ -192,6 +223,10 @@ def check(config: RunConfig, judge: Judge) -> CheckReport:
         report.missing.append(f"prompts {config.prompts.source!r}")
 
     skipped: set[str] = set()  # policy prompts set aside (on_overflow: skip) are not judged
+    try:
+        check_rows(config)
+    except ContextLengthError as e:
+        report.problems.append(f"policy: {e}")
     tokens = _load_tokens("policy", config.policy, report)
     report.rows.append(("policy prompt format", config.policy.prompt_format))
     if tokens is not None and prompts:
