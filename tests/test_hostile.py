@@ -134,26 +134,6 @@ def test_an_annotator_that_names_no_file_or_model_is_refused(finished, tmp_path,
     one_clear_line(out, " ".join(f"--annotator {annotator!r} names no".split()))  # stderr is read with spaces folded
 
 
-def test_a_failing_official_annotator_prints_its_one_line_without_alpaca_evals_log(tmp_path):
-    from tests.conftest import finished_ae_run
-    from tests.test_eval_runs import QUESTIONS
-
-    cfg, reference = finished_ae_run(tmp_path, QUESTIONS[:2])
-    out = bon(
-        "eval",
-        "alpaca-eval",
-        str(cfg.output_dir),
-        "--version",
-        "1",
-        "--reference-outputs",
-        str(reference),
-        env_extra={"OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": "http://127.0.0.1:9/v1", "OPENAI_MAX_RETRIES": "0"},
-        timeout=300,
-    )
-    one_clear_line(out, "the API could not be reached")
-    assert "WARNING" not in out.stderr and "ERROR:" not in out.stderr, out.stderr
-
-
 # a refusal leaves the directory as it was, or says what it kept and a rerun redoes it -----------------
 
 

@@ -447,6 +447,7 @@ def test_unreachable_official_annotator_is_one_line_and_caches_nothing(tmp_path)
         timeout=300,
     )
     one_clear_line(out, "the API could not be reached or refused the request", "nothing new was annotated or cached")
+    assert "WARNING" not in out.stderr and "ERROR:" not in out.stderr, out.stderr  # alpaca-eval's log held back
     cache = cfg.output_dir / "alpaca_eval" / "v1" / "annotations_cache.json"
     assert not cache.exists() or all(r.get("preference") is None for r in json.loads(cache.read_text()))
 
