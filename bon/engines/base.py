@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -11,6 +12,24 @@ from bon.core.errors import BonError
 
 CPU_ROWS = 128  # continuous batching: sequences decoding at once on a CPU by default
 GPU_ROWS = 512  # and on a GPU
+
+
+def kv_bytes_per_token(model_config: Any, dtype_bytes: int) -> int:
+    """Bytes of keys and values one token takes in the KV cache, from a transformers model config."""
+    heads = getattr(model_config, "num_key_value_heads", None) or model_config.num_attention_heads
+    head_dim = getattr(model_config, "head_dim", None) or model_config.hidden_size // model_config.num_attention_heads
+    return 2 * model_config.num_hidden_layers * heads * head_dim * dtype_bytes
+
+
+def default_kv_tokens(per_token: int, cuda: bool) -> int:
+    """The default `policy.max_kv_tokens`: a share of the free memory (half a GPU's, a quarter of the RAM)."""
+    if cuda:
+        import torch  # only on a GPU path, where the engine has imported it already
+
+        free = torch.cuda.mem_get_info()[0] // 2
+    else:
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
+    return max(1, int(free // per_token))
 
 
 def derive_seed(*parts: object) -> int:

@@ -31,7 +31,7 @@ from bon.engines.models import (
     resolve,
 )
 from bon.engines.sampling import _left_padded
-from bon.engines.stream import DecodeSession, default_kv_tokens, default_rows
+from bon.engines.stream import DecodeSession, default_rows, kv_tokens_for
 from bon.engines.tokens import Tokenized, config_context
 
 _LOADED: dict[tuple, HFModel] = {}
@@ -189,14 +189,14 @@ class HFModel(Tokenized):
     def session(self, settings: SamplingSettings, max_rows: int | None = None, max_kv_tokens: int | None = None):
         """A continuous-batching decode loop (`bon.engines.stream`), or None for a model it cannot serve.
 
-        Budgets left None are sized to the device (`stream.default_rows`, `stream.default_kv_tokens`).
+        Budgets left None are sized to the device (`stream.default_rows`, `stream.kv_tokens_for`).
         Sliding-window caches are not merged across prompts: those models keep wave batching.
         """
         layer_types = getattr(self.model.config, "layer_types", None) or []
         if getattr(self.model.config, "sliding_window", None) or "sliding_attention" in layer_types:
             return None
         rows = max_rows or default_rows(self.device)
-        kv = max_kv_tokens or default_kv_tokens(self.model, self.device)
+        kv = max_kv_tokens or kv_tokens_for(self.model, self.device)
         return DecodeSession(self, settings, rows, kv)
 
     @torch.inference_mode()

@@ -17,7 +17,6 @@ leave the decode batch with their KV cache (parked), the caller looks at the par
 
 from __future__ import annotations
 
-import os
 from collections import deque
 from collections.abc import Collection, Hashable, Sequence
 from dataclasses import dataclass, field
@@ -25,7 +24,16 @@ from typing import Any
 
 import torch
 
-from bon.engines.base import CPU_ROWS, GPU_ROWS, EngineError, Sample, SamplingSettings, derive_seed
+from bon.engines.base import (
+    CPU_ROWS,
+    GPU_ROWS,
+    EngineError,
+    Sample,
+    SamplingSettings,
+    default_kv_tokens,
+    derive_seed,
+    kv_bytes_per_token,
+)
 from bon.engines.sampling import _left_padded, _pick, uniforms
 
 
@@ -33,18 +41,10 @@ def default_rows(device: torch.device) -> int:
     return GPU_ROWS if device.type == "cuda" else CPU_ROWS
 
 
-def default_kv_tokens(model: torch.nn.Module, device: torch.device) -> int:
-    """KV-cache tokens that fit a share of the device's free memory: half a GPU's, a quarter of the RAM."""
-    cfg = model.config
-    heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    dtype_bytes = next(model.parameters()).element_size()
-    per_token = 2 * cfg.num_hidden_layers * heads * head_dim * dtype_bytes  # keys and values
-    if device.type == "cuda":
-        free = torch.cuda.mem_get_info(device)[0] // 2
-    else:
-        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
-    return max(1, int(free // per_token))
+def kv_tokens_for(model: torch.nn.Module, device: torch.device) -> int:
+    """The default KV-token budget of a loaded model on ``device`` (`bon.engines.base.default_kv_tokens`)."""
+    per_token = kv_bytes_per_token(model.config, next(model.parameters()).element_size())
+    return default_kv_tokens(per_token, device.type == "cuda")
 
 
 @dataclass

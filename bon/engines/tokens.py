@@ -134,8 +134,8 @@ def _is_vocab_only(path: Path) -> bool:
 
 
 @lru_cache(maxsize=16)
-def _read_files(path: str, gguf_file: str | None, trust_remote_code: bool, local_only: bool) -> tuple[Any, int | None]:
-    """(tokenizer, the model config's context) of a model's files; a GGUF is parsed once per process."""
+def _read_files(path: str, gguf_file: str | None, trust_remote_code: bool, local_only: bool) -> tuple[Any, Any]:
+    """(tokenizer, the model's config) of a model's files; a GGUF is parsed once per process."""
     from transformers import AutoConfig, AutoTokenizer
 
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
@@ -144,7 +144,7 @@ def _read_files(path: str, gguf_file: str | None, trust_remote_code: bool, local
     if local_only:
         kwargs["local_files_only"] = True
     tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
-    return tokenizer, config_context(AutoConfig.from_pretrained(path, **kwargs))
+    return tokenizer, AutoConfig.from_pretrained(path, **kwargs)
 
 
 class TokenizerOnly(Tokenized):
@@ -156,14 +156,14 @@ class TokenizerOnly(Tokenized):
         self.where, path, kwargs = where_from(ref)
         gguf: str | None = kwargs.get("gguf_file")
         try:
-            self.tokenizer, model_context = _read_files(
+            self.tokenizer, self.model_config = _read_files(
                 path, gguf, cfg.trust_remote_code, bool(kwargs.get("local_files_only"))
             )
         except (OSError, ValueError) as e:
             raise ModelLoadError(
                 f"model {cfg.model!r}: {self.where}; could not read its tokenizer ({first_line(e)})"
             ) from None
-        self.context = model_context  # the model's own, as an engine reports it; configs may ask for less
+        self.context = config_context(self.model_config)  # the model's own; configs may ask for less
         self.vocab_only = gguf is not None and _is_vocab_only(Path(path) / gguf)
 
 

@@ -15,7 +15,7 @@ from bon.core.config import RunConfig
 from bon.core.judging import Judge, PromptBuilder
 from bon.core.prompts import PromptSourceError, load_prompts
 from bon.core.records import Prompt
-from bon.engines.base import CPU_ROWS, GPU_ROWS
+from bon.engines.base import CPU_ROWS, GPU_ROWS, default_kv_tokens, kv_bytes_per_token
 from bon.engines.models import ModelLoadError
 from bon.engines.tokens import ContextLengthError, PromptFormatError, TokenizerOnly, effective_context, overflow_message
 from bon.pipeline.policy import EnginePolicy
@@ -96,6 +96,15 @@ def _outcome(fit: Fit) -> str:
     return f"{n} {fit.role} prompts do not fit its context of {fit.context}: {became} ({fit.option}: {fit.mode})"
 
 
+def _on_cuda(config: RunConfig) -> bool:
+    device = config.policy.device
+    if device == "auto":
+        import torch  # only to know whether a GPU is there: no weights are read
+
+        return bool(torch.cuda.is_available())
+    return device.startswith("cuda")
+
+
 def decode_rows(config: RunConfig) -> int | None:
     """Sequences the transformers engine decodes at once: policy.max_rows or its device's default (None: the
     engine schedules its own, vLLM or a server)."""
@@ -104,12 +113,21 @@ def decode_rows(config: RunConfig) -> int | None:
         return None
     if policy.max_rows is not None:
         return policy.max_rows
-    device = policy.device
-    if device == "auto":
-        import torch  # only to know whether a GPU is there: no weights are read
+    return GPU_ROWS if _on_cuda(config) else CPU_ROWS
 
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return GPU_ROWS if device.startswith("cuda") else CPU_ROWS
+
+def kv_budget(config: RunConfig, tokens: TokenizerOnly) -> tuple[int, str] | None:
+    """(KV tokens the transformers engine may hold, where that number comes from); None for other engines."""
+    policy = config.policy
+    if policy.backend != "transformers":
+        return None
+    if policy.max_kv_tokens is not None:
+        return policy.max_kv_tokens, "policy.max_kv_tokens"
+    cuda = _on_cuda(config)
+    dtype_bytes = {"float32": 4, "bfloat16": 2, "float16": 2}.get(policy.dtype, 2 if cuda else 4)
+    per_token = kv_bytes_per_token(tokens.model_config, dtype_bytes)
+    share = "half the free GPU memory" if cuda else "a quarter of the free RAM"
+    return default_kv_tokens(per_token, cuda), f"policy.max_kv_tokens' default, {share} at {per_token} bytes a token,"
 
 
 def check_rows(config: RunConfig) -> None:
@@ -125,16 +143,18 @@ def check_rows(config: RunConfig) -> None:
         )
 
 
-def _check_kv_budget(config: RunConfig, fit: Fit) -> None:
-    """A set policy.max_kv_tokens must hold one prompt's N rows with max_tokens each, for every prompt."""
-    budget, n, generated = config.policy.max_kv_tokens, config.n, config.policy.max_tokens
+def _check_kv_budget(config: RunConfig, fit: Fit, tokens: TokenizerOnly) -> None:
+    """The KV budget must hold one prompt's N rows with max_tokens each, for every prompt."""
+    budget = kv_budget(config, tokens)
     if budget is None:
         return
-    over = [(pid, n * (length + generated)) for pid, length in fit.lengths if n * (length + generated) > budget]
+    limit, source = budget
+    n, generated = config.n, config.policy.max_tokens
+    over = [(pid, n * (length + generated)) for pid, length in fit.lengths if n * (length + generated) > limit]
     if over:
         pid, need = max(over, key=lambda r: r[1])
         raise ContextLengthError(
-            f"policy.max_kv_tokens {budget} cannot hold {len(over)} prompts' n={n} rows of prompt + max_tokens "
+            f"{source} {limit} cannot hold {len(over)} prompts' n={n} rows of prompt + max_tokens "
             f"{generated} (e.g. {pid!r} needs {need}); raise it, or lower n or policy.max_tokens"
         )
 
@@ -145,7 +165,8 @@ def lengths(config: RunConfig, prompts: Sequence[Prompt], judge: Judge, check_po
     fits = []
     if check_policy:
         check_rows(config)
-        fit = policy_fit(config, prompts, TokenizerOnly(config.policy))
+        tokens = TokenizerOnly(config.policy)
+        fit = policy_fit(config, prompts, tokens)
         fits.append(fit)
         if fit.mode == "skip":
             for pid, n in fit.over:
@@ -153,7 +174,7 @@ def lengths(config: RunConfig, prompts: Sequence[Prompt], judge: Judge, check_po
                     f"skipped: prompt of {n} tokens + max_tokens {config.policy.max_tokens} "
                     f"exceeds the policy's context of {fit.context}"
                 )
-        _check_kv_budget(config, fit)
+        _check_kv_budget(config, fit, tokens)
     twin = offline_twin(judge)
     if twin is not None:
         twin.preflight_rows()  # a judge whose tokenizer cannot build its prompts fails here, not after sampling
@@ -234,6 +255,10 @@ def check(config: RunConfig, judge: Judge) -> CheckReport:
             fit = policy_fit(config, prompts, tokens)
             _report_fit(report, fit, config.policy.max_tokens)
             skipped = {pid for pid, _ in fit.over} if fit.mode == "skip" else set()
+            budget = kv_budget(config, tokens)
+            if budget is not None:
+                report.rows.append(("policy KV cache", f"at most {budget[0]:,} tokens ({budget[1].rstrip(',')})"))
+            _check_kv_budget(config, fit, tokens)
         except (PromptFormatError, ContextLengthError) as e:
             report.problems.append(f"policy: {e}")
 
