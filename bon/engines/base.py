@@ -21,15 +21,19 @@ def kv_bytes_per_token(model_config: Any, dtype_bytes: int) -> int:
     return 2 * model_config.num_hidden_layers * heads * head_dim * dtype_bytes
 
 
-def default_kv_tokens(per_token: int, cuda: bool) -> int:
-    """The default `policy.max_kv_tokens`: a share of the free memory (half a GPU's, a quarter of the RAM)."""
+def default_kv_tokens(per_token: int, cuda: bool, total: bool = False) -> int:
+    """The default `policy.max_kv_tokens`: a share of the free memory (half a GPU's, a quarter of the RAM).
+
+    With ``total``, the same share of all the memory: what this machine could ever hold (preflight's bound,
+    which does not move with what else runs).
+    """
     if cuda:
         import torch  # only on a GPU path, where the engine has imported it already
 
-        free = torch.cuda.mem_get_info()[0] // 2
+        memory = torch.cuda.mem_get_info()[1 if total else 0] // 2
     else:
-        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
-    return max(1, int(free // per_token))
+        memory = os.sysconf("SC_PHYS_PAGES" if total else "SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
+    return max(1, int(memory // per_token))
 
 
 def derive_seed(*parts: object) -> int:

@@ -117,7 +117,11 @@ def decode_rows(config: RunConfig) -> int | None:
 
 
 def kv_budget(config: RunConfig, tokens: TokenizerOnly) -> tuple[int, str] | None:
-    """(KV tokens the transformers engine may hold, where that number comes from); None for other engines."""
+    """(KV tokens the transformers engine may hold, where that number comes from); None for other engines.
+
+    Unset, the bound is the default's share of all this machine's memory: the engine takes the same share
+    of what is free when it starts, so preflight refuses only what could never fit, whatever else runs.
+    """
     policy = config.policy
     if policy.backend != "transformers":
         return None
@@ -125,9 +129,13 @@ def kv_budget(config: RunConfig, tokens: TokenizerOnly) -> tuple[int, str] | Non
         return policy.max_kv_tokens, "policy.max_kv_tokens"
     cuda = _on_cuda(config)
     dtype_bytes = {"float32": 4, "bfloat16": 2, "float16": 2}.get(policy.dtype, 2 if cuda else 4)
-    per_token = kv_bytes_per_token(tokens.model_config, dtype_bytes)
-    share = "half the free GPU memory" if cuda else "a quarter of the free RAM"
-    return default_kv_tokens(per_token, cuda), f"policy.max_kv_tokens' default, {share} at {per_token} bytes a token,"
+    try:
+        per_token = kv_bytes_per_token(tokens.model_config, dtype_bytes)
+    except AttributeError:  # a config without the usual sizes: the engine measures it once the model is loaded
+        return None
+    share = "half the GPU's memory" if cuda else "a quarter of the RAM"  # of the free memory once the engine starts
+    bound = default_kv_tokens(per_token, cuda, total=True)
+    return bound, f"policy.max_kv_tokens' default, at most {share} at {per_token} bytes a token,"
 
 
 def check_rows(config: RunConfig) -> None:
@@ -174,7 +182,6 @@ def lengths(config: RunConfig, prompts: Sequence[Prompt], judge: Judge, check_po
                     f"skipped: prompt of {n} tokens + max_tokens {config.policy.max_tokens} "
                     f"exceeds the policy's context of {fit.context}"
                 )
-        _check_kv_budget(config, fit, tokens)
     twin = offline_twin(judge)
     if twin is not None:
         twin.preflight_rows()  # a judge whose tokenizer cannot build its prompts fails here, not after sampling
@@ -184,6 +191,8 @@ def lengths(config: RunConfig, prompts: Sequence[Prompt], judge: Judge, check_po
             raise ContextLengthError(fit.message())
         if fit.over:
             plan.notes.append(_outcome(fit))
+    if check_policy:
+        _check_kv_budget(config, fits[0], tokens)
     return plan
 
 
