@@ -231,5 +231,5 @@ def test_the_default_kv_budget_is_checked_before_the_run_directory_exists(tmp_pa
     )
     one_clear_line(bon("run", "configs/demo.yaml", *sets), "cannot hold 6 prompts' n=128 rows")
     assert not (tmp_path / "run").exists()
-    ok = bon("check", "configs/demo.yaml", "--set", "policy.device=cpu")
+    ok = bon("check", "configs/demo.yaml", "--set", "policy.device=cpu", "--set", f"output_dir={tmp_path / 'ok'}")
     assert ok.returncode == 0 and "policy KV cache" in ok.stdout
