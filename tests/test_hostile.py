@@ -233,3 +233,36 @@ def test_the_default_kv_budget_is_checked_before_the_run_directory_exists(tmp_pa
     assert not (tmp_path / "run").exists()
     ok = bon("check", "configs/demo.yaml", "--set", "policy.device=cpu", "--set", f"output_dir={tmp_path / 'ok'}")
     assert ok.returncode == 0 and "policy KV cache" in ok.stdout
+
+
+def test_a_run_whose_judge_scores_nothing_judges_and_selects_those_prompts_again_when_rerun(tmp_path, prompts_file):
+    from bon.core.io import read_records
+    from bon.core.judging import build_judge
+    from bon.core.records import Candidate, Judgement, Selection
+    from bon.pipeline.runner import run
+    from bon.pipeline.selection import UnjudgedError
+    from tests.conftest import FakePolicy
+    from tests.test_pipeline import config
+
+    cfg = config(tmp_path, prompts_file)  # five prompts, n=3, judged with `length`
+    real = build_judge("length", {})
+
+    class Broken:  # e.g. a reference-based judge on prompts whose references are missing
+        name = "length"
+        describe = real.describe
+
+        def score(self, prompts, candidates):
+            return [Judgement(c.prompt_id, c.index, "length", None, flag="reference missing") for c in candidates]
+
+    with pytest.raises(UnjudgedError, match="kept under 'length' and judged again when this command is rerun"):
+        run(cfg, policy=FakePolicy(), judge=Broken())
+    cands = read_records(cfg.output_dir / "candidates.jsonl", Candidate)
+    assert not any(j.ok for j in read_records(cfg.output_dir / "judgements.jsonl", Judgement))
+    policy = FakePolicy()
+    result = run(cfg, policy=policy)  # the cause fixed
+    assert policy.calls == 0 and read_records(cfg.output_dir / "candidates.jsonl", Candidate) == cands
+    judged = read_records(cfg.output_dir / "judgements.jsonl", Judgement)
+    assert len(judged) == len(cands) and all(j.ok for j in judged)
+    selections = read_records(cfg.output_dir / "selections.jsonl", Selection)
+    assert len(selections) == 5 and all(s.score is not None and not s.declined for s in selections)
+    assert [s.chosen_index for s in result.selections] == [s.chosen_index for s in selections]

@@ -24,6 +24,7 @@ from bon.core.io import (
     read_json,
     read_records,
     write_json_atomic,
+    write_records_atomic,
 )
 from bon.core.records import SCHEMA, Candidate, Judgement, Prompt, Selection
 
@@ -295,6 +296,21 @@ class RunDir:
 
     def read(self, record_type: type) -> list:
         return read_records(self.path / FILES[record_type], record_type)
+
+    def forget_blind(self, judge: str, n: int) -> set[str]:
+        """Prompts whose ``n`` candidates ``judge`` judged, none successfully (the run was refused for it):
+        their judgements and selections under ``judge`` are removed, so the next run judges them again."""
+        judgements = self.read(Judgement)
+        mine: dict[str, list[Judgement]] = {}
+        for j in judgements:
+            if j.judge == judge:
+                mine.setdefault(j.prompt_id, []).append(j)
+        blind = {pid for pid, js in mine.items() if len(js) >= n and not any(j.ok for j in js)}
+        if blind:
+            for cls, records in ((Judgement, judgements), (Selection, self.read(Selection))):
+                kept = [r for r in records if not (r.judge == judge and r.prompt_id in blind)]
+                write_records_atomic(self.path / FILES[cls], kept)
+        return blind
 
     def append(self, records: list) -> None:
         if records:

@@ -17,7 +17,7 @@ from bon.core.rundir import FILES, RunDir, RunDirError, open_run
 from bon.pipeline.executors import LocalExecutor
 from bon.pipeline.runner import Progress, Silent, alpaca_eval_outputs
 from bon.pipeline.scoring import score_missing
-from bon.pipeline.selection import check_judged, secondary_judge, select_prompt
+from bon.pipeline.selection import AGAIN, check_judged, secondary_judge, select_prompt
 
 
 def run_candidates(rd: RunDir, config: RunConfig):
@@ -75,7 +75,7 @@ def judge_run(
         label = label or name
         prompts, cands, _ = run_candidates(rd, config)  # every input is read before anything is written
         n = config.n
-        existing = rd.read(Judgement)
+        rd.read(Judgement)  # a bad judgements line, too, is refused before the manifest changes
         rd.register(
             manifest,
             "judges",
@@ -87,14 +87,9 @@ def judge_run(
             ),
             stored={config.judge.name: {"name": config.judge.name, "options": config.judge.options}},
         )
-        judged = by_key(existing, label)
-        blind = {p.id for p in prompts if _blind([judged.get((p.id, i)) for i in range(n)])}
-        if blind:  # a judge that could score none of a prompt's candidates (refused before): those are judged again
-            write_records_atomic(
-                rd.path / FILES[Judgement], [j for j in existing if not (j.judge == label and j.prompt_id in blind)]
-            )
-            judged = {k: j for k, j in judged.items() if k[0] not in blind}
         rd.write_manifest(manifest)
+        rd.forget_blind(label, n)  # prompts this judge scored none of (refused before) are judged again
+        judged = by_key(rd.read(Judgement), label)
         progress.start("judgements", len(prompts) * n, len(judged))
 
         def write(batch: Sequence[Prompt], fresh: list[Judgement]) -> None:
@@ -109,14 +104,9 @@ def judge_run(
         check_judged(
             label,
             {p.id: [judged[(p.id, i)] for i in range(n)] for p in prompts},
-            kept=f"the failed judgements are kept under {label!r} and judged again when this command is rerun",
+            kept=AGAIN.format(label=label),
         )
     return made
-
-
-def _blind(judgements: Sequence[Judgement | None]) -> bool:
-    """All of a prompt's candidates judged, none of them successfully."""
-    return all(j is not None for j in judgements) and not any(j.ok for j in judgements if j is not None)
 
 
 def select_run(

@@ -24,7 +24,7 @@ from bon.pipeline.executors import Executor, Pending, make_executor
 from bon.pipeline.policy import Policy
 from bon.pipeline.preflight import lengths
 from bon.pipeline.scoring import ScoreMissing
-from bon.pipeline.selection import check_judged, secondary_judge, select_prompt
+from bon.pipeline.selection import AGAIN, check_judged, secondary_judge, select_prompt
 
 
 class Progress(Protocol):
@@ -197,6 +197,7 @@ def run(
         rd, notes = RunDir.open(config, {"judge_description": description}, prompts)
         for note in notes + plan.notes:
             progress.note(note)
+        rd.forget_blind(judge.name, config.n)  # prompts the judge scored none of (refused before) are judged again
         state = RunState.read(rd, config, judge.name)
         result = RunResult(rd, prompts, [], description)
         state.add_selections(
@@ -223,7 +224,7 @@ def run(
             alpaca_eval_outputs(config, prompts, state.candidates, result.selections)
         )
     if not config.allow_unjudged:
-        check_judged(judge.name, {p.id: state.judgements(p) for p in work})
+        check_judged(judge.name, {p.id: state.judgements(p) for p in work}, kept=AGAIN.format(label=judge.name))
     return result
 
 

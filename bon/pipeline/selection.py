@@ -13,6 +13,9 @@ class TieBreakError(BonError, ValueError):
     """A tie-break cannot be computed from what the run directory holds."""
 
 
+AGAIN = "the failed judgements are kept under {label!r} and judged again when this command is rerun"
+
+
 class UnjudgedError(BonError, RuntimeError):
     """The judge could score none of some prompt's candidates; everything made is already written."""
 
