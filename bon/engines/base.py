@@ -14,6 +14,11 @@ CPU_ROWS = 128  # continuous batching: sequences decoding at once on a CPU by de
 GPU_ROWS = 512  # and on a GPU
 
 
+def default_rows(cuda: bool) -> int:
+    """The default `policy.max_rows` of the transformers engine."""
+    return GPU_ROWS if cuda else CPU_ROWS
+
+
 def kv_bytes_per_token(model_config: Any, dtype_bytes: int) -> int:
     """Bytes of keys and values one token takes in the KV cache, from a transformers model config."""
     heads = getattr(model_config, "num_key_value_heads", None) or model_config.num_attention_heads

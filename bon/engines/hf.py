@@ -20,7 +20,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from bon.core.config import ModelConfig
-from bon.engines.base import Sample, SamplingSettings
+from bon.engines.base import Sample, SamplingSettings, default_rows
 from bon.engines.models import (
     ModelLoadError,
     ModelRef,
@@ -31,7 +31,7 @@ from bon.engines.models import (
     resolve,
 )
 from bon.engines.sampling import _left_padded
-from bon.engines.stream import DecodeSession, default_rows, kv_tokens_for
+from bon.engines.stream import DecodeSession, kv_tokens_for
 from bon.engines.tokens import Tokenized, config_context
 
 _LOADED: dict[tuple, HFModel] = {}
@@ -189,13 +189,13 @@ class HFModel(Tokenized):
     def session(self, settings: SamplingSettings, max_rows: int | None = None, max_kv_tokens: int | None = None):
         """A continuous-batching decode loop (`bon.engines.stream`), or None for a model it cannot serve.
 
-        Budgets left None are sized to the device (`stream.default_rows`, `stream.kv_tokens_for`).
+        Budgets left None are sized to the device (`base.default_rows`, `stream.kv_tokens_for`).
         Sliding-window caches are not merged across prompts: those models keep wave batching.
         """
         layer_types = getattr(self.model.config, "layer_types", None) or []
         if getattr(self.model.config, "sliding_window", None) or "sliding_attention" in layer_types:
             return None
-        rows = max_rows or default_rows(self.device)
+        rows = max_rows or default_rows(self.device.type == "cuda")
         kv = max_kv_tokens or kv_tokens_for(self.model, self.device)
         return DecodeSession(self, settings, rows, kv)
 

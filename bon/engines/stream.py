@@ -25,8 +25,6 @@ from typing import Any
 import torch
 
 from bon.engines.base import (
-    CPU_ROWS,
-    GPU_ROWS,
     EngineError,
     Sample,
     SamplingSettings,
@@ -35,10 +33,6 @@ from bon.engines.base import (
     kv_bytes_per_token,
 )
 from bon.engines.sampling import _left_padded, _pick, uniforms
-
-
-def default_rows(device: torch.device) -> int:
-    return GPU_ROWS if device.type == "cuda" else CPU_ROWS
 
 
 def kv_tokens_for(model: torch.nn.Module, device: torch.device) -> int:

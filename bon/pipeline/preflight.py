@@ -15,7 +15,7 @@ from bon.core.config import RunConfig
 from bon.core.judging import Judge, PromptBuilder
 from bon.core.prompts import PromptSourceError, load_prompts
 from bon.core.records import Prompt
-from bon.engines.base import CPU_ROWS, GPU_ROWS, default_kv_tokens, kv_bytes_per_token
+from bon.engines.base import default_kv_tokens, default_rows, kv_bytes_per_token
 from bon.engines.models import ModelLoadError
 from bon.engines.tokens import ContextLengthError, PromptFormatError, TokenizerOnly, effective_context, overflow_message
 from bon.pipeline.policy import EnginePolicy
@@ -113,7 +113,7 @@ def decode_rows(config: RunConfig) -> int | None:
         return None
     if policy.max_rows is not None:
         return policy.max_rows
-    return GPU_ROWS if _on_cuda(config) else CPU_ROWS
+    return default_rows(_on_cuda(config))
 
 
 def kv_budget(config: RunConfig, tokens: TokenizerOnly) -> tuple[int, str] | None:
@@ -151,9 +151,8 @@ def check_rows(config: RunConfig) -> None:
         )
 
 
-def _check_kv_budget(config: RunConfig, fit: Fit, tokens: TokenizerOnly) -> None:
-    """The KV budget must hold one prompt's N rows with max_tokens each, for every prompt."""
-    budget = kv_budget(config, tokens)
+def _check_kv_budget(config: RunConfig, fit: Fit, budget: tuple[int, str] | None) -> None:
+    """The KV budget (`kv_budget`) must hold one prompt's N rows with max_tokens each, for every prompt."""
     if budget is None:
         return
     limit, source = budget
@@ -192,7 +191,7 @@ def lengths(config: RunConfig, prompts: Sequence[Prompt], judge: Judge, check_po
         if fit.over:
             plan.notes.append(_outcome(fit))
     if check_policy:
-        _check_kv_budget(config, fits[0], tokens)
+        _check_kv_budget(config, fits[0], kv_budget(config, tokens))
     return plan
 
 
@@ -267,7 +266,7 @@ def check(config: RunConfig, judge: Judge) -> CheckReport:
             budget = kv_budget(config, tokens)
             if budget is not None:
                 report.rows.append(("policy KV cache", f"at most {budget[0]:,} tokens ({budget[1].rstrip(',')})"))
-            _check_kv_budget(config, fit, tokens)
+            _check_kv_budget(config, fit, budget)
         except (PromptFormatError, ContextLengthError) as e:
             report.problems.append(f"policy: {e}")
 
