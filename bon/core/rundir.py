@@ -297,20 +297,25 @@ class RunDir:
     def read(self, record_type: type) -> list:
         return read_records(self.path / FILES[record_type], record_type)
 
-    def forget_blind(self, judge: str, n: int) -> set[str]:
-        """Prompts whose ``n`` candidates ``judge`` judged, none successfully (the run was refused for it):
-        their judgements and selections under ``judge`` are removed, so the next run judges them again."""
-        judgements = self.read(Judgement)
+    def forget_blind(self, judge: str, n: int, judgements: list[Judgement] | None = None) -> list[Judgement]:
+        """Forget the prompts whose ``n`` candidates ``judge`` judged, none successfully (the run was refused for
+        it): their judgements and selections under ``judge`` are removed, so the next run judges them again.
+
+        ``judgements`` is what judgements.jsonl holds, when the caller has read it; returns what it holds after.
+        """
+        judgements = self.read(Judgement) if judgements is None else judgements
         mine: dict[str, list[Judgement]] = {}
         for j in judgements:
             if j.judge == judge:
                 mine.setdefault(j.prompt_id, []).append(j)
         blind = {pid for pid, js in mine.items() if len(js) >= n and not any(j.ok for j in js)}
-        if blind:
-            for cls, records in ((Judgement, judgements), (Selection, self.read(Selection))):
-                kept = [r for r in records if not (r.judge == judge and r.prompt_id in blind)]
-                write_records_atomic(self.path / FILES[cls], kept)
-        return blind
+        if not blind:
+            return judgements
+        kept: dict[type, list] = {}
+        for cls, records in ((Judgement, judgements), (Selection, self.read(Selection))):
+            kept[cls] = [r for r in records if not (r.judge == judge and r.prompt_id in blind)]
+            write_records_atomic(self.path / FILES[cls], kept[cls])
+        return kept[Judgement]
 
     def append(self, records: list) -> None:
         if records:

@@ -142,7 +142,7 @@ class Resubmit:
 
     def partial(self, key: str) -> dict[int, list[int]]:
         p = self.paused[key]
-        return {i: list(t) for i, (t, f) in enumerate(zip(p.tokens, p.finish)) if f is None}
+        return {i: list(p.tokens[i]) for i in self.partial_indices(p)}
 
     def resume(self, key: str, keep: Sequence[int]) -> None:
         p = self.paused.pop(key)

@@ -75,7 +75,7 @@ def judge_run(
         label = label or name
         prompts, cands, _ = run_candidates(rd, config)  # every input is read before anything is written
         n = config.n
-        rd.read(Judgement)  # a bad judgements line, too, is refused before the manifest changes
+        existing = rd.read(Judgement)  # a bad judgements line, too, is refused before the manifest changes
         rd.register(
             manifest,
             "judges",
@@ -88,8 +88,8 @@ def judge_run(
             stored={config.judge.name: {"name": config.judge.name, "options": config.judge.options}},
         )
         rd.write_manifest(manifest)
-        rd.forget_blind(label, n)  # prompts this judge scored none of (refused before) are judged again
-        judged = by_key(rd.read(Judgement), label)
+        # prompts this judge scored none of (refused before) are judged again
+        judged = by_key(rd.forget_blind(label, n, existing), label)
         progress.start("judgements", len(prompts) * n, len(judged))
 
         def write(batch: Sequence[Prompt], fresh: list[Judgement]) -> None:

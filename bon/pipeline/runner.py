@@ -79,7 +79,8 @@ class RunState:
 
     @classmethod
     def read(cls, rd: RunDir, config: RunConfig, judge: str) -> RunState:
-        judgements = rd.read(Judgement)
+        """The run directory's records for ``judge``, after `RunDir.forget_blind` (the one write it makes)."""
+        judgements = rd.forget_blind(judge, config.n)  # prompts it scored none of (refused before) are judged again
         other = secondary_judge(config.selection.tie_break)
         return cls(
             rd,
@@ -197,7 +198,6 @@ def run(
         rd, notes = RunDir.open(config, {"judge_description": description}, prompts)
         for note in notes + plan.notes:
             progress.note(note)
-        rd.forget_blind(judge.name, config.n)  # prompts the judge scored none of (refused before) are judged again
         state = RunState.read(rd, config, judge.name)
         result = RunResult(rd, prompts, [], description)
         state.add_selections(
