@@ -7,6 +7,8 @@ import shutil
 import pytest
 
 from bon.core.config import ConfigError
+from bon.core.judging import build_judge
+from bon.core.records import Judgement
 from tests.test_cli import bon
 from tests.test_reliability import contents, finished, one_clear_line  # noqa: F401 (fixture)
 
@@ -34,7 +36,6 @@ def test_bon_check_prints_a_path_with_markup_verbatim(tmp_path):
 
 
 def test_an_ensemble_without_members_is_refused():
-    from bon.core.judging import build_judge
 
     with pytest.raises(ConfigError, match="members: List should have at least 1 item"):
         build_judge("ensemble", {"members": []})
@@ -137,6 +138,18 @@ def test_an_annotator_that_names_no_file_or_model_is_refused(finished, tmp_path,
 # a refusal leaves the directory as it was, or says what it kept and a rerun redoes it -----------------
 
 
+class BlindLength:
+    """The `length` judge failing every candidate, as a reference-based judge does when references are missing."""
+
+    name = "length"
+
+    def describe(self) -> str:
+        return build_judge("length", {}).describe()
+
+    def score(self, prompts, candidates):
+        return [Judgement(c.prompt_id, c.index, "length", None, flag="reference missing") for c in candidates]
+
+
 @pytest.mark.parametrize("damage", ["{not json", '{"schema": 1, "kind": "candidate"}', "[1, 2]"])
 @pytest.mark.parametrize("command", [["judge", "--judge", "random"], ["select", "--judge", "length"]])
 def test_a_corrupt_candidates_line_is_refused_before_anything_is_written(finished, damage, command):  # noqa: F811
@@ -150,21 +163,10 @@ def test_a_corrupt_candidates_line_is_refused_before_anything_is_written(finishe
 
 def test_a_judge_that_scores_nothing_keeps_its_failures_and_a_fixed_rerun_judges_them_again(finished, monkeypatch):  # noqa: F811
     from bon.core.io import read_records
-    from bon.core.judging import build_judge
-    from bon.core.records import Judgement
     from bon.pipeline import rejudge
     from bon.pipeline.selection import UnjudgedError
 
-    real = build_judge("length", {})
-
-    class Broken:  # e.g. a reference-based judge on prompts whose references are missing
-        name = "length"
-        describe = real.describe
-
-        def score(self, prompts, candidates):
-            return [Judgement(c.prompt_id, c.index, "length", None, flag="reference missing") for c in candidates]
-
-    monkeypatch.setattr(rejudge, "build_judge", lambda name, options: Broken())
+    monkeypatch.setattr(rejudge, "build_judge", lambda name, options: BlindLength())
     with pytest.raises(UnjudgedError, match="kept under 'len2' and judged again when this command is rerun"):
         rejudge.judge_run(finished, "length", label="len2")
     kept = [j for j in read_records(finished / "judgements.jsonl", Judgement) if j.judge == "len2"]
@@ -237,25 +239,15 @@ def test_the_default_kv_budget_is_checked_before_the_run_directory_exists(tmp_pa
 
 def test_a_run_whose_judge_scores_nothing_judges_and_selects_those_prompts_again_when_rerun(tmp_path, prompts_file):
     from bon.core.io import read_records
-    from bon.core.judging import build_judge
-    from bon.core.records import Candidate, Judgement, Selection
+    from bon.core.records import Candidate, Selection
     from bon.pipeline.runner import run
     from bon.pipeline.selection import UnjudgedError
     from tests.conftest import FakePolicy
     from tests.test_pipeline import config
 
     cfg = config(tmp_path, prompts_file)  # five prompts, n=3, judged with `length`
-    real = build_judge("length", {})
-
-    class Broken:  # e.g. a reference-based judge on prompts whose references are missing
-        name = "length"
-        describe = real.describe
-
-        def score(self, prompts, candidates):
-            return [Judgement(c.prompt_id, c.index, "length", None, flag="reference missing") for c in candidates]
-
     with pytest.raises(UnjudgedError, match="kept under 'length' and judged again when this command is rerun"):
-        run(cfg, policy=FakePolicy(), judge=Broken())
+        run(cfg, policy=FakePolicy(), judge=BlindLength())
     cands = read_records(cfg.output_dir / "candidates.jsonl", Candidate)
     assert not any(j.ok for j in read_records(cfg.output_dir / "judgements.jsonl", Judgement))
     policy = FakePolicy()
