@@ -90,6 +90,20 @@ def test_a_causal_lm_is_not_a_reward_model(tiny_lm):
         HFRewardModel(ModelConfig(model=str(tiny_lm)))
 
 
+def test_a_causal_lm_is_refused_as_a_vllm_reward_model_before_vllm_adapts_it(tiny_lm, tmp_path):
+    """vLLM's pooling runner would give the causal LM an untrained head; the architecture is read first."""
+    from transformers import LlamaConfig
+
+    from bon.engines.models import require_reward_head
+
+    with pytest.raises(ModelLoadError, match=r"reward model 'rm' is a LlamaForCausalLM, which has no reward head"):
+        require_reward_head(str(tiny_lm), "rm")
+    for arch in ("LlamaForSequenceClassification", "InternLM2ForRewardModel"):
+        LlamaConfig(architectures=[arch]).save_pretrained(tmp_path / arch)
+        require_reward_head(str(tmp_path / arch), "rm")  # a reward head: kept
+    require_reward_head(str(tmp_path / "absent"), "rm")  # no config: vLLM's own load error names it
+
+
 def test_an_embedder_without_its_weights_is_refused(tmp_path):
     from bon.engines.hf import HFEmbedder
     from bon.engines.models import embedded_path

@@ -88,6 +88,30 @@ def require_gguf_weights(file: Path, what: str, name: str) -> None:
         )
 
 
+REWARD_HEADS = ("ForSequenceClassification", "RewardModel", "ForReward")
+
+
+def require_reward_head(path: str, name: str, trust_remote_code: bool = False) -> None:
+    """Refuse a checkpoint whose architecture has no reward head before vLLM's pooling runner adapts it (a causal
+    LM gets a classification head it never trained, and every reward is noise); transformers refuses the same
+    checkpoint from its load report (the missing `score` weights)."""
+    from transformers import AutoConfig  # vLLM's own dependency: only a vLLM reward model gets here
+
+    local = Path(path).exists()
+    try:
+        config = AutoConfig.from_pretrained(
+            path, trust_remote_code=trust_remote_code, local_files_only=not local and not hub_reachable()
+        )
+    except (OSError, ValueError):  # no readable config: vLLM names what is missing when it loads
+        return
+    archs = list(getattr(config, "architectures", None) or [])
+    if archs and not any(head in arch for arch in archs for head in REWARD_HEADS):
+        raise ModelLoadError(
+            f"reward model {name!r} is a {archs[0]}, which has no reward head: vLLM would give it an untrained "
+            "classification head; use a sequence-classification or reward-model checkpoint"
+        )
+
+
 def resolve(cfg: ModelConfig) -> ModelRef:
     """Turn a config's `model` / `gguf_file` into a location."""
     model = cfg.model

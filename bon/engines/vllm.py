@@ -10,7 +10,14 @@ from typing import Any
 
 from bon.core.config import ModelConfig
 from bon.engines.base import EngineError, Sample, SamplingSettings
-from bon.engines.models import ModelLoadError, first_line, hub_reachable, require_gguf_weights, resolve
+from bon.engines.models import (
+    ModelLoadError,
+    first_line,
+    hub_reachable,
+    require_gguf_weights,
+    require_reward_head,
+    resolve,
+)
 from bon.engines.tokens import Tokenized, config_context
 
 _LOADED: dict[tuple, VLLMModel] = {}
@@ -260,6 +267,7 @@ class VLLMRewardModel:
 
         ref = resolve(cfg)
         self.name = ref.name
+        require_reward_head(ref.path, cfg.model, cfg.trust_remote_code)
         self.llm = start_llm(vllm, cfg, ref.path, runner="pooling")
         self.tokenizer = self.llm.get_tokenizer()
         self._params = vllm.PoolingParams(use_activation=False)  # the raw logit is the reward
