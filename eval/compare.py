@@ -20,6 +20,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from bon.core.config import JudgeConfig, RayConfig, RunConfig, Strict
+from bon.core.errors import SizeError
 from bon.core.io import append_records, read_records
 from bon.core.judging import build_judge, judge_spec, same_judge
 from bon.core.names import Name
@@ -92,7 +93,11 @@ class CompareConfig(Strict):
     bootstrap: int = Field(
         1000, ge=0, le=100_000, description="bootstrap resamples for confidence intervals (0 = none; at most 100,000)"
     )
-    folds: int = Field(2, ge=2, description="splits for the held-out tie threshold of scalar judges on pairwise data")
+    folds: int = Field(
+        2,
+        ge=2,
+        description="splits for the held-out tie threshold of scalar judges on pairwise data (at most their pairs)",
+    )
     seed: int = Field(0, ge=0, description="seed of the bootstrap")
     engine: Literal["local", "ray"] = Field(
         "local", description="local = judges in this process; ray = judges in Ray actors"
@@ -309,6 +314,7 @@ def run_compare(cfg: CompareConfig, progress=None, note: Callable[[str], None] =
     """Judge every benchmark with every judge (only what the run directory lacks), then score them."""
     start = time.perf_counter()
     benches = {b.name: load_benchmark(b) for b in cfg.benchmarks}  # bad data fails before anything is written
+    check_folds(cfg, benches)
     with RunDir(cfg.output_dir).locked():  # one process per comparison directory
         out = open_run(cfg)
         stored: dict[str, dict[str, tuple[list[Prompt], list]]] = {name: {} for name in benches}
@@ -358,6 +364,20 @@ def run_compare(cfg: CompareConfig, progress=None, note: Callable[[str], None] =
                 )
             )
         return CompareResult(out, reports, described, seconds, time.perf_counter() - start)
+
+
+def check_folds(cfg: CompareConfig, benches: dict[str, Benchmark]) -> None:
+    """Each held-out fold needs a pair of its own: `folds` beyond the pairs a judge scores is refused."""
+    for entry in cfg.judges:
+        for name, bench in benches.items():
+            if bench.kind != "pairwise" or (entry.benchmarks is not None and name not in entry.benchmarks):
+                continue
+            pairs = len(bench.subset(entry.limit(name)))
+            if cfg.folds > pairs:
+                raise SizeError(
+                    f"folds {cfg.folds:,} is more held-out folds than the {pairs} pairs judge {entry.key!r} scores on "
+                    f"benchmark {name!r}; at most {pairs}"
+                )
 
 
 def asks_pairs(judge, bench: Benchmark) -> bool:
