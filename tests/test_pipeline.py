@@ -209,9 +209,9 @@ def test_early_rejection_needs_the_local_engine(tmp_path, prompts_file):
 
 
 def test_a_kv_budget_too_small_for_one_prompt_is_refused_before_any_work(tmp_path, prompts_file):
-    from bon.engines.tokens import ContextLengthError
+    from bon.core.errors import SizeError
 
     cfg = config(tmp_path, prompts_file, "policy.max_kv_tokens=100")  # 3 rows x (prompt + 256 tokens) > 100
-    with pytest.raises(ContextLengthError, match=r"policy.max_kv_tokens 100 cannot hold 5 prompts' n=3 rows"):
+    with pytest.raises(SizeError, match=r"policy.max_kv_tokens 100 cannot hold 5 prompts' n=3 rows"):
         run(cfg)
     assert not cfg.output_dir.exists()  # refused before the run directory is made

@@ -17,6 +17,10 @@ class ConfigError(BonError, ValueError):
     """A configuration is invalid; the message names the file, line and key."""
 
 
+class SizeError(BonError, ValueError):
+    """Work or memory beyond what this machine and model can hold; the message names the key and the bound."""
+
+
 def problems(err: Any) -> list[tuple[str, str]]:
     """(dotted key, what is wrong) for each error of a pydantic ``ValidationError``.
 

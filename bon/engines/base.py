@@ -26,19 +26,39 @@ def kv_bytes_per_token(model_config: Any, dtype_bytes: int) -> int:
     return 2 * model_config.num_hidden_layers * heads * head_dim * dtype_bytes
 
 
-def default_kv_tokens(per_token: int, cuda: bool, total: bool = False) -> int:
-    """The default `policy.max_kv_tokens`: a share of the free memory (half a GPU's, a quarter of the RAM).
+def memory_bytes(cuda: bool, total: bool = False) -> int:
+    """This machine's free memory (``total``: all of it), on the GPU or in RAM."""
+    if cuda:
+        import torch  # only on a GPU path, where the engine has imported it already
+
+        return int(torch.cuda.mem_get_info()[1 if total else 0])
+    return os.sysconf("SC_PHYS_PAGES" if total else "SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def memory_share(cuda: bool, total: bool = False) -> int:
+    """Bytes an engine may fill on its own: half a GPU's free memory, a quarter of the free RAM.
 
     With ``total``, the same share of all the memory: what this machine could ever hold (preflight's bound,
     which does not move with what else runs).
     """
-    if cuda:
-        import torch  # only on a GPU path, where the engine has imported it already
+    return memory_bytes(cuda, total) // (2 if cuda else 4)
 
-        memory = torch.cuda.mem_get_info()[1 if total else 0] // 2
-    else:
-        memory = os.sysconf("SC_PHYS_PAGES" if total else "SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
-    return max(1, int(memory // per_token))
+
+def share_name(cuda: bool) -> str:
+    """`memory_share` in words, for messages."""
+    return "half the GPU's memory" if cuda else "a quarter of the RAM"
+
+
+def default_kv_tokens(per_token: int, cuda: bool, total: bool = False) -> int:
+    """The default `policy.max_kv_tokens`: `memory_share` in KV tokens of ``per_token`` bytes."""
+    return max(1, memory_share(cuda, total) // per_token)
+
+
+def forward_bytes_per_token(model_config: Any, dtype_bytes: int) -> int:
+    """Peak bytes one token holds in a forward pass: its keys and values plus the widest MLP activation
+    (gate and up projections of a gated MLP), an estimate that ignores attention scores (fused kernels)."""
+    width = getattr(model_config, "intermediate_size", None) or 4 * model_config.hidden_size
+    return kv_bytes_per_token(model_config, dtype_bytes) + 2 * width * dtype_bytes
 
 
 def derive_seed(*parts: object) -> int:

@@ -20,7 +20,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from bon.core.config import ModelConfig
-from bon.engines.base import Sample, SamplingSettings, default_rows
+from bon.core.errors import SizeError
+from bon.engines.base import Sample, SamplingSettings, default_rows, forward_bytes_per_token, memory_share, share_name
 from bon.engines.models import (
     ModelLoadError,
     ModelRef,
@@ -234,15 +235,16 @@ class HFModel(Tokenized):
                 idx = list(range(chunk, min(end, chunk + step)))
                 # each chunk expands the prefix cache in place: all but the last work on a copy
                 cache = prefix if chunk + step >= end else copy.deepcopy(prefix)
-                self._score_rows(prompts, idx, wanted, token_ids, results, cache, shared)
+                self._score_rows(prompts, idx, wanted, token_ids, results, batch_size, cache, shared)
         alone.sort(key=lambda i: -len(prompts[i]))  # little padding; results go back in input order
         for start in range(0, len(alone), batch_size):
-            self._score_rows(prompts, alone[start : start + batch_size], wanted, token_ids, results)
+            self._score_rows(prompts, alone[start : start + batch_size], wanted, token_ids, results, batch_size)
         return results
 
-    def _score_rows(self, prompts, idx, wanted, token_ids, results, cache=None, shared: int = 0) -> None:
+    def _score_rows(self, prompts, idx, wanted, token_ids, results, batch_size, cache=None, shared=0) -> None:
         """One forward over ``prompts[idx]`` (after a cached prefix of ``shared`` tokens), keeping the last logits."""
         ids, mask, positions = _left_padded([prompts[i][shared:] for i in idx], self.pad_id)
+        check_forward(self.model, self.device, len(idx), shared + ids.shape[1], batch_size)
         if cache is not None:  # the prefix, then each row's left-padded suffix
             cache.batch_repeat_interleave(len(idx))
             mask = torch.cat([mask.new_ones((len(idx), shared)), mask], dim=1)
@@ -271,6 +273,7 @@ class HFModel(Tokenized):
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             width = max(len(seqs[i]) for i in idx)
+            check_forward(self.model, self.device, len(idx), width, batch_size, logits=True)
             ids = torch.full((len(idx), width), self.pad_id, dtype=torch.long)
             mask = torch.zeros((len(idx), width), dtype=torch.long)
             for row, i in enumerate(idx):  # right padding: positions are plain 0..len-1
@@ -284,6 +287,22 @@ class HFModel(Tokenized):
                 # the token at position t is predicted by the logits at t - 1
                 results[i] = logprobs[row, p - 1 : p - 1 + n].gather(-1, targets[:, None])[:, 0].tolist()
         return results
+
+
+def check_forward(model: Any, device: Any, rows: int, width: int, batch_size: int, logits: bool = False) -> None:
+    """Refuse one forward pass of ``rows`` sequences of ``width`` tokens that could never fit this machine (the
+    memory share of `bon.engines.base.memory_share`); with ``logits``, every position's logits are kept too."""
+    per_token = forward_bytes_per_token(model.config, next(model.parameters()).element_size())
+    if logits:  # float32 logits and their log-softmax at every position
+        per_token += 8 * model.config.vocab_size
+    share = memory_share(device.type == "cuda", total=True)
+    if rows * width * per_token > share:
+        fit = max(1, share // (width * per_token))
+        raise SizeError(
+            f"batch_size {batch_size:,}: one forward pass of {rows:,} sequences of {width:,} tokens needs about "
+            f"{rows * width * per_token / 2**30:.1f} GiB, more than {share_name(device.type == 'cuda')} "
+            f"({share / 2**30:.1f} GiB); {fit:,} such sequences fit: lower the judge's batch_size to at most {fit:,}"
+        )
 
 
 _ENCODERS: dict[tuple, Any] = {}
@@ -374,6 +393,7 @@ class HFRewardModel:
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             width = max(len(conversations[i]) for i in idx)
+            check_forward(self.model, self.device, len(idx), width, batch_size)
             ids = torch.full((len(idx), width), self.tokenizer.pad_token_id, dtype=torch.long)
             mask = torch.zeros((len(idx), width), dtype=torch.long)
             for row, i in enumerate(idx):  # right padding: the classifier reads the last real token
@@ -407,6 +427,8 @@ class HFEmbedder:
                 max_length=256,
                 return_tensors="pt",
             ).to(self.device)
+            rows, width = enc["input_ids"].shape
+            check_forward(self.model, self.device, rows, width, batch_size)
             hidden = self.model(**enc).last_hidden_state
             mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)

@@ -12,10 +12,19 @@ from typing import Any
 
 from bon.core import rundir
 from bon.core.config import RunConfig
+from bon.core.errors import SizeError
 from bon.core.judging import Judge, PromptBuilder
 from bon.core.prompts import PromptSourceError, load_prompts
 from bon.core.records import Prompt
-from bon.engines.base import default_kv_tokens, default_rows, kv_bytes_per_token
+from bon.engines.base import (
+    default_kv_tokens,
+    default_rows,
+    forward_bytes_per_token,
+    kv_bytes_per_token,
+    memory_bytes,
+    memory_share,
+    share_name,
+)
 from bon.engines.models import ModelLoadError
 from bon.engines.tokens import ContextLengthError, PromptFormatError, TokenizerOnly, effective_context, overflow_message
 from bon.pipeline.policy import EnginePolicy
@@ -96,13 +105,17 @@ def _outcome(fit: Fit) -> str:
     return f"{n} {fit.role} prompts do not fit its context of {fit.context}: {became} ({fit.option}: {fit.mode})"
 
 
-def _on_cuda(config: RunConfig) -> bool:
-    device = config.policy.device
-    if device == "auto":
+def _on_cuda(cfg: Any) -> bool:
+    """Whether a model config's transformers engine runs on a GPU (`device: auto` asks torch)."""
+    if cfg.device == "auto":
         import torch  # only to know whether a GPU is there: no weights are read
 
         return bool(torch.cuda.is_available())
-    return device.startswith("cuda")
+    return bool(cfg.device.startswith("cuda"))
+
+
+def _dtype_bytes(cfg: Any, cuda: bool) -> int:
+    return {"float32": 4, "bfloat16": 2, "float16": 2}.get(cfg.dtype, 2 if cuda else 4)
 
 
 def decode_rows(config: RunConfig) -> int | None:
@@ -113,7 +126,7 @@ def decode_rows(config: RunConfig) -> int | None:
         return None
     if policy.max_rows is not None:
         return policy.max_rows
-    return default_rows(_on_cuda(config))
+    return default_rows(_on_cuda(policy))
 
 
 def kv_budget(config: RunConfig, tokens: TokenizerOnly) -> tuple[int, str] | None:
@@ -125,17 +138,47 @@ def kv_budget(config: RunConfig, tokens: TokenizerOnly) -> tuple[int, str] | Non
     policy = config.policy
     if policy.backend != "transformers":
         return None
-    if policy.max_kv_tokens is not None:
-        return policy.max_kv_tokens, "policy.max_kv_tokens"
-    cuda = _on_cuda(config)
-    dtype_bytes = {"float32": 4, "bfloat16": 2, "float16": 2}.get(policy.dtype, 2 if cuda else 4)
+    cuda = _on_cuda(policy)
     try:
-        per_token = kv_bytes_per_token(tokens.model_config, dtype_bytes)
+        per_token = kv_bytes_per_token(tokens.model_config, _dtype_bytes(policy, cuda))
     except AttributeError:  # a config without the usual sizes: the engine measures it once the model is loaded
-        return None
-    share = "half the GPU's memory" if cuda else "a quarter of the RAM"  # of the free memory once the engine starts
+        return None if policy.max_kv_tokens is None else (policy.max_kv_tokens, "policy.max_kv_tokens")
+    # the share of all this machine's memory, which the engine takes of what is free when it starts
     bound = default_kv_tokens(per_token, cuda, total=True)
-    return bound, f"policy.max_kv_tokens' default, at most {share} at {per_token} bytes a token,"
+    if policy.max_kv_tokens is None:
+        return bound, f"policy.max_kv_tokens' default, at most {share_name(cuda)} at {per_token} bytes a token,"
+    memory = memory_bytes(cuda, total=True)
+    if policy.max_kv_tokens * per_token > memory:
+        raise SizeError(
+            f"policy.max_kv_tokens {policy.max_kv_tokens:,} is more KV cache than this machine holds: at "
+            f"{per_token} bytes a token, all its {'GPU memory' if cuda else 'RAM'} ({_gib(memory)}) is "
+            f"{memory // per_token:,} tokens; lower it, or leave it unset (the default here: {bound:,})"
+        )
+    return policy.max_kv_tokens, "policy.max_kv_tokens"
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB"
+
+
+def check_judge_batch(options: Any, tokens: TokenizerOnly, fit: Fit) -> None:
+    """A transformers judge runs `batch_size` of its prompts in one forward pass: refuse a batch whose
+    longest prompts could never fit the memory share an engine takes (`forward_bytes_per_token`)."""
+    size, longest = getattr(options, "batch_size", None), fit.longest()
+    if size is None or longest is None or getattr(options, "backend", None) != "transformers":
+        return
+    cuda = _on_cuda(options)
+    try:
+        per_token = forward_bytes_per_token(tokens.model_config, _dtype_bytes(options, cuda))
+    except AttributeError:  # a config without the usual sizes: nothing to estimate from
+        return
+    bound = max(1, memory_share(cuda, total=True) // (per_token * longest[1]))
+    if size > bound:
+        raise SizeError(
+            f"judge.options.batch_size {size:,} is more judge prompts than one forward pass can hold: prompts of "
+            f"up to {longest[1]} tokens ({longest[0]!r}) at about {per_token:,} bytes a token fit {bound:,} at once "
+            f"in {share_name(cuda)}; lower it to at most {bound:,}"
+        )
 
 
 def check_rows(config: RunConfig) -> None:
@@ -145,7 +188,7 @@ def check_rows(config: RunConfig) -> None:
         where = (
             "policy.max_rows" if config.policy.max_rows is not None else "the default policy.max_rows on this device"
         )
-        raise ContextLengthError(
+        raise SizeError(
             f"n {config.n} is more candidates than the transformers engine decodes at once ({rows} rows, {where}); "
             "lower n, or raise policy.max_rows if the memory allows it"
         )
@@ -160,7 +203,7 @@ def _check_kv_budget(config: RunConfig, fit: Fit, budget: tuple[int, str] | None
     over = [(pid, n * (length + generated)) for pid, length in fit.lengths if n * (length + generated) > limit]
     if over:
         pid, need = max(over, key=lambda r: r[1])
-        raise ContextLengthError(
+        raise SizeError(
             f"{source} {limit} cannot hold {len(over)} prompts' n={n} rows of prompt + max_tokens "
             f"{generated} (e.g. {pid!r} needs {need}); raise it, or lower n or policy.max_tokens"
         )
@@ -185,6 +228,7 @@ def lengths(config: RunConfig, prompts: Sequence[Prompt], judge: Judge, check_po
     if twin is not None:
         twin.preflight_rows()  # a judge whose tokenizer cannot build its prompts fails here, not after sampling
         fits.append(judge_fit(config, twin, [p for p in prompts if p.id not in plan.skipped]))
+        check_judge_batch(judge.options, twin.engine, fits[-1])  # type: ignore[attr-defined]
     for fit in fits:
         if fit.over and fit.mode == "error":
             raise ContextLengthError(fit.message())
@@ -254,7 +298,7 @@ def check(config: RunConfig, judge: Judge) -> CheckReport:
     skipped: set[str] = set()  # policy prompts set aside (on_overflow: skip) are not judged
     try:
         check_rows(config)
-    except ContextLengthError as e:
+    except SizeError as e:
         report.problems.append(f"policy: {e}")
     tokens = _load_tokens("policy", config.policy, report)
     report.rows.append(("policy prompt format", config.policy.prompt_format))
@@ -267,7 +311,7 @@ def check(config: RunConfig, judge: Judge) -> CheckReport:
             if budget is not None:
                 report.rows.append(("policy KV cache", f"at most {budget[0]:,} tokens ({budget[1].rstrip(',')})"))
             _check_kv_budget(config, fit, budget)
-        except (PromptFormatError, ContextLengthError) as e:
+        except (PromptFormatError, ContextLengthError, SizeError) as e:
             report.problems.append(f"policy: {e}")
 
     builds = isinstance(judge, PromptBuilder)
@@ -276,8 +320,10 @@ def check(config: RunConfig, judge: Judge) -> CheckReport:
         twin = judge.on_tokenizer(twin_tokens)
         try:
             report.rows.extend(twin.preflight_rows())
-            _report_fit(report, judge_fit(config, twin, [p for p in prompts if p.id not in skipped]))
-        except (PromptFormatError, ContextLengthError) as e:
+            fit = judge_fit(config, twin, [p for p in prompts if p.id not in skipped])
+            _report_fit(report, fit)
+            check_judge_batch(judge.options, twin_tokens, fit)  # type: ignore[attr-defined]
+        except (PromptFormatError, ContextLengthError, SizeError) as e:
             report.problems.append(f"judge: {e}")
     elif not builds:
         report.rows.append(("judge", f"{judge.describe()} (builds no model prompt; nothing to check)"))
