@@ -56,6 +56,13 @@ def test_a_judge_batch_that_fits_passes_the_check(tmp_path):
     assert check.returncode == 0, _said(check)
 
 
+def test_the_judge_batch_is_sized_at_most_at_the_judges_context(tmp_path):
+    """A billion-token answer is the context's problem (reported as such), not a batch of billion-token prompts."""
+    sets = ["--set", "policy.max_tokens=1000000000", "--set", f"output_dir={tmp_path / 'run'}"]
+    said = _said(bon("check", "configs/demo.yaml", *sets))
+    assert "leaves no room for a prompt" in said and "forward pass" not in said, said
+
+
 def _tiny_llama():
     from transformers import LlamaConfig, LlamaForCausalLM
 
