@@ -113,3 +113,19 @@ def test_equal_keys_in_different_mappings_are_not_duplicates(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("policy:\n  max_tokens: 8\njudge:\n  name: autoj\n  options:\n    max_tokens: 4\n")
     assert load_config(path).policy.max_tokens == 8
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "# only a comment\n", "---\n", "null\n", "~\n"])
+def test_an_empty_config_file_is_refused_not_read_as_the_defaults(tmp_path, text):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=r"c\.yaml: the config is empty; a config is a mapping of keys"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("text", ["- 1\n", "7\n", "'n: 8'\n"])
+def test_a_config_that_is_not_a_mapping_is_refused(tmp_path, text):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=r"c\.yaml: a config is a mapping of keys, found"):
+        load_config(path)

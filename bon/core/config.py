@@ -387,11 +387,13 @@ def load_config(
             raise ConfigError(f"{e} (the config)") from None
         try:
             tree = yaml.compose(text)
-            data = yaml.safe_load(text) or {}
+            data = yaml.safe_load(text)
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f"{path}:{mark.line + 1}" if mark else str(path)
             raise ConfigError(f"{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+        if data is None:  # an empty file would quietly run every default: most likely the wrong file
+            raise ConfigError(f"{path}: the config is empty; a config is a mapping of keys (e.g. n: 8)")
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: a config is a mapping of keys, found {type(data).__name__}")
         _refuse_duplicate_keys(tree, str(path))
