@@ -49,6 +49,31 @@ def test_a_tie_break_on_a_number_no_judgement_records_is_refused(finished, key):
     assert contents(finished) == before
 
 
+@pytest.mark.parametrize(
+    "file, field, value",
+    [
+        ("candidates.jsonl", "index", 3),
+        ("candidates.jsonl", "index", 10**23),
+        ("judgements.jsonl", "candidate_index", 7),
+        ("selections.jsonl", "chosen_index", 3),
+    ],
+)
+@pytest.mark.parametrize("command", [["select", "--judge", "length"], ["judge", "--judge", "random"]])
+def test_a_candidate_index_beyond_the_runs_n_is_refused_naming_file_and_line(finished, file, field, value, command):  # noqa: F811
+    import json
+
+    path = finished / file
+    lines = path.read_text().splitlines()
+    row = json.loads(lines[1])
+    row[field] = value
+    lines[1] = json.dumps(row)
+    path.write_text("\n".join(lines) + "\n")
+    before = contents(finished)
+    out = bon(command[0], str(finished), *command[1:])
+    one_clear_line(out, f"{file}:2: field '{field}': {value} is not a candidate of this run (n=3: 0 to 2)")
+    assert contents(finished) == before
+
+
 # library errors that user input causes end in one line -------------------------------------------------
 
 

@@ -144,11 +144,12 @@ def drop_torn_tail(path: Path) -> bool:
         return _repair_tail(f)
 
 
-def read_records(path: Path, cls: type[T]) -> list[T]:
+def read_records(path: Path, cls: type[T], n: int | None = None) -> list[T]:
     """Every record of a JSONL file written by `append_records`.
 
     A last line without a newline is a write torn by a crash and is ignored (call `drop_torn_tail`
-    before appending). Any other bad line is an error naming the file, line and field.
+    before appending). Any other bad line is an error naming the file, line and field, and so is a
+    candidate index (the record class's `indices`) of ``n`` or more, when the run's ``n`` is given.
     """
     if not path.exists():
         return []
@@ -168,6 +169,12 @@ def read_records(path: Path, cls: type[T]) -> list[T]:
             record = from_json(cls, data)
         except (RecordError, TypeError) as e:
             raise DataFileError(path, lineno, str(e)) from None
+        for name in getattr(cls, "indices", ()):
+            value = getattr(record, name)
+            if n is not None and value is not None and value >= n:
+                raise DataFileError(
+                    path, lineno, f"field {name!r}: {value} is not a candidate of this run (n={n}: 0 to {n - 1})"
+                )
         if identity:  # an identical repeat is merged; two different records of one thing are an error
             key = tuple(getattr(record, name) for name in identity)
             if key in seen:

@@ -38,6 +38,7 @@ class Candidate:
 
     kind: ClassVar[str] = "candidate"
     identity: ClassVar[tuple[str, ...]] = ("prompt_id", "index")  # one record per value in a file
+    indices: ClassVar[tuple[str, ...]] = ("index",)  # fields holding a candidate index: below the run's n
     prompt_id: str
     index: int
     text: str
@@ -59,6 +60,7 @@ class Judgement:
 
     kind: ClassVar[str] = "judgement"
     identity: ClassVar[tuple[str, ...]] = ("judge", "prompt_id", "candidate_index")
+    indices: ClassVar[tuple[str, ...]] = ("candidate_index",)
     prompt_id: str
     candidate_index: int
     judge: str
@@ -88,6 +90,7 @@ class Selection:
 
     kind: ClassVar[str] = "selection"
     identity: ClassVar[tuple[str, ...]] = ("judge", "prompt_id")
+    indices: ClassVar[tuple[str, ...]] = ("chosen_index",)
     prompt_id: str
     chosen_index: int | None  # None when declined
     declined: bool

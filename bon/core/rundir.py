@@ -295,7 +295,9 @@ class RunDir:
         return not any((self.path / name).exists() and (self.path / name).stat().st_size for name in FILES.values())
 
     def read(self, record_type: type) -> list:
-        return read_records(self.path / FILES[record_type], record_type)
+        """A record file of this run; candidate indices are checked against the stored config's n."""
+        n = self.manifest().get("config", {}).get("n")
+        return read_records(self.path / FILES[record_type], record_type, n if isinstance(n, int) else None)
 
     def forget_blind(self, judge: str, n: int, judgements: list[Judgement] | None = None) -> list[Judgement]:
         """Forget the prompts whose ``n`` candidates ``judge`` judged, none successfully (the run was refused for

@@ -172,12 +172,12 @@ def check_judge_batch(options: Any, tokens: TokenizerOnly, fit: Fit) -> None:
         per_token = forward_bytes_per_token(tokens.model_config, _dtype_bytes(options, cuda))
     except AttributeError:  # a config without the usual sizes: nothing to estimate from
         return
-    tokens = min(longest[1], fit.context or longest[1])  # a judge prompt is refused, cut or skipped past its context
-    bound = max(1, memory_share(cuda, total=True) // (per_token * tokens))
+    length = min(longest[1], fit.context or longest[1])  # a judge prompt is refused, cut or skipped past its context
+    bound = max(1, memory_share(cuda, total=True) // (per_token * length))
     if size > bound:
         raise SizeError(
             f"judge.options.batch_size {size:,} is more judge prompts than one forward pass can hold: prompts of "
-            f"up to {tokens} tokens ({longest[0]!r}) at about {per_token:,} bytes a token fit {bound:,} at once "
+            f"up to {length} tokens ({longest[0]!r}) at about {per_token:,} bytes a token fit {bound:,} at once "
             f"in {share_name(cuda)}; lower it to at most {bound:,}"
         )
 
