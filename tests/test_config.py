@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -129,3 +130,56 @@ def test_a_config_that_is_not_a_mapping_is_refused(tmp_path, text):
     path.write_text(text)
     with pytest.raises(ConfigError, match=r"c\.yaml: a config is a mapping of keys, found"):
         load_config(path)
+
+
+@pytest.mark.parametrize(
+    "assignment, says",
+    [
+        ("policy.temprature=1", "policy.temprature: unknown key; did you mean 'temperature'?"),
+        ("policy.server.timout_s=3", "policy.server.timout_s: unknown key; did you mean 'timeout_s'?"),
+        ("judges=1", "judges: unknown key; did you mean 'judge'?"),
+        ("zzz=1", "zzz: unknown key; known keys here: name, output_dir, n, seed, batch_size,"),
+        ("judge.options.prompt_fromat=chat", "options.prompt_fromat: unknown key; did you mean 'prompt_format'?"),
+        ("judge.options.zzz=1", "options.zzz: unknown key; known keys here: backend, model,"),
+    ],
+)
+def test_an_unknown_key_names_the_close_keys_or_the_known_ones(assignment, says):
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        load_config("configs/demo.yaml", [assignment])
+
+
+@pytest.mark.parametrize(
+    "sets, says",
+    [
+        (["n=four"], "--set n=four: n: Input should be a valid integer"),
+        (["n=4", "n=four"], "--set n=four: n: Input should be a valid integer"),
+        (["judge.options.zzz=1"], "--set judge.options.zzz=1: judge: options.zzz: unknown key"),
+        (["policy={temperature: -1}"], "--set policy={temperature: -1}: policy.temperature: Input should be greater"),
+        (["judge.options.batch_size=4", "policy.top_p=2"], "--set policy.top_p=2: policy.top_p: Input should be less"),
+    ],
+)
+def test_a_bad_value_from_set_is_blamed_on_the_set_not_the_file(sets, says):
+    with pytest.raises(ConfigError, match="^" + re.escape(says)):
+        load_config("configs/demo.yaml", sets)
+
+
+def test_a_bad_value_in_the_file_keeps_its_line_beside_unrelated_sets(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("n: 8\npolicy:\n  top_p: 2\n")
+    with pytest.raises(ConfigError, match=r"^.*c\.yaml:3: policy\.top_p: Input should be less"):
+        load_config(path, ["n=4", "policy.temperature=0.5"])
+
+
+def test_switching_the_judge_drops_the_old_judges_options_and_says_so():
+    notes: list[str] = []
+    cfg = load_config("configs/demo.yaml", ["judge.name=length"], notes=notes)
+    assert (cfg.judge.name, cfg.judge.options) == ("length", {})
+    assert notes == [
+        "--set judge.name=length: judge.options of selfj (backend, model, prompt_format, reference) dropped; "
+        "set options for length after it, e.g. --set judge.options.KEY=VALUE"
+    ]
+    cfg = load_config("configs/demo.yaml", ["judge.name=random", "judge.options.seed=3"], notes=[])
+    assert cfg.judge.options == {"seed": 3}  # options set after the name apply to the new judge
+    kept: list[str] = []
+    assert load_config("configs/demo.yaml", ["judge.name=selfj"], notes=kept).judge.options["prompt_format"] == "chat"
+    assert kept == []  # the same judge keeps its options

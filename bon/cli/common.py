@@ -75,6 +75,17 @@ class BonApp(typer.Typer):
             sys.exit(2)
 
 
+def load(path: Any, overrides: list[str] | None, model: Any = None) -> Any:
+    """`load_config`, printing what the overrides changed beyond their own keys (a judge's options dropped)."""
+    from bon.core.config import RunConfig, load_config
+
+    notes: list[str] = []
+    cfg = load_config(path, overrides, model or RunConfig, notes)
+    for note in notes:
+        err_console.print(tagged("note:", "yellow", note), highlight=False, soft_wrap=True)
+    return cfg
+
+
 def options_from(assignments: list[str] | None) -> dict:
     """Judge options from ``key=value`` strings (values parsed as YAML)."""
     from bon.core.config import apply_override

@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from bon.cli.common import BonApp, console, err_console, fail_clearly, options_from, tagged
+from bon.cli.common import BonApp, console, err_console, fail_clearly, load, options_from, tagged
 from bon.cli.evaluate import eval_app, export_app
 from bon.cli.selfj import selfj_app
 
@@ -35,7 +35,6 @@ def run(
 ) -> None:
     """Sample N candidates per prompt, judge them, keep the best or decline; write a run directory."""
     from bon.cli.progress import RichProgress
-    from bon.core.config import load_config
     from bon.pipeline.runner import run as run_pipeline
 
     start = time.perf_counter()
@@ -43,7 +42,7 @@ def run(
         overrides = list(set_ or [])
         if ray_address:
             overrides += ["engine=ray", f"ray.address={ray_address}"]
-        cfg = load_config(config, overrides)
+        cfg = load(config, overrides)
         with RichProgress(console) as progress:
             result = run_pipeline(cfg, progress=progress)
     wall = time.perf_counter() - start
@@ -79,12 +78,11 @@ def check(
     set_: Annotated[list[str] | None, typer.Option("--set", help="override a key: --set policy.model=PATH")] = None,
 ) -> None:
     """Preflight a run from tokenizers and configs only (no weights): exit 1 if anything is missing or wrong."""
-    from bon.core.config import load_config
     from bon.pipeline.preflight import check as preflight
     from judges import build_judge
 
     with fail_clearly():
-        cfg = load_config(config, list(set_ or []))
+        cfg = load(config, list(set_ or []))
         report = preflight(cfg, build_judge(cfg.judge.name, cfg.judge.options))
     table = Table(title=f"bon check {config}", title_justify="left", show_header=False)
     table.add_column("what", style="bold")
@@ -208,12 +206,11 @@ def compare(
     import json
 
     from bon.cli.progress import RichProgress
-    from bon.core.config import load_config
     from eval.compare import CompareConfig, run_compare
     from eval.compare_report import results_json, write_compare_report
 
     with fail_clearly():
-        cfg = load_config(config, list(set_ or []), model=CompareConfig)
+        cfg = load(config, list(set_ or []), CompareConfig)
         with RichProgress(err_console if as_json else console) as progress:  # stdout stays JSON
             result = run_compare(cfg, progress, note=progress.note)
         md, js, pngs = write_compare_report(result)

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from bon.cli.common import console, fail_clearly
+from bon.cli.common import console, fail_clearly, load
 
 selfj_app = typer.Typer(
     help="Train a Self-J judge: label responses, then LoRA self-distillation.", no_args_is_help=True
@@ -22,11 +22,10 @@ def label_cmd(
 ) -> None:
     """Sample K responses per instruction, rate each by self-evaluation with reference + cosine, write the data."""
     from bon.cli.progress import RichProgress
-    from bon.core.config import load_config
     from judges.selfj_train import LabelConfig, label
 
     with fail_clearly():
-        cfg = load_config(config, list(set_ or []), model=LabelConfig)
+        cfg = load(config, list(set_ or []), LabelConfig)
         with RichProgress(console) as progress:
             summary = label(cfg, progress=progress, note=progress.note)
     console.print(
@@ -41,7 +40,6 @@ def train_cmd(
     set_: Annotated[list[str] | None, typer.Option("--set", help="override a key: --set max_minutes=5")] = None,
 ) -> None:
     """LoRA self-distillation (teacher: with reference; student: without); resumable; writes an adapter."""
-    from bon.core.config import load_config
     from judges.selfj_train import TrainConfig, train
 
     def show(row: dict) -> None:
@@ -52,6 +50,6 @@ def train_cmd(
         )
 
     with fail_clearly():
-        cfg = load_config(config, list(set_ or []), model=TrainConfig)
+        cfg = load(config, list(set_ or []), TrainConfig)
         adapter = train(cfg, note=console.print, progress=show)
     console.print(f"adapter: {adapter}  (judge with: --set judge.options.adapter={adapter})")

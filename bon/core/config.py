@@ -293,12 +293,29 @@ def _yaml_line(node: yaml.Node | None, path: tuple[Any, ...]) -> int | None:
     return line
 
 
-def _format_errors(err: ValidationError, source: str, tree: yaml.Node | None) -> str:
+def _format_errors(
+    err: ValidationError, source: str, tree: yaml.Node | None, model: Any = None, sets: dict[str, str] | None = None
+) -> str:
+    """One line per error, placed where the value came from: ``--set KEY=VALUE`` or the file's line."""
     lines = []
-    for e, (key, what) in zip(err.errors(), problems(err)):
+    for e, (key, what) in zip(err.errors(), problems(err, model)):
+        assignment = _set_for(key, what, sets or {})
+        if assignment is not None:
+            lines.append(f"--set {assignment}: {key}: {what}")
+            continue
         line = _yaml_line(tree, tuple(e["loc"]))
         lines.append(f"{source}:{line}: {key}: {what}" if line else f"{source}: {key}: {what}")
     return "\n".join(lines)
+
+
+def _set_for(key: str, what: str, sets: dict[str, str]) -> str | None:
+    """The last ``--set`` that put the bad value at ``key``: the key itself, a section above it, or an option
+    below it that the message names (``judge: options.x: ...`` comes from ``--set judge.options.x=...``)."""
+    for dotted, assignment in reversed(list(sets.items())):
+        below = dotted.startswith(key + ".") and what.startswith(dotted[len(key) + 1 :] + ":")
+        if dotted == key or key.startswith(dotted + ".") or below:
+            return assignment
+    return None
 
 
 def validate_options(model: type[M], options: dict[str, Any], flags: dict[str, str] | None = None) -> M:
@@ -309,13 +326,17 @@ def validate_options(model: type[M], options: dict[str, Any], flags: dict[str, s
     try:
         return model.model_validate(options)
     except ValidationError as e:
-        key, what = problems(e)[0]
+        key, what = problems(e, model)[0]
         name = (flags or {}).get(key, f"--{key.replace('_', '-')}")
         raise ConfigError(f"option {name}: {what}") from None
 
 
-def apply_override(data: dict[str, Any], assignment: str) -> None:
-    """Apply one ``dotted.key=value`` override; the value is parsed as YAML (``n=4`` is an int)."""
+def apply_override(data: dict[str, Any], assignment: str, notes: list[str] | None = None) -> None:
+    """Apply one ``dotted.key=value`` override; the value is parsed as YAML (``n=4`` is an int).
+
+    Setting a judge's ``name`` to another judge drops the ``options`` it had (they belong to the old judge;
+    `notes` gets a line saying so); options set after it apply to the new judge.
+    """
     key, sep, raw = assignment.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--set {assignment!r}: expected key=value, e.g. --set n=4")
@@ -341,6 +362,15 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
         value = raw  # not YAML (e.g. an unbalanced "{instruction"): the text itself, which validation then judges
     if isinstance(value, bool) and raw.strip().lower() not in ("true", "false"):
         value = raw  # YAML 1.1 reads yes/no/on/off as booleans; on a command line they are words
+    if parts[-1] == "name" and node.get("options") and node.get("name", value) != value:
+        dropped = ", ".join(map(str, node["options"])) if isinstance(node["options"], dict) else "options"
+        where = ".".join(parts[:-1]) or "judge"
+        if notes is not None:
+            notes.append(
+                f"--set {key.strip()}={value}: {where}.options of {node['name']} ({dropped}) dropped; "
+                f"set options for {value} after it, e.g. --set {where}.options.KEY=VALUE"
+            )
+        node["options"] = {}
     node[parts[-1]] = value
 
 
@@ -363,21 +393,37 @@ def _refuse_duplicate_keys(node: yaml.Node | None, source: str, where: str = "")
 
 
 @overload
-def load_config(path: Path | str | None = None, overrides: list[str] | None = None) -> RunConfig: ...
+def load_config(
+    path: Path | str | None = None, overrides: list[str] | None = None, *, notes: list[str] | None = None
+) -> RunConfig: ...
 
 
 @overload
-def load_config(path: Path | str | None, overrides: list[str] | None, model: type[M]) -> M: ...
+def load_config(
+    path: Path | str | None, overrides: list[str] | None, model: type[M], notes: list[str] | None = None
+) -> M: ...
 
 
 @overload
-def load_config(path: Path | str | None = None, overrides: list[str] | None = None, *, model: type[M]) -> M: ...
+def load_config(
+    path: Path | str | None = None,
+    overrides: list[str] | None = None,
+    *,
+    model: type[M],
+    notes: list[str] | None = None,
+) -> M: ...
 
 
 def load_config(
-    path: Path | str | None = None, overrides: list[str] | None = None, model: type[BaseModel] = RunConfig
+    path: Path | str | None = None,
+    overrides: list[str] | None = None,
+    model: type[BaseModel] = RunConfig,
+    notes: list[str] | None = None,
 ) -> BaseModel:
-    """Load a config (a `RunConfig` unless ``model`` says otherwise) from YAML or defaults, plus overrides."""
+    """Load a config (a `RunConfig` unless ``model`` says otherwise) from YAML or defaults, plus overrides.
+
+    ``notes`` receives what the overrides changed beyond their own key (a judge's options dropped with its name).
+    """
     source, tree, data = "<defaults>", None, {}  # type: tuple[str, yaml.Node | None, dict[str, Any]]
     if path is not None:
         source = str(path)
@@ -397,9 +443,13 @@ def load_config(
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: a config is a mapping of keys, found {type(data).__name__}")
         _refuse_duplicate_keys(tree, str(path))
+    sets: dict[str, str] = {}  # dotted key -> the --set that gave it, for messages
     for assignment in overrides or []:
-        apply_override(data, assignment)
+        apply_override(data, assignment, notes)
+        key = assignment.partition("=")[0].strip()
+        sets.pop(key, None)
+        sets[key] = assignment
     try:
         return model.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_format_errors(e, source, tree)) from None
+        raise ConfigError(_format_errors(e, source, tree, model, sets)) from None

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
+import types
+import typing
 from typing import Any
 
 
@@ -21,19 +24,54 @@ class SizeError(BonError, ValueError):
     """Work or memory beyond what this machine and model can hold; the message names the key and the bound."""
 
 
-def problems(err: Any) -> list[tuple[str, str]]:
+def problems(err: Any, model: Any = None) -> list[tuple[str, str]]:
     """(dotted key, what is wrong) for each error of a pydantic ``ValidationError``.
 
     Every config, option and manifest message is built from these pairs, so they all read alike:
-    ``unknown key``, or pydantic's message with the offending value (unless it is a whole section).
+    ``unknown key`` (with the close keys of ``model`` at that place, or its keys when none is close),
+    or pydantic's message with the offending value (unless it is a whole section).
     """
     out = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "<top level>"
         if e["type"] == "extra_forbidden":
-            out.append((key, "unknown key"))
+            out.append((key, "unknown key" + _known_keys(model, e["loc"])))
             continue
         msg = e["msg"].removeprefix("Value error, ")
         shown = "" if e["type"] == "missing" or len(repr(e.get("input"))) > 120 else f" (got {e.get('input')!r})"
         out.append((key, msg + shown))
     return out
+
+
+def _known_keys(model: Any, loc: tuple) -> str:
+    """'; did you mean ...?' or '; known keys here: ...' for an unknown key at ``loc`` of ``model``."""
+    fields = _fields_at(model, loc[:-1])
+    if not fields:
+        return ""
+    close = difflib.get_close_matches(str(loc[-1]), fields, n=2, cutoff=0.6)
+    if close:
+        return "; did you mean " + " or ".join(repr(c) for c in close) + "?"
+    return "; known keys here: " + ", ".join(fields)
+
+
+def _fields_at(model: Any, loc: tuple) -> list[str]:
+    """The field names of the pydantic model found at ``loc`` inside ``model`` ([] where there is none)."""
+    current = model
+    for part in loc:
+        if isinstance(part, int):  # a list index: the item's model was taken with the list's annotation
+            continue
+        field = getattr(current, "model_fields", {}).get(part)
+        current = _model_in(field.annotation) if field is not None else None
+    return list(getattr(current, "model_fields", {}))
+
+
+def _model_in(annotation: Any) -> Any:
+    """The pydantic model an annotation holds (directly, in a list, or in an optional), else None."""
+    if isinstance(annotation, type) and hasattr(annotation, "model_fields"):
+        return annotation
+    if typing.get_origin(annotation) in (list, typing.Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            found = _model_in(arg)
+            if found is not None:
+                return found
+    return None

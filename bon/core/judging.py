@@ -99,10 +99,11 @@ JUDGES: Registry[JudgeClass] = Registry(
 
 
 def _validated(name: str, options: Mapping[str, Any] | None) -> tuple[BaseModel | None, list[tuple[str, str]]]:
+    model = JUDGES.get(name).Options
     try:
-        return JUDGES.get(name).Options.model_validate(dict(options or {})), []
+        return model.model_validate(dict(options or {})), []
     except ValidationError as e:
-        return None, problems(e)
+        return None, problems(e, model)
 
 
 def option_problems(name: str, options: Mapping[str, Any] | None) -> list[tuple[str, str]]:
