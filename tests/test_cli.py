@@ -36,6 +36,22 @@ def test_help_and_judges_list_are_fast_and_import_no_torch():
     assert probe.stdout.strip() == "False"
 
 
+def test_judges_list_reads_at_80_columns_and_shows_one_judges_options():
+    from judges import JUDGES
+
+    listing = bon("judges", "list", env_extra={"COLUMNS": "80"})
+    starts = [line.split()[0] for line in listing.stdout.splitlines() if line and not line.startswith(" ")]
+    assert all(name in starts for name in JUDGES), starts  # every judge opens a line of its own, unbroken
+    assert "bon judges list --options NAME" in listing.stdout
+    options = bon("judges", "list", "--options", "selfj", env_extra={"COLUMNS": "120"})
+    said = " ".join(options.stdout.split())
+    assert options.returncode == 0
+    for key in ("prompt_format", "'raw' | 'chat'", "min_digit_mass", "reference", "batch_size"):
+        assert key in said, key
+    wrong = bon("judges", "list", "--options", "selfjj")
+    assert wrong.returncode == 2 and "Did you mean 'selfj'" in wrong.stderr
+
+
 def test_bad_config_is_one_clear_error(tmp_path):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("n: 2\npolicy:\n  max_tokens: -1\n")

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
@@ -222,13 +223,27 @@ def compare(
 
 
 @judges_app.command("list")
-def judges_list() -> None:
-    """Every registered judge, what it needs, and what it runs on by default."""
-    from judges import describe_judges
+def judges_list(
+    options: Annotated[
+        str | None, typer.Option("--options", help="one judge's options: key, type, default, meaning")
+    ] = None,
+) -> None:
+    """Every registered judge, what it needs and what it runs on by default; or one judge's options."""
+    from judges import describe_judges, describe_options
 
-    table = Table()
-    for column in ("judge", "what it scores", "needs reference", "GPU weights (hub id)", "CPU default"):
-        table.add_column(column, overflow="fold")
-    for row in describe_judges():
-        table.add_row(row.name, row.summary, "yes" if row.needs_reference else "no", row.hub_id or "—", row.cpu_default)
-    console.print(table)
+    if options is not None:
+        with fail_clearly():
+            rows = describe_options(options)
+        table = Table(title=f"options of {options} (--set KEY=VALUE, or judge.options in a config)")
+        for column in ("option", "type", "default", "meaning"):
+            table.add_column(column, overflow="fold", no_wrap=column == "option")
+        for o in rows:
+            table.add_row(o.key, o.type, o.default, o.description)
+        console.print(table)
+        return
+    for row in describe_judges():  # a block per judge: readable at 80 columns, where a 5-column table was not
+        console.print(Text.assemble((row.name, "bold"), "  ", row.summary))
+        needs = "needs a reference answer" if row.needs_reference else "no reference needed"
+        detail = f"{needs}; GPU weights: {row.hub_id or '—'}; CPU default: {row.cpu_default}"
+        console.print(Padding(Text(detail), (0, 0, 0, 4)))
+    console.print("options of one judge: bon judges list --options NAME", highlight=False)

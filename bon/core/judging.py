@@ -6,6 +6,7 @@ strings that are imported on first use, so nothing below ``judges`` imports it.
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, runtime_checkable
@@ -170,3 +171,28 @@ def describe_judges() -> list[JudgeInfo]:
                 default = "none: set options.model to a local copy"
         rows.append(JudgeInfo(name, cls.summary, cls.needs_reference, cls.hub_id, default))
     return rows
+
+
+@dataclass(frozen=True)
+class OptionInfo:
+    key: str
+    type: str
+    default: str
+    description: str
+
+
+def describe_options(name: str) -> list[OptionInfo]:
+    """A registered judge's options: key, type, default and the one-line description of its Options model."""
+    rows = []
+    for key, f in JUDGES.get(name).Options.model_fields.items():
+        kind = _type_name(f.annotation)
+        default = "required" if f.is_required() else repr(f.get_default(call_default_factory=True))
+        rows.append(OptionInfo(key, kind, default, f.description or ""))
+    return rows
+
+
+def _type_name(annotation: Any) -> str:
+    """A field's type as a user writes it: ``'raw' | 'chat'`` for a Literal, ``str | None``, ``int``."""
+    if typing.get_origin(annotation) is typing.Literal:
+        return " | ".join(repr(a) for a in typing.get_args(annotation))
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
