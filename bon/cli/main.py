@@ -187,14 +187,23 @@ def select_cmd(
     tie_break: Annotated[
         str, typer.Option("--tie-break", help="lowest_index, details:KEY or judge:NAME")
     ] = "lowest_index",
+    allow_unjudged: Annotated[
+        bool,
+        typer.Option("--allow-unjudged", help="keep the first candidate of prompts the judge scored none of"),
+    ] = False,
 ) -> None:
     """Re-select every prompt with one judge's scores and rewrite selections and outputs."""
     from bon.pipeline.rejudge import select_run
 
     with fail_clearly():
-        selections, path = select_run(run_dir, judge_label, decline_below, tie_break)
+        selections, path = select_run(run_dir, judge_label, decline_below, tie_break, allow_unjudged)
     declined = sum(s.declined for s in selections)
-    console.print(f"{len(selections)} prompts selected with {judge_label}, {declined} declined; outputs: {path}")
+    blind = sum(s.score is None and not s.skipped for s in selections)
+    fallbacks = f", {blind} of them without any score (first candidate kept or declined)" if blind else ""
+    console.print(
+        f"{len(selections)} prompts selected with {judge_label}, {declined} declined{fallbacks}; outputs: {path}",
+        highlight=False,
+    )
 
 
 @app.command()

@@ -110,17 +110,25 @@ def judge_run(
 
 
 def select_run(
-    run_dir: Path, label: str, decline_below: float | None = None, tie_break: str = "lowest_index"
+    run_dir: Path,
+    label: str,
+    decline_below: float | None = None,
+    tie_break: str = "lowest_index",
+    allow_unjudged: bool = False,
 ) -> tuple[list[Selection], Path]:
     """Re-select every prompt with the judgements under ``label`` and rewrite the outputs.
 
-    That judge's lines in selections.jsonl are replaced; model_outputs.json holds its picks.
+    That judge's lines in selections.jsonl are replaced; model_outputs.json holds its picks. A prompt none of
+    whose candidates the judge scored is refused before anything is written, unless ``allow_unjudged``.
     """
     validate_options(SelectionConfig, {"decline_below": decline_below, "tie_break": tie_break})
     with open_run(run_dir) as (rd, manifest, config):
         sampled, cands, skipped = run_candidates(rd, config)
         all_judgements = rd.read(Judgement)
         judged = judgements_of(rd, all_judgements, label, sampled, config.n)
+        if not allow_unjudged:
+            blind = {p.id: [judged[(p.id, i)] for i in range(config.n)] for p in sampled}
+            check_judged(label, blind, kept="nothing was changed", allow="bon select: --allow-unjudged")
         other = secondary_judge(tie_break)
         secondary = by_key(all_judgements, other) if other else None
         prompts = load_prompts(config.prompts)  # skipped prompts keep their declined selection, under this judge

@@ -20,10 +20,15 @@ class UnjudgedError(BonError, RuntimeError):
     """The judge could score none of some prompt's candidates; everything made is already written."""
 
 
-def check_judged(judge: str, by_prompt: Mapping[str, Sequence[Judgement]], kept: str = "everything is written") -> None:
+def check_judged(
+    judge: str,
+    by_prompt: Mapping[str, Sequence[Judgement]],
+    kept: str = "everything is written",
+    allow: str = "bon judge: --allow-unjudged",
+) -> None:
     """Refuse loudly when a prompt's candidates all failed to be judged (its pick would be a blind fallback).
 
-    ``kept`` says what stays on disk and what a rerun does with it.
+    ``kept`` says what stays on disk and what a rerun does with it; ``allow`` how this command accepts fallbacks.
     """
     blind = {pid: js for pid, js in by_prompt.items() if js and not any(j.ok for j in js)}
     if blind:
@@ -32,7 +37,7 @@ def check_judged(judge: str, by_prompt: Mapping[str, Sequence[Judgement]], kept:
         raise UnjudgedError(
             f"judge {judge!r} could score none of the candidates of {len(blind)} of {len(by_prompt)} prompts "
             f"(e.g. {pid!r}: {reason}); {kept}. Fix the judge or its inputs (e.g. references), "
-            "or accept the fallback picks with allow_unjudged: true (bon judge: --allow-unjudged)"
+            f"or accept the fallback picks with allow_unjudged: true ({allow})"
         )
 
 
