@@ -34,3 +34,29 @@ def test_select_with_a_judge_that_scored_everything_reports_no_fallbacks(finishe
     args = ["--decline-below", decline] if decline else []
     out = bon("select", str(finished), "--judge", "length", *args)
     assert out.returncode == 0 and "without any score" not in out.stdout, out.stdout + out.stderr
+
+
+@pytest.mark.slow
+def test_ctrl_c_says_what_is_kept_and_how_to_resume_and_the_resume_finishes(tmp_path):
+    import signal
+    import subprocess
+    import time
+
+    from tests.test_cli import BON, ROOT
+
+    out = tmp_path / "run"
+    args = ["run", "configs/demo.yaml", "--set", f"output_dir={out}", "--set", "n=2", "--set", "policy.max_tokens=16"]
+    p = subprocess.Popen([*BON, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not ((out / "candidates.jsonl").exists() and (out / "candidates.jsonl").stat().st_size):
+        assert p.poll() is None and time.monotonic() < deadline, p.communicate()
+        time.sleep(0.05)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    said = " ".join(err.split())
+    assert p.returncode == 130 and "Traceback" not in err, err[-2000:]
+    assert f"candidates kept in {out}" in said and f"rerun `bon {' '.join(args)}` to resume" in said, said
+    assert "Loading weights" not in err  # transformers' bar for a local load is not shown
+    resumed = bon(*args)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert sum(1 for _ in open(out / "selections.jsonl")) == 6

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import shlex
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -55,13 +57,33 @@ def user_error(e: BaseException) -> str | None:
     return None
 
 
+def interrupted(writes: Any = None) -> str:
+    """The line for Ctrl-C: what is kept (records are appended as they are made) and the command that resumes."""
+    kept = "everything finished so far is kept"
+    target = writes() if callable(writes) else writes
+    path = Path(target) if target is not None else None
+    if path is not None:
+        counts = [
+            f"{sum(1 for _ in open(path / name, 'rb'))} {name.removesuffix('s.jsonl')}s"
+            for name in ("candidates.jsonl", "judgements.jsonl", "selections.jsonl")
+            if (path / name).is_file()
+        ]
+        kept = f"{', '.join(counts)} kept in {path}" if counts else f"everything finished so far is kept in {path}"
+    return f"{kept}; rerun `bon {shlex.join(sys.argv[1:])}` to resume"
+
+
 @contextlib.contextmanager
-def fail_clearly() -> Iterator[None]:
+def fail_clearly(writes: Any = None) -> Iterator[None]:
+    """One line and exit 2 for a user error; one line and exit 130 for Ctrl-C, naming what ``writes`` (a
+    directory, or a callable giving it) keeps and the command that resumes."""
     try:
         yield
     except (BonError, OSError) as e:
         err_console.print(tagged("error:", "bold red", user_error(e)), highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        err_console.print(tagged("interrupted:", "bold yellow", interrupted(writes)), highlight=False, soft_wrap=True)
+        raise typer.Exit(130) from None
 
 
 class BonApp(typer.Typer):
@@ -73,6 +95,9 @@ class BonApp(typer.Typer):
         except (BonError, OSError) as e:
             err_console.print(tagged("error:", "bold red", user_error(e)), highlight=False, soft_wrap=True)
             sys.exit(2)
+        except KeyboardInterrupt:
+            err_console.print(tagged("interrupted:", "bold yellow", interrupted()), highlight=False, soft_wrap=True)
+            sys.exit(130)
 
 
 def load(path: Any, overrides: list[str] | None, model: Any = None) -> Any:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.padding import Padding
@@ -39,7 +39,8 @@ def run(
     from bon.pipeline.runner import run as run_pipeline
 
     start = time.perf_counter()
-    with fail_clearly():
+    cfg: Any = None
+    with fail_clearly(writes=lambda: cfg and cfg.output_dir):
         overrides = list(set_ or [])
         if ray_address:
             overrides += ["engine=ray", f"ray.address={ray_address}"]
@@ -167,7 +168,7 @@ def judge(
     from bon.pipeline.rejudge import judge_run
 
     start = time.perf_counter()
-    with fail_clearly(), RichProgress(console) as progress:
+    with fail_clearly(writes=run_dir), RichProgress(console) as progress:
         made = judge_run(run_dir, judge_name, options_from(set_), label, progress, allow_unjudged)
     console.print(
         f"{made} judgements by {label or judge_name} appended to "

@@ -6,13 +6,14 @@ torch and transformers are imported lazily here and in two other places: `bon.en
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import os
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -308,15 +309,33 @@ def check_forward(model: Any, device: Any, rows: int, width: int, batch_size: in
 _ENCODERS: dict[tuple, Any] = {}
 
 
+@contextlib.contextmanager
+def _no_progress_bar(quiet: bool) -> Iterator[None]:
+    """transformers' "Loading weights" bar off while ``quiet`` (a local load, under a second): bon shows its own
+    progress; a download from the hub keeps its bar."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    if quiet and was:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if quiet and was:
+            hf_logging.enable_progress_bar()
+
+
 def _load_pretrained(loader, path: str, what: str, name: str | None = None, hint: str = "", **kwargs):
     """(tokenizer, model) from a local path or hub id; offline, a hub id fails at once, naming ``name``."""
-    if not Path(path).exists():  # a hub id: the local cache first, the network only if it answers
+    local = Path(path).exists()
+    if not local:  # a hub id: the local cache first, the network only if it answers
         kwargs["local_files_only"] = not hub_reachable()
     if kwargs.get("gguf_file"):
         require_gguf_weights(Path(path) / kwargs["gguf_file"], what, name or path)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, **{k: v for k, v in kwargs.items() if k != "dtype"})
-        model, info = loader.from_pretrained(path, output_loading_info=True, **kwargs)
+        with _no_progress_bar(local or kwargs["local_files_only"]):
+            tokenizer = AutoTokenizer.from_pretrained(path, **{k: v for k, v in kwargs.items() if k != "dtype"})
+            model, info = loader.from_pretrained(path, output_loading_info=True, **kwargs)
     except (OSError, ValueError) as e:
         raise ModelLoadError(
             f"could not load {what} {name or path!r} ({first_line(e)}). Without network access, set `model` to a "
