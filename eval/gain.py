@@ -98,7 +98,7 @@ def gain_report(
         for p in prompts
         for i in sorted({pk[p.id] for pk in picks.values() if pk[p.id] is not None})
     ]
-    baseline = match_baseline(rows, reference_rows(version, reference_outputs))
+    baseline = match_baseline(rows, reference_rows(version, reference_outputs), rd.path / "candidates.jsonl")
     pairs = list(zip(baseline, rows))
     annotations, note = annotations_for(
         pairs, annotator, rd.path / "alpaca_eval" / f"v{version}", config.policy.backend

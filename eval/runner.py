@@ -77,15 +77,19 @@ def reference_rows(version: int, reference_outputs: Path | None) -> list[dict[st
         ) from None
 
 
-def match_baseline(outputs: Sequence[dict], reference: Sequence[dict]) -> list[dict]:
+def match_baseline(
+    outputs: Sequence[dict], reference: Sequence[dict], source: Any = "model_outputs.json"
+) -> list[dict]:
+    """The baseline row of each output's instruction; ``source`` names where the outputs came from in errors."""
     by_q = {r["instruction"]: r for r in reference}
-    missing = [o["instruction"] for o in outputs if o["instruction"] not in by_q]
+    missing = sorted({o["instruction"] for o in outputs if o["instruction"] not in by_q})
     if missing:
+        asked = len({o["instruction"] for o in outputs})  # distinct: gain asks several picks per instruction
         raise DataFileError(
-            "model_outputs.json",
+            source,
             None,
-            f"{len(missing)} of {len(outputs)} instructions have no baseline output (e.g. {missing[0][:60]!r}); "
-            "AlpacaEval compares answers to its own instructions",
+            f"{len(missing)} of {asked} instructions have no baseline output (e.g. {missing[0][:60]!r}); "
+            "AlpacaEval compares answers to its own instructions (prompts.source: an AlpacaEval set)",
         )
     return [by_q[o["instruction"]] for o in outputs]
 
@@ -341,7 +345,7 @@ def run_alpaca_eval(
         check_lc_data(lc_data)  # before any annotation is paid for
     outputs = read_outputs(run_dir)[:max_instances]
     annotator = annotator or VERSIONS[version]["annotator"]
-    baseline = match_baseline(outputs, reference_rows(version, reference_outputs))
+    baseline = match_baseline(outputs, reference_rows(version, reference_outputs), run_dir / "model_outputs.json")
     pairs = list(zip(baseline, outputs))
     annotations, note = annotations_for(pairs, annotator, run_dir / "alpaca_eval" / f"v{version}", backend, base_url)
     lc = len(outputs) == 805  # the LC model assumes AlpacaEval's 805-instruction order

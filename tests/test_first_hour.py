@@ -60,3 +60,13 @@ def test_ctrl_c_says_what_is_kept_and_how_to_resume_and_the_resume_finishes(tmp_
     resumed = bon(*args)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert sum(1 for _ in open(out / "selections.jsonl")) == 6
+
+
+def test_gain_on_a_run_of_other_prompts_counts_its_instructions_not_its_picks(finished):  # noqa: F811
+    """Gain asks several picks (k = 1, 2, ...) per instruction: the message counts instructions, once each."""
+    import json
+
+    ref = finished.parent / "ref.json"
+    ref.write_text(json.dumps([{"instruction": "unrelated", "output": "x", "generator": "b", "dataset": "d"}]))
+    out = bon("eval", "gain", str(finished), "--reference-outputs", str(ref), "--annotator", "precomputed:x.json")
+    one_clear_line(out, f"{finished}/candidates.jsonl: 5 of 5 instructions have no baseline output")
