@@ -61,6 +61,15 @@ def read_annotations(path: Path | str) -> list[Annotation]:
         raise DataFileError(
             path, None, f"expected a non-empty JSON list of annotations, found {type(rows).__name__} {str(rows)[:40]}"
         )
+    first = rows[0]
+    if isinstance(first, dict) and "output" in first and "output_1" not in first:  # the usual mix-up
+        raise DataFileError(
+            path,
+            None,
+            "this is a model_outputs file (instruction, output), not annotations (output_1, output_2, preference); "
+            "annotate the run first (bon eval alpaca-eval RUN_DIR), "
+            "then read RUN_DIR/alpaca_eval/v2/annotations_cache.json",
+        )
     out = []
     for i, row in enumerate(rows):
         if not isinstance(row, dict):

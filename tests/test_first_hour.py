@@ -70,3 +70,12 @@ def test_gain_on_a_run_of_other_prompts_counts_its_instructions_not_its_picks(fi
     ref.write_text(json.dumps([{"instruction": "unrelated", "output": "x", "generator": "b", "dataset": "d"}]))
     out = bon("eval", "gain", str(finished), "--reference-outputs", str(ref), "--annotator", "precomputed:x.json")
     one_clear_line(out, f"{finished}/candidates.jsonl: 5 of 5 instructions have no baseline output")
+
+
+def test_winrate_given_a_model_outputs_file_says_what_it_is_and_what_to_read(finished):  # noqa: F811
+    out = bon("eval", "winrate", str(finished / "model_outputs.json"))
+    one_clear_line(
+        out,
+        "model_outputs.json: this is a model_outputs file (instruction, output), not annotations",
+        "then read RUN_DIR/alpaca_eval/v2/annotations_cache.json",
+    )
