@@ -58,6 +58,7 @@ class AutoJudge(PromptJudge):
     Options = AutoJOptions
     name = "autoj"
     summary = "Auto-J single-response critique then 'Rating: [[1-10]]'"
+    scale = "rating 1-10"  # what a score means, for summaries
     needs_reference = False
     hub_id = AUTOJ_HUB_ID
 

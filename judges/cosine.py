@@ -53,6 +53,7 @@ class CosineJudge:
         "cosine similarity of candidate and reference embeddings, or of candidate and instruction "
         "with against=instruction (all-MiniLM-L6-v2, embedded)"
     )
+    scale = "cosine similarity, -1 to 1"  # what a score means, for summaries
     needs_reference = True  # per instance: false with against=instruction
     hub_id = "sentence-transformers/all-MiniLM-L6-v2"
 

@@ -44,6 +44,7 @@ class EnsembleJudge:
     Options = EnsembleOptions
     name = "ensemble"
     summary = "weighted sum of member judges, z-scored per prompt (default: self_eval with reference + cosine)"
+    scale = "weighted sum of per-prompt z-scores"  # what a score means, for summaries
     hub_id = None
     cpu_default = "its members'"
     needs_reference = False  # per instance: true when a member needs one

@@ -16,6 +16,7 @@ class LengthJudge:
     Options = LengthOptions
     name = "length"
     summary = "score = number of characters of the candidate; needs no model"
+    scale = "characters"  # what a score means, for summaries
     needs_reference = False
     hub_id = None
 

@@ -19,6 +19,7 @@ class PPLJudge(UsesEngine):
     Options = PPLOptions
     name = "ppl"
     summary = "mean token log-probability of the candidate given the prompt (chat template) under a model"
+    scale = "mean token log-probability, at most 0"  # what a score means, for summaries
     needs_reference = False
     hub_id = None
 

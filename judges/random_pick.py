@@ -20,6 +20,7 @@ class RandomJudge:
     Options = RandomOptions
     name = "random"
     summary = "score = seeded uniform draw in [0, 1); needs no model"
+    scale = "uniform draw, 0 to 1"  # what a score means, for summaries
     needs_reference = False
     hub_id = None
 

@@ -31,6 +31,7 @@ class RewardModelJudge:
         f"scalar reward model (sequence classification, 1 logit), e.g. {RM_HUB_ID}, "
         "OpenAssistant/reward-model-deberta-v3-large-v2"
     )
+    scale = "reward (the raw logit, unbounded)"  # what a score means, for summaries
     needs_reference = False
     hub_id = RM_HUB_ID
 

@@ -55,6 +55,7 @@ class SelfJudge(PromptJudge):
     Options = SelfJOptions
     name = "selfj"
     summary = "Self-J expected digit rating (0-9) of a rating prompt, with or without reference"
+    scale = "expected rating 0-9"  # what a score means, for summaries
     needs_reference = False
     hub_id: str | None = SELFJ_HUB_ID
 

@@ -79,3 +79,42 @@ def test_winrate_given_a_model_outputs_file_says_what_it_is_and_what_to_read(fin
         "model_outputs.json: this is a model_outputs file (instruction, output), not annotations",
         "then read RUN_DIR/alpaca_eval/v2/annotations_cache.json",
     )
+
+
+def test_flags_are_counted_by_kind_with_an_example():
+    from bon.core.records import Judgement
+    from bon.pipeline.selection import flag_counts
+
+    flags = [
+        "digit mass 0.047 below 0.05: the judge barely rates",
+        "digit mass 0.008 below 0.05: the judge barely rates",
+        None,
+        "answer truncated from 300 to 120 tokens to fit the judge's context (512); digit mass 0.010 below 0.05: "
+        "the judge barely rates",
+    ]
+    judgements = [Judgement("p", i, "selfj", 1.0, flag=f) for i, f in enumerate(flags)]
+    assert flag_counts(judgements) == [
+        (3, "digit mass 0.047 below 0.05: the judge barely rates"),
+        (1, "answer truncated from 300 to 120 tokens to fit the judge's context (512)"),
+    ]
+
+
+def test_the_run_summary_gives_rates_only_where_enough_was_timed():
+    from types import SimpleNamespace
+
+    from bon.cli.main import run_summary
+    from bon.core.records import Selection
+
+    selections = [Selection("p", 0, False, 1.0, "length")]
+    result = SimpleNamespace(
+        prompts=[None], selections=selections, generated=8, judged=8, seconds={"sample": 4.0, "judge": 0.001},
+        flags=[(2, "a flag")], flagged=2, judgements=8,
+    )  # fmt: skip
+    lines = run_summary(result, 5.0)
+    assert (
+        lines[0]
+        == "1 prompts, 0 declined; sampled 8 candidates in 4.0 s (2.0/s), made 8 judgements in 0.0 s; wall 5.0 s"
+    )
+    assert lines[1:] == ["flagged judgements: 2 of 8 (flags by kind, with an example):", "      2  a flag"]
+    result.generated = result.judged = 0
+    assert "nothing left to sample or judge" in run_summary(result, 1.0)[0]

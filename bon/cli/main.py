@@ -49,29 +49,47 @@ def run(
             result = run_pipeline(cfg, progress=progress)
     wall = time.perf_counter() - start
 
-    table = Table(title=f"best-of-{cfg.n}: {result.judge_description}", title_justify="left")
+    scale = f" · scores: {result.scale}" if result.scale else ""
+    table = Table(title=f"best-of-{cfg.n}: {result.judge_description}{scale}", title_justify="left")
     table.add_column("prompt", overflow="ellipsis", no_wrap=True, max_width=44)
-    table.add_column("best score", justify="right")
-    table.add_column("chosen", justify="right")
-    table.add_column("declined?")
+    for column in ("best score", "pick"):  # whole headers at 80 columns; the prompt gives way
+        table.add_column(column, justify="right", no_wrap=True, min_width=len(column))
+    table.add_column("declined", no_wrap=True, min_width=len("declined"))
     for p, s in zip(result.prompts, result.selections):
         score = "—" if s.score is None else f"{s.score:.3f}"
         chosen = "—" if s.chosen_index is None else str(s.chosen_index)
         table.add_row(p.instruction.replace("\n", " "), score, chosen, "yes" if s.declined else "no")
     console.print(table)
-    sample_s, judge_s = result.seconds.get("sample", 0.0), result.seconds.get("judge", 0.0)
-    console.print(
-        f"{len(result.prompts)} prompts, {sum(s.declined for s in result.selections)} declined; "
-        f"sampled {result.generated} candidates in {sample_s:.1f} s "
-        f"({result.generated / sample_s if sample_s else 0:.2f}/s), "
-        f"made {result.judged} judgements in {judge_s:.1f} s ({result.judged / judge_s if judge_s else 0:.2f}/s); "
-        f"wall {wall:.1f} s"
-    )
+    for line in run_summary(result, wall):
+        console.print(line, highlight=False)
     console.print(
         Text.assemble(
             "run directory: ", (str(result.run_dir.path), "bold"), f"  (AlpacaEval outputs: {result.outputs_path})"
         )
     )
+
+
+def _rate(count: int, seconds: float) -> str:
+    """' (12.3/s)', or nothing when too little was timed for a rate to mean anything."""
+    return f" ({count / seconds:.1f}/s)" if count and seconds >= 0.5 else ""
+
+
+def run_summary(result: Any, wall: float) -> list[str]:
+    """The lines under a run's table: counts, what this invocation did and how fast, the judge's flags."""
+    declined = sum(s.declined for s in result.selections)
+    sample_s, judge_s = result.seconds.get("sample", 0.0), result.seconds.get("judge", 0.0)
+    if result.generated or result.judged:
+        work = (
+            f"sampled {result.generated} candidates in {sample_s:.1f} s{_rate(result.generated, sample_s)}, "
+            f"made {result.judged} judgements in {judge_s:.1f} s{_rate(result.judged, judge_s)}"
+        )
+    else:
+        work = "nothing left to sample or judge"
+    lines = [f"{len(result.prompts)} prompts, {declined} declined; {work}; wall {wall:.1f} s"]
+    if result.flags:
+        lines.append(f"flagged judgements: {result.flagged} of {result.judgements} (flags by kind, with an example):")
+        lines += [f"  {count:>5}  {example}" for count, example in result.flags]
+    return lines
 
 
 @app.command()
@@ -254,6 +272,6 @@ def judges_list(
     for row in describe_judges():  # a block per judge: readable at 80 columns, where a 5-column table was not
         console.print(Text.assemble((row.name, "bold"), "  ", row.summary))
         needs = "needs a reference answer" if row.needs_reference else "no reference needed"
-        detail = f"{needs}; GPU weights: {row.hub_id or '—'}; CPU default: {row.cpu_default}"
+        detail = f"scores: {row.scale}; {needs}; GPU weights: {row.hub_id or '—'}; CPU default: {row.cpu_default}"
         console.print(Padding(Text(detail), (0, 0, 0, 4)))
     console.print("options of one judge: bon judges list --options NAME", highlight=False)

@@ -17,10 +17,12 @@ from rich.text import Text
 
 
 class RateColumn(ProgressColumn):
-    """Items per second over the recent window."""
+    """Items made per second since the stage started (items found done on disk are not counted); blank for the
+    first second, when a burst of a finished batch would read as thousands a second."""
 
     def render(self, task) -> Text:
-        return Text("" if task.speed is None else f"{task.speed:.2f}/s", style="progress.data.speed")
+        made, elapsed = task.completed - task.fields.get("start_done", 0), task.elapsed or 0.0
+        return Text(f"{made / elapsed:.1f}/s" if made > 0 and elapsed >= 1 else "", style="progress.data.speed")
 
 
 class RichProgress:
@@ -49,7 +51,7 @@ class RichProgress:
         self._progress.stop()
 
     def start(self, stage: str, total: int, done: int) -> None:
-        self._tasks[stage] = self._progress.add_task(stage, total=total, completed=done, info="")
+        self._tasks[stage] = self._progress.add_task(stage, total=total, completed=done, info="", start_done=done)
 
     def advance(self, stage: str, amount: int) -> None:
         self._progress.advance(self._tasks[stage], amount)

@@ -75,6 +75,7 @@ class JudgeClass(Protocol):
 
     Options: ClassVar[type[BaseModel]]
     summary: str
+    scale: str  # what a score means ("expected rating 0-9"), shown beside scores
     needs_reference: bool
     hub_id: str | None
 
@@ -153,6 +154,7 @@ class JudgeInfo:
     needs_reference: bool
     hub_id: str | None
     cpu_default: str  # the model it loads when no option names one
+    scale: str = ""  # what a score means
 
 
 def describe_judges() -> list[JudgeInfo]:
@@ -169,7 +171,7 @@ def describe_judges() -> list[JudgeInfo]:
                 default = str(model.default).removeprefix("embedded:")
             else:
                 default = "none: set options.model to a local copy"
-        rows.append(JudgeInfo(name, cls.summary, cls.needs_reference, cls.hub_id, default))
+        rows.append(JudgeInfo(name, cls.summary, cls.needs_reference, cls.hub_id, default, cls.scale))
     return rows
 
 

@@ -184,6 +184,7 @@ class RunDir:
 
     def __init__(self, path: Path | str):
         self.path = Path(path)
+        self.resumed = False  # `open` found this run's manifest: a rerun continues it
 
     @property
     def manifest_path(self) -> Path:
@@ -243,7 +244,7 @@ class RunDir:
                     f"{rd.path} holds a run with a different config ({'; '.join(changes)}); "
                     "rerun with the same config to resume, or choose another output_dir"
                 )
-            notes.append(f"resuming the run in {rd.path}")
+            rd.resumed = True
         else:
             rd.write_manifest(
                 {

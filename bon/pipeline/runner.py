@@ -24,7 +24,7 @@ from bon.pipeline.executors import Executor, Pending, make_executor
 from bon.pipeline.policy import Policy
 from bon.pipeline.preflight import lengths
 from bon.pipeline.scoring import ScoreMissing
-from bon.pipeline.selection import AGAIN, check_judged, secondary_judge, select_prompt
+from bon.pipeline.selection import AGAIN, check_judged, flag_counts, secondary_judge, select_prompt
 
 
 class Progress(Protocol):
@@ -59,6 +59,10 @@ class RunResult:
     prompts: list[Prompt]
     selections: list[Selection]
     judge_description: str
+    scale: str = ""  # what the judge's scores mean ("expected rating 0-9")
+    flags: list[tuple[int, str]] = field(default_factory=list)  # (count, example) per kind, over the whole run
+    judgements: int = 0  # the judge's judgements of this run's candidates, over the whole run
+    flagged: int = 0  # how many of them carry a flag
     generated: int = 0  # candidates sampled by this invocation
     judged: int = 0  # judgements made by this invocation
     seconds: dict[str, float] = field(default_factory=dict)  # "sample"/"judge" compute, "wall"
@@ -196,10 +200,17 @@ def run(
     description = judge.describe()
     with lock_dir(config.output_dir):  # one process per run directory
         rd, notes = RunDir.open(config, {"judge_description": description}, prompts)
+        state = RunState.read(rd, config, judge.name)
+        if rd.resumed:
+            done = sum(p.id in state.selected for p in prompts)
+            notes.append(
+                f"{rd.path} holds this run, complete: nothing to sample or judge (its results again below)"
+                if done == len(prompts)
+                else f"resuming the run in {rd.path}: {done} of {len(prompts)} prompts done"
+            )
         for note in notes + plan.notes:
             progress.note(note)
-        state = RunState.read(rd, config, judge.name)
-        result = RunResult(rd, prompts, [], description)
+        result = RunResult(rd, prompts, [], description, scale=getattr(judge, "scale", ""))
         state.add_selections(
             [
                 Selection(p.id, None, True, None, judge.name, why, skipped=True)
@@ -220,6 +231,8 @@ def run(
         result.seconds["wall"] = time.perf_counter() - t0
 
         result.selections = [state.selected[p.id] for p in prompts]
+        made = [j for p in work for j in state.judgements(p)]
+        result.judgements, result.flagged, result.flags = len(made), sum(bool(j.flag) for j in made), flag_counts(made)
         result.outputs_path = rd.write_outputs(
             alpaca_eval_outputs(config, prompts, state.candidates, result.selections)
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 
 from bon.core.errors import BonError
@@ -11,6 +12,20 @@ from bon.core.records import Judgement, Selection
 
 class TieBreakError(BonError, ValueError):
     """A tie-break cannot be computed from what the run directory holds."""
+
+
+_NUMBER = re.compile(r"-?\d+(\.\d+)?")
+
+
+def flag_counts(judgements: Sequence[Judgement]) -> list[tuple[int, str]]:
+    """(count, an example) per kind of flag, most frequent first; flags that differ only in their numbers
+    ("digit mass 0.047 below 0.05" and "digit mass 0.008 below 0.05") are one kind."""
+    kinds: dict[str, list] = {}
+    for j in judgements:
+        for flag in (j.flag or "").split("; "):
+            if flag:
+                kinds.setdefault(_NUMBER.sub("#", flag), [0, flag])[0] += 1
+    return sorted(((count, example) for count, example in kinds.values()), key=lambda r: -r[0])
 
 
 AGAIN = "the failed judgements are kept under {label!r} and judged again when this command is rerun"
