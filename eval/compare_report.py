@@ -9,14 +9,19 @@ from bon.core.io import write_json_atomic
 from eval.compare import BenchmarkReport, CompareResult
 from eval.scoring import LeaderboardResult, PairwiseResult, PoolResult, ScoresResult
 
+TOO_FEW = 10  # items below which a correlation, agreement or AURC is shown as "too few", not as a number
 
-def _num(x: float | None, digits: int = 2) -> str:
+
+def _num(x: float | None, digits: int = 2, n: int | None = None) -> str:
+    """``x`` to ``digits``; with ``n``, "too few (n=K)" when it rests on fewer than TOO_FEW items."""
+    if n is not None and n < TOO_FEW and x is not None:
+        return f"too few (n={n})"
     return "—" if x is None else f"{x:.{digits}f}"
 
 
-def _ci(x: float | None, ci: tuple[float, float] | None, digits: int = 2) -> str:
-    if x is None:
-        return "—"
+def _ci(x: float | None, ci: tuple[float, float] | None, digits: int = 2, n: int | None = None) -> str:
+    if x is None or (n is not None and n < TOO_FEW):
+        return _num(x, digits, n)
     return f"{x:.{digits}f}" + ("" if ci is None else f" [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]")
 
 
@@ -34,8 +39,8 @@ def _pairwise_section(b: BenchmarkReport) -> list[str]:
             _num(r.tie_threshold),
             _num(r.heldout_agreement),
             _num(r.consistency),
-            _num(r.aurc, 3),
-            _num(r.length_spearman),
+            _num(r.aurc, 3, r.n),
+            _num(r.length_spearman, 2, r.n),
             _num(r.prefers_longer),
             str(r.failed),
         ]
@@ -94,12 +99,12 @@ def _pool_section(b: BenchmarkReport) -> list[str]:
                 _num(r.reference_points["random"]),
                 _num(r.reference_points["longest"]),
                 _num(r.reference_points["oracle"]),
-                _ci(c.pearson, r.pearson_ci, 3),
-                _num(c.spearman, 3),
-                _num(c.kendall, 3),
-                _num(r.aurc, 3),
-                _num(r.oracle_aurc, 3),
-                _num(r.length_spearman, 3),
+                _ci(c.pearson, r.pearson_ci, 3, r.n),
+                _num(c.spearman, 3, r.n),
+                _num(c.kendall, 3, r.n),
+                _num(r.aurc, 3, r.n),
+                _num(r.oracle_aurc, 3, r.n),
+                _num(r.length_spearman, 3, r.n),
                 f"{r.mean_pick_length:.0f} / {r.mean_length:.0f}",
                 _num(r.longest_picked, 1),
                 str(r.failed),
@@ -148,12 +153,12 @@ def _scores_section(b: BenchmarkReport) -> list[str]:
             [
                 r.judge,
                 str(r.n),
-                _ci(c.pearson, r.pearson_ci, 3),
-                _num(c.spearman, 3),
-                _num(c.kendall, 3),
-                _num(r.aurc, 3),
-                _num(r.oracle_aurc, 3),
-                _num(r.length_spearman, 3),
+                _ci(c.pearson, r.pearson_ci, 3, r.n),
+                _num(c.spearman, 3, r.n),
+                _num(c.kendall, 3, r.n),
+                _num(r.aurc, 3, r.n),
+                _num(r.oracle_aurc, 3, r.n),
+                _num(r.length_spearman, 3, r.n),
                 str(r.failed),
             ]
         )
@@ -209,11 +214,16 @@ def _agreement_lines(b: BenchmarkReport) -> list[str]:
         return []
     lines = [
         "",
-        "Agreement between judges: mean within-prompt Kendall τ-b over the candidates both scored "
-        "(prompts where either judge is constant are left out; the count is in results.json).",
+        "Agreement between judges: mean within-prompt Kendall τ-b over the candidates both scored, with the "
+        "number of prompts it averages (prompts where either judge is constant are left out).",
         "",
     ]
-    return lines + _table(["", *m.judges], [[a] + [_num(t, 2) for t in row] for a, row in zip(m.judges, m.tau)])
+    cells = [[a] + [_tau(t, k) for t, k in zip(row, counts)] for a, row, counts in zip(m.judges, m.tau, m.prompts)]
+    return lines + _table(["", *m.judges], cells)
+
+
+def _tau(t: float | None, prompts: int) -> str:
+    return "—" if t is None else _num(t, 2, prompts) if prompts < TOO_FEW else f"{t:.2f} (n={prompts})"
 
 
 def results_json(result: CompareResult) -> dict[str, Any]:
@@ -253,7 +263,10 @@ def _plots(b: BenchmarkReport, out: Path) -> list[Path]:
     if curves:  # leaderboard rows have none
         fig, ax = plt.subplots(figsize=(5.5, 4))
         for judge, curve in curves:
-            ax.plot(curve.coverage, curve.risk, label=f"{judge} (AURC {curve.aurc:.3f})")
+            n = len(curve.coverage)
+            few = n < TOO_FEW  # drawn dotted, and its AURC not ranked beside the others
+            label = f"{judge} (n={n}, too few)" if few else f"{judge} (n={n}, AURC {curve.aurc:.3f})"
+            ax.plot(curve.coverage, curve.risk, linestyle=":" if few else "-", label=label)
         ax.set_xlabel("coverage (share of items kept)")
         ax.set_ylabel("risk (1 − quality of kept items)")
         ax.set_title(f"{b.name}: risk–coverage", fontsize=10)
@@ -266,16 +279,19 @@ def _plots(b: BenchmarkReport, out: Path) -> list[Path]:
     if len(m.judges) >= 2:
         import numpy as np
 
-        grid = np.array([[np.nan if t is None else t for t in row] for row in m.tau], float)
+        grid = np.array(
+            [[np.nan if t is None or k < TOO_FEW else t for t, k in zip(row, ks)] for row, ks in zip(m.tau, m.prompts)],
+            float,
+        )
         fig, ax = plt.subplots(figsize=(2.4 + 0.9 * len(m.judges), 1.2 + 0.8 * len(m.judges)))
         im = ax.imshow(grid, vmin=-1, vmax=1, cmap="RdBu")
         ax.set_xticks(range(len(m.judges)), m.judges, rotation=45, ha="right", fontsize=8)
         ax.set_yticks(range(len(m.judges)), m.judges, fontsize=8)
         for i in range(len(m.judges)):
             for j in range(len(m.judges)):
-                ax.text(
-                    j, i, "—" if np.isnan(grid[i, j]) else f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=7
-                )
+                t, k = m.tau[i][j], m.prompts[i][j]
+                text = "—" if t is None else f"too few\nn={k}" if k < TOO_FEW else f"{t:.2f}\nn={k}"
+                ax.text(j, i, text, ha="center", va="center", fontsize=6)
         fig.colorbar(im, ax=ax, label="Kendall τ-b")
         ax.set_title(f"{b.name}: judge agreement", fontsize=10)
         fig.tight_layout()
@@ -291,23 +307,31 @@ def _plots(b: BenchmarkReport, out: Path) -> list[Path]:
             ax.scatter([b.board[m][column] for m in models], [r.means[m] for m in models], s=12)
             ax.set_xlabel(column)
             ax.set_ylabel(f"mean {r.judge} score")
-            ax.set_title(f"{r.judge}: Spearman {_num(r.columns[column]['spearman'], 2)}", fontsize=9)
+            ax.set_title(f"{r.judge}: Spearman {_num(r.columns[column]['spearman'], 2, len(models))}", fontsize=9)
         fig.tight_layout()
         written.append(out / f"leaderboard_{b.name}.png")
         fig.savefig(written[-1], dpi=120)
         plt.close(fig)
-    bars = [(r.judge, r.win_rate, r.win_rate_ci) for r in b.results if isinstance(r, PoolResult)]
-    bars += [(f"{r.judge}", r.agreement, r.agreement_ci) for r in b.results if isinstance(r, PairwiseResult)]
+    pools = [r for r in b.results if isinstance(r, PoolResult)]
+    bars = [(r.judge, r.n, r.win_rate, r.win_rate_ci) for r in pools]
+    bars += [(r.judge, r.n, r.agreement, r.agreement_ci) for r in b.results if isinstance(r, PairwiseResult)]
     if bars:
         fig, ax = plt.subplots(figsize=(7.5, 1.2 + 0.45 * len(bars)))
-        names = [n for n, _, _ in bars]
-        values = [v for _, v, _ in bars]
-        err = [[v - (ci or (v, v))[0] for _, v, ci in bars], [(ci or (v, v))[1] - v for _, v, ci in bars]]
-        ax.barh(names[::-1], values[::-1], xerr=[e[::-1] for e in err], color="#1f77b4", capsize=3)
-        pool = next((r for r in b.results if isinstance(r, PoolResult)), None)
-        if pool is not None:  # reference points of the first judge's instructions
-            for key, style in (("random", ":"), ("longest", "--"), ("oracle", "-")):
-                ax.axvline(pool.reference_points[key], color="#777", linestyle=style, label=f"{key} ({pool.n} instr.)")
+        names = [f"{name} (n={n}{', too few' if n < TOO_FEW else ''})" for name, n, _, _ in bars][::-1]
+        values = [v for _, _, v, _ in bars][::-1]
+        err = [
+            [v - (ci or (v, v))[0] for _, _, v, ci in bars][::-1],
+            [(ci or (v, v))[1] - v for _, _, v, ci in bars][::-1],
+        ]
+        colors = ["#c7c7c7" if n < TOO_FEW else "#1f77b4" for _, n, _, _ in bars][::-1]
+        ax.barh(names, values, xerr=err, color=colors, capsize=3)
+        pool = pools[0] if pools else None
+        ys = list(range(len(bars) - len(pools), len(bars)))  # the pool bars, drawn bottom to top
+        for key, marker in (("random", "o"), ("longest", "s"), ("oracle", "^")):  # each judge's own instructions
+            xs = [r.reference_points[key] for r in pools[::-1]]
+            if xs:
+                ax.scatter(xs, ys, marker=marker, color="#555", s=18, zorder=3, label=f"{key} on its instructions")
+        if pools:
             ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         ax.set_xlabel("win rate of picks (%)" if pool is not None else "agreement with humans (%)")
         ax.set_title(f"{b.name}: {'judges as selectors' if pool is not None else 'pairwise agreement'}", fontsize=10)

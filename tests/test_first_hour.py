@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.test_cli import bon
+from tests.test_compare import pair_file, pool_dir  # noqa: F401 (fixtures)
 from tests.test_hostile import BlindLength
 from tests.test_reliability import contents, finished, one_clear_line  # noqa: F401 (fixture)
 
@@ -64,7 +67,6 @@ def test_ctrl_c_says_what_is_kept_and_how_to_resume_and_the_resume_finishes(tmp_
 
 def test_gain_on_a_run_of_other_prompts_counts_its_instructions_not_its_picks(finished):  # noqa: F811
     """Gain asks several picks (k = 1, 2, ...) per instruction: the message counts instructions, once each."""
-    import json
 
     ref = finished.parent / "ref.json"
     ref.write_text(json.dumps([{"instruction": "unrelated", "output": "x", "generator": "b", "dataset": "d"}]))
@@ -118,3 +120,19 @@ def test_the_run_summary_gives_rates_only_where_enough_was_timed():
     assert lines[1:] == ["flagged judgements: 2 of 8 (flags by kind, with an example):", "      2  a flag"]
     result.generated = result.judged = 0
     assert "nothing left to sample or judge" in run_summary(result, 1.0)[0]
+
+
+def test_compare_report_gives_every_number_its_n_and_marks_too_few(tmp_path, pair_file, pool_dir):  # noqa: F811
+    from eval.compare import run_compare
+    from eval.compare_report import TOO_FEW, write_compare_report
+    from tests.test_compare import PAIRS, _config
+
+    assert len(PAIRS) < TOO_FEW  # the fixture is small on purpose
+    cfg = _config(tmp_path, pair_file, pool_dir)
+    md, js, pngs = write_compare_report(run_compare(cfg, note=lambda m: None))
+    report = md.read_text()
+    assert f"too few (n={len(PAIRS)})" in report  # AURC and length ρ of the pairwise rows
+    assert "number of prompts it averages" in report and "too few (n=" in report.split("Agreement between judges")[1]
+    data = json.loads(js.read_text())
+    assert isinstance(data["benchmarks"][0]["results"][0]["aurc"], float)  # results.json keeps every number
+    assert any(p.name.startswith("risk_coverage_") for p in pngs)
