@@ -81,9 +81,14 @@ def _pairwise_section(b: BenchmarkReport) -> list[str]:
     )
     results = [r for r in b.results if isinstance(r, PairwiseResult)]
     groups = list(dict.fromkeys(g for r in results for g in r.groups))  # Auto-J's order
-    lines += ["", "Agreement (%) per scenario group:", ""]
-    lines += _table(["judge"] + groups, [[r.judge] + [_num(r.groups.get(g), 1) for g in groups] for r in results])
+    lines += ["", "Agreement (%) per scenario group, with its pairs:", ""]
+    lines += _table(["judge"] + groups, [[r.judge] + [_group(r, g) for g in groups] for r in results])
     return lines
+
+
+def _group(r: PairwiseResult, group: str) -> str:
+    value, n = r.groups.get(group), r.group_n.get(group, 0)
+    return "—" if value is None else _num(value, 1, n) if n < TOO_FEW else f"{value:.1f} (n={n})"
 
 
 def _pool_section(b: BenchmarkReport) -> list[str]:
@@ -307,7 +312,9 @@ def _plots(b: BenchmarkReport, out: Path) -> list[Path]:
             ax.scatter([b.board[m][column] for m in models], [r.means[m] for m in models], s=12)
             ax.set_xlabel(column)
             ax.set_ylabel(f"mean {r.judge} score")
-            ax.set_title(f"{r.judge}: Spearman {_num(r.columns[column]['spearman'], 2, len(models))}", fontsize=9)
+            rho, n = r.columns[column]["spearman"], len(models)
+            shown = _num(rho, 2, n) if n < TOO_FEW else f"{_num(rho, 2)} (n={n} models)"
+            ax.set_title(f"{r.judge}: Spearman {shown}", fontsize=9)
         fig.tight_layout()
         written.append(out / f"leaderboard_{b.name}.png")
         fig.savefig(written[-1], dpi=120)

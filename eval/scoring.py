@@ -98,6 +98,7 @@ class PairwiseResult(_Result):
     heldout_thresholds: list[float] | None
     consistency: float | None  # pairwise judges: % of items whose two orders agree
     groups: dict[str, float]  # scenario group -> agreement
+    group_n: dict[str, int]  # scenario group -> pairs
     aurc: float | None  # declining the smallest |score difference| first; quality = correct
     oracle_aurc: float | None
     length_spearman: float | None  # score vs response length (characters)
@@ -185,6 +186,7 @@ def evaluate_pairwise(
             g: agreement([predictions[i] for i in idx], [labels[i] for i in idx])
             for g, idx in sorted(groups.items(), key=lambda kv: group_order(kv[0]))
         },
+        group_n={g: len(idx) for g, idx in groups.items()},
         aurc=None if curve is None else curve.aurc,
         oracle_aurc=None if curve is None else curve.oracle_aurc,
         length_spearman=length,

@@ -132,6 +132,7 @@ def test_compare_report_gives_every_number_its_n_and_marks_too_few(tmp_path, pai
     md, js, pngs = write_compare_report(run_compare(cfg, note=lambda m: None))
     report = md.read_text()
     assert f"too few (n={len(PAIRS)})" in report  # AURC and length ρ of the pairwise rows
+    assert "per scenario group, with its pairs" in report and "too few (n=1)" in report.split("scenario group")[1]
     assert "number of prompts it averages" in report and "too few (n=" in report.split("Agreement between judges")[1]
     data = json.loads(js.read_text())
     assert isinstance(data["benchmarks"][0]["results"][0]["aurc"], float)  # results.json keeps every number
