@@ -91,11 +91,19 @@ def _group(r: PairwiseResult, group: str) -> str:
     return "—" if value is None else _num(value, 1, n) if n < TOO_FEW else f"{value:.1f} (n={n})"
 
 
+def _correlation_cells(r: PoolResult | ScoresResult) -> list[str]:
+    """Pearson [CI], Spearman, Kendall, AURC, oracle AURC and length ρ, each 'too few' on too few items."""
+    c = r.correlation
+    return [
+        _ci(c.pearson, r.pearson_ci, 3, r.n),
+        *(_num(x, 3, r.n) for x in (c.spearman, c.kendall, r.aurc, r.oracle_aurc, r.length_spearman)),
+    ]
+
+
 def _pool_section(b: BenchmarkReport) -> list[str]:
     rows = []
     for r in b.results:
         assert isinstance(r, PoolResult)
-        c = r.correlation
         rows.append(
             [
                 r.judge,
@@ -104,12 +112,7 @@ def _pool_section(b: BenchmarkReport) -> list[str]:
                 _num(r.reference_points["random"]),
                 _num(r.reference_points["longest"]),
                 _num(r.reference_points["oracle"]),
-                _ci(c.pearson, r.pearson_ci, 3, r.n),
-                _num(c.spearman, 3, r.n),
-                _num(c.kendall, 3, r.n),
-                _num(r.aurc, 3, r.n),
-                _num(r.oracle_aurc, 3, r.n),
-                _num(r.length_spearman, 3, r.n),
+                *_correlation_cells(r),
                 f"{r.mean_pick_length:.0f} / {r.mean_length:.0f}",
                 _num(r.longest_picked, 1),
                 str(r.failed),
@@ -153,17 +156,11 @@ def _scores_section(b: BenchmarkReport) -> list[str]:
     rows = []
     for r in b.results:
         assert isinstance(r, ScoresResult)
-        c = r.correlation
         rows.append(
             [
                 r.judge,
                 str(r.n),
-                _ci(c.pearson, r.pearson_ci, 3, r.n),
-                _num(c.spearman, 3, r.n),
-                _num(c.kendall, 3, r.n),
-                _num(r.aurc, 3, r.n),
-                _num(r.oracle_aurc, 3, r.n),
-                _num(r.length_spearman, 3, r.n),
+                *_correlation_cells(r),
                 str(r.failed),
             ]
         )
