@@ -250,6 +250,19 @@ def compare(
     console.print(f"wrote {md}, {js} and {len(pngs)} PNGs; wall {result.wall_s:.1f} s")
 
 
+@app.command()
+def view(
+    run_dir: Annotated[Path, typer.Argument(help="a run directory made by `bon run`")],
+    out: Annotated[Path | None, typer.Option("--out", help="the HTML file to write; default RUN/view.html")] = None,
+) -> None:
+    """Write one self-contained HTML page of a run: candidates ranked per prompt, filters, search; no server."""
+    from eval.view import write_view
+
+    with fail_clearly():
+        path = write_view(run_dir, out)
+    console.print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MB); open it in a browser", highlight=False)
+
+
 @judges_app.command("list")
 def judges_list(
     options: Annotated[
