@@ -6,4 +6,5 @@ cd "$(dirname "$0")/.."
 echo "ruff check" && .venv/bin/ruff check .
 echo "ruff format --check" && .venv/bin/ruff format --check .
 echo "mypy" && .venv/bin/mypy
+bash scripts/install-chromium.sh  # the browser tests of `bon view`; they skip without it
 .venv/bin/python -m pytest "$@"

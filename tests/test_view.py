@@ -1,0 +1,124 @@
+"""`bon view`: one self-contained HTML page per run, its text kept as text, driven in a real headless Chromium."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from bon.core.io import write_records_atomic
+from bon.core.records import Candidate
+from eval.view import page_json, run_data, write_view
+from tests.browser import Browser, find_chromium
+from tests.test_cli import bon
+from tests.test_reliability import finished  # noqa: F401 (fixture)
+
+CHROMIUM = find_chromium()
+needs_browser = pytest.mark.skipif(
+    CHROMIUM is None, reason="no chromium on PATH: bash scripts/install-chromium.sh (scripts/test.sh runs it)"
+)
+HOSTILE = [
+    "<script>window.pwned = 1</script>",
+    "</textarea><img src=x onerror='window.pwned=2'>",
+    '<a href="javascript:window.pwned=3">click</a>',
+    "</script><script>window.pwned=4</script>",
+    "\u2028 line separators \u2029 and &amp; entities &lt;",
+    "x" * 1_000_000,  # a 1 MB line
+]
+
+
+def _hostile_run(run_dir: Path) -> None:
+    """Give the run's first candidates (two prompts' worth, indices kept) the hostile texts."""
+    from bon.core.io import read_records
+
+    path = run_dir / "candidates.jsonl"
+    cands = sorted(read_records(path, Candidate), key=lambda c: c.key)
+    texts = dict(zip([c.key for c in cands], HOSTILE))
+    write_records_atomic(path, [dataclasses.replace(c, text=texts.get(c.key, c.text)) for c in cands])
+
+
+def test_page_json_cannot_close_its_script_element():
+    text = page_json({"a": "</script><!-- & \u2028 \u2029 -->"})
+    assert "<" not in text and ">" not in text and "&" not in text and "\u2028" not in text
+    assert json.loads(text) == {"a": "</script><!-- & \u2028 \u2029 -->"}
+
+
+def test_view_of_a_run_holds_every_prompt_candidate_and_judgement(finished):  # noqa: F811
+    data = run_data(finished)
+    assert data["kind"] == "run" and data["main"] == "length" and data["overview"]["n"] == 3
+    assert len(data["prompts"]) == 5 and all(len(p["candidates"]) == 3 for p in data["prompts"])
+    first = data["prompts"][0]
+    assert set(first["judgements"]) == {"length"} and first["selections"]["length"]["chosen"] in (0, 1, 2)
+    path = write_view(finished)
+    html = path.read_text()
+    assert path == finished / "view.html" and html.count("<script") == 2  # the data and the page's own script
+    assert "http://" not in html.replace("http://www.w3.org/2000/svg", "") and "https://" not in html  # no network
+
+
+def test_hostile_candidate_texts_stay_inside_the_data(finished):  # noqa: F811
+    _hostile_run(finished)
+    html = write_view(finished).read_text()
+    assert html.count("<script") == 2 and "window.pwned" in html  # present, but only as escaped JSON
+    data = re.search(r'<script type="application/json" id="bon-data">(.*?)</script>', html, re.S)
+    assert data is not None
+    shown = [c["text"] for p in json.loads(data.group(1))["prompts"] for c in p["candidates"]]
+    assert all(text in shown for text in HOSTILE)
+
+
+def test_bon_view_command_writes_the_page_and_refuses_a_missing_run(finished, tmp_path):  # noqa: F811
+    out = bon("view", str(finished), "--out", str(tmp_path / "v.html"))
+    assert out.returncode == 0 and (tmp_path / "v.html").is_file() and "open it in a browser" in out.stdout
+    missing = bon("view", str(tmp_path / "nope"))
+    assert missing.returncode == 2 and "not a run directory" in missing.stderr
+
+
+@needs_browser
+def test_hostile_texts_render_as_text_in_the_browser(finished, tmp_path):  # noqa: F811
+    _hostile_run(finished)
+    page = write_view(finished)
+    with Browser(CHROMIUM) as b:
+        b.open(page)
+        b.js("document.querySelectorAll('.prompt .head').forEach(h => h.click())")  # open every prompt
+        texts = b.js("[...document.querySelectorAll('.candidate pre.text')].map(e => e.textContent)")
+        assert b.js("window.pwned === undefined") and b.js("document.querySelectorAll('.candidate img').length") == 0
+        assert all(text in texts for text in HOSTILE)  # verbatim, the 1 MB line included
+        assert b.js("document.querySelectorAll('a').length") == 0
+        assert b.console_errors() == []
+
+
+@needs_browser
+@pytest.mark.slow
+def test_the_page_of_a_real_demo_run_in_a_browser(tmp_path):
+    """SmolLM2 samples and Self-J judges (the demo, smaller); the page is checked as a user would use it."""
+    run_dir = tmp_path / "demo"
+    made = bon(
+        "run", "configs/demo.yaml", "--set", "n=4", "--set", "policy.max_tokens=32", "--set", f"output_dir={run_dir}"
+    )
+    assert made.returncode == 0, made.stderr[-2000:]
+    assert bon("view", str(run_dir)).returncode == 0
+    data = run_data(run_dir)
+    flagged = sum(any(j and j["flag"] for j in p["judgements"]["selfj"]) for p in data["prompts"])
+    word = "photosynthesis"
+    with_word = sum(
+        word in (p["instruction"] + " ".join(c["text"] for c in p["candidates"])).lower() for p in data["prompts"]
+    )
+    with Browser(CHROMIUM) as b:
+        b.open(run_dir / "view.html")
+        assert b.js("document.getElementById('prompt-count').textContent") == "6"
+        assert b.js("document.querySelectorAll('.prompt').length") == 6
+        b.js("document.querySelector('.prompt .head').click()")
+        assert b.js("document.querySelectorAll('.candidate').length") == 4
+        chosen = b.js("[...document.querySelectorAll('.candidate.chosen')].map(e => e.dataset.index)")
+        assert chosen == [str(data["prompts"][0]["selections"]["selfj"]["chosen"])]
+        b.js("document.getElementById('f-flagged').click()")
+        assert b.js("document.querySelectorAll('.prompt').length") == flagged
+        b.js("document.getElementById('f-flagged').click()")
+        b.js(
+            f"(() => {{ const s = document.getElementById('search'); s.value = '{word}'; s.dispatchEvent(new Event('input')); }})()"
+        )
+        b.js("new Promise(r => setTimeout(r, 400))")  # the search waits 150 ms for typing to stop
+        assert b.js("document.querySelectorAll('.prompt').length") == with_word >= 1
+        assert b.console_errors() == []
