@@ -14,9 +14,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from bon.core.errors import BonError
+from bon.core.io import read_json, read_records
 from bon.core.prompts import PromptSourceError, load_prompts
-from bon.core.records import Candidate, Judgement, Selection
-from bon.core.rundir import load_run
+from bon.core.records import Candidate, Comparison, Judgement, Selection
+from bon.core.rundir import RunDirError, load_run, read_manifest
 
 IMAGES = ("gain/gain.png",)  # plots `bon eval` leaves in a run directory, shown in the overview when present
 
@@ -118,6 +120,119 @@ def _images(run_dir: Path) -> dict[str, str]:
     return found
 
 
+HUMAN = "human"  # the benchmark's own verdict, shown as one more judge: label, released preference or score
+
+
+def compare_data(compare_dir: Path | str) -> dict[str, Any]:
+    """What the page shows of a `bon compare` directory: per benchmark, its items with every judge's scores beside
+    the human verdict, so the items where judges and humans disagree can be read side by side."""
+    from eval.compare import CompareConfig, load_benchmark, store_path
+
+    folder = Path(compare_dir)
+    manifest = read_manifest(folder / "manifest.json")
+    try:
+        cfg = CompareConfig.model_validate(manifest["config"])
+    except (KeyError, ValueError) as e:
+        raise RunDirError(f"{folder}/manifest.json: not a bon compare manifest ({str(e).splitlines()[0]})") from None
+    results = read_json(folder / "results.json") if (folder / "results.json").is_file() else {}
+    thresholds = {
+        (b["name"], r["judge"]): r.get("tie_threshold") for b in results.get("benchmarks", []) for r in b["results"]
+    }
+    benchmarks = []
+    for spec in cfg.benchmarks:
+        try:
+            bench = load_benchmark(spec)
+        except (BonError, OSError) as e:  # data moved since the comparison ran: say so, show the others
+            missing: dict[str, Any] = {"name": spec.name, "kind": spec.kind, "note": f"not shown: {e}", "prompts": []}
+            benchmarks.append(missing | {"judges": [], "main": None, "source": spec.path})
+            continue
+        labels = [j.key for j in cfg.judges]
+        scores: dict[str, dict[tuple[str, int], Judgement]] = {}
+        verdicts: dict[str, list[Comparison]] = {}
+        for label in labels:
+            scored = store_path(folder, spec.name, label, False)
+            if scored.is_file():
+                scores[label] = {j.key: j for j in read_records(scored, Judgement)}
+            compared = store_path(folder, spec.name, label, True)
+            if compared.is_file():
+                verdicts[label] = read_records(compared, Comparison)
+        rows = [_compare_row(bench, p, scores, verdicts, thresholds, spec.name) for p in bench.prompts]
+        judged = [label for label in labels if label in scores or label in verdicts]
+        kept = [r for r in rows if any(j in r["judgements"] or j in r["selections"] for j in judged)]
+        benchmarks.append(
+            {
+                "name": spec.name,
+                "kind": spec.kind,
+                "source": bench.source,
+                "judges": [HUMAN, *judged] if bench.prompts and _human_scores(bench, bench.prompts[0]) else judged,
+                "main": judged[0] if judged else HUMAN,
+                "prompts": kept,
+                "note": None,
+            }
+        )
+    return {"kind": "compare", "title": folder.resolve().name, "benchmarks": benchmarks, "images": {}}
+
+
+def _human_scores(bench: Any, prompt: Any) -> list[float | None] | None:
+    """The benchmark's verdict per candidate: a pair's label (1 the better, 0.5 a tie), a released preference
+    (the model's win share) or the reference score; None where the kind has none (a leaderboard)."""
+    if bench.kind == "pairwise":
+        item = next(it for it in bench.pairs if it.id == prompt.id)
+        return [{0: 1.0, 1: 0.0, 2: 0.5}[item.label], {0: 0.0, 1: 1.0, 2: 0.5}[item.label]]
+    if bench.kind == "pool" and bench.pool is not None:
+        return [a.win() for a in bench.pool.table[prompt.instruction]]
+    if bench.kind == "scores":
+        return list(bench.values[prompt.id])
+    return None
+
+
+def _pick(scores: list[float | None], tie: float | None = None) -> dict[str, Any]:
+    """A selection from scores: the best (lowest index on ties), or a tie when two scores differ by less than
+    ``tie`` (a pairwise benchmark's threshold for scalar judges)."""
+    usable = [(s, i) for i, s in enumerate(scores) if s is not None]
+    if not usable:
+        return {"chosen": None, "declined": True, "score": None, "reason": "no score", "skipped": False}
+    score, best = max(usable, key=lambda si: (si[0], -si[1]))
+    if tie is not None and len(usable) == 2 and abs(usable[0][0] - usable[1][0]) < tie:
+        return {
+            "chosen": None,
+            "declined": True,
+            "score": score,
+            "reason": f"a tie (scores within {tie})",
+            "skipped": False,
+        }
+    return {"chosen": best, "declined": False, "score": score, "reason": None, "skipped": False}
+
+
+def _compare_row(bench, prompt, scores, verdicts, thresholds, name) -> dict[str, Any]:
+    cands = bench.candidates[prompt.id]
+    judgements: dict[str, list] = {}
+    selections: dict[str, dict[str, Any]] = {}
+    human = _human_scores(bench, prompt)
+    if human is not None:
+        judgements[HUMAN] = [{"score": h, "flag": None, "raw": None, "details": {}} for h in human]
+        selections[HUMAN] = _pick(human, 0.5 if bench.kind == "pairwise" else None)
+    for label, table in scores.items():
+        row = [_judgement(table.get((prompt.id, c.index))) for c in cands]
+        if any(row):
+            judgements[label] = row
+            selections[label] = _pick([j["score"] if j else None for j in row], thresholds.get((name, label)))
+    for label, comparisons in verdicts.items():
+        mine = [c for c in comparisons if c.prompt_id == prompt.id and c.first == 0]  # the pair in its given order
+        if mine and mine[0].winner is not None:
+            selections[label] = _pick(
+                [1.0, 0.0] if mine[0].winner == 0 else [0.0, 1.0] if mine[0].winner == 1 else [0.5, 0.5], 0.5
+            )
+    return {
+        "id": prompt.id,
+        "instruction": prompt.instruction,
+        "reference": prompt.reference,
+        "candidates": [_candidate(c) for c in cands],
+        "judgements": judgements,
+        "selections": selections,
+    }
+
+
 def render(data: dict[str, Any]) -> str:
     """The page: the template with the data in place (the template holds exactly one `__BON_DATA__`)."""
     template = resources.files("eval").joinpath("data/view.html").read_text(encoding="utf-8")
@@ -125,9 +240,10 @@ def render(data: dict[str, Any]) -> str:
 
 
 def write_view(run_dir: Path | str, out: Path | str | None = None) -> Path:
-    """`bon view RUN`: RUN/view.html (or ``out``), one file that opens from disk with no network."""
+    """`bon view RUN` (or a `bon compare` directory): RUN/view.html (or ``out``), one file that opens from disk."""
     path = Path(out) if out is not None else Path(run_dir) / "view.html"
-    html = render(run_data(run_dir))
+    is_compare = (Path(run_dir) / "results.json").is_file() or (Path(run_dir) / "judgements").is_dir()
+    html = render(compare_data(run_dir) if is_compare else run_data(run_dir))
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(html, encoding="utf-8")
     tmp.replace(path)

@@ -14,6 +14,7 @@ from bon.core.records import Candidate
 from eval.view import page_json, run_data, write_view
 from tests.browser import Browser, find_chromium
 from tests.test_cli import bon
+from tests.test_compare import pair_file, pool_dir  # noqa: F401 (fixtures)
 from tests.test_reliability import finished  # noqa: F401 (fixture)
 
 CHROMIUM = find_chromium()
@@ -121,4 +122,63 @@ def test_the_page_of_a_real_demo_run_in_a_browser(tmp_path):
         )
         b.js("new Promise(r => setTimeout(r, 400))")  # the search waits 150 ms for typing to stop
         assert b.js("document.querySelectorAll('.prompt').length") == with_word >= 1
+        assert b.console_errors() == []
+
+
+def _compared(tmp_path, pair_file, pool_dir) -> Path:  # noqa: F811 (the fixtures, passed on)
+    from eval.compare import run_compare
+    from eval.compare_report import write_compare_report
+    from tests.test_compare import _config
+
+    cfg = _config(tmp_path, pair_file, pool_dir)
+    write_compare_report(run_compare(cfg, note=lambda m: None))
+    return cfg.output_dir
+
+
+def _human_disagreements(bench: dict) -> int:
+    return sum(
+        any(j != "human" and s["chosen"] != p["selections"]["human"]["chosen"] for j, s in p["selections"].items())
+        for p in bench["prompts"]
+    )
+
+
+def test_view_of_a_comparison_puts_the_human_verdict_beside_every_judge(tmp_path, pair_file, pool_dir):  # noqa: F811
+    from eval.view import compare_data
+    from tests.test_compare import PAIRS
+
+    data = compare_data(_compared(tmp_path, pair_file, pool_dir))
+    pairs, pool = data["benchmarks"]
+    assert (pairs["name"], pairs["kind"], pool["kind"]) == ("pairs", "pairwise", "pool")
+    assert pairs["judges"] == ["human", "length", "random"] and len(pairs["prompts"]) == len(PAIRS)
+    for item, (_, label, a, b) in zip(pairs["prompts"], PAIRS):
+        human = item["selections"]["human"]
+        assert human["chosen"] == (None if label == 2 else label)  # a tie is no pick
+        assert [c["text"] for c in item["candidates"]] == [a, b]
+    assert 0 < _human_disagreements(pairs) <= len(PAIRS)
+
+
+@needs_browser
+def test_the_page_of_a_comparison_switches_benchmarks_and_filters_disagreements(tmp_path, pair_file, pool_dir):  # noqa: F811
+    from eval.view import compare_data
+
+    folder = _compared(tmp_path, pair_file, pool_dir)
+    data = compare_data(folder)
+    out = bon("view", str(folder))
+    assert out.returncode == 0, out.stderr
+    with Browser(CHROMIUM) as b:
+        b.open(folder / "view.html")
+        assert b.js("[...document.querySelectorAll('#benchmark option')].map(o => o.textContent)") == ["pairs", "pool"]
+        b.js("document.getElementById('f-human').click()")
+        assert b.js("Number(document.getElementById('shown-count').textContent)") == _human_disagreements(
+            data["benchmarks"][0]
+        )
+        b.js(
+            "(() => { const s = document.getElementById('benchmark'); s.value = '1'; s.dispatchEvent(new Event('change')); })()"
+        )
+        assert b.js("Number(document.getElementById('prompt-count').textContent)") == len(
+            data["benchmarks"][1]["prompts"]
+        )
+        assert b.js("Number(document.getElementById('shown-count').textContent)") == _human_disagreements(
+            data["benchmarks"][1]
+        )
         assert b.console_errors() == []
