@@ -1,0 +1,136 @@
+"""The README's commands run as written: every ```bash block is marked, and the runnable ones are run.
+
+A block is preceded by ``<!-- readme-test: run -->`` or ``<!-- readme-test: skip: WHY -->``. Runnable
+blocks run in README order in one temporary clone (symlinks to this checkout, ``../shared`` beside it),
+which starts from the demo run of the README's first command. Each command must exit 0 (or the ``exit N``
+its comment states) and print what its comment promises (``prints "..."``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+SHARED = ROOT.parent / "shared"
+MARK = re.compile(r"^<!-- readme-test: (run|skip: (.+)) -->$")
+ASSIGN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=\S*(\s+#.*)?$")  # a line that only assigns (a command may start with one)
+PRINTS = re.compile(r'prints "((?:[^"\\]|\\.)*)"')
+DEMO = ".venv/bin/bon run configs/demo.yaml"  # the README's command 1, after its setup
+
+
+@dataclass
+class Command:
+    line: int
+    text: str  # as written, continuation lines included; bash drops the trailing comment
+    env: list[str]  # the block's assignments before it (AE=...)
+
+    @property
+    def exit_code(self) -> int:
+        found = re.search(r"#.*\bexit (\d+)", self.text)
+        return int(found.group(1)) if found else 0
+
+    @property
+    def prints(self) -> list[str]:
+        return [m.replace('\\"', '"') for m in PRINTS.findall(self.text)]
+
+
+@dataclass
+class Block:
+    line: int
+    skip: str | None  # why it is not run here; None: run it
+    commands: list[Command] = field(default_factory=list)
+
+
+def read_blocks(text: str) -> list[Block]:
+    """Every ```bash block of ``text`` with its marker; an unmarked block is an error naming its line."""
+    lines = text.splitlines()
+    blocks = []
+    for i, line in enumerate(lines):
+        if line.strip() != "```bash":
+            continue
+        marker = MARK.match(lines[i - 1].strip()) if i else None
+        if marker is None:
+            raise AssertionError(f"README.md:{i + 1}: a bash block without a readme-test marker on the line above")
+        block = Block(i + 1, marker.group(2))
+        env: list[str] = []
+        j, pending, start = i + 1, "", 0
+        while lines[j].strip() != "```":
+            text_line = lines[j]
+            if not pending and (not text_line.strip() or text_line.lstrip().startswith("#")):
+                j += 1
+                continue
+            start = start or j + 1
+            pending += text_line + "\n"
+            if not text_line.rstrip().endswith("\\"):
+                if ASSIGN.match(pending):
+                    env.append(pending.strip())
+                else:
+                    block.commands.append(Command(start, pending.rstrip(), list(env)))
+                pending, start = "", 0
+            j += 1
+        blocks.append(block)
+    return blocks
+
+
+BLOCKS = read_blocks(README.read_text(encoding="utf-8"))
+
+
+def test_every_bash_block_is_marked_and_the_parser_reads_commands_and_promises():
+    assert len(BLOCKS) >= 10 and any(b.skip is None for b in BLOCKS)
+    text = '<!-- readme-test: run -->\n```bash\nX=1  # a\ncmd a \\\n  --b  # exit 1, prints "q \\"r\\""\n```\n'
+    [block] = read_blocks(text)
+    [cmd] = block.commands
+    assert (cmd.line, cmd.env, cmd.exit_code, cmd.prints) == (4, ["X=1  # a"], 1, ['q "r"'])
+    with pytest.raises(AssertionError, match="README.md:1: a bash block without a readme-test marker"):
+        read_blocks("```bash\nls\n```\n")
+
+
+def _shell(clone: Path, script: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "COLUMNS": "200", "HF_HUB_OFFLINE": "1"}  # offline, as this machine and CI are
+    return subprocess.run(["bash", "-c", script], cwd=clone, capture_output=True, text=True, env=env, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def clone(tmp_path_factory) -> Path:
+    """A checkout of symlinks with `.venv/bin/bon` running this interpreter, after the README's demo run."""
+    top = tmp_path_factory.mktemp("readme")
+    repo = top / "repo"
+    repo.mkdir()
+    for name in ("bon", "judges", "eval", "configs", "scripts", "pyproject.toml"):
+        (repo / name).symlink_to(ROOT / name)
+    if SHARED.exists():
+        (top / "shared").symlink_to(SHARED)
+    shim = repo / ".venv" / "bin" / "bon"
+    shim.parent.mkdir(parents=True)
+    shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m bon "$@"\n')
+    shim.chmod(0o755)
+    assert DEMO in README.read_text(encoding="utf-8")
+    demo = _shell(repo, DEMO)
+    assert demo.returncode == 0, demo.stderr[-2000:]
+    return repo
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("block", BLOCKS, ids=[f"line{b.line}" for b in BLOCKS])
+def test_readme_block(block: Block, clone: Path):
+    if block.skip is not None:
+        pytest.skip(f"README.md:{block.line}: {block.skip}")
+    for cmd in block.commands:
+        if "../shared" in cmd.text + " ".join(cmd.env) and not SHARED.exists():
+            pytest.skip(f"README.md:{cmd.line}: needs ../shared/data")
+        out = _shell(clone, "\n".join([*cmd.env, cmd.text]))
+        said = " ".join((out.stdout + out.stderr).split())
+        assert out.returncode == cmd.exit_code, (
+            f"README.md:{cmd.line}: {cmd.text}\nexit {out.returncode}\n{said[-3000:]}"
+        )
+        assert "Traceback" not in out.stderr, f"README.md:{cmd.line}: {out.stderr[-3000:]}"
+        for promise in cmd.prints:
+            assert promise in said, f"README.md:{cmd.line}: {promise!r} not printed:\n{said[-3000:]}"
