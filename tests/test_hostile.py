@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import pytest
@@ -210,7 +211,7 @@ def test_a_judge_that_scores_nothing_keeps_its_failures_and_a_fixed_rerun_judges
 def test_an_absurd_n_is_refused_by_the_config(n):
     from bon.core.config import load_config
 
-    with pytest.raises(ConfigError, match=r"^<defaults>: n: "):
+    with pytest.raises(ConfigError, match=rf"^--set n={re.escape(n)}: n: "):
         load_config(None, [f"n={n}"])
 
 
