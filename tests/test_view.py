@@ -182,3 +182,26 @@ def test_the_page_of_a_comparison_switches_benchmarks_and_filters_disagreements(
             data["benchmarks"][1]
         )
         assert b.console_errors() == []
+
+
+@needs_browser
+def test_a_prompt_missing_a_candidate_shows_each_score_beside_its_own_candidate(finished):  # noqa: F811
+    """Judgements follow the candidates' order, not their indices: a prompt without candidate 0 still lines up."""
+    from bon.core.io import read_records
+    from bon.core.records import Judgement
+
+    cands = read_records(finished / "candidates.jsonl", Candidate)
+    judged = read_records(finished / "judgements.jsonl", Judgement)
+    first = cands[0].prompt_id
+    write_records_atomic(finished / "candidates.jsonl", [c for c in cands if c.key != (first, 0)])
+    write_records_atomic(finished / "judgements.jsonl", [j for j in judged if j.key != (first, 0)])
+    want = {str(j.candidate_index): f"score {j.score:.3f}".replace(".000", "") for j in judged if j.prompt_id == first}
+    with Browser(CHROMIUM) as b:
+        b.open(write_view(finished))
+        b.js("document.querySelector('.prompt .head').click()")
+        shown = b.js(
+            "Object.fromEntries([...document.querySelectorAll('.candidate')].map(e =>"
+            " [e.dataset.index, e.querySelector('.meta span:nth-of-type(2)').textContent]))"
+        )
+        assert shown == {k: v for k, v in want.items() if k != "0"}
+        assert b.console_errors() == []
