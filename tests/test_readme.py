@@ -1,8 +1,8 @@
 """The README's commands run as written: every ```bash block is marked, and the runnable ones are run.
 
-A block is preceded by ``<!-- readme-test: run -->`` or ``<!-- readme-test: skip: WHY -->``. Runnable
-blocks run in README order in one temporary clone (symlinks to this checkout, ``../shared`` beside it),
-which starts from the demo run of the README's first command. Each command must exit 0 (or the ``exit N``
+A block is preceded by ``<!-- readme-test: run -->`` (``run, needs ../shared`` when a config it names reads the
+shared data) or ``<!-- readme-test: skip: WHY -->``. Runnable blocks run in README order in one temporary clone
+(symlinks to this checkout, ``../shared`` beside it), which starts from the demo run of the README's first command. Each command must exit 0 (or the ``exit N``
 its comment states) and print what its comment promises (``prints "..."``).
 """
 
@@ -20,7 +20,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 SHARED = ROOT.parent / "shared"
-MARK = re.compile(r"^<!-- readme-test: (run|skip: (.+)) -->$")
+MARK = re.compile(r"^<!-- readme-test: (run(, needs \.\./shared)?|skip: (.+)) -->$")
 ASSIGN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=\S*(\s+#.*)?$")  # a line that only assigns (a command may start with one)
 PRINTS = re.compile(r'prints "((?:[^"\\]|\\.)*)"')
 DEMO = ".venv/bin/bon run configs/demo.yaml"  # the README's command 1, after its setup
@@ -46,6 +46,7 @@ class Command:
 class Block:
     line: int
     skip: str | None  # why it is not run here; None: run it
+    needs_shared: bool = False  # its commands read ../shared/data, named or through a config
     commands: list[Command] = field(default_factory=list)
 
 
@@ -59,7 +60,7 @@ def read_blocks(text: str) -> list[Block]:
         marker = MARK.match(lines[i - 1].strip()) if i else None
         if marker is None:
             raise AssertionError(f"README.md:{i + 1}: a bash block without a readme-test marker on the line above")
-        block = Block(i + 1, marker.group(2))
+        block = Block(i + 1, marker.group(3), needs_shared=marker.group(2) is not None)
         env: list[str] = []
         j, pending, start = i + 1, "", 0
         while lines[j].strip() != "```":
@@ -124,7 +125,7 @@ def test_readme_block(block: Block, clone: Path):
     if block.skip is not None:
         pytest.skip(f"README.md:{block.line}: {block.skip}")
     for cmd in block.commands:
-        if "../shared" in cmd.text + " ".join(cmd.env) and not SHARED.exists():
+        if (block.needs_shared or "../shared" in cmd.text + " ".join(cmd.env)) and not SHARED.exists():
             pytest.skip(f"README.md:{cmd.line}: needs ../shared/data")
         out = _shell(clone, "\n".join([*cmd.env, cmd.text]))
         said = " ".join((out.stdout + out.stderr).split())
