@@ -14,7 +14,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from bon.core.errors import BonError
+from bon.core.errors import BonError, ConfigError
 from bon.core.io import read_json, read_records
 from bon.core.prompts import PromptSourceError, load_prompts
 from bon.core.records import Candidate, Comparison, Judgement, Selection
@@ -242,6 +242,8 @@ def render(data: dict[str, Any]) -> str:
 def write_view(run_dir: Path | str, out: Path | str | None = None) -> Path:
     """`bon view RUN` (or a `bon compare` directory): RUN/view.html (or ``out``), one file that opens from disk."""
     path = Path(out) if out is not None else Path(run_dir) / "view.html"
+    if out is not None and not path.parent.is_dir():
+        raise ConfigError(f"--out {path}: the folder {path.parent} does not exist")
     is_compare = (Path(run_dir) / "results.json").is_file() or (Path(run_dir) / "judgements").is_dir()
     html = render(compare_data(run_dir) if is_compare else run_data(run_dir))
     tmp = path.with_name(path.name + ".tmp")

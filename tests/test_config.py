@@ -141,6 +141,7 @@ def test_a_config_that_is_not_a_mapping_is_refused(tmp_path, text):
         ("zzz=1", "zzz: unknown key; known keys here: name, output_dir, n, seed, batch_size,"),
         ("judge.options.prompt_fromat=chat", "options.prompt_fromat: unknown key; did you mean 'prompt_format'?"),
         ("judge.options.zzz=1", "options.zzz: unknown key; known keys here: backend, model,"),
+        ("judge.options={zzz: 1, name: 2}", "options.zzz: unknown key; known keys here: backend, model,"),
     ],
 )
 def test_an_unknown_key_names_the_close_keys_or_the_known_ones(assignment, says):
@@ -183,3 +184,9 @@ def test_switching_the_judge_drops_the_old_judges_options_and_says_so():
     kept: list[str] = []
     assert load_config("configs/demo.yaml", ["judge.name=selfj"], notes=kept).judge.options["prompt_format"] == "chat"
     assert kept == []  # the same judge keeps its options
+
+
+def test_an_option_of_a_judge_without_options_says_nothing_can_be_set():
+    with pytest.raises(ConfigError) as e:
+        load_config("configs/demo.yaml", ["judge.name=length", "judge.options.zzz=1"], notes=[])
+    assert str(e.value) == "--set judge.options.zzz=1: judge: options.zzz: unknown key; nothing can be set here"

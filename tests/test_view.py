@@ -74,6 +74,10 @@ def test_bon_view_command_writes_the_page_and_refuses_a_missing_run(finished, tm
     assert out.returncode == 0 and (tmp_path / "v.html").is_file() and "open it in a browser" in out.stdout
     missing = bon("view", str(tmp_path / "nope"))
     assert missing.returncode == 2 and "not a run directory" in missing.stderr
+    nowhere = bon("view", str(finished), "--out", str(tmp_path / "no" / "v.html"))
+    assert nowhere.returncode == 2 and f"the folder {tmp_path / 'no'} does not exist" in " ".join(
+        nowhere.stderr.split()
+    )
 
 
 @needs_browser

@@ -38,7 +38,8 @@ def problems(err: Any, model: Any = None) -> list[tuple[str, str]]:
             out.append((key, "unknown key" + _known_keys(model, e["loc"])))
             continue
         msg = e["msg"].removeprefix("Value error, ")
-        shown = "" if e["type"] == "missing" or len(repr(e.get("input"))) > 120 else f" (got {e.get('input')!r})"
+        whole = isinstance(e.get("input"), dict) or len(repr(e.get("input"))) > 120  # a section: its keys are named
+        shown = "" if e["type"] == "missing" or whole else f" (got {e.get('input')!r})"
         out.append((key, msg + shown))
     return out
 
@@ -47,7 +48,7 @@ def _known_keys(model: Any, loc: tuple) -> str:
     """'; did you mean ...?' or '; known keys here: ...' for an unknown key at ``loc`` of ``model``."""
     fields = _fields_at(model, loc[:-1])
     if not fields:
-        return ""
+        return "; nothing can be set here" if model is not None and not loc[:-1] and not model.model_fields else ""
     close = difflib.get_close_matches(str(loc[-1]), fields, n=2, cutoff=0.6)
     if close:
         return "; did you mean " + " or ".join(repr(c) for c in close) + "?"
