@@ -19,6 +19,12 @@ def _num(x: float | None, digits: int = 2, n: int | None = None) -> str:
     return "—" if x is None else f"{x:.{digits}f}"
 
 
+def _with_n(x: float | None, n: int, digits: int = 2) -> str:
+    """``x`` with the items it rests on, "0.42 (n=15)", or "too few (n=K)" (see `_num`)."""
+    shown = _num(x, digits, n)
+    return shown if x is None or n < TOO_FEW else f"{shown} (n={n})"
+
+
 def _ci(x: float | None, ci: tuple[float, float] | None, digits: int = 2, n: int | None = None) -> str:
     if x is None or (n is not None and n < TOO_FEW):
         return _num(x, digits, n)
@@ -82,13 +88,9 @@ def _pairwise_section(b: BenchmarkReport) -> list[str]:
     results = [r for r in b.results if isinstance(r, PairwiseResult)]
     groups = list(dict.fromkeys(g for r in results for g in r.groups))  # Auto-J's order
     lines += ["", "Agreement (%) per scenario group, with its pairs:", ""]
-    lines += _table(["judge"] + groups, [[r.judge] + [_group(r, g) for g in groups] for r in results])
+    cells = [[r.judge] + [_with_n(r.groups.get(g), r.group_n.get(g, 0), 1) for g in groups] for r in results]
+    lines += _table(["judge"] + groups, cells)
     return lines
-
-
-def _group(r: PairwiseResult, group: str) -> str:
-    value, n = r.groups.get(group), r.group_n.get(group, 0)
-    return "—" if value is None else _num(value, 1, n) if n < TOO_FEW else f"{value:.1f} (n={n})"
 
 
 def _correlation_cells(r: PoolResult | ScoresResult) -> list[str]:
@@ -220,12 +222,8 @@ def _agreement_lines(b: BenchmarkReport) -> list[str]:
         "number of prompts it averages (prompts where either judge is constant are left out).",
         "",
     ]
-    cells = [[a] + [_tau(t, k) for t, k in zip(row, counts)] for a, row, counts in zip(m.judges, m.tau, m.prompts)]
+    cells = [[a] + [_with_n(t, k) for t, k in zip(row, counts)] for a, row, counts in zip(m.judges, m.tau, m.prompts)]
     return lines + _table(["", *m.judges], cells)
-
-
-def _tau(t: float | None, prompts: int) -> str:
-    return "—" if t is None else _num(t, 2, prompts) if prompts < TOO_FEW else f"{t:.2f} (n={prompts})"
 
 
 def results_json(result: CompareResult) -> dict[str, Any]:
