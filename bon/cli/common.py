@@ -72,18 +72,23 @@ def interrupted(writes: Any = None) -> str:
     return f"{kept}; rerun `bon {shlex.join(sys.argv[1:])}` to resume"
 
 
+def say_stopped(e: BaseException, writes: Any = None) -> int:
+    """Print the one line for a user error (exit code 2) or Ctrl-C (130, naming what ``writes`` keeps)."""
+    if isinstance(e, KeyboardInterrupt):
+        err_console.print(tagged("interrupted:", "bold yellow", interrupted(writes)), highlight=False, soft_wrap=True)
+        return 130
+    err_console.print(tagged("error:", "bold red", user_error(e)), highlight=False, soft_wrap=True)
+    return 2
+
+
 @contextlib.contextmanager
 def fail_clearly(writes: Any = None) -> Iterator[None]:
     """One line and exit 2 for a user error; one line and exit 130 for Ctrl-C, naming what ``writes`` (a
     directory, or a callable giving it) keeps and the command that resumes."""
     try:
         yield
-    except (BonError, OSError) as e:
-        err_console.print(tagged("error:", "bold red", user_error(e)), highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
-    except KeyboardInterrupt:
-        err_console.print(tagged("interrupted:", "bold yellow", interrupted(writes)), highlight=False, soft_wrap=True)
-        raise typer.Exit(130) from None
+    except (BonError, OSError, KeyboardInterrupt) as e:
+        raise typer.Exit(say_stopped(e, writes)) from None
 
 
 class BonApp(typer.Typer):
@@ -92,12 +97,8 @@ class BonApp(typer.Typer):
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         try:
             return super().__call__(*args, **kwargs)
-        except (BonError, OSError) as e:
-            err_console.print(tagged("error:", "bold red", user_error(e)), highlight=False, soft_wrap=True)
-            sys.exit(2)
-        except KeyboardInterrupt:
-            err_console.print(tagged("interrupted:", "bold yellow", interrupted()), highlight=False, soft_wrap=True)
-            sys.exit(130)
+        except (BonError, OSError, KeyboardInterrupt) as e:
+            sys.exit(say_stopped(e))
 
 
 def load(path: Any, overrides: list[str] | None, model: Any = None) -> Any:
