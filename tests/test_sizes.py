@@ -74,7 +74,9 @@ def _tiny_llama():
 def test_the_engine_refuses_a_forward_pass_beyond_its_memory_share(monkeypatch, logits):
     model = _tiny_llama()
     per_token = forward_bytes_per_token(model.config, 4) + (8 * 1000 if logits else 0)
-    monkeypatch.setattr(hf, "memory_share", lambda cuda, total=False: 100 * per_token * 50)  # 100 rows of 50 tokens
+    monkeypatch.setattr(
+        hf, "memory_share", lambda cuda, total=False, device=None: 100 * per_token * 50
+    )  # 100 rows of 50 tokens
     hf.check_forward(model, torch.device("cpu"), 100, 50, 4096, logits=logits)  # exactly the share: kept
     with pytest.raises(SizeError, match=r"^batch_size 4,096: one forward pass of 101 sequences of 50 tokens") as e:
         hf.check_forward(model, torch.device("cpu"), 101, 50, 4096, logits=logits)
@@ -88,7 +90,7 @@ def test_perplexity_scoring_refuses_a_batch_of_logits_beyond_memory_and_scores_a
 
     model = hf.HFModel(ModelConfig(model=str(tiny_lm)))
     prompts, answers = [[1, 2, 3]] * 64, [[4, 5, 6, 7]] * 64
-    monkeypatch.setattr(hf, "memory_share", lambda cuda, total=False: 16 * 7 * 8 * 49152 * 1.1)
+    monkeypatch.setattr(hf, "memory_share", lambda cuda, total=False, device=None: 16 * 7 * 8 * 49152 * 1.1)
     with pytest.raises(SizeError, match=r"^batch_size 64: one forward pass of 64 sequences of 7 tokens"):
         model.continuation_logprobs(prompts, answers, batch_size=64)
     assert len(model.continuation_logprobs(prompts, answers, batch_size=8)) == 64

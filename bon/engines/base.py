@@ -19,6 +19,16 @@ def default_rows(cuda: bool) -> int:
     return GPU_ROWS if cuda else CPU_ROWS
 
 
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+def dtype_name(dtype: str, cpu: bool) -> str:
+    """A config's dtype with `auto` resolved: float32 on a CPU, bfloat16 on an accelerator."""
+    if dtype != "auto":
+        return dtype
+    return "float32" if cpu else "bfloat16"
+
+
 def kv_bytes_per_token(model_config: Any, dtype_bytes: int) -> int:
     """Bytes of keys and values one token takes in the KV cache, from a transformers model config."""
     heads = getattr(model_config, "num_key_value_heads", None) or model_config.num_attention_heads
@@ -26,22 +36,22 @@ def kv_bytes_per_token(model_config: Any, dtype_bytes: int) -> int:
     return 2 * model_config.num_hidden_layers * heads * head_dim * dtype_bytes
 
 
-def memory_bytes(cuda: bool, total: bool = False) -> int:
-    """This machine's free memory (``total``: all of it), on the GPU or in RAM."""
+def memory_bytes(cuda: bool, total: bool = False, device: Any = None) -> int:
+    """This machine's free memory (``total``: all of it), in RAM or on the GPU ``device`` (None: the current one)."""
     if cuda:
         import torch  # only on a GPU path, where the engine has imported it already
 
-        return int(torch.cuda.mem_get_info()[1 if total else 0])
+        return int(torch.cuda.mem_get_info(device)[1 if total else 0])
     return os.sysconf("SC_PHYS_PAGES" if total else "SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
-def memory_share(cuda: bool, total: bool = False) -> int:
+def memory_share(cuda: bool, total: bool = False, device: Any = None) -> int:
     """Bytes an engine may fill on its own: half a GPU's free memory, a quarter of the free RAM.
 
     With ``total``, the same share of all the memory: what this machine could ever hold (preflight's bound,
     which does not move with what else runs).
     """
-    return memory_bytes(cuda, total) // (2 if cuda else 4)
+    return memory_bytes(cuda, total, device) // (2 if cuda else 4)
 
 
 def share_name(cuda: bool) -> str:
@@ -49,9 +59,9 @@ def share_name(cuda: bool) -> str:
     return "half the GPU's memory" if cuda else "a quarter of the RAM"
 
 
-def default_kv_tokens(per_token: int, cuda: bool, total: bool = False) -> int:
+def default_kv_tokens(per_token: int, cuda: bool, total: bool = False, device: Any = None) -> int:
     """The default `policy.max_kv_tokens`: `memory_share` in KV tokens of ``per_token`` bytes."""
-    return max(1, memory_share(cuda, total) // per_token)
+    return max(1, memory_share(cuda, total, device) // per_token)
 
 
 def forward_bytes_per_token(model_config: Any, dtype_bytes: int) -> int:

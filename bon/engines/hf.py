@@ -22,7 +22,15 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from bon.core.config import ModelConfig
 from bon.core.errors import SizeError
-from bon.engines.base import Sample, SamplingSettings, default_rows, forward_bytes_per_token, memory_share, share_name
+from bon.engines.base import (
+    Sample,
+    SamplingSettings,
+    default_rows,
+    dtype_name,
+    forward_bytes_per_token,
+    memory_share,
+    share_name,
+)
 from bon.engines.models import (
     ModelLoadError,
     ModelRef,
@@ -49,7 +57,7 @@ def _device(cfg: ModelConfig) -> torch.device:
 
 def _dtype(cfg: ModelConfig, device: torch.device) -> torch.dtype:
     """The configured dtype; auto = float32 on CPU, bfloat16 on GPU."""
-    return _DTYPES.get(cfg.dtype, torch.float32 if device.type == "cpu" else torch.bfloat16)
+    return _DTYPES[dtype_name(cfg.dtype, device.type == "cpu")]
 
 
 def convert_gguf(ref: ModelRef) -> Path:
@@ -296,12 +304,13 @@ def check_forward(model: Any, device: Any, rows: int, width: int, batch_size: in
     per_token = forward_bytes_per_token(model.config, next(model.parameters()).element_size())
     if logits:  # float32 logits and their log-softmax at every position
         per_token += 8 * model.config.vocab_size
-    share = memory_share(device.type == "cuda", total=True)
+    cuda = device.type == "cuda"
+    share = memory_share(cuda, True, device if cuda else None)
     if rows * width * per_token > share:
         fit = max(1, share // (width * per_token))
         raise SizeError(
             f"batch_size {batch_size:,}: one forward pass of {rows:,} sequences of {width:,} tokens needs about "
-            f"{rows * width * per_token / 2**30:.1f} GiB, more than {share_name(device.type == 'cuda')} "
+            f"{rows * width * per_token / 2**30:.1f} GiB, more than {share_name(cuda)} "
             f"({share / 2**30:.1f} GiB); {fit:,} such sequences fit: lower the judge's batch_size to at most {fit:,}"
         )
 

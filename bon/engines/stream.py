@@ -38,7 +38,8 @@ from bon.engines.sampling import _left_padded, _pick, uniforms
 def kv_tokens_for(model: torch.nn.Module, device: torch.device) -> int:
     """The default KV-token budget of a loaded model on ``device`` (`bon.engines.base.default_kv_tokens`)."""
     per_token = kv_bytes_per_token(model.config, next(model.parameters()).element_size())
-    return default_kv_tokens(per_token, device.type == "cuda")
+    cuda = device.type == "cuda"
+    return default_kv_tokens(per_token, cuda, device=device if cuda else None)  # the model's own GPU
 
 
 @dataclass

@@ -17,8 +17,10 @@ from bon.core.judging import Judge, PromptBuilder
 from bon.core.prompts import PromptSourceError, load_prompts
 from bon.core.records import Prompt
 from bon.engines.base import (
+    DTYPE_BYTES,
     default_kv_tokens,
     default_rows,
+    dtype_name,
     forward_bytes_per_token,
     kv_bytes_per_token,
     memory_bytes,
@@ -114,8 +116,13 @@ def _on_cuda(cfg: Any) -> bool:
     return bool(cfg.device.startswith("cuda"))
 
 
+def _gpu(cfg: Any) -> str | None:
+    """The GPU a config names (``cuda:1``), for its memory; None for the current one or a CPU."""
+    return cfg.device if cfg.device.startswith("cuda") else None
+
+
 def _dtype_bytes(cfg: Any, cuda: bool) -> int:
-    return {"float32": 4, "bfloat16": 2, "float16": 2}.get(cfg.dtype, 2 if cuda else 4)
+    return DTYPE_BYTES[dtype_name(cfg.dtype, cpu=not cuda)]
 
 
 def decode_rows(config: RunConfig) -> int | None:
@@ -144,10 +151,10 @@ def kv_budget(config: RunConfig, tokens: TokenizerOnly) -> tuple[int, str] | Non
     except AttributeError:  # a config without the usual sizes: the engine measures it once the model is loaded
         return None if policy.max_kv_tokens is None else (policy.max_kv_tokens, "policy.max_kv_tokens")
     # the share of all this machine's memory, which the engine takes of what is free when it starts
-    bound = default_kv_tokens(per_token, cuda, total=True)
+    bound = default_kv_tokens(per_token, cuda, total=True, device=_gpu(policy))
     if policy.max_kv_tokens is None:
         return bound, f"policy.max_kv_tokens' default, at most {share_name(cuda)} at {per_token} bytes a token,"
-    memory = memory_bytes(cuda, total=True)
+    memory = memory_bytes(cuda, True, _gpu(policy))
     if policy.max_kv_tokens * per_token > memory:
         raise SizeError(
             f"policy.max_kv_tokens {policy.max_kv_tokens:,} is more KV cache than this machine holds: at "
@@ -173,7 +180,7 @@ def check_judge_batch(options: Any, tokens: TokenizerOnly, fit: Fit) -> None:
     except AttributeError:  # a config without the usual sizes: nothing to estimate from
         return
     length = min(longest[1], fit.context or longest[1])  # a judge prompt is refused, cut or skipped past its context
-    bound = max(1, memory_share(cuda, total=True) // (per_token * length))
+    bound = max(1, memory_share(cuda, True, _gpu(options)) // (per_token * length))
     if size > bound:
         raise SizeError(
             f"judge.options.batch_size {size:,} is more judge prompts than one forward pass can hold: prompts of "
