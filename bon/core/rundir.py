@@ -185,6 +185,7 @@ class RunDir:
     def __init__(self, path: Path | str):
         self.path = Path(path)
         self.resumed = False  # `open` found this run's manifest: a rerun continues it
+        self._n: int | None = None  # the stored config's n, read from the manifest once it is found
 
     @property
     def manifest_path(self) -> Path:
@@ -297,8 +298,10 @@ class RunDir:
 
     def read(self, record_type: type) -> list:
         """A record file of this run; candidate indices are checked against the stored config's n."""
-        n = self.manifest().get("config", {}).get("n")
-        return read_records(self.path / FILES[record_type], record_type, n if isinstance(n, int) else None)
+        if self._n is None:  # n never changes for a run: one manifest read, not one per record file
+            n = self.manifest().get("config", {}).get("n")
+            self._n = n if isinstance(n, int) else None
+        return read_records(self.path / FILES[record_type], record_type, self._n)
 
     def forget_blind(self, judge: str, n: int, judgements: list[Judgement] | None = None) -> list[Judgement]:
         """Forget the prompts whose ``n`` candidates ``judge`` judged, none successfully (the run was refused for
