@@ -16,7 +16,7 @@ from pydantic import Field
 from bon.core.config import ModelConfig
 from bon.core.records import Candidate, Judgement, Prompt
 from bon.engines.base import SamplingSettings
-from judges.base import PromptJudge, prompts_by_id, read_prompt_template
+from judges.base import PromptJudge, instruction_in_context, prompts_by_id, read_prompt_template
 
 AUTOJ_HUB_ID = "GAIR/autoj-13b"
 _RATING = re.compile(r"Rating: \[\[")
@@ -59,6 +59,7 @@ class AutoJudge(PromptJudge):
     name = "autoj"
     summary = "Auto-J single-response critique then 'Rating: [[1-10]]'"
     scale = "rating 1-10"  # what a score means, for summaries
+    conversation = "context"  # earlier turns written into the instruction (`judges.base.instruction_in_context`)
     needs_reference = False
     hub_id = AUTOJ_HUB_ID
 
@@ -75,7 +76,7 @@ class AutoJudge(PromptJudge):
         return f"Auto-J single-response protocol on {weights} ({self.options.wrapper} wrapper){honest}"
 
     def build_prompt(self, prompt: Prompt, answer: str) -> str:
-        return self.template.format(prompt=prompt.instruction, response=answer)
+        return self.template.format(prompt=instruction_in_context(prompt), response=answer)
 
     def prompt_ids(self, prompt: Prompt, answer: str) -> list[int]:
         return wrap(self.engine, self.build_prompt(prompt, answer), self.options.wrapper, self.wrapper)

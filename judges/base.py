@@ -24,6 +24,19 @@ def read_prompt_template(name: str) -> str:
     return resources.files("judges").joinpath("prompts", name).read_text(encoding="utf-8")
 
 
+def instruction_in_context(prompt: Prompt) -> str:
+    """A single-turn judge's instruction: the turn itself, or, in a conversation, the earlier turns written
+    before it (judges/prompts/conversation_context.txt), so the judge sees what "your previous answer" means."""
+    if not prompt.history:
+        return prompt.instruction
+    lines = [f"{m.role.capitalize()}: {m.content}" for m in prompt.history]
+    return (
+        read_prompt_template("conversation_context.txt")
+        .rstrip("\n")
+        .format(history="\n\n".join(lines), instruction=prompt.instruction)
+    )
+
+
 class UsesEngine:
     """For model judges: ``self.engine`` is the engine of ``self.options`` (a ModelConfig), loaded on
     first use and shared with every policy or judge on the same weights in this process."""

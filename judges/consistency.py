@@ -13,6 +13,7 @@ class ConsistencyJudge:
     name = "consistency"
     summary = "mean embedding similarity to the prompt's other candidates (MBR); needs N >= 2"
     scale = "mean cosine similarity, -1 to 1"  # what a score means, for summaries
+    conversation = "answer"  # compares a turn's candidates with each other
     needs_reference = False
     hub_id = "sentence-transformers/all-MiniLM-L6-v2"
 

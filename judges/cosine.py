@@ -54,6 +54,7 @@ class CosineJudge:
         "with against=instruction (all-MiniLM-L6-v2, embedded)"
     )
     scale = "cosine similarity, -1 to 1"  # what a score means, for summaries
+    single_turn_reason = "it embeds an answer against one instruction or reference, blind to the earlier turns"
     needs_reference = True  # per instance: false with against=instruction
     hub_id = "sentence-transformers/all-MiniLM-L6-v2"
 

@@ -45,6 +45,7 @@ class EnsembleJudge:
     name = "ensemble"
     summary = "weighted sum of member judges, z-scored per prompt (default: self_eval with reference + cosine)"
     scale = "weighted sum of per-prompt z-scores"  # what a score means, for summaries
+    single_turn_reason = "its members are not checked for conversations"
     hub_id = None
     cpu_default = "its members'"
     needs_reference = False  # per instance: true when a member needs one

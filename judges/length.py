@@ -17,6 +17,7 @@ class LengthJudge:
     name = "length"
     summary = "score = number of characters of the candidate; needs no model"
     scale = "characters"  # what a score means, for summaries
+    conversation = "answer"
     needs_reference = False
     hub_id = None
 

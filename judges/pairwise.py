@@ -160,6 +160,7 @@ class PairwiseRanking:
     name = "pairwise"
     summary = "ranks N candidates with a pairwise judge (Auto-J pairwise, or any scalar judge), both orders"
     scale = "round robin: wins (a tie counts 0.5); knockout: the round it lost in"  # what a score means, for summaries
+    single_turn_reason = "Auto-J's pairwise protocol compares two answers to one instruction"
     needs_reference = False
     hub_id = AUTOJ_HUB_ID
     cpu_default = "SmolLM2-135M-Instruct (autoj comparator)"

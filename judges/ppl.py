@@ -20,6 +20,7 @@ class PPLJudge(UsesEngine):
     name = "ppl"
     summary = "mean token log-probability of the candidate given the prompt (chat template) under a model"
     scale = "mean token log-probability, at most 0"  # what a score means, for summaries
+    conversation = "chat"  # the answer's log-probability after the whole conversation
     needs_reference = False
     hub_id = None
 
@@ -31,10 +32,7 @@ class PPLJudge(UsesEngine):
         return f"mean token log-probability under {self.options.model.removeprefix('embedded:')}"
 
     def score(self, prompts: Sequence[Prompt], candidates: Sequence[Candidate]) -> list[Judgement]:
-        contexts = [
-            self.engine.chat_ids([{"role": "user", "content": p.instruction}])
-            for p in prompts_by_id(prompts, candidates)
-        ]
+        contexts = [self.engine.chat_ids(p.messages()) for p in prompts_by_id(prompts, candidates)]
         targets = [self.engine.tokenizer.encode(c.text, add_special_tokens=False) for c in candidates]
         keep = [i for i, t in enumerate(targets) if t]
         logprobs = self.engine.continuation_logprobs(

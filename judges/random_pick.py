@@ -21,6 +21,7 @@ class RandomJudge:
     name = "random"
     summary = "score = seeded uniform draw in [0, 1); needs no model"
     scale = "uniform draw, 0 to 1"  # what a score means, for summaries
+    conversation = "answer"
     needs_reference = False
     hub_id = None
 

@@ -32,6 +32,7 @@ class RewardModelJudge:
         "OpenAssistant/reward-model-deberta-v3-large-v2"
     )
     scale = "reward (the raw logit, unbounded)"  # what a score means, for summaries
+    conversation = "chat"  # the whole conversation, the candidate as its last assistant turn
     needs_reference = False
     hub_id = RM_HUB_ID
 
@@ -57,7 +58,7 @@ class RewardModelJudge:
 
     def score(self, prompts: Sequence[Prompt], candidates: Sequence[Candidate]) -> list[Judgement]:
         convs = [
-            self.model.conversation_ids(p.instruction, c.text)
+            self.model.conversation_ids(p.messages() + [{"role": "assistant", "content": c.text}])
             for p, c in zip(prompts_by_id(prompts, candidates), candidates)
         ]
         rewards = self.model.rewards(convs, batch_size=self.options.batch_size)

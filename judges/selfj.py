@@ -17,7 +17,7 @@ from pydantic import Field
 from bon.core.config import ModelConfig
 from bon.core.records import Candidate, Judgement, Prompt
 from bon.engines.tokens import digit_token_ids
-from judges.base import PromptJudge, prompts_by_id, read_prompt_template
+from judges.base import PromptJudge, instruction_in_context, prompts_by_id, read_prompt_template
 
 SELFJ_HUB_ID = "oceanpty/Self-J"  # the released Self-J-13B weights
 
@@ -56,6 +56,7 @@ class SelfJudge(PromptJudge):
     name = "selfj"
     summary = "Self-J expected digit rating (0-9) of a rating prompt, with or without reference"
     scale = "expected rating 0-9"  # what a score means, for summaries
+    conversation = "context"  # earlier turns written into the instruction (`judges.base.instruction_in_context`)
     needs_reference = False
     hub_id: str | None = SELFJ_HUB_ID
 
@@ -90,7 +91,9 @@ class SelfJudge(PromptJudge):
         use_ref = self.options.reference != "never" and prompt.reference is not None
         if self.options.reference == "always" and prompt.reference is None:
             raise ValueError(f"prompt {prompt.id!r} has no reference but the selfj judge has reference: always")
-        return self.templates[use_ref].format(instruction=prompt.instruction, reference=prompt.reference, input=answer)
+        return self.templates[use_ref].format(
+            instruction=instruction_in_context(prompt), reference=prompt.reference, input=answer
+        )
 
     def prompt_ids(self, prompt: Prompt, answer: str) -> list[int]:
         text = self.build_prompt(prompt, answer)

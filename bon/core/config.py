@@ -49,6 +49,15 @@ class PromptsConfig(Strict):
         "reference", description="column holding a gold answer for reference-based judges (AlpacaEval: 'output')"
     )
     dataset_field: str = Field("dataset", description="column naming the source subset (AlpacaEval's 'dataset')")
+    turns_field: str = Field(
+        "turns",
+        description="column holding a conversation's user turns (MT-Bench), used when the instruction is absent",
+    )
+    messages_field: str = Field(
+        "messages", description="column holding OpenAI-style messages ending with a user turn (one step on it)"
+    )
+    category_field: str = Field("category", description="column holding a category (MT-Bench), for per-category scores")
+    ids: list[int | str] | None = Field(None, description="keep only the prompts with these ids, in source order")
     limit: int | None = Field(None, ge=1, description="keep only the first `limit` prompts")
 
 

@@ -33,6 +33,46 @@ class Judge(Protocol):
         ...
 
 
+# How a judge sees a prompt that continues a conversation (its class's ``conversation``; "single" when undeclared)
+CONVERSATION_MODES = {
+    "single": "one instruction only: a conversation is refused",
+    "context": "earlier turns written into its instruction as context",
+    "chat": "the whole conversation through the judge model's chat template",
+    "answer": "reads the answers only",
+    "native": "its own multi-turn protocol",
+}
+
+
+def conversation_mode(judge: Any) -> str:
+    return getattr(judge, "conversation", "single")
+
+
+def check_conversations(judge: Any, prompts: Sequence[Prompt], prompt_format: str) -> None:
+    """Refuse, before any work, a policy format or a judge that cannot take ``prompts`` (their conversations, or a
+    prompt the judge's own `refuse_prompt` turns down)."""
+    from bon.core.formats import conversation_formats, takes_conversations
+
+    talk = next((p for p in prompts if p.history or p.later_turns), None)
+    if talk is not None:
+        what = f"prompt {talk.id!r} is a conversation ({max(len(talk.turns), talk.turn)} user turns)"
+        if not takes_conversations(prompt_format):
+            raise ConfigError(
+                f"policy.prompt_format {prompt_format!r} takes one turn and {what}; "
+                f"use one of {', '.join(conversation_formats())}"
+            )
+        if conversation_mode(judge) == "single":
+            able = [n for n in JUDGES if conversation_mode(JUDGES.get(n)) != "single"]
+            why = getattr(judge, "single_turn_reason", "it judges one instruction")
+            raise ConfigError(
+                f"judge {judge.name!r} cannot judge conversations ({why}) and {what}; use one of {', '.join(able)}"
+            )
+    refuse = getattr(judge, "refuse_prompt", None)
+    for p in prompts if refuse is not None else ():
+        why = refuse(p)  # type: ignore[misc]  # a judge's optional declaration, read with getattr
+        if why:
+            raise ConfigError(f"judge {judge.name!r} cannot judge prompt {p.id!r}: {why}")
+
+
 class PairwiseJudge(Judge, Protocol):
     """A judge that also compares two responses directly (Auto-J pairwise); `bon compare` asks it both orders."""
 
@@ -96,6 +136,7 @@ JUDGES: Registry[JudgeClass] = Registry(
         "ensemble": "judges.ensemble:EnsembleJudge",
         "length": "judges.length:LengthJudge",
         "random": "judges.random_pick:RandomJudge",
+        "mt_bench": "judges.mt_bench:MTBenchJudge",
     },
 )
 

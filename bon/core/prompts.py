@@ -10,7 +10,7 @@ from typing import Any
 from bon.core.config import PromptsConfig
 from bon.core.errors import BonError
 from bon.core.io import DataFileError, read_json_rows
-from bon.core.records import Prompt
+from bon.core.records import ROLES, TURN_SEP, Message, Prompt
 
 LOCAL_SUFFIXES = (".json", ".jsonl", ".parquet")
 
@@ -70,6 +70,83 @@ def _where(source: str, loc: str) -> tuple[str, int | None, str]:
     return (source, int(loc), "") if loc.isdigit() else (source, None, f"{loc}: ")
 
 
+def _strings(value: Any, field: str, what: str, allow_none: bool = False) -> tuple[Any, ...]:
+    """``value`` as a tuple of non-empty strings (None entries too where allowed); a ValueError names ``field``."""
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"field {field!r}: expected a non-empty list of {what}, found {value!r}")
+    for i, item in enumerate(value):
+        if allow_none and (item is None or item == ""):  # MT-Bench leaves some turns' reference empty
+            continue
+        if not isinstance(item, str) or not item.strip():
+            raise ValueError(f"field '{field}[{i}]': expected a non-empty string, found {item!r}")
+    return tuple(value)
+
+
+def _messages(value: Any, field: str) -> tuple[tuple[Message, ...], str]:
+    """(history, last user message) of an OpenAI-style messages list; a ValueError names the bad entry."""
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"field {field!r}: expected a non-empty list of messages, found {value!r}")
+    out = []
+    for i, m in enumerate(value):
+        where = f"{field}[{i}]"
+        if not isinstance(m, dict):
+            raise ValueError(f"field {where!r}: expected a message object, found {m!r}")
+        role, content = m.get("role"), m.get("content")
+        if role not in ROLES or (role == "system" and i != 0):
+            raise ValueError(f"field '{where}.role': expected {' / '.join(ROLES)} (system first only), found {role!r}")
+        if not isinstance(content, str) or not content.strip():
+            raise ValueError(f"field '{where}.content': expected a non-empty string, found {content!r}")
+        out.append(Message(role, content))
+    if out[-1].role != "user":
+        raise ValueError(
+            f"field '{field}[{len(out) - 1}].role': the conversation must end with a user turn to answer, "
+            f"found {out[-1].role!r}"
+        )
+    return tuple(out[:-1]), out[-1].content
+
+
+def prompt_from_row(row: dict[str, Any], cfg: PromptsConfig, dataset_default: str) -> Prompt:
+    """One prompt from a source row: an instruction, MT-Bench ``turns``, or a ``messages`` conversation.
+
+    Raises ValueError naming the field when the row is none of them or malformed.
+    """
+    history: tuple[Message, ...] = ()
+    turns: tuple[str, ...] = ()
+    references: tuple[str | None, ...] = ()
+    instruction = row.get(cfg.instruction_field)
+    reference = row.get(cfg.reference_field) if cfg.reference_field else None
+    if instruction is None and cfg.turns_field in row:
+        turns = _strings(row[cfg.turns_field], cfg.turns_field, "user turns (strings)")
+        instruction = turns[0]
+        if reference is not None:  # MT-Bench: a gold answer per turn
+            references = tuple(
+                r or None for r in _strings(reference, str(cfg.reference_field), "reference answers", allow_none=True)
+            )
+            reference = references[0]
+    elif instruction is None and cfg.messages_field in row:
+        history, instruction = _messages(row[cfg.messages_field], cfg.messages_field)
+    if not isinstance(instruction, str) or not instruction.strip():
+        raise ValueError(
+            f"field {cfg.instruction_field!r}: expected a non-empty string (or a {cfg.turns_field!r} or "
+            f"{cfg.messages_field!r} list), found {instruction!r}"
+        )
+    if reference is not None and not isinstance(reference, str):
+        raise ValueError(f"field {cfg.reference_field!r}: expected a string, found {reference!r}")
+    raw_id = row.get(cfg.id_field, row.get("question_id"))  # MT-Bench names its ids question_id
+    dataset, category = row.get(cfg.dataset_field), row.get(cfg.category_field)
+    return Prompt(
+        id=str(raw_id) if raw_id not in (None, "") else prompt_id(instruction),
+        instruction=instruction,
+        dataset=str(dataset) if dataset not in (None, "") else dataset_default,
+        reference=reference or None,
+        history=history,
+        turn=1 + sum(m.role == "user" for m in history),
+        turns=turns,
+        references=references,
+        category=str(category) if category not in (None, "") else "",
+    )
+
+
 def load_prompts(cfg: PromptsConfig) -> list[Prompt]:
     """Read prompts from ``cfg.source``; bad rows and duplicate ids are errors naming the row."""
     path = Path(cfg.source)
@@ -78,40 +155,30 @@ def load_prompts(cfg: PromptsConfig) -> list[Prompt]:
         raise PromptSourceError(f"{path}: prompt file not found")
     rows = _rows_from_file(path) if is_local else _rows_from_hub(cfg)
     dataset_default = path.stem if is_local else cfg.source
+    wanted = None if cfg.ids is None else [str(i) for i in cfg.ids]
     prompts: list[Prompt] = []
     seen: dict[str, str] = {}
     for loc, row in rows:
         src, line, prefix = _where(cfg.source, loc)
         if not isinstance(row, dict):
             raise DataFileError(src, line, f"{prefix}expected a JSON object, found {type(row).__name__}")
-        instruction = row.get(cfg.instruction_field)
-        if not isinstance(instruction, str) or not instruction.strip():
+        try:
+            prompt = prompt_from_row(row, cfg, dataset_default)
+        except ValueError as e:
+            raise DataFileError(src, line, f"{prefix}{e}") from None
+        if prompt.id in seen:
             raise DataFileError(
-                src,
-                line,
-                f"{prefix}field {cfg.instruction_field!r}: expected a non-empty string, found {instruction!r}",
+                src, line, f"{prefix}duplicate prompt id {prompt.id!r}, first seen at {seen[prompt.id]}"
             )
-        raw_id = row.get(cfg.id_field)
-        pid = str(raw_id) if raw_id not in (None, "") else prompt_id(instruction)
-        if pid in seen:
-            raise DataFileError(src, line, f"{prefix}duplicate prompt id {pid!r}, first seen at {seen[pid]}")
-        seen[pid] = f"line {loc}" if loc.isdigit() else loc
-        reference = row.get(cfg.reference_field) if cfg.reference_field else None
-        if reference is not None and not isinstance(reference, str):
-            raise DataFileError(
-                src, line, f"{prefix}field {cfg.reference_field!r}: expected a string, found {reference!r}"
-            )
-        dataset = row.get(cfg.dataset_field)
-        prompts.append(
-            Prompt(
-                id=pid,
-                instruction=instruction,
-                dataset=str(dataset) if dataset not in (None, "") else dataset_default,
-                reference=reference or None,
-            )
-        )
+        if TURN_SEP in prompt.id:
+            raise DataFileError(src, line, f"{prefix}prompt id {prompt.id!r}: {TURN_SEP!r} marks later turns' ids")
+        seen[prompt.id] = f"line {loc}" if loc.isdigit() else loc
+        if wanted is None or prompt.id in wanted:
+            prompts.append(prompt)
         if cfg.limit is not None and len(prompts) >= cfg.limit:
             break
+    if wanted is not None and (absent := [i for i in wanted if i not in seen]):
+        raise PromptSourceError(f"{cfg.source}: prompts.ids {absent[:5]} are not in the source")
     if not prompts:
         raise PromptSourceError(f"{cfg.source}: no prompts found")
     return prompts

@@ -21,15 +21,73 @@ class RecordError(ValueError):
     """A record could not be built from a mapping; the message names the field."""
 
 
+ROLES = ("system", "user", "assistant")
+
+
+@dataclass(frozen=True)
+class Message:
+    """One message of a conversation (OpenAI's roles)."""
+
+    role: str  # system | user | assistant
+    content: str
+
+
 @dataclass(frozen=True)
 class Prompt:
-    """One instruction to answer."""
+    """One instruction to answer: a single user turn, or the latest user turn of a conversation.
+
+    A multi-turn source (MT-Bench's ``turns``) gives the first turn's prompt with every user turn in
+    ``turns``; the pipeline makes each later turn's prompt with `next_turn` once the earlier turn
+    has its kept answer. ``history`` is what the model reads before ``instruction``.
+    """
 
     kind: ClassVar[str] = "prompt"
     id: str
     instruction: str
     dataset: str = ""
     reference: str | None = None  # a gold answer, used by reference-based judges
+    history: tuple[Message, ...] = ()  # the conversation before `instruction`: system, user and assistant messages
+    turn: int = 1  # which user turn of its conversation `instruction` is (1 = the first)
+    turns: tuple[str, ...] = ()  # every user turn of a multi-turn source (MT-Bench); () = no later turns to run
+    references: tuple[str | None, ...] = ()  # a gold answer per entry of `turns`, where the source gives them
+    category: str = ""  # the source's category (MT-Bench: writing, math, ...), for per-category results
+    conversation: str = ""  # the id of the conversation's first-turn prompt, for later turns ("" = this prompt's)
+
+    @property
+    def conversation_id(self) -> str:
+        """The id the conversation goes by (MT-Bench's question_id): its first turn's prompt id."""
+        return self.conversation or self.id
+
+    @property
+    def later_turns(self) -> int:
+        """User turns of the conversation still to run after this one."""
+        return max(0, len(self.turns) - self.turn)
+
+    def messages(self, system_prompt: str | None = None) -> list[dict[str, str]]:
+        """The conversation up to this turn as OpenAI-style messages, ``system_prompt`` first unless it has one."""
+        own = [{"role": m.role, "content": m.content} for m in self.history]
+        system = [] if any(m.role == "system" for m in self.history) or not system_prompt else [system_prompt]
+        return (
+            [{"role": "system", "content": s} for s in system] + own + [{"role": "user", "content": self.instruction}]
+        )
+
+
+TURN_SEP = ":turn"  # a later turn's prompt id: <first turn's id>:turn<k>
+
+
+def next_turn(prompt: Prompt, kept: str) -> Prompt:
+    """The prompt of the turn after ``prompt``, whose conversation now holds ``kept`` as the assistant's answer."""
+    k = prompt.turn + 1
+    conversation = prompt.conversation_id
+    return dataclasses.replace(
+        prompt,
+        id=f"{conversation}{TURN_SEP}{k}",
+        instruction=prompt.turns[k - 1],
+        reference=prompt.references[k - 1] if len(prompt.references) >= k else None,
+        history=prompt.history + (Message("user", prompt.instruction), Message("assistant", kept)),
+        turn=k,
+        conversation=conversation,
+    )
 
 
 @dataclass(frozen=True)
@@ -147,6 +205,7 @@ _INT_FIELDS = {
     "first",
     "second",
     "winner",
+    "turn",
 }
 
 
@@ -177,6 +236,10 @@ def from_json(cls: Any, data: Mapping[str, Any]) -> Any:
             raise RecordError(f"field {name!r}: expected 0 or more, found {value!r}")
     if body.get("winner") not in (None, 0, 1, 2):
         raise RecordError(f"field 'winner': expected 0, 1, 2 or null, found {body['winner']!r}")
+    if cls is Prompt:  # JSON lists back to the record's tuples
+        body["history"] = tuple(Message(**m) for m in body.get("history") or ())
+        body["turns"] = tuple(body.get("turns") or ())
+        body["references"] = tuple(body.get("references") or ())
     if "score" in body and body["score"] is not None:
         if not isinstance(body["score"], (int, float)) or isinstance(body["score"], bool):
             raise RecordError(f"field 'score': expected a number or null, found {body['score']!r}")

@@ -82,8 +82,11 @@ def read_manifest(path: Path) -> dict[str, Any]:
 
 
 def fingerprint(prompt: Prompt) -> str:
-    """What decides a prompt's candidates and judgements: its instruction and reference."""
-    text = json.dumps([prompt.instruction, prompt.reference], ensure_ascii=False)
+    """What decides a prompt's candidates and judgements: its instruction and reference, and its conversation."""
+    fields: list = [prompt.instruction, prompt.reference]
+    if prompt.history or prompt.turns:  # single instructions keep the fingerprint runs made before conversations
+        fields += [[[m.role, m.content] for m in prompt.history], list(prompt.turns), list(prompt.references)]
+    text = json.dumps(fields, ensure_ascii=False)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 

@@ -407,12 +407,14 @@ class HFRewardModel:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model.config.pad_token_id = self.tokenizer.pad_token_id
 
-    def conversation_ids(self, prompt: str, response: str) -> list[int]:
-        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+    def conversation_ids(self, messages: list[dict[str, str]]) -> list[int]:
+        """A conversation ending with the assistant answer to score, in the RM's chat template."""
         if self.tokenizer.chat_template:
             text = self.tokenizer.apply_chat_template(messages, tokenize=False)
             return self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        return self.tokenizer(prompt, response)["input_ids"]  # encoder RMs (DeBERTa) read a text pair
+        # encoder RMs (DeBERTa) read a text pair: the conversation so far, then the answer
+        context = "\n\n".join(m["content"] for m in messages[:-1] if m["role"] != "system")
+        return self.tokenizer(context, messages[-1]["content"])["input_ids"]
 
     @torch.inference_mode()
     def rewards(self, conversations: Sequence[list[int]], batch_size: int = 8) -> list[float]:

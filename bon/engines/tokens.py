@@ -13,17 +13,11 @@ from typing import Any
 
 from bon.core.config import ModelConfig
 from bon.core.errors import BonError
+from bon.core.formats import PromptFormatError  # noqa: F401  (raised here too; one type for every format problem)
 from bon.engines.models import ModelLoadError, ModelRef, converted_path, first_line, hub_reachable, resolve
 
 # config.json keys that hold a model's context length, in the order families use them
 _CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
-
-
-class PromptFormatError(BonError, ValueError):
-    """A prompt cannot be put in a model's tokens (no chat template, no single-token digits).
-
-    The message says what to set.
-    """
 
 
 class ContextLengthError(BonError, ValueError):

@@ -272,8 +272,8 @@ class VLLMRewardModel:
         self.tokenizer = self.llm.get_tokenizer()
         self._params = vllm.PoolingParams(use_activation=False)  # the raw logit is the reward
 
-    def conversation_ids(self, prompt: str, response: str) -> list[int]:
-        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+    def conversation_ids(self, messages: list[dict[str, str]]) -> list[int]:
+        """A conversation ending with the assistant answer to score, in the RM's chat template."""
         text = self.tokenizer.apply_chat_template(messages, tokenize=False)
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 

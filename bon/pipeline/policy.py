@@ -56,10 +56,11 @@ class EnginePolicy:
 
     def prompt_ids(self, prompt: Prompt) -> list[int]:
         """The token ids the policy reads for ``prompt``, in the configured prompt format."""
-        if self.cfg.prompt_format == CHAT:
-            system = [{"role": "system", "content": self.cfg.system_prompt}] if self.cfg.system_prompt else []
-            return self.engine.chat_ids(system + [{"role": "user", "content": prompt.instruction}], fix=NO_TEMPLATE_FIX)
-        return self.engine.text_ids(render(self.cfg.prompt_format, prompt.instruction, self.cfg.system_prompt))
+        if self.cfg.prompt_format == CHAT:  # a conversation's own system message wins over system_prompt
+            return self.engine.chat_ids(prompt.messages(self.cfg.system_prompt), fix=NO_TEMPLATE_FIX)
+        return self.engine.text_ids(
+            render(self.cfg.prompt_format, prompt.instruction, self.cfg.system_prompt, prompt.history)
+        )
 
     @property
     def context(self) -> int | None:

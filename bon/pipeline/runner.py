@@ -16,7 +16,7 @@ from typing import Protocol
 
 from bon.core.config import RunConfig
 from bon.core.io import lock_dir
-from bon.core.judging import Judge, build_judge
+from bon.core.judging import Judge, build_judge, check_conversations
 from bon.core.prompts import load_prompts
 from bon.core.records import Candidate, Judgement, Key, Prompt, Selection, by_key, by_prompt
 from bon.core.rundir import RunDir
@@ -25,6 +25,7 @@ from bon.pipeline.policy import Policy
 from bon.pipeline.preflight import lengths
 from bon.pipeline.scoring import ScoreMissing
 from bon.pipeline.selection import AGAIN, check_judged, flag_counts, secondary_judge, select_prompt
+from bon.pipeline.turns import following, last_turn_bound, turn_ids
 
 
 class Progress(Protocol):
@@ -113,7 +114,10 @@ class RunState:
 
     def judgements(self, prompt: Prompt) -> list[Judgement]:
         """The judge's judgements of a prompt's candidates (those it has), by index."""
-        return [self.judged[(prompt.id, i)] for i in range(self.n) if (prompt.id, i) in self.judged]
+        return self.judged_of(prompt.id)
+
+    def judged_of(self, prompt_id: str) -> list[Judgement]:
+        return [self.judged[(prompt_id, i)] for i in range(self.n) if (prompt_id, i) in self.judged]
 
 
 class Scheduler:
@@ -191,51 +195,68 @@ def run(
 ) -> RunResult:
     """Run (or resume) a best-of-N job.
 
-    ``policy``/``judge`` override the configured ones and ``executor`` the configured engine (tests).
+    A conversation goes turn by turn: every prompt's turn k is sampled, judged and selected before
+    turn k+1 is built from the conversation with the kept answer (`bon.pipeline.turns`), so a
+    resumed run redoes no finished turn. ``policy``/``judge`` override the configured ones and
+    ``executor`` the configured engine (tests).
     """
     progress = progress or Silent()
     prompts = load_prompts(config.prompts)
     judge = judge or build_judge(config.judge.name, config.judge.options)
+    check_conversations(judge, prompts, config.policy.prompt_format)
     plan = lengths(config, prompts, judge, check_policy=policy is None)  # before the run directory exists
+    if any(p.later_turns for p in prompts):  # a conversation whose user turns alone overflow is refused now
+        lengths(config, [last_turn_bound(p) for p in prompts if p.later_turns], judge, check_policy=policy is None)
     description = judge.describe()
     with lock_dir(config.output_dir):  # one process per run directory
         rd, notes = RunDir.open(config, {"judge_description": description}, prompts)
         state = RunState.read(rd, config, judge.name)
+        planned = [pid for p in prompts if p.id not in plan.skipped for pid in turn_ids(p)]
         if rd.resumed:
-            done = sum(p.id in state.selected for p in prompts)
+            done = sum(pid in state.selected for pid in planned)
             notes.append(
                 f"{rd.path} holds this run, complete: nothing to sample or judge (its results again below)"
-                if done == len(prompts)
-                else f"resuming the run in {rd.path}: {done} of {len(prompts)} prompts done"
+                if done == len(planned)
+                else f"resuming the run in {rd.path}: {done} of {len(planned)} prompts done"
             )
         for note in notes + plan.notes:
             progress.note(note)
-        result = RunResult(rd, prompts, [], description, scale=getattr(judge, "scale", ""))
-        state.add_selections(
-            [
-                Selection(p.id, None, True, None, judge.name, why, skipped=True)
-                for p in prompts
-                if (why := plan.skipped.get(p.id)) and p.id not in state.selected
-            ]
-        )
-        work = [p for p in prompts if p.id not in plan.skipped]
-        total = len(work) * config.n
-        progress.start("candidates", total, sum(min(len(state.candidates[p.id]), config.n) for p in work))
-        progress.start("judgements", total, sum(len(state.judgements(p)) for p in work))
-        progress.start("prompts", len(prompts), sum(p.id in state.selected for p in prompts))
+        result = RunResult(rd, [], [], description, scale=getattr(judge, "scale", ""))
+        total = len(planned) * config.n
+        progress.start("candidates", total, sum(min(len(state.candidates[pid]), config.n) for pid in planned))
+        progress.start("judgements", total, sum(len(state.judged_of(pid)) for pid in planned))
+        progress.start("prompts", len(planned), sum(pid in state.selected for pid in planned))
 
         t0 = time.perf_counter()
+        work: list[Prompt] = []
         with executor or make_executor(config, judge, policy, progress.note) as ex:
-            Scheduler(state, ex, _batches(work, config.batch_size), config, progress, result).run()
+            turn = prompts
+            while turn:
+                if turn is not prompts:  # a later turn: its prompts hold the kept answers, measured only now
+                    plan = lengths(config, turn, judge, check_policy=policy is None)
+                    rd.check_prompts(turn, record=True)
+                    for note in plan.notes:
+                        progress.note(f"turn {turn[0].turn}: {note}")
+                state.add_selections(
+                    [
+                        Selection(p.id, None, True, None, judge.name, why, skipped=True)
+                        for p in turn
+                        if (why := plan.skipped.get(p.id)) and p.id not in state.selected
+                    ]
+                )
+                sampled = [p for p in turn if p.id not in plan.skipped]
+                Scheduler(state, ex, _batches(sampled, config.batch_size), config, progress, result).run()
+                result.prompts += turn
+                work += sampled
+                turn = following(turn, state.selected, state.candidates, config.selection.decline_message)
             result.seconds.update(ex.stage_seconds())
         result.seconds["wall"] = time.perf_counter() - t0
 
-        result.selections = [state.selected[p.id] for p in prompts]
+        result.selections = [state.selected[p.id] for p in result.prompts]
         made = [j for p in work for j in state.judgements(p)]
         result.judgements, result.flagged, result.flags = len(made), sum(bool(j.flag) for j in made), flag_counts(made)
-        result.outputs_path = rd.write_outputs(
-            alpaca_eval_outputs(config, prompts, state.candidates, result.selections)
-        )
+        first = result.selections[: len(prompts)]  # AlpacaEval rows: one per source prompt, its first turn
+        result.outputs_path = rd.write_outputs(alpaca_eval_outputs(config, prompts, state.candidates, first))
     if not config.allow_unjudged:
         check_judged(judge.name, {p.id: state.judgements(p) for p in work}, kept=AGAIN.format(label=judge.name))
     return result
