@@ -52,12 +52,12 @@ def ks_for(n: int) -> list[int]:
     return ks + [n]
 
 
-def bootstrap(wins: list[float], rounds: int, seed: int) -> tuple[float | None, float | None]:
-    """95% percentile interval of the mean win (percent), resampling prompts."""
+def bootstrap(wins: list[float], rounds: int, seed: int, scale: float = 100.0) -> tuple[float | None, float | None]:
+    """95% percentile interval of the mean (times ``scale``: percent of a win by default), resampling prompts."""
     if not wins:
         return None, None
     rng = random.Random(seed)
-    means = sorted(100 * sum(rng.choices(wins, k=len(wins))) / len(wins) for _ in range(rounds))
+    means = sorted(scale * sum(rng.choices(wins, k=len(wins))) / len(wins) for _ in range(rounds))
     return means[int(0.025 * rounds)], means[min(rounds - 1, int(0.975 * rounds))]
 
 

@@ -77,7 +77,7 @@ class MTBenchOptions(ModelConfig):
     )
     force_rating: bool = Field(
         False,
-        description="a judgment without [[rating]] gets the expected digit 1-9 after 'Rating: [[' (small judges; flagged)",
+        description="a judgment without [[rating]] is scored by the expected digit after 'Rating: [[' (flagged)",
     )
     single: str = Field("single-v1", description="the prompt grading a first turn")
     multi_turn: str = Field("single-v1-multi-turn", description="the prompt grading a second turn")

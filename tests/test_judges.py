@@ -25,6 +25,7 @@ def test_registry_suggests_and_lists():
             "cosine",
             "ensemble",
             "length",
+            "mt_bench",
             "pairwise",
             "ppl",
             "random",

@@ -255,3 +255,64 @@ def gain_cmd(
         report = gain_report(run_dir, version, annotator, reference_outputs, judge)
     console.print(report.markdown.read_text(), markup=False)
     console.print(f"wrote {report.markdown} and {report.png}")
+
+
+@export_app.command("mt-bench")
+def export_mt_bench_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="a finished run on MT-Bench questions")],
+    model_id: Annotated[str, typer.Option("--model-id", help="the model name FastChat shows (and the file's name)")],
+    out: Annotated[
+        Path, typer.Option("--out", help="FastChat's data/mt_bench directory, or any; model_answer/ goes in it")
+    ] = Path("."),
+) -> None:
+    """OUT/model_answer/MODEL_ID.jsonl in FastChat's model-answer format, for gen_judgment.py and show_result.py."""
+    from eval.mt_bench import export_answers
+
+    with fail_clearly():
+        path, rows = export_answers(run_dir, model_id, out)
+    console.print(f"wrote {rows} answers (every turn's kept answer) to {path}")
+
+
+@eval_app.command("mt-bench")
+def mt_bench_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="a finished run on MT-Bench questions")],
+    judge: Annotated[
+        str, typer.Option("--judge", help="whose ratings to read (a judge label in the run)")
+    ] = "mt_bench",
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="first rate the candidates with the mt_bench judge and these options"),
+    ] = None,
+) -> None:
+    """Mean MT-Bench rating per turn and category (as show_result.py), and best-of-k per turn with CIs and a PNG."""
+    from bon.cli.progress import RichProgress
+    from bon.pipeline.rejudge import judge_run
+    from eval.mt_bench import gain_rows, mt_bench_report
+
+    with fail_clearly(writes=run_dir):
+        if set_:
+            with RichProgress(console) as progress:
+                judge_run(run_dir, "mt_bench", options_from(set_), judge, progress, allow_unjudged=True)
+        report = mt_bench_report(run_dir, judge)
+    fmt = lambda x: "—" if x is None else f"{x:.3f}"  # noqa: E731
+    turns = Table(title=f"MT-Bench ratings of the kept answers ({report.score_judge})")
+    for column in ("turn", "score"):
+        turns.add_column(column, justify="right")
+    for turn, score in report.by_turn.items():
+        turns.add_row(str(turn), fmt(score))
+    turns.add_row("average", fmt(report.average))
+    categories = Table(title="per category (both turns)")
+    for column in ("category", "score"):
+        categories.add_column(column, justify="right")
+    for name, score in report.by_category.items():
+        categories.add_row(name, fmt(score))
+    gain = Table(title=f"best-of-k, picked by {report.run_judge}, N={report.n}, {report.questions} questions")
+    for column in ("turn", "k", "mean rating", "95% CI", "gain over k=1", "rated", "unrated"):
+        gain.add_column(column, justify="right")
+    for row in gain_rows(report):
+        gain.add_row(*row)
+    for table in (turns, categories, gain):
+        console.print(table)
+    if report.note:
+        console.print(f"note: {report.note}")
+    console.print(f"wrote {report.markdown} and {report.png}")

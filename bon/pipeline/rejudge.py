@@ -9,7 +9,7 @@ from typing import Any
 
 from bon.core.config import RunConfig, SelectionConfig, validate_options
 from bon.core.io import write_records_atomic
-from bon.core.judging import JUDGES, build_judge, policy_defaults, same_judge
+from bon.core.judging import JUDGES, build_judge, check_conversations, policy_defaults, same_judge
 from bon.core.names import check_name
 from bon.core.prompts import load_prompts
 from bon.core.records import Candidate, Judgement, Key, Prompt, Selection, by_key, by_prompt
@@ -18,15 +18,27 @@ from bon.pipeline.executors import LocalExecutor
 from bon.pipeline.runner import Progress, Silent, alpaca_eval_outputs
 from bon.pipeline.scoring import score_missing
 from bon.pipeline.selection import AGAIN, check_judged, secondary_judge, select_prompt
+from bon.pipeline.turns import every_turn
+
+
+def run_prompts(rd: RunDir, config: RunConfig) -> tuple[list[Prompt], list[Selection], dict[str, dict[int, Candidate]]]:
+    """Every turn's prompt the run has built (a conversation's later turns hold the run judge's kept answers),
+    with the run's selections and candidates; refused when a prompt changed since it was sampled."""
+    loaded = load_prompts(config.prompts)
+    rd.check_prompts(loaded)
+    selections = rd.read(Selection)
+    cands = by_prompt(rd.read(Candidate))
+    mine = {s.prompt_id: s for s in selections if s.judge == config.judge.name}
+    turns = every_turn(loaded, mine, cands, config.selection.decline_message)
+    rd.check_prompts(turns[len(loaded) :])
+    return turns, selections, cands
 
 
 def run_candidates(rd: RunDir, config: RunConfig):
-    """(the sampled prompts, their candidates by prompt id and index, the skip selections of the others)."""
-    skipped = {s.prompt_id: s for s in rd.read(Selection) if s.skipped}
-    loaded = load_prompts(config.prompts)
-    rd.check_prompts(loaded)
+    """(every turn's sampled prompts, their candidates by prompt id and index, the skip selections of the others)."""
+    loaded, selections, cands = run_prompts(rd, config)
+    skipped = {s.prompt_id: s for s in selections if s.skipped}
     prompts = [p for p in loaded if p.id not in skipped]
-    cands = by_prompt(rd.read(Candidate))
     incomplete = [p.id for p in prompts if len(cands[p.id]) < config.n]
     if incomplete:
         raise RunDirError(
@@ -74,6 +86,7 @@ def judge_run(
         judge = build_judge(name, options)
         label = label or name
         prompts, cands, _ = run_candidates(rd, config)  # every input is read before anything is written
+        check_conversations(judge, prompts, config.policy.prompt_format)
         n = config.n
         existing = rd.read(Judgement)  # a bad judgements line, too, is refused before the manifest changes
         rd.register(
@@ -124,6 +137,11 @@ def select_run(
     validate_options(SelectionConfig, {"decline_below": decline_below, "tie_break": tie_break})
     with open_run(run_dir) as (rd, manifest, config):
         sampled, cands, skipped = run_candidates(rd, config)
+        if label == config.judge.name and any(p.turn > 1 for p in sampled):
+            raise RunDirError(
+                f"{rd.path}: the run judge {label!r} kept the answers its later turns were sampled after; "
+                "re-selecting with it would change those conversations (select with another judge's label)"
+            )
         all_judgements = rd.read(Judgement)
         judged = judgements_of(rd, all_judgements, label, sampled, config.n)
         if not allow_unjudged:
@@ -131,7 +149,7 @@ def select_run(
             check_judged(label, blind, kept="nothing was changed", allow="bon select: --allow-unjudged")
         other = secondary_judge(tie_break)
         secondary = by_key(all_judgements, other) if other else None
-        prompts = load_prompts(config.prompts)  # skipped prompts keep their declined selection, under this judge
+        prompts = run_prompts(rd, config)[0]  # skipped prompts keep their declined selection, under this judge
         selections = [
             replace(skipped[p.id], judge=label)
             if p.id in skipped
@@ -148,7 +166,8 @@ def select_run(
             }
         )
         generator = f"{config.generator_name().rsplit('-', 1)[0]}-{label}" if not config.name else config.name
-        outputs = alpaca_eval_outputs(updated, prompts, cands, selections, generator)
+        source = [(p, s) for p, s in zip(prompts, selections) if not p.conversation]  # AlpacaEval: first turns
+        outputs = alpaca_eval_outputs(updated, [p for p, _ in source], cands, [s for _, s in source], generator)
         manifest["selected_with"] = {"judge": label, "decline_below": decline_below, "tie_break": tie_break}
         rd.write_manifest(manifest)
         return selections, rd.write_outputs(outputs)

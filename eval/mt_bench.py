@@ -1,0 +1,265 @@
+"""MT-Bench from a bon run: FastChat's model-answer file, and scores per turn and category with the best-of-k gain.
+
+A conversation's later turns were sampled after the run judge's kept answer, so both readers follow
+the run judge's selections (`bon.pipeline.turns`). The best-of-k gain of turn 2 is measured on the
+candidates sampled after turn 1's best-of-N answer: k varies the pick within a turn, not the history.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bon.core.config import RunConfig
+from bon.core.io import write_jsonl_atomic
+from bon.core.names import check_name
+from bon.core.prompts import load_prompts
+from bon.core.records import Candidate, Judgement, Prompt, Selection, by_prompt
+from bon.core.rundir import RunDir, RunDirError, load_run
+from bon.pipeline.rejudge import judgements_of
+from bon.pipeline.selection import secondary_judge, select_prompt
+from bon.pipeline.turns import every_turn, kept_text, turn_ids
+from eval.gain import bootstrap, ks_for
+
+
+@dataclass(frozen=True)
+class Conversations:
+    """A finished run's conversations: every turn's prompt, its candidates, and the run judge's selections."""
+
+    first: list[Prompt]  # the source's prompts, one per conversation
+    turns: list[Prompt]  # every turn's prompt the run built
+    candidates: dict[str, dict[int, Candidate]]
+    selected: dict[str, Selection]  # the run judge's selection per turn prompt
+
+
+def read_conversations(rd: RunDir, config: RunConfig) -> Conversations:
+    first = load_prompts(config.prompts)
+    rd.check_prompts(first)
+    selected = {s.prompt_id: s for s in rd.read(Selection) if s.judge == config.judge.name}
+    cands = by_prompt(rd.read(Candidate))
+    turns = every_turn(first, selected, cands, config.selection.decline_message)
+    rd.check_prompts(turns)
+    unfinished = [p.id for p in first if not _finished(p, selected)]
+    if unfinished:
+        raise RunDirError(
+            f"{rd.path}: {len(unfinished)} conversations are unfinished (e.g. {unfinished[0]!r}); "
+            "finish the run with `bon run` first"
+        )
+    return Conversations(first, turns, cands, selected)
+
+
+def _finished(prompt: Prompt, selected: dict[str, Selection]) -> bool:
+    """Whether every turn of ``prompt``'s conversation is selected, or it ended at a skipped turn."""
+    for pid in turn_ids(prompt):
+        if pid not in selected:
+            return False
+        if selected[pid].skipped:  # did not fit the context: the conversation ends here
+            return True
+    return True
+
+
+def answer_turns(conv: Conversations, prompt: Prompt, decline_message: str) -> list[str]:
+    """The kept answer of every turn of ``prompt``'s conversation (the decline message where one was skipped)."""
+    by_turn = {p.turn: p for p in conv.turns if p.conversation_id == prompt.id}
+    out = []
+    for k in range(1, max(1, len(prompt.turns)) + 1):
+        p = by_turn.get(k)
+        text = None if p is None else kept_text(conv.selected[p.id], conv.candidates.get(p.id, {}), decline_message)
+        out.append(decline_message if text is None else text)
+    return out
+
+
+def export_answers(run_dir: Path, model_id: str, out_dir: Path) -> tuple[Path, int]:
+    """Write ``out_dir/model_answer/<model_id>.jsonl`` in FastChat's model-answer format; returns (path, rows)."""
+    check_name(model_id, "--model-id")  # it becomes a file name, and FastChat's model name
+    rd, _, config = load_run(run_dir)
+    conv = read_conversations(rd, config)
+    rows = []
+    for p in conv.first:
+        turns = answer_turns(conv, p, config.selection.decline_message)
+        qid = p.conversation_id
+        digest = hashlib.sha256(json.dumps([model_id, qid, turns]).encode()).hexdigest()[:22]
+        rows.append(
+            {
+                "question_id": int(qid) if qid.isdigit() else qid,  # FastChat keys answers by the int question_id
+                "answer_id": digest,  # FastChat draws a shortuuid; this one is stable across exports
+                "model_id": model_id,
+                "choices": [{"index": 0, "turns": turns}],
+                "tstamp": time.time(),
+            }
+        )
+    path = Path(out_dir) / "model_answer" / f"{model_id}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_jsonl_atomic(path, rows)
+    return path, len(rows)
+
+
+@dataclass(frozen=True)
+class TurnPoint:
+    turn: int
+    k: int
+    mean: float | None  # mean rating of the picks that have one
+    ci_low: float | None
+    ci_high: float | None
+    rated: int
+    unrated: int  # declined, or the scoring judge failed on the pick
+
+
+@dataclass
+class MTBenchReport:
+    run_judge: str  # who picked
+    score_judge: str  # who rated
+    n: int
+    questions: int
+    by_turn: dict[int, float | None]  # show_result.py: mean rating of the kept answers per turn
+    average: float | None  # and over both turns
+    by_category: dict[str, float | None]
+    points: list[TurnPoint] = field(default_factory=list)
+    note: str | None = None
+    png: Path | None = None
+    markdown: Path | None = None
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def mt_bench_report(run_dir: Path, score_label: str = "mt_bench", rounds: int = 1000, seed: int = 0) -> MTBenchReport:
+    """Mean ratings per turn and category of the run's kept answers, and the best-of-k curve per turn."""
+    rd, _, config = load_run(run_dir)
+    conv = read_conversations(rd, config)
+    sampled = [p for p in conv.turns if not conv.selected[p.id].skipped]
+    all_j = rd.read(Judgement)
+    picker = judgements_of(rd, all_j, config.judge.name, sampled, config.n)
+    rater = judgements_of(rd, all_j, score_label, sampled, config.n)
+    other = secondary_judge(config.selection.tie_break)
+    secondary = {j.key: j for j in all_j if j.judge == other} if other else None
+    sel = config.selection
+
+    def rating(p: Prompt, index: int | None) -> float | None:
+        return None if index is None else rater[(p.id, index)].score
+
+    kept = {p.id: rating(p, conv.selected[p.id].chosen_index) for p in sampled}
+    by_turn: dict[int, list[float]] = defaultdict(list)
+    by_category: dict[str, list[float]] = defaultdict(list)
+    for p in sampled:
+        if (r := kept[p.id]) is not None:
+            by_turn[p.turn].append(r)
+            by_category[p.category or "(none)"].append(r)
+    points = []
+    for turn in sorted({p.turn for p in sampled}):
+        prompts = [p for p in sampled if p.turn == turn]
+        for k in ks_for(config.n):
+            picks = [
+                rating(
+                    p,
+                    select_prompt(
+                        p.id, [picker[(p.id, i)] for i in range(k)], sel.decline_below, sel.tie_break, secondary
+                    ).chosen_index,
+                )
+                for p in prompts
+            ]
+            rated = [r for r in picks if r is not None]
+            low, high = bootstrap(rated, rounds, seed, scale=1.0)
+            points.append(TurnPoint(turn, k, _mean(rated), low, high, len(rated), len(picks) - len(rated)))
+    note = (
+        f"the same judge ({score_label}) picks and rates: the gain is optimistic"
+        if score_label == config.judge.name
+        else None
+    )
+    report = MTBenchReport(
+        config.judge.name,
+        score_label,
+        config.n,
+        len(conv.first),
+        {t: _mean(v) for t, v in sorted(by_turn.items())},
+        _mean([r for v in by_turn.values() for r in v]),
+        {c: _mean(v) for c, v in sorted(by_category.items())},
+        points,
+        note,
+    )
+    out = rd.path / "mt_bench"
+    out.mkdir(exist_ok=True)
+    report.png, report.markdown = out / "gain.png", out / "mt_bench.md"
+    _plot(report)
+    report.markdown.write_text("\n".join(markdown_lines(report)) + "\n", encoding="utf-8")
+    return report
+
+
+def _fmt(x: float | None) -> str:
+    return "—" if x is None else f"{x:.3f}"
+
+
+def gain_rows(report: MTBenchReport) -> list[tuple[str, ...]]:
+    """(turn, k, mean rating, 95% CI, gain over k=1, rated, unrated) per point, as the table shows them."""
+    base = {p.turn: p.mean for p in report.points if p.k == 1}
+    rows: list[tuple[str, ...]] = []
+    for p in report.points:
+        gain = None if p.mean is None or base[p.turn] is None else p.mean - base[p.turn]  # type: ignore[operator]
+        rows.append(
+            (
+                str(p.turn),
+                str(p.k),
+                _fmt(p.mean),
+                f"{_fmt(p.ci_low)}–{_fmt(p.ci_high)}",
+                "—" if gain is None else f"{gain:+.3f}",
+                str(p.rated),
+                str(p.unrated),
+            )
+        )
+    return rows
+
+
+def markdown_lines(report: MTBenchReport) -> list[str]:
+    lines = [
+        f"# MT-Bench: picked by `{report.run_judge}`, rated by `{report.score_judge}`, N={report.n}, "
+        f"{report.questions} questions",
+        "",
+        "| turn | mean rating (1-10) |",
+        "|---|---|",
+        *[f"| {t} | {_fmt(v)} |" for t, v in report.by_turn.items()],
+        f"| average | {_fmt(report.average)} |",
+        "",
+        "| category | mean rating (both turns) |",
+        "|---|---|",
+        *[f"| {c} | {_fmt(v)} |" for c, v in report.by_category.items()],
+        "",
+        "| turn | k | mean rating | 95% CI | gain over k=1 | rated | unrated |",
+        "|---|---|---|---|---|---|---|",
+        *["| " + " | ".join(r) + " |" for r in gain_rows(report)],
+        "",
+        "Turn 2's candidates follow turn 1's best-of-N answer; k varies the pick within the turn. Unrated: declined "
+        "or the rating failed (left out, as show_result.py leaves out a rating of -1).",
+    ]
+    if report.note:
+        lines += ["", f"**Note: {report.note}.**"]
+    if report.png is not None:
+        lines += ["", f"![gain]({report.png.name})"]
+    return lines
+
+
+def _plot(report: MTBenchReport) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for turn in sorted({p.turn for p in report.points}):
+        curve = [p for p in report.points if p.turn == turn and p.mean is not None]
+        ks = [p.k for p in curve]
+        ax.plot(ks, [p.mean for p in curve], marker="o", label=f"turn {turn}")
+        ax.fill_between(ks, [p.ci_low for p in curve], [p.ci_high for p in curve], alpha=0.2)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("k (candidates considered)")
+    ax.set_ylabel(f"mean MT-Bench rating ({report.score_judge})")
+    ax.set_title(f"Best-of-k on MT-Bench, picked by {report.run_judge}, {report.questions} questions", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    assert report.png is not None
+    fig.savefig(report.png, dpi=120)
+    plt.close(fig)
