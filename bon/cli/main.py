@@ -51,14 +51,23 @@ def run(
 
     scale = f" · scores: {result.scale}" if result.scale else ""
     table = Table(title=f"best-of-{cfg.n}: {result.judge_description}{scale}", title_justify="left")
-    table.add_column("prompt", overflow="ellipsis", no_wrap=True, max_width=44)
+    turns = any(p.turn > 1 or p.turns for p in result.prompts)  # conversations: which turn a row is
+    table.add_column("prompt", overflow="ellipsis", no_wrap=True, max_width=36 if turns else 44)
+    if turns:
+        table.add_column(
+            "turn",
+            justify="right",
+            no_wrap=True,
+            min_width=max(len(f"{p.conversation_id} #{p.turn}") for p in result.prompts),
+        )
     for column in ("best score", "pick"):  # whole headers at 80 columns; the prompt gives way
         table.add_column(column, justify="right", no_wrap=True, min_width=len(column))
     table.add_column("declined", no_wrap=True, min_width=len("declined"))
     for p, s in zip(result.prompts, result.selections):
         score = "—" if s.score is None else f"{s.score:.3f}"
         chosen = "—" if s.chosen_index is None else str(s.chosen_index)
-        table.add_row(p.instruction.replace("\n", " "), score, chosen, "yes" if s.declined else "no")
+        where = [f"{p.conversation_id} #{p.turn}"] if turns else []
+        table.add_row(p.instruction.replace("\n", " "), *where, score, chosen, "yes" if s.declined else "no")
     console.print(table)
     for line in run_summary(result, wall):
         console.print(line, highlight=False)
