@@ -18,7 +18,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from bon.core.config import ModelConfig
 from bon.core.io import DataFileError, read_json_rows
@@ -84,24 +84,29 @@ class MTBenchOptions(ModelConfig):
     math: str = Field("single-math-v1", description="the prompt grading a first turn of math, reasoning or coding")
     math_multi_turn: str = Field("single-math-v1-multi-turn", description="the same for a second turn")
 
-    @model_validator(mode="after")
-    def _known_prompts(self) -> MTBenchOptions:
-        path = Path(self.prompts_file) if self.prompts_file else SHIPPED
+    @field_validator("single", "multi_turn", "math", "math_multi_turn")
+    @classmethod
+    def _known_prompt(cls, name: str, info: ValidationInfo) -> str:
+        given = info.data.get("prompts_file")
+        path = Path(given) if given else SHIPPED
         if not path.is_file():
-            raise ValueError(f"prompts_file {str(path)!r}: no such file")
+            raise ValueError(f"the prompts_file {str(path)!r} does not exist")
         prompts = read_judge_prompts(path)
-        for role in ROLES:
-            name = getattr(self, role)
-            if name not in prompts:
-                raise ValueError(f"{role}: {name!r} is not a judge prompt of {path} (it has {', '.join(prompts)})")
-            if prompts[name]["type"] != "single":
-                raise ValueError(f"{role}: {name!r} is a {prompts[name]['type']} prompt; this judge grades one answer")
-            wants_multi = role.endswith("multi_turn")
-            if ("{question_2}" in prompts[name]["prompt_template"]) != wants_multi:
-                raise ValueError(f"{role}: {name!r} is not a {'two' if wants_multi else 'one'}-turn prompt")
-        if self.reference_answers and not Path(self.reference_answers).is_file():
-            raise ValueError(f"reference_answers {self.reference_answers!r}: no such file")
-        return self
+        if name not in prompts:
+            raise ValueError(f"{name!r} is not a judge prompt of {path} (it has {', '.join(prompts)})")
+        if prompts[name]["type"] != "single":
+            raise ValueError(f"{name!r} is a {prompts[name]['type']} prompt; this judge grades one answer")
+        wants_multi = str(info.field_name).endswith("multi_turn")
+        if ("{question_2}" in prompts[name]["prompt_template"]) != wants_multi:
+            raise ValueError(f"{name!r} is not a {'two' if wants_multi else 'one'}-turn prompt")
+        return name
+
+    @field_validator("reference_answers")
+    @classmethod
+    def _exists(cls, path: str | None) -> str | None:
+        if path and not Path(path).is_file():
+            raise ValueError(f"{path!r}: no such file")
+        return path
 
 
 def parse_rating(text: str) -> tuple[float | None, str | None]:
