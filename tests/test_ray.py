@@ -68,6 +68,23 @@ def test_ray_engine_equals_local(ray_session, local_reference, tmp_path):
     assert result.seconds["sample"] > 0 and result.seconds["judge"] > 0
 
 
+@pytest.mark.slow
+@pytest.mark.ray
+def test_conversations_under_ray_equal_local(ray_session, tmp_path):
+    """Two-turn conversations: each turn's prompts, built from the kept answer, run on the actors as locally."""
+    source = tmp_path / "conv.jsonl"
+    rows = [
+        {"question_id": i, "turns": [f"Name a {thing}.", "Why that one?"]} for i, thing in enumerate(("fruit", "city"))
+    ]
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    local = demo(tmp_path, "local", f"prompts.source={source}")
+    run(local)
+    on_ray = demo(tmp_path, "ray", f"prompts.source={source}", "engine=ray")
+    result = run(on_ray)
+    assert [p.id for p in result.prompts] == ["0", "1", "0:turn2", "1:turn2"]
+    same_files(on_ray.output_dir, local.output_dir)
+
+
 class KillOnFirst:
     """A progress sink that SIGKILLs an actor's process the first time a stage advances."""
 

@@ -109,3 +109,38 @@ def test_kill_loop_of_run_and_judge_matches_uninterrupted(tmp_path):
     judge[judge.index(str(ref))] = str(killed)
     kill_loop(judge, 4, judge_s, judge_idle, rng)
     assert (killed / "judgements.jsonl").read_bytes() == (ref / "judgements.jsonl").read_bytes()
+
+
+def test_kill_9_during_turn_2_then_resume_matches_uninterrupted(tmp_path, shared_data):
+    """A two-turn MT-Bench run killed while turn 2 is being written resumes to the uninterrupted run's files."""
+
+    def mt_command(run_dir: Path) -> list[str]:
+        args = [*BON, "run", "configs/mt_bench_cpu.yaml", "--set", f"output_dir={run_dir}"]
+        for s in ("n=2", "prompts.ids=[81,101,131]", "batch_size=1", "policy.max_tokens=24"):
+            args += ["--set", s]
+        return args + ["--set", f"prompts.source={shared_data / 'mt_bench' / 'question.jsonl'}"]
+
+    ref = tmp_path / "ref"
+    done = subprocess.run(mt_command(ref), cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(mt_command(killed), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    cands = killed / "candidates.jsonl"
+    while proc.poll() is None and time.time() < deadline:
+        if cands.exists() and b":turn2" in cands.read_bytes():
+            break
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (killed / "model_outputs.json").exists()
+    written = cands.read_text()
+    assert ":turn2" in written and written.count(":turn2") < 6  # inside turn 2: some of its candidates, not all
+
+    resumed = subprocess.run(mt_command(killed), cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in resumed.stdout
+    for name in (*COMPARED, "prompts.json"):
+        assert (killed / name).read_bytes() == (ref / name).read_bytes(), name
