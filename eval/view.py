@@ -16,9 +16,10 @@ from typing import Any
 
 from bon.core.errors import BonError, ConfigError
 from bon.core.io import read_json, read_records
-from bon.core.prompts import PromptSourceError, load_prompts
+from bon.core.prompts import PromptSourceError
 from bon.core.records import Candidate, Comparison, Judgement, Selection
 from bon.core.rundir import RunDirError, load_run, read_manifest
+from bon.pipeline.rejudge import run_prompts
 
 IMAGES = ("gain/gain.png",)  # plots `bon eval` leaves in a run directory, shown in the overview when present
 
@@ -38,8 +39,8 @@ def run_data(run_dir: Path | str) -> dict[str, Any]:
     judgements = rd.read(Judgement)
     selections = rd.read(Selection)
     note = None
-    try:
-        prompts = {p.id: p for p in load_prompts(config.prompts)}
+    try:  # every turn of a conversation run: later turns hold the kept answers
+        prompts = {p.id: p for p in run_prompts(rd, config)[0]}
     except PromptSourceError as e:  # a run copied without its prompt file: ids stand in for instructions
         prompts, note = {}, f"prompt texts not shown: {e}"
     by_prompt: dict[str, list[Candidate]] = defaultdict(list)
@@ -63,6 +64,7 @@ def run_data(run_dir: Path | str) -> dict[str, Any]:
                 "id": pid,
                 "instruction": p.instruction if p else pid,
                 "reference": p.reference if p else None,
+                "history": [[m.role, m.content] for m in p.history] if p else [],
                 "candidates": [_candidate(c) for c in cands],
                 "judgements": {
                     judge: [_judgement(judged[(judge, pid)].get(c.index)) for c in cands]

@@ -317,3 +317,15 @@ def test_selections_keep_their_turn_through_the_records(tmp_path):
     assert all(isinstance(s, Selection) for s in selections) and all(
         isinstance(c, Candidate) for g in cands.values() for c in g.values()
     )
+
+
+def test_view_shows_later_turns_with_the_conversation_they_continue(tmp_path):
+    from eval.view import run_data
+
+    cfg = conversation_config(tmp_path)
+    run(cfg, policy=FakePolicy())
+    rows = {r["id"]: r for r in run_data(cfg.output_dir)["prompts"]}
+    assert list(rows) == ["1", "2", "m", "1:turn2", "2:turn2"]
+    later = rows["1:turn2"]
+    assert later["instruction"] == "Now make it rhyme." and later["history"][0] == ["user", "Write a haiku."]
+    assert later["history"][1][0] == "assistant" and later["candidates"]

@@ -365,3 +365,24 @@ def test_official_annotator_runs_unmodified_against_the_server(vllm_server, tmp_
     else:  # it rated none: the one-line refusal, and nothing cached as an answer
         assert out.returncode == 2 and "gave no preference for any of the 3 pairs" in out.stderr, out.stderr[-2000:]
         print("\nannotator against the server: no preference parsed (SmolLM2 put neither 'm' nor 'M' in its top 5)")
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_conversations_through_the_chat_endpoint(vllm_server, tmp_path):
+    """A served policy on the chat endpoint gets each later turn as messages holding the kept answer."""
+    source = tmp_path / "conv.jsonl"
+    rows = [
+        {"question_id": i, "turns": [f"Name a {thing}.", "Why that one?"]} for i, thing in enumerate(("fruit", "city"))
+    ]
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = served_config(tmp_path, vllm_server["url"], "conv", f"prompts.source={source}", "policy.server.endpoint=chat")
+    result = run(cfg)
+    assert [p.id for p in result.prompts] == ["0", "1", "0:turn2", "1:turn2"]
+    cands = {(c.prompt_id, c.index): c for c in RunDir(cfg.output_dir).read(Candidate)}
+    for p, s in zip(result.prompts[2:], result.selections[:2]):
+        first = cands[(s.prompt_id, s.chosen_index)]
+        assert p.history[-1].content == first.text
+        turn2 = [c for (pid, _), c in cands.items() if pid == p.id]
+        # the server counted the whole conversation: turn 1, its kept answer, turn 2
+        assert all(c.prompt_tokens > first.prompt_tokens + first.completion_tokens for c in turn2)

@@ -145,3 +145,34 @@ def test_one_engine_step_holds_requests_of_prompts_a_wave_would_separate(vllm_po
     assert [c.text for c in first + rest] == [c.text for c in waves]
     longest = max(c.completion_tokens for c in waves)
     assert streamed_steps <= longest + 4 < 2 * longest  # together, not one wave after another
+
+
+def test_conversation_turns_on_vllm(vllm_policy, tmp_path):
+    """Turn 2's prompt, with turn 1's kept answer, reaches vLLM as exactly the ids bon builds for it."""
+    import json
+
+    from bon.core.config import load_config
+    from bon.core.rundir import RunDir
+    from bon.pipeline.rejudge import run_prompts
+    from bon.pipeline.runner import run
+
+    source = tmp_path / "conv.jsonl"
+    rows = [
+        {"question_id": i, "turns": [f"Name a {thing}.", "Why that one?"]} for i, thing in enumerate(("fruit", "city"))
+    ]
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = load_config(
+        None, [f"output_dir={tmp_path / 'run'}", f"prompts.source={source}", "n=2", "judge.name=length", "batch_size=2"]
+    )
+    run(cfg, policy=vllm_policy)
+    prompts, selections, cands = run_prompts(RunDir(cfg.output_dir), cfg)
+    assert [p.id for p in prompts] == ["0", "1", "0:turn2", "1:turn2"]
+    kept = {s.prompt_id: cands[s.prompt_id][s.chosen_index] for s in selections}
+    for p in prompts:
+        assert {c.prompt_tokens for c in cands[p.id].values()} == {len(vllm_policy.prompt_ids(p))}
+        if p.turn == 2:
+            assert p.history[-1].content == kept[p.conversation_id].text
+            assert (
+                len(vllm_policy.prompt_ids(p))
+                > kept[p.conversation_id].prompt_tokens + kept[p.conversation_id].completion_tokens
+            )

@@ -294,6 +294,9 @@ def judges_list(
     for row in describe_judges():  # a block per judge: readable at 80 columns, where a 5-column table was not
         console.print(Text.assemble((row.name, "bold"), "  ", row.summary))
         needs = "needs a reference answer" if row.needs_reference else "no reference needed"
-        detail = f"scores: {row.scale}; {needs}; GPU weights: {row.hub_id or '—'}; CPU default: {row.cpu_default}"
+        detail = (
+            f"scores: {row.scale}; {needs}; conversations: {row.conversation}; "
+            f"GPU weights: {row.hub_id or '—'}; CPU default: {row.cpu_default}"
+        )
         console.print(Padding(Text(detail), (0, 0, 0, 4)))
     console.print("options of one judge: bon judges list --options NAME", highlight=False)

@@ -35,7 +35,7 @@ class Judge(Protocol):
 
 # How a judge sees a prompt that continues a conversation (its class's ``conversation``; "single" when undeclared)
 CONVERSATION_MODES = {
-    "single": "one instruction only: a conversation is refused",
+    "single": "refused (it judges one instruction)",
     "context": "earlier turns written into its instruction as context",
     "chat": "the whole conversation through the judge model's chat template",
     "answer": "reads the answers only",
@@ -196,6 +196,7 @@ class JudgeInfo:
     hub_id: str | None
     cpu_default: str  # the model it loads when no option names one
     scale: str = ""  # what a score means
+    conversation: str = ""  # how it sees a conversation (CONVERSATION_MODES)
 
 
 def describe_judges() -> list[JudgeInfo]:
@@ -212,7 +213,11 @@ def describe_judges() -> list[JudgeInfo]:
                 default = str(model.default).removeprefix("embedded:")
             else:
                 default = "none: set options.model to a local copy"
-        rows.append(JudgeInfo(name, cls.summary, cls.needs_reference, cls.hub_id, default, cls.scale))
+        mode = conversation_mode(cls)
+        how = CONVERSATION_MODES[mode] if mode == "single" else f"{mode}, {CONVERSATION_MODES[mode]}"
+        if mode == "single" and hasattr(cls, "single_turn_reason"):
+            how = f"refused ({cls.single_turn_reason})"
+        rows.append(JudgeInfo(name, cls.summary, cls.needs_reference, cls.hub_id, default, cls.scale, how))
     return rows
 
 
