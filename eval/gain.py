@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bon.core.records import Judgement, by_key
-from bon.core.rundir import load_run
+from bon.core.rundir import RunDirError, load_run
 from bon.engines.base import derive_seed
 from bon.pipeline.rejudge import judgements_of, run_candidates
 from bon.pipeline.selection import secondary_judge, select_prompt
@@ -72,6 +72,11 @@ def gain_report(
 ) -> GainReport:
     rd, manifest, config = load_run(run_dir)
     prompts, cands, _ = run_candidates(rd, config)  # skipped prompts were never sampled
+    if any(p.history or p.later_turns for p in prompts):
+        raise RunDirError(
+            f"{rd.path} holds conversations, which AlpacaEval's single-turn annotators cannot judge in context; "
+            f"use `bon eval mt-bench {rd.path}`"
+        )
     label = judge_label or manifest.get("selected_with", {}).get("judge") or config.judge.name
     all_j = rd.read(Judgement)
     judged = judgements_of(rd, all_j, label, prompts, config.n)

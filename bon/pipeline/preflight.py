@@ -12,8 +12,8 @@ from typing import Any
 
 from bon.core import rundir
 from bon.core.config import RunConfig
-from bon.core.errors import SizeError
-from bon.core.judging import Judge, PromptBuilder
+from bon.core.errors import ConfigError, SizeError
+from bon.core.judging import Judge, PromptBuilder, check_conversations
 from bon.core.prompts import PromptSourceError, load_prompts
 from bon.core.records import Prompt
 from bon.engines.base import (
@@ -303,6 +303,13 @@ def check(config: RunConfig, judge: Judge) -> CheckReport:
         report.rows.append(("prompts", f"MISSING: {e}"))
         report.missing.append(f"prompts {config.prompts.source!r}")
 
+    turns = sum(max(1, len(p.turns)) for p in prompts)
+    if turns > len(prompts):
+        report.rows.append(("conversations", f"{turns} user turns in all, each sampled after the last kept answer"))
+    try:
+        check_conversations(judge, prompts, config.policy.prompt_format)
+    except ConfigError as e:
+        report.problems.append(str(e))
     skipped: set[str] = set()  # policy prompts set aside (on_overflow: skip) are not judged
     try:
         check_rows(config)
@@ -337,8 +344,8 @@ def check(config: RunConfig, judge: Judge) -> CheckReport:
         report.rows.append(("judge", f"{judge.describe()} (builds no model prompt; nothing to check)"))
 
     if prompts:
-        seqs = len(prompts) * config.n
-        report.rows.append(("sequences", f"{len(prompts)} prompts x n={config.n} = {seqs}"))
+        seqs = turns * config.n
+        report.rows.append(("sequences", f"{turns} prompts x n={config.n} = {seqs}"))
         report.rows.append(
             (
                 "generated tokens",
