@@ -157,10 +157,11 @@ def test_named_formats_render_earlier_turns_as_fastchat_does():
         render("alpaca", TURN2.instruction, None, TURN2.history)
 
 
-def _vocab(shared_data, family: str, template: str | None) -> TokenizerOnly:
+def _vocab(shared_data, monkeypatch, family: str, template: str | None) -> TokenizerOnly:
     tok = TokenizerOnly(ModelConfig(model=str(shared_data / "tokenizers" / f"ggml-vocab-{family}.gguf")))
-    # the vocabulary-only GGUFs carry no chat template: the released chat models' own (Llama-2-chat, Llama-3-Instruct)
-    tok.tokenizer.chat_template = (DATA / template).read_text() if template else None
+    # the vocabulary-only GGUFs carry no chat template: the released chat models' own (Llama-2-chat, Llama-3-Instruct),
+    # set for this test only (the loaded tokenizer is shared with other tests)
+    monkeypatch.setattr(tok.tokenizer, "chat_template", (DATA / template).read_text() if template else None)
     return tok
 
 
@@ -168,8 +169,8 @@ def _turn2_ids(tok: TokenizerOnly, fmt: str) -> list[int]:
     return EnginePolicy(PolicyConfig(prompt_format=fmt), engine=tok).prompt_ids(TURN2)  # type: ignore[arg-type]
 
 
-def test_turn2_token_ids_on_llama2(shared_data):
-    tok = _vocab(shared_data, "llama-spm", "llama2_chat_template.jinja")
+def test_turn2_token_ids_on_llama2(shared_data, monkeypatch):
+    tok = _vocab(shared_data, monkeypatch, "llama-spm", "llama2_chat_template.jinja")
     vicuna = _turn2_ids(tok, "vicuna_v1.1")
     assert vicuna == [
         1, 319, 13563, 1546, 263, 12758, 1404, 322, 385, 23116, 21082, 20255, 29889, 450, 20255, 4076, 8444, 29892,
@@ -189,8 +190,8 @@ def test_turn2_token_ids_on_llama2(shared_data):
     )
 
 
-def test_turn2_token_ids_on_llama3(shared_data):
-    tok = _vocab(shared_data, "llama-bpe", "llama3_chat_template.jinja")
+def test_turn2_token_ids_on_llama3(shared_data, monkeypatch):
+    tok = _vocab(shared_data, monkeypatch, "llama-bpe", "llama3_chat_template.jinja")
     assert _turn2_ids(tok, "chat") == [
         128000, 128006, 882, 128007, 271, 678, 264, 12745, 13, 128009, 128006, 78191, 128007, 271, 10544, 11, 1093,
         279, 13180, 13, 128009, 128006, 882, 128007, 271, 7184, 304, 832, 3492, 13, 128009, 128006, 78191, 128007, 271,
@@ -202,7 +203,7 @@ def test_turn2_token_ids_on_llama3(shared_data):
     assert vicuna == tok.tokenizer(fastchat)["input_ids"]
     sky = vicuna.index(13180)
     assert vicuna[sky + 1 : sky + 4] == [4005, 82, 29] and max(vicuna) < 128000  # "</s>" is plain text in Llama-3
-    no_template = _vocab(shared_data, "llama-bpe", None)
+    no_template = _vocab(shared_data, monkeypatch, "llama-bpe", None)
     with pytest.raises(PromptFormatError, match="no chat template"):
         _turn2_ids(no_template, "chat")
 
@@ -329,3 +330,20 @@ def test_view_shows_later_turns_with_the_conversation_they_continue(tmp_path):
     later = rows["1:turn2"]
     assert later["instruction"] == "Now make it rhyme." and later["history"][0] == ["user", "Write a haiku."]
     assert later["history"][1][0] == "assistant" and later["candidates"]
+
+
+CONTEXT = (
+    "[Previous conversation]\nUser: Name a colour.\n\nAssistant: Blue, like the sky.\n\n"
+    "[Current turn, to be answered]\nNow in one word."
+)
+
+
+def test_selfj_and_autoj_see_the_earlier_turns_as_context_in_their_instruction():
+    from judges.autoj import AutoJudge
+    from judges.selfj import SelfJOptions, SelfJudge
+
+    selfj = SelfJudge(SelfJOptions(reference="never"), engine=object())
+    assert CONTEXT in selfj.build_prompt(TURN2, "Blue.") and "Blue." in selfj.build_prompt(TURN2, "Blue.")
+    first = Prompt("81", "Name a colour.")
+    assert "[Previous conversation]" not in selfj.build_prompt(first, "Blue.")  # a first turn reads as before
+    assert CONTEXT in AutoJudge(engine=object()).build_prompt(TURN2, "Blue.")

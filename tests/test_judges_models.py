@@ -177,3 +177,24 @@ def test_two_label_classifier_is_refused(tmp_path, smollm2):
     smollm2.tokenizer.save_pretrained(tmp_path)
     with pytest.raises(ModelLoadError, match="has 2 labels"):
         HFRewardModel(ModelConfig(model=str(tmp_path)))
+
+
+def test_reward_model_reads_the_whole_conversation(tiny_rm):
+    from bon.core.records import Message
+
+    later = Prompt(
+        "c:turn2", "And in French?", history=(Message("user", "Say hello."), Message("assistant", "Hello!")), turn=2
+    )
+    judge = RewardModelJudge(RewardModelOptions(model=str(tiny_rm)))
+    cand = Candidate("c:turn2", 0, "Bonjour !", 0, 1, 1, "stop", "x")
+    (j,) = judge.score([later], [cand])
+    tok, model = judge.model.tokenizer, judge.model.model
+    messages = [
+        {"role": "user", "content": "Say hello."},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "And in French?"},
+        {"role": "assistant", "content": "Bonjour !"},
+    ]
+    ids = tok(tok.apply_chat_template(messages, tokenize=False), add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        assert j.score == pytest.approx(float(model(torch.tensor([ids])).logits[0, 0]), abs=1e-5)
