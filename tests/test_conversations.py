@@ -108,6 +108,8 @@ def test_messages_are_one_step_on_their_last_user_turn(tmp_path):
         ({"messages": [{"role": "tool", "content": "Q"}]}, "'messages[0].role': expected system / user / assistant"),
         ({"messages": [{"role": "user", "content": "  "}]}, "'messages[0].content': expected a non-empty string"),
         ({"id": "x:turn2", "instruction": "Q"}, "':turn' marks later turns' ids"),
+        ({"question_id": [1], "turns": ["Q"]}, "field 'question_id': expected a string or an integer id, found [1]"),
+        ({"id": 1.5, "instruction": "Q"}, "field 'id': expected a string or an integer id"),
     ],
 )
 def test_a_malformed_conversation_names_file_line_and_field(tmp_path, row, needle):
@@ -303,7 +305,7 @@ def test_a_conversation_longer_than_the_context_is_refused_before_anything_is_wr
         "run", "configs/demo.yaml", "--set", f"prompts.source={source}", "--set", f"output_dir={tmp_path / 'run'}",
         "--set", "policy.context_length=256", "--set", "judge.name=length", "--set", "judge.options={}",
     )  # fmt: skip
-    one_clear_line(out, "1:turn2", "policy.on_overflow")
+    one_clear_line(out, f"{source}: field 'turns': conversations too long even before any answer", "1:turn2")
     assert not (tmp_path / "run").exists()
 
 

@@ -132,7 +132,10 @@ def prompt_from_row(row: dict[str, Any], cfg: PromptsConfig, dataset_default: st
         )
     if reference is not None and not isinstance(reference, str):
         raise ValueError(f"field {cfg.reference_field!r}: expected a string, found {reference!r}")
-    raw_id = row.get(cfg.id_field, row.get("question_id"))  # MT-Bench names its ids question_id
+    id_key = cfg.id_field if cfg.id_field in row else "question_id"  # MT-Bench names its ids question_id
+    raw_id = row.get(id_key)
+    if raw_id is not None and (isinstance(raw_id, bool) or not isinstance(raw_id, (str, int))):
+        raise ValueError(f"field {id_key!r}: expected a string or an integer id, found {raw_id!r}")
     dataset, category = row.get(cfg.dataset_field), row.get(cfg.category_field)
     return Prompt(
         id=str(raw_id) if raw_id not in (None, "") else prompt_id(instruction),

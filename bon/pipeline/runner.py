@@ -20,6 +20,7 @@ from bon.core.judging import Judge, build_judge, check_conversations
 from bon.core.prompts import load_prompts
 from bon.core.records import Candidate, Judgement, Key, Prompt, Selection, by_key, by_prompt
 from bon.core.rundir import RunDir
+from bon.engines.tokens import ContextLengthError
 from bon.pipeline.executors import Executor, Pending, make_executor
 from bon.pipeline.policy import Policy
 from bon.pipeline.preflight import lengths
@@ -206,7 +207,13 @@ def run(
     check_conversations(judge, prompts, config.policy.prompt_format)
     plan = lengths(config, prompts, judge, check_policy=policy is None)  # before the run directory exists
     if any(p.later_turns for p in prompts):  # a conversation whose user turns alone overflow is refused now
-        lengths(config, [last_turn_bound(p) for p in prompts if p.later_turns], judge, check_policy=policy is None)
+        try:
+            lengths(config, [last_turn_bound(p) for p in prompts if p.later_turns], judge, check_policy=policy is None)
+        except ContextLengthError as e:
+            raise ContextLengthError(
+                f"{config.prompts.source}: field 'turns': conversations too long even before any answer "
+                f"(their last turn counted with empty answers): {e}"
+            ) from None
     description = judge.describe()
     with lock_dir(config.output_dir):  # one process per run directory
         rd, notes = RunDir.open(config, {"judge_description": description}, prompts)
