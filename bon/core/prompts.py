@@ -180,8 +180,9 @@ def load_prompts(cfg: PromptsConfig) -> list[Prompt]:
             prompts.append(prompt)
         if cfg.limit is not None and len(prompts) >= cfg.limit:
             break
-    if wanted is not None and (absent := [i for i in wanted if i not in seen]):
-        raise PromptSourceError(f"{cfg.source}: prompts.ids {absent[:5]} are not in the source")
+    else:  # read to the end: an id never seen is not in the source
+        if wanted is not None and (absent := [i for i in wanted if i not in seen]):
+            raise PromptSourceError(f"{cfg.source}: prompts.ids {absent[:5]} are not in the source")
     if not prompts:
         raise PromptSourceError(f"{cfg.source}: no prompts found")
     return prompts
