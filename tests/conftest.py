@@ -89,5 +89,17 @@ def finished_ae_run(tmp_path: Path, questions: list[str], *overrides: str):
     return cfg, reference
 
 
+def two_turn_source(folder: Path) -> Path:
+    """A prompt file of two two-turn conversations (MT-Bench's format), for the engine tests of conversations."""
+    import json
+
+    rows = [
+        {"question_id": i, "turns": [f"Name a {thing}.", "Why that one?"]} for i, thing in enumerate(("fruit", "city"))
+    ]
+    path = folder / "conv.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
 def make_prompts(k: int = 3) -> list[Prompt]:
     return [Prompt(f"q{i}", f"Question {i}?", "test") for i in range(k)]

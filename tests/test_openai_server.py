@@ -25,6 +25,7 @@ from bon.core.rundir import RunDir
 from bon.engines.base import EngineError
 from bon.engines.models import ModelLoadError
 from bon.pipeline.runner import run
+from tests.conftest import two_turn_source
 from tests.replay_server import ReplayServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -371,11 +372,7 @@ def test_official_annotator_runs_unmodified_against_the_server(vllm_server, tmp_
 @pytest.mark.slow
 def test_conversations_through_the_chat_endpoint(vllm_server, tmp_path):
     """A served policy on the chat endpoint gets each later turn as messages holding the kept answer."""
-    source = tmp_path / "conv.jsonl"
-    rows = [
-        {"question_id": i, "turns": [f"Name a {thing}.", "Why that one?"]} for i, thing in enumerate(("fruit", "city"))
-    ]
-    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    source = two_turn_source(tmp_path)
     cfg = served_config(tmp_path, vllm_server["url"], "conv", f"prompts.source={source}", "policy.server.endpoint=chat")
     result = run(cfg)
     assert [p.id for p in result.prompts] == ["0", "1", "0:turn2", "1:turn2"]

@@ -13,6 +13,7 @@ from bon.core.config import load_config  # noqa: E402
 from bon.pipeline.executors import ExecutorError  # noqa: E402
 from bon.pipeline.ray_executor import RayExecutor, asked_resources, check_fits, death_reason, plan  # noqa: E402
 from bon.pipeline.runner import run  # noqa: E402
+from tests.conftest import two_turn_source  # noqa: E402
 
 SMALL = ["n=2", "prompts.limit=4", "policy.max_tokens=16", "batch_size=1"]
 COMPARED = ("candidates.jsonl", "judgements.jsonl", "selections.jsonl", "model_outputs.json")
@@ -72,11 +73,7 @@ def test_ray_engine_equals_local(ray_session, local_reference, tmp_path):
 @pytest.mark.ray
 def test_conversations_under_ray_equal_local(ray_session, tmp_path):
     """Two-turn conversations: each turn's prompts, built from the kept answer, run on the actors as locally."""
-    source = tmp_path / "conv.jsonl"
-    rows = [
-        {"question_id": i, "turns": [f"Name a {thing}.", "Why that one?"]} for i, thing in enumerate(("fruit", "city"))
-    ]
-    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    source = two_turn_source(tmp_path)
     local = demo(tmp_path, "local", f"prompts.source={source}")
     run(local)
     on_ray = demo(tmp_path, "ray", f"prompts.source={source}", "engine=ray")

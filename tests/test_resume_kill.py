@@ -28,19 +28,24 @@ def lines(path: Path) -> int:
     return len(path.read_bytes().splitlines()) if path.exists() else 0
 
 
+def kill_when(cmd: list[str], ready) -> None:
+    """Start ``cmd``, SIGKILL it as soon as ``ready()`` holds; fails when it finished first."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while not ready() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+
+
 def test_kill_9_then_resume_matches_uninterrupted(tmp_path):
     ref = tmp_path / "ref"
     done = subprocess.run(command(ref), cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(command(killed), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 600
-    while lines(killed / "candidates.jsonl") < 8 and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    kill_when(command(killed), lambda: lines(killed / "candidates.jsonl") >= 8)
     assert not (killed / "model_outputs.json").exists()
     assert 8 <= lines(killed / "candidates.jsonl") < 20
 
@@ -125,16 +130,8 @@ def test_kill_9_during_turn_2_then_resume_matches_uninterrupted(tmp_path, shared
     assert done.returncode == 0, done.stderr
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(mt_command(killed), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 600
     cands = killed / "candidates.jsonl"
-    while proc.poll() is None and time.time() < deadline:
-        if cands.exists() and b":turn2" in cands.read_bytes():
-            break
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    kill_when(mt_command(killed), lambda: cands.exists() and b":turn2" in cands.read_bytes())
     assert not (killed / "model_outputs.json").exists()
     written = cands.read_text()
     assert ":turn2" in written and written.count(":turn2") < 6  # inside turn 2: some of its candidates, not all

@@ -149,18 +149,13 @@ def test_one_engine_step_holds_requests_of_prompts_a_wave_would_separate(vllm_po
 
 def test_conversation_turns_on_vllm(vllm_policy, tmp_path):
     """Turn 2's prompt, with turn 1's kept answer, reaches vLLM as exactly the ids bon builds for it."""
-    import json
-
     from bon.core.config import load_config
     from bon.core.rundir import RunDir
     from bon.pipeline.rejudge import run_prompts
     from bon.pipeline.runner import run
+    from tests.conftest import two_turn_source
 
-    source = tmp_path / "conv.jsonl"
-    rows = [
-        {"question_id": i, "turns": [f"Name a {thing}.", "Why that one?"]} for i, thing in enumerate(("fruit", "city"))
-    ]
-    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    source = two_turn_source(tmp_path)
     cfg = load_config(
         None, [f"output_dir={tmp_path / 'run'}", f"prompts.source={source}", "n=2", "judge.name=length", "batch_size=2"]
     )
