@@ -209,3 +209,21 @@ def test_a_prompt_missing_a_candidate_shows_each_score_beside_its_own_candidate(
         )
         assert shown == {k: v for k, v in want.items() if k != "0"}
         assert b.console_errors() == []
+
+
+@needs_browser
+def test_a_later_turn_shows_the_conversation_it_continues_in_the_browser(tmp_path):
+    from bon.pipeline.runner import run
+    from tests.conftest import FakePolicy
+    from tests.test_conversations import conversation_config
+
+    cfg = conversation_config(tmp_path)
+    run(cfg, policy=FakePolicy())
+    page = write_view(cfg.output_dir)
+    with Browser(CHROMIUM) as b:
+        b.open(page)
+        assert b.js("document.querySelectorAll('.prompt').length") == 5  # three first turns, two second turns
+        b.js("document.querySelector('.prompt[data-id=\"1:turn2\"] .head').click()")
+        shown = b.js("document.querySelector('.prompt[data-id=\"1:turn2\"] .cands').textContent")
+        assert "user: Write a haiku." in shown and "assistant: " in shown and "Now make it rhyme." in shown
+        assert b.console_errors() == []
