@@ -73,19 +73,27 @@ def answer_turns(conv: Conversations, prompt: Prompt, decline_message: str) -> l
     return out
 
 
-def export_answers(run_dir: Path, model_id: str, out_dir: Path) -> tuple[Path, int]:
-    """Write ``out_dir/model_answer/<model_id>.jsonl`` in FastChat's model-answer format; returns (path, rows)."""
+def _question_id(qid: str) -> int | str:
+    return int(qid) if qid.isdigit() else qid  # FastChat keys answers and judgments by the int question_id
+
+
+def export_answers(
+    run_dir: Path, model_id: str, out_dir: Path, ratings: str | None = None
+) -> tuple[Path, int, Path | None]:
+    """Write ``out_dir/model_answer/<model_id>.jsonl`` in FastChat's model-answer format, and with ``ratings`` (a
+    judge label of the run) ``out_dir/model_judgment/<ratings>_single.jsonl``: that judge's ratings of the kept
+    answers in FastChat's judgment format, for its show_result.py. Returns (answers path, rows, judgments path)."""
     check_name(model_id, "--model-id")  # it becomes a file name, and FastChat's model name
     rd, _, config = load_run(run_dir)
     conv = read_conversations(rd, config)
+    rated = _kept_ratings(rd, conv, ratings) if ratings else None  # refused before anything is written
     rows = []
     for p in conv.first:
         turns = answer_turns(conv, p, config.selection.decline_message)
-        qid = p.conversation_id
-        digest = hashlib.sha256(json.dumps([model_id, qid, turns]).encode()).hexdigest()[:22]
+        digest = hashlib.sha256(json.dumps([model_id, p.conversation_id, turns]).encode()).hexdigest()[:22]
         rows.append(
             {
-                "question_id": int(qid) if qid.isdigit() else qid,  # FastChat keys answers by the int question_id
+                "question_id": _question_id(p.conversation_id),
                 "answer_id": digest,  # FastChat draws a shortuuid; this one is stable across exports
                 "model_id": model_id,
                 "choices": [{"index": 0, "turns": turns}],
@@ -95,7 +103,44 @@ def export_answers(run_dir: Path, model_id: str, out_dir: Path) -> tuple[Path, i
     path = Path(out_dir) / "model_answer" / f"{model_id}.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
     write_jsonl_atomic(path, rows)
-    return path, len(rows)
+    judged = None
+    if rated is not None:
+        judged = Path(out_dir) / "model_judgment" / f"{ratings}_single.jsonl"
+        judged.parent.mkdir(parents=True, exist_ok=True)
+        write_jsonl_atomic(judged, [{**row, "model": model_id} for row in rated])
+    return path, len(rows), judged
+
+
+def _kept_ratings(rd: RunDir, conv: Conversations, label: str | None) -> list[dict]:
+    """FastChat judgment rows (``gen_judgment.py``'s single mode) for the kept answer of every turn; a turn
+    without a rating (declined, skipped, or the judge failed) gets FastChat's score -1, which show_result drops."""
+    check_name(str(label), "--ratings")
+    mine = {j.key: j for j in rd.read(Judgement) if j.judge == label}
+    if not mine:
+        raise RunDirError(
+            f"{rd.path}: no {label!r} judgements; rate the run first (`bon eval mt-bench {rd.path} --set ...`)"
+        )
+    out = []
+    for p in conv.turns:
+        s = conv.selected[p.id]
+        j = None if s.chosen_index is None or s.declined else mine.get((p.id, s.chosen_index))
+        score = -1 if j is None or j.score is None else j.score
+        judge = [
+            str((j.details or {}).get("judge_model", label)) if j else label,
+            str((j.details or {}).get("judge_prompt", "")) if j else "",
+        ]
+        out.append(
+            {
+                "question_id": _question_id(p.conversation_id),
+                "judge": judge,
+                "user_prompt": None,  # not kept by bon: the judge's raw output is
+                "judgment": j.raw if j else "",
+                "score": score,
+                "turn": p.turn,
+                "tstamp": time.time(),
+            }
+        )
+    return out
 
 
 @dataclass(frozen=True)

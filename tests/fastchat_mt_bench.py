@@ -20,6 +20,20 @@ from fastchat.llm_judge.common import (
 from fastchat.llm_judge.gen_judgment import make_judge_single, make_match_single
 
 args = json.loads(sys.argv[1])
+
+
+def show(path: str) -> str:
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        show_result.display_result_single(
+            argparse.Namespace(bench_name="mt_bench", input_file=path, judge_model="gpt-4", model_list=None)
+        )
+    return printed.getvalue()
+
+
+if "show" in args:  # show_result.py alone, on a judgment file bon wrote
+    print(json.dumps({"show_result": show(args["show"])}))
+    sys.exit(0)
 questions = [q for q in load_questions(args["questions"], None, None) if q["question_id"] in args["ids"]]
 model_answers = load_model_answers(args["answer_dir"])
 ref_answers = load_model_answers(args["ref_dir"])
@@ -47,11 +61,4 @@ with contextlib.redirect_stdout(io.StringIO()):
     for m in matches:
         result = play_a_match_single(m, args["judgment_file"])
         out.append({"question_id": result["question_id"], "turn": result["turn"], "messages": sent[-1]})
-printed = io.StringIO()
-with contextlib.redirect_stdout(printed):
-    show_result.display_result_single(
-        argparse.Namespace(
-            bench_name="mt_bench", input_file=args["judgment_file"], judge_model="gpt-4", model_list=None
-        )
-    )
-print(json.dumps({"sent": out, "show_result": printed.getvalue()}))
+print(json.dumps({"sent": out, "show_result": show(args["judgment_file"])}))

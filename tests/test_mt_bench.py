@@ -141,8 +141,8 @@ def mt_run(tmp_path, shared_data):
 
 
 def test_export_is_fastchats_model_answer_format(mt_run, tmp_path):
-    path, rows = export_answers(mt_run.output_dir, "bon-fake-bo4", tmp_path / "fc")
-    assert path == tmp_path / "fc" / "model_answer" / "bon-fake-bo4.jsonl" and rows == 2
+    path, rows, judged = export_answers(mt_run.output_dir, "bon-fake-bo4", tmp_path / "fc")
+    assert path == tmp_path / "fc" / "model_answer" / "bon-fake-bo4.jsonl" and rows == 2 and judged is None
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     assert [r["question_id"] for r in lines] == IDS  # ints, as FastChat keys them
     assert set(lines[0]) == {"question_id", "answer_id", "model_id", "choices", "tstamp"}
@@ -174,20 +174,15 @@ def test_fastchat_reads_the_export_and_fills_the_same_judge_prompts(mt_run, tmp_
         "model_id": "bon-fake-bo4",
         "judgment_file": str(tmp_path / "fc" / "model_judgment" / "gpt-4_single.jsonl"),
     }
-    done = subprocess.run(
-        [str(FASTCHAT), str(ROOT / "tests" / "fastchat_mt_bench.py"), json.dumps(args)],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-2000:]
-    fastchat = json.loads(done.stdout.splitlines()[-1])
-    assert "bon-fake-bo4" in fastchat["show_result"] and "7.0" in fastchat["show_result"]  # show_result.py's tables
+    fastchat_out = fastchat(args)
+    assert "bon-fake-bo4" in fastchat_out["show_result"] and "7.0" in fastchat_out["show_result"]  # its tables
 
     judge = MTBenchJudge(MTBenchOptions(reference_answers=str(bench / "reference_answer" / "gpt-4.jsonl")))
     prompts, selections, cands = run_prompts(RunDir(mt_run.output_dir), mt_run)
     kept = {s.prompt_id: cands[s.prompt_id][s.chosen_index].text for s in selections}
     ours = {(int(p.conversation_id), p.turn): judge.messages(p, kept[p.id]) for p in prompts}
-    assert len(fastchat["sent"]) == 4
-    for sent in fastchat["sent"]:
+    assert len(fastchat_out["sent"]) == 4
+    for sent in fastchat_out["sent"]:
         assert ours[(sent["question_id"], sent["turn"])] == sent["messages"]  # byte for byte, system and user
 
 
@@ -211,6 +206,29 @@ def test_eval_mt_bench_reports_turns_categories_and_best_of_k(mt_run):
     assert report.points[3].mean == pytest.approx(sum(k1) / 2)  # k=1: the first candidate, plain sampling
     assert report.png is not None and report.png.stat().st_size > 0 and report.markdown is not None
     assert "| 2 | 4 |" in report.markdown.read_text()
+
+
+def fastchat(args: dict) -> dict:
+    done = subprocess.run(
+        [str(FASTCHAT), str(ROOT / "tests" / "fastchat_mt_bench.py"), json.dumps(args)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+@pytest.mark.skipif(not FASTCHAT.exists(), reason="FastChat's venv is absent (bash scripts/setup-fschat.sh)")
+def test_show_result_prints_bons_per_turn_means_from_the_exported_ratings(mt_run, tmp_path):
+    judge_run(mt_run.output_dir, "random", {}, label="rater")
+    report = mt_bench_report(mt_run.output_dir, "rater", rounds=50)
+    _, _, judged = export_answers(mt_run.output_dir, "bon-fake-bo4", tmp_path / "fc", ratings="rater")
+    assert judged == tmp_path / "fc" / "model_judgment" / "rater_single.jsonl"
+    printed = fastchat({"show": str(judged)})["show_result"]
+    blocks = dict(zip(("first", "second", "average"), printed.split("##########")[2::2]))
+    shown = {k: float(v.strip().splitlines()[-1].split()[-1]) for k, v in blocks.items()}
+    assert shown["first"] == pytest.approx(report.by_turn[1], abs=1e-5)
+    assert shown["second"] == pytest.approx(report.by_turn[2], abs=1e-5)
+    assert shown["average"] == pytest.approx(report.average, abs=1e-5)
 
 
 def test_eval_mt_bench_without_ratings_says_which_command_makes_them(mt_run):

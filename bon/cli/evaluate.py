@@ -264,13 +264,21 @@ def export_mt_bench_cmd(
     out: Annotated[
         Path, typer.Option("--out", help="FastChat's data/mt_bench directory, or any; model_answer/ goes in it")
     ] = Path("."),
+    ratings: Annotated[
+        str | None,
+        typer.Option(
+            "--ratings", help="also write this judge label's ratings of the kept answers as FastChat judgments"
+        ),
+    ] = None,
 ) -> None:
     """OUT/model_answer/MODEL_ID.jsonl in FastChat's model-answer format, for gen_judgment.py and show_result.py."""
     from eval.mt_bench import export_answers
 
     with fail_clearly():
-        path, rows = export_answers(run_dir, model_id, out)
+        path, rows, judged = export_answers(run_dir, model_id, out, ratings)
     console.print(f"wrote {rows} answers (every turn's kept answer) to {path}")
+    if judged:
+        console.print(f"wrote {ratings}'s ratings of them to {judged} (show_result.py --judge-model {ratings})")
 
 
 @eval_app.command("mt-bench")
