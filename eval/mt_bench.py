@@ -17,12 +17,11 @@ from pathlib import Path
 from bon.core.config import RunConfig
 from bon.core.io import write_jsonl_atomic
 from bon.core.names import check_name
-from bon.core.prompts import load_prompts
-from bon.core.records import Candidate, Judgement, Prompt, Selection, by_prompt
+from bon.core.records import Candidate, Judgement, Prompt, Selection
 from bon.core.rundir import RunDir, RunDirError, load_run
-from bon.pipeline.rejudge import judgements_of
+from bon.pipeline.rejudge import judgements_of, run_prompts
 from bon.pipeline.selection import secondary_judge, select_prompt
-from bon.pipeline.turns import every_turn, kept_text, turn_ids
+from bon.pipeline.turns import kept_text, turn_ids
 from eval.gain import bootstrap, ks_for
 
 
@@ -37,12 +36,10 @@ class Conversations:
 
 
 def read_conversations(rd: RunDir, config: RunConfig) -> Conversations:
-    first = load_prompts(config.prompts)
-    rd.check_prompts(first)
-    selected = {s.prompt_id: s for s in rd.read(Selection) if s.judge == config.judge.name}
-    cands = by_prompt(rd.read(Candidate))
-    turns = every_turn(first, selected, cands, config.selection.decline_message)
-    rd.check_prompts(turns)
+    """The run's conversations as the policy saw them; refused while one is unfinished."""
+    turns, selections, cands = run_prompts(rd, config)
+    selected = {s.prompt_id: s for s in selections if s.judge == config.judge.name}
+    first = [p for p in turns if not p.conversation]  # the source's prompts come first, in source order
     unfinished = [p.id for p in first if not _finished(p, selected)]
     if unfinished:
         raise RunDirError(

@@ -121,7 +121,7 @@ def test_kill_9_during_turn_2_then_resume_matches_uninterrupted(tmp_path, shared
 
     def mt_command(run_dir: Path) -> list[str]:
         args = [*BON, "run", "configs/mt_bench_cpu.yaml", "--set", f"output_dir={run_dir}"]
-        for s in ("n=2", "prompts.ids=[81,101,131]", "batch_size=1", "policy.max_tokens=24"):
+        for s in ("n=2", "prompts.ids=[81,101]", "batch_size=1", "policy.max_tokens=16"):
             args += ["--set", s]
         return args + ["--set", f"prompts.source={shared_data / 'mt_bench' / 'question.jsonl'}"]
 
@@ -134,7 +134,7 @@ def test_kill_9_during_turn_2_then_resume_matches_uninterrupted(tmp_path, shared
     kill_when(mt_command(killed), lambda: cands.exists() and b":turn2" in cands.read_bytes())
     assert not (killed / "model_outputs.json").exists()
     written = cands.read_text()
-    assert ":turn2" in written and written.count(":turn2") < 6  # inside turn 2: some of its candidates, not all
+    assert ":turn2" in written and written.count(":turn2") < 4  # inside turn 2: some of its candidates, not all
 
     resumed = subprocess.run(mt_command(killed), cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stderr
