@@ -349,3 +349,13 @@ def test_selfj_and_autoj_see_the_earlier_turns_as_context_in_their_instruction()
     first = Prompt("81", "Name a colour.")
     assert "[Previous conversation]" not in selfj.build_prompt(first, "Blue.")  # a first turn reads as before
     assert CONTEXT in AutoJudge(engine=object()).build_prompt(TURN2, "Blue.")
+
+
+def test_a_kept_candidate_missing_from_the_files_is_refused_in_one_line(tmp_path):
+    cfg = conversation_config(tmp_path)
+    run(cfg, policy=FakePolicy())
+    cands = cfg.output_dir / "candidates.jsonl"
+    cands.write_text("".join(line + "\n" for line in cands.read_text().splitlines() if '"prompt_id": "1",' not in line))
+    out = bon("export", "mt-bench", str(cfg.output_dir), "--model-id", "m", "--out", str(tmp_path / "o"))
+    one_clear_line(out, "the selection of '1' keeps candidate", "candidates.jsonl does not hold")
+    assert not (tmp_path / "o").exists()

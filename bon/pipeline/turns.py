@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from bon.core.records import TURN_SEP, Candidate, Prompt, Selection, next_turn
+from bon.core.rundir import RunDirError
 
 
 def kept_text(selection: Selection, candidates: Mapping[int, Candidate], decline_message: str) -> str | None:
@@ -18,6 +19,11 @@ def kept_text(selection: Selection, candidates: Mapping[int, Candidate], decline
         return None
     if selection.declined or selection.chosen_index is None:
         return decline_message  # what the user was shown, so the conversation goes on from it
+    if selection.chosen_index not in candidates:  # an edited or cut record file: the next turn has no history
+        raise RunDirError(
+            f"the selection of {selection.prompt_id!r} keeps candidate {selection.chosen_index}, "
+            "which candidates.jsonl does not hold; restore the run's files or start another output_dir"
+        )
     return candidates[selection.chosen_index].text
 
 
