@@ -219,8 +219,11 @@ def run(
         rd, notes = RunDir.open(config, {"judge_description": description}, prompts)
         state = RunState.read(rd, config, judge.name)
         planned = [pid for p in prompts if p.id not in plan.skipped for pid in turn_ids(p)]
-        if rd.resumed:
-            done = sum(pid in state.selected for pid in planned)
+        if rd.resumed:  # done: selected, and its candidates all there (a cut candidates.jsonl is sampled again)
+            done = sum(
+                pid in state.selected and (state.selected[pid].skipped or len(state.candidates[pid]) >= config.n)
+                for pid in planned
+            )
             notes.append(
                 f"{rd.path} holds this run, complete: nothing to sample or judge (its results again below)"
                 if done == len(planned)
