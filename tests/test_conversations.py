@@ -359,3 +359,22 @@ def test_a_kept_candidate_missing_from_the_files_is_refused_in_one_line(tmp_path
     out = bon("export", "mt-bench", str(cfg.output_dir), "--model-id", "m", "--out", str(tmp_path / "o"))
     one_clear_line(out, "the selection of '1' keeps candidate", "candidates.jsonl does not hold")
     assert not (tmp_path / "o").exists()
+
+
+def test_reselecting_a_messages_run_with_its_own_judge_is_allowed_and_a_conversation_run_is_refused(tmp_path):
+    from bon.core.rundir import RunDirError
+    from bon.pipeline.rejudge import select_run
+
+    source = write_rows(
+        tmp_path / "steps.jsonl", [CONVERSATIONS[2], {"id": "s", "messages": CONVERSATIONS[2]["messages"][1:]}]
+    )
+    steps = load_config(
+        None, [f"output_dir={tmp_path / 'steps'}", f"prompts.source={source}", "n=3", "judge.name=length"]
+    )
+    run(steps, policy=FakePolicy())
+    selections, _ = select_run(steps.output_dir, "length")  # single steps: no later turn depends on their picks
+    assert [s.prompt_id for s in selections] == ["m", "s"]
+    cfg = conversation_config(tmp_path / "conv")
+    run(cfg, policy=FakePolicy())
+    with pytest.raises(RunDirError, match="re-selecting with it would change those conversations"):
+        select_run(cfg.output_dir, "length")

@@ -34,9 +34,11 @@ def run_prompts(rd: RunDir, config: RunConfig) -> tuple[list[Prompt], list[Selec
     return turns, selections, cands
 
 
-def run_candidates(rd: RunDir, config: RunConfig):
-    """(every turn's sampled prompts, their candidates by prompt id and index, the skip selections of the others)."""
-    loaded, selections, cands = run_prompts(rd, config)
+def run_candidates(rd: RunDir, config: RunConfig, built: tuple | None = None):
+    """(every turn's sampled prompts, their candidates by prompt id and index, the skip selections of the others).
+
+    ``built`` is what `run_prompts` returned, when the caller has it."""
+    loaded, selections, cands = built or run_prompts(rd, config)
     skipped = {s.prompt_id: s for s in selections if s.skipped}
     prompts = [p for p in loaded if p.id not in skipped]
     incomplete = [p.id for p in prompts if len(cands[p.id]) < config.n]
@@ -136,8 +138,9 @@ def select_run(
     """
     validate_options(SelectionConfig, {"decline_below": decline_below, "tie_break": tie_break})
     with open_run(run_dir) as (rd, manifest, config):
-        sampled, cands, skipped = run_candidates(rd, config)
-        if label == config.judge.name and any(p.turn > 1 for p in sampled):
+        built = run_prompts(rd, config)
+        sampled, cands, skipped = run_candidates(rd, config, built)
+        if label == config.judge.name and any(p.conversation for p in sampled):  # a later turn the run built
             raise RunDirError(
                 f"{rd.path}: the run judge {label!r} kept the answers its later turns were sampled after; "
                 "re-selecting with it would change those conversations (select with another judge's label)"
@@ -149,7 +152,7 @@ def select_run(
             check_judged(label, blind, kept="nothing was changed", allow="bon select: --allow-unjudged")
         other = secondary_judge(tie_break)
         secondary = by_key(all_judgements, other) if other else None
-        prompts = run_prompts(rd, config)[0]  # skipped prompts keep their declined selection, under this judge
+        prompts = built[0]  # skipped prompts keep their declined selection, under this judge
         selections = [
             replace(skipped[p.id], judge=label)
             if p.id in skipped
