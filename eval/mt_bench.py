@@ -17,7 +17,7 @@ from pathlib import Path
 from bon.core.config import RunConfig
 from bon.core.io import write_jsonl_atomic
 from bon.core.names import check_name
-from bon.core.records import Candidate, Judgement, Prompt, Selection
+from bon.core.records import Candidate, Judgement, Prompt, Selection, by_key
 from bon.core.rundir import RunDir, RunDirError, load_run
 from bon.pipeline.rejudge import judgements_of, run_prompts
 from bon.pipeline.selection import secondary_judge, select_prompt
@@ -179,7 +179,7 @@ def mt_bench_report(run_dir: Path, score_label: str = "mt_bench", rounds: int = 
     picker = judgements_of(rd, all_j, config.judge.name, sampled, config.n)
     rater = judgements_of(rd, all_j, score_label, sampled, config.n)
     other = secondary_judge(config.selection.tie_break)
-    secondary = {j.key: j for j in all_j if j.judge == other} if other else None
+    secondary = by_key(all_j, other) if other else None
     sel = config.selection
 
     def rating(p: Prompt, index: int | None) -> float | None:
@@ -232,7 +232,7 @@ def mt_bench_report(run_dir: Path, score_label: str = "mt_bench", rounds: int = 
     return report
 
 
-def _fmt(x: float | None) -> str:
+def fmt_rating(x: float | None) -> str:
     return "—" if x is None else f"{x:.3f}"
 
 
@@ -246,8 +246,8 @@ def gain_rows(report: MTBenchReport) -> list[tuple[str, ...]]:
             (
                 str(p.turn),
                 str(p.k),
-                _fmt(p.mean),
-                f"{_fmt(p.ci_low)}–{_fmt(p.ci_high)}",
+                fmt_rating(p.mean),
+                f"{fmt_rating(p.ci_low)}–{fmt_rating(p.ci_high)}",
                 "—" if gain is None else f"{gain:+.3f}",
                 str(p.rated),
                 str(p.unrated),
@@ -263,12 +263,12 @@ def markdown_lines(report: MTBenchReport) -> list[str]:
         "",
         "| turn | mean rating (1-10) |",
         "|---|---|",
-        *[f"| {t} | {_fmt(v)} |" for t, v in report.by_turn.items()],
-        f"| average | {_fmt(report.average)} |",
+        *[f"| {t} | {fmt_rating(v)} |" for t, v in report.by_turn.items()],
+        f"| average | {fmt_rating(report.average)} |",
         "",
         "| category | mean rating (both turns) |",
         "|---|---|",
-        *[f"| {c} | {_fmt(v)} |" for c, v in report.by_category.items()],
+        *[f"| {c} | {fmt_rating(v)} |" for c, v in report.by_category.items()],
         "",
         "| turn | k | mean rating | 95% CI | gain over k=1 | rated | unrated |",
         "|---|---|---|---|---|---|---|",

@@ -295,6 +295,7 @@ def mt_bench_cmd(
     """Mean MT-Bench rating per turn and category (as show_result.py), and best-of-k per turn with CIs and a PNG."""
     from bon.cli.progress import RichProgress
     from bon.pipeline.rejudge import judge_run
+    from eval.mt_bench import fmt_rating as fmt
     from eval.mt_bench import gain_rows, mt_bench_report
 
     with fail_clearly(writes=run_dir):
@@ -302,7 +303,6 @@ def mt_bench_cmd(
             with RichProgress(console) as progress:
                 judge_run(run_dir, "mt_bench", options_from(set_), judge, progress, allow_unjudged=True)
         report = mt_bench_report(run_dir, judge)
-    fmt = lambda x: "—" if x is None else f"{x:.3f}"  # noqa: E731
     turns = Table(title=f"MT-Bench ratings of the kept answers ({report.score_judge})")
     for column in ("turn", "score"):
         turns.add_column(column, justify="right")
