@@ -206,10 +206,12 @@ def judge_floor(engine, prompts, n: int, max_tokens: int) -> dict:
             width = max(len(g) - shared for g in group)
             suffix = torch.tensor([[engine.pad_id] * (width - len(g) + shared) + g[shared:] for g in group])
             t0 = time.perf_counter()
-            cache = engine._cache(engine.model(input_ids=torch.tensor([group[0][:shared]]), use_cache=True))
-            cache.batch_repeat_interleave(len(group))
+            head = torch.tensor([group[0][:shared]])
+            _, cache = engine.forward(head, torch.ones_like(head), torch.arange(shared)[None])
+            cache.repeat(torch.tensor([len(group)]))
             mask = torch.cat([torch.ones(len(group), shared, dtype=torch.long), (suffix != engine.pad_id).long()], 1)
-            engine.model(input_ids=suffix, attention_mask=mask, logits_to_keep=1, **{engine._cache_kw: cache})
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, shared:]
+            engine.forward(suffix, mask, positions, cache, use_cache=False)
             floor += time.perf_counter() - t0
             shared_tokens += shared
             total_tokens += sum(map(len, group))

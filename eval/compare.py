@@ -22,10 +22,11 @@ from pydantic import Field, model_validator
 from bon.core.config import JudgeConfig, RayConfig, RunConfig, Strict
 from bon.core.errors import SizeError
 from bon.core.io import append_records, read_records
-from bon.core.judging import build_judge, judge_spec, same_judge
+from bon.core.judging import Compares, Judge, build_judge, judge_spec, same_judge
 from bon.core.names import Name
 from bon.core.records import SCHEMA, Comparison, Judgement, Prompt, by_key
 from bon.core.rundir import RunDir, package_versions
+from bon.engines.cache import ENGINES
 from bon.pipeline.executors import LocalExecutor, make_executor
 from bon.pipeline.scoring import InFlight, needs_judging, score_missing
 from eval.benchmarks import Benchmark, load_pairwise
@@ -322,28 +323,10 @@ def run_compare(cfg: CompareConfig, progress=None, note: Callable[[str], None] =
         described: dict[str, str] = {}
         seconds: dict[str, float] = {}
         for entry in cfg.judges:
-            label, judge = entry.key, build_judge(entry.name, entry.options)
-            described[label] = judge.describe()
             t0 = time.perf_counter()
-            with contextlib.ExitStack() as stack:
-                executor = _OnDemand(partial(judge_executor, cfg, entry, judge, note), stack)
-                for name, bench in benches.items():
-                    if entry.benchmarks is not None and name not in entry.benchmarks:
-                        continue
-                    if getattr(judge, "needs_reference", False) and not bench.has_references:
-                        skipped[name][label] = "needs a reference answer and this benchmark has none"
-                        continue
-                    subset = bench.subset(entry.limit(name))
-                    stage = f"{label} · {name}"
-                    if progress is not None:
-                        progress.start(stage, len(subset), 0)
-                    advance = (lambda k, s=stage: progress.advance(s, k)) if progress is not None else (lambda k: None)
-                    path = store_path(out, name, label, asks_pairs(judge, bench))
-                    stored[name][label] = (
-                        subset,
-                        judge_benchmark(executor, judge, bench, subset, path, label, cfg.batch_size, advance),
-                    )
-            seconds[label] = time.perf_counter() - t0
+            with ENGINES.scope():  # this judge's models are released before the next judge loads its own
+                described[entry.key] = _judge_entry(cfg, entry, benches, out, stored, skipped, progress, note)
+            seconds[entry.key] = time.perf_counter() - t0
         reports = []
         for name, bench in benches.items():
             results, scores = [], {}
@@ -366,6 +349,40 @@ def run_compare(cfg: CompareConfig, progress=None, note: Callable[[str], None] =
         return CompareResult(out, reports, described, seconds, time.perf_counter() - start)
 
 
+def _judge_entry(
+    cfg: CompareConfig,
+    entry: CompareJudge,
+    benches: dict[str, Benchmark],
+    out: Path,
+    stored: dict[str, dict[str, tuple[list[Prompt], list]]],
+    skipped: dict[str, dict[str, str]],
+    progress: Any,
+    note: Callable[[str], None],
+) -> str:
+    """One judge over every benchmark it is asked for: its records in ``stored`` (or why not, in ``skipped``);
+    what is scoring, in words. The judge (and so its model) is unreferenced when this returns."""
+    label, judge = entry.key, build_judge(entry.name, entry.options)
+    with contextlib.ExitStack() as stack:
+        executor = _OnDemand(partial(judge_executor, cfg, entry, judge, note), stack)
+        for name, bench in benches.items():
+            if entry.benchmarks is not None and name not in entry.benchmarks:
+                continue
+            if judge.needs_reference and not bench.has_references:
+                skipped[name][label] = "needs a reference answer and this benchmark has none"
+                continue
+            subset = bench.subset(entry.limit(name))
+            stage = f"{label} · {name}"
+            if progress is not None:
+                progress.start(stage, len(subset), 0)
+            advance = (lambda k, s=stage: progress.advance(s, k)) if progress is not None else (lambda k: None)
+            path = store_path(out, name, label, asks_pairs(judge, bench))
+            stored[name][label] = (
+                subset,
+                judge_benchmark(executor, judge, bench, subset, path, label, cfg.batch_size, advance),
+            )
+    return judge.describe()
+
+
 def check_folds(cfg: CompareConfig, benches: dict[str, Benchmark]) -> None:
     """Each held-out fold needs a pair of its own: `folds` beyond the pairs a judge scores is refused."""
     for entry in cfg.judges:
@@ -380,9 +397,9 @@ def check_folds(cfg: CompareConfig, benches: dict[str, Benchmark]) -> None:
                 )
 
 
-def asks_pairs(judge, bench: Benchmark) -> bool:
+def asks_pairs(judge: Judge, bench: Benchmark) -> bool:
     """A pairwise judge on pairwise data is asked both orders of each pair, not one score per response."""
-    return bench.kind == "pairwise" and callable(getattr(judge, "compare", None))
+    return bench.kind == "pairwise" and isinstance(judge, Compares)
 
 
 def judge_benchmark(

@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import Field
 
 from bon.core.config import ModelConfig
+from bon.core.judging import Declaration
 from bon.core.records import Candidate, Judgement, Prompt
 from bon.engines.base import SamplingSettings
 from judges.base import PromptJudge, instruction_in_context, prompts_by_id, read_prompt_template
@@ -58,8 +59,10 @@ class AutoJudge(PromptJudge):
     Options = AutoJOptions
     name = "autoj"
     summary = "Auto-J single-response critique then 'Rating: [[1-10]]'"
-    scale = "rating 1-10"  # what a score means, for summaries
-    conversation = "context"  # earlier turns written into the instruction (`judges.base.instruction_in_context`)
+    declaration = Declaration(
+        scale="rating 1-10",
+        conversation="context",  # earlier turns written into the instruction (`judges.base.instruction_in_context`)
+    )
     needs_reference = False
     hub_id = AUTOJ_HUB_ID
 

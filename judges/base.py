@@ -122,6 +122,9 @@ class PromptJudge(UsesEngine):
     def judges(self, prompt: Prompt) -> bool:
         return True
 
+    def limits(self) -> tuple[int | None, int]:
+        return self.context, self.generates
+
     def preflight_rows(self) -> list[tuple[str, str]]:
         fmt = getattr(self.options, "prompt_format", None) or getattr(self.options, "wrapper", None)
         return [("judge prompt format", f"{self.name}: {fmt}")]

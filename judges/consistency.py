@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from bon.core.judging import Declaration
 from bon.core.records import Candidate, Judgement, Prompt
 from judges.cosine import EmbedderOptions, cosine, load_embedder
 
@@ -12,8 +13,10 @@ class ConsistencyJudge:
     Options = EmbedderOptions
     name = "consistency"
     summary = "mean embedding similarity to the prompt's other candidates (MBR); needs N >= 2"
-    scale = "mean cosine similarity, -1 to 1"  # what a score means, for summaries
-    conversation = "answer"  # compares a turn's candidates with each other
+    declaration = Declaration(
+        scale="mean cosine similarity, -1 to 1",
+        conversation="answer",  # compares a turn's candidates with each other
+    )
     needs_reference = False
     hub_id = "sentence-transformers/all-MiniLM-L6-v2"
 

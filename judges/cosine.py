@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field
 
 from bon.core.config import Strict
+from bon.core.judging import Declaration
 from bon.core.records import Candidate, Judgement, Prompt
 from judges.base import prompts_by_id
 
@@ -53,8 +54,10 @@ class CosineJudge:
         "cosine similarity of candidate and reference embeddings, or of candidate and instruction "
         "with against=instruction (all-MiniLM-L6-v2, embedded)"
     )
-    scale = "cosine similarity, -1 to 1"  # what a score means, for summaries
-    single_turn_reason = "it embeds an answer against one instruction or reference, blind to the earlier turns"
+    declaration = Declaration(
+        scale="cosine similarity, -1 to 1",
+        single_turn_reason="it embeds an answer against one instruction or reference, blind to the earlier turns",
+    )
     needs_reference = True  # per instance: false with against=instruction
     hub_id = "sentence-transformers/all-MiniLM-L6-v2"
 

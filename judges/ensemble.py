@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from bon.core.config import Strict
-from bon.core.judging import build_judge
+from bon.core.judging import Declaration, build_judge
 from bon.core.records import Candidate, Judgement, Prompt
 
 
@@ -44,16 +44,18 @@ class EnsembleJudge:
     Options = EnsembleOptions
     name = "ensemble"
     summary = "weighted sum of member judges, z-scored per prompt (default: self_eval with reference + cosine)"
-    scale = "weighted sum of per-prompt z-scores"  # what a score means, for summaries
-    single_turn_reason = "its members are not checked for conversations"
     hub_id = None
-    cpu_default = "its members'"
+    declaration = Declaration(
+        scale="weighted sum of per-prompt z-scores",
+        single_turn_reason="its members are not checked for conversations",
+        cpu_default="its members'",
+    )
     needs_reference = False  # per instance: true when a member needs one
 
     def __init__(self, options: EnsembleOptions | None = None):
         self.options = options or EnsembleOptions()
         self.members = [build_judge(m.name, m.options) for m in self.options.members]
-        self.needs_reference = any(getattr(m, "needs_reference", False) for m in self.members)
+        self.needs_reference = any(m.needs_reference for m in self.members)
 
     def describe(self) -> str:
         parts = " + ".join(f"{m.weight:g}·{m.name}" for m in self.options.members)

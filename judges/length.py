@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from bon.core.config import Strict
+from bon.core.judging import Declaration
 from bon.core.records import Candidate, Judgement, Prompt
 
 
@@ -16,8 +17,10 @@ class LengthJudge:
     Options = LengthOptions
     name = "length"
     summary = "score = number of characters of the candidate; needs no model"
-    scale = "characters"  # what a score means, for summaries
-    conversation = "answer"
+    declaration = Declaration(
+        scale="characters",
+        conversation="answer",
+    )
     needs_reference = False
     hub_id = None
 

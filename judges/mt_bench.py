@@ -22,6 +22,7 @@ from pydantic import Field, ValidationInfo, field_validator
 
 from bon.core.config import ModelConfig
 from bon.core.io import DataFileError, read_json_rows
+from bon.core.judging import Declaration
 from bon.core.records import Candidate, Judgement, Prompt
 from bon.engines.base import SamplingSettings
 from bon.engines.tokens import digit_token_ids
@@ -124,11 +125,13 @@ class MTBenchJudge(PromptJudge):
     Options = MTBenchOptions
     name = "mt_bench"
     summary = "MT-Bench single-answer grading (FastChat's prompts, GPT-4 style), '[[rating]]' 1-10, one or two turns"
-    scale = "rating 1-10"  # what a score means, for summaries
-    conversation = "native"  # FastChat's multi-turn prompt: the whole conversation, its second answer graded
+    declaration = Declaration(
+        scale="rating 1-10",
+        conversation="native",  # FastChat's multi-turn prompt: the whole conversation, its second answer graded
+        cpu_default="SmolLM2-135M-Instruct (a stand-in: FastChat's judge is GPT-4)",
+    )
     needs_reference = False
     hub_id = None  # FastChat's judge is GPT-4 (`backend: openai`); any local or served model can stand in
-    cpu_default = "SmolLM2-135M-Instruct (a stand-in: FastChat's judge is GPT-4)"
 
     def __init__(self, options: MTBenchOptions | None = None, engine=None):
         self.options = options or MTBenchOptions()

@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from bon.core.config import ModelConfig, Strict
-from bon.core.judging import build_judge
+from bon.core.judging import Declaration, build_judge
 from bon.core.records import Candidate, Judgement, Prompt
 from bon.core.registry import Registry
 from bon.engines.base import SamplingSettings
@@ -159,11 +159,13 @@ class PairwiseRanking:
     Options = PairwiseOptions
     name = "pairwise"
     summary = "ranks N candidates with a pairwise judge (Auto-J pairwise, or any scalar judge), both orders"
-    scale = "round robin: wins (a tie counts 0.5); knockout: the round it lost in"  # what a score means, for summaries
-    single_turn_reason = "Auto-J's pairwise protocol compares two answers to one instruction"
+    declaration = Declaration(
+        scale="round robin: wins (a tie counts 0.5); knockout: the round it lost in",
+        single_turn_reason="Auto-J's pairwise protocol compares two answers to one instruction",
+        cpu_default="SmolLM2-135M-Instruct (autoj comparator)",
+    )
     needs_reference = False
     hub_id = AUTOJ_HUB_ID
-    cpu_default = "SmolLM2-135M-Instruct (autoj comparator)"
 
     def __init__(self, options: PairwiseOptions | None = None):
         self.options = options or PairwiseOptions()

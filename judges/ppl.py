@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pydantic import Field
 
 from bon.core.config import ModelConfig
+from bon.core.judging import Declaration
 from bon.core.records import Candidate, Judgement, Prompt
 from judges.base import UsesEngine, prompts_by_id
 
@@ -19,8 +20,10 @@ class PPLJudge(UsesEngine):
     Options = PPLOptions
     name = "ppl"
     summary = "mean token log-probability of the candidate given the prompt (chat template) under a model"
-    scale = "mean token log-probability, at most 0"  # what a score means, for summaries
-    conversation = "chat"  # the answer's log-probability after the whole conversation
+    declaration = Declaration(
+        scale="mean token log-probability, at most 0",
+        conversation="chat",  # the answer's log-probability after the whole conversation
+    )
     needs_reference = False
     hub_id = None
 

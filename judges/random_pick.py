@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pydantic import Field
 
 from bon.core.config import Strict
+from bon.core.judging import Declaration
 from bon.core.records import Candidate, Judgement, Prompt
 from bon.engines.base import derive_seed
 
@@ -20,8 +21,10 @@ class RandomJudge:
     Options = RandomOptions
     name = "random"
     summary = "score = seeded uniform draw in [0, 1); needs no model"
-    scale = "uniform draw, 0 to 1"  # what a score means, for summaries
-    conversation = "answer"
+    declaration = Declaration(
+        scale="uniform draw, 0 to 1",
+        conversation="answer",
+    )
     needs_reference = False
     hub_id = None
 

@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import Field
 
 from bon.core.config import ModelConfig
+from bon.core.judging import Declaration
 from bon.core.records import Candidate, Judgement, Prompt
 from judges.base import prompts_by_id
 
@@ -31,8 +32,10 @@ class RewardModelJudge:
         f"scalar reward model (sequence classification, 1 logit), e.g. {RM_HUB_ID}, "
         "OpenAssistant/reward-model-deberta-v3-large-v2"
     )
-    scale = "reward (the raw logit, unbounded)"  # what a score means, for summaries
-    conversation = "chat"  # the whole conversation, the candidate as its last assistant turn
+    declaration = Declaration(
+        scale="reward (the raw logit, unbounded)",
+        conversation="chat",  # the whole conversation, the candidate as its last assistant turn
+    )
     needs_reference = False
     hub_id = RM_HUB_ID
 

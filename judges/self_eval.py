@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from typing import ClassVar
+
 from judges.selfj import SelfJudge
 
 
 class SelfEvalJudge(SelfJudge):
     name = "self_eval"
     summary = "the policy model itself with the Self-J template (`bon judge` defaults `model` to the run's policy)"
-    hub_id: str | None = None
-    policy_defaults = ("model", "backend", "gguf_file", "dtype", "device", "server")  # the policy judging itself
+    hub_id: ClassVar[str | None] = None
+    declaration = replace(  # the policy judging itself: `bon judge` fills these options from the run's policy
+        SelfJudge.declaration, policy_defaults=("model", "backend", "gguf_file", "dtype", "device", "server")
+    )
 
     def describe(self) -> str:
         model = self.options.model.removeprefix("embedded:")

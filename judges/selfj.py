@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
 from bon.core.config import ModelConfig
+from bon.core.judging import Declaration
 from bon.core.records import Candidate, Judgement, Prompt
 from bon.engines.tokens import digit_token_ids
 from judges.base import PromptJudge, instruction_in_context, prompts_by_id, read_prompt_template
@@ -55,10 +56,12 @@ class SelfJudge(PromptJudge):
     Options = SelfJOptions
     name = "selfj"
     summary = "Self-J expected digit rating (0-9) of a rating prompt, with or without reference"
-    scale = "expected rating 0-9"  # what a score means, for summaries
-    conversation = "context"  # earlier turns written into the instruction (`judges.base.instruction_in_context`)
+    declaration = Declaration(
+        scale="expected rating 0-9",
+        conversation="context",  # earlier turns written into the instruction (`judges.base.instruction_in_context`)
+    )
     needs_reference = False
-    hub_id: str | None = SELFJ_HUB_ID
+    hub_id: ClassVar[str | None] = SELFJ_HUB_ID
 
     def __init__(self, options: SelfJOptions | None = None, engine=None):
         self.options = options or SelfJOptions()

@@ -127,9 +127,9 @@ def _pause_all(loop, keys, keep):
     seen: dict = {k: [] for k in keys}
     while True:
         loop.advance(keys)
-        if not loop.paused:
+        if not loop.paused():
             return seen
-        for k in list(loop.paused):
+        for k in loop.paused():
             part = loop.partial(k)
             seen[k].append(part)
             loop.resume(k, keep(part))

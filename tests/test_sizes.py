@@ -7,12 +7,9 @@ import pytest
 import torch
 
 from bon.core.errors import SizeError
-from bon.engines import hf
-from bon.engines.base import forward_bytes_per_token, memory_bytes
-from tests.test_cli import bon
-from tests.test_compare import pair_file, pool_dir  # noqa: F401 (fixtures)
-from tests.test_reliability import one_clear_line
-from tests.test_weights import tiny_lm  # noqa: F401 (fixture)
+from bon.engines import hf, memory
+from bon.engines.memory import forward_bytes_per_token, memory_bytes
+from tests.helpers import bon, one_clear_line
 
 SMOL_KV = 46080  # SmolLM2-135M: 30 layers x 3 KV heads x 64 dims x 2 (keys, values) x 4 bytes (float32)
 
@@ -75,30 +72,32 @@ def test_the_engine_refuses_a_forward_pass_beyond_its_memory_share(monkeypatch, 
     model = _tiny_llama()
     per_token = forward_bytes_per_token(model.config, 4) + (8 * 1000 if logits else 0)
     monkeypatch.setattr(
-        hf, "memory_share", lambda cuda, total=False, device=None: 100 * per_token * 50
+        memory, "memory_share", lambda cuda, total=False, device=None: 100 * per_token * 50
     )  # 100 rows of 50 tokens
-    hf.check_forward(model, torch.device("cpu"), 100, 50, 4096, logits=logits)  # exactly the share: kept
+    plan = hf.memory_of(model, torch.device("cpu"))
+    plan.check_forward(100, 50, 4096, logits=logits)  # exactly the share: kept
     with pytest.raises(SizeError, match=r"^batch_size 4,096: one forward pass of 101 sequences of 50 tokens") as e:
-        hf.check_forward(model, torch.device("cpu"), 101, 50, 4096, logits=logits)
+        plan.check_forward(101, 50, 4096, logits=logits)
     assert str(e.value).endswith("lower the judge's batch_size to at most 100")
 
 
 @pytest.mark.slow
-def test_perplexity_scoring_refuses_a_batch_of_logits_beyond_memory_and_scores_a_small_one(monkeypatch, tiny_lm):  # noqa: F811
+def test_perplexity_scoring_refuses_a_batch_of_logits_beyond_memory_and_scores_a_small_one(monkeypatch, tiny_lm):
     """Every position's logits (49,152 of them for SmolLM2's vocabulary) are what a PPL batch costs."""
     from bon.core.config import ModelConfig
 
     model = hf.HFModel(ModelConfig(model=str(tiny_lm)))
     prompts, answers = [[1, 2, 3]] * 64, [[4, 5, 6, 7]] * 64
-    monkeypatch.setattr(hf, "memory_share", lambda cuda, total=False, device=None: 16 * 7 * 8 * 49152 * 1.1)
+    monkeypatch.setattr(memory, "memory_share", lambda cuda, total=False, device=None: int(16 * 7 * 8 * 49152 * 1.1))
     with pytest.raises(SizeError, match=r"^batch_size 64: one forward pass of 64 sequences of 7 tokens"):
         model.continuation_logprobs(prompts, answers, batch_size=64)
     assert len(model.continuation_logprobs(prompts, answers, batch_size=8)) == 64
 
 
 @pytest.mark.parametrize("folds, max_items", [("1000000000", None), ("7", None), ("3", 2)])
-def test_more_folds_than_pairs_is_refused_before_any_judging(tmp_path, pair_file, pool_dir, folds, max_items):  # noqa: F811
-    from tests.test_compare import PAIRS, _config
+def test_more_folds_than_pairs_is_refused_before_any_judging(tmp_path, pair_file, pool_dir, folds, max_items):
+    from tests.conftest import PAIRS
+    from tests.conftest import compare_config as _config
 
     judges = [{"name": "length", "max_items": max_items}]
     cfg = _config(tmp_path, pair_file, pool_dir, judges=judges)

@@ -17,32 +17,23 @@ from bon.engines.stream import DecodeSession
 EOS = 2
 
 
-class TinyEngine:
-    """What `DecodeSession` needs of an `HFModel`, over a 2-layer Llama with a 64-token vocabulary."""
+def tiny_engine(arch: str = "llama", **config):
+    """An `HFModel` over a 2-layer Llama (or Mistral) with a 64-token vocabulary (``config`` overrides its sizes)."""
+    import transformers
 
-    def __init__(self) -> None:
-        from transformers import LlamaConfig, LlamaForCausalLM
+    from bon.engines.hf import HFModel
 
-        cfg = LlamaConfig(
-            vocab_size=64,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=2048,
-        )
-        torch.manual_seed(0)
-        self.model = LlamaForCausalLM(cfg).eval()
-        self.device = torch.device("cpu")
-        self.eos_ids, self.pad_id, self._cache_kw = {EOS}, 0, "past_key_values"
-        self.tokenizer = SimpleNamespace(decode=lambda ids, skip_special_tokens=True: " ".join(map(str, ids)))
-
-    def _cache(self, out):
-        return out.past_key_values
-
-    def check_fits(self, lengths, generated) -> None:
-        pass
+    family = {"llama": "Llama", "mistral": "Mistral"}[arch]
+    sizes = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+    cfg = getattr(transformers, f"{family}Config")(
+        **{**sizes, "num_key_value_heads": 2, "max_position_embeddings": 2048, **config}
+    )
+    torch.manual_seed(0)
+    tokenizer = SimpleNamespace(
+        decode=lambda ids, skip_special_tokens=True: " ".join(map(str, ids)), eos_token_id=EOS, pad_token_id=0
+    )
+    model = getattr(transformers, f"{family}ForCausalLM")(cfg).eval()
+    return HFModel.from_loaded(model, tokenizer, f"tiny-{arch}")
 
 
 class Watched(DecodeSession):
@@ -52,10 +43,10 @@ class Watched(DecodeSession):
 
     def _measure(self) -> None:
         super()._measure()
-        keys = self.cache.layers[0].keys  # tokens per layer: every layer holds the same
+        assert self.batch.cache is not None
+        keys = self.batch.cache.layers()[0][0]  # tokens per layer: every layer holds the same
         held = keys.shape[0] * keys.shape[2]
-        parked = [r.parked for r in self.paused.values() if r.parked is not None] + list(self.resuming)
-        held += sum(rows.layers[0][0].shape[0] * rows.layers[0][0].shape[2] for rows in parked)
+        held += sum(rows.layers[0][0].shape[0] * rows.layers[0][0].shape[2] for rows in self._parked())
         self.peak_tensor_tokens = max(self.peak_tensor_tokens, held)
 
 
@@ -68,7 +59,7 @@ def _prompts(k: int) -> list[list[int]]:
 
 @pytest.mark.parametrize("pause_every", [None, 64])
 def test_n32_with_64_prompts_queued_and_512_tokens_holds_the_kv_budget(pause_every):
-    engine = TinyEngine()
+    engine = tiny_engine()
     settings = SamplingSettings(temperature=1.0, top_p=1.0, max_tokens=512)
     prompts = _prompts(64)
     budget = 3 * 32 * (24 + 512)  # three prompts' rows at their longest: the queue of 61 others waits
@@ -78,10 +69,10 @@ def test_n32_with_64_prompts_queued_and_512_tokens_holds_the_kv_budget(pause_eve
     done = {}
     while len(done) < 64:
         loop.advance([k for k in range(64) if k not in done])
-        for k in list(loop.paused):  # early rejection's shape: keep a quarter of each prompt's candidates
+        for k in loop.paused():  # early rejection's shape: keep a quarter of each prompt's candidates
             part = loop.partial(k)
             loop.resume(k, sorted(part)[: max(1, len(part) // 4)])
-        done.update((k, loop.result(k)) for k in list(loop.done))
+        done.update((k, loop.result(k)) for k in loop.finished())
     assert all(len(done[k]) == 32 for k in range(64))
     assert all(len(s.token_ids) <= 512 for group in done.values() for s in group)
     assert 0 < loop.peak_tensor_tokens <= budget and loop.stats.peak_kv_tokens <= budget

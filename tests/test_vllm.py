@@ -130,7 +130,7 @@ def test_one_engine_step_holds_requests_of_prompts_a_wave_would_separate(vllm_po
     take four); a prompt's samples equal those of a wave, and a judge request on the same engine in
     the middle of the stream neither loses nor steals the policy's outputs."""
     engine = vllm_policy.engine
-    loop = vllm_policy.decode_loop()
+    loop = vllm_policy.loop
     assert loop is not None and loop.max_rows >= 8
     prompts = [Prompt(str(k), t) for k, t in enumerate(["What is 2+2?", "Name a colour.", "Say hi.", "Count to 3."])]
     started = [vllm_policy.start([p], 4, seed=5) for p in prompts]  # four batches of one prompt

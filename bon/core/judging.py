@@ -9,7 +9,7 @@ from __future__ import annotations
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ValidationError
 
@@ -17,12 +17,59 @@ from bon.core.errors import ConfigError, problems
 from bon.core.records import Candidate, Judgement, Prompt
 from bon.core.registry import Registry
 
+# How a judge sees a prompt that continues a conversation (its declaration's ``conversation``)
+ConversationMode = Literal["single", "context", "chat", "answer", "native"]
+CONVERSATION_MODES: dict[str, str] = {
+    "single": "refused (it judges one instruction)",
+    "context": "earlier turns written into its instruction as context",
+    "chat": "the whole conversation through the judge model's chat template",
+    "answer": "reads the answers only",
+    "native": "its own multi-turn protocol",
+}
+
+
+@dataclass(frozen=True)
+class Declaration:
+    """What a judge class says of itself: read by `bon judges list`, preflight, the run summary and the
+    conversation checks (every judge class declares one; mypy checks them against `JudgeClass`)."""
+
+    scale: str  # what a score means ("expected rating 0-9"), shown beside scores
+    conversation: ConversationMode = "single"  # how it sees a conversation (CONVERSATION_MODES)
+    single_turn_reason: str = "it judges one instruction"  # why it refuses conversations, where it does
+    cpu_default: str | None = None  # the model `bon judges list` names; None: from its Options' `model` default
+    policy_defaults: tuple[str, ...] = ()  # option keys `bon judge` fills from the run's policy when unset
+
 
 class Judge(Protocol):
-    name: str  # the name judgements carry
-    summary: str  # one line for `bon judges list`
-    needs_reference: bool  # scores only prompts that carry a gold reference
-    hub_id: str | None  # the weights GPU users load, where the judge has any
+    @property
+    def name(self) -> str:
+        """The name judgements carry."""
+        ...
+
+    @property
+    def summary(self) -> str:
+        """One line for `bon judges list`."""
+        ...
+
+    @property
+    def needs_reference(self) -> bool:
+        """Whether it scores only prompts that carry a gold reference."""
+        ...
+
+    @property
+    def hub_id(self) -> str | None:
+        """The weights GPU users load, where the judge has any."""
+        ...
+
+    @property
+    def declaration(self) -> Declaration:
+        """Its class's declaration."""
+        ...
+
+    @property
+    def options(self) -> BaseModel:
+        """Its validated options (its class's ``Options``)."""
+        ...
 
     def describe(self) -> str:
         """One honest line on what is scoring (which weights, which template)."""
@@ -33,21 +80,16 @@ class Judge(Protocol):
         ...
 
 
-# How a judge sees a prompt that continues a conversation (its class's ``conversation``; "single" when undeclared)
-CONVERSATION_MODES = {
-    "single": "refused (it judges one instruction)",
-    "context": "earlier turns written into its instruction as context",
-    "chat": "the whole conversation through the judge model's chat template",
-    "answer": "reads the answers only",
-    "native": "its own multi-turn protocol",
-}
+@runtime_checkable
+class RefusesPrompts(Protocol):
+    """A judge that turns down some prompts before any work (MT-Bench: a category without its references)."""
+
+    def refuse_prompt(self, prompt: Prompt) -> str | None:
+        """Why ``prompt`` cannot be judged, or None."""
+        ...
 
 
-def conversation_mode(judge: Any) -> str:
-    return getattr(judge, "conversation", "single")
-
-
-def check_conversations(judge: Any, prompts: Sequence[Prompt], prompt_format: str) -> None:
+def check_conversations(judge: Judge, prompts: Sequence[Prompt], prompt_format: str) -> None:
     """Refuse, before any work, a policy format or a judge that cannot take ``prompts`` (their conversations, or a
     prompt the judge's own `refuse_prompt` turns down)."""
     from bon.core.formats import conversation_formats, takes_conversations
@@ -60,20 +102,21 @@ def check_conversations(judge: Any, prompts: Sequence[Prompt], prompt_format: st
                 f"policy.prompt_format {prompt_format!r} takes one turn and {what}; "
                 f"use one of {', '.join(conversation_formats())}"
             )
-        if conversation_mode(judge) == "single":
-            able = [n for n in JUDGES if conversation_mode(JUDGES.get(n)) != "single"]
-            why = getattr(judge, "single_turn_reason", "it judges one instruction")
+        if judge.declaration.conversation == "single":
+            able = [n for n in JUDGES if JUDGES.get(n).declaration.conversation != "single"]
+            why = judge.declaration.single_turn_reason
             raise ConfigError(
                 f"judge {judge.name!r} cannot judge conversations ({why}) and {what}; use one of {', '.join(able)}"
             )
-    refuse = getattr(judge, "refuse_prompt", None)
-    for p in prompts if refuse is not None else ():
-        why = refuse(p)  # type: ignore[misc]  # a judge's optional declaration, read with getattr
-        if why:
-            raise ConfigError(f"judge {judge.name!r} cannot judge prompt {p.id!r}: {why}")
+    if isinstance(judge, RefusesPrompts):
+        for p in prompts:
+            refused = judge.refuse_prompt(p)
+            if refused:
+                raise ConfigError(f"judge {judge.name!r} cannot judge prompt {p.id!r}: {refused}")
 
 
-class PairwiseJudge(Judge, Protocol):
+@runtime_checkable
+class Compares(Protocol):
     """A judge that also compares two responses directly (Auto-J pairwise); `bon compare` asks it both orders."""
 
     def compare(self, items: Sequence[tuple[str, str, str]]) -> list[Any]:
@@ -81,43 +124,27 @@ class PairwiseJudge(Judge, Protocol):
         ...
 
 
-@runtime_checkable
-class PromptBuilder(Protocol):
-    """A judge that reads one model prompt per candidate: preflight counts its tokens on a tokenizer alone.
-
-    Only methods are declared, so an isinstance check never touches a lazily loaded engine.
-    """
-
-    def on_tokenizer(self, tokens: Any) -> PromptBuilder:
-        """The same judge on ``tokens`` (an engine that only tokenizes): nothing is loaded."""
-        ...
-
-    def judges(self, prompt: Prompt) -> bool:
-        """Whether this prompt gets a judge prompt at all (e.g. not without a reference it requires)."""
-        ...
-
-    def bound(self, prompt: Prompt, answer_tokens: int) -> int:
-        """Tokens the judge prompt of ``prompt`` takes with an answer of ``answer_tokens``, plus generation."""
-        ...
-
-    def preflight_rows(self) -> list[tuple[str, str]]:
-        """What `bon check` shows of the prompts (format, digit ids); raises what the first judgement would."""
-        ...
+class PairwiseJudge(Judge, Compares, Protocol):
+    """A `Judge` that `Compares`."""
 
 
 class JudgeClass(Protocol):
-    """What the registry holds: a judge class with its options model.
+    """What the registry holds: a judge class with its options model and its declaration."""
 
-    Optional declarations, read with their defaults when a class does not make them:
-    ``cpu_default`` (str: what `bon judges list` shows as the model it runs on by default) and
-    ``policy_defaults`` (tuple of option keys that `bon judge` fills from the run's policy).
-    """
+    @property
+    def Options(self) -> type[BaseModel]: ...  # noqa: N802  (the class attribute every judge class names so)
 
-    Options: ClassVar[type[BaseModel]]
-    summary: str
-    scale: str  # what a score means ("expected rating 0-9"), shown beside scores
-    needs_reference: bool
-    hub_id: str | None
+    @property
+    def summary(self) -> str: ...
+
+    @property
+    def declaration(self) -> Declaration: ...
+
+    @property
+    def needs_reference(self) -> bool: ...
+
+    @property
+    def hub_id(self) -> str | None: ...
 
     def __call__(self, options: Any = ..., /) -> Judge: ...
 
@@ -183,7 +210,7 @@ def build_judge(name: str, options: Mapping[str, Any] | None = None) -> Judge:
 def policy_defaults(name: str, options: Mapping[str, Any], policy: Mapping[str, Any]) -> dict[str, Any]:
     """``options`` with the keys the judge declares in ``policy_defaults`` taken from the run's policy when unset."""
     out = dict(options)
-    for key in getattr(JUDGES.get(name), "policy_defaults", ()):
+    for key in JUDGES.get(name).declaration.policy_defaults:
         out.setdefault(key, policy[key])
     return out
 
@@ -204,7 +231,8 @@ def describe_judges() -> list[JudgeInfo]:
     rows = []
     for name in JUDGES:
         cls = JUDGES.get(name)
-        default = getattr(cls, "cpu_default", None)
+        said = cls.declaration
+        default = said.cpu_default
         if default is None:
             model = cls.Options.model_fields.get("model")
             if model is None:
@@ -213,11 +241,9 @@ def describe_judges() -> list[JudgeInfo]:
                 default = str(model.default).removeprefix("embedded:")
             else:
                 default = "none: set options.model to a local copy"
-        mode = conversation_mode(cls)
-        how = CONVERSATION_MODES[mode] if mode == "single" else f"{mode}, {CONVERSATION_MODES[mode]}"
-        if mode == "single" and hasattr(cls, "single_turn_reason"):
-            how = f"refused ({cls.single_turn_reason})"
-        rows.append(JudgeInfo(name, cls.summary, cls.needs_reference, cls.hub_id, default, cls.scale, how))
+        mode = said.conversation
+        how = f"refused ({said.single_turn_reason})" if mode == "single" else f"{mode}, {CONVERSATION_MODES[mode]}"
+        rows.append(JudgeInfo(name, cls.summary, cls.needs_reference, cls.hub_id, default, said.scale, how))
     return rows
 
 

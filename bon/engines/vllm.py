@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from bon.core.config import ModelConfig
-from bon.engines.base import EngineError, Sample, SamplingSettings
+from bon.engines.base import DecodeLoop, EngineError, Sample, SamplingSettings, without_end
+from bon.engines.cache import ENGINES
 from bon.engines.models import (
     ModelLoadError,
     first_line,
@@ -18,9 +19,7 @@ from bon.engines.models import (
     require_reward_head,
     resolve,
 )
-from bon.engines.tokens import Tokenized, config_context
-
-_LOADED: dict[tuple, VLLMModel] = {}
+from bon.engines.tokens import Tokenized, config_context, end_ids
 
 # vLLM returns at most this many top logprobs per position by default (max_logprobs).
 TOP_LOGPROBS = 20
@@ -36,9 +35,7 @@ def load(cfg: ModelConfig) -> VLLMModel:
         cfg.context_length,
         repr(sorted(cfg.engine_args.items())),
     )
-    if key not in _LOADED:
-        _LOADED[key] = VLLMModel(cfg)
-    return _LOADED[key]
+    return ENGINES.get(("vllm", *key), lambda: VLLMModel(cfg))
 
 
 def start_llm(vllm, cfg: ModelConfig, path: str, **extra: Any):
@@ -122,30 +119,30 @@ class VLLMModel(Tokenized):
         self.tokenizer = self.llm.get_tokenizer()
         self.context = self.llm.model_config.max_model_len
         self._vllm = vllm
+        self.eos_ids = end_ids(self.tokenizer, _generation_config(path, cfg.trust_remote_code))
         self.driver = Driver(self.llm.llm_engine, self.name)
 
     def _generate(self, prompts: Sequence[list[int]], params: Sequence[Any]) -> list[Any]:
         return self.driver.wait([self.driver.add(ids, p) for ids, p in zip(prompts, params)])
 
-    def _params(self, n: int, seed: int, settings: SamplingSettings) -> Any:
+    def params(self, n: int, seed: int, settings: SamplingSettings) -> Any:
+        """One prompt's sampling request: ``n`` samples from its seed, ending on any of the model's end ids."""
         return self._vllm.SamplingParams(
-            n=n, temperature=settings.temperature, top_p=settings.top_p, max_tokens=settings.max_tokens, seed=seed
+            n=n,
+            temperature=settings.temperature,
+            top_p=settings.top_p,
+            max_tokens=settings.max_tokens,
+            seed=seed,
+            stop_token_ids=sorted(self.eos_ids),
         )
 
-    def _samples(self, request: Any, ids: Sequence[int], seed: int) -> list[Sample]:
-        return [
-            Sample(
-                text=o.text,
-                prompt_tokens=len(ids),
-                completion_tokens=len(o.token_ids),
-                finish_reason="length" if o.finish_reason == "length" else "stop",
-                seed=seed,
-                token_ids=tuple(t for t in o.token_ids if t != self.tokenizer.eos_token_id),
-            )
-            for o in sorted(request.outputs, key=lambda o: o.index)
-        ]
+    def samples(self, request: Any, ids: Sequence[int], seed: int) -> list[Sample]:
+        """A finished request's samples, by index, recorded by the one end-of-sequence rule of every engine."""
+        return samples_of(request.outputs, len(ids), seed, self.eos_ids)
 
-    def session(self, settings: SamplingSettings, max_rows: int | None = None, max_kv_tokens: int | None = None):
+    def session(
+        self, settings: SamplingSettings, max_rows: int | None = None, max_kv_tokens: int | None = None
+    ) -> DecodeLoop:
         """The engine's own continuous batching, fed prompt by prompt (`VLLMSession`).
 
         vLLM schedules rows and KV blocks itself (engine_args max_num_seqs, gpu_memory_utilization);
@@ -158,8 +155,8 @@ class VLLMModel(Tokenized):
         self, prompts: Sequence[list[int]], n: int, seeds: Sequence[int], settings: SamplingSettings
     ) -> list[list[Sample]]:
         # One request per prompt with n samples; its seed makes the request reproducible.
-        params = [self._params(n, seed, settings) for seed in seeds]
-        return [self._samples(r, ids, seed) for ids, seed, r in zip(prompts, seeds, self._generate(prompts, params))]
+        params = [self.params(n, seed, settings) for seed in seeds]
+        return [self.samples(r, ids, seed) for ids, seed, r in zip(prompts, seeds, self._generate(prompts, params))]
 
     def next_token_logprobs(
         self,
@@ -191,6 +188,32 @@ class VLLMModel(Tokenized):
         return out
 
 
+def _generation_config(path: str, trust_remote_code: bool) -> Any:
+    """The model's generation config (its end ids), None where the model ships none."""
+    from transformers import GenerationConfig
+
+    try:
+        return GenerationConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError):
+        return None
+
+
+def samples_of(outputs: Sequence[Any], prompt_tokens: int, seed: int, eos_ids: frozenset[int]) -> list[Sample]:
+    """vLLM's completion outputs as samples: a final end id is dropped from the tokens (and counted), as the
+    transformers engine records it (`bon.engines.base.without_end`)."""
+    return [
+        Sample(
+            text=o.text,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=len(o.token_ids),
+            finish_reason=(reason := "length" if o.finish_reason == "length" else "stop"),
+            seed=seed,
+            token_ids=without_end(tuple(o.token_ids), reason, eos_ids),
+        )
+        for o in sorted(outputs, key=lambda o: o.index)
+    ]
+
+
 class Driver:
     """The one loop that steps a vLLM engine: requests of any caller go in, each caller waits for its own.
 
@@ -199,25 +222,45 @@ class Driver:
     one engine (same weights), and a finished request waits for whoever asks for it.
     """
 
-    def __init__(self, engine: Any, name: str):
+    def __init__(self, engine: Any, name: str, final_only: Any = None):
         self.engine, self.name = engine, name
+        self.final_only = final_only  # vLLM's RequestOutputKind.FINAL_ONLY (looked up on first use)
         self.ids = itertools.count()
+        self.open: set[str] = set()  # added, not finished: what an interrupted caller leaves behind
         self.finished: dict[str, Any] = {}
         self.steps = 0
 
     def add(self, ids: Sequence[int], params: Any) -> str:
-        from vllm.sampling_params import RequestOutputKind
+        """Send one request (the caller's ``params`` stay as they are); its id."""
+        if self.final_only is None:
+            from vllm.sampling_params import RequestOutputKind
 
-        params.output_kind = RequestOutputKind.FINAL_ONLY  # one output per request, when it has finished
+            self.final_only = RequestOutputKind.FINAL_ONLY
+        params = params.clone()
+        params.output_kind = self.final_only  # one output per request, when it has finished
         rid = f"bon-{next(self.ids)}"
         try:
             self.engine.add_request(rid, {"prompt_token_ids": list(ids)}, params)
         except ValueError as e:  # vLLM's own check of the request (length, parameters)
             raise EngineError(f"vLLM refused a request to {self.name}: {first_line(e)}") from None
+        self.open.add(rid)
         return rid
 
+    def abort(self, rids: Sequence[str]) -> None:
+        """Drop requests nobody will wait for: unfinished ones leave the engine, finished ones are forgotten."""
+        live = [r for r in rids if r in self.open]
+        if live:
+            self.engine.abort_request(live)
+            self.open.difference_update(live)
+        for r in rids:
+            self.finished.pop(r, None)
+
     def wait(self, rids: Sequence[str]) -> list[Any]:
-        """Step the engine until every request of ``rids`` has finished; their outputs, in order."""
+        """Step the engine until every request of ``rids`` has finished; their outputs, in order.
+
+        Interrupted (an engine failure, Ctrl-C), every request still open is aborted: the work of this
+        driver is lost anyway, and requests left in the engine would decode for nobody.
+        """
         try:
             while any(r not in self.finished for r in rids):
                 if not self.engine.has_unfinished_requests():
@@ -227,13 +270,19 @@ class Driver:
                 for out in self.engine.step():
                     if out.finished:
                         self.finished[out.request_id] = out
+                        self.open.discard(out.request_id)
         except EngineError:
+            self.abort(sorted(self.open))
             raise
         except Exception as e:  # the engine core died (EngineDeadError has no common base with RuntimeError)
+            self.abort(sorted(self.open))
             raise EngineError(
                 f"vLLM engine for {self.name} failed ({type(e).__name__}: {first_line(e)}); vLLM's log above gives the "
                 "cause; finished batches are kept, rerun to resume"
             ) from None
+        except BaseException:  # Ctrl-C
+            self.abort(sorted(self.open))
+            raise
         return [self.finished.pop(r) for r in rids]
 
 
@@ -244,19 +293,24 @@ class VLLMSession:
     a prompt's samples depend on its seed alone, as with `VLLMModel.sample`.
     """
 
-    pauses = False  # early rejection continues survivors as new requests (`bon.pipeline.early_rejection`)
-
     def __init__(self, model: VLLMModel, settings: SamplingSettings, max_rows: int):
         self.model, self.settings, self.max_rows = model, settings, max_rows
         self.open: dict[Hashable, tuple[str, list[int], int]] = {}
 
     def add(self, key: Hashable, ids: list[int], n: int, seed: int) -> None:
+        if key in self.open:
+            raise EngineError(f"prompt {key!r} is already in this decode session")
         self.model.check_fits([len(ids)], self.settings.max_tokens)
-        self.open[key] = (self.model.driver.add(ids, self.model._params(n, seed, self.settings)), list(ids), seed)
+        self.open[key] = (self.model.driver.add(ids, self.model.params(n, seed, self.settings)), list(ids), seed)
 
     def result(self, key: Hashable) -> list[Sample]:
         rid, ids, seed = self.open.pop(key)
-        return self.model._samples(self.model.driver.wait([rid])[0], ids, seed)
+        return self.model.samples(self.model.driver.wait([rid])[0], ids, seed)
+
+    def close(self) -> None:
+        """Abort the requests of every prompt not collected (vLLM stops decoding them)."""
+        self.model.driver.abort([rid for rid, _, _ in self.open.values()])
+        self.open.clear()
 
 
 class VLLMRewardModel:
@@ -285,9 +339,4 @@ class VLLMRewardModel:
 
 def load_reward_model(cfg: ModelConfig) -> VLLMRewardModel:
     key = ("rm", cfg.model, cfg.dtype, cfg.trust_remote_code, repr(sorted(cfg.engine_args.items())))
-    if key not in _REWARD:
-        _REWARD[key] = VLLMRewardModel(cfg)
-    return _REWARD[key]
-
-
-_REWARD: dict[tuple, VLLMRewardModel] = {}
+    return ENGINES.get(("vllm-rm", *key), lambda: VLLMRewardModel(cfg))

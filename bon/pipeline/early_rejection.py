@@ -10,14 +10,13 @@ its judgement is a failed one (`rejected_judgements`).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Hashable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
 
 from bon.core.config import EarlyRejectionConfig
 from bon.core.judging import Judge
 from bon.core.records import Candidate, Judgement, Key, Prompt, by_key
-from bon.engines.base import Sample, SamplingSettings, derive_seed
+from bon.engines.base import EngineError, LanguageModel, PausableLoop, Sample, SamplingSettings, derive_seed
 from bon.pipeline.policy import EnginePolicy, prompt_seed
 
 REJECTED = "rejected"
@@ -37,7 +36,7 @@ class EarlyRejectionPolicy:
         self.policy, self.judge, self.cfg = policy, judge, cfg
         self.name = policy.name
         self.generated_tokens = 0  # every token sampled, the stopped candidates' included
-        self._loop: Any = None
+        self._loop: PausableLoop | None = None
         self._open: dict[str, tuple[Prompt, int]] = {}  # prompt id -> (prompt, round), while it is in the loop
         self._flags: dict[Key, str] = {}
 
@@ -47,11 +46,17 @@ class EarlyRejectionPolicy:
     def rows(self) -> int:
         return self.policy.rows()
 
-    def _session(self) -> Any:
+    def _session(self) -> PausableLoop:
+        """The policy's own loop where it can pause (the transformers engine), else `Resubmit` over its engine."""
         if self._loop is None:
-            loop = self.policy.decode_loop()
-            self._loop = loop if getattr(loop, "pauses", False) else Resubmit(self.policy.engine, self.policy.settings)
+            loop = self.policy.loop
+            self._loop = loop if isinstance(loop, PausableLoop) else Resubmit(self.policy.engine, self.policy.settings)
         return self._loop
+
+    def close(self) -> None:
+        if self._loop is not None:
+            self._loop.close()
+        self.policy.close()
 
     def generate(self, prompts: Sequence[Prompt], n: int, seed: int) -> list[Candidate]:
         return self.finish(self.start(prompts, n, seed))
@@ -69,9 +74,10 @@ class EarlyRejectionPolicy:
         loop, keys = self._session(), [p.id for p in prompts]
         while True:
             loop.advance(keys)
-            if not loop.paused:
+            paused = loop.paused()
+            if not paused:
                 break
-            self._cut(list(loop.paused))  # every paused prompt, this batch's or a later one's
+            self._cut([str(k) for k in paused])  # every paused prompt, this batch's or a later one's
         samples = [loop.result(p.id) for p in prompts]
         for p in prompts:
             del self._open[p.id]
@@ -119,33 +125,44 @@ class _Open:
     every: int
     tokens: list[list[int]]
     finish: list[str | None]
+    flags: list[str | None]  # why a candidate ended other than by itself
     round: int = 0
 
 
 class Resubmit:
-    """The pause/resume loop of `bon.engines.stream.DecodeSession` over any engine's `sample`.
+    """The pause/resume loop of `bon.engines.stream.DecodeSession` over any engine's `sample` (a `PausableLoop`).
 
     Each round samples one chunk for every live candidate of every prompt not paused, in one call:
     the first from the prompt (N samples, the first tokens of full best-of-N), later ones from the
-    prompt and the partial answer, with a stream of their own (prompt seed, index, round).
+    prompt and the partial answer, with a stream of their own (prompt seed, index, round). A chunk that
+    brings no token and no end (a server at its context) ends its candidate, flagged: never resubmitted.
     """
 
-    def __init__(self, engine: Any, settings: SamplingSettings):
+    def __init__(self, engine: LanguageModel, settings: SamplingSettings):
         self.engine, self.settings = engine, settings
-        self.open: dict[str, _Open] = {}
-        self.paused: dict[str, _Open] = {}
-        self.done: dict[str, list[Sample]] = {}
+        self.open: dict[Hashable, _Open] = {}
+        self._paused: dict[Hashable, _Open] = {}
+        self.done: dict[Hashable, list[Sample]] = {}
 
-    def add(self, key: str, ids: list[int], n: int, seed: int, pause_every: int | None = None) -> None:
+    @property
+    def max_rows(self) -> int:
+        return max(1, sum(len(p.tokens) for p in self.open.values()))
+
+    def add(self, key: Hashable, ids: list[int], n: int, seed: int, pause_every: int | None = None) -> None:
+        if key in self.open or key in self.done:
+            raise EngineError(f"prompt {key!r} is already in this loop")
         every = pause_every or self.settings.max_tokens
-        self.open[key] = _Open(list(ids), seed, every, [[] for _ in range(n)], [None] * n)
+        self.open[key] = _Open(list(ids), seed, every, [[] for _ in range(n)], [None] * n, [None] * n)
 
-    def partial(self, key: str) -> dict[int, list[int]]:
-        p = self.paused[key]
+    def paused(self) -> list[Hashable]:
+        return list(self._paused)
+
+    def partial(self, key: Hashable) -> dict[int, list[int]]:
+        p = self._paused[key]
         return {i: list(p.tokens[i]) for i in self.partial_indices(p)}
 
-    def resume(self, key: str, keep: Sequence[int]) -> None:
-        p = self.paused.pop(key)
+    def resume(self, key: Hashable, keep: Sequence[int]) -> None:
+        p = self._paused.pop(key)
         for i in self.partial_indices(p):
             if i not in keep:
                 p.finish[i] = "rejected"
@@ -156,17 +173,17 @@ class Resubmit:
     def partial_indices(p: _Open) -> list[int]:
         return [i for i, f in enumerate(p.finish) if f is None]
 
-    def advance(self, keys: Sequence[str]) -> None:
+    def advance(self, keys: Collection[Hashable]) -> None:
         """One chunk for every prompt that is neither paused nor done, unless one is paused or ``keys`` are done."""
-        if self.paused or all(k in self.done for k in keys):
+        if self._paused or all(k in self.done for k in keys):
             return
         if not self.open:
-            raise KeyError(f"prompts {sorted(keys)} are not all in this loop")
+            raise KeyError(f"prompts {list(keys)} are not all in this loop")
         s = self.settings
         chunk = SamplingSettings(s.temperature, s.top_p, min(p.every for p in self.open.values()))
         fresh = [k for k, p in self.open.items() if p.round == 0]
         later = [(k, i) for k, p in self.open.items() if p.round > 0 for i in self.partial_indices(p)]
-        made: list[tuple[str, int, Sample]] = []
+        made: list[tuple[Hashable, int, Sample]] = []
         if fresh:
             n = len(self.open[fresh[0]].tokens)
             groups = self.engine.sample([self.open[k].ids for k in fresh], n, [self.open[k].seed for k in fresh], chunk)
@@ -183,14 +200,20 @@ class Resubmit:
                 p.finish[i] = "stop"
             elif len(p.tokens[i]) >= s.max_tokens:
                 p.finish[i] = "length"
+            elif not sample.token_ids:  # no progress: resubmitting the same tokens would loop forever
+                p.finish[i] = "length"
+                p.flags[i] = (
+                    f"ended after {len(p.tokens[i])} tokens: the engine returned no token for a chunk "
+                    f"(finish reason {sample.finish_reason!r}; a full context?)"
+                )
         for k in dict.fromkeys(fresh + [k for k, _ in later]):
             p = self.open[k]
             if self.partial_indices(p):
-                self.paused[k] = p
+                self._paused[k] = p
             else:
                 self._settle(k, p)
 
-    def _settle(self, key: str, p: _Open) -> None:
+    def _settle(self, key: Hashable, p: _Open) -> None:
         """A prompt with no candidate left going is done: its samples, rejected ones included."""
         if self.partial_indices(p):
             return
@@ -204,12 +227,24 @@ class Resubmit:
                 finish_reason=f or "length",
                 seed=derive_seed(p.seed, i),
                 token_ids=tuple(t),
+                flag=p.flags[i],
             )
             for i, (t, f) in enumerate(zip(p.tokens, p.finish))
         ]
 
-    def result(self, key: str) -> list[Sample]:
+    def result(self, key: Hashable) -> list[Sample]:
+        if key not in self.done:
+            self.advance([key])
+            while key not in self.done:
+                if self._paused:
+                    raise KeyError(f"prompt {key!r} cannot finish while prompts are paused (resume them)")
+                self.advance([key])
         return self.done.pop(key)
+
+    def close(self) -> None:
+        self.open.clear()
+        self._paused.clear()
+        self.done.clear()
 
 
 def rejected_judgements(

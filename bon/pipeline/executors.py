@@ -17,7 +17,7 @@ from bon.core.errors import BonError
 from bon.core.judging import Judge, PairwiseJudge
 from bon.core.records import Candidate, Prompt
 from bon.core.registry import Registry
-from bon.engines.base import CPU_ROWS
+from bon.engines.memory import CPU_ROWS
 from bon.pipeline.early_rejection import EarlyRejectionPolicy
 from bon.pipeline.policy import EnginePolicy, Policy, StreamingPolicy
 

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import cached_property
 from typing import Any, Protocol, runtime_checkable
 
 from bon.core.config import PolicyConfig
 from bon.core.formats import CHAT, render
 from bon.core.records import Candidate, Prompt
 from bon.engines import LanguageModel, Sample, SamplingSettings, derive_seed, load_engine
+from bon.engines.base import DecodeLoop, StreamingModel, Tokens
 from bon.engines.tokens import ContextLengthError, effective_context, overflow_message
 
 
 class Policy(Protocol):
-    name: str
+    @property
+    def name(self) -> str:
+        """The weights that sample, as candidates record them."""
+        ...
 
     def generate(self, prompts: Sequence[Prompt], n: int, seed: int) -> list[Candidate]:
         """``n`` candidates for each prompt, in prompt order then index order."""
@@ -44,28 +49,29 @@ def prompt_seed(run_seed: int, prompt_id: str) -> int:
     return derive_seed(run_seed, prompt_id)
 
 
-class EnginePolicy:
-    """A chat model behind any engine (transformers or vLLM)."""
+class PolicyPrompts:
+    """The policy's prompts as token ids, fitted to its context: all a policy asks of a tokenizer, so preflight
+    counts them on a tokenizer alone (`bon.engines.tokens.TokenizerOnly`) exactly as the run will."""
 
-    def __init__(self, cfg: PolicyConfig, engine: LanguageModel | None = None):
-        self.cfg = cfg
-        self.engine = engine or load_engine(cfg)
-        self.name = self.engine.name
-        self.settings = SamplingSettings(temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens)
-        self._session: Any = None  # the engine's continuous decode loop, made on first use (False: none)
+    def __init__(self, cfg: PolicyConfig, tokens: Tokens):
+        self.cfg, self.tokens = cfg, tokens
 
     def prompt_ids(self, prompt: Prompt) -> list[int]:
         """The token ids the policy reads for ``prompt``, in the configured prompt format."""
         if self.cfg.prompt_format == CHAT:  # a conversation's own system message wins over system_prompt
-            return self.engine.chat_ids(prompt.messages(self.cfg.system_prompt), fix=NO_TEMPLATE_FIX)
-        return self.engine.text_ids(
+            return self.tokens.chat_ids(prompt.messages(self.cfg.system_prompt), fix=NO_TEMPLATE_FIX)
+        return self.tokens.text_ids(
             render(self.cfg.prompt_format, prompt.instruction, self.cfg.system_prompt, prompt.history)
         )
 
     @property
+    def name(self) -> str:
+        return self.tokens.name
+
+    @property
     def context(self) -> int | None:
         """Tokens one sequence may hold: the engine's, or less where the config says so."""
-        return effective_context(self.cfg, self.engine.context)
+        return effective_context(self.cfg, self.tokens.context)
 
     def room(self) -> int | None:
         """Prompt tokens that leave space for ``max_tokens`` in the context (None: no known limit)."""
@@ -106,41 +112,62 @@ class EnginePolicy:
             for x in ids
         ]
 
+
+class EnginePolicy(PolicyPrompts):
+    """A chat model behind any engine (transformers, vLLM or a server)."""
+
+    def __init__(self, cfg: PolicyConfig, engine: LanguageModel | None = None):
+        self.engine = engine or load_engine(cfg)
+        super().__init__(cfg, self.engine)
+        self.settings = SamplingSettings(temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens)
+
     def generate(self, prompts: Sequence[Prompt], n: int, seed: int) -> list[Candidate]:
         fitted = self.fit(prompts)
         seeds = [prompt_seed(seed, p.id) for p in prompts]
         return self.candidates(prompts, fitted, self.engine.sample([ids for ids, _ in fitted], n, seeds, self.settings))
 
-    def streams(self) -> bool:
-        """Whether this policy decodes continuously (`start`/`finish`): engines with a `session` do (transformers
-        without a sliding window, vLLM, served models)."""
-        if self._session is None:
-            make = getattr(self.engine, "session", None)
-            self._session = (make(self.settings, self.cfg.max_rows, self.cfg.max_kv_tokens) if make else None) or False
-        return self._session is not False
+    @cached_property
+    def loop(self) -> DecodeLoop | None:
+        """The engine's continuous decode loop, made on first use within the policy's budgets; None for an engine
+        that has none (it samples batch by batch)."""
+        if not isinstance(self.engine, StreamingModel):
+            return None
+        return self.engine.session(self.settings, self.cfg.max_rows, self.cfg.max_kv_tokens)
 
-    def decode_loop(self) -> Any:
-        """The engine's continuous decode loop (`bon.engines.stream.DecodeSession`), or None."""
-        return self._session if self.streams() else None
+    def streams(self) -> bool:
+        """Whether this policy decodes continuously (`start`/`finish`): every engine bon ships does."""
+        return self.loop is not None
 
     def rows(self) -> int:
         """Sequences decoding at once (1 when this policy does not stream)."""
-        return self._session.max_rows if self.streams() else 1
+        return self.loop.max_rows if self.loop is not None else 1
+
+    def _streaming(self) -> DecodeLoop:
+        if self.loop is None:
+            raise TypeError(f"{type(self.engine).__name__} has no decode loop: use generate")
+        return self.loop
 
     def start(self, prompts: Sequence[Prompt], n: int, seed: int) -> tuple[Sequence[Prompt], list, int]:
         """Queue ``prompts`` in the continuous decode loop; `finish` returns their candidates."""
-        fitted = self.fit(prompts)
+        fitted, loop = self.fit(prompts), self._streaming()
         for p, (ids, _) in zip(prompts, fitted):
-            self._session.add(p.id, ids, n, prompt_seed(seed, p.id))
+            loop.add(p.id, ids, n, prompt_seed(seed, p.id))
         return prompts, fitted, n
 
     def finish(self, started: tuple[Sequence[Prompt], list, int]) -> list[Candidate]:
         """Decode until every prompt of a `start` is done (later prompts decode alongside)."""
         prompts, fitted, n = started
-        return self.candidates(prompts, fitted, [self._session.result(p.id) for p in prompts])
+        loop = self._streaming()
+        return self.candidates(prompts, fitted, [loop.result(p.id) for p in prompts])
+
+    def close(self) -> None:
+        """Abandon whatever the decode loop still holds (an interrupted run: the engine drops those requests)."""
+        if "loop" in self.__dict__ and self.loop is not None:  # never made: nothing to close
+            self.loop.close()
 
     def candidates(self, prompts: Sequence[Prompt], fitted: list, samples: list[list[Sample]]) -> list[Candidate]:
-        """Records of ``samples`` (per prompt, by index), flagged where `fit` truncated the prompt."""
+        """Records of ``samples`` (per prompt, by index), flagged where `fit` truncated the prompt or the engine
+        ended a sample early."""
         return [
             Candidate(
                 prompt_id=p.id,
@@ -151,7 +178,7 @@ class EnginePolicy:
                 completion_tokens=s.completion_tokens,
                 finish_reason=s.finish_reason,
                 policy=s.source or self.name,
-                flag=flag,
+                flag="; ".join(f for f in (flag, s.flag) if f) or None,
             )
             for p, (_, flag), group in zip(prompts, fitted, samples)
             for i, s in enumerate(group)

@@ -8,28 +8,51 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from bon.core import rundir
-from bon.core.config import RunConfig
+from bon.core.config import ModelConfig, RunConfig
 from bon.core.errors import ConfigError, SizeError
-from bon.core.judging import Judge, PromptBuilder, check_conversations
+from bon.core.judging import Judge, check_conversations
 from bon.core.prompts import PromptSourceError, load_prompts
 from bon.core.records import Prompt
-from bon.engines.base import (
-    DTYPE_BYTES,
-    default_kv_tokens,
-    default_rows,
-    dtype_name,
-    forward_bytes_per_token,
-    kv_bytes_per_token,
-    memory_bytes,
-    memory_share,
-    share_name,
-)
+from bon.engines.memory import DTYPE_BYTES, MemoryPlan, default_rows, dtype_name, plan
 from bon.engines.models import ModelLoadError
 from bon.engines.tokens import ContextLengthError, PromptFormatError, TokenizerOnly, effective_context, overflow_message
-from bon.pipeline.policy import EnginePolicy
+from bon.pipeline.policy import PolicyPrompts
+
+
+@runtime_checkable
+class PromptBuilder(Protocol):
+    """A judge that reads one model prompt per candidate: preflight counts its tokens on a tokenizer alone.
+
+    Only methods are declared, so an isinstance check never touches a lazily loaded engine.
+    """
+
+    @property
+    def options(self) -> ModelConfig:
+        """The judge model's config (its tokenizer, context and backend)."""
+        ...
+
+    def on_tokenizer(self, tokens: Any) -> PromptBuilder:
+        """The same judge on ``tokens`` (an engine that only tokenizes): nothing is loaded."""
+        ...
+
+    def limits(self) -> tuple[int | None, int]:
+        """(tokens the judge model may hold, tokens it generates after a prompt)."""
+        ...
+
+    def judges(self, prompt: Prompt) -> bool:
+        """Whether this prompt gets a judge prompt at all (e.g. not without a reference it requires)."""
+        ...
+
+    def bound(self, prompt: Prompt, answer_tokens: int) -> int:
+        """Tokens the judge prompt of ``prompt`` takes with an answer of ``answer_tokens``, plus generation."""
+        ...
+
+    def preflight_rows(self) -> list[tuple[str, str]]:
+        """What `bon check` shows of the prompts (format, digit ids); raises what the first judgement would."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -58,7 +81,7 @@ class Fit:
 
 
 def policy_fit(config: RunConfig, prompts: Sequence[Prompt], tokens: TokenizerOnly) -> Fit:
-    policy = EnginePolicy(config.policy, engine=tokens)  # type: ignore[arg-type]  # only its token side is used
+    policy = PolicyPrompts(config.policy, tokens)
     return Fit(
         "policy",
         "policy.on_overflow",
@@ -70,27 +93,21 @@ def policy_fit(config: RunConfig, prompts: Sequence[Prompt], tokens: TokenizerOn
     )
 
 
-def judge_fit(config: RunConfig, twin: Any, prompts: Sequence[Prompt]) -> Fit:
+def judge_fit(config: RunConfig, twin: PromptBuilder, prompts: Sequence[Prompt]) -> Fit:
     """Judge prompts with an answer of the policy's max_tokens, counted in the judge's tokens (an estimate
     when policy and judge tokenize differently); each judgement is checked exactly when it is made."""
     answer = config.policy.max_tokens
     usable = [p for p in prompts if twin.judges(p)]
+    context, generates = twin.limits()
     return Fit(
         "judge",
         "judge.options.on_overflow",
         twin.options.on_overflow,
-        twin.context,
-        twin.context,
+        context,
+        context,
         [(p.id, twin.bound(p, answer)) for p in usable],
-        f" (with a {answer}-token answer, {twin.generates} generated)",
+        f" (with a {answer}-token answer, {generates} generated)",
     )
-
-
-def offline_twin(judge: Judge) -> Any | None:
-    """The same judge on its tokenizer alone, for judges that build prompts (None for the others)."""
-    if not isinstance(judge, PromptBuilder):
-        return None
-    return judge.on_tokenizer(TokenizerOnly(judge.options))  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -136,56 +153,69 @@ def decode_rows(config: RunConfig) -> int | None:
     return default_rows(_on_cuda(policy))
 
 
-def kv_budget(config: RunConfig, tokens: TokenizerOnly) -> tuple[int, str] | None:
-    """(KV tokens the transformers engine may hold, where that number comes from); None for other engines.
-
-    Unset, the bound is the default's share of all this machine's memory: the engine takes the same share
-    of what is free when it starts, so preflight refuses only what could never fit, whatever else runs.
-    """
-    policy = config.policy
-    if policy.backend != "transformers":
+def model_memory(cfg: Any, tokens: TokenizerOnly, max_rows: int | None = None, max_kv_tokens: int | None = None):
+    """The memory plan of a transformers model config (`bon.engines.memory.MemoryPlan`, the one the engine obeys),
+    against all this machine's memory: preflight refuses only what could never fit, whatever else runs. None for
+    other backends, or a model config without the usual sizes (the engine measures it once loaded)."""
+    if cfg.backend != "transformers":
         return None
-    cuda = _on_cuda(policy)
+    cuda = _on_cuda(cfg)
     try:
-        per_token = kv_bytes_per_token(tokens.model_config, _dtype_bytes(policy, cuda))
-    except AttributeError:  # a config without the usual sizes: the engine measures it once the model is loaded
-        return None if policy.max_kv_tokens is None else (policy.max_kv_tokens, "policy.max_kv_tokens")
-    # the share of all this machine's memory, which the engine takes of what is free when it starts
-    bound = default_kv_tokens(per_token, cuda, total=True, device=_gpu(policy))
-    if policy.max_kv_tokens is None:
-        return bound, f"policy.max_kv_tokens' default, at most {share_name(cuda)} at {per_token} bytes a token,"
-    memory = memory_bytes(cuda, True, _gpu(policy))
-    if policy.max_kv_tokens * per_token > memory:
-        raise SizeError(
-            f"policy.max_kv_tokens {policy.max_kv_tokens:,} is more KV cache than this machine holds: at "
-            f"{per_token} bytes a token, all its {'GPU memory' if cuda else 'RAM'} ({_gib(memory)}) is "
-            f"{memory // per_token:,} tokens; lower it, or leave it unset (the default here: {bound:,})"
+        return plan(
+            tokens.model_config,
+            _dtype_bytes(cfg, cuda),
+            cuda,
+            _gpu(cfg),
+            total=True,
+            max_rows=max_rows,
+            max_kv_tokens=max_kv_tokens,
         )
-    return policy.max_kv_tokens, "policy.max_kv_tokens"
+    except AttributeError:
+        return None
 
 
-def _gib(n: int) -> str:
-    return f"{n / 2**30:.1f} GiB"
+def policy_memory(config: RunConfig, tokens: TokenizerOnly) -> MemoryPlan | None:
+    """The policy's memory plan, its KV budget checked against all the memory (`MemoryPlan.check_kv`)."""
+    policy = config.policy
+    memory = model_memory(policy, tokens, policy.max_rows, policy.max_kv_tokens)
+    if memory is not None:
+        memory.check_kv()
+    return memory
 
 
-def check_judge_batch(options: Any, tokens: TokenizerOnly, fit: Fit) -> None:
+def kv_budget(config: RunConfig, memory: MemoryPlan | None) -> tuple[int, str] | None:
+    """(KV tokens the transformers engine may hold, where that number comes from); None for other engines."""
+    policy = config.policy
+    if memory is not None:
+        return memory.kv_tokens, memory.kv_said
+    if policy.backend == "transformers" and policy.max_kv_tokens is not None:  # sizes unknown: the user's number
+        return policy.max_kv_tokens, "policy.max_kv_tokens"
+    return None
+
+
+@runtime_checkable
+class Batched(Protocol):
+    """Judge options that set how many prompts one forward pass holds."""
+
+    batch_size: int
+
+
+def check_judge_batch(options: ModelConfig, tokens: TokenizerOnly, fit: Fit) -> None:
     """A transformers judge runs `batch_size` of its prompts in one forward pass: refuse a batch whose
-    longest prompts could never fit the memory share an engine takes (`forward_bytes_per_token`)."""
-    size, longest = getattr(options, "batch_size", None), fit.longest()
-    if size is None or longest is None or getattr(options, "backend", None) != "transformers":
+    longest prompts could never fit the memory share an engine takes (`MemoryPlan.forward_rows`)."""
+    longest = fit.longest()
+    if not isinstance(options, Batched) or longest is None:
         return
-    cuda = _on_cuda(options)
-    try:
-        per_token = forward_bytes_per_token(tokens.model_config, _dtype_bytes(options, cuda))
-    except AttributeError:  # a config without the usual sizes: nothing to estimate from
+    memory = model_memory(options, tokens)
+    if memory is None:
         return
     length = min(longest[1], fit.context or longest[1])  # a judge prompt is refused, cut or skipped past its context
-    bound = max(1, memory_share(cuda, True, _gpu(options)) // (per_token * length))
-    if size > bound:
+    bound = memory.forward_rows(length)
+    if options.batch_size > bound:
         raise SizeError(
-            f"judge.options.batch_size {size:,} is more judge prompts than one forward pass can hold: prompts of "
-            f"up to {length} tokens ({longest[0]!r}) at about {per_token:,} bytes a token fit {bound:,} at once "
-            f"in {share_name(cuda)}; lower it to at most {bound:,}"
+            f"judge.options.batch_size {options.batch_size:,} is more judge prompts than one forward pass can hold: "
+            f"prompts of up to {length} tokens ({longest[0]!r}) at about {memory.forward_per_token:,} bytes a token "
+            f"fit {bound:,} at once in {memory.share_name}; lower it to at most {bound:,}"
         )
 
 
@@ -232,18 +262,19 @@ def lengths(config: RunConfig, prompts: Sequence[Prompt], judge: Judge, check_po
                     f"skipped: prompt of {n} tokens + max_tokens {config.policy.max_tokens} "
                     f"exceeds the policy's context of {fit.context}"
                 )
-    twin = offline_twin(judge)
-    if twin is not None:
+    if isinstance(judge, PromptBuilder):  # the same judge on its tokenizer alone
+        twin_tokens = TokenizerOnly(judge.options)
+        twin = judge.on_tokenizer(twin_tokens)
         twin.preflight_rows()  # a judge whose tokenizer cannot build its prompts fails here, not after sampling
         fits.append(judge_fit(config, twin, [p for p in prompts if p.id not in plan.skipped]))
-        check_judge_batch(judge.options, twin.engine, fits[-1])  # type: ignore[attr-defined]
+        check_judge_batch(judge.options, twin_tokens, fits[-1])
     for fit in fits:
         if fit.over and fit.mode == "error":
             raise ContextLengthError(fit.message())
         if fit.over:
             plan.notes.append(_outcome(fit))
     if check_policy:
-        _check_kv_budget(config, fits[0], kv_budget(config, tokens))
+        _check_kv_budget(config, fits[0], kv_budget(config, policy_memory(config, tokens)))
     return plan
 
 
@@ -322,25 +353,28 @@ def check(config: RunConfig, judge: Judge) -> CheckReport:
             fit = policy_fit(config, prompts, tokens)
             _report_fit(report, fit, config.policy.max_tokens)
             skipped = {pid for pid, _ in fit.over} if fit.mode == "skip" else set()
-            budget = kv_budget(config, tokens)
+            memory = policy_memory(config, tokens)
+            budget = kv_budget(config, memory)
             if budget is not None:
                 report.rows.append(("policy KV cache", f"at most {budget[0]:,} tokens ({budget[1].rstrip(',')})"))
+            if memory is not None:
+                report.rows.append(("policy memory", memory.summary()))
             _check_kv_budget(config, fit, budget)
         except (PromptFormatError, ContextLengthError, SizeError) as e:
             report.problems.append(f"policy: {e}")
 
-    builds = isinstance(judge, PromptBuilder)
-    twin_tokens = _load_tokens("judge", judge.options, report) if builds else None  # type: ignore[attr-defined]
-    if isinstance(judge, PromptBuilder) and twin_tokens is not None:
-        twin = judge.on_tokenizer(twin_tokens)
-        try:
-            report.rows.extend(twin.preflight_rows())
-            fit = judge_fit(config, twin, [p for p in prompts if p.id not in skipped])
-            _report_fit(report, fit)
-            check_judge_batch(judge.options, twin_tokens, fit)  # type: ignore[attr-defined]
-        except (PromptFormatError, ContextLengthError, SizeError) as e:
-            report.problems.append(f"judge: {e}")
-    elif not builds:
+    if isinstance(judge, PromptBuilder):
+        twin_tokens = _load_tokens("judge", judge.options, report)
+        if twin_tokens is not None:
+            twin = judge.on_tokenizer(twin_tokens)
+            try:
+                report.rows.extend(twin.preflight_rows())
+                fit = judge_fit(config, twin, [p for p in prompts if p.id not in skipped])
+                _report_fit(report, fit)
+                check_judge_batch(judge.options, twin_tokens, fit)
+            except (PromptFormatError, ContextLengthError, SizeError) as e:
+                report.problems.append(f"judge: {e}")
+    else:
         report.rows.append(("judge", f"{judge.describe()} (builds no model prompt; nothing to check)"))
 
     if prompts:

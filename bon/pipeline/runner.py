@@ -231,7 +231,7 @@ def run(
             )
         for note in notes + plan.notes:
             progress.note(note)
-        result = RunResult(rd, [], [], description, scale=getattr(judge, "scale", ""))
+        result = RunResult(rd, [], [], description, scale=judge.declaration.scale)
         total = len(planned) * config.n
         progress.start("candidates", total, sum(min(len(state.candidates[pid]), config.n) for pid in planned))
         progress.start("judgements", total, sum(len(state.judged_of(pid)) for pid in planned))

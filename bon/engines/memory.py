@@ -1,0 +1,183 @@
+"""What a transformers model will hold on its device: one `MemoryPlan`, asked by preflight and obeyed by the engine.
+
+Rows, KV bytes, forward-pass bytes, dtype sizes and the memory share are computed here and nowhere
+else. Preflight builds the plan from a config (tokenizer and model config only) to refuse what
+could never fit; the engine builds it from the loaded model and decodes within it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from bon.core.errors import SizeError
+
+CPU_ROWS = 128  # continuous batching: sequences decoding at once on a CPU by default
+GPU_ROWS = 512  # and on a GPU
+LOGIT_BYTES = 4  # logits are read as float32 whatever the weights' dtype
+
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+def dtype_name(dtype: str, cpu: bool) -> str:
+    """A config's dtype with `auto` resolved: float32 on a CPU, bfloat16 on an accelerator."""
+    if dtype != "auto":
+        return dtype
+    return "float32" if cpu else "bfloat16"
+
+
+def default_rows(cuda: bool) -> int:
+    """The default `policy.max_rows` of the transformers engine."""
+    return GPU_ROWS if cuda else CPU_ROWS
+
+
+def kv_bytes_per_token(model_config: Any, dtype_bytes: int) -> int:
+    """Bytes of keys and values one token takes in the KV cache, from a transformers model config."""
+    heads = getattr(model_config, "num_key_value_heads", None) or model_config.num_attention_heads
+    head_dim = getattr(model_config, "head_dim", None) or model_config.hidden_size // model_config.num_attention_heads
+    return 2 * model_config.num_hidden_layers * heads * head_dim * dtype_bytes
+
+
+def forward_bytes_per_token(model_config: Any, dtype_bytes: int) -> int:
+    """Peak bytes one token holds in a forward pass: its keys and values plus the widest MLP activation
+    (gate and up projections of a gated MLP), an estimate that ignores attention scores (fused kernels)."""
+    width = getattr(model_config, "intermediate_size", None) or 4 * model_config.hidden_size
+    return kv_bytes_per_token(model_config, dtype_bytes) + 2 * width * dtype_bytes
+
+
+def memory_bytes(cuda: bool, total: bool = False, device: Any = None) -> int:
+    """This machine's free memory (``total``: all of it), in RAM or on the GPU ``device`` (None: the current one)."""
+    if cuda:
+        import torch  # only on a GPU path, where the engine has imported it already
+
+        return int(torch.cuda.mem_get_info(device)[1 if total else 0])
+    return os.sysconf("SC_PHYS_PAGES" if total else "SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def memory_share(cuda: bool, total: bool = False, device: Any = None) -> int:
+    """Bytes an engine may fill on its own: half a GPU's free memory, a quarter of the free RAM.
+
+    With ``total``, the same share of all the memory: what this machine could ever hold (preflight's bound,
+    which does not move with what else runs).
+    """
+    return memory_bytes(cuda, total, device) // (2 if cuda else 4)
+
+
+def share_name(cuda: bool) -> str:
+    """`memory_share` in words, for messages."""
+    return "half the GPU's memory" if cuda else "a quarter of the RAM"
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB"
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """One model's memory on one device: per-token sizes, the share it may fill, and the decode budgets.
+
+    Built by `plan` from a model config and a dtype; ``kv_tokens`` and ``rows`` are what the decode
+    loop admits against (a user's ``policy.max_kv_tokens`` / ``policy.max_rows``, else the defaults).
+    """
+
+    cuda: bool
+    dtype_bytes: int
+    kv_per_token: int  # bytes of keys and values per token
+    forward_per_token: int  # peak bytes per token of a forward pass
+    vocab: int  # logits per position
+    share: int  # bytes the KV cache may fill by default (`memory_share` of what was free when planned)
+    bound: int  # the same share of all the memory: a forward pass beyond it could never run here
+    memory: int  # all the device's memory: a budget beyond it is refused
+    rows: int  # sequences decoding at once
+    kv_tokens: int  # tokens the KV cache may hold
+    kv_source: str  # where ``kv_tokens`` comes from, for messages
+
+    @property
+    def share_name(self) -> str:
+        return share_name(self.cuda)
+
+    def prefill_bytes(self, prompts: int, width: int) -> int:
+        """Peak bytes of one prefill of ``prompts`` left-padded to ``width`` tokens, keeping each prompt's last
+        logits only (all the decode loop reads)."""
+        return prompts * (width * self.forward_per_token + self.vocab * LOGIT_BYTES)
+
+    def forward_bytes(self, rows: int, width: int, logits: bool = False) -> int:
+        """Peak bytes of a forward pass over ``rows`` sequences of ``width`` tokens; with ``logits``, every
+        position's float32 logits and their log-softmax are held too (continuation scoring)."""
+        per_token = self.forward_per_token + (2 * LOGIT_BYTES * self.vocab if logits else 0)
+        return rows * width * per_token
+
+    def check_forward(self, rows: int, width: int, batch_size: int, logits: bool = False) -> None:
+        """Refuse a forward pass that could never fit the share, naming the judge's batch_size that would."""
+        need = self.forward_bytes(rows, width, logits)
+        if need > self.bound:
+            fit = max(1, self.bound // max(1, self.forward_bytes(1, width, logits)))
+            raise SizeError(
+                f"batch_size {batch_size:,}: one forward pass of {rows:,} sequences of {width:,} tokens needs about "
+                f"{need / 2**30:.1f} GiB, more than {self.share_name} ({_gib(self.bound)}); {fit:,} such sequences "
+                f"fit: lower the judge's batch_size to at most {fit:,}"
+            )
+
+    def forward_rows(self, width: int) -> int:
+        """Sequences of ``width`` tokens one forward pass can hold in the share (at least 1)."""
+        return max(1, self.bound // max(1, self.forward_bytes(1, width)))
+
+    def check_kv(self) -> None:
+        """Refuse a KV budget beyond all the device's memory (the default never is)."""
+        if self.kv_tokens * self.kv_per_token > self.memory:
+            default = max(1, self.share // self.kv_per_token)
+            raise SizeError(
+                f"{self.kv_source} {self.kv_tokens:,} is more KV cache than this machine holds: at "
+                f"{self.kv_per_token} bytes a token, all its {'GPU memory' if self.cuda else 'RAM'} "
+                f"({_gib(self.memory)}) is {self.memory // self.kv_per_token:,} tokens; lower it, or leave it unset "
+                f"(the default here: {default:,})"
+            )
+
+    @property
+    def kv_said(self) -> str:
+        """Where the KV budget comes from, as messages name it."""
+        if self.kv_source == "policy.max_kv_tokens":
+            return self.kv_source
+        return f"{self.kv_source}, at most {self.share_name} at {self.kv_per_token} bytes a token,"
+
+    def summary(self) -> str:
+        """The plan in one line, as `bon check` prints it."""
+        return (
+            f"{self.rows:,} rows; KV {self.kv_per_token:,} B/token, forward {self.forward_per_token:,} B/token; "
+            f"{_gib(self.bound)} share ({self.share_name})"
+        )
+
+    def admits(self, rows: int, width: int, max_tokens: int) -> bool:
+        """Whether ``rows`` sequences as wide as ``width`` tokens, each grown by ``max_tokens``, fit both budgets."""
+        return rows <= self.rows and rows * (width + max_tokens) <= self.kv_tokens
+
+
+def plan(
+    model_config: Any,
+    dtype_bytes: int,
+    cuda: bool,
+    device: Any = None,
+    *,
+    total: bool = False,
+    max_rows: int | None = None,
+    max_kv_tokens: int | None = None,
+) -> MemoryPlan:
+    """The memory plan of a model on a device. ``total``: the share of all the memory (preflight: what could ever
+    fit, whatever else runs), else of what is free now (the engine, as it starts). ``device``: a GPU by name."""
+    kv = kv_bytes_per_token(model_config, dtype_bytes)
+    bound = memory_share(cuda, True, device)
+    share = bound if total else memory_share(cuda, False, device)
+    return MemoryPlan(
+        cuda=cuda,
+        dtype_bytes=dtype_bytes,
+        kv_per_token=kv,
+        forward_per_token=forward_bytes_per_token(model_config, dtype_bytes),
+        vocab=int(getattr(model_config, "vocab_size", 0) or 0),
+        share=share,
+        bound=bound,
+        memory=memory_bytes(cuda, True, device),
+        rows=max_rows or default_rows(cuda),
+        kv_tokens=max_kv_tokens or max(1, share // kv),
+        kv_source="policy.max_kv_tokens" if max_kv_tokens else "policy.max_kv_tokens' default",
+    )
