@@ -21,17 +21,15 @@ from pydantic import Field, model_validator
 
 from bon.core.config import JudgeConfig, RayConfig, RunConfig, Strict
 from bon.core.errors import SizeError
-from bon.core.io import append_records, read_records
 from bon.core.judging import Compares, Judge, build_judge, judge_spec, same_judge
 from bon.core.names import Name
-from bon.core.records import SCHEMA, Comparison, Judgement, Prompt, by_key
-from bon.core.rundir import RunDir, package_versions
+from bon.core.records import Comparison, Judgement, Prompt, by_key
+from bon.core.rundir import RunDir
 from bon.engines.cache import ENGINES
 from bon.pipeline.executors import LocalExecutor, make_executor
 from bon.pipeline.scoring import InFlight, needs_judging, score_missing
 from eval.benchmarks import Benchmark, load_pairwise
-from eval.kinds import KINDS
-from eval.scoring import (
+from eval.judge_metrics import (
     AgreementMatrix,
     LeaderboardResult,
     PairwiseResult,
@@ -40,6 +38,7 @@ from eval.scoring import (
     candidate_scores,
     judge_agreement,
 )
+from eval.kinds import KINDS
 
 
 class CompareJudge(JudgeConfig):
@@ -143,10 +142,8 @@ def _same_benchmark(before: Any, now: Any) -> bool:
         return False
 
 
-def open_run(cfg: CompareConfig) -> Path:
+def open_run(cfg: CompareConfig) -> RunDir:
     """Create or reopen the run directory (the caller holds its lock); stored labels and benchmarks keep meaning."""
-    rd = RunDir(cfg.output_dir)
-    manifest = rd.manifest()
 
     def refusal(what: str) -> Callable[[str, Any, Any], str]:
         return lambda key, before, now: (
@@ -154,44 +151,51 @@ def open_run(cfg: CompareConfig) -> Path:
             "give it another name or use another output_dir"
         )
 
-    judges = {j.key: judge_spec(j.name, j.options) for j in cfg.judges}
-    rd.register(manifest, "judges", judges, same_judge, refusal("judge"))  # every label ever run here
+    judges = {j.key: judge_spec(j.name, j.options) for j in cfg.judges}  # every label ever run here
     benchmarks = {b.name: b.model_dump(mode="json") for b in cfg.benchmarks}
-    rd.register(manifest, "benchmarks", benchmarks, _same_benchmark, refusal("benchmark"))
-    rd.write_manifest(
+    return RunDir.open_named(
+        cfg.output_dir,
+        cfg.model_dump(mode="json"),
         {
-            "schema": SCHEMA,
-            "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "config": cfg.model_dump(mode="json"),
-            "judges": manifest["judges"],
-            "benchmarks": manifest["benchmarks"],
-            "packages": package_versions(),
-        }
+            "judges": (judges, same_judge, refusal("judge")),
+            "benchmarks": (benchmarks, _same_benchmark, refusal("benchmark")),
+        },
     )
-    return rd.path
 
 
-def store_path(out: Path, bench: str, label: str, pairwise_judge: bool) -> Path:
-    return out / ("comparisons" if pairwise_judge else "judgements") / bench / f"{label}.jsonl"
+def store_name(bench: str, label: str, pairwise_judge: bool) -> Path:
+    """Where one judge's records on one benchmark live, relative to the comparison's directory."""
+    return Path("comparisons" if pairwise_judge else "judgements") / bench / f"{label}.jsonl"
 
 
-def _stored(path: Path | None, cls: type) -> list:
-    if path is None:  # an in-memory evaluation (bon eval pairwise)
-        return []
-    return read_records(path, cls)  # a torn last line is ignored here and cut by the next append
+@dataclass(frozen=True)
+class Store:
+    """One judge's records on one benchmark in the comparison's run directory."""
+
+    rd: RunDir
+    name: Path
+
+    def read(self, cls: type) -> list:
+        return self.rd.read_at(self.name, cls)  # a torn last line is ignored here and cut by the next append
+
+    def append(self, records: list) -> None:
+        self.rd.append_at(self.name, records)
 
 
-def _append(path: Path | None, records: list) -> None:
-    if path is not None and records:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        append_records(path, records)
+def _stored(store: Store | None, cls: type) -> list:
+    return [] if store is None else store.read(cls)  # None: an in-memory evaluation (bon eval pairwise)
+
+
+def _append(store: Store | None, records: list) -> None:
+    if store is not None:
+        store.append(records)
 
 
 def score_benchmark(
     executor,
     bench: Benchmark,
     prompts: Sequence[Prompt],
-    path: Path | None,
+    path: Store | None,
     label: str,
     batch_size: int,
     advance: Callable[[int], None],
@@ -217,7 +221,7 @@ def compare_benchmark(
     executor,
     bench: Benchmark,
     prompts: Sequence[Prompt],
-    path: Path | None,
+    path: Store | None,
     label: str,
     batch_size: int,
     advance: Callable[[int], None],
@@ -317,7 +321,7 @@ def run_compare(cfg: CompareConfig, progress=None, note: Callable[[str], None] =
     benches = {b.name: load_benchmark(b) for b in cfg.benchmarks}  # bad data fails before anything is written
     check_folds(cfg, benches)
     with RunDir(cfg.output_dir).locked():  # one process per comparison directory
-        out = open_run(cfg)
+        rd = open_run(cfg)
         stored: dict[str, dict[str, tuple[list[Prompt], list]]] = {name: {} for name in benches}
         skipped: dict[str, dict[str, str]] = {name: {} for name in benches}
         described: dict[str, str] = {}
@@ -325,7 +329,7 @@ def run_compare(cfg: CompareConfig, progress=None, note: Callable[[str], None] =
         for entry in cfg.judges:
             t0 = time.perf_counter()
             with ENGINES.scope():  # this judge's models are released before the next judge loads its own
-                described[entry.key] = _judge_entry(cfg, entry, benches, out, stored, skipped, progress, note)
+                described[entry.key] = _judge_entry(cfg, entry, benches, rd, stored, skipped, progress, note)
             seconds[entry.key] = time.perf_counter() - t0
         reports = []
         for name, bench in benches.items():
@@ -346,14 +350,14 @@ def run_compare(cfg: CompareConfig, progress=None, note: Callable[[str], None] =
                     [note for note in [bench.pool.note() if bench.pool is not None else None] if note],
                 )
             )
-        return CompareResult(out, reports, described, seconds, time.perf_counter() - start)
+        return CompareResult(rd.path, reports, described, seconds, time.perf_counter() - start)
 
 
 def _judge_entry(
     cfg: CompareConfig,
     entry: CompareJudge,
     benches: dict[str, Benchmark],
-    out: Path,
+    rd: RunDir,
     stored: dict[str, dict[str, tuple[list[Prompt], list]]],
     skipped: dict[str, dict[str, str]],
     progress: Any,
@@ -375,7 +379,7 @@ def _judge_entry(
             if progress is not None:
                 progress.start(stage, len(subset), 0)
             advance = (lambda k, s=stage: progress.advance(s, k)) if progress is not None else (lambda k: None)
-            path = store_path(out, name, label, asks_pairs(judge, bench))
+            path = Store(rd, store_name(name, label, asks_pairs(judge, bench)))
             stored[name][label] = (
                 subset,
                 judge_benchmark(executor, judge, bench, subset, path, label, cfg.batch_size, advance),
@@ -403,7 +407,14 @@ def asks_pairs(judge: Judge, bench: Benchmark) -> bool:
 
 
 def judge_benchmark(
-    executor, judge, bench: Benchmark, subset: Sequence[Prompt], path: Path | None, label: str, batch_size: int, advance
+    executor,
+    judge,
+    bench: Benchmark,
+    subset: Sequence[Prompt],
+    path: Store | None,
+    label: str,
+    batch_size: int,
+    advance,
 ) -> list:
     """Comparisons when a pairwise judge meets a pairwise benchmark, else one judgement per candidate."""
     if asks_pairs(judge, bench):

@@ -7,7 +7,7 @@ from typing import Any
 
 from bon.core.io import write_json_atomic
 from eval.compare import BenchmarkReport, CompareResult
-from eval.scoring import LeaderboardResult, PairwiseResult, PoolResult, ScoresResult
+from eval.judge_metrics import LeaderboardResult, PairwiseResult, PoolResult, ScoresResult
 
 TOO_FEW = 10  # items below which a correlation, agreement or AURC is shown as "too few", not as a number
 

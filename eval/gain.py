@@ -17,8 +17,8 @@ from bon.engines.base import derive_seed
 from bon.pipeline.rejudge import judgements_of, run_candidates
 from bon.pipeline.selection import secondary_judge, select_prompt
 from eval.ae import winrate
+from eval.alpaca import annotations_for, match_baseline, reference_rows
 from eval.annotations import Annotation
-from eval.runner import annotations_for, match_baseline, reference_rows
 
 
 @dataclass(frozen=True)

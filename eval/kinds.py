@@ -9,7 +9,7 @@ from typing import Any
 from bon.core.records import Prompt
 from bon.core.registry import Registry
 from eval.benchmarks import Benchmark, load_leaderboard, load_pairwise, load_pool_benchmark, load_scores
-from eval.scoring import evaluate_leaderboard, evaluate_pairwise, evaluate_pool, evaluate_scores, is_comparisons
+from eval.judge_metrics import evaluate_leaderboard, evaluate_pairwise, evaluate_pool, evaluate_scores, is_comparisons
 
 Result = Any  # PairwiseResult | PoolResult | ScoresResult | LeaderboardResult
 

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from bon.core.errors import BonError, ConfigError
-from bon.core.io import read_json, read_records
+from bon.core.io import read_json
 from bon.core.prompts import PromptSourceError
 from bon.core.records import Candidate, Comparison, Judgement, Selection
-from bon.core.rundir import RunDirError, load_run, read_manifest
+from bon.core.rundir import RunDir, RunDirError, load_run, read_manifest
 from bon.pipeline.rejudge import run_prompts
 
 IMAGES = ("gain/gain.png",)  # plots `bon eval` leaves in a run directory, shown in the overview when present
@@ -128,7 +128,7 @@ HUMAN = "human"  # the benchmark's own verdict, shown as one more judge: label, 
 def compare_data(compare_dir: Path | str) -> dict[str, Any]:
     """What the page shows of a `bon compare` directory: per benchmark, its items with every judge's scores beside
     the human verdict, so the items where judges and humans disagree can be read side by side."""
-    from eval.compare import CompareConfig, load_benchmark, store_path
+    from eval.compare import CompareConfig, load_benchmark, store_name
 
     folder = Path(compare_dir)
     manifest = read_manifest(folder / "manifest.json")
@@ -151,13 +151,12 @@ def compare_data(compare_dir: Path | str) -> dict[str, Any]:
         labels = [j.key for j in cfg.judges]
         scores: dict[str, dict[tuple[str, int], Judgement]] = {}
         verdicts: dict[str, list[Comparison]] = {}
+        rd = RunDir(folder)
         for label in labels:
-            scored = store_path(folder, spec.name, label, False)
-            if scored.is_file():
-                scores[label] = {j.key: j for j in read_records(scored, Judgement)}
-            compared = store_path(folder, spec.name, label, True)
-            if compared.is_file():
-                verdicts[label] = read_records(compared, Comparison)
+            if scored := rd.read_at(store_name(spec.name, label, False), Judgement):
+                scores[label] = {j.key: j for j in scored}
+            if compared := rd.read_at(store_name(spec.name, label, True), Comparison):
+                verdicts[label] = compared
         rows = [_compare_row(bench, p, scores, verdicts, thresholds, spec.name) for p in bench.prompts]
         judged = [label for label in labels if label in scores or label in verdicts]
         kept = [r for r in rows if any(j in r["judgements"] or j in r["selections"] for j in judged)]

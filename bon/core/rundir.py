@@ -228,6 +228,46 @@ class RunDir:
         section_specs.update(specs)
 
     @classmethod
+    def open_named(
+        cls,
+        path: Path | str,
+        config: dict[str, Any],
+        sections: dict[str, tuple[dict[str, Any], Callable[[Any, Any], bool], Callable[[str, Any, Any], str]]],
+    ) -> RunDir:
+        """Create or reopen a directory of named specs (`bon compare`: judge labels, benchmarks) under its lock.
+
+        ``sections`` maps a manifest section to (name -> spec, ``same``, ``refusal``) as `register` takes them:
+        every name ever run here keeps its meaning. The manifest is rewritten with ``config`` and every section.
+        """
+        rd = cls(path)
+        rd.path.mkdir(parents=True, exist_ok=True)
+        manifest = rd.manifest()
+        for section, (specs, same, refusal) in sections.items():
+            rd.register(manifest, section, specs, same, refusal)
+        rd.write_manifest(
+            {
+                "schema": SCHEMA,
+                "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "config": config,
+                **{section: manifest[section] for section in sections},
+                "packages": package_versions(),
+            }
+        )
+        return rd
+
+    def read_at(self, name: str | Path, record_type: type) -> list:
+        """The records of a file of this directory by its relative name ([] when it does not exist yet)."""
+        path = self.path / name
+        return read_records(path, record_type) if path.exists() else []
+
+    def append_at(self, name: str | Path, records: list) -> None:
+        """Append records to a file of this directory by its relative name (made, with its folders, if new)."""
+        if records:
+            path = self.path / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            append_records(path, records)
+
+    @classmethod
     def open(cls, config: RunConfig, describe: dict[str, str], prompts: Sequence[Prompt]) -> tuple[RunDir, list[str]]:
         """Create or reopen ``config.output_dir``; returns the directory and notes on repairs made.
 

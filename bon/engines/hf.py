@@ -1,7 +1,8 @@
 """The transformers engine: causal LMs, reward models and embedders loaded with their weights.
 
-torch and transformers are imported lazily here and in two other places: `bon.engines.tokens`
-(tokenizers without weights) and `judges.selfj_train` (LoRA training).
+torch and transformers are imported lazily here (with this engine's own modules `stream`, `kv` and
+`sampling`, which only this one imports) and in two other places: `bon.engines.tokens` (tokenizers
+without weights) and `judges.selfj_train` (LoRA training).
 """
 
 from __future__ import annotations
