@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
-from bon.core.records import Candidate, Prompt
+from bon.core.records import Candidate, Judgement, Prompt
+from judges.length import LengthJudge
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -103,3 +105,131 @@ def two_turn_source(folder: Path) -> Path:
 
 def make_prompts(k: int = 3) -> list[Prompt]:
     return [Prompt(f"q{i}", f"Question {i}?", "test") for i in range(k)]
+
+
+PAIRS = [
+    ("post_summarization", 0, "aaaa", "bb"),  # longer first wins: length right
+    ("post_summarization", 1, "a", "bbbbbb"),  # longer second wins: right
+    ("code_generation", 2, "aaa", "bbb"),  # equal length -> tie: right
+    ("code_generation", 0, "a", "bbb"),  # length says 2: wrong
+    ("chitchat", 2, "aaaaa", "b"),  # length says 1: wrong
+]
+
+
+@pytest.fixture
+def pair_file(tmp_path: Path) -> Path:
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(
+        "".join(
+            json.dumps({"scenario": s, "label": y, "prompt": f"q{i}", "response 1": a, "response 2": b}) + "\n"
+            for i, (s, y, a, b) in enumerate(PAIRS)
+        )
+    )
+    return path
+
+
+def _annotations(outputs, prefs, model):
+    return [
+        {
+            "instruction": f"instr {i}",
+            "dataset": "d",
+            "output_1": "base",
+            "generator_1": "baseline",
+            "output_2": o,
+            "generator_2": model,
+            "annotator": "a",
+            "preference": p,
+        }
+        for i, (o, p) in enumerate(zip(outputs, prefs))
+    ]
+
+
+@pytest.fixture
+def pool_dir(tmp_path: Path) -> Path:
+    folder = tmp_path / "pool"
+    folder.mkdir()
+    # three instructions, two models; model b is longer everywhere, wins twice
+    (folder / "a.json").write_text(json.dumps(_annotations(["x", "yy", "z"], [2, 1, 1.5], "a")))
+    (folder / "b.json").write_text(json.dumps(_annotations(["xxxx", "yyyy", "zzzz"], [1, 2, 2], "b")))
+    return folder
+
+
+@pytest.fixture
+def finished(tmp_path, prompts_file):
+    from bon.core.config import load_config
+    from bon.pipeline.runner import run
+
+    cfg = load_config(
+        None,
+        [
+            f"output_dir={tmp_path / 'run'}",
+            f"prompts.source={prompts_file}",
+            "n=3",
+            "batch_size=2",
+            "judge.name=length",
+        ],
+    )  # five prompts, n=3, judged with `length`
+    run(cfg, policy=FakePolicy())
+    return cfg.output_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tmp_path_factory) -> Path:
+    """A complete 2-layer Llama checkpoint with SmolLM2's tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from bon.core.config import ModelConfig
+    from bon.engines.hf import prepare
+
+    smol, _, _ = prepare(ModelConfig())
+    out = tmp_path_factory.mktemp("tiny") / "lm"
+    cfg = LlamaConfig(
+        vocab_size=49152, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(cfg).save_pretrained(out)
+    AutoTokenizer.from_pretrained(smol).save_pretrained(out)
+    return out
+
+
+def run_config(tmp_path, prompts_file, *extra):
+    from bon.core.config import load_config
+
+    return load_config(
+        None,
+        [
+            f"output_dir={tmp_path / 'run'}",
+            f"prompts.source={prompts_file}",
+            "n=3",
+            "batch_size=2",
+            "judge.name=length",
+            *extra,
+        ],
+    )
+
+
+def compare_config(tmp_path, pair_file, pool_dir, judges=None, **extra):
+    from bon.core.config import load_config
+    from eval.compare import CompareConfig
+
+    data = {
+        "output_dir": str(tmp_path / "cmp"),
+        "bootstrap": 50,
+        "judges": judges or [{"name": "length"}, {"name": "random"}],
+        "benchmarks": [
+            {"name": "pairs", "kind": "pairwise", "path": str(pair_file)},
+            {"name": "pool", "kind": "pool", "path": str(pool_dir)},
+        ],
+        **extra,
+    }
+    path = tmp_path / "compare.yaml"
+    path.write_text(json.dumps(data))
+    return load_config(path, model=CompareConfig)
+
+
+class BlindLength(LengthJudge):
+    """The `length` judge failing every candidate, as a reference-based judge does when references are missing."""
+
+    def score(self, prompts, candidates):
+        return [Judgement(c.prompt_id, c.index, "length", None, flag="reference missing") for c in candidates]

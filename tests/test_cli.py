@@ -1,30 +1,20 @@
 """The `bon` command line: fast paths, clear errors, and the demo end to end on SmolLM2."""
 
 import json
-import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-BON = [sys.executable, "-m", "bon"]
-
-
-def bon(*args, env_extra=None, **kw):
-    env = {**os.environ, "COLUMNS": "200", **(env_extra or {})}  # rich folds table cells to the terminal width
-    return subprocess.run(
-        [*BON, *args], cwd=ROOT, capture_output=True, text=True, timeout=kw.pop("timeout", 600), env=env, **kw
-    )
+from tests.helpers import ROOT, bon, bon_process
 
 
 def test_help_and_judges_list_are_fast_and_import_no_torch():
     start = time.perf_counter()
-    out = bon("--help")
+    out = bon_process("--help")  # a new process: its start-up is what is measured
     assert out.returncode == 0 and "run" in out.stdout
-    listing = bon("judges", "list")
+    listing = bon_process("judges", "list")
     assert listing.returncode == 0 and "selfj" in listing.stdout and "oceanpty/Self-J" in listing.stdout
     assert time.perf_counter() - start < 20
     probe = subprocess.run(

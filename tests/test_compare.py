@@ -7,63 +7,19 @@ import pytest
 from typer.testing import CliRunner
 
 from bon.cli import app
-from bon.core.config import ConfigError, load_config
+from bon.core.config import ConfigError
 from bon.core.io import DataFileError
 from bon.core.records import Judgement
 from bon.core.rundir import RunDirError
 from bon.pipeline.executors import LocalExecutor
 from eval.benchmarks import load_pairwise, load_pool_benchmark, load_scores, spread_order, spread_subset
-from eval.compare import BenchmarkConfig, CompareConfig, evaluate_pairwise_file, judge_benchmark, run_compare
+from eval.compare import BenchmarkConfig, evaluate_pairwise_file, judge_benchmark, run_compare
 from eval.compare_report import write_compare_report
-from eval.scoring import evaluate_pairwise, evaluate_pool, evaluate_scores
+from eval.judge_metrics import evaluate_pairwise, evaluate_pool, evaluate_scores
 from judges.pairwise import FIRST, PairVerdict
 
 # five pairs: response lengths (r1, r2) and the human label
-PAIRS = [
-    ("post_summarization", 0, "aaaa", "bb"),  # longer first wins: length right
-    ("post_summarization", 1, "a", "bbbbbb"),  # longer second wins: right
-    ("code_generation", 2, "aaa", "bbb"),  # equal length -> tie: right
-    ("code_generation", 0, "a", "bbb"),  # length says 2: wrong
-    ("chitchat", 2, "aaaaa", "b"),  # length says 1: wrong
-]
-
-
-@pytest.fixture
-def pair_file(tmp_path: Path) -> Path:
-    path = tmp_path / "pairs.jsonl"
-    path.write_text(
-        "".join(
-            json.dumps({"scenario": s, "label": y, "prompt": f"q{i}", "response 1": a, "response 2": b}) + "\n"
-            for i, (s, y, a, b) in enumerate(PAIRS)
-        )
-    )
-    return path
-
-
-def _annotations(outputs, prefs, model):
-    return [
-        {
-            "instruction": f"instr {i}",
-            "dataset": "d",
-            "output_1": "base",
-            "generator_1": "baseline",
-            "output_2": o,
-            "generator_2": model,
-            "annotator": "a",
-            "preference": p,
-        }
-        for i, (o, p) in enumerate(zip(outputs, prefs))
-    ]
-
-
-@pytest.fixture
-def pool_dir(tmp_path: Path) -> Path:
-    folder = tmp_path / "pool"
-    folder.mkdir()
-    # three instructions, two models; model b is longer everywhere, wins twice
-    (folder / "a.json").write_text(json.dumps(_annotations(["x", "yy", "z"], [2, 1, 1.5], "a")))
-    (folder / "b.json").write_text(json.dumps(_annotations(["xxxx", "yyyy", "zzzz"], [1, 2, 2], "b")))
-    return folder
+from tests.conftest import compare_config as _config
 
 
 def test_scalar_pairwise_numbers(pair_file):
@@ -172,22 +128,6 @@ def test_bad_pair_file_names_file_line_and_field(tmp_path):
         load_pairwise(path)
 
 
-def _config(tmp_path, pair_file, pool_dir, judges=None, **extra) -> CompareConfig:
-    data = {
-        "output_dir": str(tmp_path / "cmp"),
-        "bootstrap": 50,
-        "judges": judges or [{"name": "length"}, {"name": "random"}],
-        "benchmarks": [
-            {"name": "pairs", "kind": "pairwise", "path": str(pair_file)},
-            {"name": "pool", "kind": "pool", "path": str(pool_dir)},
-        ],
-        **extra,
-    }
-    path = tmp_path / "compare.yaml"
-    path.write_text(json.dumps(data))
-    return load_config(path, model=CompareConfig)
-
-
 def test_compare_run_report_resume_and_reuse(tmp_path, pair_file, pool_dir):
     cfg = _config(tmp_path, pair_file, pool_dir)
     result = run_compare(cfg, note=lambda m: None)
@@ -262,7 +202,7 @@ def test_reference_judge_is_skipped_on_data_without_references(tmp_path, pair_fi
 def test_held_out_folds_share_ties_evenly():
     from types import SimpleNamespace
 
-    from eval.scoring import _folds
+    from eval.judge_metrics import _folds
 
     items = [SimpleNamespace(label=y) for y in (2, 2, 0, 2, 1, 0)]
     assert _folds(items, 2) == [0, 1, 0, 0, 0, 1]
@@ -350,7 +290,7 @@ def test_compare_report_with_a_leaderboard_benchmark(tmp_path, pair_file, pool_d
 def test_leaderboard_kind_ranks_models_by_mean_score(tmp_path):
     """Four models, two instructions, the length judge: means by hand, Spearman/Kendall against the CSV."""
     from eval.benchmarks import load_leaderboard
-    from eval.scoring import evaluate_leaderboard
+    from eval.judge_metrics import evaluate_leaderboard
     from judges import build_judge
 
     bench = load_leaderboard(write_leaderboard(tmp_path), "lb")

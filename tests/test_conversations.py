@@ -18,8 +18,7 @@ from bon.engines.tokens import TokenizerOnly
 from bon.pipeline.policy import EnginePolicy
 from bon.pipeline.runner import run
 from tests.conftest import FakePolicy
-from tests.test_cli import bon
-from tests.test_reliability import contents, one_clear_line
+from tests.helpers import bon, contents, one_clear_line
 
 DATA = Path(__file__).parent / "data"
 VICUNA_SYSTEM = (

@@ -6,8 +6,8 @@ import pytest
 
 from bon.core.records import Candidate
 from bon.core.rundir import RunDir
+from eval.alpaca import AnnotatorError, run_alpaca_eval
 from eval.gain import gain_report, ks_for
-from eval.runner import AnnotatorError, run_alpaca_eval
 from tests.conftest import finished_ae_run
 
 QUESTIONS = [f"Question number {i}?" for i in range(6)]
@@ -98,7 +98,7 @@ def test_gain_reports_declines_apart(small_run, tmp_path):
 
 @pytest.mark.slow
 def test_local_annotator_smoke_and_cache(small_run, monkeypatch):
-    from eval.runner import LocalAnnotator
+    from eval.alpaca import LocalAnnotator
 
     cfg, reference = small_run
     asked: list[int] = []  # prompts that reached the local model, per call

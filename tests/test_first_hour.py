@@ -7,13 +7,11 @@ import re
 
 import pytest
 
-from tests.test_cli import bon
-from tests.test_compare import pair_file, pool_dir  # noqa: F401 (fixtures)
-from tests.test_hostile import BlindLength
-from tests.test_reliability import contents, finished, one_clear_line  # noqa: F401 (fixture)
+from tests.conftest import BlindLength
+from tests.helpers import bon, contents, one_clear_line
 
 
-def test_select_refuses_a_judge_that_scored_nothing_unless_allowed(finished, monkeypatch):  # noqa: F811
+def test_select_refuses_a_judge_that_scored_nothing_unless_allowed(finished, monkeypatch):
     from bon.pipeline import rejudge
 
     monkeypatch.setattr(rejudge, "build_judge", lambda name, options: BlindLength())
@@ -34,7 +32,7 @@ def test_select_refuses_a_judge_that_scored_nothing_unless_allowed(finished, mon
 
 
 @pytest.mark.parametrize("decline", [None, "0.5"])
-def test_select_with_a_judge_that_scored_everything_reports_no_fallbacks(finished, decline):  # noqa: F811
+def test_select_with_a_judge_that_scored_everything_reports_no_fallbacks(finished, decline):
     args = ["--decline-below", decline] if decline else []
     out = bon("select", str(finished), "--judge", "length", *args)
     assert out.returncode == 0 and "without any score" not in out.stdout, out.stdout + out.stderr
@@ -46,7 +44,7 @@ def test_ctrl_c_says_what_is_kept_and_how_to_resume_and_the_resume_finishes(tmp_
     import subprocess
     import time
 
-    from tests.test_cli import BON, ROOT
+    from tests.helpers import BON, ROOT
 
     out = tmp_path / "run"
     args = ["run", "configs/demo.yaml", "--set", f"output_dir={out}", "--set", "n=2", "--set", "policy.max_tokens=16"]
@@ -75,7 +73,7 @@ def test_ctrl_c_says_what_is_kept_and_how_to_resume_and_the_resume_finishes(tmp_
     assert sum(1 for _ in open(out / "selections.jsonl")) == 6
 
 
-def test_gain_on_a_run_of_other_prompts_counts_its_instructions_not_its_picks(finished):  # noqa: F811
+def test_gain_on_a_run_of_other_prompts_counts_its_instructions_not_its_picks(finished):
     """Gain asks several picks (k = 1, 2, ...) per instruction: the message counts instructions, once each."""
 
     ref = finished.parent / "ref.json"
@@ -84,7 +82,7 @@ def test_gain_on_a_run_of_other_prompts_counts_its_instructions_not_its_picks(fi
     one_clear_line(out, f"{finished}/candidates.jsonl: 5 of 5 instructions have no baseline output")
 
 
-def test_winrate_given_a_model_outputs_file_says_what_it_is_and_what_to_read(finished):  # noqa: F811
+def test_winrate_given_a_model_outputs_file_says_what_it_is_and_what_to_read(finished):
     out = bon("eval", "winrate", str(finished / "model_outputs.json"))
     one_clear_line(
         out,
@@ -132,10 +130,11 @@ def test_the_run_summary_gives_rates_only_where_enough_was_timed():
     assert "nothing left to sample or judge" in run_summary(result, 1.0)[0]
 
 
-def test_compare_report_gives_every_number_its_n_and_marks_too_few(tmp_path, pair_file, pool_dir):  # noqa: F811
+def test_compare_report_gives_every_number_its_n_and_marks_too_few(tmp_path, pair_file, pool_dir):
     from eval.compare import run_compare
     from eval.compare_report import TOO_FEW, write_compare_report
-    from tests.test_compare import PAIRS, _config
+    from tests.conftest import PAIRS
+    from tests.conftest import compare_config as _config
 
     assert len(PAIRS) < TOO_FEW  # the fixture is small on purpose
     cfg = _config(tmp_path, pair_file, pool_dir)

@@ -10,8 +10,8 @@ import pytest
 from bon.core.config import ConfigError
 from bon.core.judging import build_judge
 from bon.core.records import Judgement
-from tests.test_cli import bon
-from tests.test_reliability import contents, finished, one_clear_line  # noqa: F401 (fixture)
+from tests.conftest import BlindLength
+from tests.helpers import bon, contents, one_clear_line
 
 MARKUP = ["[/]", "[bold]x[/bold]", "[link=file:///etc]y", "a[/b]"]
 
@@ -23,7 +23,7 @@ def test_a_missing_config_path_with_markup_is_printed_verbatim(tmp_path, text):
 
 
 @pytest.mark.parametrize("text", MARKUP)
-def test_a_judge_name_with_markup_is_printed_verbatim(finished, text):  # noqa: F811
+def test_a_judge_name_with_markup_is_printed_verbatim(finished, text):
     one_clear_line(bon("select", str(finished), "--judge", text), repr(text))
 
 
@@ -43,7 +43,7 @@ def test_an_ensemble_without_members_is_refused():
 
 
 @pytest.mark.parametrize("key", ["nope", "rating_logprob", "DIGIT_MASS"])
-def test_a_tie_break_on_a_number_no_judgement_records_is_refused(finished, key):  # noqa: F811
+def test_a_tie_break_on_a_number_no_judgement_records_is_refused(finished, key):
     before = contents(finished)
     out = bon("select", str(finished), "--judge", "length", "--tie-break", f"details:{key}")
     one_clear_line(out, f"tie_break 'details:{key}': judge 'length' records no '{key}'")
@@ -60,7 +60,7 @@ def test_a_tie_break_on_a_number_no_judgement_records_is_refused(finished, key):
     ],
 )
 @pytest.mark.parametrize("command", [["select", "--judge", "length"], ["judge", "--judge", "random"]])
-def test_a_candidate_index_beyond_the_runs_n_is_refused_naming_file_and_line(finished, file, field, value, command):  # noqa: F811
+def test_a_candidate_index_beyond_the_runs_n_is_refused_naming_file_and_line(finished, file, field, value, command):
     import json
 
     path = finished / file
@@ -122,7 +122,7 @@ def test_select_pool_out_onto_a_file_is_one_line_after_the_work(tmp_path):
         ({"instruction": "q", "output": 3}, "row 0: field 'output': expected a string, found 3"),
     ],
 )
-def test_reference_outputs_rows_are_checked_where_they_are_read(finished, tmp_path, row, says):  # noqa: F811
+def test_reference_outputs_rows_are_checked_where_they_are_read(finished, tmp_path, row, says):
     import json
 
     ref = tmp_path / "ref.json"
@@ -151,7 +151,7 @@ def test_lc_data_given_a_directory_is_an_error_not_a_note(tmp_path, where):
 
 
 @pytest.mark.parametrize("annotator", ["precomputed:", "precomputed:  ", "local:"])
-def test_an_annotator_that_names_no_file_or_model_is_refused(finished, tmp_path, annotator):  # noqa: F811
+def test_an_annotator_that_names_no_file_or_model_is_refused(finished, tmp_path, annotator):
     import json
 
     ref = tmp_path / "ref.json"
@@ -164,21 +164,9 @@ def test_an_annotator_that_names_no_file_or_model_is_refused(finished, tmp_path,
 # a refusal leaves the directory as it was, or says what it kept and a rerun redoes it -----------------
 
 
-class BlindLength:
-    """The `length` judge failing every candidate, as a reference-based judge does when references are missing."""
-
-    name = "length"
-
-    def describe(self) -> str:
-        return build_judge("length", {}).describe()
-
-    def score(self, prompts, candidates):
-        return [Judgement(c.prompt_id, c.index, "length", None, flag="reference missing") for c in candidates]
-
-
 @pytest.mark.parametrize("damage", ["{not json", '{"schema": 1, "kind": "candidate"}', "[1, 2]"])
 @pytest.mark.parametrize("command", [["judge", "--judge", "random"], ["select", "--judge", "length"]])
-def test_a_corrupt_candidates_line_is_refused_before_anything_is_written(finished, damage, command):  # noqa: F811
+def test_a_corrupt_candidates_line_is_refused_before_anything_is_written(finished, damage, command):
     path = finished / "candidates.jsonl"
     lines = path.read_text().splitlines(keepends=True)
     path.write_text("".join(lines[:2] + [damage + "\n"] + lines[2:]))
@@ -187,7 +175,7 @@ def test_a_corrupt_candidates_line_is_refused_before_anything_is_written(finishe
     assert contents(finished) == before
 
 
-def test_a_judge_that_scores_nothing_keeps_its_failures_and_a_fixed_rerun_judges_them_again(finished, monkeypatch):  # noqa: F811
+def test_a_judge_that_scores_nothing_keeps_its_failures_and_a_fixed_rerun_judges_them_again(finished, monkeypatch):
     from bon.core.io import read_records
     from bon.pipeline import rejudge
     from bon.pipeline.selection import UnjudgedError
@@ -269,7 +257,7 @@ def test_a_run_whose_judge_scores_nothing_judges_and_selects_those_prompts_again
     from bon.pipeline.runner import run
     from bon.pipeline.selection import UnjudgedError
     from tests.conftest import FakePolicy
-    from tests.test_pipeline import config
+    from tests.conftest import run_config as config
 
     cfg = config(tmp_path, prompts_file)  # five prompts, n=3, judged with `length`
     with pytest.raises(UnjudgedError, match="kept under 'length' and judged again when this command is rerun"):

@@ -18,8 +18,7 @@ from bon.pipeline.runner import run
 from eval.mt_bench import export_answers, mt_bench_report
 from judges.mt_bench import SHIPPED, MTBenchJudge, MTBenchOptions, parse_rating
 from tests.conftest import FakePolicy
-from tests.test_cli import bon
-from tests.test_reliability import contents, one_clear_line
+from tests.helpers import bon, contents, one_clear_line
 
 ROOT = Path(__file__).resolve().parent.parent
 FASTCHAT = ROOT / ".venv-fschat" / "bin" / "python"

@@ -6,8 +6,7 @@ import pytest
 
 from bon.core.config import ConfigError, load_config
 from bon.core.names import check_name, name_problem
-from tests.test_cli import bon
-from tests.test_reliability import contents, finished, one_clear_line  # noqa: F401 (fixture)
+from tests.helpers import bon, contents, one_clear_line
 
 BAD = ["..", ".", ".hidden", "-rf", "a/b", "a\\b", "a\nb", "a\rb", "a\tb", "", "x" * 101, "a b", "a\0b", "../../up"]
 GOOD = ["selfj", "autoj64", "SmolLM2-135M-Instruct-bo8-selfj", "mt_bench", "a+b", "v1.0", "x" * 100, "名前"]
@@ -50,7 +49,7 @@ def test_a_run_generator_name_with_a_newline_or_a_slash_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("label", ["../outside", "a\nb", ".."])
-def test_bon_judge_label_is_refused_before_the_run_changes(finished, label):  # noqa: F811
+def test_bon_judge_label_is_refused_before_the_run_changes(finished, label):
     before = contents(finished)
     one_clear_line(
         bon("judge", str(finished), "--judge", "random", "--label", label), "--label", "is not a usable name"
@@ -59,7 +58,7 @@ def test_bon_judge_label_is_refused_before_the_run_changes(finished, label):  # 
 
 
 @pytest.mark.parametrize("name", ["m\nx", "-m", ".m"])
-def test_bon_export_name_is_refused_without_writing(finished, tmp_path, name):  # noqa: F811
+def test_bon_export_name_is_refused_without_writing(finished, tmp_path, name):
     out = tmp_path / "out"
     one_clear_line(bon("export", "alpaca-eval", str(finished), "--name", name, "--out", str(out)), "--name")
     assert not out.exists()

@@ -9,22 +9,9 @@ from bon.core.records import Candidate, Judgement, Selection
 from bon.core.rundir import RunDirError
 from bon.pipeline.runner import run
 from tests.conftest import FakePolicy
+from tests.conftest import run_config as config
 
 FILES = ("manifest.json", "candidates.jsonl", "judgements.jsonl", "selections.jsonl", "model_outputs.json")
-
-
-def config(tmp_path, prompts_file, *extra):
-    return load_config(
-        None,
-        [
-            f"output_dir={tmp_path / 'run'}",
-            f"prompts.source={prompts_file}",
-            "n=3",
-            "batch_size=2",
-            "judge.name=length",
-            *extra,
-        ],
-    )
 
 
 def read(path):

@@ -10,7 +10,7 @@ from bon.core.rundir import RunDirError
 from bon.pipeline.rejudge import judge_run, select_run
 from bon.pipeline.runner import run
 from tests.conftest import FakePolicy
-from tests.test_pipeline import config
+from tests.conftest import run_config as config
 
 
 @pytest.fixture

@@ -1,7 +1,8 @@
 """Hostile inputs and faults: no silent corruption, no silent wrong answer, no traceback.
 
-Each test names the class of defect it guards (issue 13); the command-line ones run `bon` in a
-subprocess and check exit code 2, one line naming the file, and no traceback.
+Each test names the class of defect it guards (issue 13); the command-line ones run `bon` (in this
+process, `tests.helpers.bon`; as a process where a lock, a kill or a signal is the point) and check
+exit code 2, one line naming the file, and no traceback.
 """
 
 import json
@@ -21,30 +22,8 @@ from bon.pipeline.rejudge import judge_run, select_run
 from bon.pipeline.runner import run
 from bon.pipeline.selection import UnjudgedError
 from tests.conftest import FakePolicy, finished_ae_run
-from tests.test_cli import bon
-from tests.test_pipeline import config
-
-
-@pytest.fixture
-def finished(tmp_path, prompts_file):
-    cfg = config(tmp_path, prompts_file)  # five prompts, n=3, judged with `length`
-    run(cfg, policy=FakePolicy())
-    return cfg.output_dir
-
-
-def contents(folder):
-    """Every file's bytes (the lock file, which holds the last holder's pid, aside)."""
-    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file() and p.name != ".lock"}
-
-
-def one_clear_line(out, *needles):
-    """Exit 2, no traceback, and every needle in stderr (rich may wrap the line)."""
-    text = " ".join(out.stderr.split())
-    assert out.returncode == 2, (out.returncode, out.stdout[-400:], out.stderr[-800:])
-    assert "Traceback" not in out.stderr
-    for needle in needles:
-        assert needle in text, (needle, text)
-
+from tests.conftest import run_config as config
+from tests.helpers import bon, contents, one_clear_line
 
 # 1. every appender repairs a torn tail first ------------------------------------------------------------
 

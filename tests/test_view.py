@@ -13,9 +13,7 @@ from bon.core.io import write_records_atomic
 from bon.core.records import Candidate
 from eval.view import page_json, run_data, write_view
 from tests.browser import Browser, find_chromium
-from tests.test_cli import bon
-from tests.test_compare import pair_file, pool_dir  # noqa: F401 (fixtures)
-from tests.test_reliability import finished  # noqa: F401 (fixture)
+from tests.helpers import bon
 
 CHROMIUM = find_chromium()
 needs_browser = pytest.mark.skipif(
@@ -47,7 +45,7 @@ def test_page_json_cannot_close_its_script_element():
     assert json.loads(text) == {"a": "</script><!-- & \u2028 \u2029 -->"}
 
 
-def test_view_of_a_run_holds_every_prompt_candidate_and_judgement(finished):  # noqa: F811
+def test_view_of_a_run_holds_every_prompt_candidate_and_judgement(finished):
     data = run_data(finished)
     assert data["kind"] == "run" and data["main"] == "length" and data["overview"]["n"] == 3
     assert len(data["prompts"]) == 5 and all(len(p["candidates"]) == 3 for p in data["prompts"])
@@ -59,7 +57,7 @@ def test_view_of_a_run_holds_every_prompt_candidate_and_judgement(finished):  # 
     assert "http://" not in html.replace("http://www.w3.org/2000/svg", "") and "https://" not in html  # no network
 
 
-def test_hostile_candidate_texts_stay_inside_the_data(finished):  # noqa: F811
+def test_hostile_candidate_texts_stay_inside_the_data(finished):
     _hostile_run(finished)
     html = write_view(finished).read_text()
     assert html.count("<script") == 2 and "window.pwned" in html  # present, but only as escaped JSON
@@ -69,7 +67,7 @@ def test_hostile_candidate_texts_stay_inside_the_data(finished):  # noqa: F811
     assert all(text in shown for text in HOSTILE)
 
 
-def test_bon_view_command_writes_the_page_and_refuses_a_missing_run(finished, tmp_path):  # noqa: F811
+def test_bon_view_command_writes_the_page_and_refuses_a_missing_run(finished, tmp_path):
     out = bon("view", str(finished), "--out", str(tmp_path / "v.html"))
     assert out.returncode == 0 and (tmp_path / "v.html").is_file() and "open it in a browser" in out.stdout
     missing = bon("view", str(tmp_path / "nope"))
@@ -81,7 +79,7 @@ def test_bon_view_command_writes_the_page_and_refuses_a_missing_run(finished, tm
 
 
 @needs_browser
-def test_hostile_texts_render_as_text_in_the_browser(finished, tmp_path):  # noqa: F811
+def test_hostile_texts_render_as_text_in_the_browser(finished, tmp_path):
     _hostile_run(finished)
     page = write_view(finished)
     with Browser(CHROMIUM) as b:
@@ -129,10 +127,10 @@ def test_the_page_of_a_real_demo_run_in_a_browser(tmp_path):
         assert b.console_errors() == []
 
 
-def _compared(tmp_path, pair_file, pool_dir) -> Path:  # noqa: F811 (the fixtures, passed on)
+def _compared(tmp_path, pair_file, pool_dir) -> Path:  # the fixtures, passed on
     from eval.compare import run_compare
     from eval.compare_report import write_compare_report
-    from tests.test_compare import _config
+    from tests.conftest import compare_config as _config
 
     cfg = _config(tmp_path, pair_file, pool_dir)
     write_compare_report(run_compare(cfg, note=lambda m: None))
@@ -146,9 +144,9 @@ def _human_disagreements(bench: dict) -> int:
     )
 
 
-def test_view_of_a_comparison_puts_the_human_verdict_beside_every_judge(tmp_path, pair_file, pool_dir):  # noqa: F811
+def test_view_of_a_comparison_puts_the_human_verdict_beside_every_judge(tmp_path, pair_file, pool_dir):
     from eval.view import compare_data
-    from tests.test_compare import PAIRS
+    from tests.conftest import PAIRS
 
     data = compare_data(_compared(tmp_path, pair_file, pool_dir))
     pairs, pool = data["benchmarks"]
@@ -162,7 +160,7 @@ def test_view_of_a_comparison_puts_the_human_verdict_beside_every_judge(tmp_path
 
 
 @needs_browser
-def test_the_page_of_a_comparison_switches_benchmarks_and_filters_disagreements(tmp_path, pair_file, pool_dir):  # noqa: F811
+def test_the_page_of_a_comparison_switches_benchmarks_and_filters_disagreements(tmp_path, pair_file, pool_dir):
     from eval.view import compare_data
 
     folder = _compared(tmp_path, pair_file, pool_dir)
@@ -189,7 +187,7 @@ def test_the_page_of_a_comparison_switches_benchmarks_and_filters_disagreements(
 
 
 @needs_browser
-def test_a_prompt_missing_a_candidate_shows_each_score_beside_its_own_candidate(finished):  # noqa: F811
+def test_a_prompt_missing_a_candidate_shows_each_score_beside_its_own_candidate(finished):
     """Judgements follow the candidates' order, not their indices: a prompt without candidate 0 still lines up."""
     from bon.core.io import read_records
     from bon.core.records import Judgement

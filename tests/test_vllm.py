@@ -171,3 +171,60 @@ def test_conversation_turns_on_vllm(vllm_policy, tmp_path):
                 len(vllm_policy.prompt_ids(p))
                 > kept[p.conversation_id].prompt_tokens + kept[p.conversation_id].completion_tokens
             )
+
+
+GREEDY_PROMPTS = [Prompt("g1", "Name three colours."), Prompt("g2", "What is the capital of France?")]
+
+
+def test_greedy_smollm2_gives_the_same_token_ids_on_transformers_and_vllm(vllm_policy, smollm2, monkeypatch):
+    """One end-of-sequence rule: the same greedy candidates, token ids and counts, on both engines; and with a
+    second end id (the '.' token, as a config with two eos ids makes it) both stop there and record it alike."""
+    from bon.engines.base import SamplingSettings
+
+    s = SamplingSettings(temperature=0.0, top_p=1.0, max_tokens=24)
+    hf = EnginePolicy(PolicyConfig(max_tokens=24, temperature=0.0), engine=smollm2)
+    ids = [hf.prompt_ids(p) for p in GREEDY_PROMPTS]
+    dot = smollm2.tokenizer.convert_tokens_to_ids(".")
+    for extra in (None, dot):
+        if extra is not None:
+            monkeypatch.setattr(smollm2, "eos_ids", smollm2.eos_ids | {extra})
+            monkeypatch.setattr(vllm_policy.engine, "eos_ids", vllm_policy.engine.eos_ids | {extra})
+        a = smollm2.sample(ids, 1, [0, 1], s)
+        b = vllm_policy.engine.sample(ids, 1, [0, 1], s)
+        got_a = [(g[0].token_ids, g[0].finish_reason, g[0].completion_tokens) for g in a]
+        got_b = [(g[0].token_ids, g[0].finish_reason, g[0].completion_tokens) for g in b]
+        assert got_a == got_b, (extra, got_a, got_b)
+        if extra is not None:
+            assert any(r == "stop" and len(t) < 23 for t, r, _ in got_a)  # stopped at a '.', which is not kept
+            assert all(dot not in t for t, _, _ in got_a)
+
+
+def test_an_interrupted_vllm_run_leaves_no_request_and_the_callers_params_unchanged(vllm_policy, monkeypatch):
+    from vllm.sampling_params import RequestOutputKind
+
+    from bon.engines.base import SamplingSettings
+
+    engine = vllm_policy.engine
+    params = engine.params(2, 0, SamplingSettings(1.0, 1.0, 24))
+    kind = params.output_kind
+    engine.driver.wait([engine.driver.add([1, 2, 3], params)])
+    assert params.output_kind == kind and kind != RequestOutputKind.FINAL_ONLY  # the caller's object untouched
+    core = engine.driver.engine
+    real_step, steps = core.step, []
+
+    def step():
+        steps.append(1)
+        if len(steps) == 3:
+            raise KeyboardInterrupt
+        return real_step()
+
+    monkeypatch.setattr(core, "step", step)
+    loop = EnginePolicy(
+        PolicyConfig(backend="vllm", dtype="float32", max_tokens=24, engine_args=ENGINE_ARGS), engine=engine
+    )
+    started = [loop.start([p], 4, seed=0) for p in PROMPTS]
+    with pytest.raises(KeyboardInterrupt):
+        loop.finish(started[0])
+    assert not core.has_unfinished_requests() and not engine.driver.open
+    monkeypatch.undo()
+    assert len(vllm_policy.generate(PROMPTS[:1], 2, seed=0)) == 2  # the engine goes on

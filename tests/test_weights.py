@@ -19,24 +19,6 @@ from bon.engines.models import ModelLoadError
 pytestmark = pytest.mark.slow  # the tokenizer comes from the converted SmolLM2 (bon prepare)
 
 
-@pytest.fixture(scope="module")
-def tiny_lm(tmp_path_factory) -> Path:
-    """A complete 2-layer Llama checkpoint with SmolLM2's tokenizer."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from bon.engines.hf import prepare
-
-    smol, _, _ = prepare(ModelConfig())
-    out = tmp_path_factory.mktemp("tiny") / "lm"
-    cfg = LlamaConfig(
-        vocab_size=49152, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2
-    )
-    torch.manual_seed(0)
-    LlamaForCausalLM(cfg).save_pretrained(out)
-    AutoTokenizer.from_pretrained(smol).save_pretrained(out)
-    return out
-
-
 def _damaged(src: Path, dst: Path, drop: tuple[str, ...] = (), add: dict | None = None) -> Path:
     from safetensors.torch import load_file, save_file
 
@@ -132,32 +114,12 @@ def test_a_vocabulary_only_gguf_is_refused_before_any_allocation(shared_data, na
 
 
 def test_bon_run_on_a_vocabulary_only_gguf_exits_2_with_one_line(shared_data, tmp_path):
-    import subprocess
-    import sys
+    from tests.helpers import bon
 
     gguf = shared_data / "tokenizers" / "ggml-vocab-gpt-2.gguf"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bon",
-            "run",
-            "configs/demo.yaml",
-            "--set",
-            f"output_dir={tmp_path / 'run'}",
-            "--set",
-            f"policy.model={gguf}",
-            "--set",
-            "policy.prompt_format=vicuna_v1.1",
-            "--set",
-            "judge.name=length",
-            "--set",
-            "judge.options={}",
-        ],
-        cwd=Path(__file__).parent.parent,
-        capture_output=True,
-        text=True,
-    )
+    sets = [f"output_dir={tmp_path / 'run'}", f"policy.model={gguf}", "policy.prompt_format=vicuna_v1.1"]
+    sets += ["judge.name=length", "judge.options={}"]
+    done = bon("run", "configs/demo.yaml", *[a for s in sets for a in ("--set", s)])
     assert done.returncode == 2, done.stderr[-2000:]
     assert "holds no weights (a vocabulary-only GGUF)" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "run" / "candidates.jsonl").exists()

@@ -1,0 +1,93 @@
+"""Helpers the test modules share: the `bon` command (in this process, or as a subprocess where that is the point)
+and what a clear refusal looks like."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import subprocess
+import sys
+import traceback
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BON = [sys.executable, "-m", "bon"]
+WIDE = {"COLUMNS": "200"}  # rich folds table cells to the terminal width
+
+
+def bon(*args: str, env_extra: dict[str, str] | None = None, **kw) -> subprocess.CompletedProcess:
+    """`bon ARGS` in this process, as the console script runs it (`bon.cli.app`): exit code, stdout, stderr.
+
+    Models loaded by earlier calls stay loaded (one process), so this is for what a command says and writes;
+    `bon_process` is for what only a process shows (start-up time, imports, signals)."""
+    from bon.cli import app
+
+    out, err = io.StringIO(), io.StringIO()
+    argv, sys.argv = sys.argv, ["bon", *args]  # what the command reads of its own invocation (resume hints)
+    with (
+        _env({**WIDE, **(env_extra or {})}),
+        _cwd(ROOT),
+        contextlib.redirect_stdout(out),
+        contextlib.redirect_stderr(err),
+    ):
+        try:
+            app(args=list(args), prog_name="bon")
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
+            if isinstance(e.code, str):
+                err.write(e.code + "\n")
+        except BaseException:  # what escaped the app boundary: a traceback, as a process would print
+            err.write(traceback.format_exc())
+            code = 1
+        finally:
+            sys.argv = argv
+    return subprocess.CompletedProcess(["bon", *args], code, out.getvalue(), err.getvalue())
+
+
+def bon_process(*args: str, env_extra: dict[str, str] | None = None, **kw) -> subprocess.CompletedProcess:
+    """`bon ARGS` as a new process (the console script's interpreter)."""
+    env = {**os.environ, **WIDE, **(env_extra or {})}
+    return subprocess.run(
+        [*BON, *args], cwd=ROOT, capture_output=True, text=True, timeout=kw.pop("timeout", 600), env=env, **kw
+    )
+
+
+@contextlib.contextmanager
+def _env(values: dict[str, str]) -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@contextlib.contextmanager
+def _cwd(path: Path) -> Iterator[None]:
+    before = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
+def contents(folder: Path) -> dict[str, bytes]:
+    """Every file's bytes (the lock file, which holds the last holder's pid, aside)."""
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file() and p.name != ".lock"}
+
+
+def one_clear_line(out: subprocess.CompletedProcess, *needles: str) -> None:
+    """Exit 2, no traceback, and every needle in stderr (rich may wrap the line)."""
+    text = " ".join(out.stderr.split())
+    assert out.returncode == 2, (out.returncode, out.stdout[-400:], out.stderr[-800:])
+    assert "Traceback" not in out.stderr
+    for needle in needles:
+        assert needle in text, (needle, text)
