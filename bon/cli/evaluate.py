@@ -219,7 +219,7 @@ def alpaca_eval_cmd(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Annotate a run's outputs against the AlpacaEval baseline and report win rates."""
-    from eval.runner import run_alpaca_eval
+    from eval.alpaca import run_alpaca_eval
 
     with fail_clearly():
         result = run_alpaca_eval(run_dir, version, annotator, reference_outputs, lc_data, backend, base_url=base_url)
