@@ -38,12 +38,12 @@ class EngineCache:
                 self._scopes[-1].append(key)
             with contextlib.suppress(TypeError):  # an object that cannot be weakly referenced is not counted
                 self._alive.add(model)
-            self.live_peak = max(self.live_peak, self.alive())
+            self.live_peak = max(self.live_peak, len(self._alive))
         return self._held[key]
 
-    def alive(self) -> int:
+    def alive(self) -> list[Any]:
         """Models loaded here that still exist (a released one lives on while anything else holds it)."""
-        return len(self._alive)
+        return list(self._alive)
 
     @contextlib.contextmanager
     def scope(self) -> Iterator[None]:
