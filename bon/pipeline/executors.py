@@ -19,7 +19,7 @@ from bon.core.records import Candidate, Prompt
 from bon.core.registry import Registry
 from bon.engines.memory import CPU_ROWS
 from bon.pipeline.early_rejection import EarlyRejectionPolicy
-from bon.pipeline.policy import EnginePolicy, Policy, StreamingPolicy
+from bon.pipeline.policy import Closes, EnginePolicy, Policy, StreamingPolicy
 
 
 class ExecutorError(BonError, RuntimeError):
@@ -121,7 +121,8 @@ class LocalExecutor:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        pass
+        if isinstance(self._policy, Closes):  # a run that stopped early leaves no request decoding for nobody
+            self._policy.close()
 
     def _timed(self, stage: str, fn: Callable[[], Any]) -> Done:
         t0 = time.perf_counter()

@@ -25,6 +25,13 @@ class Policy(Protocol):
 
 
 @runtime_checkable
+class Closes(Protocol):
+    """A policy holding engine state past a batch (a decode loop): `close` abandons what is still in flight."""
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
 class StreamingPolicy(Policy, Protocol):
     """A policy with a continuous decode loop: `start` queues a batch, `finish` returns its candidates."""
 
