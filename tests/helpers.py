@@ -11,6 +11,7 @@ import sys
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parent.parent
 BON = [sys.executable, "-m", "bon"]
@@ -22,12 +23,16 @@ def bon(*args: str, env_extra: dict[str, str] | None = None, **kw) -> subprocess
 
     Models loaded by earlier calls stay loaded (one process), so this is for what a command says and writes;
     `bon_process` is for what only a process shows (start-up time, imports, signals)."""
-    from bon.cli import app
+    from bon.cli import app, common
 
     out, err = io.StringIO(), io.StringIO()
+    env = {**WIDE, **(env_extra or {})}
+    widths = [(c, c.width) for c in (common.console, common.err_console)]
+    for console, _ in widths:  # a process reads COLUMNS when it starts; these consoles were made once, here
+        console.width = int(env["COLUMNS"])
     argv, sys.argv = sys.argv, ["bon", *args]  # what the command reads of its own invocation (resume hints)
     with (
-        _env({**WIDE, **(env_extra or {})}),
+        _env(env),
         _cwd(ROOT),
         contextlib.redirect_stdout(out),
         contextlib.redirect_stderr(err),
@@ -44,6 +49,8 @@ def bon(*args: str, env_extra: dict[str, str] | None = None, **kw) -> subprocess
             code = 1
         finally:
             sys.argv = argv
+            for console, width in widths:
+                console.width = width
     return subprocess.CompletedProcess(["bon", *args], code, out.getvalue(), err.getvalue())
 
 
@@ -91,3 +98,36 @@ def one_clear_line(out: subprocess.CompletedProcess, *needles: str) -> None:
     assert "Traceback" not in out.stderr
     for needle in needles:
         assert needle in text, (needle, text)
+
+
+EOS = 2  # the tiny models' end-of-sequence id
+
+
+def tiny_engine(arch: str = "llama", **config):
+    """An `HFModel` over a 2-layer Llama (or Mistral) with a 64-token vocabulary (``config`` overrides its sizes)."""
+    import torch
+    import transformers
+
+    from bon.engines.hf import HFModel
+
+    family = {"llama": "Llama", "mistral": "Mistral"}[arch]
+    sizes = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+    cfg = getattr(transformers, f"{family}Config")(
+        **{**sizes, "num_key_value_heads": 2, "max_position_embeddings": 2048, **config}
+    )
+    torch.manual_seed(0)
+    tokenizer = SimpleNamespace(
+        decode=lambda ids, skip_special_tokens=True: " ".join(map(str, ids)), eos_token_id=EOS, pad_token_id=0
+    )
+    model = getattr(transformers, f"{family}ForCausalLM")(cfg).eval()
+    return HFModel.from_loaded(model, tokenizer, f"tiny-{arch}")
+
+
+def prompts_of_random_tokens(k: int) -> list[list[int]]:
+    """``k`` prompts of 4 to 23 tokens drawn from the tiny vocabulary (seeded)."""
+    import torch
+
+    g = torch.Generator().manual_seed(1)
+    return [
+        torch.randint(3, 64, (int(torch.randint(4, 24, (1,), generator=g)),), generator=g).tolist() for _ in range(k)
+    ]

@@ -26,7 +26,8 @@ from bon.engines.stream import DecodeSession, Status, WaveLoop
 from bon.pipeline.early_rejection import EarlyRejectionPolicy, Resubmit
 from bon.pipeline.policy import EnginePolicy
 from judges.length import LengthJudge
-from tests.test_stream import EOS, _prompts, tiny_engine
+from tests.helpers import EOS, tiny_engine
+from tests.helpers import prompts_of_random_tokens as _prompts
 
 GREEDY = SamplingSettings(temperature=0.0, top_p=1.0, max_tokens=8)
 

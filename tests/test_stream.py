@@ -6,34 +6,12 @@ loop's own count) never hold more than ``max_kv_tokens`` tokens, however many pr
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
-import torch
 
 from bon.engines.base import SamplingSettings
 from bon.engines.stream import DecodeSession
-
-EOS = 2
-
-
-def tiny_engine(arch: str = "llama", **config):
-    """An `HFModel` over a 2-layer Llama (or Mistral) with a 64-token vocabulary (``config`` overrides its sizes)."""
-    import transformers
-
-    from bon.engines.hf import HFModel
-
-    family = {"llama": "Llama", "mistral": "Mistral"}[arch]
-    sizes = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
-    cfg = getattr(transformers, f"{family}Config")(
-        **{**sizes, "num_key_value_heads": 2, "max_position_embeddings": 2048, **config}
-    )
-    torch.manual_seed(0)
-    tokenizer = SimpleNamespace(
-        decode=lambda ids, skip_special_tokens=True: " ".join(map(str, ids)), eos_token_id=EOS, pad_token_id=0
-    )
-    model = getattr(transformers, f"{family}ForCausalLM")(cfg).eval()
-    return HFModel.from_loaded(model, tokenizer, f"tiny-{arch}")
+from tests.helpers import prompts_of_random_tokens as _prompts
+from tests.helpers import tiny_engine
 
 
 class Watched(DecodeSession):
@@ -48,13 +26,6 @@ class Watched(DecodeSession):
         held = keys.shape[0] * keys.shape[2]
         held += sum(rows.layers[0][0].shape[0] * rows.layers[0][0].shape[2] for rows in self._parked())
         self.peak_tensor_tokens = max(self.peak_tensor_tokens, held)
-
-
-def _prompts(k: int) -> list[list[int]]:
-    g = torch.Generator().manual_seed(1)
-    return [
-        torch.randint(3, 64, (int(torch.randint(4, 24, (1,), generator=g)),), generator=g).tolist() for _ in range(k)
-    ]
 
 
 @pytest.mark.parametrize("pause_every", [None, 64])
