@@ -156,26 +156,15 @@ def pool_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def finished(tmp_path, prompts_file):
-    from bon.core.config import load_config
     from bon.pipeline.runner import run
 
-    cfg = load_config(
-        None,
-        [
-            f"output_dir={tmp_path / 'run'}",
-            f"prompts.source={prompts_file}",
-            "n=3",
-            "batch_size=2",
-            "judge.name=length",
-        ],
-    )  # five prompts, n=3, judged with `length`
+    cfg = run_config(tmp_path, prompts_file)  # five prompts, n=3, judged with `length`
     run(cfg, policy=FakePolicy())
     return cfg.output_dir
 
 
-@pytest.fixture(scope="session")
-def tiny_lm(tmp_path_factory) -> Path:
-    """A complete 2-layer Llama checkpoint with SmolLM2's tokenizer."""
+def tiny_checkpoint(folder: Path, hidden: int = 16) -> Path:
+    """A complete 2-layer Llama checkpoint of width ``hidden`` with SmolLM2's tokenizer (bon prepare's copy)."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -183,14 +172,19 @@ def tiny_lm(tmp_path_factory) -> Path:
     from bon.engines.hf import prepare
 
     smol, _, _ = prepare(ModelConfig())
-    out = tmp_path_factory.mktemp("tiny") / "lm"
     cfg = LlamaConfig(
-        vocab_size=49152, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2
+        vocab_size=49152, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2, num_attention_heads=2
     )
     torch.manual_seed(0)
-    LlamaForCausalLM(cfg).save_pretrained(out)
-    AutoTokenizer.from_pretrained(smol).save_pretrained(out)
-    return out
+    LlamaForCausalLM(cfg).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(smol).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tmp_path_factory) -> Path:
+    """A complete 2-layer Llama checkpoint with SmolLM2's tokenizer."""
+    return tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "lm")
 
 
 def run_config(tmp_path, prompts_file, *extra):

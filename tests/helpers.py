@@ -12,6 +12,7 @@ import traceback
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
+from unittest import mock
 
 ROOT = Path(__file__).resolve().parent.parent
 BON = [sys.executable, "-m", "bon"]
@@ -32,7 +33,7 @@ def bon(*args: str, env_extra: dict[str, str] | None = None, **kw) -> subprocess
         console.width = int(env["COLUMNS"])
     argv, sys.argv = sys.argv, ["bon", *args]  # what the command reads of its own invocation (resume hints)
     with (
-        _env(env),
+        mock.patch.dict(os.environ, env),
         _cwd(ROOT),
         contextlib.redirect_stdout(out),
         contextlib.redirect_stderr(err),
@@ -60,20 +61,6 @@ def bon_process(*args: str, env_extra: dict[str, str] | None = None, **kw) -> su
     return subprocess.run(
         [*BON, *args], cwd=ROOT, capture_output=True, text=True, timeout=kw.pop("timeout", 600), env=env, **kw
     )
-
-
-@contextlib.contextmanager
-def _env(values: dict[str, str]) -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 @contextlib.contextmanager

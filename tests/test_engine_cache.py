@@ -4,31 +4,12 @@
 from __future__ import annotations
 
 import gc
-from pathlib import Path
 
 import pytest
 
 from bon.engines.cache import ENGINES, EngineCache
 
 pytestmark = pytest.mark.slow  # the checkpoints take SmolLM2's tokenizer (bon prepare)
-
-
-def _checkpoint(folder: Path, hidden: int) -> Path:
-    """A complete 2-layer Llama of width ``hidden`` with SmolLM2's tokenizer."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from bon.core.config import ModelConfig
-    from bon.engines.hf import prepare
-
-    smol, _, _ = prepare(ModelConfig())
-    cfg = LlamaConfig(
-        vocab_size=49152, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2, num_attention_heads=2
-    )
-    torch.manual_seed(0)
-    LlamaForCausalLM(cfg).save_pretrained(folder)
-    AutoTokenizer.from_pretrained(smol).save_pretrained(folder)
-    return folder
 
 
 def _weight_bytes(models: list) -> int:
@@ -63,9 +44,9 @@ def test_compare_holds_one_judges_model_at_a_time(tmp_path, pair_file, pool_dir,
     """Two perplexity judges on checkpoints of different sizes: while the second one loads, the first one's
     weights are gone; the peak is the larger model's bytes, not the sum; nothing stays loaded after."""
     from eval.compare import run_compare
-    from tests.conftest import compare_config
+    from tests.conftest import compare_config, tiny_checkpoint
 
-    small, big = _checkpoint(tmp_path / "small", 16), _checkpoint(tmp_path / "big", 64)
+    small, big = tiny_checkpoint(tmp_path / "small", 16), tiny_checkpoint(tmp_path / "big", 64)
     judges = [
         {"name": "ppl", "label": "ppl_small", "options": {"model": str(small)}},
         {"name": "ppl", "label": "ppl_big", "options": {"model": str(big)}},
