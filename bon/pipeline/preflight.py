@@ -26,7 +26,8 @@ from bon.pipeline.policy import PolicyPrompts
 class PromptBuilder(Protocol):
     """A judge that reads one model prompt per candidate: preflight counts its tokens on a tokenizer alone.
 
-    Only methods are declared, so an isinstance check never touches a lazily loaded engine.
+    Its members are methods and the plain ``options`` attribute, so an isinstance check never touches a lazily
+    loaded engine.
     """
 
     @property
@@ -153,7 +154,9 @@ def decode_rows(config: RunConfig) -> int | None:
     return default_rows(_on_cuda(policy))
 
 
-def model_memory(cfg: Any, tokens: TokenizerOnly, max_rows: int | None = None, max_kv_tokens: int | None = None):
+def model_memory(
+    cfg: ModelConfig, tokens: TokenizerOnly, max_rows: int | None = None, max_kv_tokens: int | None = None
+) -> MemoryPlan | None:
     """The memory plan of a transformers model config (`bon.engines.memory.MemoryPlan`, the one the engine obeys),
     against all this machine's memory: preflight refuses only what could never fit, whatever else runs. None for
     other backends, or a model config without the usual sizes (the engine measures it once loaded)."""
