@@ -25,7 +25,6 @@ class EngineCache:
         self._held: dict[Hashable, Any] = {}
         self._scopes: list[list[Hashable]] = []  # keys first loaded in each open scope, innermost last
         self.loads = 0  # models loaded so far (a shared load counts once)
-        self.live_peak = 0  # most models alive at once, weights released or not (see `alive`)
         self._alive: weakref.WeakSet[Any] = weakref.WeakSet()
 
     def get(self, key: Hashable, make: Callable[[], T]) -> T:
@@ -38,7 +37,6 @@ class EngineCache:
                 self._scopes[-1].append(key)
             with contextlib.suppress(TypeError):  # an object that cannot be weakly referenced is not counted
                 self._alive.add(model)
-            self.live_peak = max(self.live_peak, len(self._alive))
         return self._held[key]
 
     def alive(self) -> list[Any]:

@@ -148,10 +148,6 @@ class MemoryPlan:
             f"{_gib(self.bound)} share ({self.share_name})"
         )
 
-    def admits(self, rows: int, width: int, max_tokens: int) -> bool:
-        """Whether ``rows`` sequences as wide as ``width`` tokens, each grown by ``max_tokens``, fit both budgets."""
-        return rows <= self.rows and rows * (width + max_tokens) <= self.kv_tokens
-
 
 def plan(
     model_config: Any,

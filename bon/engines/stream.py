@@ -237,7 +237,7 @@ class DecodeSession:
         if pause_every is not None and self.waves:
             raise EngineError("this model decodes in waves (a sliding-window cache): its rows cannot pause")
         self.engine.check_fits([len(ids)], s.max_tokens)
-        if n > self.max_rows or n * (len(ids) + s.max_tokens) > self.max_kv_tokens:
+        if not self._fits(n, len(ids)):
             raise EngineError(
                 f"one prompt of {len(ids)} tokens with n={n} and max_tokens={s.max_tokens} needs "
                 f"{n} rows and {n * (len(ids) + s.max_tokens)} KV tokens; the engine allows {self.max_rows} rows "
@@ -305,6 +305,10 @@ class DecodeSession:
         self.queue.clear()
         self.resuming.clear()
         self.batch = _Batch()
+
+    def _fits(self, rows: int, width: int) -> bool:
+        """Whether ``rows`` sequences as wide as ``width`` tokens, each grown by max_tokens, fit both budgets."""
+        return rows <= self.max_rows and rows * (width + self.settings.max_tokens) <= self.max_kv_tokens
 
     def _status(self, key: Hashable) -> Status | None:
         req = self.requests.get(key)
@@ -396,7 +400,7 @@ class DecodeSession:
         while self.queue:
             req = self.queue[0]
             new_rows, new_width = rows + req.n, max(width, len(req.ids))
-            if new_rows > self.max_rows or new_rows * (new_width + self.settings.max_tokens) > self.max_kv_tokens:
+            if not self._fits(new_rows, new_width):
                 break
             group.append(self.queue.popleft())
             rows, width = new_rows, new_width
