@@ -1,6 +1,8 @@
 """`bon run` killed with SIGKILL mid-run, then rerun, ends exactly like an uninterrupted run."""
 
 import os
+import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -39,11 +41,22 @@ def kill_when(cmd: list[str], ready) -> None:
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
 
 
-def test_kill_9_then_resume_matches_uninterrupted(tmp_path):
-    ref = tmp_path / "ref"
-    done = subprocess.run(command(ref), cwd=ROOT, capture_output=True, text=True, timeout=900)
+def timed(cmd: list[str]) -> float:
+    t0 = time.perf_counter()
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr
+    return time.perf_counter() - t0
 
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> tuple[Path, float]:
+    """One uninterrupted run and its wall seconds, which the kill tests compare against (none writes to it)."""
+    ref = tmp_path_factory.mktemp("uninterrupted") / "ref"
+    return ref, timed(command(ref))
+
+
+def test_kill_9_then_resume_matches_uninterrupted(tmp_path, reference):
+    ref, _ = reference
     killed = tmp_path / "killed"
     kill_when(command(killed), lambda: lines(killed / "candidates.jsonl") >= 8)
     assert not (killed / "model_outputs.json").exists()
@@ -54,13 +67,6 @@ def test_kill_9_then_resume_matches_uninterrupted(tmp_path):
     assert "resuming" in resumed.stdout
     for name in COMPARED:
         assert (killed / name).read_bytes() == (ref / name).read_bytes(), name
-
-
-def timed(cmd: list[str]) -> float:
-    t0 = time.perf_counter()
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr
-    return time.perf_counter() - t0
 
 
 def kill_loop(cmd: list[str], kills: int, whole: float, idle: float, rng) -> None:
@@ -82,16 +88,15 @@ def kill_loop(cmd: list[str], kills: int, whole: float, idle: float, rng) -> Non
     timed(cmd)
 
 
-def test_kill_loop_of_run_and_judge_matches_uninterrupted(tmp_path):
+def test_kill_loop_of_run_and_judge_matches_uninterrupted(tmp_path, reference):
     """Ten kill -9 at random moments: six of `bon run` (loading, sampling, judging, writing), then four of
     `bon judge`, each resumed: the files equal an uninterrupted run's."""
-    import random
-
     rng = random.Random(13)
+    run_s = reference[1]
+    run_idle = timed(command(reference[0]))  # nothing left to do
+    uninterrupted = {name: (reference[0] / name).read_bytes() for name in COMPARED}
     ref = tmp_path / "ref"
-    run_s = timed(command(ref))
-    run_idle = timed(command(ref))  # nothing left to do
-    uninterrupted = {name: (ref / name).read_bytes() for name in COMPARED}  # before `bon judge` adds to ref
+    shutil.copytree(reference[0], ref)  # `bon judge` adds to it
     judge = [
         *BON,
         "judge",

@@ -247,6 +247,7 @@ class HFModel(Tokenized):
         self.check_fits([len(p) for p in prompts], 1)
         results: list[dict[int, float]] = [{} for _ in prompts]
         wanted = torch.tensor(list(token_ids))
+        memory = self.memory()
         alone: list[int] = []
         for start, end, shared in _prefix_groups(prompts, groups) if groups is not None else [(0, len(prompts), 0)]:
             if shared < MIN_SHARED_PREFIX or end - start < 2:
@@ -254,15 +255,15 @@ class HFModel(Tokenized):
                 continue
             head = torch.tensor([prompts[start][:shared]], device=self.device)
             _, prefix = self.forward(head, torch.ones_like(head), torch.arange(shared, device=self.device)[None])
-            step = max(batch_size, 2)
-            for chunk in range(start, end, step):
-                idx = list(range(chunk, min(end, chunk + step)))
-                # each chunk expands the prefix cache in place: all but the last work on a copy
-                cache = prefix if chunk + step >= end else prefix.copy()
+            group = range(start, end)
+            batches = memory.forward_batches([len(prompts[i]) - shared for i in group], max(batch_size, 2))
+            for b, batch in enumerate(batches):
+                # each batch expands the prefix cache in place: all but the last work on a copy
+                cache = prefix if b == len(batches) - 1 else prefix.copy()
+                idx = [group[k] for k in batch]
                 self._score_rows(prompts, idx, wanted, token_ids, results, batch_size, cache, shared)
-        alone.sort(key=lambda i: -len(prompts[i]))  # little padding; results go back in input order
-        for start in range(0, len(alone), batch_size):
-            self._score_rows(prompts, alone[start : start + batch_size], wanted, token_ids, results, batch_size)
+        for batch in memory.forward_batches([len(prompts[i]) for i in alone], batch_size):  # results in input order
+            self._score_rows(prompts, [alone[k] for k in batch], wanted, token_ids, results, batch_size)
         return results
 
     def _score_rows(self, prompts, idx, wanted, token_ids, results, batch_size, cache=None, shared=0) -> None:
@@ -286,12 +287,11 @@ class HFModel(Tokenized):
         """Log-probability of each continuation token given the prompt and the tokens before it."""
         seqs = [list(p) + list(c) for p, c in zip(prompts, continuations)]
         self.check_fits([len(s) for s in seqs], 0)
-        order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
         results: list[list[float]] = [[] for _ in seqs]
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
+        memory = self.memory()
+        for idx in memory.forward_batches([len(s) for s in seqs], batch_size):
             width = max(len(seqs[i]) for i in idx)
-            self.memory().check_forward(len(idx), width, batch_size, logits=True)
+            memory.check_forward(len(idx), width, batch_size, logits=True)
             ids = torch.full((len(idx), width), self.pad_id, dtype=torch.long)
             mask = torch.zeros((len(idx), width), dtype=torch.long)
             for row, i in enumerate(idx):  # right padding: positions are plain 0..len-1
@@ -416,12 +416,11 @@ class HFRewardModel:
 
     @torch.inference_mode()
     def rewards(self, conversations: Sequence[list[int]], batch_size: int = 8) -> list[float]:
-        order = sorted(range(len(conversations)), key=lambda i: -len(conversations[i]))  # little padding
+        memory = memory_of(self.model, self.device)
         out: list[float] = [0.0] * len(conversations)
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
+        for idx in memory.forward_batches([len(c) for c in conversations], batch_size):
             width = max(len(conversations[i]) for i in idx)
-            memory_of(self.model, self.device).check_forward(len(idx), width, batch_size)
+            memory.check_forward(len(idx), width, batch_size)
             ids = torch.full((len(idx), width), self.tokenizer.pad_token_id, dtype=torch.long)
             mask = torch.zeros((len(idx), width), dtype=torch.long)
             for row, i in enumerate(idx):  # right padding: the classifier reads the last real token
@@ -446,21 +445,20 @@ class HFEmbedder:
 
     @torch.inference_mode()
     def embed(self, texts: Sequence[str], batch_size: int = 32) -> list[list[float]]:
-        vectors: list[list[float]] = []
-        for start in range(0, len(texts), batch_size):
-            enc = self.tokenizer(
-                list(texts[start : start + batch_size]),
-                padding=True,
-                truncation=True,
-                max_length=256,
-                return_tensors="pt",
-            ).to(self.device)
-            rows, width = enc["input_ids"].shape
-            memory_of(self.model, self.device).check_forward(rows, width, batch_size)
+        if not texts:
+            return []
+        memory = memory_of(self.model, self.device)
+        encoded = self.tokenizer(list(texts), truncation=True, max_length=256)
+        rows = [{key: values[i] for key, values in encoded.items()} for i in range(len(texts))]
+        vectors: list[list[float]] = [[] for _ in texts]
+        for idx in memory.forward_batches([len(r["input_ids"]) for r in rows], batch_size):
+            enc = self.tokenizer.pad([rows[i] for i in idx], return_tensors="pt").to(self.device)
+            memory.check_forward(*enc["input_ids"].shape, batch_size)
             hidden = self.model(**enc).last_hidden_state
             mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            vectors += torch.nn.functional.normalize(pooled.float(), dim=-1).cpu().tolist()
+            for i, vector in zip(idx, torch.nn.functional.normalize(pooled.float(), dim=-1).cpu().tolist()):
+                vectors[i] = vector
         return vectors
 
 
