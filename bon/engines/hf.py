@@ -453,7 +453,7 @@ class HFEmbedder:
         vectors: list[list[float]] = [[] for _ in texts]
         for idx in memory.forward_batches([len(r["input_ids"]) for r in rows], batch_size):
             enc = self.tokenizer.pad([rows[i] for i in idx], return_tensors="pt").to(self.device)
-            memory.check_forward(*enc["input_ids"].shape, batch_size)
+            memory.check_forward(len(idx), enc["input_ids"].shape[1], batch_size)
             hidden = self.model(**enc).last_hidden_state
             mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
