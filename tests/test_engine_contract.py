@@ -327,3 +327,31 @@ def test_a_closed_vllm_session_aborts_the_prompts_nobody_collected():
     session.close()
     assert len(core.aborted) == 2 and not core.has_unfinished_requests()  # prompts 2 and 3, still decoding
     assert not model.driver.finished and not model.driver.open  # prompt 1's output forgotten
+
+
+def test_scoring_forwards_are_batched_by_padded_tokens_longest_first():
+    from bon.engines.memory import CPU_FORWARD_TOKENS
+
+    memory = tiny_engine().memory()
+    lengths = [10, 900, 600, 30, 30, 2000, 120]
+    batches = memory.forward_batches(lengths, batch_size=3)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))  # each index once
+    assert batches[0] == [5]  # longer than the budget: alone
+    for b in batches:
+        assert len(b) <= 3 and (len(b) == 1 or len(b) * lengths[b[0]] <= CPU_FORWARD_TOKENS)
+        assert [lengths[i] for i in b] == sorted((lengths[i] for i in b), reverse=True)
+    assert [6, 3, 4] in batches  # equal lengths keep their order
+    assert memory.forward_batches([], 8) == []
+
+
+def test_batched_scoring_equals_one_row_at_a_time():
+    engine = tiny_engine()
+    prompts = _prompts(9)
+    together = engine.next_token_logprobs(prompts, [1, 2, 3], batch_size=4)
+    alone = [engine.next_token_logprobs([p], [1, 2, 3], batch_size=1)[0] for p in prompts]
+    for a, b in zip(together, alone):
+        assert a == pytest.approx(b, abs=1e-4)
+    conts = [p[:3] for p in prompts]
+    together_c = engine.continuation_logprobs(prompts, conts, batch_size=4)
+    for p, c, got in zip(prompts, conts, together_c):
+        assert got == pytest.approx(engine.continuation_logprobs([p], [c], batch_size=1)[0], abs=1e-4)
