@@ -15,7 +15,7 @@ from bon.core.records import Judgement, by_key
 from bon.core.rundir import RunDirError, load_run
 from bon.engines.base import derive_seed
 from bon.pipeline.rejudge import judgements_of, run_candidates
-from bon.pipeline.selection import secondary_judge, select_prompt
+from bon.pipeline.selection import char_lengths, secondary_judge, select_all
 from eval.ae import winrate
 from eval.alpaca import annotations_for, match_baseline, reference_rows
 from eval.annotations import Annotation
@@ -86,16 +86,12 @@ def gain_report(
 
     picks: dict[str, dict] = {}  # label -> prompt id -> candidate index or None (declined)
     for k in ks_for(n):
-        picks[f"k={k}"] = {}
-        for p in prompts:
-            s = select_prompt(
-                p.id,
-                [judged[(p.id, i)] for i in range(k)],
-                config.selection.decline_below,
-                config.selection.tie_break,
-                secondary,
-            )
-            picks[f"k={k}"][p.id] = s.chosen_index
+        made = select_all(
+            [(p.id, [judged[(p.id, i)] for i in range(k)], char_lengths(cands[p.id])) for p in prompts],
+            config.selection,
+            secondary,
+        )
+        picks[f"k={k}"] = {s.prompt_id: s.chosen_index for s in made}
     picks["random candidate"] = {p.id: random.Random(derive_seed(seed, p.id)).randrange(n) for p in prompts}
 
     rows = [

@@ -20,7 +20,7 @@ from bon.core.names import check_name
 from bon.core.records import Candidate, Judgement, Prompt, Selection, by_key
 from bon.core.rundir import RunDir, RunDirError, load_run
 from bon.pipeline.rejudge import judgements_of, run_prompts
-from bon.pipeline.selection import secondary_judge, select_prompt
+from bon.pipeline.selection import char_lengths, secondary_judge, select_all
 from bon.pipeline.turns import kept_text, turn_ids
 from eval.gain import bootstrap, ks_for
 
@@ -196,15 +196,12 @@ def mt_bench_report(run_dir: Path, score_label: str = "mt_bench", rounds: int = 
     for turn in sorted({p.turn for p in sampled}):
         prompts = [p for p in sampled if p.turn == turn]
         for k in ks_for(config.n):
-            picks = [
-                rating(
-                    p,
-                    select_prompt(
-                        p.id, [picker[(p.id, i)] for i in range(k)], sel.decline_below, sel.tie_break, secondary
-                    ).chosen_index,
-                )
-                for p in prompts
-            ]
+            made = select_all(
+                [(p.id, [picker[(p.id, i)] for i in range(k)], char_lengths(conv.candidates[p.id])) for p in prompts],
+                sel,
+                secondary,
+            )
+            picks = [rating(p, s.chosen_index) for p, s in zip(prompts, made)]
             rated = [r for r in picks if r is not None]
             low, high = bootstrap(rated, rounds, seed, scale=1.0)
             points.append(TurnPoint(turn, k, _mean(rated), low, high, len(rated), len(picks) - len(rated)))

@@ -47,7 +47,7 @@ def test_an_old_finished_run_rejudges_nothing_and_reselects(tmp_path, monkeypatc
     before = (work / "finished" / "judgements.jsonl").read_bytes()
     assert judge_run(work / "finished", "random", {"seed": 5}, label="rand5") == 0  # the old label keeps its meaning
     assert (work / "finished" / "judgements.jsonl").read_bytes() == before
-    selections, _ = select_run(work / "finished", "length")
+    selections = select_run(work / "finished", "length").selections
     rd = RunDir(work / "finished")
     by_length = {s.prompt_id: s for s in rd.read(Selection) if s.judge == "length"}
     assert [s.chosen_index for s in selections] == [by_length[s.prompt_id].chosen_index for s in selections]

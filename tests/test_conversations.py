@@ -371,7 +371,7 @@ def test_reselecting_a_messages_run_with_its_own_judge_is_allowed_and_a_conversa
         None, [f"output_dir={tmp_path / 'steps'}", f"prompts.source={source}", "n=3", "judge.name=length"]
     )
     run(steps, policy=FakePolicy())
-    selections, _ = select_run(steps.output_dir, "length")  # single steps: no later turn depends on their picks
+    selections = select_run(steps.output_dir, "length").selections  # single steps: no later turn depends on their picks
     assert [s.prompt_id for s in selections] == ["m", "s"]
     cfg = conversation_config(tmp_path / "conv")
     run(cfg, policy=FakePolicy())

@@ -5,6 +5,7 @@ import random
 
 import pytest
 
+from bon.core.config import SelectionConfig
 from bon.core.records import Candidate, Judgement, Prompt
 from bon.engines.base import derive_seed
 from bon.pipeline.selection import TieBreakError, select, select_prompt, tiebreak_values
@@ -117,15 +118,17 @@ def test_length_and_random_selection_by_hand():
 def test_tie_breaks():
     js = [Judgement("p", i, "autoj", 6.0, details={"rating_logprob": lp}) for i, lp in enumerate([-2.0, -0.1, -0.5])]
     assert select("p", js).chosen_index == 0
-    assert select_prompt("p", js, None, "details:rating_logprob").chosen_index == 1
+    assert select_prompt("p", js, SelectionConfig(tie_break="details:rating_logprob")).chosen_index == 1
     secondary = {("p", i): Judgement("p", i, "selfj", s) for i, s in enumerate([1.0, 2.0, 3.0])}
-    assert select_prompt("p", js, None, "judge:selfj", secondary).chosen_index == 2
+    assert select_prompt("p", js, SelectionConfig(tie_break="judge:selfj"), secondary).chosen_index == 2
     with pytest.raises(TieBreakError, match="judge 'autoj' records no 'missing' .*; it records rating_logprob"):
         tiebreak_values("details:missing", js)  # issue 21: a key no judgement records is refused, not ignored
     with pytest.raises(TieBreakError, match="has no 'selfj' judgement"):
         tiebreak_values("judge:selfj", js, {})
     higher = [Judgement("p", 0, "autoj", 5.0, details={"rating_logprob": -0.01}), js[2]]
-    assert select_prompt("p", higher, None, "details:rating_logprob").chosen_index == 2  # the score comes first
+    assert (
+        select_prompt("p", higher, SelectionConfig(tie_break="details:rating_logprob")).chosen_index == 2
+    )  # the score comes first
 
 
 def test_every_judge_is_listed_with_its_needs():

@@ -138,7 +138,7 @@ def test_prompts_over_the_policy_context_are_skipped_or_truncated_with_a_flag(tm
         from bon.pipeline.rejudge import judge_run, select_run  # generate once, judge many: the skip stays a skip
 
         assert judge_run(cfg.output_dir, "random") == 2
-        selections, _ = select_run(cfg.output_dir, "random")
+        selections = select_run(cfg.output_dir, "random").selections
         assert [(s.prompt_id, s.skipped, s.judge) for s in selections] == [
             ("short", False, "random"),
             ("long", True, "random"),

@@ -35,7 +35,8 @@ def test_judge_then_select_with_another_judge(finished):
     manifest = json.loads((finished / "manifest.json").read_text())
     assert manifest["judges"]["random"]["options"] == {"seed": 5}
 
-    selections, outputs = select_run(finished, "random")
+    done = select_run(finished, "random")
+    selections, outputs = done.selections, done.outputs
     for s in selections:
         scores = {i: by_judge["random"][(s.prompt_id, i)] for i in range(3)}
         assert s.chosen_index == max(scores, key=scores.get) and s.judge == "random"
@@ -45,7 +46,7 @@ def test_judge_then_select_with_another_judge(finished):
     assert rows[0]["generator"] == "SmolLM2-135M-Instruct-bo3-random"
     assert json.loads((finished / "manifest.json").read_text())["selected_with"]["judge"] == "random"
 
-    again, _ = select_run(finished, "random", decline_below=0.5)  # replaces its own lines
+    again = select_run(finished, "random", decline_below=0.5).selections  # replaces its own lines
     assert len(rd.read(Selection)) == 10 and any(s.declined for s in again) == any(s.score < 0.5 for s in selections)
 
 

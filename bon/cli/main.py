@@ -94,7 +94,8 @@ def run_summary(result: Any, wall: float) -> list[str]:
         )
     else:
         work = "nothing left to sample or judge"
-    lines = [f"{len(result.prompts)} prompts, {declined} declined; {work}; wall {wall:.1f} s"]
+    tau = f" (selection.coverage: threshold {result.threshold:.4g})" if result.threshold is not None else ""
+    lines = [f"{len(result.prompts)} prompts, {declined} declined{tau}; {work}; wall {wall:.1f} s"]
     if result.flags:
         lines.append(f"flagged judgements: {result.flagged} of {result.judgements} (flags by kind, with an example):")
         lines += [f"  {count:>5}  {example}" for count, example in result.flags]
@@ -219,19 +220,40 @@ def select_cmd(
         bool,
         typer.Option("--allow-unjudged", help="keep the first candidate of prompts the judge scored none of"),
     ] = False,
+    coverage: Annotated[
+        float | None,
+        typer.Option("--coverage", help="answer this share of the prompts (0.9: decline the 10% least confident)"),
+    ] = None,
+    calibrate_on: Annotated[
+        Path | None,
+        typer.Option("--calibrate-on", help="take the --coverage threshold from another run's scores, apply it here"),
+    ] = None,
+    length_penalty: Annotated[
+        float, typer.Option("--length-penalty", help="λ: pick by z(score) - λ z(length) within each prompt")
+    ] = 0.0,
 ) -> None:
     """Re-select every prompt with one judge's scores and rewrite selections and outputs."""
     from bon.pipeline.rejudge import select_run
 
     with fail_clearly():
-        selections, path = select_run(run_dir, judge_label, decline_below, tie_break, allow_unjudged)
+        done = select_run(
+            run_dir, judge_label, decline_below, tie_break, allow_unjudged, coverage, length_penalty, calibrate_on
+        )
+    selections = done.selections
     declined = sum(s.declined for s in selections)
     blind = sum(s.score is None and not s.skipped for s in selections)
     fallbacks = f", {blind} of them without any score (first candidate kept or declined)" if blind else ""
     console.print(
-        f"{len(selections)} prompts selected with {judge_label}, {declined} declined{fallbacks}; outputs: {path}",
+        f"{len(selections)} prompts selected with {judge_label}, {declined} declined{fallbacks}; "
+        f"outputs: {done.outputs}",
         highlight=False,
     )
+    if coverage is not None and done.threshold is not None:
+        source = f"calibrated on {done.calibrated_on} at coverage {coverage:g}" if done.calibrated_on else "this run's"
+        console.print(
+            f"threshold {done.threshold:.6g} ({source}): {done.answered:.1%} of this run's prompts answered",
+            highlight=False,
+        )
 
 
 @app.command()

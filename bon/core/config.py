@@ -194,6 +194,21 @@ class SelectionConfig(Strict):
         "I'm sorry, but I am not confident I can answer this request well, so I will not answer it.",
         description="the output written for a declined prompt",
     )
+    coverage: float | None = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        description="answer this share of the prompts, declining those whose pick scores lowest (τ per run)",
+    )
+    length_penalty: float = Field(
+        0.0, ge=0.0, description="λ: pick by z(score) - λ z(length in characters) within a prompt; 0: by score"
+    )
+
+    @model_validator(mode="after")
+    def _one_decline_rule(self) -> SelectionConfig:
+        if self.coverage is not None and self.decline_below is not None:
+            raise ValueError("give decline_below or coverage, not both (coverage chooses the threshold itself)")
+        return self
 
 
 class EarlyRejectionConfig(Strict):
@@ -336,6 +351,8 @@ def validate_options(model: type[M], options: dict[str, Any], flags: dict[str, s
         return model.model_validate(options)
     except ValidationError as e:
         key, what = problems(e, model)[0]
+        if key == "<top level>":  # a rule between options (e.g. two ways to decline)
+            raise ConfigError(f"options: {what}") from None
         name = (flags or {}).get(key, f"--{key.replace('_', '-')}")
         raise ConfigError(f"option {name}: {what}") from None
 

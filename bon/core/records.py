@@ -156,6 +156,7 @@ class Selection:
     judge: str
     reason: str | None = None  # why declined, or why the pick is a fallback
     skipped: bool = False  # never sampled: the prompt did not fit the policy's context (on_overflow: skip)
+    threshold: float | None = None  # the score a decline compared against (decline_below, or coverage's τ)
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +13,19 @@ from bon.core.judging import JUDGES, build_judge, check_conversations, policy_de
 from bon.core.names import check_name
 from bon.core.prompts import load_prompts
 from bon.core.records import Candidate, Judgement, Key, Prompt, Selection, by_key, by_prompt
-from bon.core.rundir import FILES, RunDir, RunDirError, open_run
+from bon.core.rundir import FILES, RunDir, RunDirError, load_run, open_run
 from bon.pipeline.executors import LocalExecutor
 from bon.pipeline.runner import Progress, Silent, alpaca_eval_outputs
 from bon.pipeline.scoring import score_missing
-from bon.pipeline.selection import AGAIN, check_judged, secondary_judge, select_prompt
+from bon.pipeline.selection import (
+    AGAIN,
+    char_lengths,
+    check_judged,
+    cover,
+    coverage_threshold,
+    secondary_judge,
+    select_prompt,
+)
 from bon.pipeline.turns import every_turn
 
 
@@ -124,53 +132,113 @@ def judge_run(
     return made
 
 
+@dataclass(frozen=True)
+class Reselection:
+    """What `select_run` did: the selections (prompt order), the outputs file, and the threshold it applied."""
+
+    selections: list[Selection]
+    outputs: Path
+    threshold: float | None  # decline_below, coverage's τ, or the τ calibrated on another run
+    calibrated_on: Path | None = None  # the run τ was taken from
+
+    @property
+    def answered(self) -> float:
+        """The share of the sampled prompts answered."""
+        live = [s for s in self.selections if not s.skipped]
+        return sum(not s.declined for s in live) / len(live) if live else 0.0
+
+
+def _picks(
+    rd: RunDir, config: RunConfig, label: str, selection: SelectionConfig, allow_unjudged: bool, kept: str
+) -> tuple[list[Prompt], list[Selection], dict[str, dict[int, Candidate]]]:
+    """Every prompt row of a finished run with its pick by ``label`` under ``selection`` (its decline_below
+    applied, no coverage), and its candidates."""
+    built = run_prompts(rd, config)
+    sampled, cands, skipped = run_candidates(rd, config, built)
+    all_judgements = rd.read(Judgement)
+    judged = judgements_of(rd, all_judgements, label, sampled, config.n)
+    if not allow_unjudged:
+        blind = {p.id: [judged[(p.id, i)] for i in range(config.n)] for p in sampled}
+        check_judged(label, blind, kept=kept, allow="bon select: --allow-unjudged")
+    other = secondary_judge(selection.tie_break)
+    secondary = by_key(all_judgements, other) if other else None
+    prompts = built[0]  # skipped prompts keep their declined selection, under this judge
+    picks = [
+        replace(skipped[p.id], judge=label)
+        if p.id in skipped
+        else select_prompt(
+            p.id,
+            [judged[(p.id, i)] for i in range(config.n)],
+            selection,
+            secondary,
+            char_lengths(cands[p.id]),
+        )
+        for p in prompts
+    ]
+    return prompts, picks, cands
+
+
+def calibrated_threshold(run_dir: Path, label: str, selection: SelectionConfig, coverage: float) -> float:
+    """τ that answers ``coverage`` of another run's prompts with ``label``'s picks (a threshold chosen on held-out
+    prompts, to apply to this run)."""
+    rd, _, config = load_run(run_dir)
+    _, picks, _ = _picks(rd, config, label, selection, True, "nothing was changed")
+    tau = coverage_threshold([s.score for s in picks if not s.skipped], coverage)
+    if tau is None:
+        raise RunDirError(f"{rd.path}: judge {label!r} scored none of its prompts; no threshold to calibrate on")
+    return tau
+
+
 def select_run(
     run_dir: Path,
     label: str,
     decline_below: float | None = None,
     tie_break: str = "lowest_index",
     allow_unjudged: bool = False,
-) -> tuple[list[Selection], Path]:
+    coverage: float | None = None,
+    length_penalty: float = 0.0,
+    calibrate_on: Path | None = None,
+) -> Reselection:
     """Re-select every prompt with the judgements under ``label`` and rewrite the outputs.
 
     That judge's lines in selections.jsonl are replaced; model_outputs.json holds its picks. A prompt none of
     whose candidates the judge scored is refused before anything is written, unless ``allow_unjudged``.
+    ``coverage`` declines the least confident prompts (`cover`); with ``calibrate_on``, the threshold that gives
+    that coverage on another run is applied here instead (this run's own coverage is reported, not forced).
     """
-    validate_options(SelectionConfig, {"decline_below": decline_below, "tie_break": tie_break})
+    options = {"decline_below": decline_below, "tie_break": tie_break, "coverage": coverage}
+    selection = validate_options(SelectionConfig, {**options, "length_penalty": length_penalty})
+    if calibrate_on is not None and coverage is None:
+        raise RunDirError("--calibrate-on takes the threshold of a coverage: give --coverage too")
+    tau = None
+    if calibrate_on is not None and coverage is not None:
+        tau = calibrated_threshold(calibrate_on, label, selection.model_copy(update={"coverage": None}), coverage)
+        selection = selection.model_copy(update={"coverage": None, "decline_below": tau})
     with open_run(run_dir) as (rd, manifest, config):
-        built = run_prompts(rd, config)
-        sampled, cands, skipped = run_candidates(rd, config, built)
-        if label == config.judge.name and any(p.conversation for p in sampled):  # a later turn the run built
+        prompts, selections, cands = _picks(rd, config, label, selection, allow_unjudged, "nothing was changed")
+        if label == config.judge.name and any(p.conversation for p in prompts):
             raise RunDirError(
                 f"{rd.path}: the run judge {label!r} kept the answers its later turns were sampled after; "
                 "re-selecting with it would change those conversations (select with another judge's label)"
             )
-        all_judgements = rd.read(Judgement)
-        judged = judgements_of(rd, all_judgements, label, sampled, config.n)
-        if not allow_unjudged:
-            blind = {p.id: [judged[(p.id, i)] for i in range(config.n)] for p in sampled}
-            check_judged(label, blind, kept="nothing was changed", allow="bon select: --allow-unjudged")
-        other = secondary_judge(tie_break)
-        secondary = by_key(all_judgements, other) if other else None
-        prompts = built[0]  # skipped prompts keep their declined selection, under this judge
-        selections = [
-            replace(skipped[p.id], judge=label)
-            if p.id in skipped
-            else select_prompt(p.id, [judged[(p.id, i)] for i in range(config.n)], decline_below, tie_break, secondary)
-            for p in prompts
-        ]
+        if selection.coverage is not None:
+            selections, tau = cover(selections, selection.coverage)
         kept = [s for s in rd.read(Selection) if s.judge != label]
         write_records_atomic(rd.path / FILES[Selection], kept + selections)
-        updated = config.model_copy(
-            update={
-                "selection": config.selection.model_copy(
-                    update={"decline_below": decline_below, "tie_break": tie_break}
-                )
-            }
-        )
+        updated = config.model_copy(update={"selection": selection})
         generator = f"{config.generator_name().rsplit('-', 1)[0]}-{label}" if not config.name else config.name
         source = [(p, s) for p, s in zip(prompts, selections) if not p.conversation]  # AlpacaEval: first turns
         outputs = alpaca_eval_outputs(updated, [p for p, _ in source], cands, [s for _, s in source], generator)
-        manifest["selected_with"] = {"judge": label, "decline_below": decline_below, "tie_break": tie_break}
+        done = Reselection(selections, rd.write_outputs(outputs), tau or selection.decline_below, calibrate_on)
+        manifest["selected_with"] = {
+            "judge": label,
+            "decline_below": decline_below,
+            "tie_break": tie_break,
+            "coverage": coverage,
+            "length_penalty": length_penalty,
+            "threshold": done.threshold,
+            "answered": round(done.answered, 6),
+            **({"calibrated_on": str(calibrate_on)} if calibrate_on else {}),
+        }
         rd.write_manifest(manifest)
-        return selections, rd.write_outputs(outputs)
+        return done

@@ -14,18 +14,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from bon.core.config import RunConfig
-from bon.core.io import lock_dir
+from bon.core.config import RunConfig, SelectionConfig
+from bon.core.errors import ConfigError
+from bon.core.io import lock_dir, write_records_atomic
 from bon.core.judging import Judge, build_judge, check_conversations
 from bon.core.prompts import load_prompts
 from bon.core.records import Candidate, Judgement, Key, Prompt, Selection, by_key, by_prompt
-from bon.core.rundir import RunDir
+from bon.core.rundir import FILES, RunDir
 from bon.engines.tokens import ContextLengthError
 from bon.pipeline.executors import Executor, Pending, make_executor
 from bon.pipeline.policy import Policy
 from bon.pipeline.preflight import lengths
 from bon.pipeline.scoring import ScoreMissing
-from bon.pipeline.selection import AGAIN, check_judged, flag_counts, secondary_judge, select_prompt
+from bon.pipeline.selection import AGAIN, char_lengths, check_judged, cover, flag_counts, secondary_judge, select_prompt
 from bon.pipeline.turns import following, last_turn_bound, turn_ids
 
 
@@ -69,6 +70,7 @@ class RunResult:
     judged: int = 0  # judgements made by this invocation
     seconds: dict[str, float] = field(default_factory=dict)  # "sample"/"judge" compute, "wall"
     outputs_path: Path | None = None
+    threshold: float | None = None  # τ of selection.coverage
 
 
 @dataclass
@@ -112,6 +114,22 @@ class RunState:
     def add_selections(self, selections: Sequence[Selection]) -> None:
         self.rd.append(list(selections))
         self.selected.update((s.prompt_id, s) for s in selections)
+
+    def select(self, prompt: Prompt, selection: SelectionConfig) -> Selection:
+        """The prompt's pick under ``selection`` from the judgements held (no coverage: that is `cover`'s)."""
+        lengths = char_lengths(self.candidates[prompt.id])
+        return select_prompt(prompt.id, self.judgements(prompt), selection, self.secondary, lengths)
+
+    def cover(self, prompts: Sequence[Prompt], selection: SelectionConfig, coverage: float) -> float | None:
+        """Re-select ``prompts`` from their judgements, decline to ``coverage`` and rewrite this judge's selections
+        (a finished run recomputes the same ones); returns τ."""
+        picks = [s if (s := self.selected[p.id]).skipped else self.select(p, selection) for p in prompts]
+        covered, tau = cover(picks, coverage)
+        if [self.selected[s.prompt_id] for s in covered] != covered:
+            others = [s for s in self.rd.read(Selection) if s.judge != self.judge]
+            write_records_atomic(self.rd.path / FILES[Selection], others + covered)
+            self.selected.update((s.prompt_id, s) for s in covered)
+        return tau
 
     def judgements(self, prompt: Prompt) -> list[Judgement]:
         """The judge's judgements of a prompt's candidates (those it has), by index."""
@@ -173,12 +191,8 @@ class Scheduler:
         self.state.rd.append(fresh)
         self.result.judged += len(fresh)
         self.progress.advance("judgements", len(fresh))
-        sel, state = self.config.selection, self.state
-        selections = [
-            select_prompt(p.id, state.judgements(p), sel.decline_below, sel.tie_break, state.secondary)
-            for p in self.batches[k]
-            if p.id not in state.selected
-        ]
+        state = self.state
+        selections = [state.select(p, self.config.selection) for p in self.batches[k] if p.id not in state.selected]
         state.add_selections(selections)
         self.progress.advance("prompts", len(selections))
 
@@ -205,6 +219,12 @@ def run(
     prompts = load_prompts(config.prompts)
     judge = judge or build_judge(config.judge.name, config.judge.options)
     check_conversations(judge, prompts, config.policy.prompt_format)
+    if config.selection.coverage is not None and any(p.later_turns for p in prompts):
+        raise ConfigError(
+            f"selection.coverage: {config.prompts.source} holds conversations, whose later turns are built from "
+            "the answers kept turn by turn, before a coverage over all prompts is known; use "
+            "selection.decline_below, or `bon select --coverage` on the finished run"
+        )
     plan = lengths(config, prompts, judge, check_policy=policy is None)  # before the run directory exists
     if any(p.later_turns for p in prompts):  # a conversation whose user turns alone overflow is refused now
         try:
@@ -262,6 +282,15 @@ def run(
             result.seconds.update(ex.stage_seconds())
         result.seconds["wall"] = time.perf_counter() - t0
 
+        if config.selection.coverage is not None:  # τ needs every prompt's pick: declined at the end
+            result.threshold = state.cover(prompts, config.selection, config.selection.coverage)
+            manifest = rd.manifest()
+            manifest["selected_with"] = {
+                "judge": judge.name,
+                "coverage": config.selection.coverage,
+                "threshold": result.threshold,
+            }
+            rd.write_manifest(manifest)
         result.selections = [state.selected[p.id] for p in result.prompts]
         made = [j for p in work for j in state.judgements(p)]
         result.judgements, result.flagged, result.flags = len(made), sum(bool(j.flag) for j in made), flag_counts(made)

@@ -1,13 +1,17 @@
-"""Best-of-N selection: argmax with a lowest-index tie-break, or a decline below a threshold."""
+"""Best-of-N selection: argmax (optionally length-penalised) with a tie-break, then a decline below a threshold
+given, or one chosen so that a target share of the prompts is answered (coverage)."""
 
 from __future__ import annotations
 
 import math
 import re
+import statistics
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
+from bon.core.config import SelectionConfig
 from bon.core.errors import BonError
-from bon.core.records import Judgement, Selection
+from bon.core.records import Candidate, Judgement, Selection
 
 
 class TieBreakError(BonError, ValueError):
@@ -91,33 +95,68 @@ def tiebreak_values(
     return out
 
 
+def char_lengths(candidates: Mapping[int, Candidate]) -> dict[int, int]:
+    """A prompt's candidates' lengths in characters, by index: what a length penalty and length reports measure."""
+    return {i: len(c.text) for i, c in candidates.items()}
+
+
+def _z(values: Sequence[float]) -> list[float]:
+    """Values as z-scores among themselves (all 0 when they do not vary)."""
+    mean, sd = statistics.fmean(values), statistics.pstdev(values)
+    return [(v - mean) / sd if sd > 0 else 0.0 for v in values]
+
+
+def pick_values(
+    judgements: Sequence[Judgement], lengths: Mapping[int, int] | None = None, length_penalty: float = 0.0
+) -> dict[int, float]:
+    """Per scored candidate, the value its prompt's pick maximises: its score; with a length penalty λ, its score
+    z-scored among the prompt's scored candidates minus λ times its length (characters) z-scored among them, so λ
+    means the same on every judge's scale."""
+    scored = [j for j in judgements if j.score is not None]
+    if not length_penalty or len(scored) < 2:
+        return {j.candidate_index: float(j.score) for j in scored if j.score is not None}
+    if lengths is None:
+        raise ValueError("a length penalty needs the candidates' lengths")
+    scores = _z([float(j.score) for j in scored if j.score is not None])
+    chars = _z([float(lengths[j.candidate_index]) for j in scored])
+    return {j.candidate_index: s - length_penalty * c for j, s, c in zip(scored, scores, chars)}
+
+
 def select(
     prompt_id: str,
     judgements: Sequence[Judgement],
     decline_below: float | None = None,
     tiebreak: Mapping[int, float] | None = None,
+    lengths: Mapping[int, int] | None = None,
+    length_penalty: float = 0.0,
 ) -> Selection:
-    """Pick the best-scored candidate of one prompt.
+    """Pick the best candidate of one prompt.
 
-    Equal scores are ordered by ``tiebreak`` (higher first; a candidate without a value comes
-    last), then by the lowest candidate index. Failed judgements (score None) never win. A prompt
-    whose best score is below ``decline_below``, or none of whose candidates could be judged while
-    a threshold is set, is declined; with no threshold an all-failed prompt falls back to candidate 0.
+    The pick maximises `pick_values` (the score, or the length-penalised score); equal values are ordered by
+    ``tiebreak`` (higher first; a candidate without a value comes last), then by the lowest candidate index.
+    Failed judgements (score None) never win. A prompt whose pick scores below ``decline_below`` (its own score:
+    the judge's confidence), or none of whose candidates could be judged while a threshold is set, is declined;
+    with no threshold an all-failed prompt falls back to candidate 0.
     """
     tiebreak = tiebreak or {}
     if not judgements:
         raise ValueError(f"prompt {prompt_id!r}: no judgements to select from")
     judge = judgements[0].judge
-    scored = [(j.score, j) for j in judgements if j.score is not None]
+    values = pick_values(judgements, lengths, length_penalty)
+    scored = [j for j in judgements if j.candidate_index in values]
     if not scored:
         if decline_below is not None:
-            return Selection(prompt_id, None, True, None, judge, reason="no candidate could be judged")
+            return Selection(
+                prompt_id, None, True, None, judge, reason="no candidate could be judged", threshold=decline_below
+            )
         first = min(j.candidate_index for j in judgements)
         return Selection(prompt_id, first, False, None, judge, reason="no candidate could be judged; kept the first")
-    score, best = min(
-        scored, key=lambda sj: (-sj[0], -tiebreak.get(sj[1].candidate_index, -math.inf), sj[1].candidate_index)
+    best = min(
+        scored,
+        key=lambda j: (-values[j.candidate_index], -tiebreak.get(j.candidate_index, -math.inf), j.candidate_index),
     )
-    if decline_below is not None and score < decline_below:
+    assert best.score is not None
+    if decline_below is not None and best.score < decline_below:
         return Selection(
             prompt_id,
             None,
@@ -125,19 +164,79 @@ def select(
             best.score,
             judge,
             reason=f"best score {best.score:.4g} < decline_below {decline_below:g}",
+            threshold=decline_below,
         )
-    return Selection(prompt_id, best.candidate_index, False, best.score, judge)
+    return Selection(prompt_id, best.candidate_index, False, best.score, judge, threshold=decline_below)
 
 
 def select_prompt(
     prompt_id: str,
     judgements: Sequence[Judgement],
-    decline_below: float | None,
-    tie_break: str = "lowest_index",
+    selection: SelectionConfig,
     secondary: Mapping[tuple[str, int], Judgement] | None = None,
+    lengths: Mapping[int, int] | None = None,
 ) -> Selection:
-    """`select` with the tie-break values of ``tie_break`` (see `tiebreak_values`)."""
-    return select(prompt_id, judgements, decline_below, tiebreak_values(tie_break, judgements, secondary))
+    """`select` under a selection config: its tie-break (see `tiebreak_values`), length penalty and
+    ``decline_below`` (a coverage is applied over all prompts afterwards, by `cover`)."""
+    return select(
+        prompt_id,
+        judgements,
+        selection.decline_below,
+        tiebreak_values(selection.tie_break, judgements, secondary),
+        lengths,
+        selection.length_penalty,
+    )
+
+
+def select_all(
+    prompts: Sequence[tuple[str, Sequence[Judgement], Mapping[int, int] | None]],
+    selection: SelectionConfig,
+    secondary: Mapping[tuple[str, int], Judgement] | None = None,
+) -> list[Selection]:
+    """Every prompt's pick under ``selection``, its coverage applied over them all; ``prompts`` are (prompt id,
+    its judgements, its candidates' lengths in characters) in prompt order."""
+    picks = [select_prompt(pid, js, selection, secondary, lengths) for pid, js, lengths in prompts]
+    return picks if selection.coverage is None else cover(picks, selection.coverage)[0]
+
+
+def answered_count(coverage: float, prompts: int) -> int:
+    """How many of ``prompts`` a coverage answers: the share rounded half up, at least one."""
+    return min(prompts, max(1, math.floor(coverage * prompts + 0.5))) if prompts else 0
+
+
+def coverage_threshold(scores: Sequence[float | None], coverage: float) -> float | None:
+    """τ: the lowest best score among the ``coverage`` share of prompts answered (None when nothing is scored)."""
+    ranked = sorted((s for s in scores if s is not None), reverse=True)
+    k = answered_count(coverage, len(scores))
+    return ranked[min(k, len(ranked)) - 1] if ranked and k else None
+
+
+def cover(selections: Sequence[Selection], coverage: float) -> tuple[list[Selection], float | None]:
+    """Decline the least confident prompts so that ``coverage`` of those sampled is answered; returns them and τ.
+
+    ``selections`` are picks made without a threshold, in prompt order. Prompts are answered by their pick's score,
+    highest first; a prompt none of whose candidates could be judged comes last; equal scores are answered in prompt
+    order (so a coverage declines exactly its share). Skipped prompts (never sampled) stay declined and uncounted.
+    """
+    live = [i for i, s in enumerate(selections) if not s.skipped]
+    order = sorted(live, key=lambda i: (selections[i].score is None, -(selections[i].score or 0.0), i))
+    answered = set(order[: answered_count(coverage, len(live))])
+    tau = coverage_threshold([selections[i].score for i in live], coverage)
+    out = []
+    for i, s in enumerate(selections):
+        if s.skipped or i in answered:
+            out.append(s if s.skipped else replace(s, threshold=tau))
+            continue
+        if s.score is None or tau is None:
+            reason = "no candidate could be judged"
+        elif s.score < tau:
+            reason = f"best score {s.score:.4g} < {tau:.4g}, the threshold of coverage {coverage:g}"
+        else:
+            reason = (
+                f"best score {s.score:.4g} ties the threshold of coverage {coverage:g}; ties answered in prompt order"
+            )
+        out.append(replace(s, chosen_index=None, declined=True, reason=reason, threshold=tau))
+    return out, tau
 
 
 def secondary_judge(tie_break: str) -> str | None:
