@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bon.pipeline.selection import answered_count
 from judges.pairwise import FIRST, SECOND, TIE, scalar_verdict
 
 # the Auto-J leaderboard's tie thresholds for scalar reward models: 0 to 2.0 in steps of 0.01
@@ -185,3 +186,66 @@ def bootstrap_ci(
         return None
     lo, hi = np.quantile(values, [(1 - level) / 2, 1 - (1 - level) / 2])
     return float(lo), float(hi)
+
+
+@dataclass(frozen=True)
+class PairedGain:
+    """A statistic of picks minus the same statistic of a reference, over the same items (percentage points)."""
+
+    delta: float
+    ci: tuple[float, float] | None  # percentile bootstrap over items, 95%
+    p_value: float | None  # two-sided, paired bootstrap under no difference
+
+    @property
+    def significant(self) -> bool:
+        """The CI excludes 0 (a gain whose CI crosses 0 is not a gain one can claim)."""
+        return self.ci is not None and (self.ci[0] > 0 or self.ci[1] < 0)
+
+    def said(self) -> str:
+        """``+3.1 [+0.4, +5.9], p=0.02`` or the same with ``not significant``."""
+        ci = f" [{self.ci[0]:+.2f}, {self.ci[1]:+.2f}]" if self.ci else ""
+        p = f", p={self.p_value:.3g}" if self.p_value is not None else ""
+        return f"{self.delta:+.2f}{ci}{p}" + ("" if self.significant else ", not significant")
+
+
+def paired_gain(picked: Sequence[float], reference: Sequence[float], reps: int = 1000, seed: int = 0) -> PairedGain:
+    """The mean of ``picked`` minus the mean of ``reference`` (per-item values in [0, 1], paired by item) x 100,
+    with a bootstrap CI over items and the p-value of a paired bootstrap test of no difference."""
+    diff = np.asarray(picked, dtype=float) - np.asarray(reference, dtype=float)
+    n = len(diff)
+    delta = float(diff.mean()) * 100 if n else float("nan")
+    if n < 2:
+        return PairedGain(delta, None, None)
+    means = diff[np.random.default_rng(seed).integers(0, n, (reps, n))].mean(axis=1)
+    lo, hi = np.quantile(means * 100, [0.025, 0.975])
+    centred = np.abs(means - diff.mean())  # the resampled spread around no difference
+    p = (1 + int((centred >= abs(diff.mean()) - 1e-12).sum())) / (reps + 1)
+    return PairedGain(delta, (float(lo), float(hi)), min(1.0, p))
+
+
+def risk_at_coverages(
+    confidence: Sequence[float | None],
+    quality: Sequence[float],
+    coverages: Sequence[float] = (1.0, 0.9, 0.8, 0.5),
+    reps: int = 1000,
+    seed: int = 0,
+) -> dict[float, tuple[float, tuple[float, float] | None]]:
+    """Per coverage c, the risk (1 - mean quality) of the c share of items answered by highest confidence (None
+    last, ties in item order) and its bootstrap CI over items (the threshold recomputed on every resample)."""
+    conf = np.array([-np.inf if c is None else c for c in confidence], dtype=float)
+    q = np.asarray(quality, dtype=float)
+    n = len(q)
+
+    def risk(idx: np.ndarray, c: float) -> float:
+        k = answered_count(c, len(idx))
+        order = np.argsort(-conf[idx], kind="stable")[:k]  # stable: ties answered in item order
+        return float(1 - q[idx][order].mean())
+
+    out: dict[float, tuple[float, tuple[float, float] | None]] = {}
+    for c in coverages:
+
+        def resampled(idx: np.ndarray, c: float = c) -> float:
+            return risk(np.sort(idx), c)
+
+        out[c] = (risk(np.arange(n), c), bootstrap_ci(resampled, n, reps, seed))
+    return out

@@ -8,11 +8,12 @@ i.e. the expected win rate of a uniformly random pick), longest output, best sin
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import Field
 
 from bon.core.config import Strict
@@ -24,6 +25,7 @@ from bon.pipeline.scoring import score_missing
 from bon.pipeline.selection import select
 from eval.ae import winrate
 from eval.annotations import Annotation, read_annotations
+from eval.metrics import PairedGain, bootstrap_ci, paired_gain, risk_at_coverages
 
 
 class PoolOptions(Strict):
@@ -120,6 +122,9 @@ def load_pool(folder: Path | str, limit: int | None = None) -> Pool:
     return Pool(models, keep, {q: [by_model[m][q] for m in models] for q in keep}, dropped)
 
 
+COVERAGES = (1.0, 0.9, 0.8, 0.5)  # where risk is reported beside AURC
+
+
 @dataclass(frozen=True)
 class PoolReport:
     judge: str
@@ -130,15 +135,28 @@ class PoolReport:
     picks: dict[str, int] = field(default_factory=dict)  # model -> how often the judge picked it
     failed: int = 0  # instructions whose candidates could not be judged at all
     selections: list[Selection] = field(default_factory=list)  # one per instruction, in pool order
+    length_penalty: float = 0.0  # λ of the picks
+    win_rate_ci: tuple[float, float] | None = None  # bootstrap over instructions
+    vs_random: PairedGain | None = None  # the picks' win rate minus a random pick's, paired by instruction
+    lengths: dict[str, float] = field(default_factory=dict)  # mean characters: picks, random, longest, baseline
+    risk: dict[float, tuple[float, tuple[float, float] | None]] = field(default_factory=dict)  # coverage -> risk, CI
 
     def as_json(self) -> dict[str, Any]:
-        return {
-            k: v for k, v in asdict(self).items() if k in ("judge", "n_instructions", "win_rate", "reference_points")
-        }
+        keep = ("judge", "n_instructions", "win_rate", "reference_points", "length_penalty", "win_rate_ci", "lengths")
+        out = {k: v for k, v in asdict(self).items() if k in keep}
+        if self.vs_random is not None:
+            out["vs_random"] = {**asdict(self.vs_random), "significant": self.vs_random.significant}
+        out["risk_at_coverage"] = {f"{c:g}": {"risk": r, "ci": ci} for c, (r, ci) in self.risk.items()}
+        return out
 
 
 def _rate(rows: Sequence[Annotation]) -> float:
     return float(winrate(rows)["win_rate"])
+
+
+def _wins(rows: Sequence[Annotation]) -> list[float]:
+    """Each row's win as alpaca-eval counts it (a draw is half); an unrated row is no win."""
+    return [a.win() or 0.0 for a in rows]
 
 
 def reference_points(pool: Pool) -> tuple[dict[str, float], str]:
@@ -178,13 +196,18 @@ def evaluate_selector(
     return picks_report(pool, judge.name, judgements), judgements
 
 
-def picks_report(pool: Pool, name: str, judgements: Sequence[Judgement]) -> PoolReport:
-    """The win rate of one pick per instruction (best score, lowest index on ties) and the pool's reference points."""
+def picks_report(pool: Pool, name: str, judgements: Sequence[Judgement], length_penalty: float = 0.0) -> PoolReport:
+    """The win rate of one pick per instruction (best score, or length-penalised with ``length_penalty``; lowest
+    index on ties), how sure it is against a random pick, the lengths picked, risk at coverages, and the pool's
+    reference points."""
     by_prompt: dict[str, list[Judgement]] = {}
     for j in judgements:
         by_prompt.setdefault(j.prompt_id, []).append(j)
     # no threshold: an all-failed prompt keeps candidate 0
-    selections = [select(prompt_id(q), by_prompt[prompt_id(q)]) for q in pool.instructions]
+    selections = [
+        select(prompt_id(q), by_prompt[prompt_id(q)], None, None, _lengths(pool, q), length_penalty)
+        for q in pool.instructions
+    ]
     chosen_index = [s.chosen_index if s.chosen_index is not None else 0 for s in selections]  # never declined here
     picks = {m: 0 for m in pool.models}
     for i in chosen_index:
@@ -192,7 +215,46 @@ def picks_report(pool: Pool, name: str, judgements: Sequence[Judgement]) -> Pool
     chosen = [pool.table[q][i] for q, i in zip(pool.instructions, chosen_index)]
     failed = sum(s.score is None for s in selections)
     points, best = reference_points(pool)
-    return PoolReport(name, len(pool.instructions), _rate(chosen), points, best, picks, failed, selections)
+    wins = _wins(chosen)
+    random_wins = [sum(_wins(pool.table[q])) / len(pool.models) for q in pool.instructions]
+    n = len(wins)
+    lengths = {
+        "picks": _mean_len(a.output_2 for a in chosen),
+        "random": _mean_len(a.output_2 for q in pool.instructions for a in pool.table[q]),
+        "longest": _mean_len(max((a.output_2 for a in pool.table[q]), key=len) for q in pool.instructions),
+        "baseline": _mean_len(pool.table[q][0].output_1 for q in pool.instructions),
+    }
+    return PoolReport(
+        name,
+        n,
+        _rate(chosen),
+        points,
+        best,
+        picks,
+        failed,
+        selections,
+        length_penalty,
+        bootstrap_ci(lambda idx: float(np.mean([wins[i] for i in idx])) * 100, n),
+        paired_gain(wins, random_wins),
+        lengths,
+        risk_at_coverages([s.score for s in selections], wins, COVERAGES),
+    )
+
+
+def _lengths(pool: Pool, q: str) -> dict[int, int]:
+    return {i: len(a.output_2) for i, a in enumerate(pool.table[q])}
+
+
+def _mean_len(texts: Iterable[str]) -> float:
+    sizes = [len(t) for t in texts]
+    return sum(sizes) / len(sizes) if sizes else 0.0
+
+
+def length_sweep(
+    pool: Pool, name: str, judgements: Sequence[Judgement], penalties: Sequence[float]
+) -> list[PoolReport]:
+    """The picks' report at each length penalty λ (one judging, many picks): win rate against mean pick length."""
+    return [picks_report(pool, name, judgements, lam) for lam in penalties]
 
 
 def write_report(report: PoolReport, folder: Path, out: Path, describe: str) -> tuple[Path, Path]:
@@ -238,6 +300,64 @@ def write_report(report: PoolReport, folder: Path, out: Path, describe: str) -> 
     )
     fig.tight_layout()
     png = out / "select_pool.png"
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+    return md, png
+
+
+def write_sweep(reports: Sequence[PoolReport], out: Path) -> tuple[Path, Path]:
+    """length_sweep.md (λ, win rate with its CI and gain over a random pick, mean pick length) and length_sweep.png
+    (the trade-off curve: win rate against mean pick length, one point per λ)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    first = reports[0]
+    rows = [
+        f"| {r.length_penalty:g} | {r.win_rate:.2f} | "
+        + (f"{r.win_rate_ci[0]:.2f} to {r.win_rate_ci[1]:.2f}" if r.win_rate_ci else "")
+        + f" | {r.vs_random.said() if r.vs_random else ''} | {r.lengths['picks']:.0f} |"
+        for r in reports
+    ]
+    md = out / "length_sweep.md"
+    md.write_text(
+        "\n".join(
+            [
+                f"# {first.judge}: win rate against mean pick length",
+                "",
+                f"{first.n_instructions} instructions. Picks maximise z(score) - λ z(length) within each instruction. "
+                f"Mean length (characters): random pick {first.lengths['random']:.0f}, longest "
+                f"{first.lengths['longest']:.0f}, baseline {first.lengths['baseline']:.0f}.",
+                "",
+                "| λ | win rate % | 95% CI | vs random pick (pp) | mean pick length |",
+                "|---|---|---|---|---|",
+                *rows,
+                "",
+                "![length sweep](length_sweep.png)",
+                "",
+            ]
+        ),
+        encoding="utf-8",
+    )
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    x, y = [r.lengths["picks"] for r in reports], [r.win_rate for r in reports]
+    ax.plot(x, y, marker="o", color="#1f77b4", label=first.judge)
+    for r in reports:
+        ax.annotate(
+            f"λ={r.length_penalty:g}",
+            (r.lengths["picks"], r.win_rate),
+            fontsize=7,
+            xytext=(3, 3),
+            textcoords="offset points",
+        )
+    ax.scatter([first.lengths["random"]], [first.reference_points["random"]], color="#999", label="random pick")
+    ax.set_xlabel("mean pick length (characters)")
+    ax.set_ylabel("win rate vs baseline (%)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    png = out / "length_sweep.png"
     fig.savefig(png, dpi=120)
     plt.close(fig)
     return md, png

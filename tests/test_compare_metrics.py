@@ -128,3 +128,25 @@ def test_every_benchmark_kind_a_config_accepts_is_registered():
 
     assert sorted(get_args(BenchmarkConfig.model_fields["kind"].annotation)) == KINDS.names()
     assert all(callable(KINDS.get(k).load) and callable(KINDS.get(k).evaluate) for k in KINDS)
+
+
+def test_paired_gain_by_hand_and_its_significance():
+    from eval.metrics import paired_gain
+
+    same = paired_gain([1, 0, 1, 0], [1, 0, 1, 0])
+    assert same.delta == 0 and not same.significant and same.p_value == 1.0 and "not significant" in same.said()
+    clear = paired_gain([1.0] * 40, [0.0] * 20 + [0.5] * 20)
+    assert clear.delta == pytest.approx(75.0) and clear.significant and clear.p_value < 0.01
+    assert clear.ci[0] <= 75.0 <= clear.ci[1]
+    assert paired_gain([1.0], [0.0]).ci is None  # one item: no interval
+
+
+def test_risk_at_coverages_by_hand():
+    from eval.metrics import risk_at_coverages
+
+    # confidence orders the items; quality 1 for the two most confident, 0 for the rest
+    risks = risk_at_coverages([0.9, 0.1, 0.8, None], [1.0, 0.0, 1.0, 0.0], (1.0, 0.5, 0.75), reps=50)
+    assert risks[1.0][0] == pytest.approx(0.5) and risks[0.5][0] == 0.0
+    assert risks[0.75][0] == pytest.approx(1 / 3)  # three answered: the unjudged item is declined first
+    ties = risk_at_coverages([1.0, 1.0], [0.0, 1.0], (0.5,), reps=50)
+    assert ties[0.5][0] == 1.0  # ties answered in item order, as `bon select --coverage` does

@@ -12,6 +12,7 @@ from eval.ae import full_winrate, leaderboard_row
 from eval.annotations import Annotation, read_annotations
 from eval.pool import evaluate_selector, load_pool, reference_points
 from judges import build_judge
+from tests.helpers import bon, one_clear_line
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data" / "alpaca_eval"
@@ -110,30 +111,14 @@ def test_pool_reference_points_match_the_data_readme(shared_data, version):
 
 
 def test_select_pool_cli_json(shared_data, tmp_path):
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bon",
-            "eval",
-            "select-pool",
-            str(shared_data / "alpaca_eval" / "annotations" / "v2"),
-            "--judge",
-            "random",
-            "--limit",
-            "50",
-            "--json",
-            "--out",
-            str(tmp_path),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    folder = str(shared_data / "alpaca_eval" / "annotations" / "v2")
+    out = bon("eval", "select-pool", folder, "--judge", "random", "--limit", "50", "--json", "--out", str(tmp_path))
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
-    assert set(data) == {"judge", "n_instructions", "win_rate", "reference_points"} and data["n_instructions"] == 50
+    assert set(data) >= {"judge", "n_instructions", "win_rate", "reference_points"} and data["n_instructions"] == 50
+    assert data["win_rate_ci"][0] <= data["win_rate"] <= data["win_rate_ci"][1]
+    assert set(data["lengths"]) == {"picks", "random", "longest", "baseline"}
+    assert set(data["risk_at_coverage"]) == {"1", "0.9", "0.8", "0.5"} and "p_value" in data["vs_random"]
     assert set(data["reference_points"]) == {"random", "longest", "best_single", "oracle"}
     assert (
         "| random |" in (tmp_path / "select_pool.md").read_text()
@@ -208,3 +193,29 @@ def test_an_identical_repeat_in_a_pool_file_counts_once(tmp_path):
     assert pool.instructions == ["q0", "q1"]
     points, _ = reference_points(pool)
     assert points["oracle"] == pytest.approx(100 * (1 + 1) / 2)
+
+
+def test_length_sweep_moves_the_length_judges_picks_toward_the_pools_length_and_says_what_it_keeps(
+    shared_data, tmp_path
+):
+    from eval.pool import length_sweep, write_sweep
+
+    pool = load_pool(shared_data / "alpaca_eval" / "annotations" / "v2")
+    report, judgements = evaluate_selector(pool, build_judge("length"))
+    sweep = length_sweep(pool, "length", judgements, [0, 0.5, 2])
+    assert sweep[0].win_rate == report.win_rate and sweep[0].lengths["picks"] == report.lengths["picks"]
+    assert sweep[0].lengths["picks"] > sweep[0].lengths["random"] > sweep[2].lengths["picks"]  # longest -> shortest
+    assert sweep[0].vs_random.significant and sweep[0].vs_random.delta > 0  # longest beats a random pick on v2
+    assert sweep[2].vs_random.delta < 0 and sweep[2].win_rate < sweep[0].win_rate
+    md, png = write_sweep(sweep, tmp_path)
+    assert "| 2 | " in md.read_text() and png.stat().st_size > 1000
+    out = bon(
+        "eval",
+        "select-pool",
+        str(shared_data / "alpaca_eval" / "annotations" / "v2"),
+        "--judge",
+        "length",
+        "--length-penalty",
+        "0,x",
+    )
+    one_clear_line(out, "option --length-penalty: 'x' is not a number")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import Annotated
@@ -11,6 +12,7 @@ import typer
 from rich.table import Table
 
 from bon.cli.common import console, err_console, fail_clearly, options_from
+from bon.core.errors import ConfigError
 
 eval_app = typer.Typer(help="Win rates, selector evaluation and AlpacaEval runs.", no_args_is_help=True)
 export_app = typer.Typer(help="Export a run for submission.", no_args_is_help=True)
@@ -66,15 +68,20 @@ def select_pool_cmd(
     ] = "baseline",
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
     out: Annotated[Path | None, typer.Option("--out", help="write select_pool.md and select_pool.png here")] = None,
+    length_penalty: Annotated[
+        str,
+        typer.Option("--length-penalty", help="λ, or a sweep 0,0.25,0.5,1: win rate against mean pick length"),
+    ] = "0",
 ) -> None:
     """How well a judge picks among candidates whose verdicts are already known."""
     from bon.cli.progress import RichProgress
     from bon.core.config import validate_options
-    from eval.pool import PoolOptions, evaluate_selector, load_pool, write_report
+    from eval.pool import PoolOptions, evaluate_selector, length_sweep, load_pool, write_report, write_sweep
     from judges import build_judge
 
     start = time.perf_counter()
     with fail_clearly():
+        penalties = _penalties(length_penalty)
         opts = validate_options(PoolOptions, {"limit": limit, "reference": reference})
         pool = load_pool(folder, opts.limit)
         if pool.note():
@@ -82,35 +89,78 @@ def select_pool_cmd(
         judge_obj = build_judge(judge, options_from(set_))
         with RichProgress(console) if not as_json else _quiet() as progress:
             progress.start("prompts", len(pool.instructions), 0)
-            report, _ = evaluate_selector(
+            _, judgements = evaluate_selector(
                 pool, judge_obj, opts.reference, on_batch=lambda k: progress.advance("prompts", k)
             )
+        reports = length_sweep(pool, judge_obj.name, judgements, penalties)
+    report = reports[0]
     if out is not None:
         md, png = write_report(report, folder, out, judge_obj.describe())
+        written = [md, png] + (list(write_sweep(reports, out)) if len(reports) > 1 else [])
         if not as_json:
-            console.print(f"wrote {md} and {png}")
+            console.print(f"wrote {', '.join(map(str, written))}")
     if as_json:
-        print(json.dumps(report.as_json()))
+        print(json.dumps(report.as_json() if len(reports) == 1 else {"sweep": [r.as_json() for r in reports]}))
         return
     table = Table(
         title=f"{folder}: {report.n_instructions} instructions, {len(pool.models)} candidates each",
         title_justify="left",
     )
     table.add_column("selector")
-    table.add_column("win rate %", justify="right")
-    table.add_row(f"{judge} ({judge_obj.describe()})", f"{report.win_rate:.2f}")
-    for key, label in (
-        ("random", "random pick (mean over models)"),
-        ("longest", "longest output"),
-        ("best_single", f"best single model ({report.best_single_model})"),
-        ("oracle", "oracle"),
+    table.add_column("win rate % [95% CI]", justify="right")
+    table.add_column("mean length", justify="right")
+    ci = f" [{report.win_rate_ci[0]:.1f}, {report.win_rate_ci[1]:.1f}]" if report.win_rate_ci else ""
+    lam = f", λ {report.length_penalty:g}" if report.length_penalty else ""
+    table.add_row(
+        f"{judge} ({judge_obj.describe()}{lam})", f"{report.win_rate:.2f}{ci}", f"{report.lengths['picks']:.0f}"
+    )
+    for key, label, length in (
+        ("random", "random pick (mean over models)", "random"),
+        ("longest", "longest output", "longest"),
+        ("best_single", f"best single model ({report.best_single_model})", None),
+        ("oracle", "oracle", None),
     ):
-        table.add_row(label, f"{report.reference_points[key]:.2f}")
+        size = f"{report.lengths[length]:.0f}" if length else ""
+        table.add_row(label, f"{report.reference_points[key]:.2f}", size)
+    table.add_row("baseline (the reference answers)", "", f"{report.lengths['baseline']:.0f}")
     console.print(table)
+    if report.vs_random is not None:
+        console.print(f"vs random pick (paired bootstrap over instructions): {report.vs_random.said()}")
+    console.print(
+        "risk (1 - win) at coverage, declining the lowest pick scores: "
+        + "; ".join(
+            f"{c:.0%} {r:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "") for c, (r, ci) in report.risk.items()
+        ),
+        highlight=False,
+    )
+    if len(reports) > 1:
+        sweep = Table(title="length penalty sweep: win rate against mean pick length", title_justify="left")
+        for column in ("λ", "win rate %", "vs random", "mean length"):
+            sweep.add_column(column, justify="right")
+        for r in reports:
+            gain = r.vs_random.said() if r.vs_random else ""
+            sweep.add_row(f"{r.length_penalty:g}", f"{r.win_rate:.2f}", gain, f"{r.lengths['picks']:.0f}")
+        console.print(sweep)
     console.print(
         f"picks per model: {report.picks}; {report.failed} instructions "
         f"with no usable judgement; {time.perf_counter() - start:.1f} s"
     )
+
+
+def _penalties(text: str) -> list[float]:
+    """``--length-penalty``: one λ or a comma-separated sweep, each a number of at least 0."""
+    out = []
+    for part in text.split(","):
+        try:
+            value = float(part)
+        except ValueError:
+            raise ConfigError(
+                f"option --length-penalty: {part.strip()!r} is not a number (e.g. 0,0.25,0.5,1)"
+            ) from None
+        if not value >= 0 or math.isinf(value):
+            raise ConfigError(f"option --length-penalty: {part.strip()!r} must be a finite number of at least 0")
+        out.append(value)
+    return out
 
 
 @eval_app.command("pairwise")
