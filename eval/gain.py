@@ -19,6 +19,7 @@ from bon.pipeline.selection import char_lengths, secondary_judge, select_all
 from eval.ae import winrate
 from eval.alpaca import annotations_for, match_baseline, reference_rows
 from eval.annotations import Annotation
+from eval.metrics import PairedGain, paired_gain
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,9 @@ class GainPoint:
     ci_high: float | None
     answered: int
     declined: int
+    mean_length: float | None = None  # characters of the answers picked
+    vs_first: PairedGain | None = None  # win rate minus k=1's, paired over the prompts both answered (k > 1)
+    vs_random: PairedGain | None = None  # minus the random candidate's, paired the same way
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,16 @@ class GainReport:
     note: str | None
     png: Path
     markdown: Path
+    baseline_length: float | None = None  # characters of the baseline's answers to the same prompts
+
+
+RANDOM = "random candidate"
+
+
+def _paired(picked: dict[str, float], reference: dict[str, float], rounds: int, seed: int) -> PairedGain:
+    """``picked`` minus ``reference`` over the prompts both rated."""
+    common = [pid for pid in picked if pid in reference]
+    return paired_gain([picked[p] for p in common], [reference[p] for p in common], rounds, seed)
 
 
 def ks_for(n: int) -> list[int]:
@@ -92,7 +106,7 @@ def gain_report(
             secondary,
         )
         picks[f"k={k}"] = {s.prompt_id: s.chosen_index for s in made}
-    picks["random candidate"] = {p.id: random.Random(derive_seed(seed, p.id)).randrange(n) for p in prompts}
+    picks[RANDOM] = {p.id: random.Random(derive_seed(seed, p.id)).randrange(n) for p in prompts}
 
     rows = [
         {"instruction": p.instruction, "output": cands[p.id][i].text, "generator": f"bo-{i}", "dataset": p.dataset}
@@ -106,18 +120,36 @@ def gain_report(
     )
     verdict: dict[tuple[str, str], Annotation] = {(a.instruction, a.output_2): a for a in annotations}
 
+    by_id = {p.id: p for p in prompts}
+    texts = {
+        name: {p.id: cands[p.id][chosen[p.id]].text for p in prompts if chosen[p.id] is not None}
+        for name, chosen in picks.items()
+    }
+    rated = {
+        name: {pid: verdict[(by_id[pid].instruction, text)] for pid, text in picked.items()}
+        for name, picked in texts.items()
+    }
+    wins = {  # label -> prompt id -> win of its rated pick
+        name: {pid: a.win() or 0.0 for pid, a in rows.items() if a.preference is not None}
+        for name, rows in rated.items()
+    }
     points = []
     for name, chosen in picks.items():
-        rows_k = [verdict[(p.instruction, cands[p.id][chosen[p.id]].text)] for p in prompts if chosen[p.id] is not None]
-        usable = [a for a in rows_k if a.preference is not None]
+        usable = [a for a in rated[name].values() if a.preference is not None]
         rate = float(winrate(usable)["win_rate"]) if usable else None
-        low, high = bootstrap([a.win() or 0.0 for a in usable], rounds, seed)  # usable: rated, so win() is set
+        low, high = bootstrap(list(wins[name].values()), rounds, seed)
         size = int(name[2:]) if name.startswith("k=") else None
-        points.append(GainPoint(name, size, rate, low, high, len(rows_k), sum(c is None for c in chosen.values())))
+        length = sum(map(len, texts[name].values())) / len(texts[name]) if texts[name] else None
+        vs = [_paired(wins[name], wins[ref], rounds, seed) if name != ref else None for ref in ("k=1", RANDOM)]
+        declined = sum(c is None for c in chosen.values())
+        points.append(GainPoint(name, size, rate, low, high, len(rated[name]), declined, length, *vs))
 
     out = rd.path / "gain"
     out.mkdir(exist_ok=True)
-    report = GainReport(label, annotator, n, len(prompts), points, note, out / "gain.png", out / "gain.md")
+    answers = {b["instruction"]: b["output"] for b in baseline}  # one per prompt
+    baseline_length = sum(map(len, answers.values())) / len(answers) if answers else None
+    files = (out / "gain.png", out / "gain.md")
+    report = GainReport(label, annotator, n, len(prompts), points, note, *files, baseline_length)
     _plot(report)
     _markdown(report)
     return report
@@ -157,18 +189,24 @@ def _markdown(report: GainReport) -> None:
         "",
         f"Annotator: `{report.annotator}`." + (f" **{report.note}.**" if report.note else ""),
         "",
-        "| selection | win rate % | 95% CI | answered | declined | coverage % |",
-        "|---|---|---|---|---|---|",
+        "| selection | win rate % | 95% CI | vs k=1 (pp) | vs random (pp) | mean length | answered | declined "
+        "| coverage % |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
+    said = lambda g: "—" if g is None else g.said()  # noqa: E731
     for p in report.points:
         coverage = 100 * p.answered / max(1, p.answered + p.declined)
+        size = "—" if p.mean_length is None else f"{p.mean_length:.0f}"
         lines.append(
-            f"| {p.label} | {fmt(p.win_rate)} | {fmt(p.ci_low)}–{fmt(p.ci_high)} "
-            f"| {p.answered} | {p.declined} | {coverage:.1f} |"
+            f"| {p.label} | {fmt(p.win_rate)} | {fmt(p.ci_low)}–{fmt(p.ci_high)} | {said(p.vs_first)} "
+            f"| {said(p.vs_random)} | {size} | {p.answered} | {p.declined} | {coverage:.1f} |"
         )
+    baseline = "—" if report.baseline_length is None else f"{report.baseline_length:.0f}"
     lines += [
         "",
-        "Win rates are over answered prompts; declined prompts are counted apart (coverage).",
+        "Win rates are over answered prompts; declined prompts are counted apart (coverage). Gains are paired over "
+        "the prompts both selections answered: bootstrap 95% CI over prompts and p-value; a CI that crosses 0 is "
+        f"not significant. Mean length in characters; the baseline's answers: {baseline}.",
         "",
         f"![gain]({report.png.name})",
     ]

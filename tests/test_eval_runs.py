@@ -74,16 +74,26 @@ def test_gain_curve_by_hand(small_run, tmp_path):
         by_prompt.setdefault(c.prompt_id, []).append(c)
     points = {p.label: p for p in report.points}
     assert [p.k for p in report.points if p.k] == ks_for(4) == [1, 2, 4]
+    first_wins = []
     for k in (1, 2, 4):  # best-of-k under the length judge: the longest of the first k (lowest index on ties)
-        wins = []
+        wins, sizes = [], []
         for group in by_prompt.values():
             best = max(group[:k], key=lambda c: (len(c.text), -c.index))
             wins.append(preference_of(best.text) - 1)
-        assert points[f"k={k}"].win_rate == pytest.approx(100 * sum(wins) / len(wins))
-        assert points[f"k={k}"].ci_low <= points[f"k={k}"].win_rate <= points[f"k={k}"].ci_high
+            sizes.append(len(best.text))
+        first_wins = first_wins or wins
+        point = points[f"k={k}"]
+        assert point.win_rate == pytest.approx(100 * sum(wins) / len(wins))
+        assert point.ci_low <= point.win_rate <= point.ci_high
+        assert point.mean_length == pytest.approx(sum(sizes) / len(sizes))  # the length beside every win rate
+        if k > 1:  # paired over the same prompts: the gain is the difference of the two means
+            assert point.vs_first.delta == pytest.approx(100 * (sum(wins) - sum(first_wins)) / len(wins))
+            assert point.vs_first.ci[0] <= point.vs_first.delta <= point.vs_first.ci[1]
+    assert points["k=1"].vs_first is None and points["random candidate"].vs_random is None
+    assert report.baseline_length == pytest.approx(len("Baseline."))
     assert report.png.is_file() and report.png.stat().st_size > 1000
     text = report.markdown.read_text()
-    assert "| k=4 |" in text and "random candidate" in text
+    assert "| k=4 |" in text and "random candidate" in text and "vs k=1 (pp)" in text and "mean length" in text
 
 
 def test_gain_reports_declines_apart(small_run, tmp_path):
