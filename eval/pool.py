@@ -138,14 +138,16 @@ class PoolReport:
     length_penalty: float = 0.0  # λ of the picks
     win_rate_ci: tuple[float, float] | None = None  # bootstrap over instructions
     vs_random: PairedGain | None = None  # the picks' win rate minus a random pick's, paired by instruction
+    vs_length_matched: PairedGain | None = None  # minus a random pick with the picks' length ranks (`length_matched`)
     lengths: dict[str, float] = field(default_factory=dict)  # mean characters: picks, random, longest, baseline
     risk: dict[float, tuple[float, tuple[float, float] | None]] = field(default_factory=dict)  # coverage -> risk, CI
 
     def as_json(self) -> dict[str, Any]:
         keep = ("judge", "n_instructions", "win_rate", "reference_points", "length_penalty", "win_rate_ci", "lengths")
         out = {k: v for k, v in asdict(self).items() if k in keep}
-        if self.vs_random is not None:
-            out["vs_random"] = {**asdict(self.vs_random), "significant": self.vs_random.significant}
+        for key, gain in (("vs_random", self.vs_random), ("vs_length_matched", self.vs_length_matched)):
+            if gain is not None:
+                out[key] = {**asdict(gain), "significant": gain.significant}
         out["risk_at_coverage"] = {f"{c:g}": {"risk": r, "ci": ci} for c, (r, ci) in self.risk.items()}
         return out
 
@@ -217,6 +219,7 @@ def picks_report(pool: Pool, name: str, judgements: Sequence[Judgement], length_
     points, best = reference_points(pool)
     wins = _wins(chosen)
     random_wins = [sum(_wins(pool.table[q])) / len(pool.models) for q in pool.instructions]
+    matched_wins = length_matched(pool, chosen_index)
     n = len(wins)
     lengths = {
         "picks": _mean_len(a.output_2 for a in chosen),
@@ -236,9 +239,33 @@ def picks_report(pool: Pool, name: str, judgements: Sequence[Judgement], length_
         length_penalty,
         bootstrap_ci(lambda idx: float(np.mean([wins[i] for i in idx])) * 100, n),
         paired_gain(wins, random_wins),
+        paired_gain(wins, matched_wins),
         lengths,
         risk_at_coverages([s.score for s in selections], wins, COVERAGES),
     )
+
+
+def _length_ranks(pool: Pool, q: str) -> list[int]:
+    """Each candidate's rank by length among its instruction's (0: the longest; ties by index)."""
+    order = sorted(range(len(pool.models)), key=lambda i: (-len(pool.table[q][i].output_2), i))
+    return [order.index(i) for i in range(len(pool.models))]
+
+
+def length_matched(pool: Pool, chosen_index: Sequence[int]) -> list[float]:
+    """Per instruction, the expected win of a random pick whose length rank follows the picks' distribution.
+
+    The picks' length ranks (the longest, the 2nd longest, ...) are shuffled across instructions: each
+    instruction's expected win is the mean, over the picks' ranks, of its own candidate at that rank. It keeps how
+    long the judge's picks are and drops which answer it chose, so the picks' gain over it is what the judge
+    knows beyond its length preference (the length judge's own gain over it is 0).
+    """
+    ranks = [_length_ranks(pool, q)[i] for q, i in zip(pool.instructions, chosen_index)]
+    share = [ranks.count(r) / len(ranks) for r in range(len(pool.models))]
+    out = []
+    for q in pool.instructions:
+        at_rank = {r: a for r, a in zip(_length_ranks(pool, q), pool.table[q])}
+        out.append(sum(share[r] * (at_rank[r].win() or 0.0) for r in range(len(pool.models))))
+    return out
 
 
 def _lengths(pool: Pool, q: str) -> dict[int, int]:
@@ -255,6 +282,33 @@ def length_sweep(
 ) -> list[PoolReport]:
     """The picks' report at each length penalty λ (one judging, many picks): win rate against mean pick length."""
     return [picks_report(pool, name, judgements, lam) for lam in penalties]
+
+
+def gains(report: PoolReport) -> list[str]:
+    """The report's gains, CIs, lengths and risks in sentences (the markdown and the console say the same)."""
+    lines = []
+    if report.vs_random is not None:
+        lines.append(f"vs a random pick (paired bootstrap over instructions, pp): {report.vs_random.said()}")
+    if report.vs_length_matched is not None:
+        lines.append(
+            "vs a random pick with the picks' length ranks (what the judge knows beyond length, pp): "
+            + report.vs_length_matched.said()
+        )
+    sizes = report.lengths
+    if sizes:
+        lines.append(
+            f"mean length (characters): picks {sizes['picks']:.0f}, random pick {sizes['random']:.0f}, "
+            f"longest {sizes['longest']:.0f}, baseline {sizes['baseline']:.0f}"
+        )
+    if report.risk:
+        lines.append(
+            "risk (1 - win) at coverage, declining the lowest pick scores: "
+            + "; ".join(
+                f"{c:.0%} {r:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+                for c, (r, ci) in report.risk.items()
+            )
+        )
+    return lines
 
 
 def write_report(report: PoolReport, folder: Path, out: Path, describe: str) -> tuple[Path, Path]:
@@ -288,7 +342,7 @@ def write_report(report: PoolReport, folder: Path, out: Path, describe: str) -> 
                 "|---|---|",
             ]
             + [f"| {name} | {rate:.2f} |" for name, rate in rows]
-            + ["", f"Picks per model: {report.picks}.", "", "![select-pool](select_pool.png)", ""]
+            + ["", *gains(report), "", f"Picks per model: {report.picks}.", "", "![select-pool](select_pool.png)", ""]
         ),
         encoding="utf-8",
     )

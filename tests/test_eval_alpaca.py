@@ -207,6 +207,9 @@ def test_length_sweep_moves_the_length_judges_picks_toward_the_pools_length_and_
     assert sweep[0].lengths["picks"] > sweep[0].lengths["random"] > sweep[2].lengths["picks"]  # longest -> shortest
     assert sweep[0].vs_random.significant and sweep[0].vs_random.delta > 0  # longest beats a random pick on v2
     assert sweep[2].vs_random.delta < 0 and sweep[2].win_rate < sweep[0].win_rate
+    assert (
+        sweep[0].vs_length_matched.delta == 0 and not sweep[0].vs_length_matched.significant
+    )  # length is all it knows
     md, png = write_sweep(sweep, tmp_path)
     assert "| 2 | " in md.read_text() and png.stat().st_size > 1000
     out = bon(
@@ -219,3 +222,13 @@ def test_length_sweep_moves_the_length_judges_picks_toward_the_pools_length_and_
         "0,x",
     )
     one_clear_line(out, "option --length-penalty: 'x' is not a number")
+
+
+def test_length_matched_pick_by_hand(pool_dir):
+    from eval.pool import length_matched
+
+    pool = load_pool(pool_dir)  # b is longer everywhere; wins: a 1, 0, 0.5 and b 0, 1, 1
+    assert pool.models == ["a", "b"]
+    # picks a, a, b: length ranks 1, 1, 0, so a matched pick is the shorter one 2/3 of the time
+    assert length_matched(pool, [0, 0, 1]) == pytest.approx([2 / 3, 1 / 3, 2 / 3])
+    assert length_matched(pool, [1, 1, 1]) == pytest.approx([0, 1, 1])  # always the longest: b itself

@@ -76,7 +76,7 @@ def select_pool_cmd(
     """How well a judge picks among candidates whose verdicts are already known."""
     from bon.cli.progress import RichProgress
     from bon.core.config import validate_options
-    from eval.pool import PoolOptions, evaluate_selector, length_sweep, load_pool, write_report, write_sweep
+    from eval.pool import PoolOptions, evaluate_selector, gains, length_sweep, load_pool, write_report, write_sweep
     from judges import build_judge
 
     start = time.perf_counter()
@@ -124,15 +124,8 @@ def select_pool_cmd(
         table.add_row(label, f"{report.reference_points[key]:.2f}", size)
     table.add_row("baseline (the reference answers)", "", f"{report.lengths['baseline']:.0f}")
     console.print(table)
-    if report.vs_random is not None:
-        console.print(f"vs random pick (paired bootstrap over instructions): {report.vs_random.said()}")
-    console.print(
-        "risk (1 - win) at coverage, declining the lowest pick scores: "
-        + "; ".join(
-            f"{c:.0%} {r:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "") for c, (r, ci) in report.risk.items()
-        ),
-        highlight=False,
-    )
+    for line in gains(report):
+        console.print(line, highlight=False)
     if len(reports) > 1:
         sweep = Table(title="length penalty sweep: win rate against mean pick length", title_justify="left")
         for column in ("λ", "win rate %", "vs random", "mean length"):
