@@ -204,6 +204,45 @@ def _leaderboard_section(b: BenchmarkReport) -> list[str]:
     )
 
 
+def _risk_lines(b: BenchmarkReport) -> list[str]:
+    """Risk at coverages 100/90/80/50% with bootstrap CIs beside AURC, for the kinds that decline (not leaderboards)."""
+    rows = [
+        [r.judge, _num(r.aurc, 3, r.n)] + [_ci(risk, ci, 3, r.n) for risk, ci in r.risk.values()]
+        for r in b.results
+        if isinstance(r, (PairwiseResult, PoolResult, ScoresResult)) and r.risk
+    ]
+    if not rows:
+        return []
+    first = next(r for r in b.results if isinstance(r, (PairwiseResult, PoolResult, ScoresResult)) and r.risk)
+    lines = [
+        "",
+        "Selective risk: declining the least confident items first (the AURC above), the risk at coverages a user "
+        "would set (`bon select --coverage`), with 95% bootstrap CIs over items (the threshold recomputed on each "
+        "resample).",
+        "",
+    ]
+    return lines + _table(["judge", "AURC", *(f"risk @{c:.0%}" for c in first.risk)], rows)
+
+
+def _pool_gains(b: BenchmarkReport) -> list[str]:
+    """The picks' gains over a random pick and a length-matched one, with CIs and p-values."""
+    rows = [
+        [r.judge, r.vs_random.said(), r.vs_length_matched.said() if r.vs_length_matched else "—"]
+        for r in b.results
+        if isinstance(r, PoolResult) and r.vs_random is not None
+    ]
+    if not rows:
+        return []
+    lines = [
+        "",
+        "Gains of the picks in win-rate points, paired by instruction (95% bootstrap CI, p-value): over a random "
+        "pick, and over a random pick with the picks' distribution of length ranks (what the judge knows beyond "
+        "how long it likes answers).",
+        "",
+    ]
+    return lines + _table(["judge", "vs random pick", "vs length-matched pick"], rows)
+
+
 SECTIONS = {
     "pairwise": _pairwise_section,
     "pool": _pool_section,
@@ -353,6 +392,7 @@ def write_compare_report(result: CompareResult) -> tuple[Path, Path, list[Path]]
         lines += ["", f"## {b.name} ({b.kind}: `{b.source}`, {b.prompts} prompts)", ""]
         lines += [f"*{note}.*\n" for note in b.notes]
         lines += SECTIONS[b.kind](b) if b.results else ["No judge has a row here."]
+        lines += _pool_gains(b) + _risk_lines(b)
         lines += _agreement_lines(b)
         for label, why in b.skipped.items():
             lines.append(f"\n*{label}*: not run here: {why}.")

@@ -16,6 +16,7 @@ from eval.metrics import (
     SECOND,
     TIE,
     Correlations,
+    PairedGain,
     RiskCoverage,
     agreement,
     agreement_no_tie,
@@ -25,13 +26,15 @@ from eval.metrics import (
     cross_fit_agreement,
     grouped_kendall,
     predict_pairs,
+    risk_at_coverages,
     risk_coverage,
     search_threshold,
     swap_back,
 )
-from eval.pool import picks_report
+from eval.pool import COVERAGES, picks_report
 
 Scores = dict[tuple[str, int], float | None]  # (prompt id, candidate index) -> score
+Risks = dict[float, tuple[float, tuple[float, float] | None]]  # coverage -> (risk, its bootstrap CI)
 
 
 def scores_of(judgements: Sequence[Judgement]) -> Scores:
@@ -103,6 +106,7 @@ class PairwiseResult(_Result):
     oracle_aurc: float | None
     length_spearman: float | None  # score vs response length (characters)
     prefers_longer: float | None  # % of decisive verdicts that pick the longer response
+    risk: Risks = field(default_factory=dict)  # coverage -> (risk, bootstrap CI), beside AURC
     curve: RiskCoverage | None = field(default=None, compare=False)
 
 
@@ -146,6 +150,7 @@ def evaluate_pairwise(
     items = [it for it in bench.pairs if it.id in wanted]
     labels = [it.label for it in items]
     threshold = heldout = thresholds = consistency = curve = length = None
+    risk: Risks = {}
     if comparisons:
         verdicts: dict[tuple[str, int], int | None] = {(c.prompt_id, c.first): c.winner for c in comparisons}
         forward = [verdicts.get((it.id, 0)) for it in items]
@@ -164,7 +169,9 @@ def evaluate_pairwise(
         heldout, by_fold = cross_fit_agreement(a, b, labels, _folds(items, folds))
         thresholds = [by_fold[f] for f in sorted(by_fold)]
         correct = [float(p == y) for p, y in zip(predictions, labels)]
-        curve = risk_coverage([None if x is None or y is None else abs(x - y) for x, y in zip(a, b)], correct)
+        gaps = [None if x is None or y is None else abs(x - y) for x, y in zip(a, b)]
+        curve = risk_coverage(gaps, correct)
+        risk = risk_at_coverages(gaps, correct, COVERAGES, reps, seed)
         lengths = [len(t) for it in items for t in (it.response_1, it.response_2)]
         length = correlations([s for pair in zip(a, b) for s in pair], lengths).spearman
     correct_arr = np.array([p == y for p, y in zip(predictions, labels)], float)
@@ -191,6 +198,7 @@ def evaluate_pairwise(
         oracle_aurc=None if curve is None else curve.oracle_aurc,
         length_spearman=length,
         prefers_longer=_prefers_longer(predictions, items),
+        risk=risk,
         curve=curve,
     )
 
@@ -213,6 +221,9 @@ class PoolResult(_Result):
     mean_pick_length: float  # characters
     mean_length: float  # characters, over every candidate
     longest_picked: float  # % of instructions where the pick is the longest candidate
+    vs_random: PairedGain | None = None  # the picks' win rate minus a random pick's (pp, paired)
+    vs_length_matched: PairedGain | None = None  # minus a pick with the picks' length ranks
+    risk: Risks = field(default_factory=dict)  # coverage -> (risk, bootstrap CI), beside AURC
     curve: RiskCoverage | None = field(default=None, compare=False)
 
 
@@ -241,7 +252,7 @@ def evaluate_pool(
 ) -> PoolResult:
     assert bench.pool is not None
     pool = bench.pool.restrict([p.instruction for p in subset])
-    report = picks_report(pool, label, judgements)
+    report = picks_report(pool, label, judgements, reps=reps, seed=seed)
     table = scores_of(judgements)
     groups: list[tuple[list[float | None], list[float]]] = []
     confidence: list[float | None] = []
@@ -276,6 +287,9 @@ def evaluate_pool(
         mean_pick_length=float(np.mean(pick_lengths)),
         mean_length=float(np.mean(lengths)),
         longest_picked=100.0 * longest / len(subset),
+        vs_random=report.vs_random,
+        vs_length_matched=report.vs_length_matched,
+        risk=risk_at_coverages(confidence, pick_wins, COVERAGES, reps, seed),
         curve=curve,
     )
 
@@ -290,6 +304,7 @@ class ScoresResult(_Result):
     aurc: float | None  # declining the lowest-scored responses; quality = reference min-max scaled to [0, 1]
     oracle_aurc: float | None
     length_spearman: float | None
+    risk: Risks = field(default_factory=dict)  # coverage -> (risk, bootstrap CI), beside AURC
     curve: RiskCoverage | None = field(default=None, compare=False)
 
 
@@ -306,7 +321,8 @@ def evaluate_scores(
     scores = [x for g in groups for x in g[0]]
     values = np.array([y for g in groups for y in g[1]], float)
     span = float(np.ptp(values)) or 1.0
-    curve = risk_coverage(scores, ((values - values.min()) / span).tolist())
+    quality = ((values - values.min()) / span).tolist()
+    curve = risk_coverage(scores, quality)
     lengths = [len(c.text) for p in subset for c in bench.candidates[p.id]]
     return ScoresResult(
         judge=label,
@@ -317,6 +333,7 @@ def evaluate_scores(
         aurc=curve.aurc,
         oracle_aurc=curve.oracle_aurc,
         length_spearman=correlations(scores, lengths).spearman,
+        risk=risk_at_coverages(scores, quality, COVERAGES, reps, seed),
         curve=curve,
     )
 

@@ -214,7 +214,7 @@ def paired_gain(picked: Sequence[float], reference: Sequence[float], reps: int =
     diff = np.asarray(picked, dtype=float) - np.asarray(reference, dtype=float)
     n = len(diff)
     delta = float(diff.mean()) * 100 if n else float("nan")
-    if n < 2:
+    if n < 2 or reps < 1:
         return PairedGain(delta, None, None)
     means = diff[np.random.default_rng(seed).integers(0, n, (reps, n))].mean(axis=1)
     lo, hi = np.quantile(means * 100, [0.025, 0.975])

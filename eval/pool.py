@@ -198,7 +198,14 @@ def evaluate_selector(
     return picks_report(pool, judge.name, judgements), judgements
 
 
-def picks_report(pool: Pool, name: str, judgements: Sequence[Judgement], length_penalty: float = 0.0) -> PoolReport:
+def picks_report(
+    pool: Pool,
+    name: str,
+    judgements: Sequence[Judgement],
+    length_penalty: float = 0.0,
+    reps: int = 1000,
+    seed: int = 0,
+) -> PoolReport:
     """The win rate of one pick per instruction (best score, or length-penalised with ``length_penalty``; lowest
     index on ties), how sure it is against a random pick, the lengths picked, risk at coverages, and the pool's
     reference points."""
@@ -237,11 +244,11 @@ def picks_report(pool: Pool, name: str, judgements: Sequence[Judgement], length_
         failed,
         selections,
         length_penalty,
-        bootstrap_ci(lambda idx: float(np.mean([wins[i] for i in idx])) * 100, n),
-        paired_gain(wins, random_wins),
-        paired_gain(wins, matched_wins),
+        bootstrap_ci(lambda idx: float(np.mean([wins[i] for i in idx])) * 100, n, reps, seed),
+        paired_gain(wins, random_wins, reps, seed),
+        paired_gain(wins, matched_wins, reps, seed),
         lengths,
-        risk_at_coverages([s.score for s in selections], wins, COVERAGES),
+        risk_at_coverages([s.score for s in selections], wins, COVERAGES, reps, seed),
     )
 
 

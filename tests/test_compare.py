@@ -261,7 +261,10 @@ def test_compare_cli_json(tmp_path, pair_file, pool_dir):
     data = json.loads(out.stdout.strip().splitlines()[-1])
     assert [b["name"] for b in data["benchmarks"]] == ["pairs", "pool"]
     assert data["benchmarks"][1]["results"][0]["win_rate"] == pytest.approx(66.6667, abs=0.01)
-    assert (cfg.output_dir / "report.md").exists()
+    report = (cfg.output_dir / "report.md").read_text()
+    assert "risk @90%" in report and "vs length-matched pick" in report
+    pool = data["benchmarks"][1]["results"][0]
+    assert set(pool["risk"]) == {"1.0", "0.9", "0.8", "0.5"} and pool["vs_random"]["ci"] is None  # bootstrap=0
 
 
 def write_leaderboard(folder):
