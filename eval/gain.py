@@ -16,7 +16,7 @@ from bon.core.rundir import RunDirError, load_run
 from bon.engines.base import derive_seed
 from bon.pipeline.rejudge import judgements_of, run_candidates
 from bon.pipeline.selection import char_lengths, secondary_judge, select_all
-from eval.ae import winrate
+from eval.ae import full_winrate, winrate
 from eval.alpaca import annotations_for, match_baseline, reference_rows
 from eval.annotations import Annotation
 from eval.metrics import PairedGain, paired_gain
@@ -34,6 +34,7 @@ class GainPoint:
     mean_length: float | None = None  # characters of the answers picked
     vs_first: PairedGain | None = None  # win rate minus k=1's, paired over the prompts both answered (k > 1)
     vs_random: PairedGain | None = None  # minus the random candidate's, paired the same way
+    lc_win_rate: float | None = None  # alpaca-eval's length-controlled win rate, when --lc-data is given
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class GainReport:
     png: Path
     markdown: Path
     baseline_length: float | None = None  # characters of the baseline's answers to the same prompts
+    lc_note: str | None = None  # why no length-controlled win rate is shown, when one was asked for
 
 
 RANDOM = "random candidate"
@@ -83,6 +85,7 @@ def gain_report(
     judge_label: str | None = None,
     rounds: int = 1000,
     seed: int = 0,
+    lc_data: Path | None = None,
 ) -> GainReport:
     rd, manifest, config = load_run(run_dir)
     prompts, cands, _ = run_candidates(rd, config)  # skipped prompts were never sampled
@@ -134,22 +137,32 @@ def gain_report(
         for name, rows in rated.items()
     }
     points = []
+    lc_notes: set[str] = set()
     for name, chosen in picks.items():
         usable = [a for a in rated[name].values() if a.preference is not None]
         rate = float(winrate(usable)["win_rate"]) if usable else None
+        lc = full_winrate(usable, lc_data=lc_data) if usable and lc_data is not None else None
+        if lc is not None and lc.lc_note:
+            lc_notes.add(lc.lc_note)
         low, high = bootstrap(list(wins[name].values()), rounds, seed)
         size = int(name[2:]) if name.startswith("k=") else None
         length = sum(map(len, texts[name].values())) / len(texts[name]) if texts[name] else None
-        vs = [_paired(wins[name], wins[ref], rounds, seed) if name != ref else None for ref in ("k=1", RANDOM)]
+        vs_first, vs_random = (
+            _paired(wins[name], wins[ref], rounds, seed) if name != ref else None for ref in ("k=1", RANDOM)
+        )
         declined = sum(c is None for c in chosen.values())
-        points.append(GainPoint(name, size, rate, low, high, len(rated[name]), declined, length, *vs))
+        lc_rate = lc.length_controlled_winrate if lc is not None else None
+        points.append(
+            GainPoint(name, size, rate, low, high, len(rated[name]), declined, length, vs_first, vs_random, lc_rate)
+        )
 
     out = rd.path / "gain"
     out.mkdir(exist_ok=True)
     answers = {b["instruction"]: b["output"] for b in baseline}  # one per prompt
     baseline_length = sum(map(len, answers.values())) / len(answers) if answers else None
     files = (out / "gain.png", out / "gain.md")
-    report = GainReport(label, annotator, n, len(prompts), points, note, *files, baseline_length)
+    lc_note = "; ".join(sorted(lc_notes)) or None
+    report = GainReport(label, annotator, n, len(prompts), points, note, *files, baseline_length, lc_note)
     _plot(report)
     _markdown(report)
     return report
@@ -184,29 +197,32 @@ def _plot(report: GainReport) -> None:
 
 def _markdown(report: GainReport) -> None:
     fmt = lambda x: "—" if x is None else f"{x:.2f}"  # noqa: E731
+    said = lambda g: "—" if g is None else g.said()  # noqa: E731
+    show_lc = any(p.lc_win_rate is not None for p in report.points)
+    header = ["selection", "win rate %", *(["LC win rate %"] if show_lc else []), "95% CI", "vs k=1 (pp)"]
+    header += ["vs random (pp)", "mean length", "answered", "declined", "coverage %"]
     lines = [
         f"# Best-of-N gain: judge `{report.judge}`, N={report.n}, {report.prompts} prompts",
         "",
         f"Annotator: `{report.annotator}`." + (f" **{report.note}.**" if report.note else ""),
         "",
-        "| selection | win rate % | 95% CI | vs k=1 (pp) | vs random (pp) | mean length | answered | declined "
-        "| coverage % |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
     ]
-    said = lambda g: "—" if g is None else g.said()  # noqa: E731
     for p in report.points:
         coverage = 100 * p.answered / max(1, p.answered + p.declined)
         size = "—" if p.mean_length is None else f"{p.mean_length:.0f}"
-        lines.append(
-            f"| {p.label} | {fmt(p.win_rate)} | {fmt(p.ci_low)}–{fmt(p.ci_high)} | {said(p.vs_first)} "
-            f"| {said(p.vs_random)} | {size} | {p.answered} | {p.declined} | {coverage:.1f} |"
-        )
+        cells = [p.label, fmt(p.win_rate), *([fmt(p.lc_win_rate)] if show_lc else [])]
+        cells += [f"{fmt(p.ci_low)}–{fmt(p.ci_high)}", said(p.vs_first), said(p.vs_random), size]
+        cells += [str(p.answered), str(p.declined), f"{coverage:.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
     baseline = "—" if report.baseline_length is None else f"{report.baseline_length:.0f}"
     lines += [
         "",
         "Win rates are over answered prompts; declined prompts are counted apart (coverage). Gains are paired over "
         "the prompts both selections answered: bootstrap 95% CI over prompts and p-value; a CI that crosses 0 is "
-        f"not significant. Mean length in characters; the baseline's answers: {baseline}.",
+        f"not significant. Mean length in characters; the baseline's answers: {baseline}."
+        + (f" {report.lc_note[0].upper()}{report.lc_note[1:]}." if report.lc_note else ""),
         "",
         f"![gain]({report.png.name})",
     ]

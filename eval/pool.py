@@ -23,7 +23,7 @@ from bon.core.records import Candidate, Judgement, Key, Prompt, Selection
 from bon.pipeline.executors import LocalExecutor
 from bon.pipeline.scoring import score_missing
 from bon.pipeline.selection import select
-from eval.ae import winrate
+from eval.ae import full_winrate, winrate
 from eval.annotations import Annotation, read_annotations
 from eval.metrics import PairedGain, bootstrap_ci, paired_gain, risk_at_coverages
 
@@ -141,9 +141,12 @@ class PoolReport:
     vs_length_matched: PairedGain | None = None  # minus a random pick with the picks' length ranks (`length_matched`)
     lengths: dict[str, float] = field(default_factory=dict)  # mean characters: picks, random, longest, baseline
     risk: dict[float, tuple[float, tuple[float, float] | None]] = field(default_factory=dict)  # coverage -> risk, CI
+    lc_win_rate: float | None = None  # alpaca-eval's length-controlled win rate of the picks (with lc_data)
+    lc_note: str | None = None  # why it is missing, when it was asked for
 
     def as_json(self) -> dict[str, Any]:
-        keep = ("judge", "n_instructions", "win_rate", "reference_points", "length_penalty", "win_rate_ci", "lengths")
+        keep = {"judge", "n_instructions", "win_rate", "reference_points", "length_penalty", "win_rate_ci", "lengths"}
+        keep |= {"lc_win_rate", "lc_note"}
         out = {k: v for k, v in asdict(self).items() if k in keep}
         for key, gain in (("vs_random", self.vs_random), ("vs_length_matched", self.vs_length_matched)):
             if gain is not None:
@@ -205,6 +208,7 @@ def picks_report(
     length_penalty: float = 0.0,
     reps: int = 1000,
     seed: int = 0,
+    lc_data: Path | None = None,
 ) -> PoolReport:
     """The win rate of one pick per instruction (best score, or length-penalised with ``length_penalty``; lowest
     index on ties), how sure it is against a random pick, the lengths picked, risk at coverages, and the pool's
@@ -249,7 +253,14 @@ def picks_report(
         paired_gain(wins, matched_wins, reps, seed),
         lengths,
         risk_at_coverages([s.score for s in selections], wins, COVERAGES, reps, seed),
+        *(_lc(chosen, lc_data) if lc_data is not None else (None, None)),
     )
+
+
+def _lc(chosen: Sequence[Annotation], lc_data: Path) -> tuple[float | None, str | None]:
+    """(alpaca-eval's length-controlled win rate of the picks, or None and why not)."""
+    rate = full_winrate(chosen, lc_data=lc_data)
+    return rate.length_controlled_winrate, rate.lc_note
 
 
 def _length_ranks(pool: Pool, q: str) -> list[int]:
@@ -285,10 +296,10 @@ def _mean_len(texts: Iterable[str]) -> float:
 
 
 def length_sweep(
-    pool: Pool, name: str, judgements: Sequence[Judgement], penalties: Sequence[float]
+    pool: Pool, name: str, judgements: Sequence[Judgement], penalties: Sequence[float], lc_data: Path | None = None
 ) -> list[PoolReport]:
     """The picks' report at each length penalty λ (one judging, many picks): win rate against mean pick length."""
-    return [picks_report(pool, name, judgements, lam) for lam in penalties]
+    return [picks_report(pool, name, judgements, lam, lc_data=lc_data) for lam in penalties]
 
 
 def gains(report: PoolReport) -> list[str]:

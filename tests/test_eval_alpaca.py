@@ -232,3 +232,26 @@ def test_length_matched_pick_by_hand(pool_dir):
     # picks a, a, b: length ranks 1, 1, 0, so a matched pick is the shorter one 2/3 of the time
     assert length_matched(pool, [0, 0, 1]) == pytest.approx([2 / 3, 1 / 3, 2 / 3])
     assert length_matched(pool, [1, 1, 1]) == pytest.approx([0, 1, 1])  # always the longest: b itself
+
+
+def test_select_pool_lc_beside_raw_or_one_line_why_not(shared_data, tmp_path):
+    from huggingface_hub import try_to_load_from_cache
+
+    from eval.ae import LC_FILE, LC_REPO, alpaca_eval
+
+    folder = str(shared_data / "alpaca_eval" / "annotations" / "v2")
+    out = bon("eval", "select-pool", folder, "--judge", "length", "--lc-data", str(tmp_path / "no.csv"), "--json")
+    data = json.loads(out.stdout)
+    assert data["lc_win_rate"] is None and "no.csv does not exist" in data["lc_note"]
+    (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
+    one_clear_line(
+        bon("eval", "select-pool", folder, "--judge", "length", "--lc-data", str(tmp_path / "bad.csv")),
+        "bad.csv:1: not AlpacaEval's df_gamed.csv",
+    )
+    cached = try_to_load_from_cache(
+        LC_REPO, LC_FILE, cache_dir=alpaca_eval().constants.DEFAULT_CACHE_DIR, repo_type="dataset"
+    )
+    if not isinstance(cached, str):
+        pytest.skip(f"{LC_FILE} of {LC_REPO} is not in the Hugging Face cache (the LC metric needs it)")
+    data = json.loads(bon("eval", "select-pool", folder, "--judge", "length", "--lc-data", cached, "--json").stdout)
+    assert data["lc_win_rate"] is not None and data["lc_win_rate"] < data["win_rate"]  # length-controlled: lower

@@ -127,3 +127,14 @@ def test_local_annotator_smoke_and_cache(small_run, monkeypatch):
     assert [a.preference for a in again.annotations] == pytest.approx(
         [a.preference for a in first.annotations], abs=1e-9
     )
+
+
+def test_gain_says_in_one_line_why_no_lc_win_rate_stands_beside_the_raw_ones(small_run, tmp_path):
+    cfg, reference = small_run
+    write_annotations(cfg, tmp_path / "ann.json")
+    missing = tmp_path / "no.csv"
+    report = gain_report(
+        cfg.output_dir, 2, f"precomputed:{tmp_path / 'ann.json'}", reference, rounds=50, lc_data=missing
+    )
+    assert all(p.lc_win_rate is None for p in report.points) and "no.csv does not exist" in report.lc_note
+    assert "Length-controlled win rate unavailable" in report.markdown.read_text()

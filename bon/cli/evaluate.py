@@ -72,6 +72,9 @@ def select_pool_cmd(
         str,
         typer.Option("--length-penalty", help="λ, or a sweep 0,0.25,0.5,1: win rate against mean pick length"),
     ] = "0",
+    lc_data: Annotated[
+        Path | None, typer.Option("--lc-data", help="df_gamed.csv: the picks' LC win rate beside the raw one")
+    ] = None,
 ) -> None:
     """How well a judge picks among candidates whose verdicts are already known."""
     from bon.cli.progress import RichProgress
@@ -92,7 +95,7 @@ def select_pool_cmd(
             _, judgements = evaluate_selector(
                 pool, judge_obj, opts.reference, on_batch=lambda k: progress.advance("prompts", k)
             )
-        reports = length_sweep(pool, judge_obj.name, judgements, penalties)
+        reports = length_sweep(pool, judge_obj.name, judgements, penalties, lc_data)
     report = reports[0]
     if out is not None:
         md, png = write_report(report, folder, out, judge_obj.describe())
@@ -111,9 +114,9 @@ def select_pool_cmd(
     table.add_column("mean length", justify="right")
     ci = f" [{report.win_rate_ci[0]:.1f}, {report.win_rate_ci[1]:.1f}]" if report.win_rate_ci else ""
     lam = f", λ {report.length_penalty:g}" if report.length_penalty else ""
-    table.add_row(
-        f"{judge} ({judge_obj.describe()}{lam})", f"{report.win_rate:.2f}{ci}", f"{report.lengths['picks']:.0f}"
-    )
+    picked = f"{report.lengths['picks']:.0f}"
+    lc = f"; LC {report.lc_win_rate:.2f}" if report.lc_win_rate is not None else ""
+    table.add_row(f"{judge} ({judge_obj.describe()}{lam})", f"{report.win_rate:.2f}{ci}{lc}", picked)
     for key, label, length in (
         ("random", "random pick (mean over models)", "random"),
         ("longest", "longest output", "longest"),
@@ -124,7 +127,7 @@ def select_pool_cmd(
         table.add_row(label, f"{report.reference_points[key]:.2f}", size)
     table.add_row("baseline (the reference answers)", "", f"{report.lengths['baseline']:.0f}")
     console.print(table)
-    for line in gains(report):
+    for line in gains(report) + ([report.lc_note] if report.lc_note else []):
         console.print(line, highlight=False)
     if len(reports) > 1:
         sweep = Table(title="length penalty sweep: win rate against mean pick length", title_justify="left")
@@ -132,7 +135,8 @@ def select_pool_cmd(
             sweep.add_column(column, justify="right")
         for r in reports:
             gain = r.vs_random.said() if r.vs_random else ""
-            sweep.add_row(f"{r.length_penalty:g}", f"{r.win_rate:.2f}", gain, f"{r.lengths['picks']:.0f}")
+            rate = f"{r.win_rate:.2f}" + (f"; LC {r.lc_win_rate:.2f}" if r.lc_win_rate is not None else "")
+            sweep.add_row(f"{r.length_penalty:g}", rate, gain, f"{r.lengths['picks']:.0f}")
         console.print(sweep)
     console.print(
         f"picks per model: {report.picks}; {report.failed} instructions "
@@ -290,12 +294,15 @@ def gain_cmd(
     ] = "local:embedded:SmolLM2-135M-Instruct",
     reference_outputs: Annotated[Path | None, typer.Option("--reference-outputs")] = None,
     judge: Annotated[str | None, typer.Option("--judge", help="whose judgements select (default: the run's)")] = None,
+    lc_data: Annotated[
+        Path | None, typer.Option("--lc-data", help="df_gamed.csv: the LC win rate beside each raw one")
+    ] = None,
 ) -> None:
     """Win rate of best-of-k for k = 1, 2, 4, ..., N from one run, with bootstrap CIs, PNG and markdown."""
     from eval.gain import gain_report
 
     with fail_clearly():
-        report = gain_report(run_dir, version, annotator, reference_outputs, judge)
+        report = gain_report(run_dir, version, annotator, reference_outputs, judge, lc_data=lc_data)
     console.print(report.markdown.read_text(), markup=False)
     console.print(f"wrote {report.markdown} and {report.png}")
 
