@@ -255,3 +255,21 @@ def test_select_pool_lc_beside_raw_or_one_line_why_not(shared_data, tmp_path):
         pytest.skip(f"{LC_FILE} of {LC_REPO} is not in the Hugging Face cache (the LC metric needs it)")
     data = json.loads(bon("eval", "select-pool", folder, "--judge", "length", "--lc-data", cached, "--json").stdout)
     assert data["lc_win_rate"] is not None and data["lc_win_rate"] < data["win_rate"]  # length-controlled: lower
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("judge", "options", "limit"), [("cosine", {"against": "instruction"}, 12), ("selfj", {"prompt_format": "chat"}, 2)]
+)
+def test_a_length_penalty_moves_real_judges_picks_toward_shorter_answers(shared_data, judge, options, limit):
+    """MiniLM's cosine and SmolLM2's Self-J on released candidates: as λ grows the mean pick length never rises
+    and ends at or below the pool's mean, and every row says what the picks keep of their win rate."""
+    from eval.pool import length_sweep
+
+    pool = load_pool(shared_data / "alpaca_eval" / "annotations" / "v2", limit)
+    _, judgements = evaluate_selector(pool, build_judge(judge, options), reference="none")
+    sweep = length_sweep(pool, judge, judgements, [0, 0.5, 1, 4])
+    lengths = [r.lengths["picks"] for r in sweep]
+    assert lengths == sorted(lengths, reverse=True)  # the maximiser of score - λ length is never longer at larger λ
+    assert lengths[-1] <= sweep[0].lengths["random"] and lengths[-1] < lengths[0]
+    assert all(r.vs_random is not None and r.win_rate_ci is not None for r in sweep)
