@@ -11,7 +11,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from bon.core.records import Judgement, by_key
+from bon.core.records import Candidate, Judgement, by_key
 from bon.core.rundir import RunDirError, load_run
 from bon.engines.base import derive_seed
 from bon.pipeline.rejudge import judgements_of, run_candidates
@@ -49,9 +49,23 @@ class GainReport:
     markdown: Path
     baseline_length: float | None = None  # characters of the baseline's answers to the same prompts
     lc_note: str | None = None  # why no length-controlled win rate is shown, when one was asked for
+    vs_length_matched: PairedGain | None = None  # best-of-N minus the length-matched random pick (pp, paired)
 
 
 RANDOM = "random candidate"
+LENGTH_MATCHED = "length-matched random"
+
+
+def length_matched_picks(
+    best: dict[str, int | None], cands: dict[str, dict[int, Candidate]], seed: int
+) -> dict[str, int | None]:
+    """Per prompt of ``best``, a candidate at a length rank (longest first, ties by index) drawn, seeded, from the
+    ranks of ``best``'s picks: how long the judge's picks are, without which answer it chose."""
+    order = {pid: sorted(cands[pid], key=lambda i: (-len(cands[pid][i].text), i)) for pid in best}
+    ranks = [order[pid].index(i) for pid, i in best.items() if i is not None]
+    if not ranks:
+        return dict.fromkeys(best)
+    return {pid: order[pid][random.Random(derive_seed(seed, f"length:{pid}")).choice(ranks)] for pid in best}
 
 
 def _paired(picked: dict[str, float], reference: dict[str, float], rounds: int, seed: int) -> PairedGain:
@@ -110,6 +124,7 @@ def gain_report(
         )
         picks[f"k={k}"] = {s.prompt_id: s.chosen_index for s in made}
     picks[RANDOM] = {p.id: random.Random(derive_seed(seed, p.id)).randrange(n) for p in prompts}
+    picks[LENGTH_MATCHED] = length_matched_picks(picks[f"k={n}"], cands, seed)
 
     rows = [
         {"instruction": p.instruction, "output": cands[p.id][i].text, "generator": f"bo-{i}", "dataset": p.dataset}
@@ -162,7 +177,8 @@ def gain_report(
     baseline_length = sum(map(len, answers.values())) / len(answers) if answers else None
     files = (out / "gain.png", out / "gain.md")
     lc_note = "; ".join(sorted(lc_notes)) or None
-    report = GainReport(label, annotator, n, len(prompts), points, note, *files, baseline_length, lc_note)
+    matched = _paired(wins[f"k={n}"], wins[LENGTH_MATCHED], rounds, seed)
+    report = GainReport(label, annotator, n, len(prompts), points, note, *files, baseline_length, lc_note, matched)
     _plot(report)
     _markdown(report)
     return report
@@ -221,7 +237,10 @@ def _markdown(report: GainReport) -> None:
         "",
         "Win rates are over answered prompts; declined prompts are counted apart (coverage). Gains are paired over "
         "the prompts both selections answered: bootstrap 95% CI over prompts and p-value; a CI that crosses 0 is "
-        f"not significant. Mean length in characters; the baseline's answers: {baseline}."
+        f"not significant. Mean length in characters; the baseline's answers: {baseline}. {LENGTH_MATCHED}: per "
+        f"prompt a candidate at a length rank drawn from the k={report.n} picks' ranks (their length, not their "
+        "choice); "
+        + (f"k={report.n} over it: {report.vs_length_matched.said()}." if report.vs_length_matched else "")
         + (f" {report.lc_note[0].upper()}{report.lc_note[1:]}." if report.lc_note else ""),
         "",
         f"![gain]({report.png.name})",

@@ -91,6 +91,8 @@ def test_gain_curve_by_hand(small_run, tmp_path):
             assert point.vs_first.ci[0] <= point.vs_first.delta <= point.vs_first.ci[1]
     assert points["k=1"].vs_first is None and points["random candidate"].vs_random is None
     assert report.baseline_length == pytest.approx(len("Baseline."))
+    # the length judge picks the longest of 4: a pick at the same length rank is the same answer
+    assert points["length-matched random"].win_rate == points["k=4"].win_rate and report.vs_length_matched.delta == 0
     assert report.png.is_file() and report.png.stat().st_size > 1000
     text = report.markdown.read_text()
     assert "| k=4 |" in text and "random candidate" in text and "vs k=1 (pp)" in text and "mean length" in text
