@@ -14,6 +14,7 @@ from rich.text import Text
 from bon.cli.common import BonApp, console, err_console, fail_clearly, load, options_from, tagged
 from bon.cli.evaluate import eval_app, export_app
 from bon.cli.selfj import selfj_app
+from bon.cli.training import preferences_cmd, sft_cmd
 
 app = BonApp(help="Best-of-N sampling with judges.", no_args_is_help=True, add_completion=False)
 judges_app = typer.Typer(help="Inspect the registered judges.", no_args_is_help=True)
@@ -21,6 +22,8 @@ app.add_typer(judges_app, name="judges")
 
 app.add_typer(eval_app, name="eval")
 app.add_typer(export_app, name="export")
+export_app.command("preferences")(preferences_cmd)
+export_app.command("sft")(sft_cmd)
 app.add_typer(selfj_app, name="selfj")
 
 

@@ -157,6 +157,12 @@ def _content(config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if k not in EXECUTION_KEYS}
 
 
+def config_digest(config: RunConfig) -> str:
+    """A short hash of what decides a run's results (`_content`): equal for a run and its resumption anywhere."""
+    text = json.dumps(_content(config.model_dump(mode="json")), sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
 def config_changes(stored: dict[str, Any], config: RunConfig) -> list[str]:
     """How ``config`` differs from the one stored in a manifest, key by key."""
     return _diff(_content(stored.get("config") or {}), _content(config.model_dump(mode="json")))

@@ -1,0 +1,87 @@
+"""`bon export preferences` and `bon export sft` (registered on `bon export` by `bon.cli.main`): a run's candidates
+as training data in TRL's formats."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from bon.cli.common import console, fail_clearly
+
+RunDirArg = Annotated[Path, typer.Argument(help="a finished run directory")]
+OutOpt = Annotated[Path, typer.Option("--out", help="the dataset folder to write (new, or empty)")]
+JudgeOpt = Annotated[
+    str | None, typer.Option("--judge", help="whose scores (a judge label; default: the run's selecting judge)")
+]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="replace what --out holds")]
+PushOpt = Annotated[str | None, typer.Option("--push-to-hub", help="also upload it as this dataset repo (user/name)")]
+
+
+def _report(done: Any, push: str | None) -> None:
+    from eval.training import push_to_hub
+
+    left = "; ".join(f"{n} {why}" for why, n in done.left_out.items()) or "nothing"
+    console.print(
+        f"wrote {done.rows} rows from {done.prompts} prompts to {done.path} (left out: {left})", highlight=False
+    )
+    if push:
+        with fail_clearly():
+            console.print(f"pushed to {push_to_hub(done.path, push)}")
+
+
+def preferences_cmd(
+    run_dir: RunDirArg,
+    out: OutOpt,
+    judge: JudgeOpt = None,
+    strategy: Annotated[
+        str, typer.Option("--strategy", help="best-worst, best-random (seeded) or margin (every pair)")
+    ] = "best-worst",
+    margin: Annotated[float, typer.Option("--margin", help="the least score difference of a pair")] = 0.0,
+    seed: Annotated[int, typer.Option("--seed", help="best-random: the seed of the rejected picks")] = 0,
+    max_length_ratio: Annotated[
+        float | None, typer.Option("--max-length-ratio", help="drop pairs whose chosen is over R times longer")
+    ] = None,
+    format_: Annotated[
+        str, typer.Option("--format", help="conversational (message lists) or standard (strings)")
+    ] = "conversational",
+    overwrite: OverwriteOpt = False,
+    push_to_hub: PushOpt = None,
+) -> None:
+    """Preference pairs (prompt, chosen, rejected) for DPO and reward-model training, as a Hugging Face dataset."""
+    from eval.training import export_preferences
+
+    with fail_clearly():
+        done = export_preferences(
+            run_dir,
+            out,
+            judge,
+            overwrite,
+            strategy=strategy,
+            margin=margin,
+            seed=seed,
+            max_length_ratio=max_length_ratio,
+            format=format_,
+        )
+    _report(done, push_to_hub)
+
+
+def sft_cmd(
+    run_dir: RunDirArg,
+    out: OutOpt,
+    judge: JudgeOpt = None,
+    top_k: Annotated[int, typer.Option("--top-k", help="rows per prompt: the kept answer (1) or the k best")] = 1,
+    min_score: Annotated[float | None, typer.Option("--min-score", help="leave out answers below this")] = None,
+    format_: Annotated[
+        str, typer.Option("--format", help="messages (one conversation) or prompt-completion")
+    ] = "messages",
+    overwrite: OverwriteOpt = False,
+    push_to_hub: PushOpt = None,
+) -> None:
+    """Rejection-sampling SFT rows (the kept answer per prompt, or the k best), as a Hugging Face dataset."""
+    from eval.training import export_sft
+
+    with fail_clearly():
+        done = export_sft(run_dir, out, judge, overwrite, top_k=top_k, min_score=min_score, format=format_)
+    _report(done, push_to_hub)

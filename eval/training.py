@@ -1,0 +1,349 @@
+"""Training data out of a run: preference pairs and rejection-sampling SFT rows as Hugging Face datasets.
+
+Rows follow TRL's dataset formats (conversational by default: lists of ``{"role", "content"}`` messages,
+so a conversation keeps its history). A folder holds the same rows twice, for both loaders
+(``load_dataset("parquet", data_dir=DIR)`` reads ``data/train-*.parquet``, ``load_from_disk(DIR)`` the
+arrow files), and a dataset card (README.md) saying where the rows come from. The folder is written
+beside its destination and renamed into place, so a refusal or a crash leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import random
+import shutil
+import tempfile
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from bon.core.config import RunConfig, Strict, validate_options
+from bon.core.errors import BonError
+from bon.core.records import Candidate, Judgement, Prompt, Selection
+from bon.core.rundir import config_digest, load_run
+from bon.engines.base import derive_seed
+from bon.pipeline.rejudge import judgements_of, run_candidates, run_prompts
+
+STRATEGIES = ("best-worst", "best-random", "margin")
+SHARD = "data/train-00000-of-00001.parquet"
+
+
+class TrainingExportError(BonError, ValueError):
+    """Nothing can be exported as asked; the message says why and nothing was written."""
+
+
+def _did_you_mean(value: str, known: Sequence[str], what: str) -> str:
+    close = difflib.get_close_matches(value, known, n=1, cutoff=0.5)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"unknown {what} {value!r}{hint} (known: {', '.join(known)})"
+
+
+class PreferenceOptions(Strict):
+    """The options of `bon export preferences`, checked like any config."""
+
+    strategy: str = Field("best-worst", description="best-worst, best-random (seeded) or margin (every pair)")
+    margin: float = Field(0.0, ge=0.0, description="the least score difference of a pair (any strategy)")
+    seed: int = Field(0, description="best-random: the seed of each prompt's rejected candidate")
+    max_length_ratio: float | None = Field(
+        None, gt=1.0, description="drop pairs whose chosen answer is more than this many times longer"
+    )
+    format: Literal["conversational", "standard"] = Field(
+        "conversational", description="conversational: message lists; standard: plain strings (single turns)"
+    )
+
+    @field_validator("strategy")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        if value not in STRATEGIES:
+            raise ValueError(_did_you_mean(value, STRATEGIES, "strategy"))
+        return value
+
+
+class SFTOptions(Strict):
+    """The options of `bon export sft`."""
+
+    top_k: int = Field(1, ge=1, description="rows per prompt: the kept answer (1) or the k best-scored answers")
+    min_score: float | None = Field(None, description="leave out answers scored below this")
+    format: Literal["messages", "prompt-completion"] = Field(
+        "messages", description="messages: one conversation per row; prompt-completion: two message lists"
+    )
+
+
+@dataclass(frozen=True)
+class Exported:
+    """What an export wrote: the folder, its rows, and what was left out (reason -> count)."""
+
+    path: Path
+    rows: int
+    left_out: dict[str, int]
+    prompts: int  # prompts that gave at least one row
+
+
+@dataclass(frozen=True)
+class _Run:
+    config: RunConfig
+    manifest: dict[str, Any]
+    label: str
+    prompts: list[Prompt]  # every turn's prompt, in run order
+    candidates: dict[str, dict[int, Candidate]]
+    judged: dict[tuple[str, int], Judgement]
+    skipped: set[str]
+    selections: dict[str, Selection]  # the label's selections
+
+
+def _read(run_dir: Path, label: str | None) -> _Run:
+    rd, manifest, config = load_run(run_dir)
+    label = label or manifest.get("selected_with", {}).get("judge") or config.judge.name
+    built = run_prompts(rd, config)
+    sampled, cands, skipped = run_candidates(rd, config, built)
+    judged = judgements_of(rd, rd.read(Judgement), label, sampled, config.n)
+    mine = {s.prompt_id: s for s in built[1] if s.judge == label}
+    return _Run(config, manifest, label, built[0], cands, judged, set(skipped), mine)
+
+
+def _usable(run: _Run, p: Prompt, left_out: Counter) -> list[tuple[float, Candidate]] | None:
+    """A prompt's (score, candidate) that can train, best first (lowest index on ties); None when the prompt
+    gives no row (skipped, declined), counting why in ``left_out``."""
+    if p.id in run.skipped:
+        left_out["skipped prompts (never sampled)"] += 1
+        return None
+    if (s := run.selections.get(p.id)) is not None and s.declined:
+        left_out["declined prompts"] += 1
+        return None
+    out = []
+    for i in range(run.config.n):
+        c, j = run.candidates[p.id][i], run.judged[(p.id, i)]
+        if j.score is None:
+            left_out["candidates without a score (failed judgements)"] += 1
+        elif c.finish_reason == "length":
+            left_out["truncated candidates (max_tokens reached)"] += 1
+        else:
+            out.append((j.score, c))
+    return sorted(out, key=lambda sc: (-sc[0], sc[1].index))
+
+
+def _messages(run: _Run, p: Prompt) -> list[dict[str, str]]:
+    return p.messages(run.config.policy.system_prompt)
+
+
+def _answer(c: Candidate) -> list[dict[str, str]]:
+    return [{"role": "assistant", "content": c.text}]
+
+
+def preference_rows(run: _Run, opts: PreferenceOptions) -> tuple[list[dict[str, Any]], Counter]:
+    """TRL preference rows (prompt, chosen, rejected and where they come from), in run order."""
+    if opts.format == "standard" and any(p.history or p.conversation for p in run.prompts):
+        raise TrainingExportError(
+            "format 'standard' holds plain strings and this run holds conversations; use format conversational"
+        )
+    rows: list[dict[str, Any]] = []
+    left_out: Counter = Counter()
+    for p in run.prompts:
+        usable = _usable(run, p, left_out)
+        if usable is None:
+            continue
+        if len(usable) < 2:
+            left_out["prompts with fewer than two scored candidates"] += 1
+            continue
+        for (s1, chosen), (s2, rejected) in _pairs(usable, opts, p.id):
+            if s1 == s2:
+                left_out["ties (equal scores)"] += 1
+            elif s1 - s2 < opts.margin:
+                left_out[f"pairs under the margin {opts.margin:g}"] += 1
+            elif opts.max_length_ratio and len(chosen.text) > opts.max_length_ratio * len(rejected.text):
+                left_out[f"pairs whose chosen answer is over {opts.max_length_ratio:g}x longer"] += 1
+            else:
+                rows.append(_preference_row(run, p, opts, (s1, chosen), (s2, rejected)))
+    return rows, left_out
+
+
+def _pairs(usable: list[tuple[float, Candidate]], opts: PreferenceOptions, prompt_id: str) -> list[tuple[Any, Any]]:
+    if opts.strategy == "best-worst":
+        return [(usable[0], usable[-1])]
+    if opts.strategy == "best-random":
+        return [(usable[0], random.Random(derive_seed(opts.seed, prompt_id)).choice(usable[1:]))]
+    return [(a, b) for i, a in enumerate(usable) for b in usable[i + 1 :]]  # every pair, best first
+
+
+def _preference_row(run: _Run, p: Prompt, opts: PreferenceOptions, best: Any, other: Any) -> dict[str, Any]:
+    (s1, chosen), (s2, rejected) = best, other
+    if opts.format == "conversational":
+        texts: dict[str, Any] = {"prompt": _messages(run, p), "chosen": _answer(chosen), "rejected": _answer(rejected)}
+    else:
+        texts = {"prompt": p.instruction, "chosen": chosen.text, "rejected": rejected.text}
+    return {
+        **texts,
+        "prompt_id": p.id,
+        "judge": run.label,
+        "score_chosen": s1,
+        "score_rejected": s2,
+        "chosen_index": chosen.index,
+        "rejected_index": rejected.index,
+        "chosen_length": len(chosen.text),
+        "rejected_length": len(rejected.text),
+    }
+
+
+def sft_rows(run: _Run, opts: SFTOptions) -> tuple[list[dict[str, Any]], Counter]:
+    """Rejection-sampling SFT rows: each prompt's kept answer (top_k 1: the selection's pick) or its k best."""
+    rows: list[dict[str, Any]] = []
+    left_out: Counter = Counter()
+    missing = [p.id for p in run.prompts if p.id not in run.selections and p.id not in run.skipped]
+    if opts.top_k == 1 and missing:
+        raise TrainingExportError(
+            f"{len(missing)} prompts have no selection by {run.label!r} (e.g. {missing[0]!r}); "
+            f"select with it first (bon select RUN --judge {run.label}) or give --top-k"
+        )
+    for p in run.prompts:
+        usable = _usable(run, p, left_out)
+        if usable is None:
+            continue
+        if opts.top_k == 1:
+            kept = run.selections[p.id].chosen_index
+            usable = [sc for sc in usable if sc[1].index == kept]
+            if not usable:
+                left_out["kept answers that cannot train (unscored or truncated)"] += 1
+        for score, c in usable[: opts.top_k]:
+            if opts.min_score is not None and score < opts.min_score:
+                left_out[f"answers scored below {opts.min_score:g}"] += 1
+                continue
+            texts: dict[str, Any] = (
+                {"messages": _messages(run, p) + _answer(c)}
+                if opts.format == "messages"
+                else {"prompt": _messages(run, p), "completion": _answer(c)}
+            )
+            rows.append({**texts, "prompt_id": p.id, "judge": run.label, "score": score, "index": c.index})
+    return rows, left_out
+
+
+def export_preferences(
+    run_dir: Path, out: Path, label: str | None = None, overwrite: bool = False, **options: Any
+) -> Exported:
+    opts = validate_options(PreferenceOptions, options, {"max_length_ratio": "--max-length-ratio"})
+    run = _read(Path(run_dir), label)
+    rows, left_out = preference_rows(run, opts)
+    what = f"strategy {opts.strategy}" + (f", margin {opts.margin:g}" if opts.strategy == "margin" else "")
+    card = _card(run, "preferences", what, opts.model_dump(), left_out)
+    return _write(run, rows, left_out, out, overwrite, card)
+
+
+def export_sft(run_dir: Path, out: Path, label: str | None = None, overwrite: bool = False, **options: Any) -> Exported:
+    opts = validate_options(SFTOptions, options, {"top_k": "--top-k", "min_score": "--min-score"})
+    run = _read(Path(run_dir), label)
+    rows, left_out = sft_rows(run, opts)
+    what = "the kept answer per prompt" if opts.top_k == 1 else f"the {opts.top_k} best-scored answers per prompt"
+    card = _card(run, "sft", what, opts.model_dump(), left_out)
+    return _write(run, rows, left_out, out, overwrite, card)
+
+
+def _card(run: _Run, kind: str, what: str, options: dict[str, Any], left_out: Counter) -> dict[str, Any]:
+    return {
+        "kind": kind,
+        "what": what,
+        "run": {
+            "config_digest": config_digest(run.config),
+            "policy": run.config.policy.model,
+            "judge": run.label,
+            "n": run.config.n,
+            "prompts": run.config.prompts.source,
+        },
+        "options": options,
+        "left_out": dict(sorted(left_out.items())),
+    }
+
+
+@contextlib.contextmanager
+def _quiet_datasets() -> Iterator[None]:
+    """datasets' progress bars off while writing (bon prints one line)."""
+    from datasets.utils import logging as ds_logging
+
+    was = ds_logging.is_progress_bar_enabled()
+    ds_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            ds_logging.enable_progress_bar()
+
+
+def _write(
+    run: _Run, rows: list[dict[str, Any]], left_out: Counter, out: Path, overwrite: bool, card: dict[str, Any]
+) -> Exported:
+    """The rows as a dataset folder at ``out`` (refused: no row, or ``out`` holds files and not ``overwrite``)."""
+    if not rows:
+        said = "; ".join(f"{n} {why}" for why, n in sorted(left_out.items())) or "the run has no prompts"
+        raise TrainingExportError(f"no row to export from {run.label!r}'s judgements: left out {said}; nothing written")
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise TrainingExportError(f"{out} exists and is not an empty folder; choose another --out, or --overwrite")
+    import datasets
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    try:
+        with _quiet_datasets():
+            ds = datasets.Dataset.from_list(rows)
+            ds.save_to_disk(str(tmp))
+            (tmp / "data").mkdir()
+            ds.to_parquet(str(tmp / SHARD))
+        (tmp / "README.md").write_text(_card_text(card, ds, len(rows)), encoding="utf-8")
+        if out.exists():
+            shutil.rmtree(out) if out.is_dir() else out.unlink()
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    prompts = len({r["prompt_id"] for r in rows})
+    return Exported(out, len(rows), dict(sorted(left_out.items())), prompts)
+
+
+def _card_text(card: dict[str, Any], ds: Any, rows: int) -> str:
+    """A dataset card: YAML header (features, split, config) and a few lines saying what the rows are."""
+    import datasets
+    from datasets.info import DatasetInfosDict
+    from huggingface_hub import DatasetCardData
+
+    info = ds.info.copy()
+    info.splits = datasets.SplitDict({"train": datasets.SplitInfo("train", num_examples=rows)})
+    data = DatasetCardData(
+        configs=[{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}],
+        tags=["bon", "best-of-n", "trl", card["kind"]],
+        bon=card,
+    )
+    DatasetInfosDict({"default": info}).to_dataset_card_data(data)  # features and splits as the hub reads them
+    run = card["run"]
+    left = ", ".join(f"{n} {why}" for why, n in card["left_out"].items()) or "nothing"
+    body = [
+        f"# {card['kind']} from a bon run",
+        "",
+        f"{rows} rows: {card['what']}, scored by `{run['judge']}` over {run['n']} candidates per prompt sampled "
+        f"from `{run['policy']}` on `{run['prompts']}` (run config digest `{run['config_digest']}`). "
+        f"Left out: {left}.",
+        "",
+        'Load with `datasets.load_dataset("parquet", data_dir=DIR)` or `datasets.load_from_disk(DIR)`; the rows '
+        "follow TRL's dataset formats.",
+        "",
+    ]
+    return "---\n" + data.to_yaml() + "\n---\n\n" + "\n".join(body)
+
+
+def push_to_hub(folder: Path, repo: str) -> str:
+    """Upload an exported folder as a dataset repository; offline, one clear error before anything is sent."""
+    from huggingface_hub import HfApi
+
+    from bon.engines.models import hub_reachable
+
+    if not hub_reachable():
+        raise TrainingExportError(
+            f"--push-to-hub {repo}: the Hugging Face hub cannot be reached (offline); the dataset is complete in "
+            f"{folder}, push it later with `huggingface-cli upload {repo} {folder} --repo-type dataset`"
+        )
+    api = HfApi()
+    api.create_repo(repo, repo_type="dataset", exist_ok=True)
+    api.upload_folder(repo_id=repo, folder_path=str(folder), repo_type="dataset")
+    return f"https://huggingface.co/datasets/{repo}"
