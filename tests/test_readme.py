@@ -101,7 +101,8 @@ def _shell(clone: Path, script: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def clone(tmp_path_factory) -> Path:
-    """A checkout of symlinks with `.venv/bin/bon` running this interpreter, after the README's demo run."""
+    """A checkout of symlinks with `.venv/bin/bon` and `.venv/bin/python` running this interpreter, after the
+    README's demo run."""
     top = tmp_path_factory.mktemp("readme")
     repo = top / "repo"
     repo.mkdir()
@@ -113,6 +114,9 @@ def clone(tmp_path_factory) -> Path:
     shim.parent.mkdir(parents=True)
     shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m bon "$@"\n')
     shim.chmod(0o755)
+    python = shim.parent / "python"  # the README's `.venv/bin/python scripts/...`
+    python.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    python.chmod(0o755)
     assert DEMO in README.read_text(encoding="utf-8")
     demo = _shell(repo, DEMO)
     assert demo.returncode == 0, demo.stderr[-2000:]
