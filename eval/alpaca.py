@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from bon.core.config import ModelConfig
+from bon.core.config import ModelConfig, validate_options
 from bon.core.errors import BonError
 from bon.core.io import DataFileError, read_json
 from bon.core.prompts import PromptSourceError
@@ -229,7 +229,8 @@ def annotate(
     note = None
     kwargs: dict[str, Any] = {}
     if kind == "local":
-        cfg = ModelConfig(model=arg, backend=backend)
+        flags = {"model": "--annotator local:MODEL", "backend": "--backend"}
+        cfg = validate_options(ModelConfig, {"model": arg, "backend": backend}, flags)
         safe = "local_" + "".join(ch if ch.isalnum() else "_" for ch in arg)
         config_path = _local_config(cache_dir, safe)
         kwargs["fn_completions"] = LocalAnnotator(cfg)

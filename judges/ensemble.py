@@ -10,10 +10,10 @@ import statistics
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 
 from bon.core.config import Strict
-from bon.core.judging import Declaration, build_judge
+from bon.core.judging import Declaration, build_judge, nested_judge_options
 from bon.core.records import Candidate, Judgement, Prompt
 
 
@@ -21,6 +21,11 @@ class Member(Strict):
     name: str = Field(description="a registered judge")
     options: dict[str, Any] = Field(default_factory=dict, description="its options")
     weight: float = Field(1.0, description="its weight in the sum")
+
+    @field_validator("options")
+    @classmethod
+    def _member_options(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        return nested_judge_options(info.data.get("name"), value)
 
 
 class EnsembleOptions(Strict):

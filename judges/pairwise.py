@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from itertools import permutations
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 
 from bon.core.config import ModelConfig, Strict
-from bon.core.judging import Declaration, build_judge
+from bon.core.judging import Declaration, build_judge, nested_judge_options, nested_options
 from bon.core.records import Candidate, Judgement, Prompt
 from bon.core.registry import Registry
 from bon.engines.base import SamplingSettings
@@ -102,6 +102,11 @@ class ScalarComparatorOptions(Strict):
         0.0, ge=0.0, description="scores differing by less than this tie (equal scores always do)"
     )
 
+    @field_validator("options")
+    @classmethod
+    def _judge_options(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        return nested_judge_options(info.data.get("judge"), value)
+
 
 class ScalarComparator:
     """Any scalar judge used pairwise: the higher score wins (a tie below the threshold, see `scalar_verdict`)."""
@@ -145,6 +150,14 @@ class PairwiseOptions(Strict):
     mode: Literal["round_robin", "knockout"] = Field(
         "round_robin", description="round_robin = N(N-1) ordered comparisons; knockout = 2(N-1)"
     )
+
+    @field_validator("comparator_options")
+    @classmethod
+    def _comparator_options(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        name = info.data.get("comparator")
+        if not isinstance(name, str) or name not in COMPARATORS:  # refused with the close names where it is built
+            return value
+        return nested_options(COMPARATORS.get(name).Options, value, f"comparator {name!r} options")
 
 
 def _both_orders(forward: PairVerdict, backward: PairVerdict) -> int | None:

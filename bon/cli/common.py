@@ -54,6 +54,12 @@ def user_error(e: BaseException) -> str | None:
         return str(e)
     if isinstance(e, OSError):  # the machine said no (disk full, read-only, a file in the way)
         return os_error_message(e)
+    from pydantic import ValidationError  # pydantic is loaded by then: configs are pydantic models
+
+    if isinstance(e, ValidationError):  # a model built from user input outside `problems()`: still one line
+        from bon.core.errors import problems
+
+        return f"invalid {e.title}: " + "; ".join(f"{key}: {what}" for key, what in problems(e))
     return None
 
 
@@ -89,6 +95,10 @@ def fail_clearly(writes: Any = None) -> Iterator[None]:
         yield
     except (BonError, OSError, KeyboardInterrupt) as e:
         raise typer.Exit(say_stopped(e, writes)) from None
+    except ValueError as e:  # pydantic's ValidationError is one; any other ValueError is a bug, shown whole
+        if user_error(e) is None:
+            raise
+        raise typer.Exit(say_stopped(e, writes)) from None
 
 
 class BonApp(typer.Typer):
@@ -98,6 +108,10 @@ class BonApp(typer.Typer):
         try:
             return super().__call__(*args, **kwargs)
         except (BonError, OSError, KeyboardInterrupt) as e:
+            sys.exit(say_stopped(e))
+        except ValueError as e:
+            if user_error(e) is None:
+                raise
             sys.exit(say_stopped(e))
 
 

@@ -176,6 +176,24 @@ def _validated(name: str, options: Mapping[str, Any] | None) -> tuple[BaseModel 
         return None, problems(e, model)
 
 
+def nested_options(model: type[BaseModel], options: Mapping[str, Any], what: str) -> dict[str, Any]:
+    """``options`` checked by ``model`` inside another model's validation: a ValueError naming each bad key, so the
+    outer model's error names the whole path (``options.comparator_options: tie_threshold: ...``)."""
+    try:
+        model.model_validate(dict(options))
+    except ValidationError as e:
+        raise ValueError(f"{what}: " + "; ".join(f"{k}: {m}" for k, m in problems(e, model))) from None
+    return dict(options)
+
+
+def nested_judge_options(name: Any, options: Mapping[str, Any]) -> dict[str, Any]:
+    """A nested judge's options checked by its Options model (an unknown judge name is refused where it is built,
+    with the close names)."""
+    if not isinstance(name, str) or name not in JUDGES:
+        return dict(options)
+    return nested_options(JUDGES.get(name).Options, options, f"judge {name!r} options")
+
+
 def option_problems(name: str, options: Mapping[str, Any] | None) -> list[tuple[str, str]]:
     """(key, what is wrong) for each option of a registered judge that its Options model refuses."""
     return _validated(name, options)[1]

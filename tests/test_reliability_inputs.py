@@ -1,0 +1,89 @@
+"""Reliability, third round: every user input checked where it enters, named in one line.
+
+1. Models built from user input (options, nested options, CLI flags that become config) go through `problems()`.
+2. A run file that exists but cannot be read is an error naming the file and the OS reason, never "absent".
+3. An empty input is named as empty.
+4. Third-party progress output stays off the failure path.
+5. A row whose fields contradict each other is refused naming both fields.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bon.core.config import ConfigError, load_config
+from tests.helpers import bon, contents, one_clear_line
+
+# Every place a model is built from user input, reached from the command line with a bad value inside it.
+NESTED = [
+    (
+        ["--judge", "pairwise", "--set", "comparator=scalar", "--set", "comparator_options={tie_threshold: -1}"],
+        "comparator_options: comparator 'scalar' options: tie_threshold: Input should be greater than or equal to 0",
+    ),
+    (
+        [
+            "--judge",
+            "pairwise",
+            "--set",
+            "comparator=scalar",
+            "--set",
+            "comparator_options={judge: cosine, options: {batch_size: 0}}",
+        ],
+        "comparator 'scalar' options: options: judge 'cosine' options: batch_size: Input should be greater than",
+    ),
+    (
+        ["--judge", "pairwise", "--set", "comparator_options={bogus: 1}"],
+        "comparator 'autoj' options: bogus: unknown key",
+    ),
+    (
+        ["--judge", "ensemble", "--set", "members=[{name: cosine, options: {against: nothing}}]"],
+        "members.0.options: judge 'cosine' options: against: Input should be 'reference' or 'instruction'",
+    ),
+    (
+        ["--judge", "ensemble", "--set", "members=[{name: length, weight: heavy}]"],
+        "members.0.weight: Input should be a valid number",
+    ),
+]
+
+
+@pytest.mark.parametrize(("args", "says"), NESTED, ids=[f"nested{i}" for i in range(len(NESTED))])
+def test_nested_options_from_the_command_line_are_one_line_naming_the_path(finished, args, says):
+    before = contents(finished)
+    one_clear_line(bon("judge", str(finished), *args), says)
+    assert contents(finished) == before
+
+
+def test_nested_options_in_a_config_are_refused_when_it_is_loaded_naming_the_key(tmp_path):
+    sets = [
+        "judge.name=pairwise",
+        "judge.options.comparator=scalar",
+        "judge.options.comparator_options.tie_threshold=-1",
+    ]
+    with pytest.raises(ConfigError, match=r"judge: options.comparator_options: comparator .scalar. options: tie_thr"):
+        load_config(None, [f"output_dir={tmp_path / 'r'}", *sets])
+
+
+def test_cli_flags_that_become_a_model_config_are_one_line(finished, tmp_path):
+    rows = [{"instruction": f"Question number {i}?", "output": "x", "generator": "b", "dataset": "d"} for i in range(5)]
+    reference = tmp_path / "ref.json"
+    reference.write_text(json.dumps(rows))
+    args = ["--annotator", "local:embedded:SmolLM2-135M-Instruct", "--reference-outputs", str(reference)]
+    out = bon("eval", "alpaca-eval", str(finished), *args, "--backend", "bogus")
+    one_clear_line(out, "option --backend: Input should be 'transformers', 'vllm' or 'openai' (got 'bogus')")
+
+
+def test_a_validation_error_from_anywhere_in_a_command_is_one_line_not_a_traceback(finished, monkeypatch):
+    from pydantic import BaseModel
+
+    class Inner(BaseModel):
+        size: int
+
+    def broken(*args, **kwargs):
+        Inner.model_validate({"size": "big"})
+
+    monkeypatch.setattr("bon.pipeline.rejudge.select_run", broken)
+    one_clear_line(
+        bon("select", str(finished), "--judge", "length"), "invalid Inner: size: Input should be a valid integer"
+    )
