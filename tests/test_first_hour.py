@@ -118,7 +118,7 @@ def test_the_run_summary_gives_rates_only_where_enough_was_timed():
     selections = [Selection("p", 0, False, 1.0, "length")]
     result = SimpleNamespace(
         prompts=[None], selections=selections, generated=8, judged=8, seconds={"sample": 4.0, "judge": 0.001},
-        flags=[(2, "a flag")], flagged=2, judgements=8,
+        flags=[(2, "a flag")], flagged=2, judgements=8, threshold=None,
     )  # fmt: skip
     lines = run_summary(result, 5.0)
     assert (
