@@ -18,7 +18,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
-from bon.core.io import DataFileError, read_json_rows, read_text
+from bon.core.io import DataFileError, present, read_json_rows, read_text
 from bon.core.prompts import prompt_id
 from bon.core.records import Candidate, Prompt
 from eval.pool import Pool, load_pool
@@ -185,7 +185,7 @@ def load_leaderboard(folder: Path | str, name: str = "leaderboard") -> Benchmark
     candidates: dict[str, list[Candidate]] = {}
     for model in sorted(board):
         path = folder / "outputs" / f"{model}.json"
-        if not path.exists():
+        if not present(path):
             raise DataFileError(path, None, f"no outputs for model {model!r} of {table.name}")
         for line, row in read_json_rows(path):
             q = _field(path, line, row, "instruction", str)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bon.core.errors import BonError, ConfigError
-from bon.core.io import read_json
+from bon.core.io import present, read_json
 from bon.core.prompts import PromptSourceError
 from bon.core.records import Candidate, Comparison, Judgement, Selection
 from bon.core.rundir import RunDir, RunDirError, load_run, read_manifest
@@ -117,7 +117,7 @@ def _images(run_dir: Path) -> dict[str, str]:
     found = {}
     for name in IMAGES:
         path = run_dir / name
-        if path.is_file():
+        if present(path):
             found[name] = "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
     return found
 
@@ -136,7 +136,7 @@ def compare_data(compare_dir: Path | str) -> dict[str, Any]:
         cfg = CompareConfig.model_validate(manifest["config"])
     except (KeyError, ValueError) as e:
         raise RunDirError(f"{folder}/manifest.json: not a bon compare manifest ({str(e).splitlines()[0]})") from None
-    results = read_json(folder / "results.json") if (folder / "results.json").is_file() else {}
+    results = read_json(folder / "results.json") if present(folder / "results.json") else {}
     thresholds = {
         (b["name"], r["judge"]): r.get("tie_threshold") for b in results.get("benchmarks", []) for r in b["results"]
     }

@@ -87,3 +87,52 @@ def test_a_validation_error_from_anywhere_in_a_command_is_one_line_not_a_traceba
     one_clear_line(
         bon("select", str(finished), "--judge", "length"), "invalid Inner: size: Input should be a valid integer"
     )
+
+
+def _loop(path):
+    path.unlink(missing_ok=True)
+    path.symlink_to(path.name)  # a link to itself: ELOOP
+
+
+def _dangling(path):
+    path.unlink(missing_ok=True)
+    path.symlink_to(path.parent / "gone.jsonl")
+
+
+def _directory(path):
+    path.unlink(missing_ok=True)
+    path.mkdir()
+
+
+@pytest.mark.parametrize("name", ["candidates.jsonl", "judgements.jsonl", "selections.jsonl", "manifest.json"])
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [(_loop, "Too many levels of symbolic links"), (_dangling, "No such file or directory"), (_directory, "Is a dir")],
+)
+@pytest.mark.parametrize("command", [["select", "--judge", "length"], ["judge", "--judge", "random"], ["view"]])
+def test_a_run_file_there_but_unreadable_is_named_with_the_os_reason_never_read_as_absent(
+    finished, name, damage, reason, command
+):
+    damage(finished / name)
+    out = bon(command[0], str(finished), *command[1:])
+    one_clear_line(out, f"{name}: cannot read ({reason}")
+    assert "lack candidates" not in out.stderr and "bon run" not in out.stderr
+
+
+def test_a_resumed_run_over_an_unreadable_file_stops_before_sampling(tmp_path, prompts_file):
+    from bon.pipeline.runner import run
+    from tests.conftest import FakePolicy, run_config
+
+    cfg = run_config(tmp_path, prompts_file)
+    run(cfg, policy=FakePolicy())
+    _loop(cfg.output_dir / "candidates.jsonl")
+    with pytest.raises(Exception, match="candidates.jsonl: cannot read \\(Too many levels of symbolic links\\)"):
+        run(cfg, policy=FakePolicy())
+    assert (cfg.output_dir / "candidates.jsonl").is_symlink()  # nothing resampled over it
+
+
+def test_a_prompt_source_that_is_a_symlink_loop_is_not_called_missing(tmp_path):
+    source = tmp_path / "p.jsonl"
+    _loop(source)
+    out = bon("run", "configs/demo.yaml", "--set", f"prompts.source={source}", "--set", f"output_dir={tmp_path / 'r'}")
+    one_clear_line(out, "p.jsonl: cannot read (Too many levels of symbolic links)")

@@ -6,6 +6,7 @@ import contextlib
 import fcntl
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -136,9 +137,30 @@ def _repair_tail(f) -> bool:
     return True
 
 
+def present(path: Path | str) -> bool:
+    """Whether a file is there: False only when nothing has its name. Anything else that keeps it from being read
+    (a symlink loop or a dangling link, no permission, a directory in its place) is an error naming the file and the
+    reason: read as absent, a run file would be redone from scratch."""
+    try:
+        os.lstat(path)
+    except FileNotFoundError:
+        return False
+    except OSError as e:
+        raise DataFileError(path, None, f"cannot read ({e.strerror or e})") from None
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        raise DataFileError(path, None, f"cannot read ({e.strerror or e})") from None
+    if stat.S_ISDIR(mode):
+        raise DataFileError(path, None, "cannot read (Is a directory)")
+    if not os.access(path, os.R_OK):
+        raise DataFileError(path, None, "cannot read (Permission denied)")
+    return True
+
+
 def drop_torn_tail(path: Path) -> bool:
     """Truncate a last line that has no newline (a write cut by a crash); True if one was dropped."""
-    if not path.exists():
+    if not present(path):
         return False
     with open(path, "rb+") as f:
         return _repair_tail(f)
@@ -151,7 +173,7 @@ def read_records(path: Path, cls: type[T], n: int | None = None) -> list[T]:
     before appending). Any other bad line is an error naming the file, line and field, and so is a
     candidate index (the record class's `indices`) of ``n`` or more, when the run's ``n`` is given.
     """
-    if not path.exists():
+    if not present(path):
         return []
     records: list[T] = []
     identity: tuple[str, ...] = getattr(cls, "identity", ())

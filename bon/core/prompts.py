@@ -9,7 +9,7 @@ from typing import Any
 
 from bon.core.config import PromptsConfig
 from bon.core.errors import BonError
-from bon.core.io import DataFileError, read_json_rows
+from bon.core.io import DataFileError, present, read_json_rows
 from bon.core.records import ROLES, TURN_SEP, Message, Prompt
 
 LOCAL_SUFFIXES = (".json", ".jsonl", ".parquet")
@@ -153,8 +153,9 @@ def prompt_from_row(row: dict[str, Any], cfg: PromptsConfig, dataset_default: st
 def load_prompts(cfg: PromptsConfig) -> list[Prompt]:
     """Read prompts from ``cfg.source``; bad rows and duplicate ids are errors naming the row."""
     path = Path(cfg.source)
-    is_local = path.exists() or path.suffix.lower() in LOCAL_SUFFIXES
-    if is_local and not path.exists():
+    there = present(path)  # a path that is there but unreadable is an error naming why, not "not found"
+    is_local = there or path.suffix.lower() in LOCAL_SUFFIXES
+    if is_local and not there:
         raise PromptSourceError(f"{path}: prompt file not found")
     rows = _rows_from_file(path) if is_local else _rows_from_hub(cfg)
     dataset_default = path.stem if is_local else cfg.source

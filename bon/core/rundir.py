@@ -21,6 +21,7 @@ from bon.core.io import (
     append_records,
     drop_torn_tail,
     lock_dir,
+    present,
     read_json,
     read_records,
     write_json_atomic,
@@ -92,7 +93,7 @@ def fingerprint(prompt: Prompt) -> str:
 
 def _manifest_path(run_dir: Path | str) -> Path:
     path = Path(run_dir) / MANIFEST
-    if not path.is_file():
+    if not present(path):
         raise RunDirError(f"{run_dir}: not a run directory (no {MANIFEST}); make one with `bon run`")
     return path
 
@@ -120,7 +121,7 @@ def load_run(run_dir: Path | str) -> tuple[RunDir, dict[str, Any], RunConfig]:
 def read_outputs(run_dir: Path | str) -> list[dict[str, Any]]:
     """A finished run's model_outputs.json: AlpacaEval rows whose instruction and output are non-empty strings."""
     path = Path(run_dir) / OUTPUTS
-    if not path.is_file():
+    if not present(path):
         raise RunDirError(f"{run_dir}: no {OUTPUTS}; finish the run with `bon run` first")
     rows = read_json(path)
     if not isinstance(rows, list):
@@ -171,7 +172,7 @@ def config_changes(stored: dict[str, Any], config: RunConfig) -> list[str]:
 def state(config: RunConfig) -> str:
     """new, resumable (with what is done) or incompatible (with the changed keys): what `bon run` would find."""
     path = Path(config.output_dir)
-    if not (path / MANIFEST).exists():
+    if not present(path / MANIFEST):
         return f"new ({path} will be created)"
     try:
         changes = config_changes(read_manifest(path / MANIFEST), config)
@@ -206,7 +207,7 @@ class RunDir:
 
     def manifest(self) -> dict[str, Any]:
         """The stored manifest ({} when there is none yet), refused when unreadable or of another schema."""
-        return read_manifest(self.manifest_path) if self.manifest_path.exists() else {}
+        return read_manifest(self.manifest_path) if present(self.manifest_path) else {}
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         write_json_atomic(self.manifest_path, manifest)
@@ -264,7 +265,7 @@ class RunDir:
     def read_at(self, name: str | Path, record_type: type) -> list:
         """The records of a file of this directory by its relative name ([] when it does not exist yet)."""
         path = self.path / name
-        return read_records(path, record_type) if path.exists() else []
+        return read_records(path, record_type)
 
     def append_at(self, name: str | Path, records: list) -> None:
         """Append records to a file of this directory by its relative name (made, with its folders, if new)."""
@@ -283,11 +284,11 @@ class RunDir:
         rd = cls(config.output_dir)
         rd.path.mkdir(parents=True, exist_ok=True)
         notes = []
-        if rd.manifest_path.exists() and rd.empty():
+        if present(rd.manifest_path) and rd.empty():
             notes.append(f"{rd.path} holds no candidates yet (an earlier start failed): starting it afresh")
             rd.manifest_path.unlink()
             (rd.path / PROMPTS).unlink(missing_ok=True)
-        if rd.manifest_path.exists():
+        if present(rd.manifest_path):
             changes = config_changes(rd.manifest(), config)
             if changes:
                 raise RunDirError(
@@ -324,7 +325,7 @@ class RunDir:
         ``record`` adds the fingerprints of prompts new to the run (`bon run`; readers only check).
         """
         path = self.path / PROMPTS
-        stored = read_json(path) if path.exists() else {}
+        stored = read_json(path) if present(path) else {}
         if not isinstance(stored, dict):
             raise DataFileError(path, None, "expected a mapping of prompt id to fingerprint")
         changed = [p.id for p in prompts if p.id in stored and stored[p.id] != fingerprint(p)]
@@ -343,7 +344,7 @@ class RunDir:
 
     def empty(self) -> bool:
         """True while no record was written: a failed first start, which a corrected config may replace."""
-        return not any((self.path / name).exists() and (self.path / name).stat().st_size for name in FILES.values())
+        return not any(present(self.path / name) and (self.path / name).stat().st_size for name in FILES.values())
 
     def read(self, record_type: type) -> list:
         """A record file of this run; candidate indices are checked against the stored config's n."""
