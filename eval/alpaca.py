@@ -57,6 +57,8 @@ def reference_rows(version: int, reference_outputs: Path | None) -> list[dict[st
         rows = read_json(reference_outputs)
         if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
             raise DataFileError(reference_outputs, None, "expected a JSON list of AlpacaEval rows (objects)")
+        if not rows:
+            raise DataFileError(reference_outputs, None, "is empty (a list of 0 rows): no baseline answers")
         for i, row in enumerate(rows):
             for key in ("instruction", "output"):
                 if not isinstance(row.get(key), str):

@@ -57,7 +57,9 @@ def read_annotations(path: Path | str) -> list[Annotation]:
     """Annotations from an alpaca-eval `annotations.json` (a list of objects)."""
     path = Path(path)
     rows = read_json(path, allow_nan=True)  # pandas-written files mark a missing preference NaN
-    if not isinstance(rows, list) or not rows:
+    if rows == []:
+        raise DataFileError(path, None, "is empty (a list of 0 annotations): nothing to read a win rate from")
+    if not isinstance(rows, list):
         raise DataFileError(
             path, None, f"expected a non-empty JSON list of annotations, found {type(rows).__name__} {str(rows)[:40]}"
         )

@@ -133,7 +133,7 @@ def load_pairwise(path: Path | str, name: str = "pairwise") -> Benchmark:
             )
         )
     if not items:
-        raise DataFileError(path, None, "holds no items")
+        raise DataFileError(path, None, "is empty (no items)")
     prompts = [Prompt(it.id, it.prompt, it.scenario) for it in items]
     candidates = {
         it.id: [_candidate(it.id, 0, it.response_1, "response 1"), _candidate(it.id, 1, it.response_2, "response 2")]

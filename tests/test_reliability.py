@@ -324,7 +324,7 @@ def test_unreadable_inputs_are_one_line(tmp_path, finished):
     write_pool(pool, {"good": ["q1"], "bad": ["q1"]})
     (pool / "bad.json").write_bytes(b'[{"instruction": "\xfe"}]')
     one_clear_line(bon("eval", "select-pool", str(pool), "--judge", "length"), "bad.json:1: not UTF-8 text")
-    for content, needle in (("[]", "expected a non-empty JSON list"), ("[1, 2]", "row 0: expected a JSON object")):
+    for content, needle in (("[]", "is empty"), ("[1, 2]", "row 0: expected a JSON object")):
         (pool / "bad.json").write_text(content)
         one_clear_line(bon("eval", "select-pool", str(pool), "--judge", "length"), f"bad.json: {needle}")
 

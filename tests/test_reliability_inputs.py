@@ -136,3 +136,42 @@ def test_a_prompt_source_that_is_a_symlink_loop_is_not_called_missing(tmp_path):
     _loop(source)
     out = bon("run", "configs/demo.yaml", "--set", f"prompts.source={source}", "--set", f"output_dir={tmp_path / 'r'}")
     one_clear_line(out, "p.jsonl: cannot read (Too many levels of symbolic links)")
+
+
+def _ref(tmp_path, rows):
+    path = tmp_path / "ref.json"
+    path.write_text(json.dumps(rows))
+    return path
+
+
+@pytest.mark.parametrize("content", ["[]", "", "\n  \n"])
+def test_empty_outputs_are_named_empty_in_every_command_that_reads_them(finished, tmp_path, content):
+    (finished / "model_outputs.json").write_text(content)
+    rows = [{"instruction": f"Question number {i}?", "output": "x", "generator": "b", "dataset": "d"} for i in range(5)]
+    reference = _ref(tmp_path, rows)
+    annotate = ["--annotator", "local:embedded:SmolLM2-135M-Instruct", "--reference-outputs", str(reference)]
+    for args in (
+        ["eval", "alpaca-eval", str(finished), *annotate],
+        ["export", "alpaca-eval", str(finished), "--name", "x", "--reference-outputs", str(reference)],
+    ):
+        out = bon(*args)
+        one_clear_line(out, "model_outputs.json: is empty")
+        assert "no baseline output" not in out.stderr and "no preference" not in out.stderr
+
+
+@pytest.mark.parametrize("content", ["[]", ""])
+def test_empty_references_annotations_pools_and_prompt_sets_are_named_empty(finished, tmp_path, content):
+    empty = tmp_path / "empty.json"
+    empty.write_text(content)
+    one_clear_line(bon("eval", "winrate", str(empty)), "empty.json: is empty")
+    one_clear_line(bon("eval", "gain", str(finished), "--reference-outputs", str(empty)), "empty.json: is empty")
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    (pool / "a.json").write_text(content)
+    (pool / "b.json").write_text(content)
+    one_clear_line(bon("eval", "select-pool", str(pool), "--judge", "length"), "a.json: is empty")
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(content.replace("[]", ""))
+    out = bon("run", "configs/demo.yaml", "--set", f"prompts.source={prompts}", "--set", f"output_dir={tmp_path / 'r'}")
+    one_clear_line(out, "p.jsonl: is empty (no prompt rows)")
+    one_clear_line(bon("eval", "pairwise", str(prompts), "--judge", "length"), "p.jsonl: is empty")

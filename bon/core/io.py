@@ -101,8 +101,11 @@ def read_text(path: Path | str) -> str:
 
 
 def read_json(path: Path | str, allow_nan: bool = False) -> Any:
-    """A JSON file through `read_text` and `parse_json`."""
-    return parse_json(read_text(path), path, allow_nan=allow_nan)
+    """A JSON file through `read_text` and `parse_json`; an empty file is named as empty, not as bad JSON."""
+    text = read_text(path)
+    if not text.strip():
+        raise DataFileError(path, None, "is empty (no JSON in it)")
+    return parse_json(text, path, allow_nan=allow_nan)
 
 
 def read_json_rows(path: Path | str) -> list[tuple[int | None, dict[str, Any]]]:
@@ -110,6 +113,8 @@ def read_json_rows(path: Path | str) -> list[tuple[int | None, dict[str, Any]]]:
     path = Path(path)
     text = read_text(path)
     if path.suffix.lower() == ".json":
+        if not text.strip():  # an empty JSONL file has no rows; an empty JSON file has no list
+            raise DataFileError(path, None, "is empty (no JSON in it)")
         rows = parse_json(text, path)
         if not isinstance(rows, list):
             raise DataFileError(path, None, f"expected a JSON list of objects, found {type(rows).__name__}")

@@ -184,6 +184,8 @@ def load_prompts(cfg: PromptsConfig) -> list[Prompt]:
     else:  # read to the end: an id never seen is not in the source
         if wanted is not None and (absent := [i for i in wanted if i not in seen]):
             raise PromptSourceError(f"{cfg.source}: prompts.ids {absent[:5]} are not in the source")
+    if not seen:
+        raise PromptSourceError(f"{cfg.source}: is empty (no prompt rows)")
     if not prompts:
-        raise PromptSourceError(f"{cfg.source}: no prompts found")
+        raise PromptSourceError(f"{cfg.source}: none of its {len(seen)} prompts is selected (prompts.ids)")
     return prompts

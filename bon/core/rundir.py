@@ -126,6 +126,8 @@ def read_outputs(run_dir: Path | str) -> list[dict[str, Any]]:
     rows = read_json(path)
     if not isinstance(rows, list):
         raise DataFileError(path, None, f"expected a JSON list of AlpacaEval rows, found {type(rows).__name__}")
+    if not rows:
+        raise DataFileError(path, None, "is empty (a list of 0 rows): the run has no outputs; finish it with `bon run`")
     bad = []
     for i, row in enumerate(rows):
         if not isinstance(row, dict):
