@@ -22,7 +22,7 @@ import yaml
 
 from bon.core.config import ModelConfig, validate_options
 from bon.core.errors import BonError
-from bon.core.io import DataFileError, read_json
+from bon.core.io import DataFileError, held_stderr, read_json
 from bon.core.prompts import PromptSourceError
 from bon.core.rundir import read_outputs
 from eval.ae import WinRate, alpaca_eval, check_lc_data, environment_has_openai_key, full_winrate
@@ -257,6 +257,7 @@ def annotate(
     try:
         with (
             _held_logs(),
+            held_stderr(),  # its tqdm bars: shown after a success, never around a failure's one line
             _openai_server(base_url),
         ):  # alpaca-eval logs API failures with logging.exception
             annotator_obj = ae.annotators.PairwiseAnnotator(

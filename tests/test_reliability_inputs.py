@@ -175,3 +175,25 @@ def test_empty_references_annotations_pools_and_prompt_sets_are_named_empty(fini
     out = bon("run", "configs/demo.yaml", "--set", f"prompts.source={prompts}", "--set", f"output_dir={tmp_path / 'r'}")
     one_clear_line(out, "p.jsonl: is empty (no prompt rows)")
     one_clear_line(bon("eval", "pairwise", str(prompts), "--judge", "length"), "p.jsonl: is empty")
+
+
+def test_a_failing_official_annotator_prints_its_one_line_and_no_progress_bars(finished, tmp_path):
+    rows = [{"instruction": f"Question number {i}?", "output": "x", "generator": "b", "dataset": "d"} for i in range(5)]
+    args = ["--annotator", "weighted_alpaca_eval_gpt4_turbo", "--base-url", "http://127.0.0.1:9/v1"]
+    out = bon("eval", "alpaca-eval", str(finished), *args, "--reference-outputs", str(_ref(tmp_path, rows)))
+    one_clear_line(out, "the API could not be reached", "nothing new was annotated or cached")
+    assert out.stderr.strip().count("\n") == 0 and "%|" not in out.stderr + out.stdout  # tqdm's bars held back
+
+
+def test_held_stderr_replays_on_success_and_drops_on_failure(capsys):
+    import sys
+
+    from bon.core.io import held_stderr
+
+    with held_stderr():
+        print("bar 100%", file=sys.stderr)
+    assert capsys.readouterr().err == "bar 100%\n"
+    with pytest.raises(RuntimeError), held_stderr():
+        print("bar 10%", file=sys.stderr)
+        raise RuntimeError("the one line")
+    assert capsys.readouterr().err == ""
