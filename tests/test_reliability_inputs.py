@@ -197,3 +197,45 @@ def test_held_stderr_replays_on_success_and_drops_on_failure(capsys):
         print("bar 10%", file=sys.stderr)
         raise RuntimeError("the one line")
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize(
+    ("row", "says"),
+    [
+        ({"instruction": "Hi?", "turns": ["Hi?", "And?"]}, "fields 'instruction' and 'turns' both give the prompt"),
+        (
+            {"instruction": "Hi?", "messages": [{"role": "user", "content": "Hi?"}]},
+            "fields 'instruction' and 'messages' both give the prompt",
+        ),
+        (
+            {"turns": ["Hi?"], "messages": [{"role": "user", "content": "Hi?"}]},
+            "fields 'turns' and 'messages' both give the prompt",
+        ),
+        ({"id": "a", "question_id": 7, "instruction": "Hi?"}, "fields 'id' and 'question_id' give two ids ('a' and 7)"),
+        (
+            {"turns": ["Hi?"], "reference": ["A.", "B."]},
+            "field 'reference': 2 reference answers for the 1 turns of field 'turns'",
+        ),
+    ],
+)
+def test_a_row_that_says_two_things_is_refused_naming_both_fields(tmp_path, row, says):
+    source = tmp_path / "p.jsonl"
+    source.write_text(json.dumps({"instruction": "Fine?"}) + "\n" + json.dumps(row) + "\n")
+    out = bon("run", "configs/demo.yaml", "--set", f"prompts.source={source}", "--set", f"output_dir={tmp_path / 'r'}")
+    one_clear_line(out, f"p.jsonl:2: {says}")
+    assert not (tmp_path / "r").exists()
+
+
+def test_rows_that_agree_with_themselves_still_load(tmp_path):
+    from bon.core.config import PromptsConfig
+    from bon.core.prompts import load_prompts
+
+    source = tmp_path / "p.jsonl"
+    rows = [
+        {"id": 7, "question_id": 7, "instruction": "Hi?"},
+        {"instruction": "Yo?", "turns": None},
+        {"turns": ["A?", "B?"], "reference": ["a", None]},
+    ]
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    prompts = load_prompts(PromptsConfig(source=str(source)))
+    assert [p.id for p in prompts][0] == "7" and prompts[2].references == ("a", None)

@@ -105,6 +105,21 @@ def _messages(value: Any, field: str) -> tuple[tuple[Message, ...], str]:
     return tuple(out[:-1]), out[-1].content
 
 
+def _one_of_each(row: dict[str, Any], cfg: PromptsConfig) -> None:
+    """Refuse a row that says one thing twice (as a YAML key given twice is): two ways to give the prompt, or two
+    different ids; naming both fields."""
+    ways = [
+        f for f in dict.fromkeys((cfg.instruction_field, cfg.turns_field, cfg.messages_field)) if row.get(f) is not None
+    ]
+    if len(ways) > 1:
+        raise ValueError(f"fields {ways[0]!r} and {ways[1]!r} both give the prompt; keep one of them")
+    ids = [f for f in dict.fromkeys((cfg.id_field, "question_id")) if row.get(f) not in (None, "")]
+    if len(ids) > 1 and str(row[ids[0]]) != str(row[ids[1]]):
+        raise ValueError(
+            f"fields {ids[0]!r} and {ids[1]!r} give two ids ({row[ids[0]]!r} and {row[ids[1]]!r}); keep one of them"
+        )
+
+
 def prompt_from_row(row: dict[str, Any], cfg: PromptsConfig, dataset_default: str) -> Prompt:
     """One prompt from a source row: an instruction, MT-Bench ``turns``, or a ``messages`` conversation.
 
@@ -113,6 +128,7 @@ def prompt_from_row(row: dict[str, Any], cfg: PromptsConfig, dataset_default: st
     history: tuple[Message, ...] = ()
     turns: tuple[str, ...] = ()
     references: tuple[str | None, ...] = ()
+    _one_of_each(row, cfg)
     instruction = row.get(cfg.instruction_field)
     reference = row.get(cfg.reference_field) if cfg.reference_field else None
     if instruction is None and cfg.turns_field in row:
@@ -123,6 +139,11 @@ def prompt_from_row(row: dict[str, Any], cfg: PromptsConfig, dataset_default: st
                 r or None for r in _strings(reference, str(cfg.reference_field), "reference answers", allow_none=True)
             )
             reference = references[0]
+            if len(references) > len(turns):
+                raise ValueError(
+                    f"field {cfg.reference_field!r}: {len(references)} reference answers for the {len(turns)} turns "
+                    f"of field {cfg.turns_field!r}: a reference for a turn that does not exist"
+                )
     elif instruction is None and cfg.messages_field in row:
         history, instruction = _messages(row[cfg.messages_field], cfg.messages_field)
     if not isinstance(instruction, str) or not instruction.strip():
