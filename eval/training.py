@@ -24,6 +24,7 @@ from pydantic import Field, field_validator
 
 from bon.core.config import RunConfig, Strict, validate_options
 from bon.core.errors import BonError
+from bon.core.io import umask
 from bon.core.records import Candidate, Judgement, Prompt, Selection
 from bon.core.rundir import config_digest, load_run
 from bon.engines.base import derive_seed
@@ -285,6 +286,7 @@ def _write(
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    tmp.chmod(0o777 & ~umask())  # mkdtemp makes 0700; the folder gets what an ordinary mkdir would
     try:
         with _quiet_datasets():
             ds = datasets.Dataset.from_list(rows)

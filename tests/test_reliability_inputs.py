@@ -239,3 +239,45 @@ def test_rows_that_agree_with_themselves_still_load(tmp_path):
     source.write_text("".join(json.dumps(r) + "\n" for r in rows))
     prompts = load_prompts(PromptsConfig(source=str(source)))
     assert [p.id for p in prompts][0] == "7" and prompts[2].references == ("a", None)
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o077])
+def test_every_file_a_run_writes_has_the_umasks_permissions_and_the_lock_is_gone(tmp_path, prompts_file, mask):
+    import os
+    import stat
+
+    from bon.pipeline.rejudge import select_run
+    from bon.pipeline.runner import run
+    from eval.training import export_sft
+    from tests.conftest import FakePolicy, run_config
+
+    old = os.umask(mask)
+    try:
+        cfg = run_config(tmp_path, prompts_file)
+        run(cfg, policy=FakePolicy())
+        select_run(cfg.output_dir, "length", coverage=0.8)
+        export_sft(cfg.output_dir, tmp_path / "sft")
+    finally:
+        os.umask(old)
+    files = [p for p in [*cfg.output_dir.rglob("*"), *(tmp_path / "sft").rglob("*")] if p.is_file()]
+    assert {p.name for p in files} >= {"manifest.json", "model_outputs.json", "selections.jsonl", "candidates.jsonl"}
+    for p in files:
+        assert stat.S_IMODE(p.stat().st_mode) == 0o666 & ~mask, p
+    for folder in (tmp_path / "sft", tmp_path / "sft" / "data"):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o777 & ~mask, folder
+    assert not (cfg.output_dir / ".lock").exists()  # removed when the command that held it ended
+
+
+def test_a_second_process_is_still_refused_while_the_lock_is_held(tmp_path):
+    import subprocess
+    import sys
+
+    from bon.core.io import lock_dir
+
+    with lock_dir(tmp_path / "d"):
+        code = f"from bon.core.io import lock_dir\nwith lock_dir({str(tmp_path / 'd')!r}): pass"
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert out.returncode != 0 and "is in use by another bon process" in out.stderr
+    with lock_dir(tmp_path / "d"):  # released and removed: the next one takes a fresh lock
+        assert (tmp_path / "d" / ".lock").exists()
+    assert not (tmp_path / "d" / ".lock").exists()

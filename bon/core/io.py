@@ -53,15 +53,8 @@ def lock_dir(path: Path | str) -> Iterator[Path]:
         finally:
             _held[key] -= 1
         return
-    fd = os.open(path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
-        os.close(fd)
-        raise DirectoryInUseError(
-            f"{path} is in use by another bon process (pid {holder}); wait for it to finish or stop it"
-        ) from None
+    lock = path / ".lock"
+    fd = _take_lock(path, lock)
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     _held[key] = 1
@@ -69,7 +62,28 @@ def lock_dir(path: Path | str) -> Iterator[Path]:
         yield path
     finally:
         del _held[key]
+        lock.unlink(missing_ok=True)  # removed while still held: a waiter that opened it sees it gone and retries
         os.close(fd)
+
+
+def _take_lock(path: Path, lock: Path) -> int:
+    """An open, flocked descriptor of ``lock`` that is still the file at that path (a releasing holder unlinks it)."""
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)  # the umask decides, as for every file bon writes
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise DirectoryInUseError(
+                f"{path} is in use by another bon process (pid {holder}); wait for it to finish or stop it"
+            ) from None
+        try:
+            if os.stat(lock).st_ino == os.fstat(fd).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # we locked a file its holder had just removed: take the new one
 
 
 def _reject_constant(name: str) -> float:
@@ -265,10 +279,18 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     _write_atomic(path, json.dumps(obj, ensure_ascii=False, indent=2, allow_nan=False) + "\n")
 
 
+def umask() -> int:
+    """This process's umask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _write_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~umask())  # mkstemp makes 0600; the file gets what an ordinary open() would
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
