@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 
 import pytest
 
@@ -66,7 +67,7 @@ def test_ctrl_c_says_what_is_kept_and_how_to_resume_and_the_resume_finishes(tmp_
     assert re.search(
         rf"interrupted: \d+ candidates(, \d+ judgements)?(, \d+ selections)? kept in {re.escape(str(out))}", said
     )
-    assert f"rerun `bon {' '.join(args)}` to resume" in said, said
+    assert f"rerun `{shlex.join([*BON, *args])}` to resume" in said, said  # runnable as printed
     assert "Loading weights" not in err  # transformers' bar for a local load is not shown
     resumed = bon(*args)
     assert resumed.returncode == 0, resumed.stderr[-2000:]

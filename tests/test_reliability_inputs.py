@@ -281,3 +281,13 @@ def test_a_second_process_is_still_refused_while_the_lock_is_held(tmp_path):
     with lock_dir(tmp_path / "d"):  # released and removed: the next one takes a fresh lock
         assert (tmp_path / "d" / ".lock").exists()
     assert not (tmp_path / "d" / ".lock").exists()
+
+
+def test_the_resume_hint_repeats_the_command_as_it_was_typed(monkeypatch):
+    from bon.cli.common import interrupted
+
+    monkeypatch.setattr("sys.argv", [".venv/bin/bon", "run", "configs/demo.yaml", "--set", "n=4"])
+    assert interrupted().endswith("rerun `.venv/bin/bon run configs/demo.yaml --set n=4` to resume")
+    monkeypatch.setattr("sys.argv", ["/x/bon/__main__.py", "select", "runs/a b"])
+    monkeypatch.setattr("sys.orig_argv", [".venv/bin/python", "-m", "bon", "select", "runs/a b"])
+    assert interrupted().endswith("rerun `.venv/bin/python -m bon select 'runs/a b'` to resume")

@@ -75,7 +75,19 @@ def interrupted(writes: Any = None) -> str:
             if (path / name).is_file()
         ]
         kept = f"{', '.join(counts)} kept in {path}" if counts else f"everything finished so far is kept in {path}"
-    return f"{kept}; rerun `bon {shlex.join(sys.argv[1:])}` to resume"
+    return f"{kept}; rerun `{shlex.join(invoked())}` to resume"
+
+
+def invoked() -> list[str]:
+    """The command line as the user typed it, runnable as printed: ``.venv/bin/bon run ...`` (argv[0] as given, not
+    a bare ``bon`` a fresh clone has not on PATH), or ``.venv/bin/python -m bon run ...``."""
+    if sys.argv[0].endswith("__main__.py"):  # python -m bon: the interpreter and -m as typed
+        original = list(sys.orig_argv)
+        if "-m" in original:
+            cut = original.index("-m") + 2
+            return original[:cut] + sys.argv[1:]
+        return [sys.executable, "-m", "bon", *sys.argv[1:]]
+    return list(sys.argv)
 
 
 def say_stopped(e: BaseException, writes: Any = None) -> int:
