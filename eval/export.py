@@ -8,7 +8,7 @@ import yaml
 
 from bon.core.config import PromptsConfig
 from bon.core.errors import BonError
-from bon.core.io import DataFileError, write_json_atomic
+from bon.core.io import DataFileError, present, write_json_atomic
 from bon.core.names import check_name
 from bon.core.prompts import load_prompts
 from bon.core.rundir import OUTPUTS, load_run, read_outputs
@@ -35,8 +35,14 @@ def export_alpaca_eval(
     out_dir: Path = Path("."),
     reference_outputs: Path | None = None,
     pretty_name: str | None = None,
+    overwrite: bool = False,
 ) -> tuple[Path, Path]:
     check_name(name, "--name")  # one folder under results/ and models_configs/
+    outputs_path = out_dir / "results" / name / "model_outputs.json"
+    config_path = out_dir / "models_configs" / name / "configs.yaml"
+    earlier = [p for p in (outputs_path, config_path) if present(p)]
+    if earlier and not overwrite:
+        raise ExportError(f"{earlier[0]} exists (an earlier export of {name!r}); give --overwrite to replace it")
     run_dir = Path(run_dir)
     _, manifest, config = load_run(run_dir)
     rows = read_outputs(run_dir)
@@ -55,7 +61,6 @@ def export_alpaca_eval(
         raise ExportError(f"{run_dir / OUTPUTS}: " + "; ".join(parts))
 
     outputs = [{**by_instruction[q], "generator": name} for q in expected]  # AlpacaEval's order
-    outputs_path = out_dir / "results" / name / "model_outputs.json"
     write_json_atomic(outputs_path, outputs)
     selected = manifest.get("selected_with", {"judge": config.judge.name})
     entry = {
@@ -73,6 +78,9 @@ def export_alpaca_eval(
             "judge_description": manifest.get("judge_description"),
             "decline_below": selected.get("decline_below", config.selection.decline_below),
             "tie_break": selected.get("tie_break", config.selection.tie_break),
+            "coverage": selected.get("coverage", config.selection.coverage),
+            "threshold": selected.get("threshold"),  # the τ a coverage chose, when one did
+            "length_penalty": selected.get("length_penalty", config.selection.length_penalty),
         },
         "reproduction": {
             "tool": "bon run CONFIG (config below), then bon export alpaca-eval",
@@ -82,7 +90,6 @@ def export_alpaca_eval(
             "config": manifest["config"],
         },
     }
-    config_path = out_dir / "models_configs" / name / "configs.yaml"
     config_path.parent.mkdir(parents=True, exist_ok=True)
     config_path.write_text(yaml.safe_dump({name: entry}, sort_keys=False, allow_unicode=True), encoding="utf-8")
     return outputs_path, config_path

@@ -15,13 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bon.core.config import RunConfig
-from bon.core.io import write_jsonl_atomic
+from bon.core.io import present, read_json_rows, write_jsonl_atomic
 from bon.core.names import check_name
 from bon.core.records import Candidate, Judgement, Prompt, Selection, by_key
 from bon.core.rundir import RunDir, RunDirError, load_run
 from bon.pipeline.rejudge import judgements_of, run_prompts
 from bon.pipeline.selection import char_lengths, secondary_judge, select_all
 from bon.pipeline.turns import kept_text, turn_ids
+from eval.export import ExportError
 from eval.gain import bootstrap, ks_for
 
 
@@ -75,15 +76,27 @@ def _question_id(qid: str) -> int | str:
 
 
 def export_answers(
-    run_dir: Path, model_id: str, out_dir: Path, ratings: str | None = None
+    run_dir: Path, model_id: str, out_dir: Path, ratings: str | None = None, overwrite: bool = False
 ) -> tuple[Path, int, Path | None]:
     """Write ``out_dir/model_answer/<model_id>.jsonl`` in FastChat's model-answer format, and with ``ratings`` (a
     judge label of the run) ``out_dir/model_judgment/<ratings>_single.jsonl``: that judge's ratings of the kept
-    answers in FastChat's judgment format, for its show_result.py. Returns (answers path, rows, judgments path)."""
+    answers in FastChat's judgment format, for its show_result.py. Returns (answers path, rows, judgments path).
+
+    An earlier export of ``model_id`` there is refused unless ``overwrite``, which replaces it whole: judgment files
+    holding only this model's rows that this export does not write again are removed (no stale ratings)."""
     check_name(model_id, "--model-id")  # it becomes a file name, and FastChat's model name
     rd, _, config = load_run(run_dir)
     conv = read_conversations(rd, config)
     rated = _kept_ratings(rd, conv, ratings) if ratings else None  # refused before anything is written
+    answers = Path(out_dir) / "model_answer" / f"{model_id}.jsonl"
+    judged_path = Path(out_dir) / "model_judgment" / f"{ratings}_single.jsonl" if ratings else None
+    earlier = [p for p in (answers, judged_path) if p is not None and present(p)]
+    if earlier and not overwrite:
+        raise ExportError(
+            f"{earlier[0]} exists (an earlier export); give --overwrite to replace that export whole, or another --out"
+        )
+    if overwrite:
+        _forget_export(Path(out_dir), model_id, keep=judged_path)
     rows = []
     for p in conv.first:
         turns = answer_turns(conv, p, config.selection.decline_message)
@@ -97,15 +110,23 @@ def export_answers(
                 "tstamp": time.time(),
             }
         )
-    path = Path(out_dir) / "model_answer" / f"{model_id}.jsonl"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_jsonl_atomic(path, rows)
-    judged = None
-    if rated is not None:
-        judged = Path(out_dir) / "model_judgment" / f"{ratings}_single.jsonl"
-        judged.parent.mkdir(parents=True, exist_ok=True)
-        write_jsonl_atomic(judged, [{**row, "model": model_id} for row in rated])
-    return path, len(rows), judged
+    answers.parent.mkdir(parents=True, exist_ok=True)
+    write_jsonl_atomic(answers, rows)
+    if rated is not None and judged_path is not None:
+        judged_path.parent.mkdir(parents=True, exist_ok=True)
+        write_jsonl_atomic(judged_path, [{**row, "model": model_id} for row in rated])
+    return answers, len(rows), judged_path
+
+
+def _forget_export(out_dir: Path, model_id: str, keep: Path | None) -> None:
+    """Remove what an earlier export of ``model_id`` left: its answers and the judgment files of it alone."""
+    (out_dir / "model_answer" / f"{model_id}.jsonl").unlink(missing_ok=True)
+    for path in sorted((out_dir / "model_judgment").glob("*_single.jsonl")):
+        if path == keep:
+            continue
+        models = {row.get("model") for _, row in read_json_rows(path)}
+        if models == {model_id}:  # FastChat's judgment files may hold other models' rows: those stay
+            path.unlink()
 
 
 def _kept_ratings(rd: RunDir, conv: Conversations, label: str | None) -> list[dict]:

@@ -46,3 +46,20 @@ def test_missing_and_extra_instructions_are_listed(ae_run, tmp_path):
     ):
         export_alpaca_eval(run_dir, "x", tmp_path, ref)
     assert not (tmp_path / "results").exists()
+
+
+def test_a_second_export_is_refused_unless_overwrite_and_says_its_selection(ae_run, tmp_path):
+    run_dir, ref = ae_run
+    outputs, config = export_alpaca_eval(run_dir, "bo2", tmp_path, ref)
+    before = outputs.read_bytes(), config.read_bytes()
+    with pytest.raises(
+        ExportError, match=r"model_outputs.json exists \(an earlier export of 'bo2'\); give --overwrite"
+    ):
+        export_alpaca_eval(run_dir, "bo2", tmp_path, ref)
+    assert (outputs.read_bytes(), config.read_bytes()) == before
+    from bon.pipeline.rejudge import select_run
+
+    select_run(run_dir, "length", coverage=0.9)
+    export_alpaca_eval(run_dir, "bo2", tmp_path, ref, overwrite=True)
+    entry = yaml.safe_load(config.read_text())["bo2"]["best_of_n"]
+    assert entry["coverage"] == 0.9 and entry["threshold"] is not None and entry["length_penalty"] == 0.0

@@ -235,3 +235,16 @@ def test_eval_mt_bench_without_ratings_says_which_command_makes_them(mt_run):
     out = bon("eval", "mt-bench", str(mt_run.output_dir))
     one_clear_line(out, "no 'mt_bench' judgement", "bon judge")
     assert contents(mt_run.output_dir) == before
+
+
+def test_an_mt_bench_export_never_clobbers_and_overwrite_leaves_no_stale_ratings(mt_run, tmp_path):
+    judge_run(mt_run.output_dir, "random", {}, label="rater")
+    out = tmp_path / "fc"
+    _, _, judged = export_answers(mt_run.output_dir, "bo4", out, ratings="rater")
+    other = out / "model_judgment" / "gpt-4_single.jsonl"  # FastChat's own file, holding another model's rows
+    other.write_text(json.dumps({"model": "vicuna", "score": 5}) + "\n")
+    again = bon("export", "mt-bench", str(mt_run.output_dir), "--model-id", "bo4", "--out", str(out))
+    one_clear_line(again, "bo4.jsonl exists (an earlier export); give --overwrite")
+    done = bon("export", "mt-bench", str(mt_run.output_dir), "--model-id", "bo4", "--out", str(out), "--overwrite")
+    assert done.returncode == 0, done.stderr
+    assert not judged.exists() and other.exists()  # its own stale ratings gone, another model's kept

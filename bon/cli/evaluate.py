@@ -215,12 +215,13 @@ def export_cmd(
         Path | None, typer.Option("--reference-outputs", help="local AlpacaEval set (default: the hub)")
     ] = None,
     pretty_name: Annotated[str | None, typer.Option("--pretty-name")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an earlier export of NAME")] = False,
 ) -> None:
     """results/NAME/model_outputs.json and models_configs/NAME/configs.yaml, checked against the 805 instructions."""
     from eval.export import export_alpaca_eval
 
     with fail_clearly():
-        outputs, config = export_alpaca_eval(run_dir, name, out, reference_outputs, pretty_name)
+        outputs, config = export_alpaca_eval(run_dir, name, out, reference_outputs, pretty_name, overwrite)
     console.print(f"wrote {outputs} and {config}")
 
 
@@ -320,12 +321,15 @@ def export_mt_bench_cmd(
             "--ratings", help="also write this judge label's ratings of the kept answers as FastChat judgments"
         ),
     ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="replace an earlier export of MODEL_ID whole (stale ratings too)")
+    ] = False,
 ) -> None:
     """OUT/model_answer/MODEL_ID.jsonl in FastChat's model-answer format, for gen_judgment.py and show_result.py."""
     from eval.mt_bench import export_answers
 
     with fail_clearly():
-        path, rows, judged = export_answers(run_dir, model_id, out, ratings)
+        path, rows, judged = export_answers(run_dir, model_id, out, ratings, overwrite)
     console.print(f"wrote {rows} answers (every turn's kept answer) to {path}")
     if judged:
         console.print(f"wrote {ratings}'s ratings of them to {judged} (show_result.py --judge-model {ratings})")
