@@ -120,14 +120,15 @@ def test_check_headline_offline_names_exactly_the_missing_weights(shared_data):
     assert "805 from" in text and "problem:" not in text and "Traceback" not in out.stderr
 
 
-def test_check_headline_passes_with_llama2_vocabulary_stand_ins(shared_data):
+def test_check_headline_checks_tokens_on_llama2_vocabulary_stand_ins_and_never_says_ok(shared_data):
     spm = shared_data / "tokenizers" / "ggml-vocab-llama-spm.gguf"
     out = bon(*_headline(shared_data, "--set", f"policy.model={spm}", "--set", f"judge.options.model={spm}"))
     text = " ".join(out.stdout.split())
-    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.returncode == 1, out.stdout + out.stderr  # `bon run` refuses a vocabulary-only file: one verdict
+    assert "ok: nothing missing" not in text and "tokens ok: checked on stand-ins" in text
+    assert "stand-in: policy weights" in text and "stand-in: judge weights" in text
     assert "[29900, 29896, 29906, 29941, 29946, 29945, 29953, 29955, 29947, 29929]" in text  # the Self-J repo's ids
     assert "vicuna_v1.1" in text and "of 4096" in text and "805 prompts x n=32 = 25760" in text
-    assert "ok: nothing missing, nothing wrong" in text
     no_template = bon(
         *_headline(
             shared_data,

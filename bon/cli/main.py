@@ -127,6 +127,13 @@ def check(
         console.print(tagged("missing:", "bold red", line), highlight=False)
     for line in report.problems:
         console.print(tagged("problem:", "bold red", line), highlight=False)
+    for line in report.stand_ins:
+        console.print(tagged("stand-in:", "bold yellow", line), highlight=False)
+    if report.stand_ins and not report.missing and not report.problems:
+        console.print(
+            tagged("tokens ok:", "bold yellow", "checked on stand-ins; `bon run` needs the weights they stand for"),
+            highlight=False,
+        )
     if not report.ok:
         raise typer.Exit(1)
     console.print(tagged("ok:", "bold green", "nothing missing, nothing wrong"))

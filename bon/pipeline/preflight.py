@@ -283,15 +283,18 @@ def lengths(config: RunConfig, prompts: Sequence[Prompt], judge: Judge, check_po
 
 @dataclass
 class CheckReport:
-    """What `bon check` found: rows to show, problems (wrong here) and missing downloads (fetch them)."""
+    """What `bon check` found: rows to show, problems (wrong here), missing downloads (fetch them) and stand-ins
+    (vocabulary-only files the token checks ran on, which `bon run` refuses: no weights)."""
 
     rows: list[tuple[str, str]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
+    stand_ins: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not self.problems and not self.missing
+        """Whether `bon run` would start: one verdict, so no "ok" for what it would refuse."""
+        return not self.problems and not self.missing and not self.stand_ins
 
 
 def _load_tokens(role: str, cfg: Any, report: CheckReport) -> TokenizerOnly | None:
@@ -307,6 +310,8 @@ def _load_tokens(role: str, cfg: Any, report: CheckReport) -> TokenizerOnly | No
             tokens.where + (" (vocab only: a tokenizer stand-in, no weights)" if tokens.vocab_only else ""),
         )
     )
+    if tokens.vocab_only:
+        report.stand_ins.append(f"{role} weights {cfg.model!r} is a vocabulary-only GGUF (no weights)")
     context = effective_context(cfg, tokens.context)
     report.rows.append((f"{role} context", f"{context} tokens" if context else "unknown (no limit checked)"))
     return tokens
