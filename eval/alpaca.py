@@ -22,7 +22,7 @@ import yaml
 
 from bon.core.config import ModelConfig, validate_options
 from bon.core.errors import BonError
-from bon.core.io import DataFileError, held_stderr, read_json
+from bon.core.io import VERBOSE, DataFileError, held_stderr, read_json
 from bon.core.prompts import PromptSourceError
 from bon.core.rundir import read_outputs
 from eval.ae import WinRate, alpaca_eval, check_lc_data, environment_has_openai_key, full_winrate
@@ -175,8 +175,8 @@ class _Held(logging.Handler):
 def _held_logs() -> Iterator[None]:
     """While the block runs, log records (alpaca-eval logs on the root logger) are held back.
 
-    If the block fails, its one-line error is all the user sees; if it succeeds, the held warnings
-    are printed after it, without tracebacks.
+    If the block fails, its one-line error is all the user sees; with `bon --verbose` the held warnings are
+    printed after it, without tracebacks (else nothing: alpaca-eval's notes are not a user's to act on).
     """
     root, held = logging.getLogger(), _Held()
     handlers = root.handlers[:]
@@ -185,7 +185,7 @@ def _held_logs() -> Iterator[None]:
         yield
     finally:
         root.handlers = handlers
-    for record in held.records:
+    for record in held.records if VERBOSE.get() else []:
         if record.levelno >= logging.WARNING:
             record.exc_info, record.exc_text = None, None
             root.handle(record)

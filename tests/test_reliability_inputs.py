@@ -185,18 +185,36 @@ def test_a_failing_official_annotator_prints_its_one_line_and_no_progress_bars(f
     assert out.stderr.strip().count("\n") == 0 and "%|" not in out.stderr + out.stdout  # tqdm's bars held back
 
 
-def test_held_stderr_replays_on_success_and_drops_on_failure(capsys):
+def test_held_stderr_drops_third_party_output_unless_verbose(capsys):
     import sys
 
-    from bon.core.io import held_stderr
+    from bon.core.io import VERBOSE, held_stderr
 
     with held_stderr():
         print("bar 100%", file=sys.stderr)
-    assert capsys.readouterr().err == "bar 100%\n"
+    assert capsys.readouterr().err == ""  # nothing a user can act on
     with pytest.raises(RuntimeError), held_stderr():
         print("bar 10%", file=sys.stderr)
         raise RuntimeError("the one line")
     assert capsys.readouterr().err == ""
+    token = VERBOSE.set(True)
+    try:
+        with pytest.raises(RuntimeError), held_stderr():
+            print("bar 10%", file=sys.stderr)
+            raise RuntimeError("the one line")
+    finally:
+        VERBOSE.reset(token)
+    assert capsys.readouterr().err == "bar 10%\n"  # bon --verbose shows it
+
+
+@pytest.mark.slow
+def test_alpaca_eval_annotating_is_quiet_on_success_and_verbose_shows_its_bars(finished, tmp_path):
+    rows = [{"instruction": f"Question number {i}?", "output": "x", "generator": "b", "dataset": "d"} for i in range(5)]
+    args = ["eval", "alpaca-eval", str(finished), "--annotator", "local:embedded:SmolLM2-135M-Instruct"]
+    verbose = bon("--verbose", *args, "--reference-outputs", str(_ref(tmp_path, rows)))
+    assert verbose.returncode == 0 and "Annotation chunk" in verbose.stderr, verbose.stderr[-2000:]
+    quiet = bon(*args, "--reference-outputs", str(_ref(tmp_path, rows)))
+    assert quiet.returncode == 0 and "%|" not in quiet.stderr and "Saving_path" not in quiet.stderr, quiet.stderr
 
 
 @pytest.mark.parametrize(

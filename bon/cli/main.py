@@ -27,6 +27,18 @@ export_app.command("sft")(sft_cmd)
 app.add_typer(selfj_app, name="selfj")
 
 
+@app.callback()
+def main(
+    verbose: Annotated[
+        bool, typer.Option("--verbose", help="show other libraries' progress bars and warnings (held back by default)")
+    ] = False,
+) -> None:
+    """Best-of-N sampling with judges."""
+    from bon.core.io import VERBOSE
+
+    VERBOSE.set(verbose)
+
+
 @app.command()
 def run(
     config: Annotated[Path, typer.Argument(help="run config YAML, e.g. configs/demo.yaml")],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import fcntl
 import io
 import json
@@ -304,11 +305,18 @@ def _write_atomic(path: Path, text: str) -> None:
         raise
 
 
+# `bon --verbose`: third-party output (progress bars, warnings) is shown instead of held back
+VERBOSE: contextvars.ContextVar[bool] = contextvars.ContextVar("bon_verbose", default=False)
+
+
 @contextlib.contextmanager
 def held_stderr() -> Iterator[None]:
-    """Third-party progress bars and prints on stderr (tqdm's, alpaca-eval's, datasets') held while the block runs:
-    written out after it when it succeeds, dropped when it fails, so a failure's one-line error is all there is."""
+    """Third-party progress bars and prints on stderr (tqdm's, alpaca-eval's) held while the block runs and dropped:
+    nothing a user can act on, and a failure's one-line error stays alone. With `VERBOSE` they are written out."""
     buffer = io.StringIO()
-    with contextlib.redirect_stderr(buffer):
-        yield
-    sys.stderr.write(buffer.getvalue())
+    try:
+        with contextlib.redirect_stderr(buffer):
+            yield
+    finally:
+        if VERBOSE.get():
+            sys.stderr.write(buffer.getvalue())
