@@ -409,3 +409,25 @@ def write_compare_report(result: CompareResult) -> tuple[Path, Path, list[Path]]
     js = out / "results.json"
     write_json_atomic(js, results_json(result))
     return md, js, pngs
+
+
+def _headline(r: Any) -> str:
+    """A judge's one number on a benchmark: what its table leads with."""
+    if isinstance(r, PairwiseResult):
+        return f"agreement % {_with_n(r.agreement, r.n, 1)}"
+    if isinstance(r, PoolResult):
+        return f"win rate % {_with_n(r.win_rate, r.n, 1)}"
+    if isinstance(r, ScoresResult):
+        return f"Pearson {_with_n(r.correlation.pearson, r.n)}"
+    first: dict[str, Any] = next(iter(r.columns.values()), {})
+    return f"Spearman {_num(first.get('spearman'), 2)}"
+
+
+def summary_lines(result: CompareResult) -> list[str]:
+    """What `bon compare` prints: per benchmark, each judge's headline number (report.md holds the rest)."""
+    lines = []
+    for b in result.benchmarks:
+        lines.append(f"{b.name} ({b.kind}, {b.prompts} items):")
+        lines += [f"  {r.judge}: {_headline(r)}" for r in b.results]
+        lines += [f"  {label}: not run ({why})" for label, why in b.skipped.items()]
+    return lines

@@ -246,3 +246,21 @@ def _markdown(report: GainReport) -> None:
         f"![gain]({report.png.name})",
     ]
     report.markdown.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def summary_lines(report: GainReport) -> list[str]:
+    """What `bon eval gain` prints: each selection's win rate, CI and mean length; the best-of-N gains (gain.md holds
+    the full table)."""
+    fmt = lambda x: "—" if x is None else f"{x:.1f}"  # noqa: E731
+    lines = [f"best-of-k by {report.judge}, {report.prompts} prompts, annotator {report.annotator}:"]
+    for p in report.points:
+        size = "" if p.mean_length is None else f", mean length {p.mean_length:.0f}"
+        lines.append(f"  {p.label}: win rate % {fmt(p.win_rate)} [{fmt(p.ci_low)}, {fmt(p.ci_high)}]{size}")
+    best = next((p for p in report.points if p.k == report.n), None)
+    if best is not None and best.vs_first is not None:
+        lines.append(f"k={report.n} over k=1 (pp): {best.vs_first.said()}")
+    if report.vs_length_matched is not None:
+        lines.append(f"k={report.n} over a length-matched random pick (pp): {report.vs_length_matched.said()}")
+    if report.note:
+        lines.append(f"note: {report.note}")
+    return lines

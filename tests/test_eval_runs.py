@@ -140,3 +140,33 @@ def test_gain_says_in_one_line_why_no_lc_win_rate_stands_beside_the_raw_ones(sma
     )
     assert all(p.lc_win_rate is None for p in report.points) and "no.csv does not exist" in report.lc_note
     assert "Length-controlled win rate unavailable" in report.markdown.read_text()
+
+
+def test_gain_and_compare_print_a_short_summary_within_80_columns_and_the_report_path(
+    small_run, tmp_path, pair_file, pool_dir
+):
+    from tests.conftest import compare_config
+    from tests.helpers import bon
+
+    cfg, reference = small_run
+    write_annotations(cfg, tmp_path / "ann.json")
+    annotator = f"precomputed:{tmp_path / 'ann.json'}"
+    narrow = {"COLUMNS": "80"}
+    gain = bon(
+        "eval",
+        "gain",
+        str(cfg.output_dir),
+        "--annotator",
+        annotator,
+        "--reference-outputs",
+        str(reference),
+        env_extra=narrow,
+    )
+    compare_config(tmp_path, pair_file, pool_dir)
+    compare = bon("compare", str(tmp_path / "compare.yaml"), "--set", "bootstrap=20", env_extra=narrow)
+    for out, path in ((gain, "gain/gain.md (the full table)"), (compare, "report.md (the full report)")):
+        assert out.returncode == 0, out.stderr
+        lines = out.stdout.splitlines()
+        assert path in " ".join(out.stdout.split()) and "|---" not in out.stdout and "![" not in out.stdout
+        assert all(len(line) <= 80 for line in lines), [line for line in lines if len(line) > 80]
+    assert "k=4: win rate %" in gain.stdout and "pairs (pairwise, 5 items):" in compare.stdout

@@ -300,12 +300,13 @@ def gain_cmd(
     ] = None,
 ) -> None:
     """Win rate of best-of-k for k = 1, 2, 4, ..., N from one run, with bootstrap CIs, PNG and markdown."""
-    from eval.gain import gain_report
+    from eval.gain import gain_report, summary_lines
 
     with fail_clearly():
         report = gain_report(run_dir, version, annotator, reference_outputs, judge, lc_data=lc_data)
-    console.print(report.markdown.read_text(), markup=False)
-    console.print(f"wrote {report.markdown} and {report.png}")
+    for line in summary_lines(report):
+        console.print(line, markup=False, highlight=False)
+    console.print(f"wrote {report.markdown} (the full table) and {report.png}")
 
 
 @export_app.command("mt-bench")

@@ -289,7 +289,7 @@ def compare(
 
     from bon.cli.progress import RichProgress
     from eval.compare import CompareConfig, run_compare
-    from eval.compare_report import results_json, write_compare_report
+    from eval.compare_report import results_json, summary_lines, write_compare_report
 
     with fail_clearly():
         cfg = load(config, list(set_ or []), CompareConfig)
@@ -299,8 +299,9 @@ def compare(
     if as_json:
         print(json.dumps(results_json(result)))
         return
-    console.print(md.read_text(encoding="utf-8"), markup=False, highlight=False, soft_wrap=True)
-    console.print(f"wrote {md}, {js} and {len(pngs)} PNGs; wall {result.wall_s:.1f} s")
+    for line in summary_lines(result):
+        console.print(line, markup=False, highlight=False)
+    console.print(f"wrote {md} (the full report), {js} and {len(pngs)} PNGs; wall {result.wall_s:.1f} s")
 
 
 @app.command()
