@@ -261,7 +261,10 @@ def _agreement_lines(b: BenchmarkReport) -> list[str]:
         "number of prompts it averages (prompts where either judge is constant are left out).",
         "",
     ]
-    cells = [[a] + [_with_n(t, k) for t, k in zip(row, counts)] for a, row, counts in zip(m.judges, m.tau, m.prompts)]
+    cells = [
+        [a] + ["—" if a == other else _with_n(t, k) for other, t, k in zip(m.judges, row, counts)]  # itself: no claim
+        for a, row, counts in zip(m.judges, m.tau, m.prompts)
+    ]
     return lines + _table(["", *m.judges], cells)
 
 

@@ -114,11 +114,11 @@ def test_the_run_summary_gives_rates_only_where_enough_was_timed():
     from types import SimpleNamespace
 
     from bon.cli.main import run_summary
-    from bon.core.records import Selection
+    from bon.core.records import Prompt, Selection
 
     selections = [Selection("p", 0, False, 1.0, "length")]
     result = SimpleNamespace(
-        prompts=[None], selections=selections, generated=8, judged=8, seconds={"sample": 4.0, "judge": 0.001},
+        prompts=[Prompt("p", "Hi?")], selections=selections, generated=8, judged=8, seconds={"sample": 4.0, "judge": 0.001},
         flags=[(2, "a flag")], flagged=2, judgements=8, threshold=None,
     )  # fmt: skip
     lines = run_summary(result, 5.0)
@@ -129,6 +129,9 @@ def test_the_run_summary_gives_rates_only_where_enough_was_timed():
     assert lines[1:] == ["flagged judgements: 2 of 8 (flags by kind, with an example):", "      2  a flag"]
     result.generated = result.judged = 0
     assert "nothing left to sample or judge" in run_summary(result, 1.0)[0]
+    two_turns = [Prompt("q1", "A?"), Prompt("q1:turn2", "B?", conversation="q1", turn=2), Prompt("q2", "C?")]
+    result.prompts = two_turns + [Prompt("q2:turn2", "D?", conversation="q2", turn=2)]
+    assert run_summary(result, 1.0)[0].startswith("2 questions, 4 turns, 0 declined")  # not "4 prompts"
 
 
 def test_compare_report_gives_every_number_its_n_and_marks_too_few(tmp_path, pair_file, pool_dir):
@@ -144,6 +147,10 @@ def test_compare_report_gives_every_number_its_n_and_marks_too_few(tmp_path, pai
     assert f"too few (n={len(PAIRS)})" in report  # AURC and length ρ of the pairwise rows
     assert "per scenario group, with its pairs" in report and "too few (n=1)" in report.split("scenario group")[1]
     assert "number of prompts it averages" in report and "too few (n=" in report.split("Agreement between judges")[1]
+    agreement = report.split("Agreement between judges")[1].split("\n\n")[1].splitlines()
+    for row in agreement[2:]:  # a judge against itself: no number, never "too few"
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[1 + agreement[2:].index(row)] == "—", row
     data = json.loads(js.read_text())
     assert isinstance(data["benchmarks"][0]["results"][0]["aurc"], float)  # results.json keeps every number
     assert any(p.name.startswith("risk_coverage_") for p in pngs)

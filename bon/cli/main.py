@@ -93,6 +93,14 @@ def run(
     )
 
 
+def _counted(prompts: list[Any]) -> str:
+    """'6 prompts', or for conversations '2 questions, 4 turns' (each turn is a prompt of its own)."""
+    questions = len({p.conversation_id for p in prompts})
+    if questions == len(prompts):
+        return f"{len(prompts)} prompts"
+    return f"{questions} questions, {len(prompts)} turns"
+
+
 def _rate(count: int, seconds: float) -> str:
     """' (12.3/s)', or nothing when too little was timed for a rate to mean anything."""
     return f" ({count / seconds:.1f}/s)" if count and seconds >= 0.5 else ""
@@ -110,7 +118,7 @@ def run_summary(result: Any, wall: float) -> list[str]:
     else:
         work = "nothing left to sample or judge"
     tau = f" (selection.coverage: threshold {result.threshold:.4g})" if result.threshold is not None else ""
-    lines = [f"{len(result.prompts)} prompts, {declined} declined{tau}; {work}; wall {wall:.1f} s"]
+    lines = [f"{_counted(result.prompts)}, {declined} declined{tau}; {work}; wall {wall:.1f} s"]
     if result.flags:
         lines.append(f"flagged judgements: {result.flagged} of {result.judgements} (flags by kind, with an example):")
         lines += [f"  {count:>5}  {example}" for count, example in result.flags]
