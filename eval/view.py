@@ -55,6 +55,18 @@ def run_data(run_dir: Path | str) -> dict[str, Any]:
     judges = list(dict.fromkeys([config.judge.name, *(j.judge for j in judgements)]))
     main = (manifest.get("selected_with") or {}).get("judge") or config.judge.name
     order = list(prompts) or list(dict.fromkeys([c.prompt_id for c in candidates] + [s.prompt_id for s in selections]))
+    done = {s.prompt_id for s in selections if s.judge == config.judge.name}
+    if unfinished := [pid for pid in order if pid not in done]:
+        note = "; ".join(
+            filter(
+                None,
+                [
+                    note,
+                    f"the run is unfinished: {len(unfinished)} of {len(order)} prompts have no selection yet (rerun "
+                    "`bon run` with its config to finish it); this page shows what is there",
+                ],
+            )
+        )
     rows = []
     for pid in order:
         cands = sorted(by_prompt.get(pid, []), key=lambda c: c.index)
@@ -240,13 +252,17 @@ def render(data: dict[str, Any]) -> str:
     return template.replace("__BON_DATA__", page_json(data), 1)
 
 
-def write_view(run_dir: Path | str, out: Path | str | None = None) -> Path:
-    """`bon view RUN` (or a `bon compare` directory): RUN/view.html (or ``out``), one file that opens from disk."""
+def write_view(run_dir: Path | str, out: Path | str | None = None, notes: list[str] | None = None) -> Path:
+    """`bon view RUN` (or a `bon compare` directory): RUN/view.html (or ``out``), one file that opens from disk.
+    ``notes`` gets the page's note (e.g. that the run is unfinished), for the command to say too."""
     path = Path(out) if out is not None else Path(run_dir) / "view.html"
     if out is not None and not path.parent.is_dir():
         raise ConfigError(f"--out {path}: the folder {path.parent} does not exist")
     is_compare = (Path(run_dir) / "results.json").is_file() or (Path(run_dir) / "judgements").is_dir()
-    html = render(compare_data(run_dir) if is_compare else run_data(run_dir))
+    data = compare_data(run_dir) if is_compare else run_data(run_dir)
+    if notes is not None and data.get("note"):
+        notes.append(data["note"])
+    html = render(data)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(html, encoding="utf-8")
     tmp.replace(path)

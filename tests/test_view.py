@@ -225,3 +225,21 @@ def test_a_later_turn_shows_the_conversation_it_continues_in_the_browser(tmp_pat
         shown = b.js("document.querySelector('.prompt[data-id=\"1:turn2\"] .cands').textContent")
         assert "user: Write a haiku." in shown and "assistant: " in shown and "Now make it rhyme." in shown
         assert b.console_errors() == []
+
+
+def test_an_unfinished_run_shows_what_is_there_and_says_it_is_unfinished(tmp_path, prompts_file):
+    from bon.core.records import Selection
+    from bon.core.rundir import FILES
+    from bon.pipeline.runner import run
+    from tests.conftest import FakePolicy, run_config
+    from tests.helpers import bon
+
+    cfg = run_config(tmp_path, prompts_file)
+    run(cfg, policy=FakePolicy())
+    lines = (cfg.output_dir / FILES[Selection]).read_text().splitlines()
+    (cfg.output_dir / FILES[Selection]).write_text("\n".join(lines[:2]) + "\n")  # as if stopped after two prompts
+    out = bon("view", str(cfg.output_dir))
+    said = " ".join(out.stderr.split())
+    assert out.returncode == 0 and "the run is unfinished: 3 of 5 prompts have no selection yet" in said
+    html = (cfg.output_dir / "view.html").read_text()
+    assert "the run is unfinished" in html and "Question number 4?" in html  # what is there is shown

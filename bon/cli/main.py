@@ -320,8 +320,11 @@ def view(
     """Write one self-contained HTML page of a run: candidates ranked per prompt, filters, search; no server."""
     from eval.view import write_view
 
+    notes: list[str] = []
     with fail_clearly():
-        path = write_view(run_dir, out)
+        path = write_view(run_dir, out, notes)
+    for note in notes:
+        err_console.print(tagged("note:", "yellow", note), highlight=False)
     console.print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MB); open it in a browser", highlight=False)
 
 
