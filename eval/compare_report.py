@@ -115,7 +115,7 @@ def _pool_section(b: BenchmarkReport) -> list[str]:
                 _num(r.reference_points["longest"]),
                 _num(r.reference_points["oracle"]),
                 *_correlation_cells(r),
-                f"{r.mean_pick_length:.0f} / {r.mean_length:.0f}",
+                f"{r.mean_pick_length:.0f} / {r.mean_length:.0f} / {r.baseline_length:.0f}",
                 _num(r.longest_picked, 1),
                 str(r.failed),
             ]
@@ -128,7 +128,7 @@ def _pool_section(b: BenchmarkReport) -> list[str]:
         "Pearson CI by bootstrap over instructions. AURC: declining "
         "the instructions whose pick scores lowest, risk = 1 − win. "
         "Length: Spearman of score with output length, mean characters "
-        "of the picks / of all candidates, % of picks that are "
+        "of the picks / of all candidates / of the baseline's answers, % of picks that are "
         "the longest candidate.",
         "",
     ]
@@ -146,7 +146,7 @@ def _pool_section(b: BenchmarkReport) -> list[str]:
             "AURC",
             "oracle AURC",
             "length ρ",
-            "pick / mean length",
+            "pick / mean / baseline length",
             "longest picked %",
             "failed",
         ],

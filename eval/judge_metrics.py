@@ -221,6 +221,7 @@ class PoolResult(_Result):
     mean_pick_length: float  # characters
     mean_length: float  # characters, over every candidate
     longest_picked: float  # % of instructions where the pick is the longest candidate
+    baseline_length: float = 0.0  # characters of the baseline's answers to the same instructions
     vs_random: PairedGain | None = None  # the picks' win rate minus a random pick's (pp, paired)
     vs_length_matched: PairedGain | None = None  # minus a pick with the picks' length ranks
     risk: Risks = field(default_factory=dict)  # coverage -> (risk, bootstrap CI), beside AURC
@@ -287,6 +288,7 @@ def evaluate_pool(
         mean_pick_length=float(np.mean(pick_lengths)),
         mean_length=float(np.mean(lengths)),
         longest_picked=100.0 * longest / len(subset),
+        baseline_length=report.lengths["baseline"],
         vs_random=report.vs_random,
         vs_length_matched=report.vs_length_matched,
         risk=risk_at_coverages(confidence, pick_wins, COVERAGES, reps, seed),

@@ -91,6 +91,7 @@ def test_pool_numbers(pool_dir):
     assert r.reference_points["oracle"] == pytest.approx(100.0)
     assert r.picks == {"a": 0, "b": 3} and r.longest_picked == 100.0
     assert r.mean_pick_length == 4.0 and r.mean_length == pytest.approx((1 + 2 + 1 + 12) / 6)
+    assert r.baseline_length == len("base")  # the pool fixture's baseline answer
     # scores (len) 1, 4, 2, 4, 1, 4 vs wins 1, 0, 0, 1, .5, 1
     expected = __import__("eval.metrics", fromlist=["correlations"]).correlations(
         [1, 4, 2, 4, 1, 4], [1, 0, 0, 1, 0.5, 1]
