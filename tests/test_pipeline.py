@@ -1,6 +1,7 @@
 """The pipeline with a fake policy and the length judge: files, resume, repairs, declines."""
 
 import json
+import re
 
 import pytest
 
@@ -183,6 +184,7 @@ def test_early_rejection_stops_the_worst_partial_candidates(tmp_path, prompts_fi
     assert len(cands) == 8 and len(judged) == 8
     rejected = [c for c in cands if c.finish_reason == "rejected"]
     assert rejected and all(c.flag.startswith("rejected early after ") for c in rejected)
+    assert all(re.search(r"partial score (-?\d+\.\d{3}|none), kept", c.flag) for c in rejected)  # 3 decimals
     assert all(judged[(c.prompt_id, c.index)].score is None for c in rejected)
     assert all(judged[(c.prompt_id, c.index)].score is not None for c in cands if c not in rejected)
     picks = {(s.prompt_id, s.chosen_index) for s in result.selections}

@@ -111,7 +111,7 @@ class EarlyRejectionPolicy:
             for i in mine[keep:]:
                 self._flags[(k, i)] = (
                     f"rejected early after {len(partial[k][i])} tokens (round {round_}, partial score "
-                    f"{scores[(k, i)]}, kept {keep} of {len(mine)})"
+                    f"{_three(scores[(k, i)])}, kept {keep} of {len(mine)})"
                 )
             loop.resume(k, mine[:keep])
 
@@ -266,3 +266,8 @@ def in_order(
     """The judge's verdicts and the rejected candidates' failed judgements, in the candidates' order."""
     table = by_key(verdicts) | failed
     return [table[c.key] for c in candidates]
+
+
+def _three(score: float | None) -> str:
+    """A partial score as a flag shows it: 3 decimals (or "none" for a failed partial judgement)."""
+    return "none" if score is None else f"{score:.3f}"
