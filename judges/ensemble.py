@@ -6,7 +6,6 @@ fails to score gets no ensemble score (None, flagged with the member's name).
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -15,6 +14,7 @@ from pydantic import Field, ValidationInfo, field_validator
 from bon.core.config import Strict
 from bon.core.judging import Declaration, build_judge, nested_judge_options
 from bon.core.records import Candidate, Judgement, Prompt
+from bon.pipeline.selection import zscores
 
 
 class Member(Strict):
@@ -35,14 +35,6 @@ class EnsembleOptions(Strict):
         description="the judges to combine (default: Self-J's label recipe)",
     )
     normalize: Literal["zscore", "none"] = Field("zscore", description="zscore = per prompt, before weighting")
-
-
-def zscores(values: Sequence[float]) -> list[float]:
-    """Standard scores; all-equal values (or a single one) map to 0."""
-    if len(values) < 2:
-        return [0.0] * len(values)
-    mean, sd = statistics.fmean(values), statistics.pstdev(values)
-    return [0.0 if sd == 0 else (v - mean) / sd for v in values]
 
 
 class EnsembleJudge:

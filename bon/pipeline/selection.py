@@ -100,10 +100,12 @@ def char_lengths(candidates: Mapping[int, Candidate]) -> dict[int, int]:
     return {i: len(c.text) for i, c in candidates.items()}
 
 
-def _z(values: Sequence[float]) -> list[float]:
-    """Values as z-scores among themselves (all 0 when they do not vary)."""
+def zscores(values: Sequence[float]) -> list[float]:
+    """Standard scores; all-equal values (or a single one) map to 0. The length penalty's and the ensemble judge's."""
+    if len(values) < 2:
+        return [0.0] * len(values)
     mean, sd = statistics.fmean(values), statistics.pstdev(values)
-    return [(v - mean) / sd if sd > 0 else 0.0 for v in values]
+    return [0.0 if sd == 0 else (v - mean) / sd for v in values]
 
 
 def pick_values(
@@ -117,8 +119,8 @@ def pick_values(
         return {j.candidate_index: float(j.score) for j in scored if j.score is not None}
     if lengths is None:
         raise ValueError("a length penalty needs the candidates' lengths")
-    scores = _z([float(j.score) for j in scored if j.score is not None])
-    chars = _z([float(lengths[j.candidate_index]) for j in scored])
+    scores = zscores([float(j.score) for j in scored if j.score is not None])
+    chars = zscores([float(lengths[j.candidate_index]) for j in scored])
     return {j.candidate_index: s - length_penalty * c for j, s, c in zip(scored, scores, chars)}
 
 
