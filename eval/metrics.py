@@ -137,6 +137,16 @@ def _risks(quality_in_order: np.ndarray) -> np.ndarray:
     return 1.0 - np.cumsum(quality_in_order) / k
 
 
+def _confidences(confidence: Sequence[float | None]) -> np.ndarray:
+    """Confidences as floats, a missing one below every score."""
+    return np.array([-math.inf if c is None else c for c in confidence], dtype=float)
+
+
+def _by_confidence(conf: np.ndarray, quality: np.ndarray) -> np.ndarray:
+    """``quality`` most confident first; items keep their given order among equal confidences (a stable sort)."""
+    return quality[np.argsort(-conf, kind="stable")]
+
+
 def risk_coverage(confidence: Sequence[float | None], quality: Sequence[float]) -> RiskCoverage:
     """Declining the least confident items first: risk at each coverage and the area under it.
 
@@ -147,9 +157,7 @@ def risk_coverage(confidence: Sequence[float | None], quality: Sequence[float]) 
     if n == 0:
         return RiskCoverage([], [], float("nan"), float("nan"))
     q = np.asarray(quality, float)
-    key = [(-math.inf if c is None else c) for c in confidence]
-    order = sorted(range(n), key=lambda i: -key[i])
-    risk = _risks(q[order])
+    risk = _risks(_by_confidence(_confidences(confidence), q))
     oracle = _risks(np.sort(q)[::-1])
     return RiskCoverage([(k + 1) / n for k in range(n)], risk.tolist(), float(risk.mean()), float(oracle.mean()))
 
@@ -232,14 +240,13 @@ def risk_at_coverages(
 ) -> dict[float, tuple[float, tuple[float, float] | None]]:
     """Per coverage c, the risk (1 - mean quality) of the c share of items answered by highest confidence (None
     last, ties in item order) and its bootstrap CI over items (the threshold recomputed on every resample)."""
-    conf = np.array([-np.inf if c is None else c for c in confidence], dtype=float)
-    q = np.asarray(quality, dtype=float)
+    conf, q = _confidences(confidence), np.asarray(quality, dtype=float)
     n = len(q)
+    if n == 0:  # nothing to answer: no risk to state
+        return {c: (float("nan"), None) for c in coverages}
 
-    def risk(idx: np.ndarray, c: float) -> float:
-        k = answered_count(c, len(idx))
-        order = np.argsort(-conf[idx], kind="stable")[:k]  # stable: ties answered in item order
-        return float(1 - q[idx][order].mean())
+    def risk(idx: np.ndarray, c: float) -> float:  # ``risk_coverage``'s curve at the coverage's answered count
+        return float(_risks(_by_confidence(conf[idx], q[idx]))[answered_count(c, len(idx)) - 1])
 
     out: dict[float, tuple[float, tuple[float, float] | None]] = {}
     for c in coverages:
