@@ -206,14 +206,12 @@ def _leaderboard_section(b: BenchmarkReport) -> list[str]:
 
 def _risk_lines(b: BenchmarkReport) -> list[str]:
     """Risk at coverages 100/90/80/50% with bootstrap CIs beside AURC, for the kinds that decline (not leaderboards)."""
-    rows = [
-        [r.judge, _num(r.aurc, 3, r.n)] + [_ci(risk, ci, 3, r.n) for risk, ci in r.risk.values()]
-        for r in b.results
-        if isinstance(r, (PairwiseResult, PoolResult, ScoresResult)) and r.risk
-    ]
-    if not rows:
+    declining = [r for r in b.results if isinstance(r, (PairwiseResult, PoolResult, ScoresResult)) and r.risk]
+    if not declining:
         return []
-    first = next(r for r in b.results if isinstance(r, (PairwiseResult, PoolResult, ScoresResult)) and r.risk)
+    rows = [
+        [r.judge, _num(r.aurc, 3, r.n)] + [_ci(risk, ci, 3, r.n) for risk, ci in r.risk.values()] for r in declining
+    ]
     lines = [
         "",
         "Selective risk: declining the least confident items first (the AURC above), the risk at coverages a user "
@@ -221,7 +219,7 @@ def _risk_lines(b: BenchmarkReport) -> list[str]:
         "resample).",
         "",
     ]
-    return lines + _table(["judge", "AURC", *(f"risk @{c:.0%}" for c in first.risk)], rows)
+    return lines + _table(["judge", "AURC", *(f"risk @{c:.0%}" for c in declining[0].risk)], rows)
 
 
 def _pool_gains(b: BenchmarkReport) -> list[str]:

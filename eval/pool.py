@@ -277,11 +277,12 @@ def length_matched(pool: Pool, chosen_index: Sequence[int]) -> list[float]:
     long the judge's picks are and drops which answer it chose, so the picks' gain over it is what the judge
     knows beyond its length preference (the length judge's own gain over it is 0).
     """
-    ranks = [_length_ranks(pool, q)[i] for q, i in zip(pool.instructions, chosen_index)]
-    share = [ranks.count(r) / len(ranks) for r in range(len(pool.models))]
+    ranked = {q: _length_ranks(pool, q) for q in pool.instructions}
+    picked = [ranked[q][i] for q, i in zip(pool.instructions, chosen_index)]
+    share = [picked.count(r) / len(picked) for r in range(len(pool.models))]
     out = []
     for q in pool.instructions:
-        at_rank = {r: a for r, a in zip(_length_ranks(pool, q), pool.table[q])}
+        at_rank = {r: a for r, a in zip(ranked[q], pool.table[q])}
         out.append(sum(share[r] * (at_rank[r].win() or 0.0) for r in range(len(pool.models))))
     return out
 

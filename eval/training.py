@@ -88,7 +88,6 @@ class Exported:
 @dataclass(frozen=True)
 class _Run:
     config: RunConfig
-    manifest: dict[str, Any]
     label: str
     prompts: list[Prompt]  # every turn's prompt, in run order
     candidates: dict[str, dict[int, Candidate]]
@@ -104,7 +103,7 @@ def _read(run_dir: Path, label: str | None) -> _Run:
     sampled, cands, skipped = run_candidates(rd, config, built)
     judged = judgements_of(rd, rd.read(Judgement), label, sampled, config.n)
     mine = {s.prompt_id: s for s in built[1] if s.judge == label}
-    return _Run(config, manifest, label, built[0], cands, judged, set(skipped), mine)
+    return _Run(config, label, built[0], cands, judged, set(skipped), mine)
 
 
 def _usable(run: _Run, p: Prompt, left_out: Counter) -> list[tuple[float, Candidate]] | None:
