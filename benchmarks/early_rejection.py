@@ -10,9 +10,13 @@ the selected candidates, each against full best-of-N. A free baseline is printed
 at random (exact, from full best-of-N's scores), which tells whether partial scores beat chance.
 
     .venv/bin/python benchmarks/early_rejection.py [--prompts 16] [--n 32] [--max-tokens 128] [--chunk 16] [--keep 0.25]
+    .venv/bin/python benchmarks/early_rejection.py --demo   # the demo config as shipped, at n=4 and n=8
 
 The defaults take ~5 minutes on this 2-core CPU. The last line is the headline (first --keep).
 Prompts: the first --prompts of the 175 seed instructions in ../shared/data/selfj/seed_tasks.jsonl.
+Each early-rejection row shows beside it what `bon check` estimated before the run. `--demo` runs the
+demo's own 6 prompts (64 tokens, keep 0.5) at n=4 and n=8 and checks that early rejection was never
+slower than full best-of-N unless bon had said it would not pay (~3 minutes).
 """
 
 from __future__ import annotations
@@ -31,13 +35,16 @@ SEEDS = ROOT.parent / "shared" / "data" / "selfj" / "seed_tasks.jsonl"
 
 def bon_run(src: Path, out: Path, args: argparse.Namespace, keep: float | None) -> dict:
     from bon.core.config import load_config
+    from bon.core.judging import build_judge
     from bon.core.records import Candidate, Judgement
+    from bon.pipeline.preflight import check
     from bon.pipeline.runner import run
 
     sets = [f"output_dir={out}", f"prompts.source={src}", f"n={args.n}", f"policy.max_tokens={args.max_tokens}"]
     if keep is not None:
         sets += [f"early_rejection.chunk_tokens={args.chunk}", f"early_rejection.keep_fraction={keep}"]
     cfg = load_config(ROOT / "configs" / "demo.yaml", sets)
+    said = dict(check(cfg, build_judge(cfg.judge.name, cfg.judge.options)).rows).get("early rejection", "")
     judged = 0
     judge_cls = _judge_class()
     score = judge_cls.score
@@ -66,6 +73,7 @@ def bon_run(src: Path, out: Path, args: argparse.Namespace, keep: float | None) 
         "wall": wall,
         "score": statistics.mean(picked),
         "all_scores": list(by_prompt.values()),
+        "said": said,  # bon's estimate before the run
     }
 
 
@@ -82,7 +90,10 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--chunk", type=int, default=16)
     parser.add_argument("--keep", type=float, nargs="+", default=[0.25])
+    parser.add_argument("--demo", action="store_true", help="the demo config at n=4 and n=8 (see above)")
     args = parser.parse_args()
+    if args.demo:
+        return demo(args)
     if not SEEDS.exists():
         raise SystemExit(f"{SEEDS} not found: this benchmark needs the shared data beside a dev checkout")
 
@@ -110,12 +121,30 @@ def main() -> None:
         k = math.ceil(keep * args.n)
         score = statistics.mean(best_of_random_subset(s, k) for s in full["all_scores"])
         print(f"{f'random {k} of {args.n}':<61}{score:>21.3f}{100 * (score / full['score'] - 1):>+8.1f}%")
+    for r in results[1:]:
+        print(f"{r['label']}: bon estimated before the run: {r['said']}")
     head = results[1]
     print(
         f"early rejection keep {args.keep[0]:.2f}: wall {head['wall'] / full['wall']:.2f}x of full best-of-{args.n}, "
         f"{full['tokens'] / head['tokens']:.2f}x fewer generated tokens, "
         f"mean selected score {100 * head['score'] / full['score']:.1f}% of full"
     )
+
+
+def demo(args: argparse.Namespace) -> None:
+    """The demo config's prompts at n=4 and n=8, full best-of-N against early rejection (keep 0.5)."""
+    src = ROOT / "configs" / "prompts" / "demo.jsonl"
+    args.max_tokens, args.chunk, ok = 64, 16, True
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in (4, 8):
+            args.n = n
+            full = bon_run(src, Path(tmp) / f"full{n}", args, None)
+            cut = bon_run(src, Path(tmp) / f"cut{n}", args, 0.5)
+            ratio, warned = cut["wall"] / full["wall"], cut["said"].startswith("early rejection will not")
+            ok &= ratio <= 1 or warned
+            walls = f"full {full['wall']:.1f} s, early rejection {cut['wall']:.1f} s ({ratio:.2f}x)"
+            print(f"n={n}: {walls}; bon said: {cut['said']}")
+    print("ok: never slower unless bon said so first" if ok else "FAIL: slower without a word from bon")
 
 
 def best_of_random_subset(scores: list[float | None], k: int) -> float:

@@ -16,6 +16,7 @@ class ConsistencyJudge:
     declaration = Declaration(
         scale="mean cosine similarity, -1 to 1",
         conversation="answer",  # compares a turn's candidates with each other
+        free=True,  # a 22M-parameter encoder
     )
     needs_reference = False
     hub_id = "sentence-transformers/all-MiniLM-L6-v2"

@@ -57,6 +57,7 @@ class CosineJudge:
     declaration = Declaration(
         scale="cosine similarity, -1 to 1",
         single_turn_reason="it embeds an answer against one instruction or reference, blind to the earlier turns",
+        free=True,  # a 22M-parameter encoder
     )
     needs_reference = True  # per instance: false with against=instruction
     hub_id = "sentence-transformers/all-MiniLM-L6-v2"

@@ -20,6 +20,7 @@ class LengthJudge:
     declaration = Declaration(
         scale="characters",
         conversation="answer",
+        free=True,
     )
     needs_reference = False
     hub_id = None

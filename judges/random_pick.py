@@ -24,6 +24,7 @@ class RandomJudge:
     declaration = Declaration(
         scale="uniform draw, 0 to 1",
         conversation="answer",
+        free=True,
     )
     needs_reference = False
     hub_id = None

@@ -192,6 +192,38 @@ def test_early_rejection_stops_the_worst_partial_candidates(tmp_path, prompts_fi
     assert sum(c.completion_tokens for c in cands) < 8 * 12  # fewer tokens than full best-of-4
 
 
+@pytest.mark.slow
+def test_early_rejection_judges_only_rounds_that_cut_and_a_lone_survivor_never_pauses(tmp_path, prompts_file):
+    """n=4, keep 0.5: a round judges 4 partial answers, the next 2; the one left decodes to its end unjudged
+    (judging it could change nothing), and every paused prompt of a round is judged in the same call."""
+    from bon.core.config import EarlyRejectionConfig
+    from bon.core.prompts import load_prompts
+    from bon.pipeline.early_rejection import EarlyRejectionPolicy
+    from bon.pipeline.policy import EnginePolicy
+    from judges.length import LengthJudge
+
+    calls: list[list[int]] = []
+
+    class Counting(LengthJudge):
+        def score(self, prompts, candidates):
+            calls.append([sum(c.prompt_id == p.id for c in candidates) for p in prompts])
+            return super().score(prompts, candidates)
+
+    cfg = config(tmp_path, prompts_file, "n=4", "policy.max_tokens=48", "prompts.limit=2")
+    er = EarlyRejectionConfig(chunk_tokens=4, keep_fraction=0.5)
+    policy = EarlyRejectionPolicy(EnginePolicy(cfg.policy), Counting(), er)
+    prompts = load_prompts(cfg.prompts)
+    cands = policy.generate(prompts, 4, seed=0)
+    policy.close()
+    assert calls and all(size >= 2 for call in calls for size in call)  # no lone candidate is ever judged
+    assert sum(len(call) for call in calls) <= 2 * len(prompts)  # two rounds per prompt at most: 4 -> 2 -> 1
+    for p in prompts:
+        survivors = [c for c in cands if c.prompt_id == p.id and c.finish_reason != "rejected"]
+        assert 1 <= len(survivors) <= 4
+        longest = max(survivors, key=lambda c: c.completion_tokens)
+        assert longest.completion_tokens > 8  # the last survivor went on past the last round
+
+
 def test_early_rejection_needs_the_local_engine(tmp_path, prompts_file):
     from bon.core.config import ConfigError
 

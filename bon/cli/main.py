@@ -49,7 +49,14 @@ def run(
         str | None, typer.Option("--ray-address", help="join this Ray cluster (implies engine=ray)")
     ] = None,
 ) -> None:
-    """Sample N candidates per prompt, judge them, keep the best or decline; write a run directory."""
+    """Sample N candidates per prompt, judge them, keep the best or decline; write a run directory.
+
+    Keys often set (all of them: bon/core/config.py): n, policy.max_tokens,
+    judge.name, selection.decline_below, selection.coverage, and
+    early_rejection.keep_fraction / .chunk_tokens: judge the partial answers
+    every chunk and stop the worst (`bon check` estimates whether that saves
+    time; `bon run` says so before it starts when it will not).
+    """
     from bon.cli.progress import RichProgress
     from bon.pipeline.runner import run as run_pipeline
 

@@ -38,6 +38,7 @@ class Declaration:
     single_turn_reason: str = "it judges one instruction"  # why it refuses conversations, where it does
     cpu_default: str | None = None  # the model `bon judges list` names; None: from its Options' `model` default
     policy_defaults: tuple[str, ...] = ()  # option keys `bon judge` fills from the run's policy when unset
+    free: bool = False  # a judgement costs nothing next to decoding (no model, or a small encoder)
 
 
 class Judge(Protocol):

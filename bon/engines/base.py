@@ -97,8 +97,9 @@ class PausableLoop(DecodeLoop, Protocol):
         """A paused prompt's unfinished candidates: index -> tokens so far."""
         ...
 
-    def resume(self, key: Hashable, keep: Sequence[int]) -> None:
-        """Candidates ``keep`` of a paused prompt go on; its other unfinished ones end ``"rejected"``."""
+    def resume(self, key: Hashable, keep: Sequence[int], pause: bool = True) -> None:
+        """Candidates ``keep`` of a paused prompt go on; its other unfinished ones end ``"rejected"``. With
+        ``pause`` False the prompt never pauses again (nothing left to choose among)."""
         ...
 
 

@@ -259,8 +259,9 @@ class DecodeSession:
         assert req.parked is not None
         return {i: list(req.tokens[i]) for _, i in req.parked.owners}
 
-    def resume(self, key: Hashable, keep: Sequence[int]) -> None:
-        """Let candidates ``keep`` of a paused prompt go on from where they are; its other parked ones end rejected."""
+    def resume(self, key: Hashable, keep: Sequence[int], pause: bool = True) -> None:
+        """Let candidates ``keep`` of a paused prompt go on from where they are; its other parked ones end rejected.
+        With ``pause`` False the prompt decodes to its end without pausing again."""
         req = self._in(key, Status.PAUSED)
         rows, req.parked = req.parked, None
         assert rows is not None
@@ -270,6 +271,7 @@ class DecodeSession:
             if i not in wanted:
                 req.finish[i] = "rejected"
                 req.left -= 1
+        req.every = req.every if pause else None
         req.pause_at += req.every or 0
         req.status = Status.DECODING
         if kept:

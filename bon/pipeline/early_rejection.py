@@ -10,7 +10,7 @@ its judgement is a failed one (`rejected_judgements`).
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Hashable, Sequence
+from collections.abc import Callable, Collection, Hashable, Sequence
 from dataclasses import dataclass, replace
 
 from bon.core.config import EarlyRejectionConfig
@@ -88,32 +88,160 @@ class EarlyRejectionPolicy:
         ]
 
     def _cut(self, keys: list[str]) -> None:
-        """Judge the paused prompts' partial answers; keep the best ``keep_fraction`` of each, reject the others."""
+        """Judge the paused prompts' partial answers (every paused prompt in one call); keep the best
+        ``keep_fraction`` of each, reject the others. A prompt with nothing to cut is not judged, and a prompt
+        whose survivors could not be cut again (one left) runs to its end without pausing."""
         loop, tok = self._session(), self.policy.engine.tokenizer
         partial = {k: loop.partial(k) for k in keys}
+        kept = {k: kept_after_cut(len(partial[k]), self.cfg.keep_fraction) for k in keys}
+        cutting = [k for k in keys if kept[k] < len(partial[k])]
         shown = [
             Candidate(k, i, tok.decode(t, skip_special_tokens=True), None, 0, len(t), "length", self.name)
-            for k in keys
+            for k in cutting
             for i, t in partial[k].items()
         ]
-        verdicts = self.judge.score([self._open[k][0] for k in keys], shown)
+        verdicts = self.judge.score([self._open[k][0] for k in cutting], shown) if shown else []
         scores = {c.key: j.score for c, j in zip(shown, verdicts)}
         for k in keys:
             prompt, round_ = self._open[k]
             self._open[k] = (prompt, round_ + 1)
 
             def rank(i: int, k: str = k) -> tuple[float, int]:
-                score = scores[(k, i)]
+                score = scores.get((k, i))
                 return (-(score if score is not None else -math.inf), i)
 
-            mine = sorted(partial[k], key=rank)
-            keep = max(1, math.ceil(self.cfg.keep_fraction * len(mine)))
+            mine, keep = sorted(partial[k], key=rank), kept[k]
             for i in mine[keep:]:
                 self._flags[(k, i)] = (
                     f"rejected early after {len(partial[k][i])} tokens (round {round_}, partial score "
                     f"{_three(scores[(k, i)])}, kept {keep} of {len(mine)})"
                 )
-            loop.resume(k, mine[:keep])
+            loop.resume(k, mine[:keep], pause=kept_after_cut(keep, self.cfg.keep_fraction) < keep)
+
+
+def kept_after_cut(live: int, keep_fraction: float) -> int:
+    """Candidates a round keeps of a prompt's ``live`` unfinished ones: the best ``keep_fraction``, at least one."""
+    return max(1, math.ceil(keep_fraction * live))
+
+
+@dataclass(frozen=True)
+class Speeds:
+    """What work costs on a device, in units of the marginal cost of one decoded row-token of the policy.
+
+    A decode step costs ``step`` however few rows it holds (the weights are read and every layer launched
+    once), so cutting rows saves little while every prompt fits in one batch: it pays once the rows are full
+    and a cut row takes the next prompt's candidate. Judging reads a prompt at ``position`` per token.
+    """
+
+    step: float  # fixed cost of one decode step
+    position: float  # one token of a judge's forward pass (a model the policy's size)
+
+
+# SmolLM2-135M on 2 CPU cores: a decode step of R rows took ~60 + 2·R ms, a judge prompt 1.55 ms per token.
+CPU_SPEEDS = Speeds(step=30.0, position=0.75)
+# A GPU decodes memory-bound (a step reads every weight) and prefills at its matmul rate: not measured here.
+GPU_SPEEDS = Speeds(step=200.0, position=0.05)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Early rejection's rounds for one prompt, as if no candidate ended before ``max_tokens`` (the bound both
+    runs are sized by)."""
+
+    n: int
+    max_tokens: int
+    rounds: tuple[tuple[int, int], ...]  # (candidates judged, their tokens so far) of each round that cuts
+    survivors: int  # candidates that reach the end and are judged in full
+
+    @property
+    def tokens(self) -> int:
+        """Tokens generated per prompt with early rejection (the rejected candidates' included)."""
+        done = total = 0
+        for judged, at in self.rounds:
+            total, done = total + judged * (at - done), at
+        return total + self.survivors * (self.max_tokens - done)
+
+    @property
+    def partial_judgements(self) -> int:
+        return sum(judged for judged, _ in self.rounds)
+
+
+def plan_rounds(n: int, max_tokens: int, cfg: EarlyRejectionConfig) -> Plan:
+    """The rounds `EarlyRejectionPolicy` makes for one prompt when no candidate ends before ``max_tokens``."""
+    rounds: list[tuple[int, int]] = []
+    live, at = n, 0
+    while at + cfg.chunk_tokens < max_tokens:
+        at += cfg.chunk_tokens
+        keep = kept_after_cut(live, cfg.keep_fraction)
+        if keep == live:  # nothing to cut: the prompt does not pause again
+            break
+        rounds.append((live, at))
+        live = keep
+    return Plan(n, max_tokens, tuple(rounds), live)
+
+
+@dataclass(frozen=True)
+class Workload:
+    """A run as the estimate sees it: prompts, the decode loop's rows, the judge's cost, the device's speeds."""
+
+    prompts: int
+    rows: int  # sequences the policy decodes at once
+    judge_tokens: Callable[[int], float]  # tokens a judge forward pass reads for an answer of t tokens (0: free)
+    judge_generates: int  # tokens the judge writes per judgement (a critique), 0 for a scoring judge
+    speeds: Speeds
+
+    def decode(self, row_tokens: float, longest: int) -> float:
+        steps = max(longest, row_tokens / self.rows)  # a step holds at most `rows` rows
+        return steps * self.speeds.step + row_tokens
+
+    def judging(self, answers: Sequence[tuple[int, int]]) -> float:
+        """Cost of judging (count, tokens) answers."""
+        per_written = 1 + self.speeds.step / self.rows
+        return sum(
+            k * (self.judge_tokens(t) * self.speeds.position + self.judge_generates * per_written) for k, t in answers
+        )
+
+    def ratio(self, plan: Plan) -> float:
+        """Early rejection's cost over full best-of-N's: below 1 it should save time."""
+        p, t = self.prompts, plan.max_tokens
+        full = self.decode(p * plan.n * t, t) + self.judging([(p * plan.n, t)])
+        cut = self.decode(p * plan.tokens, t) + self.judging([(p * k, at) for k, at in plan.rounds])
+        return (cut + self.judging([(p * plan.survivors, t)])) / full
+
+
+def advice(work: Workload, n: int, max_tokens: int, cfg: EarlyRejectionConfig) -> tuple[bool, str]:
+    """(whether early rejection should save time here, one line saying how much, or why not and what would pay)."""
+    plan = plan_rounds(n, max_tokens, cfg)
+    ratio = work.ratio(plan)
+    counts = (
+        f"{plan.partial_judgements} partial judgements per prompt, {plan.tokens} of {n * max_tokens} tokens "
+        "generated at most"
+    )
+    if ratio < 1:
+        return True, f"est. {ratio:.2f}x the work of full best-of-{n} ({counts})"
+    tries = (
+        [(f"n={k}", plan_rounds(k, max_tokens, cfg)) for k in (2 * n, 4 * n, 8 * n)]
+        + [
+            (f"keep_fraction={f}", plan_rounds(n, max_tokens, cfg.model_copy(update={"keep_fraction": f})))
+            for f in (0.25, 0.125)
+            if f < cfg.keep_fraction
+        ]
+        + [
+            (f"chunk_tokens={c}", plan_rounds(n, max_tokens, cfg.model_copy(update={"chunk_tokens": c})))
+            for c in (2 * cfg.chunk_tokens, 4 * cfg.chunk_tokens)
+            if c < max_tokens
+        ]
+    )
+    seen = {plan}
+    pays = []
+    for name, other in tries:  # each a change of one setting; one that makes the same rounds says nothing new
+        if other not in seen and work.ratio(other) < 1:
+            pays.append(f"{name} ({work.ratio(other):.2f}x)")
+        seen.add(other)
+    what = f"it would with {' or '.join(pays[:3])}" if pays else "no nearby setting would: drop early_rejection"
+    return False, f"early rejection will not save time here: est. {ratio:.2f}x the work of full best-of-{n} " + (
+        f"({counts}); {what}"
+    )
 
 
 @dataclass
@@ -127,6 +255,11 @@ class _Open:
     finish: list[str | None]
     flags: list[str | None]  # why a candidate ended other than by itself
     round: int = 0
+    pauses: bool = True  # False once nothing is left to choose among: it runs to its end
+
+    def live(self) -> list[int]:
+        """Its candidates still going."""
+        return [i for i, f in enumerate(self.finish) if f is None]
 
 
 class Resubmit:
@@ -159,19 +292,17 @@ class Resubmit:
 
     def partial(self, key: Hashable) -> dict[int, list[int]]:
         p = self._paused[key]
-        return {i: list(p.tokens[i]) for i in self.partial_indices(p)}
+        return {i: list(p.tokens[i]) for i in p.live()}
 
-    def resume(self, key: Hashable, keep: Sequence[int]) -> None:
+    def resume(self, key: Hashable, keep: Sequence[int], pause: bool = True) -> None:
         p = self._paused.pop(key)
-        for i in self.partial_indices(p):
+        for i in p.live():
             if i not in keep:
                 p.finish[i] = "rejected"
         p.round += 1
+        if not pause:  # the rest in one request, not a resubmission per chunk
+            p.pauses, p.every = False, self.settings.max_tokens
         self._settle(key, p)
-
-    @staticmethod
-    def partial_indices(p: _Open) -> list[int]:
-        return [i for i, f in enumerate(p.finish) if f is None]
 
     def advance(self, keys: Collection[Hashable]) -> None:
         """One chunk for every prompt that is neither paused nor done, unless one is paused or ``keys`` are done."""
@@ -180,17 +311,18 @@ class Resubmit:
         if not self.open:
             raise KeyError(f"prompts {list(keys)} are not all in this loop")
         s = self.settings
-        chunk = SamplingSettings(s.temperature, s.top_p, min(p.every for p in self.open.values()))
         fresh = [k for k, p in self.open.items() if p.round == 0]
-        later = [(k, i) for k, p in self.open.items() if p.round > 0 for i in self.partial_indices(p)]
         made: list[tuple[Hashable, int, Sample]] = []
         if fresh:
             n = len(self.open[fresh[0]].tokens)
+            chunk = SamplingSettings(s.temperature, s.top_p, min(self.open[k].every for k in fresh))
             groups = self.engine.sample([self.open[k].ids for k in fresh], n, [self.open[k].seed for k in fresh], chunk)
             made += [(k, i, sample) for k, group in zip(fresh, groups) for i, sample in enumerate(group)]
-        if later:
+        for every in sorted({p.every for p in self.open.values() if p.round > 0}):  # one call per chunk length
+            later = [(k, i) for k, p in self.open.items() if p.round > 0 and p.every == every for i in p.live()]
             ids = [self.open[k].ids + self.open[k].tokens[i] for k, i in later]
             seeds = [derive_seed(self.open[k].seed, i, self.open[k].round) for k, i in later]
+            chunk = SamplingSettings(s.temperature, s.top_p, every)
             made += [(k, i, group[0]) for (k, i), group in zip(later, self.engine.sample(ids, 1, seeds, chunk))]
         for k, i, sample in made:
             p = self.open[k]
@@ -206,16 +338,16 @@ class Resubmit:
                     f"ended after {len(p.tokens[i])} tokens: the engine returned no token for a chunk "
                     f"(finish reason {sample.finish_reason!r}; a full context?)"
                 )
-        for k in dict.fromkeys(fresh + [k for k, _ in later]):
+        for k in dict.fromkeys(k for k, _, _ in made):
             p = self.open[k]
-            if self.partial_indices(p):
+            if p.live() and p.pauses:
                 self._paused[k] = p
             else:
                 self._settle(k, p)
 
     def _settle(self, key: Hashable, p: _Open) -> None:
         """A prompt with no candidate left going is done: its samples, rejected ones included."""
-        if self.partial_indices(p):
+        if p.live():
             return
         del self.open[key]
         tok = self.engine.tokenizer

@@ -6,6 +6,8 @@ does before its first batch; `check` is `bon check`, which reports instead of ra
 
 from __future__ import annotations
 
+import functools
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -19,6 +21,7 @@ from bon.core.records import Prompt
 from bon.engines.memory import DTYPE_BYTES, MemoryPlan, default_rows, dtype_name, plan
 from bon.engines.models import ModelLoadError
 from bon.engines.tokens import ContextLengthError, PromptFormatError, TokenizerOnly, effective_context, overflow_message
+from bon.pipeline.early_rejection import CPU_SPEEDS, GPU_SPEEDS, Workload, advice
 from bon.pipeline.policy import PolicyPrompts
 
 
@@ -250,10 +253,45 @@ def _check_kv_budget(config: RunConfig, fit: Fit, budget: tuple[int, str] | None
         )
 
 
+def early_rejection_advice(
+    config: RunConfig, prompts: Sequence[Prompt], judge: Judge, twin: PromptBuilder | None, prompt_tokens: list[int]
+) -> tuple[bool, str] | None:
+    """Whether early rejection should save time on this run, from n, its settings, max_tokens, the rows the
+    policy decodes at once and what a judgement costs (its prompt's tokens, counted on the judge's tokenizer
+    ``twin`` when it has one; none for a free judge); None without early rejection."""
+    er = config.early_rejection
+    if er is None or not prompts:
+        return None
+    sample = list(prompts[:: max(1, len(prompts) // 16)])[:16]  # judge prompts are tokenized: a few suffice
+    writes = twin.limits()[1] if twin is not None else 0
+    usable = [p for p in sample if twin is None or twin.judges(p)] or sample
+    base = statistics.fmean(prompt_tokens) if prompt_tokens else 0.0
+
+    @functools.cache
+    def tokens(t: int) -> float:
+        if judge.declaration.free:
+            return 0.0
+        if twin is not None:
+            return statistics.fmean(twin.bound(p, t) - writes for p in usable)
+        return base + t  # a model judge without a prompt of its own reads about the instruction and the answer
+
+    policy = config.policy
+    on_gpu = policy.backend != "transformers" or _on_cuda(policy)
+    work = Workload(
+        prompts=sum(max(1, len(p.turns)) for p in prompts),
+        rows=decode_rows(config) or default_rows(True),
+        judge_tokens=tokens,
+        judge_generates=writes,
+        speeds=GPU_SPEEDS if on_gpu else CPU_SPEEDS,
+    )
+    return advice(work, config.n, policy.max_tokens, er)
+
+
 def lengths(config: RunConfig, prompts: Sequence[Prompt], judge: Judge, check_policy: bool = True) -> LengthPlan:
     """Apply the context limits before any work: raise for on_overflow: error, else say what happens."""
     plan = LengthPlan()
     fits = []
+    twin: PromptBuilder | None = None
     if check_policy:
         check_rows(config)
         tokens = TokenizerOnly(config.policy)
@@ -278,6 +316,9 @@ def lengths(config: RunConfig, prompts: Sequence[Prompt], judge: Judge, check_po
             plan.notes.append(_outcome(fit))
     if check_policy:
         _check_kv_budget(config, fits[0], kv_budget(config, policy_memory(config, tokens)))
+        said = early_rejection_advice(config, prompts, judge, twin, [n for _, n in fits[0].lengths])
+        if said is not None and not said[0]:
+            plan.notes.append(said[1])
     return plan
 
 
@@ -350,6 +391,7 @@ def check(config: RunConfig, judge: Judge) -> CheckReport:
     except ConfigError as e:
         report.problems.append(str(e))
     skipped: set[str] = set()  # policy prompts set aside (on_overflow: skip) are not judged
+    policy_lengths: list[int] = []
     try:
         check_rows(config)
     except SizeError as e:
@@ -359,6 +401,7 @@ def check(config: RunConfig, judge: Judge) -> CheckReport:
     if tokens is not None and prompts:
         try:
             fit = policy_fit(config, prompts, tokens)
+            policy_lengths = [n for _, n in fit.lengths]
             _report_fit(report, fit, config.policy.max_tokens)
             skipped = {pid for pid, _ in fit.over} if fit.mode == "skip" else set()
             memory = policy_memory(config, tokens)
@@ -371,6 +414,7 @@ def check(config: RunConfig, judge: Judge) -> CheckReport:
         except (PromptFormatError, ContextLengthError, SizeError) as e:
             report.problems.append(f"policy: {e}")
 
+    twin: PromptBuilder | None = None
     if isinstance(judge, PromptBuilder):
         twin_tokens = _load_tokens("judge", judge.options, report)
         if twin_tokens is not None:
@@ -394,6 +438,12 @@ def check(config: RunConfig, judge: Judge) -> CheckReport:
                 f"at most {seqs * config.policy.max_tokens:,} ({seqs} x max_tokens {config.policy.max_tokens})",
             )
         )
+        try:
+            said = early_rejection_advice(config, prompts, judge, twin, policy_lengths)
+        except (PromptFormatError, ContextLengthError) as e:
+            said = (True, f"not estimated: {e}")
+        if said is not None:
+            report.rows.append(("early rejection", said[1]))
     report.rows.append(("run directory", rundir.state(config)))
     if report.rows[-1][1].startswith("incompatible"):
         report.problems.append(f"run directory: {report.rows[-1][1]}")
