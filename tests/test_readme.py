@@ -24,6 +24,7 @@ MARK = re.compile(r"^<!-- readme-test: (run(, needs \.\./shared)?|skip: (.+)) --
 ASSIGN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=\S*(\s+#.*)?$")  # a line that only assigns (a command may start with one)
 PRINTS = re.compile(r'prints "((?:[^"\\]|\\.)*)"')
 DEMO = ".venv/bin/bon run configs/demo.yaml"  # the README's command 1, after its setup
+RUN_DIR = re.compile(r"\bruns/[A-Za-z0-9_.-]+")
 
 
 @dataclass
@@ -84,6 +85,23 @@ def read_blocks(text: str) -> list[Block]:
 BLOCKS = read_blocks(README.read_text(encoding="utf-8"))
 
 
+def groups(blocks: list[Block]) -> list[str]:
+    """A test-worker group per block (pytest-xdist ``--dist loadgroup``), so that a block runs after the blocks
+    whose runs it reads, on the same worker: the blocks naming `runs/demo` share a group (some add judges to
+    it that later ones read), a block naming a run directory an earlier block wrote joins that block's group,
+    and a block that starts Ray joins the ray tests' group (one local Ray instance at a time)."""
+    maker: dict[str, str] = {"runs/demo": "readme-demo"}
+    out = []
+    for b in blocks:
+        text = " ".join(c.text for c in b.commands)
+        dirs = list(dict.fromkeys(RUN_DIR.findall(text)))
+        group = "ray" if "engine=ray" in text else next((maker[d] for d in dirs if d in maker), f"readme{b.line}")
+        for d in dirs:
+            maker.setdefault(d, group)
+        out.append(group)
+    return out
+
+
 def test_every_bash_block_is_marked_and_the_parser_reads_commands_and_promises():
     assert len(BLOCKS) >= 10 and any(b.skip is None for b in BLOCKS)
     text = '<!-- readme-test: run -->\n```bash\nX=1  # a\ncmd a \\\n  --b  # exit 1, prints "q \\"r\\""\n```\n'
@@ -94,12 +112,24 @@ def test_every_bash_block_is_marked_and_the_parser_reads_commands_and_promises()
         read_blocks("```bash\nls\n```\n")
 
 
+def test_a_block_reading_an_earlier_blocks_run_shares_its_worker_and_ray_blocks_share_the_ray_group():
+    block = "<!-- readme-test: run -->\n```bash\n{}\n```\n"
+    cmds = [
+        "bon run c --set output_dir=runs/a",
+        "bon view runs/demo",
+        "bon eval gain runs/a/x",
+        "bon run --set engine=ray",
+    ]
+    assert groups(read_blocks("".join(block.format(c) for c in cmds))) == ["readme2", "readme-demo", "readme2", "ray"]
+    assert groups(read_blocks(block.format("bon judge runs/demo") * 2)) == ["readme-demo"] * 2
+
+
 def _shell(clone: Path, script: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "COLUMNS": "200", "HF_HUB_OFFLINE": "1"}  # offline, as this machine and CI are
     return subprocess.run(["bash", "-c", script], cwd=clone, capture_output=True, text=True, env=env, timeout=900)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # one per test worker, whatever other modules it runs between blocks
 def clone(tmp_path_factory) -> Path:
     """A checkout of symlinks with `.venv/bin/bon` and `.venv/bin/python` running this interpreter, after the
     README's demo run."""
@@ -124,7 +154,10 @@ def clone(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("block", BLOCKS, ids=[f"line{b.line}" for b in BLOCKS])
+@pytest.mark.parametrize(
+    "block",
+    [pytest.param(b, marks=pytest.mark.xdist_group(g), id=f"line{b.line}") for b, g in zip(BLOCKS, groups(BLOCKS))],
+)
 def test_readme_block(block: Block, clone: Path):
     if block.skip is not None:
         pytest.skip(f"README.md:{block.line}: {block.skip}")
