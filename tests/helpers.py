@@ -34,7 +34,7 @@ def bon(*args: str, env_extra: dict[str, str] | None = None, **kw) -> subprocess
     argv, sys.argv = sys.argv, ["bon", *args]  # what the command reads of its own invocation (resume hints)
     with (
         mock.patch.dict(os.environ, env),
-        _cwd(ROOT),
+        _cwd(kw.pop("cwd", ROOT)),
         contextlib.redirect_stdout(out),
         contextlib.redirect_stderr(err),
     ):

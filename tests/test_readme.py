@@ -124,16 +124,14 @@ def test_a_block_reading_an_earlier_blocks_run_shares_its_worker_and_ray_blocks_
     assert groups(read_blocks(block.format("bon judge runs/demo") * 2)) == ["readme-demo"] * 2
 
 
-def _shell(clone: Path, script: str) -> subprocess.CompletedProcess:
+def shell(clone: Path, script: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "COLUMNS": "200", "HF_HUB_OFFLINE": "1"}  # offline, as this machine and CI are
     return subprocess.run(["bash", "-c", script], cwd=clone, capture_output=True, text=True, env=env, timeout=900)
 
 
-@pytest.fixture(scope="session")  # one per test worker, whatever other modules it runs between blocks
-def clone(tmp_path_factory) -> Path:
-    """A checkout of symlinks with `.venv/bin/bon` and `.venv/bin/python` running this interpreter, after the
-    README's demo run."""
-    top = tmp_path_factory.mktemp("readme")
+def make_clone(top: Path) -> Path:
+    """A checkout of symlinks in ``top``/repo with `.venv/bin/bon` and `.venv/bin/python` running this
+    interpreter (``../shared`` beside it when this checkout has one); nothing is run yet."""
     repo = top / "repo"
     repo.mkdir()
     for name in ("bon", "judges", "eval", "configs", "scripts", "pyproject.toml"):
@@ -147,8 +145,15 @@ def clone(tmp_path_factory) -> Path:
     python = shim.parent / "python"  # the README's `.venv/bin/python scripts/...`
     python.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
     python.chmod(0o755)
+    return repo
+
+
+@pytest.fixture(scope="session")  # one per test worker, whatever other modules it runs between blocks
+def clone(tmp_path_factory) -> Path:
+    """`make_clone` after the README's demo run."""
+    repo = make_clone(tmp_path_factory.mktemp("readme"))
     assert DEMO in README.read_text(encoding="utf-8")
-    demo = _shell(repo, DEMO)
+    demo = shell(repo, DEMO)
     assert demo.returncode == 0, demo.stderr[-2000:]
     return repo
 
@@ -164,7 +169,7 @@ def test_readme_block(block: Block, clone: Path):
     for cmd in block.commands:
         if (block.needs_shared or "../shared" in cmd.text + " ".join(cmd.env)) and not SHARED.exists():
             pytest.skip(f"README.md:{cmd.line}: needs ../shared/data")
-        out = _shell(clone, "\n".join([*cmd.env, cmd.text]))
+        out = shell(clone, "\n".join([*cmd.env, cmd.text]))
         said = " ".join((out.stdout + out.stderr).split())
         assert out.returncode == cmd.exit_code, (
             f"README.md:{cmd.line}: {cmd.text}\nexit {out.returncode}\n{said[-3000:]}"

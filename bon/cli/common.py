@@ -12,6 +12,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.table import Table
 from rich.text import Text
 
 from bon.core.errors import BonError
@@ -20,6 +21,15 @@ from bon.core.errors import BonError
 # the few styled words go through `tagged`.
 console = Console(markup=False)
 err_console = Console(stderr=True, markup=False)
+
+
+def show(table: Table) -> None:
+    """A table under its title, the title a line of its own wrapped to the terminal (rich wraps a table's title
+    to the table's width, which breaks a long title over lines beside a narrow table)."""
+    title, table.title = table.title, None
+    if title:
+        console.print(title, highlight=False)
+    console.print(table)
 
 
 def tagged(tag: str, style: str, text: object) -> Text:

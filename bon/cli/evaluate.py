@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from bon.cli.common import console, err_console, fail_clearly, options_from
+from bon.cli.common import console, err_console, fail_clearly, options_from, show
 from bon.core.errors import ConfigError
 
 eval_app = typer.Typer(help="Win rates, selector evaluation and AlpacaEval runs.", no_args_is_help=True)
@@ -48,7 +48,7 @@ def winrate_cmd(
         lc,
         str(result.n_total),
     )
-    console.print(table)
+    show(table)
     if result.lc_note:
         console.print(result.lc_note)
 
@@ -126,7 +126,7 @@ def select_pool_cmd(
         size = f"{report.lengths[length]:.0f}" if length else ""
         table.add_row(label, f"{report.reference_points[key]:.2f}", size)
     table.add_row("baseline (the reference answers)", "", f"{report.lengths['baseline']:.0f}")
-    console.print(table)
+    show(table)
     for line in gains(report) + ([report.lc_note] if report.lc_note else []):
         console.print(line, highlight=False)
     if len(reports) > 1:
@@ -137,7 +137,7 @@ def select_pool_cmd(
             gain = r.vs_random.said() if r.vs_random else ""
             rate = f"{r.win_rate:.2f}" + (f"; LC {r.lc_win_rate:.2f}" if r.lc_win_rate is not None else "")
             sweep.add_row(f"{r.length_penalty:g}", rate, gain, f"{r.lengths['picks']:.0f}")
-        console.print(sweep)
+        show(sweep)
     console.print(
         f"picks per model: {report.picks}; {report.failed} instructions "
         f"with no usable judgement; {time.perf_counter() - start:.1f} s"
@@ -201,7 +201,7 @@ def pairwise_cmd(
         fmt(r.heldout_agreement),
         fmt(r.consistency),
     )
-    console.print(table)
+    show(table)
     console.print("per group: " + ", ".join(f"{g} {a:.1f}" for g, a in r.groups.items()))
     console.print(f"{time.perf_counter() - start:.1f} s")
 
@@ -375,7 +375,7 @@ def mt_bench_cmd(
     for row in gain_rows(report):
         gain.add_row(*row)
     for table in (turns, categories, gain):
-        console.print(table)
+        show(table)
     if report.note:
         console.print(f"note: {report.note}")
     console.print(f"wrote {report.markdown} and {report.png}")

@@ -11,7 +11,7 @@ from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
-from bon.cli.common import BonApp, console, err_console, fail_clearly, load, options_from, tagged
+from bon.cli.common import BonApp, console, err_console, fail_clearly, load, options_from, show, tagged
 from bon.cli.evaluate import eval_app, export_app
 from bon.cli.selfj import selfj_app
 from bon.cli.training import preferences_cmd, sft_cmd
@@ -90,7 +90,7 @@ def run(
         chosen = "—" if s.chosen_index is None else str(s.chosen_index)
         where = [f"{p.conversation_id} #{p.turn}"] if turns else []
         table.add_row(p.instruction.replace("\n", " "), *where, score, chosen, "yes" if s.declined else "no")
-    console.print(table)
+    show(table)
     for line in run_summary(result, wall):
         console.print(line, highlight=False)
     console.print(
@@ -144,12 +144,13 @@ def check(
     with fail_clearly():
         cfg = load(config, list(set_ or []))
         report = preflight(cfg, build_judge(cfg.judge.name, cfg.judge.options))
-    table = Table(title=f"bon check {config}", title_justify="left", show_header=False)
-    table.add_column("what", style="bold")
-    table.add_column("found", overflow="fold")
+    console.print(f"bon check {config}", highlight=False)
+    grid = Table.grid(padding=(0, 2))  # sentences, not cells: a long one wraps under its own column, unboxed
+    grid.add_column("what", style="bold", no_wrap=True)
+    grid.add_column("found", overflow="fold")
     for what, found in report.rows:
-        table.add_row(what, found)
-    console.print(table)
+        grid.add_row(what, found)
+    console.print(Padding(grid, (0, 0, 0, 2)))
     for line in report.missing:
         console.print(tagged("missing:", "bold red", line), highlight=False)
     for line in report.problems:
@@ -209,7 +210,7 @@ def serve_check(
     table.add_column("found", overflow="fold")
     for what, found in rows:
         table.add_row(what, found)
-    console.print(table)
+    show(table)
     if any(what == "problem" or found.startswith("no:") for what, found in rows):
         raise typer.Exit(1)
 
@@ -347,12 +348,10 @@ def judges_list(
     if options is not None:
         with fail_clearly():
             rows = describe_options(options)
-        table = Table(title=f"options of {options} (--set KEY=VALUE, or judge.options in a config)")
-        for column in ("option", "type", "default", "meaning"):
-            table.add_column(column, overflow="fold", no_wrap=column == "option")
-        for o in rows:
-            table.add_row(o.key, o.type, o.default, o.description)
-        console.print(table)
+        console.print(f"options of {options} (--set KEY=VALUE, or judge.options in a config):", highlight=False)
+        for o in rows:  # a block per option, as per judge below: a 4-column table wrapped every cell at 80
+            console.print(Text.assemble((o.key, "bold"), f": {o.type} = {o.default}"))
+            console.print(Padding(Text(o.description), (0, 0, 0, 4)))
         return
     for row in describe_judges():  # a block per judge: readable at 80 columns, where a 5-column table was not
         console.print(Text.assemble((row.name, "bold"), "  ", row.summary))

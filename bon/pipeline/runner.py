@@ -245,7 +245,7 @@ def run(
                 for pid in planned
             )
             notes.append(
-                f"{rd.path} holds this run, complete: nothing to sample or judge (its results again below)"
+                f"{rd.path}: complete, nothing to sample or judge (its results below)"
                 if done == len(planned)
                 else f"resuming the run in {rd.path}: {done} of {len(planned)} prompts done"
             )
