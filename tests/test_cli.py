@@ -90,7 +90,7 @@ def test_demo_config_end_to_end(tmp_path):
                 "--set", f"output_dir={run_dir}", env_extra={"COLUMNS": "80"})  # fmt: skip
     lines = again.stdout.splitlines()
     assert again.returncode == 0 and all(len(line) <= 80 for line in lines)
-    assert "complete: nothing to sample or judge" in " ".join(again.stdout.split())
+    assert "complete, nothing to sample or judge" in " ".join(again.stdout.split())
     assert "nothing left to sample or judge" in again.stdout and "scores: expected rating 0-9" in again.stdout
     assert any(all(h in line for h in ("prompt", "best score", "pick", "declined")) for line in lines)
     for j in judgements:  # the written score is the expectation over the written digit distribution
