@@ -31,6 +31,7 @@ def test_listing_commands_fit_80_columns():
     _fits("judges", "list", "--options", "selfj")
 
 
+@pytest.mark.slow  # `bon run` reads SmolLM2's tokenizer (bon prepare) before it finds the run finished
 def test_run_directory_commands_fit_80_columns(tmp_path, prompts_file, pool_dir, pair_file, monkeypatch):
     from bon.core.config import load_config
     from bon.pipeline.runner import run as run_pipeline
