@@ -271,7 +271,8 @@ class DecodeSession:
             if i not in wanted:
                 req.finish[i] = "rejected"
                 req.left -= 1
-        req.every = req.every if pause else None
+        if not pause:
+            req.every = None
         req.pause_at += req.every or 0
         req.status = Status.DECODING
         if kept:

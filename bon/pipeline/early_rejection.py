@@ -205,8 +205,8 @@ class Workload:
         """Early rejection's cost over full best-of-N's: below 1 it should save time."""
         p, t = self.prompts, plan.max_tokens
         full = self.decode(p * plan.n * t, t) + self.judging([(p * plan.n, t)])
-        cut = self.decode(p * plan.tokens, t) + self.judging([(p * k, at) for k, at in plan.rounds])
-        return (cut + self.judging([(p * plan.survivors, t)])) / full
+        judged = [(p * k, at) for k, at in plan.rounds] + [(p * plan.survivors, t)]  # partial answers, then survivors
+        return (self.decode(p * plan.tokens, t) + self.judging(judged)) / full
 
 
 def advice(work: Workload, n: int, max_tokens: int, cfg: EarlyRejectionConfig) -> tuple[bool, str]:
@@ -235,8 +235,8 @@ def advice(work: Workload, n: int, max_tokens: int, cfg: EarlyRejectionConfig) -
     seen = {plan}
     pays = []
     for name, other in tries:  # each a change of one setting; one that makes the same rounds says nothing new
-        if other not in seen and work.ratio(other) < 1:
-            pays.append(f"{name} ({work.ratio(other):.2f}x)")
+        if other not in seen and (r := work.ratio(other)) < 1:
+            pays.append(f"{name} ({r:.2f}x)")
         seen.add(other)
     what = f"it would with {' or '.join(pays[:3])}" if pays else "no nearby setting would: drop early_rejection"
     return False, f"early rejection will not save time here: est. {ratio:.2f}x the work of full best-of-{n} " + (
