@@ -6,6 +6,8 @@ context guard are checked here on Llama-2 (SPM), Llama-3 (byte-level BPE), Phi-3
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from bon.core.config import ModelConfig, PolicyConfig, RunConfig
@@ -234,3 +236,47 @@ def test_judge_preflight_bounds_prompts_with_a_full_answer(shared_data, tmp_path
         lengths(run, [SHORT, LONG], judge)
     relaxed = SelfJudge(SelfJOptions(model=path, context_length=200, on_overflow="truncate"))
     assert "truncated (judge.options.on_overflow: truncate)" in lengths(run, [SHORT, LONG], relaxed).notes[0]
+
+
+def test_a_gguf_tokenizer_is_parsed_once_into_a_copy_that_encodes_as_the_gguf_does(shared_data, tmp_path, monkeypatch):
+    import shutil
+
+    from transformers import AutoConfig, AutoTokenizer
+
+    from bon.engines.tokens import gguf_tokenizer_copy
+
+    monkeypatch.setenv("BON_CACHE_DIR", str(tmp_path / "cache"))
+    gguf = tmp_path / "vocab" / FAMILIES["llama-spm"]  # SentencePiece: the leading-space and BOS rules
+    gguf.parent.mkdir()
+    shutil.copy(shared_data / "tokenizers" / FAMILIES["llama-spm"], gguf)
+    copy = gguf_tokenizer_copy(gguf)
+    direct = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    reread = AutoTokenizer.from_pretrained(copy)
+    texts = ["0", " 7", "Rating: [[8]]", "\n[Answer]\nfour\n3", "naïve café 東京 🙂", "</s> <s> <unk>", "  two  spaces"]
+    for text in texts:
+        for special in (True, False):
+            assert reread.encode(text, add_special_tokens=special) == direct.encode(text, add_special_tokens=special)
+    ids = direct.encode(" ".join(texts))
+    assert reread.decode(ids) == direct.decode(ids)
+    assert (reread.bos_token_id, reread.eos_token_id, reread.chat_template) == (
+        direct.bos_token_id,
+        direct.eos_token_id,
+        direct.chat_template,
+    )
+
+    def config(*args, **kwargs) -> dict:
+        drop = ("_name_or_path", "transformers_version")
+        return {k: v for k, v in AutoConfig.from_pretrained(*args, **kwargs).to_dict().items() if k not in drop}
+
+    assert config(copy) == config(gguf.parent, gguf_file=gguf.name)
+
+    def parse(*args, **kwargs):
+        raise AssertionError("the GGUF was parsed again")
+
+    with monkeypatch.context() as m:
+        m.setattr(AutoTokenizer, "from_pretrained", parse)
+        assert gguf_tokenizer_copy(gguf) == copy  # kept: nothing parsed
+        os.utime(gguf, ns=(0, 0))  # a changed file is parsed into a copy of its own
+        with pytest.raises(AssertionError, match="parsed again"):
+            gguf_tokenizer_copy(gguf)
+    assert [p.name for p in copy.parent.iterdir()] == [copy.name]  # the failed copy left nothing behind

@@ -113,13 +113,37 @@ def test_a_vocabulary_only_gguf_is_refused_before_any_allocation(shared_data, na
         HFModel(ModelConfig(model=str(path)))
 
 
-def test_bon_run_on_a_vocabulary_only_gguf_exits_2_with_one_line(shared_data, tmp_path):
+@pytest.mark.parametrize("content", [b"", b"GGML not a gguf file at all"])
+def test_a_file_that_is_not_gguf_is_refused_naming_it(tmp_path, content):
+    from bon.engines.hf import HFModel
+
+    path = tmp_path / "model.gguf"
+    path.write_bytes(content)
+    with pytest.raises(ModelLoadError, match=r"model .*model\.gguf is not a readable GGUF file \(no GGUF header\)"):
+        HFModel(ModelConfig(model=str(path)))
+
+
+@pytest.mark.parametrize("role", ["policy", "judge"])
+def test_bon_run_on_a_vocabulary_only_gguf_exits_2_with_one_line_before_reading_it(
+    shared_data, tmp_path, role, monkeypatch
+):
     from tests.helpers import bon
 
-    gguf = shared_data / "tokenizers" / "ggml-vocab-gpt-2.gguf"
-    sets = [f"output_dir={tmp_path / 'run'}", f"policy.model={gguf}", "policy.prompt_format=vicuna_v1.1"]
-    sets += ["judge.name=length", "judge.options={}"]
+    def never(*args):
+        raise AssertionError(f"the tokenizer was read: {args}")
+
+    monkeypatch.setattr("bon.engines.tokens._read_files", never)
+
+    gguf = shared_data / "tokenizers" / "ggml-vocab-llama-bpe.gguf"  # ~10 s to parse: refused from its header
+    sets = [f"output_dir={tmp_path / 'run'}"]
+    if role == "policy":
+        sets += [f"policy.model={gguf}", "policy.prompt_format=vicuna_v1.1", "judge.name=length", "judge.options={}"]
+    else:
+        sets += [f"judge.options.model={gguf}"]
     done = bon("run", "configs/demo.yaml", *[a for s in sets for a in ("--set", s)])
     assert done.returncode == 2, done.stderr[-2000:]
-    assert "holds no weights (a vocabulary-only GGUF)" in done.stderr and "Traceback" not in done.stderr
-    assert not (tmp_path / "run" / "candidates.jsonl").exists()
+    said = (
+        f"{'model' if role == 'policy' else 'judge model'} '{gguf}': {gguf} holds no weights (a vocabulary-only GGUF)"
+    )
+    assert said in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "run").exists()

@@ -6,6 +6,7 @@ and the pipeline's preflight see exactly the token ids a run feeds its models.
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -14,7 +15,16 @@ from typing import Any
 from bon.core.config import ModelConfig
 from bon.core.errors import BonError
 from bon.core.formats import PromptFormatError  # noqa: F401  (raised here too; one type for every format problem)
-from bon.engines.models import ModelLoadError, ModelRef, converted_path, first_line, hub_reachable, resolve
+from bon.engines.models import (
+    ModelLoadError,
+    ModelRef,
+    cache_dir,
+    converted_path,
+    first_line,
+    gguf_tensor_count,
+    hub_reachable,
+    resolve,
+)
 
 # config.json keys that hold a model's context length, in the order families use them
 _CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
@@ -128,21 +138,45 @@ class Tokenized:
             )
 
 
-def _is_vocab_only(path: Path) -> bool:
-    """A GGUF file with a tokenizer and no tensors (llama.cpp's ggml-vocab-*.gguf), from its header."""
-    with open(path, "rb") as f:
-        head = f.read(16)  # magic "GGUF", uint32 version, uint64 tensor count (little-endian)
-    return head[:4] == b"GGUF" and int.from_bytes(head[8:16], "little") == 0
+def gguf_tokenizer_copy(file: Path) -> Path:
+    """A folder holding the tokenizer and config of a GGUF file, written the first time it is asked for: transformers
+    parses the whole file for each (~10 s apiece for a 128k vocabulary), and reads the folder in well under a second.
+    Keyed by the file's path, size and modification time and transformers' version, so a changed file or a new
+    converter makes a new copy; written to a temporary folder and renamed, so a reader never sees half of one."""
+    import hashlib
+    import shutil
+
+    import transformers
+    from transformers import AutoConfig, AutoTokenizer
+
+    st = file.stat()
+    key = f"{file.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\0{transformers.__version__}"
+    folder = cache_dir() / "gguf-tokenizers" / f"{file.stem}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+    if (folder / "config.json").exists():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        AutoTokenizer.from_pretrained(file.parent, gguf_file=file.name).save_pretrained(partial)
+        AutoConfig.from_pretrained(file.parent, gguf_file=file.name).save_pretrained(partial)  # config.json last
+        try:
+            partial.rename(folder)
+        except OSError:  # another process made it first: theirs is the same
+            if not (folder / "config.json").exists():
+                raise
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return folder
 
 
 @lru_cache(maxsize=16)
 def _read_files(path: str, gguf_file: str | None, trust_remote_code: bool, local_only: bool) -> tuple[Any, Any]:
-    """(tokenizer, the model's config) of a model's files; a GGUF is parsed once per process."""
+    """(tokenizer, the model's config) of a model's files; a GGUF is read from its copy (`gguf_tokenizer_copy`)."""
     from transformers import AutoConfig, AutoTokenizer
 
-    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if gguf_file:
-        kwargs["gguf_file"] = gguf_file
+        path = str(gguf_tokenizer_copy(Path(path) / gguf_file))
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if local_only:
         kwargs["local_files_only"] = True
     tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
@@ -166,7 +200,7 @@ class TokenizerOnly(Tokenized):
                 f"model {cfg.model!r}: {self.where}; could not read its tokenizer ({first_line(e)})"
             ) from None
         self.context = config_context(self.model_config)  # the model's own; configs may ask for less
-        self.vocab_only = gguf is not None and _is_vocab_only(Path(path) / gguf)
+        self.vocab_only = gguf is not None and gguf_tensor_count(Path(path) / gguf) == 0
 
 
 def where_from(ref: ModelRef) -> tuple[str, str, dict[str, Any]]:

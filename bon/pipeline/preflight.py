@@ -19,7 +19,7 @@ from bon.core.judging import Judge, check_conversations
 from bon.core.prompts import PromptSourceError, load_prompts
 from bon.core.records import Prompt
 from bon.engines.memory import DTYPE_BYTES, MemoryPlan, default_rows, dtype_name, plan
-from bon.engines.models import ModelLoadError
+from bon.engines.models import ModelLoadError, require_weights
 from bon.engines.tokens import ContextLengthError, PromptFormatError, TokenizerOnly, effective_context, overflow_message
 from bon.pipeline.early_rejection import CPU_SPEEDS, GPU_SPEEDS, Workload, advice
 from bon.pipeline.policy import PolicyPrompts
@@ -285,6 +285,15 @@ def early_rejection_advice(
         speeds=GPU_SPEEDS if on_gpu else CPU_SPEEDS,
     )
     return advice(work, config.n, policy.max_tokens, er)
+
+
+def require_run_weights(config: RunConfig, judge: Judge, check_policy: bool = True) -> None:
+    """Refuse a vocabulary-only GGUF as the policy or the judge's model from its header, before `lengths` parses its
+    tokenizer: a run could never load it (`bon check` takes such files as tokenizer stand-ins)."""
+    if check_policy:
+        require_weights(config.policy, "model")
+    if isinstance(judge, PromptBuilder):
+        require_weights(judge.options, "judge model")
 
 
 def lengths(config: RunConfig, prompts: Sequence[Prompt], judge: Judge, check_policy: bool = True) -> LengthPlan:

@@ -24,7 +24,7 @@ from bon.core.rundir import FILES, RunDir
 from bon.engines.tokens import ContextLengthError
 from bon.pipeline.executors import Executor, Pending, make_executor
 from bon.pipeline.policy import Policy
-from bon.pipeline.preflight import lengths
+from bon.pipeline.preflight import lengths, require_run_weights
 from bon.pipeline.scoring import ScoreMissing
 from bon.pipeline.selection import AGAIN, char_lengths, check_judged, cover, flag_counts, secondary_judge, select_prompt
 from bon.pipeline.turns import following, last_turn_bound, turn_ids
@@ -225,6 +225,7 @@ def run(
             "the answers kept turn by turn, before a coverage over all prompts is known; use "
             "selection.decline_below, or `bon select --coverage` on the finished run"
         )
+    require_run_weights(config, judge, check_policy=policy is None)
     plan = lengths(config, prompts, judge, check_policy=policy is None)  # before the run directory exists
     if any(p.later_turns for p in prompts):  # a conversation whose user turns alone overflow is refused now
         try:
