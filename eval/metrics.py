@@ -162,6 +162,22 @@ def risk_coverage(confidence: Sequence[float | None], quality: Sequence[float]) 
     return RiskCoverage([(k + 1) / n for k in range(n)], risk.tolist(), float(risk.mean()), float(oracle.mean()))
 
 
+def kendall_tau_b(x: Sequence[float | None], y: Sequence[float | None]) -> float | None:
+    """Kendall's tau-b over the pairs where both are present (None when either side is constant or fewer than
+    two pairs), from the signs of every two items: for the few candidates of a prompt this is ~100x quicker than
+    `scipy.stats.kendalltau`, which `grouped_kendall` would call once per prompt and judge pair."""
+    kept = [(u, v) for u, v in zip(x, y) if u is not None and v is not None]
+    if len(kept) < 2:
+        return None
+    u, v = np.array(kept, float).T
+    i, j = np.triu_indices(len(kept), 1)
+    du, dv = np.sign(u[i] - u[j]), np.sign(v[i] - v[j])
+    untied_u, untied_v = np.count_nonzero(du), np.count_nonzero(dv)
+    if untied_u == 0 or untied_v == 0:
+        return None
+    return float(np.dot(du, dv) / math.sqrt(untied_u * untied_v))
+
+
 def grouped_kendall(
     a: dict[str, Sequence[float | None]], b: dict[str, Sequence[float | None]]
 ) -> tuple[float | None, int]:
@@ -172,9 +188,9 @@ def grouped_kendall(
     """
     taus = []
     for key in sorted(a.keys() & b.keys()):  # a fixed summation order: results.json is reproducible
-        c = correlations(a[key], b[key])
-        if c.kendall is not None:
-            taus.append(c.kendall)
+        tau = kendall_tau_b(a[key], b[key])
+        if tau is not None:
+            taus.append(tau)
     return (float(np.mean(taus)) if taus else None), len(taus)
 
 

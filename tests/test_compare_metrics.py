@@ -16,6 +16,7 @@ from eval.metrics import (
     correlations,
     cross_fit_agreement,
     grouped_kendall,
+    kendall_tau_b,
     predict_pairs,
     risk_coverage,
     search_threshold,
@@ -93,6 +94,23 @@ def test_grouped_kendall_averages_prompts_where_both_judges_rank():
     tau, used = grouped_kendall(a, b)
     assert used == 2  # r is constant for a; s is scored by a only
     assert tau == pytest.approx(0.0)  # +1 on p, -1 on q
+
+
+def test_kendall_tau_b_equals_scipys_with_ties_and_missing_scores():
+    from scipy import stats
+
+    rng = np.random.default_rng(0)
+    for m in (2, 3, 8, 32):
+        for _ in range(50):
+            x = rng.integers(0, 4, m).astype(float)  # few values: many ties
+            y = rng.integers(0, 4, m).astype(float)
+            expected = stats.kendalltau(x, y).statistic
+            got = kendall_tau_b(x.tolist(), y.tolist())
+            assert (got is None) == bool(np.isnan(expected) or np.ptp(x) == 0 or np.ptp(y) == 0)
+            if got is not None:
+                assert got == pytest.approx(expected, abs=1e-12)
+    assert kendall_tau_b([1, None, 2, 3], [1, 9, 3, 2]) == pytest.approx(1 / 3)
+    assert kendall_tau_b([1, 2], [None, 1]) is None
 
 
 def test_bootstrap_ci():
