@@ -49,7 +49,11 @@ def test_a_run_survives_losing_its_worker_node(tmp_path, smollm2):
     if ray.is_initialized():
         ray.shutdown()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    # the lost node is declared dead after 3 missed 0.5 s health checks, not 5 missed 3 s ones: the test waits less
+    fast_death = {"health_check_period_ms": 500, "health_check_failure_threshold": 3}
+    cluster = Cluster(
+        initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False, "_system_config": fast_death}
+    )
     try:
         worker = cluster.add_node(num_cpus=2)
         ray.init(address=cluster.address, log_to_driver=False)
