@@ -280,3 +280,14 @@ def test_a_gguf_tokenizer_is_parsed_once_into_a_copy_that_encodes_as_the_gguf_do
         with pytest.raises(AssertionError, match="parsed again"):
             gguf_tokenizer_copy(gguf)
     assert [p.name for p in copy.parent.iterdir()] == [copy.name]  # the failed copy left nothing behind
+
+
+def test_a_cache_that_cannot_be_written_reads_the_gguf_itself(shared_data, tmp_path, monkeypatch):
+    from bon.engines.tokens import _read_files
+
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    monkeypatch.setenv("BON_CACHE_DIR", str(blocked / "cache"))  # under a file: no folder can be made
+    folder = shared_data / "tokenizers"
+    tokenizer, config = _read_files.__wrapped__(str(folder), FAMILIES["phi-3"], False, False)  # past the lru cache
+    assert tokenizer.encode("0", add_special_tokens=False) == [29871, 29900] and config.max_position_embeddings == 4096

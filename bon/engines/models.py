@@ -73,8 +73,8 @@ def embedded_path(name: str) -> Path:
 
 
 def gguf_tensor_count(file: Path) -> int:
-    """The number of tensors a GGUF file holds, from its 24-byte header (magic "GGUF", uint32 version, uint64
-    tensor count, little-endian): parsing the whole file takes ~10 s for a 128k vocabulary."""
+    """The number of tensors a GGUF file holds, from the first 16 bytes of its header (magic "GGUF", uint32 version,
+    uint64 tensor count, little-endian): parsing the whole file takes ~10 s for a 128k vocabulary."""
     try:
         with open(file, "rb") as f:
             head = f.read(16)

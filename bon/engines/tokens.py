@@ -6,6 +6,8 @@ and the pipeline's preflight see exactly the token ids a run feeds its models.
 
 from __future__ import annotations
 
+import hashlib
+import shutil
 import tempfile
 from collections.abc import Sequence
 from functools import lru_cache
@@ -143,9 +145,6 @@ def gguf_tokenizer_copy(file: Path) -> Path:
     parses the whole file for each (~10 s apiece for a 128k vocabulary), and reads the folder in well under a second.
     Keyed by the file's path, size and modification time and transformers' version, so a changed file or a new
     converter makes a new copy; written to a temporary folder and renamed, so a reader never sees half of one."""
-    import hashlib
-    import shutil
-
     import transformers
     from transformers import AutoConfig, AutoTokenizer
 
@@ -174,9 +173,12 @@ def _read_files(path: str, gguf_file: str | None, trust_remote_code: bool, local
     """(tokenizer, the model's config) of a model's files; a GGUF is read from its copy (`gguf_tokenizer_copy`)."""
     from transformers import AutoConfig, AutoTokenizer
 
-    if gguf_file:
-        path = str(gguf_tokenizer_copy(Path(path) / gguf_file))
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if gguf_file:
+        try:
+            path = str(gguf_tokenizer_copy(Path(path) / gguf_file))
+        except OSError:  # a cache that cannot be written: parse the file itself, as before there was a copy
+            kwargs["gguf_file"] = gguf_file
     if local_only:
         kwargs["local_files_only"] = True
     tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
