@@ -250,6 +250,7 @@ def test_a_gguf_tokenizer_is_parsed_once_into_a_copy_that_encodes_as_the_gguf_do
     gguf.parent.mkdir()
     shutil.copy(shared_data / "tokenizers" / FAMILIES["llama-spm"], gguf)
     copy = gguf_tokenizer_copy(gguf)
+    assert copy is not None
     direct = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     reread = AutoTokenizer.from_pretrained(copy)
     texts = ["0", " 7", "Rating: [[8]]", "\n[Answer]\nfour\n3", "naïve café 東京 🙂", "</s> <s> <unk>", "  two  spaces"]
@@ -283,11 +284,16 @@ def test_a_gguf_tokenizer_is_parsed_once_into_a_copy_that_encodes_as_the_gguf_do
 
 
 def test_a_cache_that_cannot_be_written_reads_the_gguf_itself(shared_data, tmp_path, monkeypatch):
-    from bon.engines.tokens import _read_files
+    from transformers import AutoTokenizer
+
+    from bon.engines.tokens import _read_files, gguf_tokenizer_copy
 
     blocked = tmp_path / "a-file"
     blocked.write_text("")
     monkeypatch.setenv("BON_CACHE_DIR", str(blocked / "cache"))  # under a file: no folder can be made
     folder = shared_data / "tokenizers"
+    with monkeypatch.context() as m:
+        m.setattr(AutoTokenizer, "from_pretrained", lambda *a, **k: pytest.fail("parsed for a copy it cannot keep"))
+        assert gguf_tokenizer_copy(folder / FAMILIES["phi-3"]) is None
     tokenizer, config = _read_files.__wrapped__(str(folder), FAMILIES["phi-3"], False, False)  # past the lru cache
     assert tokenizer.encode("0", add_special_tokens=False) == [29871, 29900] and config.max_position_embeddings == 4096

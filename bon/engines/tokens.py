@@ -140,11 +140,12 @@ class Tokenized:
             )
 
 
-def gguf_tokenizer_copy(file: Path) -> Path:
+def gguf_tokenizer_copy(file: Path) -> Path | None:
     """A folder holding the tokenizer and config of a GGUF file, written the first time it is asked for: transformers
     parses the whole file for each (~10 s apiece for a 128k vocabulary), and reads the folder in well under a second.
     Keyed by the file's path, size and modification time and transformers' version, so a changed file or a new
-    converter makes a new copy; written to a temporary folder and renamed, so a reader never sees half of one."""
+    converter makes a new copy; written to a temporary folder and renamed, so a reader never sees half of one.
+    None when the cache has no room for a folder (read-only, or under a file): nothing is parsed then."""
     import transformers
     from transformers import AutoConfig, AutoTokenizer
 
@@ -153,8 +154,11 @@ def gguf_tokenizer_copy(file: Path) -> Path:
     folder = cache_dir() / "gguf-tokenizers" / f"{file.stem}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
     if (folder / "config.json").exists():
         return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    partial = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        partial = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    except OSError:
+        return None
     try:
         AutoTokenizer.from_pretrained(file.parent, gguf_file=file.name).save_pretrained(partial)
         AutoConfig.from_pretrained(file.parent, gguf_file=file.name).save_pretrained(partial)  # config.json last
@@ -175,10 +179,11 @@ def _read_files(path: str, gguf_file: str | None, trust_remote_code: bool, local
 
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if gguf_file:
-        try:
-            path = str(gguf_tokenizer_copy(Path(path) / gguf_file))
-        except OSError:  # a cache that cannot be written: parse the file itself, as before there was a copy
+        copy = gguf_tokenizer_copy(Path(path) / gguf_file)
+        if copy is None:  # a cache that cannot be written: parse the file itself, as before there was a copy
             kwargs["gguf_file"] = gguf_file
+        else:
+            path = str(copy)
     if local_only:
         kwargs["local_files_only"] = True
     tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
