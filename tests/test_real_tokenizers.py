@@ -297,3 +297,35 @@ def test_a_cache_that_cannot_be_written_reads_the_gguf_itself(shared_data, tmp_p
         assert gguf_tokenizer_copy(folder / FAMILIES["phi-3"]) is None
     tokenizer, config = _read_files.__wrapped__(str(folder), FAMILIES["phi-3"], False, False)  # past the lru cache
     assert tokenizer.encode("0", add_special_tokens=False) == [29871, 29900] and config.max_position_embeddings == 4096
+
+
+DAMAGED = {  # a GGUF header and then not what it promises: the parser meets struct, index or value errors
+    "garbage-after-header": lambda real: (
+        b"GGUF" + (3).to_bytes(4, "little") + (5).to_bytes(8, "little") + b"\x07" * 100
+    ),
+    "header-only": lambda real: real[:24],
+    "cut-in-half": lambda real: real[: len(real) // 2],
+    "cut-near-the-end": lambda real: real[:-7],
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGED))
+def test_a_damaged_gguf_is_one_line_naming_it_and_leaves_no_copy(shared_data, tmp_path, monkeypatch, damage):
+    from bon.engines.models import ModelLoadError
+    from tests.helpers import bon
+
+    monkeypatch.setenv("BON_CACHE_DIR", str(tmp_path / "cache"))
+    real = (shared_data / "tokenizers" / FAMILIES["phi-3"]).read_bytes()
+    path = tmp_path / "damaged.gguf"
+    path.write_bytes(DAMAGED[damage](real))
+    with pytest.raises(
+        ModelLoadError, match=rf"model '{path}': local GGUF file {path}; (not a readable GGUF|could not)"
+    ):
+        TokenizerOnly(ModelConfig(model=str(path)))
+    assert not list((tmp_path / "cache" / "gguf-tokenizers").iterdir())  # the half-made copy is gone
+    check = bon("check", "configs/demo.yaml", "--set", f"policy.model={path}")
+    assert check.returncode == 1 and "Traceback" not in check.stderr + check.stdout
+    assert str(path) in check.stdout
+    done = bon("run", "configs/demo.yaml", "--set", f"policy.model={path}", "--set", f"output_dir={tmp_path / 'run'}")
+    assert done.returncode == 2 and "Traceback" not in done.stderr and str(path) in done.stderr
+    assert not (tmp_path / "run").exists()

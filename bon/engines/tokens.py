@@ -206,6 +206,12 @@ class TokenizerOnly(Tokenized):
             raise ModelLoadError(
                 f"model {cfg.model!r}: {self.where}; could not read its tokenizer ({first_line(e)})"
             ) from None
+        except Exception as e:  # transformers' GGUF reader meets a damaged file with struct, index or key errors
+            if gguf is None:
+                raise
+            raise ModelLoadError(
+                f"model {cfg.model!r}: {self.where}; not a readable GGUF file ({type(e).__name__}: {first_line(e)})"
+            ) from None
         self.context = config_context(self.model_config)  # the model's own; configs may ask for less
         self.vocab_only = gguf is not None and gguf_tensor_count(Path(path) / gguf) == 0
 
