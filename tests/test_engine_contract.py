@@ -329,6 +329,46 @@ def test_a_closed_vllm_session_aborts_the_prompts_nobody_collected():
     assert not model.driver.finished and not model.driver.open  # prompt 1's output forgotten
 
 
+def _direct_continuation_logprobs(engine, prompt, continuation):
+    """Every position's log-softmax of one unpadded sequence: what continuation scoring must equal."""
+    seq = torch.tensor([prompt + continuation])
+    with torch.no_grad():
+        logprobs = torch.log_softmax(engine.model(input_ids=seq).logits[0].float(), dim=-1)
+    return [float(logprobs[len(prompt) - 1 + k, t]) for k, t in enumerate(continuation)]
+
+
+def test_candidates_of_one_prompt_share_its_prefill_and_score_as_alone():
+    """Three continuations per prompt (ppl's N candidates): the prompt is run once per group, only positions that
+    predict a continuation token get logits, and each score equals the unpadded sequence's own."""
+    engine = tiny_engine()
+    g = torch.Generator().manual_seed(3)
+    prompts, conts = [], []
+    for p in range(3):
+        prompt = torch.randint(3, 64, (40 + 7 * p,), generator=g).tolist()
+        for n in (1, 5, 12):
+            prompts.append(prompt)
+            conts.append(torch.randint(3, 64, (n + p,), generator=g).tolist())
+    prompts.append(prompts[0][:10])  # a short prompt alone: no prefix worth sharing
+    conts.append([5, 6, 7])
+    seen: list[tuple[int, int]] = []  # (tokens run, logit positions) per model call
+    call = engine._call
+
+    def spy(ids, mask, positions, cache, use_cache, keep):
+        out = call(ids, mask, positions, cache, use_cache, keep)
+        seen.append((ids.shape[1], out.logits.shape[1]))
+        return out
+
+    engine._call = spy
+    got = engine.continuation_logprobs(prompts, conts, batch_size=8)
+    for p, c, lps in zip(prompts, conts, got):
+        assert lps == pytest.approx(_direct_continuation_logprobs(engine, p, c), abs=1e-4)
+    # 3 prefills of a prompt's first len - 1 tokens (one logit each), 3 suffix batches, the short one alone
+    assert [w for w, k in seen if k == 1] == [39, 46, 53]
+    suffix_keeps = sorted(k for w, k in seen if k > 1)
+    assert suffix_keeps == [4, 13, 14, 15]  # the longest continuation + 1 per batch, never the prompt's width
+    assert sum(w for w, _ in seen) < sum(len(p) + len(c) for p, c in zip(prompts, conts)) / 2
+
+
 def test_scoring_forwards_are_batched_by_padded_tokens_longest_first():
     from bon.engines.memory import CPU_FORWARD_TOKENS
 

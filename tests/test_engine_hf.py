@@ -88,6 +88,20 @@ def test_judge_prefix_reuse_matches_full_prompts(smollm2):
         assert [x[d] for d in digits] == pytest.approx([y[d] for d in digits], abs=1e-4)
 
 
+def test_ppl_scores_with_a_shared_prompt_equal_each_sequence_alone(smollm2):
+    """SmolLM2 (49,152-token vocabulary, chat-template prompts): continuation scoring that prefills each prompt once
+    for its candidates gives every token the log-probability of its own unpadded forward pass."""
+    prompt = smollm2.chat_ids([{"role": "user", "content": "What is the capital of France? Answer in one line."}])
+    texts = ["Paris.", "The capital of France is Paris, on the Seine.", "Lyon, I think."]
+    conts = [smollm2.tokenizer.encode(t, add_special_tokens=False) for t in texts]
+    got = smollm2.continuation_logprobs([prompt] * 3, conts)
+    for c, lps in zip(conts, got):
+        seq = torch.tensor([prompt + c])
+        with torch.no_grad():
+            full = torch.log_softmax(smollm2.model(input_ids=seq).logits[0].float(), dim=-1)
+        assert lps == pytest.approx([float(full[len(prompt) - 1 + k, t]) for k, t in enumerate(c)], abs=1e-3)
+
+
 def test_continuous_batching_mixes_prompts_and_keeps_each_candidates_tokens(smollm2):
     """A decode step holds rows of prompts that waves of 2 would have separated, and every candidate gets
     the tokens the wave sampler gives it (its own uniforms; neighbours change only float rounding)."""

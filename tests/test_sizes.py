@@ -67,23 +67,24 @@ def _tiny_llama():
     return LlamaForCausalLM(cfg).eval()
 
 
-@pytest.mark.parametrize("logits", [False, True])
-def test_the_engine_refuses_a_forward_pass_beyond_its_memory_share(monkeypatch, logits):
+@pytest.mark.parametrize("logit_positions", [0, 50])
+def test_the_engine_refuses_a_forward_pass_beyond_its_memory_share(monkeypatch, logit_positions):
     model = _tiny_llama()
-    per_token = forward_bytes_per_token(model.config, 4) + (8 * 1000 if logits else 0)
+    per_token = forward_bytes_per_token(model.config, 4) + (8 * 1000 if logit_positions else 0)
     monkeypatch.setattr(
         memory, "memory_share", lambda cuda, total=False, device=None: 100 * per_token * 50
     )  # 100 rows of 50 tokens
     plan = hf.memory_of(model, torch.device("cpu"))
-    plan.check_forward(100, 50, 4096, logits=logits)  # exactly the share: kept
+    plan.check_forward(100, 50, 4096, logit_positions=logit_positions)  # exactly the share: kept
     with pytest.raises(SizeError, match=r"^batch_size 4,096: one forward pass of 101 sequences of 50 tokens") as e:
-        plan.check_forward(101, 50, 4096, logits=logits)
+        plan.check_forward(101, 50, 4096, logit_positions=logit_positions)
     assert str(e.value).endswith("lower the judge's batch_size to at most 100")
 
 
 @pytest.mark.slow
 def test_perplexity_scoring_refuses_a_batch_of_logits_beyond_memory_and_scores_a_small_one(monkeypatch, tiny_lm):
-    """Every position's logits (49,152 of them for SmolLM2's vocabulary) are what a PPL batch costs."""
+    """The logits of every position that predicts an answer token (49,152 each for SmolLM2's vocabulary) are what a
+    PPL batch costs."""
     from bon.core.config import ModelConfig
 
     model = hf.HFModel(ModelConfig(model=str(tiny_lm)))

@@ -185,15 +185,14 @@ class HFModel(Tokenized):
     ) -> tuple[torch.Tensor, KVCache]:
         """(each row's last-position logits, the cache grown by ``ids``): only the last position's logits are
         computed, so a prefill holds rows x vocabulary floats, not rows x width x vocabulary."""
-        out = self.model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=positions,
-            use_cache=use_cache,
-            logits_to_keep=1,
-            **({self._cache_kw: cache.cache} if cache is not None else {}),
-        )
+        out = self._call(ids, mask, positions, cache, use_cache, keep=1)
         return out.logits[:, -1, :], KVCache.of(out) if use_cache else KVCache(None)
+
+    def _call(self, ids, mask, positions, cache: KVCache | None, use_cache: bool, keep: int):
+        """The model over ``ids`` after ``cache``, computing the logits of the last ``keep`` positions only."""
+        cached = {self._cache_kw: cache.cache} if cache is not None else {}
+        kwargs = {"attention_mask": mask, "position_ids": positions, "use_cache": use_cache, "logits_to_keep": keep}
+        return self.model(input_ids=ids, **kwargs, **cached)
 
     def memory(self, max_rows: int | None = None, max_kv_tokens: int | None = None) -> MemoryPlan:
         """This model's memory plan on its device now (the budgets a user set, else the defaults)."""
@@ -241,70 +240,83 @@ class HFModel(Tokenized):
 
         Consecutive prompts with the same ``groups`` key (a judge's N prompts for one instruction:
         template, instruction and reference, then each answer) reuse one prefill of their common
-        prefix: its KV cache is expanded to the group and only the suffixes run. The rest go in
-        length-sorted batches.
+        prefix (`_batches`).
         """
         self.check_fits([len(p) for p in prompts], 1)
         results: list[dict[int, float]] = [{} for _ in prompts]
         wanted = torch.tensor(list(token_ids))
-        memory = self.memory()
-        alone: list[int] = []
-        for start, end, shared in _prefix_groups(prompts, groups) if groups is not None else [(0, len(prompts), 0)]:
-            if shared < MIN_SHARED_PREFIX or end - start < 2:
-                alone += range(start, end)
-                continue
-            head = torch.tensor([prompts[start][:shared]], device=self.device)
-            _, prefix = self.forward(head, torch.ones_like(head), torch.arange(shared, device=self.device)[None])
-            group = range(start, end)
-            batches = memory.forward_batches([len(prompts[i]) - shared for i in group], max(batch_size, 2))
-            for b, batch in enumerate(batches):
-                # each batch expands the prefix cache in place: all but the last work on a copy
-                cache = prefix if b == len(batches) - 1 else prefix.copy()
-                idx = [group[k] for k in batch]
-                self._score_rows(prompts, idx, wanted, token_ids, results, batch_size, cache, shared)
-        for batch in memory.forward_batches([len(prompts[i]) for i in alone], batch_size):  # results in input order
-            self._score_rows(prompts, [alone[k] for k in batch], wanted, token_ids, results, batch_size)
+        for idx, cache, shared in self._batches(prompts, groups, [len(p) - 1 for p in prompts], batch_size):
+            logits = self._suffix_logits(prompts, idx, cache, shared, batch_size, keep=1)[:, -1]
+            logprobs = torch.log_softmax(logits, dim=-1).cpu()[:, wanted]
+            for row, i in enumerate(idx):
+                results[i] = dict(zip(token_ids, logprobs[row].tolist()))
         return results
-
-    def _score_rows(self, prompts, idx, wanted, token_ids, results, batch_size, cache=None, shared=0) -> None:
-        """One forward over ``prompts[idx]`` (after a cached prefix of ``shared`` tokens), keeping the last logits."""
-        ids, mask, positions = _left_padded([prompts[i][shared:] for i in idx], self.pad_id)
-        self.memory().check_forward(len(idx), shared + ids.shape[1], batch_size)
-        if cache is not None:  # the prefix, then each row's left-padded suffix
-            cache.repeat(torch.full((1,), len(idx)))
-            mask = torch.cat([mask.new_ones((len(idx), shared)), mask], dim=1)
-            positions = positions + shared
-        d = self.device
-        logits, _ = self.forward(ids.to(d), mask.to(d), positions.to(d), cache, use_cache=cache is not None)
-        logprobs = torch.log_softmax(logits.float(), dim=-1).cpu()[:, wanted]
-        for row, i in enumerate(idx):
-            results[i] = dict(zip(token_ids, logprobs[row].tolist()))
 
     @torch.inference_mode()
     def continuation_logprobs(
         self, prompts: Sequence[list[int]], continuations: Sequence[list[int]], batch_size: int = 8
     ) -> list[list[float]]:
-        """Log-probability of each continuation token given the prompt and the tokens before it."""
+        """Log-probability of each continuation token given the prompt and the tokens before it.
+
+        Consecutive equal prompts (a judge's N candidates for one instruction) reuse one prefill of the prompt,
+        and logits are computed only at the positions that predict a continuation token.
+        """
         seqs = [list(p) + list(c) for p, c in zip(prompts, continuations)]
         self.check_fits([len(s) for s in seqs], 0)
         results: list[list[float]] = [[] for _ in seqs]
-        memory = self.memory()
-        for idx in memory.forward_batches([len(s) for s in seqs], batch_size):
-            width = max(len(seqs[i]) for i in idx)
-            memory.check_forward(len(idx), width, batch_size, logits=True)
-            ids = torch.full((len(idx), width), self.pad_id, dtype=torch.long)
-            mask = torch.zeros((len(idx), width), dtype=torch.long)
-            for row, i in enumerate(idx):  # right padding: positions are plain 0..len-1
-                ids[row, : len(seqs[i])] = torch.tensor(seqs[i])
-                mask[row, : len(seqs[i])] = 1
-            logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
-            logprobs = torch.log_softmax(logits.float(), dim=-1).cpu()
+        lengths = [len(p) for p in prompts]
+        groups = [tuple(p) for p in prompts]
+        # the prefix stops before each prompt's last token, whose logits predict the first continuation token
+        for idx, cache, shared in self._batches(seqs, groups, [n - 1 for n in lengths], batch_size):
+            keep = max(len(seqs[i]) - lengths[i] for i in idx) + 1
+            logits = self._suffix_logits(seqs, idx, cache, shared, batch_size, keep)
+            norms = torch.logsumexp(logits, dim=-1).cpu()  # log-softmax of the targets only: rows x keep, not x vocab
+            logits = logits.cpu()
             for row, i in enumerate(idx):
-                p, n = len(prompts[i]), len(continuations[i])
-                targets = torch.tensor(seqs[i][p : p + n])
-                # the token at position t is predicted by the logits at t - 1
-                results[i] = logprobs[row, p - 1 : p - 1 + n].gather(-1, targets[:, None])[:, 0].tolist()
+                n = len(seqs[i]) - lengths[i]
+                cols = slice(keep - 1 - n, keep - 1)  # the token at position t is predicted by the logits at t - 1
+                targets = torch.tensor(seqs[i][lengths[i] :])
+                results[i] = (logits[row, cols].gather(-1, targets[:, None])[:, 0] - norms[row, cols]).tolist()
         return results
+
+    def _batches(
+        self, seqs: Sequence[list[int]], groups: Sequence[Any] | None, limits: Sequence[int], batch_size: int
+    ) -> Iterator[tuple[list[int], KVCache | None, int]]:
+        """(indices, prefix cache or None, prefix tokens) per scoring forward over ``seqs``.
+
+        Consecutive sequences with one ``groups`` key share one prefill of their common prefix (at most
+        ``limits[i]`` tokens): its KV cache is expanded to each batch of the group and only the suffixes run.
+        The rest go in length-sorted batches (`MemoryPlan.forward_batches`).
+        """
+        memory = self.memory()
+        alone: list[int] = []
+        for start, end, shared in _prefix_groups(seqs, groups) if groups is not None else [(0, len(seqs), 0)]:
+            shared = min(shared, *limits[start:end])
+            if shared < MIN_SHARED_PREFIX or end - start < 2:
+                alone += range(start, end)
+                continue
+            head = torch.tensor([seqs[start][:shared]], device=self.device)
+            _, prefix = self.forward(head, torch.ones_like(head), torch.arange(shared, device=self.device)[None])
+            group = range(start, end)
+            batches = memory.forward_batches([len(seqs[i]) - shared for i in group], max(batch_size, 2))
+            for b, batch in enumerate(batches):
+                # each batch expands the prefix cache in place: all but the last work on a copy
+                yield [group[k] for k in batch], prefix if b == len(batches) - 1 else prefix.copy(), shared
+        for batch in memory.forward_batches([len(seqs[i]) for i in alone], batch_size):  # results in input order
+            yield [alone[k] for k in batch], None, 0
+
+    def _suffix_logits(self, seqs, idx, cache: KVCache | None, shared: int, batch_size: int, keep: int) -> torch.Tensor:
+        """float32 logits (rows x ``keep`` x vocabulary) of the last ``keep`` positions of ``seqs[idx]``, left-padded
+        after a cached prefix of ``shared`` tokens."""
+        ids, mask, positions = _left_padded([seqs[i][shared:] for i in idx], self.pad_id)
+        self.memory().check_forward(len(idx), shared + ids.shape[1], batch_size, logit_positions=keep)
+        if cache is not None:  # the prefix, then each row's left-padded suffix
+            cache.repeat(torch.full((1,), len(idx)))
+            mask = torch.cat([mask.new_ones((len(idx), shared)), mask], dim=1)
+            positions = positions + shared
+        d = self.device
+        out = self._call(ids.to(d), mask.to(d), positions.to(d), cache, cache is not None, keep)
+        return out.logits.float()
 
 
 def memory_of(

@@ -108,17 +108,16 @@ class MemoryPlan:
         logits only (all the decode loop reads)."""
         return prompts * (width * self.forward_per_token + self.vocab * LOGIT_BYTES)
 
-    def forward_bytes(self, rows: int, width: int, logits: bool = False) -> int:
-        """Peak bytes of a forward pass over ``rows`` sequences of ``width`` tokens; with ``logits``, every
-        position's float32 logits and their log-softmax are held too (continuation scoring)."""
-        per_token = self.forward_per_token + (2 * LOGIT_BYTES * self.vocab if logits else 0)
-        return rows * width * per_token
+    def forward_bytes(self, rows: int, width: int, logit_positions: int = 0) -> int:
+        """Peak bytes of a forward pass over ``rows`` sequences of ``width`` tokens whose last ``logit_positions``
+        positions keep their logits (the model's and a float32 copy: continuation scoring)."""
+        return rows * (width * self.forward_per_token + logit_positions * 2 * LOGIT_BYTES * self.vocab)
 
-    def check_forward(self, rows: int, width: int, batch_size: int, logits: bool = False) -> None:
+    def check_forward(self, rows: int, width: int, batch_size: int, logit_positions: int = 0) -> None:
         """Refuse a forward pass that could never fit the share, naming the judge's batch_size that would."""
-        need = self.forward_bytes(rows, width, logits)
+        need = self.forward_bytes(rows, width, logit_positions)
         if need > self.bound:
-            fit = max(1, self.bound // max(1, self.forward_bytes(1, width, logits)))
+            fit = max(1, self.bound // max(1, self.forward_bytes(1, width, logit_positions)))
             raise SizeError(
                 f"batch_size {batch_size:,}: one forward pass of {rows:,} sequences of {width:,} tokens needs about "
                 f"{need / 2**30:.1f} GiB, more than {self.share_name} ({_gib(self.bound)}); {fit:,} such sequences "
