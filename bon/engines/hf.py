@@ -270,13 +270,12 @@ class HFModel(Tokenized):
         for idx, cache, shared in self._batches(seqs, groups, [n - 1 for n in lengths], batch_size):
             keep = max(len(seqs[i]) - lengths[i] for i in idx) + 1
             logits = self._suffix_logits(seqs, idx, cache, shared, batch_size, keep)
-            norms = torch.logsumexp(logits, dim=-1).cpu()  # log-softmax of the targets only: rows x keep, not x vocab
-            logits = logits.cpu()
+            norms = torch.logsumexp(logits, dim=-1)  # log-softmax of the targets only: rows x keep, not x vocab
             for row, i in enumerate(idx):
                 n = len(seqs[i]) - lengths[i]
                 cols = slice(keep - 1 - n, keep - 1)  # the token at position t is predicted by the logits at t - 1
-                targets = torch.tensor(seqs[i][lengths[i] :])
-                results[i] = (logits[row, cols].gather(-1, targets[:, None])[:, 0] - norms[row, cols]).tolist()
+                targets = torch.tensor(seqs[i][lengths[i] :], device=logits.device)
+                results[i] = (logits[row, cols].gather(-1, targets[:, None])[:, 0] - norms[row, cols]).cpu().tolist()
         return results
 
     def _batches(
