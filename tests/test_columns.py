@@ -57,3 +57,16 @@ def test_run_directory_commands_fit_80_columns(tmp_path, prompts_file, pool_dir,
 @pytest.mark.slow  # SmolLM2's tokenizer (bon prepare)
 def test_check_fits_80_columns():
     _fits("check", "configs/demo.yaml", "--set", "early_rejection.keep_fraction=0.5")
+
+
+def test_show_prints_the_title_on_its_own_line_and_leaves_the_callers_table_as_given(capsys):
+    from rich.table import Table
+
+    from bon.cli.common import show
+
+    table = Table(title="a title longer than the narrow table below it")
+    table.add_column("k")
+    table.add_row("v")
+    show(table)
+    assert capsys.readouterr().out.splitlines()[0] == "a title longer than the narrow table below it"
+    assert table.title == "a title longer than the narrow table below it"

@@ -29,7 +29,10 @@ def show(table: Table) -> None:
     title, table.title = table.title, None
     if title:
         console.print(title, highlight=False)
-    console.print(table)
+    try:
+        console.print(table)
+    finally:
+        table.title = title  # the caller's table is left as it was given
 
 
 def tagged(tag: str, style: str, text: object) -> Text:
