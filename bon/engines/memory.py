@@ -110,7 +110,7 @@ class MemoryPlan:
 
     def forward_bytes(self, rows: int, width: int, logit_positions: int = 0) -> int:
         """Peak bytes of a forward pass over ``rows`` sequences of ``width`` tokens whose last ``logit_positions``
-        positions keep their logits (the model's and a float32 copy: continuation scoring)."""
+        positions keep their logits (the model's and a float32 copy)."""
         return rows * (width * self.forward_per_token + logit_positions * 2 * LOGIT_BYTES * self.vocab)
 
     def check_forward(self, rows: int, width: int, batch_size: int, logit_positions: int = 0) -> None:
