@@ -351,15 +351,13 @@ def test_candidates_of_one_prompt_share_its_prefill_and_score_as_alone():
     prompts.append(prompts[0][:10])  # a short prompt alone: no prefix worth sharing
     conts.append([5, 6, 7])
     seen: list[tuple[int, int]] = []  # (tokens run, logit positions) per model call
-    call = engine._call
 
-    def spy(ids, mask, positions, cache, use_cache, keep):
-        out = call(ids, mask, positions, cache, use_cache, keep)
-        seen.append((ids.shape[1], out.logits.shape[1]))
-        return out
+    def record(module, args, kwargs, out):
+        seen.append((kwargs["input_ids"].shape[1], out.logits.shape[1]))
 
-    engine._call = spy
+    hook = engine.model.register_forward_hook(record, with_kwargs=True)
     got = engine.continuation_logprobs(prompts, conts, batch_size=8)
+    hook.remove()
     for p, c, lps in zip(prompts, conts, got):
         assert lps == pytest.approx(_direct_continuation_logprobs(engine, p, c), abs=1e-4)
     # 3 prefills of a prompt's first len - 1 tokens (one logit each), 3 suffix batches, the short one alone
