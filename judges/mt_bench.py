@@ -199,8 +199,13 @@ class MTBenchJudge(PromptJudge):
     def prompt_ids(self, prompt: Prompt, answer: str) -> list[int]:
         return self.engine.chat_ids(self.messages(prompt, answer), fix="use a judge model with a chat template")
 
-    def _forced(self, rows: list[tuple[list[int] | None, str | None]]) -> dict[int, tuple[float | None, float]]:
-        """(expected rating, digit mass) after 'Rating: [[' for each judgment (by position) that gave no rating."""
+    def _forced(
+        self, rows: list[tuple[list[int] | None, str | None]], keys: Sequence[str]
+    ) -> dict[int, tuple[float | None, float]]:
+        """(expected rating, digit mass) after 'Rating: [[' for each judgment (by position) that gave no rating.
+
+        ``keys`` (a row's prompt id) let the judgments of one prompt's candidates share the prefill of their
+        common judge prompt (system prompt, question, reference answers) instead of each reading it again."""
         tok, room = self.engine.tokenizer, self.context
         todo, prefixes = [], []
         for i, (ids, text) in enumerate(rows):
@@ -212,7 +217,8 @@ class MTBenchJudge(PromptJudge):
                 prefixes.append(prefix)
         digits = digit_token_ids(tok)[1:]  # "1".."9": a rating's first token ("10" starts with "1")
         out = {}
-        for i, logprobs in zip(todo, self.engine.next_token_logprobs(prefixes, digits) if todo else []):
+        scored = self.engine.next_token_logprobs(prefixes, digits, groups=[keys[i] for i in todo]) if todo else []
+        for i, logprobs in zip(todo, scored):
             score, _, mass = expected_score(logprobs, digits)
             out[i] = (None if score is None else score + 1, mass)  # expected_score counts from 0
         return out
@@ -228,7 +234,8 @@ class MTBenchJudge(PromptJudge):
         outputs = iter([group[0].text for group in self.engine.sample(ids, 1, [0] * len(ids), greedy)] if ids else [])
         table = {p.id: p for p in prompts}
         texts = [None if x is None else next(outputs) for x, _ in fitted]
-        forced = self._forced([(x, t) for (x, _), t in zip(fitted, texts)]) if self.options.force_rating else {}
+        rows = [(x, t) for (x, _), t in zip(fitted, texts)]
+        forced = self._forced(rows, [c.prompt_id for c in candidates]) if self.options.force_rating else {}
         judgements = []
         for i, (c, (prompt_ids, fit_flag), text) in enumerate(zip(candidates, fitted, texts)):
             if prompt_ids is None or text is None:

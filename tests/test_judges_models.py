@@ -113,6 +113,42 @@ def test_autoj_on_smollm2_flags_real_malformed_output(smollm2):
     assert lp == pytest.approx(smollm2.next_token_logprobs([prefix], [seven])[0][seven]) and lp < 0
 
 
+def test_mt_bench_forced_ratings_of_one_prompts_candidates_share_its_judge_prompt(smollm2):
+    """`force_rating` reads the expected digit after 'Rating: [[' appended to each judgment: the candidates of one
+    question share FastChat's system prompt and the question, prefilled once, and rate as each does alone."""
+    from os.path import commonprefix
+
+    from judges.mt_bench import FORCED, MTBenchJudge, MTBenchOptions
+
+    judge = MTBenchJudge(MTBenchOptions(force_rating=True, max_tokens=4), engine=smollm2)
+    prompts = [Prompt("q", "Write a haiku about rain."), Prompt("r", "Name three primes.")]
+    cands = [
+        Candidate(p, i, t, None, 1, 1, "stop", "x")
+        for p, i, t in [("q", 0, "Rain taps the window."), ("q", 1, "Soft rain falls."), ("r", 0, "2, 3 and 5.")]
+    ]
+    ran: list[int] = []  # the tokens each forward pass runs (padding left out)
+    hook = smollm2.model.register_forward_pre_hook(
+        lambda m, args, kw: ran.append(int(kw["attention_mask"][:, -kw["input_ids"].shape[1] :].sum())),
+        with_kwargs=True,
+    )
+    try:
+        together = judge.score(prompts, cands)
+        shared = sum(ran)
+        alone = [judge.score(prompts, [c])[0] for c in cands]
+    finally:
+        hook.remove()
+    assert all(j.flag and "rating forced" in j.flag for j in together + alone)  # 4 greedy tokens give no [[x]]
+    assert [j.score for j in together] == pytest.approx([j.score for j in alone], abs=1e-4)
+    assert [j.raw for j in together] == [j.raw for j in alone]
+    q0, q1 = (
+        judge.prompt_ids(prompts[0], c.text) + smollm2.tokenizer.encode(j.raw + FORCED, add_special_tokens=False)
+        for c, j in zip(cands[:2], together)
+    )
+    common = len(commonprefix([q0, q1]))
+    assert common > 100  # FastChat's system prompt and the question
+    assert sum(ran) - shared - shared == common  # rated alone, q's second candidate reads the common part again
+
+
 @pytest.fixture(scope="module")
 def tiny_rm(tmp_path_factory, smollm2):
     """A randomly initialised Llama sequence classifier with SmolLM2's tokenizer: plumbing only."""
