@@ -33,6 +33,7 @@ from bon.engines.models import (
     require_gguf_weights,
     resolve,
 )
+from bon.engines.prefixes import MIN_SHARED_PREFIX, prefix_groups
 from bon.engines.sampling import _left_padded
 from bon.engines.stream import DecodeSession, WaveLoop
 from bon.engines.tokens import Tokenized, config_context, end_ids
@@ -85,28 +86,6 @@ def prepare(cfg: ModelConfig) -> tuple[Path, bool, float]:
         return converted_path(ref), False, 0.0
     t0 = time.perf_counter()
     return convert_gguf(ref), True, time.perf_counter() - t0
-
-
-MIN_SHARED_PREFIX = 32  # tokens; a shorter common prefix is not worth a separate prefill
-
-
-def _prefix_groups(prompts: Sequence[list[int]], groups: Sequence[Any]) -> list[tuple[int, int, int]]:
-    """(start, end, common prefix length) for runs of consecutive prompts with one group key.
-
-    Each prompt keeps at least one token of its own.
-    """
-    runs, start = [], 0
-    while start < len(prompts):
-        end = start + 1
-        while end < len(prompts) and groups[end] == groups[start]:
-            end += 1
-        shared = min(len(p) for p in prompts[start:end]) - 1
-        first = prompts[start]
-        for other in prompts[start + 1 : end]:
-            shared = next((k for k in range(shared) if other[k] != first[k]), shared)
-        runs.append((start, end, shared))
-        start = end
-    return runs
 
 
 def _merged(model, adapter: str):
@@ -240,7 +219,7 @@ class HFModel(Tokenized):
 
         Consecutive prompts with the same ``groups`` key (a judge's N prompts for one instruction:
         template, instruction and reference, then each answer) reuse one prefill of their common
-        prefix (`_batches`).
+        prefix (`_batches`); without keys, prompts sharing a long prefix are found (`found_groups`).
         """
         self.check_fits([len(p) for p in prompts], 1)
         results: list[dict[int, float]] = [{} for _ in prompts]
@@ -283,25 +262,25 @@ class HFModel(Tokenized):
     ) -> Iterator[tuple[list[int], KVCache | None, int]]:
         """(indices, prefix cache or None, prefix tokens) per scoring forward over ``seqs``.
 
-        Consecutive sequences with one ``groups`` key share one prefill of their common prefix (at most
-        ``limits[i]`` tokens): its KV cache is expanded to each batch of the group and only the suffixes run.
+        Each group of `prefix_groups` (consecutive sequences with one ``groups`` key, or found when there are no
+        keys) shares one prefill of its common prefix (at most ``limits[i]`` tokens): its KV cache is expanded to
+        each batch of the group and only the suffixes run.
         The rest go in length-sorted batches (`MemoryPlan.forward_batches`).
         """
         memory = self.memory()
         alone: list[int] = []
-        for start, end, shared in _prefix_groups(seqs, groups) if groups is not None else [(0, len(seqs), 0)]:
-            shared = min(shared, *limits[start:end])
-            if shared < MIN_SHARED_PREFIX or end - start < 2:
-                alone += range(start, end)
+        for group, shared in prefix_groups(seqs, groups, limits):
+            if shared < MIN_SHARED_PREFIX or len(group) < 2:
+                alone += group
                 continue
-            head = torch.tensor([seqs[start][:shared]], device=self.device)
+            head = torch.tensor([seqs[group[0]][:shared]], device=self.device)
             _, prefix = self.forward(head, torch.ones_like(head), torch.arange(shared, device=self.device)[None])
-            group = range(start, end)
             batches = memory.forward_batches([len(seqs[i]) - shared for i in group], max(batch_size, 2))
             for b, batch in enumerate(batches):
                 # each batch expands the prefix cache in place: all but the last work on a copy
                 yield [group[k] for k in batch], prefix if b == len(batches) - 1 else prefix.copy(), shared
-        for batch in memory.forward_batches([len(seqs[i]) for i in alone], batch_size):  # results in input order
+        alone.sort()  # in input order, as without a prefix cache
+        for batch in memory.forward_batches([len(seqs[i]) for i in alone], batch_size):
             yield [alone[k] for k in batch], None, 0
 
     def _suffix_logits(self, seqs, idx, cache: KVCache | None, shared: int, batch_size: int, keep: int) -> torch.Tensor:
