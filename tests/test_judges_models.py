@@ -67,6 +67,24 @@ def test_cosine_against_the_instruction_needs_no_reference(minilm):
     assert [j.score for j in out] == pytest.approx(by_hand, abs=1e-5)  # the prompt without a reference too
 
 
+def test_a_text_given_beside_each_candidate_is_embedded_once(minilm):
+    """The reference (or instruction) of a prompt's N candidates is one text: embedded once, not N times."""
+    from bon.engines.hf import load_embedder
+
+    embedder = load_embedder(str(embedded_path("all-MiniLM-L6-v2")))
+    rows: list[int] = []
+    hook = embedder.model.register_forward_pre_hook(
+        lambda m, args, kw: rows.append(len(kw["input_ids"])), with_kwargs=True
+    )
+    try:
+        got = embedder.embed([*TEXTS, PROMPTS[0].reference] + [PROMPTS[0].reference] * 3 + [TEXTS[1]])
+    finally:
+        hook.remove()
+    assert sum(rows) == 5  # the four texts and the reference
+    assert got[4] == got[5] == got[7] and got[8] == got[1]
+    assert got[4] == pytest.approx(embed_by_hand(minilm, PROMPTS[0].reference).tolist(), abs=1e-5)
+
+
 def test_consistency_is_mean_similarity_to_the_others(minilm):
     out = build_judge("consistency").score(PROMPTS, CANDS)
     vecs = [embed_by_hand(minilm, t) for t in TEXTS]

@@ -435,12 +435,15 @@ class HFEmbedder:
 
     @torch.inference_mode()
     def embed(self, texts: Sequence[str], batch_size: int = 32) -> list[list[float]]:
-        if not texts:
+        """One vector per text; a text given several times (a prompt's instruction or reference beside each of its
+        N candidates) is embedded once."""
+        unique = list(dict.fromkeys(texts))
+        if not unique:
             return []
         memory = memory_of(self.model, self.device)
-        encoded = self.tokenizer(list(texts), truncation=True, max_length=256)
-        rows = [{key: values[i] for key, values in encoded.items()} for i in range(len(texts))]
-        vectors: list[list[float]] = [[] for _ in texts]
+        encoded = self.tokenizer(unique, truncation=True, max_length=256)
+        rows = [{key: values[i] for key, values in encoded.items()} for i in range(len(unique))]
+        vectors: dict[str, list[float]] = {}
         for idx in memory.forward_batches([len(r["input_ids"]) for r in rows], batch_size):
             enc = self.tokenizer.pad([rows[i] for i in idx], return_tensors="pt").to(self.device)
             memory.check_forward(len(idx), enc["input_ids"].shape[1], batch_size)
@@ -448,8 +451,8 @@ class HFEmbedder:
             mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
             for i, vector in zip(idx, torch.nn.functional.normalize(pooled.float(), dim=-1).cpu().tolist()):
-                vectors[i] = vector
-        return vectors
+                vectors[unique[i]] = vector
+        return [vectors[t] for t in texts]
 
 
 def load_reward_model(cfg: ModelConfig) -> HFRewardModel:
