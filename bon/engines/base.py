@@ -138,7 +138,8 @@ class LanguageModel(Tokens, Protocol):
         """Log-probabilities of ``token_ids`` as the next token after each prompt.
 
         Consecutive prompts with equal ``groups`` keys share a prefix the engine may compute once
-        (transformers reuses its KV cache; vLLM's prefix caching does so by itself).
+        (transformers reuses its KV cache; vLLM's prefix caching does so by itself). Without keys, both
+        find the prefixes prompts share.
 
         A token the engine cannot report (outside vLLM's top-k logprobs) is absent from the dict.
         """
