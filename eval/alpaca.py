@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from bon.core.config import ModelConfig, validate_options
-from bon.core.errors import BonError
+from bon.core.errors import BonError, did_you_mean
 from bon.core.io import VERBOSE, DataFileError, held_stderr, read_json
 from bon.core.prompts import PromptSourceError
 from bon.core.rundir import read_outputs
@@ -241,10 +241,13 @@ def annotate(
                 "local annotator SmolLM2-135M: a plumbing smoke test of the annotation path, not a meaningful verdict"
             )
     else:
-        config_path = Path(alpaca_eval().__file__).parent / "evaluators_configs" / annotator / "configs.yaml"
+        configs = Path(alpaca_eval().__file__).parent / "evaluators_configs"
+        config_path = configs / annotator / "configs.yaml"
         if not config_path.exists():
+            hint = did_you_mean(annotator, sorted(p.name for p in configs.iterdir() if (p / "configs.yaml").exists()))
             raise AnnotatorError(
                 f"unknown annotator {annotator!r}: use an alpaca-eval config name, local:MODEL or precomputed:FILE"
+                + (f"; {hint}" if hint else "")
             )
         if base_url:
             cache_dir = cache_dir / ("server-" + hashlib.sha256(base_url.encode()).hexdigest()[:10])

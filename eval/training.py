@@ -10,7 +10,6 @@ beside its destination and renamed into place, so a refusal or a crash leaves no
 from __future__ import annotations
 
 import contextlib
-import difflib
 import random
 import shutil
 import tempfile
@@ -23,7 +22,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from bon.core.config import RunConfig, Strict, validate_options
-from bon.core.errors import BonError
+from bon.core.errors import BonError, did_you_mean
 from bon.core.io import umask
 from bon.core.records import Candidate, Judgement, Prompt, Selection
 from bon.core.rundir import config_digest, load_run
@@ -39,9 +38,8 @@ class TrainingExportError(BonError, ValueError):
 
 
 def _did_you_mean(value: str, known: Sequence[str], what: str) -> str:
-    close = difflib.get_close_matches(value, known, n=1, cutoff=0.5)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    return f"unknown {what} {value!r}{hint} (known: {', '.join(known)})"
+    hint = did_you_mean(value, known, n=1, cutoff=0.5)
+    return f"unknown {what} {value!r}{'; ' + hint if hint else ''} (known: {', '.join(known)})"
 
 
 class PreferenceOptions(Strict):

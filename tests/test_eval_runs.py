@@ -61,8 +61,13 @@ def test_official_annotator_needs_a_key(small_run, monkeypatch):
     with pytest.raises(AnnotatorError, match="set OPENAI_API_KEY"):
         run_alpaca_eval(cfg.output_dir, 1, None, reference)
     assert not (cfg.output_dir / "alpaca_eval" / "v1" / "annotations_cache.json").exists()
-    with pytest.raises(AnnotatorError, match="unknown annotator 'gpt5'"):
+    with pytest.raises(AnnotatorError, match="unknown annotator 'gpt5'.*did you mean 'gpt4'"):
         run_alpaca_eval(cfg.output_dir, 1, "gpt5", reference)
+    with pytest.raises(AnnotatorError, match="unknown annotator 'zzz'") as unknown:
+        run_alpaca_eval(cfg.output_dir, 1, "zzz", reference)
+    assert "did you mean" not in str(unknown.value)  # nothing close
+    with pytest.raises(AnnotatorError, match="did you mean 'weighted_alpaca_eval_gpt4_turbo'"):
+        run_alpaca_eval(cfg.output_dir, 1, "weighted_alpaca_eval_gpt4_trubo", reference)
 
 
 def test_gain_curve_by_hand(small_run, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import types
 import typing
+from collections.abc import Iterable
 from typing import Any
 
 
@@ -49,10 +50,14 @@ def _known_keys(model: Any, loc: tuple) -> str:
     fields = _fields_at(model, loc[:-1])
     if not fields:
         return "; nothing can be set here" if model is not None and not loc[:-1] and not model.model_fields else ""
-    close = difflib.get_close_matches(str(loc[-1]), fields, n=2, cutoff=0.6)
-    if close:
-        return "; did you mean " + " or ".join(repr(c) for c in close) + "?"
-    return "; known keys here: " + ", ".join(fields)
+    hint = did_you_mean(str(loc[-1]), fields)
+    return f"; {hint}" if hint else "; known keys here: " + ", ".join(fields)
+
+
+def did_you_mean(value: str, known: Iterable[str], n: int = 2, cutoff: float = 0.6) -> str:
+    """ "did you mean 'a' or 'b'?" naming the known names closest to ``value`` (at most ``n``); "" when none is."""
+    close = difflib.get_close_matches(value, list(known), n=n, cutoff=cutoff)
+    return "did you mean " + " or ".join(repr(c) for c in close) + "?" if close else ""
 
 
 def _fields_at(model: Any, loc: tuple) -> list[str]:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import difflib
 import importlib
 from collections.abc import Iterator
 from typing import Generic, TypeVar
 
-from bon.core.errors import BonError
+from bon.core.errors import BonError, did_you_mean
 
 T = TypeVar("T")
 
@@ -39,8 +38,8 @@ class Registry(Generic[T]):
     def check(self, name: str) -> str:
         """Return ``name`` if registered, else raise with suggestions (no import happens)."""
         if name not in self._targets:
-            close = difflib.get_close_matches(name, self._targets, n=3, cutoff=0.5)
-            hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+            hint = did_you_mean(name, self._targets, n=3, cutoff=0.5)
+            hint = f" {hint[:1].upper()}{hint[1:]}" if hint else ""
             raise UnknownNameError(f"unknown {self.what} {name!r}.{hint} Choices: {', '.join(self.names())}")
         return name
 
