@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
 
 def main() -> None:
@@ -30,9 +32,9 @@ def main() -> None:
     import torch
 
     from bon.core.config import ModelConfig
-    from bon.engines.base import SamplingSettings, derive_seed
+    from bon.engines.base import SamplingSettings
     from bon.engines.hf import HFModel
-    from bon.engines.sampling import _pick
+    from tests.helpers import plain_loop_text  # the oracle of the determinism test
 
     rows = [json.loads(line) for line in (ROOT / "configs" / "prompts" / "demo.jsonl").read_text().splitlines()]
     instructions = [r["instruction"] for r in rows][: a.prompts]
@@ -55,22 +57,11 @@ def main() -> None:
 
         s = SamplingSettings(temperature=1.0, top_p=0.9, max_tokens=a.contract_tokens)
         batched = model.sample(prompts[:2], 3, [11, 12], s)
-        differ = 0
-        for ids, seed, group in zip(prompts[:2], [11, 12], batched):
-            for i, got in enumerate(group):
-                u = torch.rand(
-                    s.max_tokens, generator=torch.Generator().manual_seed(derive_seed(seed, i)), dtype=torch.float64
-                )
-                seq, alone = list(ids), []
-                with torch.no_grad():
-                    for step in range(s.max_tokens):
-                        logits = model.model(torch.tensor([seq])).logits[:, -1].float()
-                        t = int(_pick(logits, u[step : step + 1], s)[0])
-                        if t in model.eos_ids:
-                            break
-                        alone.append(t)
-                        seq.append(t)
-                differ += got.text != model.tokenizer.decode(alone, skip_special_tokens=True)
+        differ = sum(
+            got.text != plain_loop_text(model, ids, seed, i, s)
+            for ids, seed, group in zip(prompts[:2], [11, 12], batched)
+            for i, got in enumerate(group)
+        )
         print(
             f"{dtype:>9}: sampled {tokens} tokens in {walls[dtype]:.1f} s ({tokens / walls[dtype]:.0f}/s); "
             f"batched vs alone at {a.contract_tokens} tokens: {differ} of 6 candidates differ"

@@ -118,3 +118,26 @@ def prompts_of_random_tokens(k: int) -> list[list[int]]:
     return [
         torch.randint(3, 64, (int(torch.randint(4, 24, (1,), generator=g)),), generator=g).tolist() for _ in range(k)
     ]
+
+
+def plain_loop_text(engine, ids: list[int], seed: int, index: int, settings) -> str:
+    """The oracle of the sampler's determinism contract: candidate ``index`` of a prompt sampled with ``seed`` by a
+    plain loop that recomputes the whole sequence for it alone, with the same uniforms of its own seed."""
+    import torch
+
+    from bon.engines.base import derive_seed
+    from bon.engines.sampling import _pick
+
+    u = torch.rand(
+        settings.max_tokens, generator=torch.Generator().manual_seed(derive_seed(seed, index)), dtype=torch.float64
+    )
+    seq, out = list(ids), []
+    with torch.no_grad():
+        for step in range(settings.max_tokens):
+            logits = engine.model(torch.tensor([seq])).logits[:, -1].float()
+            t = int(_pick(logits, u[step : step + 1], settings)[0])
+            if t in engine.eos_ids:
+                break
+            out.append(t)
+            seq.append(t)
+    return engine.tokenizer.decode(out, skip_special_tokens=True)

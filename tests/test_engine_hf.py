@@ -8,6 +8,7 @@ from bon.core.records import Prompt
 from bon.engines.base import derive_seed
 from bon.engines.models import embedded_path
 from bon.pipeline.policy import EnginePolicy, prompt_seed
+from tests.helpers import plain_loop_text
 
 pytestmark = pytest.mark.slow
 
@@ -52,27 +53,13 @@ def test_batched_sampler_equals_one_candidate_at_a_time(smollm2):
     decoding prompts together and dropping finished rows give each candidate exactly the tokens of a
     plain loop that recomputes the whole sequence for it alone, with the same uniforms of its own seed."""
     from bon.engines.base import SamplingSettings
-    from bon.engines.sampling import _pick
 
     s = SamplingSettings(temperature=1.0, top_p=0.9, max_tokens=10)
     prompts = [smollm2.chat_ids([{"role": "user", "content": p.instruction}]) for p in PROMPTS]
     batched = smollm2.sample(prompts, 3, [11, 12], s)
     for ids, seed, group in zip(prompts, [11, 12], batched):
         for i, got in enumerate(group):
-            u = torch.rand(
-                s.max_tokens, generator=torch.Generator().manual_seed(derive_seed(seed, i)), dtype=torch.float64
-            )
-            seq, out = list(ids), []
-            with torch.no_grad():
-                for step in range(s.max_tokens):
-                    t = int(_pick(smollm2.model(torch.tensor([seq])).logits[:, -1].float(), u[step : step + 1], s)[0])
-                    if t in smollm2.eos_ids:
-                        break
-                    out.append(t)
-                    seq.append(t)
-            assert got.text == smollm2.tokenizer.decode(out, skip_special_tokens=True) and got.seed == derive_seed(
-                seed, i
-            )
+            assert got.text == plain_loop_text(smollm2, ids, seed, i, s) and got.seed == derive_seed(seed, i)
 
 
 def test_judge_prefix_reuse_matches_full_prompts(smollm2):
