@@ -194,7 +194,7 @@ def judge_floor(engine, prompts, n: int, max_tokens: int) -> dict:
     judge.score(prompts, cands)
     reuse = time.perf_counter() - t0
     t0 = time.perf_counter()
-    engine.next_token_logprobs(ids, judge.digit_ids, batch_size=n)
+    engine.next_token_logprobs(ids, judge.digit_ids, batch_size=n, groups=range(len(ids)))  # a key each: no reuse
     no_reuse = time.perf_counter() - t0
     floor, shared_tokens, total_tokens = 0.0, 0, 0
     with torch.inference_mode():

@@ -70,7 +70,7 @@ def test_judge_prefix_reuse_matches_full_prompts(smollm2):
     ids += [smollm2.chat_ids([{"role": "user", "content": "Something else entirely."}])]
     digits = smollm2.tokenizer.convert_tokens_to_ids(list("0123456789"))
     shared = smollm2.next_token_logprobs(ids, digits, groups=["a", "a", "a", "b"])
-    plain = smollm2.next_token_logprobs(ids, digits)
+    plain = smollm2.next_token_logprobs(ids, digits, groups=range(len(ids)))  # a key each: every prompt in full
     for x, y in zip(shared, plain):
         assert [x[d] for d in digits] == pytest.approx([y[d] for d in digits], abs=1e-4)
 

@@ -59,6 +59,7 @@ def test_keyed_groups_are_consecutive_runs_and_a_limit_must_leave_a_token():
     a = list(range(60))
     seqs = [a + [1], a + [2], a[:40] + [3], a + [4]]
     assert prefix_groups(seqs, ["x", "x", "x", "y"], [60, 60, 40, 60]) == [([0, 1, 2], 40), ([3], 60)]
+    assert [g for g, _ in prefix_groups(seqs, range(4), [60, 60, 40, 60])] == [[0], [1], [2], [3]]  # no sharing
     with pytest.raises(AssertionError, match="leave each sequence a token"):
         prefix_groups([a], None, [60])
 
