@@ -126,7 +126,7 @@ def plain_loop_text(engine, ids: list[int], seed: int, index: int, settings) -> 
     import torch
 
     from bon.engines.base import derive_seed
-    from bon.engines.sampling import _pick
+    from bon.engines.sampling import pick
 
     u = torch.rand(
         settings.max_tokens, generator=torch.Generator().manual_seed(derive_seed(seed, index)), dtype=torch.float64
@@ -135,7 +135,7 @@ def plain_loop_text(engine, ids: list[int], seed: int, index: int, settings) -> 
     with torch.no_grad():
         for step in range(settings.max_tokens):
             logits = engine.model(torch.tensor([seq])).logits[:, -1].float()
-            t = int(_pick(logits, u[step : step + 1], settings)[0])
+            t = int(pick(logits, u[step : step + 1], settings)[0])
             if t in engine.eos_ids:
                 break
             out.append(t)

@@ -55,7 +55,7 @@ def _known_keys(model: Any, loc: tuple) -> str:
 
 
 def did_you_mean(value: str, known: Iterable[str], n: int = 2, cutoff: float = 0.6) -> str:
-    """ "did you mean 'a' or 'b'?" naming the known names closest to ``value`` (at most ``n``); "" when none is."""
+    """The hint "did you mean 'a' or 'b'?" naming the known names closest to ``value`` (at most ``n``); "" if none."""
     close = difflib.get_close_matches(value, list(known), n=n, cutoff=cutoff)
     return "did you mean " + " or ".join(repr(c) for c in close) + "?" if close else ""
 

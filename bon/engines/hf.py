@@ -34,7 +34,7 @@ from bon.engines.models import (
     resolve,
 )
 from bon.engines.prefixes import MIN_SHARED_PREFIX, prefix_groups
-from bon.engines.sampling import _left_padded
+from bon.engines.sampling import left_padded
 from bon.engines.stream import DecodeSession, WaveLoop
 from bon.engines.tokens import Tokenized, config_context, end_ids
 
@@ -286,7 +286,7 @@ class HFModel(Tokenized):
     def _suffix_logits(self, seqs, idx, cache: KVCache | None, shared: int, batch_size: int, keep: int) -> torch.Tensor:
         """float32 logits (rows x ``keep`` x vocabulary) of the last ``keep`` positions of ``seqs[idx]``, left-padded
         after a cached prefix of ``shared`` tokens."""
-        ids, mask, positions = _left_padded([seqs[i][shared:] for i in idx], self.pad_id)
+        ids, mask, positions = left_padded([seqs[i][shared:] for i in idx], self.pad_id)
         self.memory().check_forward(len(idx), shared + ids.shape[1], batch_size, logit_positions=keep)
         if cache is not None:  # the prefix, then each row's left-padded suffix
             cache.repeat(torch.full((1,), len(idx)))

@@ -20,7 +20,7 @@ def uniforms(seeds: Sequence[int], steps: int) -> torch.Tensor:
     )
 
 
-def _left_padded(prompts: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def left_padded(prompts: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(ids, attention mask, position ids) of prompts left-padded to one width: each row's last token is at -1."""
     width = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
@@ -31,7 +31,7 @@ def _left_padded(prompts: Sequence[list[int]], pad_id: int) -> tuple[torch.Tenso
     return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
 
 
-def _pick(logits: torch.Tensor, u: torch.Tensor | None, s: SamplingSettings) -> torch.Tensor:
+def pick(logits: torch.Tensor, u: torch.Tensor | None, s: SamplingSettings) -> torch.Tensor:
     """One token per row: greedy at temperature 0, else the inverse CDF of the nucleus at ``u`` (a uniform per row)."""
     if s.temperature == 0 or u is None:
         return logits.argmax(-1)

@@ -30,7 +30,7 @@ import torch
 
 from bon.engines.base import EngineError, Sample, SamplingSettings, derive_seed
 from bon.engines.kv import KVCache, Layers
-from bon.engines.sampling import _left_padded, _pick, uniforms
+from bon.engines.sampling import left_padded, pick, uniforms
 
 
 class Forwarder(Protocol):
@@ -343,7 +343,7 @@ class DecodeSession:
         u = None
         if s.temperature > 0:
             u = torch.stack([req.uniforms[i, len(req.tokens[i])] for req, i in batch.owners])  # type: ignore[index]
-        picked = _pick(batch.logits.float().cpu(), u, s)
+        picked = pick(batch.logits.float().cpu(), u, s)
         keep: list[int] = []
         park: list[int] = []  # rows decoding on; of those, rows that park once this step's token is in the cache
         for row, ((req, i), t) in enumerate(zip(batch.owners, picked.tolist())):
@@ -409,7 +409,7 @@ class DecodeSession:
             rows, width = new_rows, new_width
         if not group:
             return
-        ids, mask, positions = _left_padded([r.ids for r in group], self.engine.pad_id)
+        ids, mask, positions = left_padded([r.ids for r in group], self.engine.pad_id)
         device = self.engine.device
         logits, cache = self.engine.forward(ids.to(device), mask.to(device), positions.to(device))
         self.stats.prefills += len(group)
