@@ -141,3 +141,17 @@ def plain_loop_text(engine, ids: list[int], seed: int, index: int, settings) -> 
             out.append(t)
             seq.append(t)
     return engine.tokenizer.decode(out, skip_special_tokens=True)
+
+
+@contextlib.contextmanager
+def tokens_run(model) -> Iterator[list[int]]:
+    """The tokens each forward pass of ``model`` runs inside the block (padding and a cached prefix left out)."""
+    ran: list[int] = []
+    hook = model.register_forward_pre_hook(
+        lambda m, args, kw: ran.append(int(kw["attention_mask"][:, -kw["input_ids"].shape[1] :].sum())),
+        with_kwargs=True,
+    )
+    try:
+        yield ran
+    finally:
+        hook.remove()

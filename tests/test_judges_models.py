@@ -12,6 +12,7 @@ from judges.autoj import AutoJOptions, AutoJudge
 from judges.base import prompts_by_id
 from judges.ppl import PPLJudge
 from judges.reward_model import RewardModelJudge, RewardModelOptions
+from tests.helpers import tokens_run
 
 pytestmark = pytest.mark.slow
 
@@ -144,17 +145,10 @@ def test_mt_bench_forced_ratings_of_one_prompts_candidates_share_its_judge_promp
         Candidate(p, i, t, None, 1, 1, "stop", "x")
         for p, i, t in [("q", 0, "Rain taps the window."), ("q", 1, "Soft rain falls."), ("r", 0, "2, 3 and 5.")]
     ]
-    ran: list[int] = []  # the tokens each forward pass runs (padding left out)
-    hook = smollm2.model.register_forward_pre_hook(
-        lambda m, args, kw: ran.append(int(kw["attention_mask"][:, -kw["input_ids"].shape[1] :].sum())),
-        with_kwargs=True,
-    )
-    try:
+    with tokens_run(smollm2.model) as ran:
         together = judge.score(prompts, cands)
         shared = sum(ran)
         alone = [judge.score(prompts, [c])[0] for c in cands]
-    finally:
-        hook.remove()
     assert all(j.flag and "rating forced" in j.flag for j in together + alone)  # 4 greedy tokens give no [[x]]
     assert [j.score for j in together] == pytest.approx([j.score for j in alone], abs=1e-4)
     assert [j.raw for j in together] == [j.raw for j in alone]

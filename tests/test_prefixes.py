@@ -7,7 +7,7 @@ import random
 import pytest
 
 from bon.engines.prefixes import MIN_SHARED_PREFIX, WINDOW, common_prefix, found_groups, prefix_groups
-from tests.helpers import tiny_engine
+from tests.helpers import tiny_engine, tokens_run
 
 HEAD = list(range(100, 140))  # 40 tokens every sequence starts with (a template)
 
@@ -81,13 +81,8 @@ def test_the_engine_finds_shared_prefixes_without_keys_and_scores_as_each_prompt
     rng = random.Random(1)
     prompts, _ = _annotation_prompts(rng)
     prompts = [[t % 61 + 3 for t in p] for p in prompts]  # into the tiny vocabulary, keeping which tokens are equal
-    ran: list[int] = []
-    hook = engine.model.register_forward_pre_hook(
-        lambda m, args, kw: ran.append(int(kw["attention_mask"][:, -kw["input_ids"].shape[1] :].sum())),
-        with_kwargs=True,
-    )
-    together = engine.next_token_logprobs(prompts, [1, 2, 3], batch_size=4)
-    hook.remove()
+    with tokens_run(engine.model) as ran:
+        together = engine.next_token_logprobs(prompts, [1, 2, 3], batch_size=4)
     for p, got in zip(prompts, together):
         alone = engine.next_token_logprobs([p], [1, 2, 3], batch_size=1)[0]
         assert got == pytest.approx(alone, abs=1e-4)
