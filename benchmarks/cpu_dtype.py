@@ -41,7 +41,7 @@ def main() -> None:
     demo = SamplingSettings(temperature=0.7, top_p=0.95, max_tokens=a.max_tokens)  # configs/demo.yaml's policy
     flags = next((x for x in Path("/proc/cpuinfo").read_text().splitlines() if x.startswith("flags")), "").split()
     print(
-        f"SmolLM2-135M-Instruct, {len(instructions)} prompts x {a.n} candidates, {a.max_tokens} tokens, "
+        f"SmolLM2-135M-Instruct, {len(instructions)} prompts x {a.n} candidates, {a.max_tokens} tokens\n"
         f"{torch.get_num_threads()} threads; the CPU has avx512_bf16: {'avx512_bf16' in flags}"
     )
     walls: dict[str, float] = {}
@@ -63,11 +63,11 @@ def main() -> None:
             for i, got in enumerate(group)
         )
         print(
-            f"{dtype:>9}: sampled {tokens} tokens in {walls[dtype]:.1f} s ({tokens / walls[dtype]:.0f}/s); "
-            f"batched vs alone at {a.contract_tokens} tokens: {differ} of 6 candidates differ"
+            f"{dtype:>9}: sampled {tokens} tokens in {walls[dtype]:.1f} s ({tokens / walls[dtype]:.0f}/s)\n"
+            f"{'':>11}batched vs alone at {a.contract_tokens} tokens: {differ} of 6 candidates differ"
         )
     print(
-        f"bfloat16 / float32 wall: {walls['bfloat16'] / walls['float32']:.2f}x "
+        f"bfloat16 / float32 wall: {walls['bfloat16'] / walls['float32']:.2f}x\n"
         "(float32 is the baseline, measured in this run)"
     )
 
