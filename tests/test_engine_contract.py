@@ -15,6 +15,7 @@ from bon.core.records import Prompt
 from bon.engines.base import (
     DecodeLoop,
     EngineError,
+    EngineInvariantError,
     PausableLoop,
     Sample,
     SamplingSettings,
@@ -85,6 +86,7 @@ def test_an_engine_without_a_loop_says_so_in_its_type_and_samples_by_batch():
 
 def test_a_request_goes_queued_decoding_paused_finished_and_a_duplicate_key_is_refused():
     engine = tiny_engine()
+    engine.eos_ids = frozenset({64})  # outside the 64-token vocabulary: every row decodes to its max_tokens
     loop = engine.session(SamplingSettings(1.0, 1.0, 8), max_rows=8, max_kv_tokens=4096)
     assert isinstance(loop, DecodeSession)
     ids = _prompts(2)
@@ -93,22 +95,28 @@ def test_a_request_goes_queued_decoding_paused_finished_and_a_duplicate_key_is_r
     with pytest.raises(EngineError, match="'a' is already in this decode session"):
         loop.add("a", ids[1], 2, 0)
     loop.advance(["a"])
-    if loop.requests["a"].status is Status.PAUSED:  # both rows went 4 tokens without an end
-        assert loop.paused() == ["a"] and len(loop.batch) == 0
-        loop.resume("a", [0])
-        assert loop.requests["a"].status is Status.DECODING
-        loop.advance(["a"])
-        assert loop.paused() in ([], ["a"])
-        while loop.paused():
-            loop.resume("a", list(loop.partial("a")))
-            loop.advance(["a"])
+    # after 4 tokens both rows leave the batch with their cache and wait
+    assert loop.requests["a"].status is Status.PAUSED
+    assert loop.paused() == ["a"] and len(loop.batch) == 0
+    assert {i: len(t) for i, t in loop.partial("a").items()} == {0: 4, 1: 4}
+    with pytest.raises(KeyError, match="is paused"):
+        loop.result("a")
+    prefills = engine.forward
+    calls: list[int] = []
+    engine.forward = lambda ids, *a, **k: (calls.append(ids.shape[1]), prefills(ids, *a, **k))[1]
+    loop.resume("a", [0])  # candidate 1 is rejected; candidate 0 rejoins at the next step
+    assert loop.requests["a"].status is Status.DECODING and loop.paused() == []
+    loop.advance(["a"])  # the last 4 tokens reach max_tokens: finished, not paused again
+    assert set(calls) == {1}, "a resumed row is never prefilled again"
     assert loop.requests["a"].status is Status.FINISHED and loop.finished() == ["a"]
-    assert len(loop.result("a")) == 2 and "a" not in loop.requests
+    samples = loop.result("a")
+    assert [(s.finish_reason, s.completion_tokens) for s in samples] == [("length", 8), ("rejected", 4)]
+    assert "a" not in loop.requests
     with pytest.raises(KeyError, match="never added"):
         loop.result("a")
 
 
-def test_the_batch_asserts_its_rows_and_tensors_agree():
+def test_the_batch_checks_its_rows_and_tensors_agree_even_under_python_O():
     engine = tiny_engine()
     loop = engine.session(GREEDY, max_rows=8, max_kv_tokens=4096)
     assert isinstance(loop, DecodeSession)
@@ -118,19 +126,30 @@ def test_the_batch_asserts_its_rows_and_tensors_agree():
     assert len(loop.batch) == 4
     loop.batch.check()
     loop.batch.mask = loop.batch.mask[:3]  # a row's mask lost: out of order with the cache and the owners
-    with pytest.raises(AssertionError, match="out of order"):
+    with pytest.raises(EngineInvariantError, match="out of order"):
         loop.batch.check()
 
 
-def test_rows_held_beyond_the_budget_trip_the_loops_own_assertion():
+def test_rows_held_beyond_the_budget_trip_the_loops_own_check():
     engine = tiny_engine()
     loop = engine.session(GREEDY, max_rows=8, max_kv_tokens=4096)
     assert isinstance(loop, DecodeSession)
     loop.add(0, _prompts(1)[0], 2, 0)
     loop._step()
     loop.max_kv_tokens = 1  # what the loop holds is now over budget: `_measure` must say so, not go on
-    with pytest.raises(AssertionError, match="more than max_kv_tokens 1"):
+    with pytest.raises(EngineInvariantError, match="more than max_kv_tokens 1"):
         loop._measure()
+
+
+def test_the_loops_invariants_are_not_asserts():
+    """`python -O` strips assert statements: the decode loop's checks must survive it."""
+    import ast
+    import inspect
+
+    import bon.engines.stream as stream
+
+    asserts = [n.lineno for n in ast.walk(ast.parse(inspect.getsource(stream))) if isinstance(n, ast.Assert)]
+    assert asserts == [], f"bon/engines/stream.py has assert statements on lines {asserts}"
 
 
 # -- failure modes of the engine layer
@@ -393,3 +412,14 @@ def test_batched_scoring_equals_one_row_at_a_time():
     together_c = engine.continuation_logprobs(prompts, conts, batch_size=4)
     for p, c, got in zip(prompts, conts, together_c):
         assert got == pytest.approx(engine.continuation_logprobs([p], [c], batch_size=1)[0], abs=1e-4)
+
+
+@pytest.mark.parametrize("reason", ["abort", "error", None])
+def test_a_sequence_vllm_did_not_finish_is_never_recorded_as_finished(reason):
+    from bon.engines.vllm import samples_of
+
+    done = SimpleNamespace(index=0, text="A full answer.", token_ids=[5, 6, EOS], finish_reason="stop")
+    cut = SimpleNamespace(index=1, text="A cut", token_ids=[5], finish_reason=reason)
+    with pytest.raises(EngineError, match=f"sample 1 .*finish_reason {reason!r}.*rerun"):
+        samples_of([done, cut], 4, 1, frozenset({EOS}))
+    assert [s.finish_reason for s in samples_of([done], 4, 1, frozenset({EOS}))] == ["stop"]

@@ -20,6 +20,10 @@ class EngineError(BonError, RuntimeError):
     """An inference engine failed while running (e.g. vLLM's engine core died); finished work is kept."""
 
 
+class EngineInvariantError(EngineError):
+    """The decode loop's own bookkeeping broke (rows, cache and budgets disagree): a bug in bon, never bad input."""
+
+
 @dataclass(frozen=True)
 class SamplingSettings:
     temperature: float

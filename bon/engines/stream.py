@@ -15,7 +15,7 @@ leave the decode batch with their KV cache (parked), the caller looks at the par
 ``"rejected"``. Parked rows count against both budgets, so resuming never overflows them.
 
 Every request has one status (`Status`); the rows decoding now and their tensors belong to one
-`_Batch`, which asserts after every change that its rows, cache, mask, positions and logits agree.
+`_Batch`, which checks after every change that its rows, cache, mask, positions and logits agree.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 import torch
 
-from bon.engines.base import EngineError, Sample, SamplingSettings, derive_seed
+from bon.engines.base import EngineError, EngineInvariantError, Sample, SamplingSettings, derive_seed
 from bon.engines.kv import KVCache, Layers
 from bon.engines.sampling import left_padded, pick, uniforms
 
@@ -125,11 +125,17 @@ class _Batch:
 
     def check(self) -> None:
         rows = len(self.owners)
-        assert self.mask.shape[0] == self.pos.shape[0] == self.logits.shape[0] == rows, "batch tensors out of order"
+        _require(self.mask.shape[0] == self.pos.shape[0] == self.logits.shape[0] == rows, "batch tensors out of order")
         if self.cache is not None:
-            assert self.cache.rows == rows, f"the KV cache holds {self.cache.rows} rows for {rows} owners"
-            assert rows == 0 or self.cache.sliding or self.cache.width == self.width, "cache and mask widths differ"
-        assert all(req.status is Status.DECODING for req, _ in self.owners), "a row of a request not decoding"
+            _require(self.cache.rows == rows, f"the KV cache holds {self.cache.rows} rows for {rows} owners")
+            _require(rows == 0 or self.cache.sliding or self.cache.width == self.width, "cache and mask widths differ")
+        _require(all(req.status is Status.DECODING for req, _ in self.owners), "a row of a request not decoding")
+
+    def live(self) -> KVCache:
+        """The cache object, which exists once a first prefill made it."""
+        if self.cache is None:
+            raise EngineInvariantError("the decode batch has no KV cache yet (no prompt was prefilled)")
+        return self.cache
 
     def start(self, cache: KVCache, mask: torch.Tensor, pos: torch.Tensor, logits: torch.Tensor, owners) -> None:
         """Append freshly prefilled rows (their cache expanded to one row per owner)."""
@@ -139,15 +145,15 @@ class _Batch:
 
     def append(self, rows: _Rows) -> None:
         """Rows join the batch (an empty one included): the narrower side is left-padded (masked)."""
-        assert self.cache is not None
+        cache = self.live()
         if not self.owners:
-            self.cache.set(rows.layers)
+            cache.set(rows.layers)
             self.mask, self.pos, self.logits = rows.mask, rows.pos, rows.logits
         else:
             width = max(self.width, rows.mask.shape[1])
-            pad = [(_pad_time(k, width), _pad_time(v, width)) for k, v in self.cache.layers()]
+            pad = [(_pad_time(k, width), _pad_time(v, width)) for k, v in cache.layers()]
             new = [(_pad_time(k, width), _pad_time(v, width)) for k, v in rows.layers]
-            self.cache.set([(torch.cat([k, k2]), torch.cat([v, v2])) for (k, v), (k2, v2) in zip(pad, new)])
+            cache.set([(torch.cat([k, k2]), torch.cat([v, v2])) for (k, v), (k2, v2) in zip(pad, new)])
             self.mask = torch.cat([_pad_mask(self.mask, width), _pad_mask(rows.mask, width)])
             self.pos = torch.cat([self.pos, rows.pos])
             self.logits = torch.cat([self.logits, rows.logits])
@@ -156,23 +162,23 @@ class _Batch:
 
     def select(self, keep: list[int]) -> None:
         """Keep these rows, in this order; with none left the cache is emptied, its object kept for later rows."""
-        assert self.cache is not None
+        cache = self.live()
         rows = torch.tensor(keep, dtype=torch.long)
         self.owners = [self.owners[k] for k in keep]
         if keep:
-            self.cache.select(rows.to(self.mask.device))
+            cache.select(rows.to(self.mask.device))
             self.mask, self.pos, self.logits = self.mask[rows], self.pos[rows], self.logits[rows]
         else:
-            self.cache.clear()
+            cache.clear()
             self.mask, self.pos, self.logits = self.mask[:0, :0], self.pos[:0], self.logits[:0]
         self.check()
 
     def take(self, rows: list[int]) -> _Rows:
         """Copies of ``rows`` with their keys, values, mask, positions and logits (the batch unchanged)."""
-        assert self.cache is not None
+        cache = self.live()
         idx = torch.tensor(rows, dtype=torch.long, device=self.mask.device)
         owners = [self.owners[r] for r in rows]
-        return _Rows(owners, self.cache.take(idx), self.mask[idx], self.pos[idx], self.logits[idx]).trimmed()
+        return _Rows(owners, cache.take(idx), self.mask[idx], self.pos[idx], self.logits[idx]).trimmed()
 
     def step(self, engine: Forwarder, picked: torch.Tensor) -> None:
         """Run every row one position on with its picked token."""
@@ -184,13 +190,13 @@ class _Batch:
 
     def trim(self) -> None:
         """Drop leading cache columns that no row attends to (padding of rows that have left)."""
-        assert self.cache is not None
-        if self.cache.sliding:
+        cache = self.live()
+        if cache.sliding:
             return  # a sliding window's cache is not aligned with the mask: those models decode in waves
         start = _first_used(self.mask)
         if start > 0:
             self.mask = self.mask[:, start:]
-            self.cache.drop_columns(start)
+            cache.drop_columns(start)
             self.check()
 
 
@@ -256,7 +262,8 @@ class DecodeSession:
     def partial(self, key: Hashable) -> dict[int, list[int]]:
         """A paused prompt's parked candidates: index -> tokens so far."""
         req = self._in(key, Status.PAUSED)
-        assert req.parked is not None
+        if req.parked is None:
+            raise EngineInvariantError(f"paused prompt {key!r} has no parked rows")
         return {i: list(req.tokens[i]) for _, i in req.parked.owners}
 
     def resume(self, key: Hashable, keep: Sequence[int], pause: bool = True) -> None:
@@ -264,7 +271,8 @@ class DecodeSession:
         With ``pause`` False the prompt decodes to its end without pausing again."""
         req = self._in(key, Status.PAUSED)
         rows, req.parked = req.parked, None
-        assert rows is not None
+        if rows is None:
+            raise EngineInvariantError(f"paused prompt {key!r} has no parked rows")
         wanted = set(keep)
         kept = [r for r, (_, i) in enumerate(rows.owners) if i in wanted]
         for _, i in rows.owners:
@@ -432,12 +440,12 @@ class DecodeSession:
         self._measure()
 
     def _measure(self) -> None:
-        """Update the peaks, and assert every row held (decoding, parked, rejoining) is inside both budgets."""
+        """Update the peaks, and check that every row held (decoding, parked, rejoining) is inside both budgets."""
         parked = self._parked()
         held = len(self.batch) + sum(len(p.owners) for p in parked)
         kv = len(self.batch) * self.batch.width + sum(p.tokens() for p in parked)
-        assert held <= self.max_rows, f"{held} rows held, more than max_rows {self.max_rows}"
-        assert kv <= self.max_kv_tokens, f"{kv} KV tokens held, more than max_kv_tokens {self.max_kv_tokens}"
+        _require(held <= self.max_rows, f"{held} rows held, more than max_rows {self.max_rows}")
+        _require(kv <= self.max_kv_tokens, f"{kv} KV tokens held, more than max_kv_tokens {self.max_kv_tokens}")
         self.stats.peak_rows = max(self.stats.peak_rows, held)
         self.stats.peak_kv_tokens = max(self.stats.peak_kv_tokens, kv)
 
@@ -483,6 +491,12 @@ class WaveLoop:
 def _first_used(mask: torch.Tensor) -> int:
     used = mask.any(dim=0).nonzero()
     return int(used[0]) if len(used) else 0
+
+
+def _require(holds: bool, what: str) -> None:
+    """An engine invariant, checked under `python -O` too (an assert would vanish there)."""
+    if not holds:
+        raise EngineInvariantError(what)
 
 
 def _pad_time(t: torch.Tensor, width: int) -> torch.Tensor:

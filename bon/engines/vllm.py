@@ -198,17 +198,29 @@ def _generation_config(path: str, trust_remote_code: bool) -> Any:
         return None
 
 
+FINISHED = ("stop", "length")  # vLLM's finish reasons of a sequence that ended on its own
+
+
 def samples_of(outputs: Sequence[Any], prompt_tokens: int, seed: int, eos_ids: frozenset[int]) -> list[Sample]:
     """vLLM's completion outputs as samples: a final end id is dropped from the tokens (and counted), as the
-    transformers engine records it (`bon.engines.base.without_end`)."""
+    transformers engine records it (`bon.engines.base.without_end`). A sequence vLLM did not finish (``abort``,
+    ``error``, none) is refused: recorded as finished, a cut-off answer would be judged and could be selected."""
+    unfinished = [o for o in outputs if o.finish_reason not in FINISHED]
+    if unfinished:
+        o = unfinished[0]
+        raise EngineError(
+            f"vLLM ended sample {o.index} (seed {seed}) with finish_reason {o.finish_reason!r} after "
+            f"{len(o.token_ids)} tokens, not 'stop' or 'length': none of this prompt's samples is recorded; "
+            "rerun the same command to sample it again"
+        )
     return [
         Sample(
             text=o.text,
             prompt_tokens=prompt_tokens,
             completion_tokens=len(o.token_ids),
-            finish_reason=(reason := "length" if o.finish_reason == "length" else "stop"),
+            finish_reason=o.finish_reason,
             seed=seed,
-            token_ids=without_end(tuple(o.token_ids), reason, eos_ids),
+            token_ids=without_end(tuple(o.token_ids), o.finish_reason, eos_ids),
         )
         for o in sorted(outputs, key=lambda o: o.index)
     ]
