@@ -20,11 +20,12 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from bon.core.config import JudgeConfig, RayConfig, RunConfig, Strict
-from bon.core.errors import SizeError
+from bon.core.errors import BonError, SizeError
 from bon.core.judging import Compares, Judge, build_judge, judge_spec, same_judge
 from bon.core.names import Name
+from bon.core.outputs import check_workdir
 from bon.core.records import Comparison, Judgement, Prompt, by_key
-from bon.core.rundir import RunDir
+from bon.core.rundir import MANIFEST, RunDir, read_manifest
 from bon.engines.cache import ENGINES
 from bon.pipeline.executors import LocalExecutor, make_executor
 from bon.pipeline.scoring import InFlight, needs_judging, score_missing
@@ -139,6 +140,14 @@ def _same_benchmark(before: Any, now: Any) -> bool:
     try:
         return BenchmarkConfig.model_validate(before).model_dump(mode="json") == now
     except (TypeError, ValueError):  # no longer valid: a different benchmark
+        return False
+
+
+def _is_comparison(path: Path) -> bool:
+    """Whether ``path`` holds a `bon compare` directory (its manifest has a benchmarks section)."""
+    try:
+        return "benchmarks" in read_manifest(path / MANIFEST)
+    except BonError:
         return False
 
 
@@ -320,6 +329,7 @@ def run_compare(cfg: CompareConfig, progress=None, note: Callable[[str], None] =
     start = time.perf_counter()
     benches = {b.name: load_benchmark(b) for b in cfg.benchmarks}  # bad data fails before anything is written
     check_folds(cfg, benches)
+    check_workdir(cfg.output_dir, "comparison directory", _is_comparison)
     with RunDir(cfg.output_dir).locked():  # one process per comparison directory
         rd = open_run(cfg)
         stored: dict[str, dict[str, tuple[list[Prompt], list]]] = {name: {} for name in benches}

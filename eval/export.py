@@ -8,8 +8,9 @@ import yaml
 
 from bon.core.config import PromptsConfig
 from bon.core.errors import BonError
-from bon.core.io import DataFileError, present, write_json_atomic
+from bon.core.io import DataFileError, write_json_atomic
 from bon.core.names import check_name
+from bon.core.outputs import check_file
 from bon.core.prompts import load_prompts
 from bon.core.rundir import OUTPUTS, load_run, read_outputs
 
@@ -29,6 +30,18 @@ def _show(items: list[str], k: int = 3) -> str:
     return head + (f" and {len(items) - k} more" if len(items) > k else "")
 
 
+def _bon_config(path: Path, name: str) -> bool:
+    """Whether ``path`` is a models_configs entry bon wrote for ``name`` (its ``reproduction.tool`` says so)."""
+    try:
+        entry = yaml.safe_load(path.read_text(encoding="utf-8")).get(name)
+        return str(entry["reproduction"]["tool"]).startswith(TOOL)
+    except (OSError, ValueError, yaml.YAMLError, AttributeError, KeyError, TypeError):
+        return False
+
+
+TOOL = "bon run CONFIG (config below), then bon export alpaca-eval"
+
+
 def export_alpaca_eval(
     run_dir: Path,
     name: str,
@@ -40,9 +53,9 @@ def export_alpaca_eval(
     check_name(name, "--name")  # one folder under results/ and models_configs/
     outputs_path = out_dir / "results" / name / "model_outputs.json"
     config_path = out_dir / "models_configs" / name / "configs.yaml"
-    earlier = [p for p in (outputs_path, config_path) if present(p)]
-    if earlier and not overwrite:
-        raise ExportError(f"{earlier[0]} exists (an earlier export of {name!r}); give --overwrite to replace it")
+    what = f"AlpacaEval export of {name!r}"
+    check_file(config_path, what, lambda p: _bon_config(p, name), overwrite)
+    check_file(outputs_path, what, lambda _: _bon_config(config_path, name), overwrite)  # its card is the config
     run_dir = Path(run_dir)
     _, manifest, config = load_run(run_dir)
     rows = read_outputs(run_dir)
@@ -83,7 +96,7 @@ def export_alpaca_eval(
             "length_penalty": selected.get("length_penalty", config.selection.length_penalty),
         },
         "reproduction": {
-            "tool": "bon run CONFIG (config below), then bon export alpaca-eval",
+            "tool": TOOL,
             "seed": config.seed,
             "seeds": manifest.get("seeds"),
             "packages": manifest.get("packages"),

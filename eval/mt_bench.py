@@ -15,8 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bon.core.config import RunConfig
+from bon.core.errors import BonError
 from bon.core.io import present, read_json_rows, write_jsonl_atomic
 from bon.core.names import check_name
+from bon.core.outputs import check_file
 from bon.core.records import Candidate, Judgement, Prompt, Selection, by_key
 from bon.core.rundir import RunDir, RunDirError, load_run
 from bon.pipeline.rejudge import judgements_of, run_prompts
@@ -82,25 +84,29 @@ def export_answers(
     judge label of the run) ``out_dir/model_judgment/<ratings>_single.jsonl``: that judge's ratings of the kept
     answers in FastChat's judgment format, for its show_result.py. Returns (answers path, rows, judgments path).
 
-    An earlier export of ``model_id`` there is refused unless ``overwrite``, which replaces it whole: judgment files
-    holding only this model's rows that this export does not write again are removed (no stale ratings)."""
+    An earlier export of ``model_id`` there is refused unless ``overwrite``, which replaces it whole: bon's ratings
+    of this model go from every judgment file (no stale ratings); other models' rows and FastChat's stay. An answer
+    file bon did not write is never replaced."""
     check_name(model_id, "--model-id")  # it becomes a file name, and FastChat's model name
     rd, _, config = load_run(run_dir)
     conv = read_conversations(rd, config)
     rated = _kept_ratings(rd, conv, ratings) if ratings else None  # refused before anything is written
     answers = Path(out_dir) / "model_answer" / f"{model_id}.jsonl"
     judged_path = Path(out_dir) / "model_judgment" / f"{ratings}_single.jsonl" if ratings else None
-    earlier = [p for p in (answers, judged_path) if p is not None and present(p)]
-    if earlier and not overwrite:
-        raise ExportError(
-            f"{earlier[0]} exists (an earlier export); give --overwrite to replace that export whole, or another --out"
-        )
+    check_file(answers, f"MT-Bench answer file of {model_id!r}", _bon_answers, overwrite)
+    if judged_path is not None and present(judged_path):
+        check_file(judged_path, "FastChat judgment file", lambda p: _judgment_rows(p) is not None, True, "")
+        if any(_mine(row, model_id) for row in _judgment_rows(judged_path) or []) and not overwrite:
+            raise ExportError(
+                f"{judged_path} holds bon's ratings of {model_id!r} (an earlier export); give --overwrite to "
+                "replace that export whole, or another --out"
+            )
     if overwrite:
-        _forget_export(Path(out_dir), model_id, keep=judged_path)
+        _forget_export(Path(out_dir), model_id)
     rows = []
     for p in conv.first:
         turns = answer_turns(conv, p, config.selection.decline_message)
-        digest = hashlib.sha256(json.dumps([model_id, p.conversation_id, turns]).encode()).hexdigest()[:22]
+        digest = _answer_id(model_id, p.conversation_id, turns)
         rows.append(
             {
                 "question_id": _question_id(p.conversation_id),
@@ -114,19 +120,51 @@ def export_answers(
     write_jsonl_atomic(answers, rows)
     if rated is not None and judged_path is not None:
         judged_path.parent.mkdir(parents=True, exist_ok=True)
-        write_jsonl_atomic(judged_path, [{**row, "model": model_id} for row in rated])
+        others = (_judgment_rows(judged_path) or []) if present(judged_path) else []  # other models' rows stay
+        write_jsonl_atomic(judged_path, others + [{**row, "model": model_id} for row in rated])
     return answers, len(rows), judged_path
 
 
-def _forget_export(out_dir: Path, model_id: str, keep: Path | None) -> None:
-    """Remove what an earlier export of ``model_id`` left: its answers and the judgment files of it alone."""
+def _answer_id(model_id: str, question_id: str, turns: list[str]) -> str:
+    """FastChat draws a shortuuid; bon's is stable across exports, and tells its own answer files apart."""
+    return hashlib.sha256(json.dumps([model_id, question_id, turns]).encode()).hexdigest()[:22]
+
+
+def _bon_answers(path: Path) -> bool:
+    """Whether every row of an answer file is one bon wrote (its answer_id is bon's digest of the row)."""
+    try:
+        rows = [row for _, row in read_json_rows(path)]
+        return all(
+            row["answer_id"] == _answer_id(row["model_id"], str(row["question_id"]), row["choices"][0]["turns"])
+            for row in rows
+        )
+    except (BonError, KeyError, IndexError, TypeError):
+        return False
+
+
+def _judgment_rows(path: Path) -> list[dict] | None:
+    """A FastChat judgment file's rows (None when it is not one)."""
+    try:
+        return [row for _, row in read_json_rows(path)]
+    except BonError:
+        return None
+
+
+def _mine(row: dict, model_id: str) -> bool:
+    """A judgment row bon wrote for ``model_id``: FastChat always keeps the judge's prompt, bon never does."""
+    return row.get("model") == model_id and row.get("user_prompt", "") is None
+
+
+def _forget_export(out_dir: Path, model_id: str) -> None:
+    """Remove what an earlier export of ``model_id`` left: its answers and bon's ratings of it. Rows of other
+    models and FastChat's own ratings stay; a judgment file left with no row goes."""
     (out_dir / "model_answer" / f"{model_id}.jsonl").unlink(missing_ok=True)
     for path in sorted((out_dir / "model_judgment").glob("*_single.jsonl")):
-        if path == keep:
+        rows = _judgment_rows(path)
+        if rows is None or not any(_mine(row, model_id) for row in rows):
             continue
-        models = {row.get("model") for _, row in read_json_rows(path)}
-        if models == {model_id}:  # FastChat's judgment files may hold other models' rows: those stay
-            path.unlink()
+        kept = [row for row in rows if not _mine(row, model_id)]
+        write_jsonl_atomic(path, kept) if kept else path.unlink()
 
 
 def _kept_ratings(rd: RunDir, conv: Conversations, label: str | None) -> list[dict]:

@@ -18,6 +18,7 @@ from pydantic import Field
 
 from bon.core.config import Strict
 from bon.core.io import DataFileError
+from bon.core.outputs import replace_folder
 from bon.core.prompts import prompt_id
 from bon.core.records import Candidate, Judgement, Key, Prompt, Selection
 from bon.pipeline.executors import LocalExecutor
@@ -328,6 +329,18 @@ def gains(report: PoolReport) -> list[str]:
             )
         )
     return lines
+
+
+REPORT = "select-pool report"  # the kind of an --out folder: bon redoes its own report there, and nothing else
+
+
+def write_reports(reports: Sequence[PoolReport], folder: Path, out: Path, describe: str) -> list[Path]:
+    """The report folder ``out``: select_pool.md/.png, and length_sweep.md/.png for a sweep of λ. An earlier
+    report of bon's there is replaced whole; a folder holding anything else is refused (`bon.core.outputs`)."""
+    with replace_folder(out, REPORT, overwrite=True, reading=[folder], flag="") as tmp:
+        written = list(write_report(reports[0], folder, tmp, describe))
+        written += list(write_sweep(reports, tmp)) if len(reports) > 1 else []
+    return [out / path.name for path in written]
 
 
 def write_report(report: PoolReport, folder: Path, out: Path, describe: str) -> tuple[Path, Path]:

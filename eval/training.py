@@ -4,15 +4,14 @@ Rows follow TRL's dataset formats (conversational by default: lists of ``{"role"
 so a conversation keeps its history). A folder holds the same rows twice, for both loaders
 (``load_dataset("parquet", data_dir=DIR)`` reads ``data/train-*.parquet``, ``load_from_disk(DIR)`` the
 arrow files), and a dataset card (README.md) saying where the rows come from. The folder is written
-beside its destination and renamed into place, so a refusal or a crash leaves nothing half-written.
+beside its destination and renamed into place, so a refusal or a crash leaves nothing half-written, and
+`--overwrite` replaces only bon's earlier export of the same kind (`bon.core.outputs`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import random
-import shutil
-import tempfile
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from pydantic import Field, field_validator
 
 from bon.core.config import RunConfig, Strict, validate_options
 from bon.core.errors import BonError, did_you_mean
-from bon.core.io import umask
+from bon.core.outputs import check_folder, replace_folder
 from bon.core.records import Candidate, Judgement, Prompt, Selection
 from bon.core.rundir import config_digest, load_run
 from bon.engines.base import derive_seed
@@ -31,6 +30,7 @@ from bon.pipeline.rejudge import judgements_of, run_candidates, run_prompts
 
 STRATEGIES = ("best-worst", "best-random", "margin")
 SHARD = "data/train-00000-of-00001.parquet"
+EXPORTS = {"preferences": "preferences export", "sft": "SFT export"}  # the kind an export's folder is marked with
 
 
 class TrainingExportError(BonError, ValueError):
@@ -85,6 +85,7 @@ class Exported:
 
 @dataclass(frozen=True)
 class _Run:
+    path: Path
     config: RunConfig
     label: str
     prompts: list[Prompt]  # every turn's prompt, in run order
@@ -101,7 +102,7 @@ def _read(run_dir: Path, label: str | None) -> _Run:
     sampled, cands, skipped = run_candidates(rd, config, built)
     judged = judgements_of(rd, rd.read(Judgement), label, sampled, config.n)
     mine = {s.prompt_id: s for s in built[1] if s.judge == label}
-    return _Run(config, label, built[0], cands, judged, set(skipped), mine)
+    return _Run(Path(run_dir), config, label, built[0], cands, judged, set(skipped), mine)
 
 
 def _usable(run: _Run, p: Prompt, left_out: Counter) -> list[tuple[float, Candidate]] | None:
@@ -223,6 +224,7 @@ def export_preferences(
     run_dir: Path, out: Path, label: str | None = None, overwrite: bool = False, **options: Any
 ) -> Exported:
     opts = validate_options(PreferenceOptions, options, {"max_length_ratio": "--max-length-ratio"})
+    check_folder(Path(out), EXPORTS["preferences"], overwrite, reading=[Path(run_dir)])  # before any work
     run = _read(Path(run_dir), label)
     rows, left_out = preference_rows(run, opts)
     what = f"strategy {opts.strategy}" + (f", margin {opts.margin:g}" if opts.strategy == "margin" else "")
@@ -232,6 +234,7 @@ def export_preferences(
 
 def export_sft(run_dir: Path, out: Path, label: str | None = None, overwrite: bool = False, **options: Any) -> Exported:
     opts = validate_options(SFTOptions, options, {"top_k": "--top-k", "min_score": "--min-score"})
+    check_folder(Path(out), EXPORTS["sft"], overwrite, reading=[Path(run_dir)])  # before any work
     run = _read(Path(run_dir), label)
     rows, left_out = sft_rows(run, opts)
     what = "the kept answer per prompt" if opts.top_k == 1 else f"the {opts.top_k} best-scored answers per prompt"
@@ -272,31 +275,20 @@ def _quiet_datasets() -> Iterator[None]:
 def _write(
     run: _Run, rows: list[dict[str, Any]], left_out: Counter, out: Path, overwrite: bool, card: dict[str, Any]
 ) -> Exported:
-    """The rows as a dataset folder at ``out`` (refused: no row, or ``out`` holds files and not ``overwrite``)."""
+    """The rows as a dataset folder at ``out`` (refused: no row; ``out`` occupied without ``overwrite``, or by
+    anything but bon's earlier export of this kind)."""
     if not rows:
         said = "; ".join(f"{n} {why}" for why, n in sorted(left_out.items())) or "the run has no prompts"
         raise TrainingExportError(f"no row to export from {run.label!r}'s judgements: left out {said}; nothing written")
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise TrainingExportError(f"{out} exists and is not an empty folder; choose another --out, or --overwrite")
     import datasets
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    tmp.chmod(0o777 & ~umask())  # mkdtemp makes 0700; the folder gets what an ordinary mkdir would
-    try:
+    with replace_folder(Path(out), EXPORTS[card["kind"]], overwrite, reading=[run.path]) as tmp:
         with _quiet_datasets():
             ds = datasets.Dataset.from_list(rows)
             ds.save_to_disk(str(tmp))
             (tmp / "data").mkdir()
             ds.to_parquet(str(tmp / SHARD))
         (tmp / "README.md").write_text(_card_text(card, ds, len(rows)), encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     prompts = len({r["prompt_id"] for r in rows})
     return Exported(out, len(rows), dict(sorted(left_out.items())), prompts)
 

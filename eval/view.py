@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from bon.core.errors import BonError, ConfigError
-from bon.core.io import present, read_json
+from bon.core.io import present, read_json, write_text_atomic
+from bon.core.outputs import check_file, head
 from bon.core.prompts import PromptSourceError
 from bon.core.records import Candidate, Comparison, Judgement, Selection
 from bon.core.rundir import RunDir, RunDirError, load_run, read_manifest
@@ -246,6 +247,9 @@ def _compare_row(bench, prompt, scores, verdicts, thresholds, name) -> dict[str,
     }
 
 
+GENERATOR = b'<meta name="generator" content="bon view">'  # in every page: what bon may write over
+
+
 def render(data: dict[str, Any]) -> str:
     """The page: the template with the data in place (the template holds exactly one `__BON_DATA__`)."""
     template = resources.files("eval").joinpath("data/view.html").read_text(encoding="utf-8")
@@ -258,12 +262,11 @@ def write_view(run_dir: Path | str, out: Path | str | None = None, notes: list[s
     path = Path(out) if out is not None else Path(run_dir) / "view.html"
     if out is not None and not path.parent.is_dir():
         raise ConfigError(f"--out {path}: the folder {path.parent} does not exist")
+    check_file(path, "view page", lambda p: GENERATOR in head(p), overwrite=True, flag="")  # redone in place
     is_compare = (Path(run_dir) / "results.json").is_file() or (Path(run_dir) / "judgements").is_dir()
     data = compare_data(run_dir) if is_compare else run_data(run_dir)
     if notes is not None and data.get("note"):
         notes.append(data["note"])
     html = render(data)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(html, encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomic(path, html)
     return path

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from bon.cli.common import console, err_console, fail_clearly, options_from, show
 from bon.core.errors import ConfigError
+from bon.core.outputs import check_folder
 
 eval_app = typer.Typer(help="Win rates, selector evaluation and AlpacaEval runs.", no_args_is_help=True)
 export_app = typer.Typer(help="Export a run for submission.", no_args_is_help=True)
@@ -79,7 +80,7 @@ def select_pool_cmd(
     """How well a judge picks among candidates whose verdicts are already known."""
     from bon.cli.progress import RichProgress
     from bon.core.config import validate_options
-    from eval.pool import PoolOptions, evaluate_selector, gains, length_sweep, load_pool, write_report, write_sweep
+    from eval.pool import REPORT, PoolOptions, evaluate_selector, gains, length_sweep, load_pool, write_reports
     from judges import build_judge
 
     start = time.perf_counter()
@@ -87,6 +88,8 @@ def select_pool_cmd(
         penalties = _penalties(length_penalty)
         opts = validate_options(PoolOptions, {"limit": limit, "reference": reference})
         pool = load_pool(folder, opts.limit)
+        if out is not None:  # refused before the judge runs
+            check_folder(out, REPORT, overwrite=True, reading=[folder], flag="")
         if pool.note():
             err_console.print(pool.note(), highlight=False)
         judge_obj = build_judge(judge, options_from(set_))
@@ -96,10 +99,9 @@ def select_pool_cmd(
                 pool, judge_obj, opts.reference, on_batch=lambda k: progress.advance("prompts", k)
             )
         reports = length_sweep(pool, judge_obj.name, judgements, penalties, lc_data)
+        written = write_reports(reports, folder, out, judge_obj.describe()) if out is not None else []
     report = reports[0]
-    if out is not None:
-        md, png = write_report(report, folder, out, judge_obj.describe())
-        written = [md, png] + (list(write_sweep(reports, out)) if len(reports) > 1 else [])
+    if written:
         if not as_json:
             console.print(f"wrote {', '.join(map(str, written))}")
     if as_json:

@@ -280,6 +280,11 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     _write_atomic(path, json.dumps(obj, ensure_ascii=False, indent=2, allow_nan=False) + "\n")
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """Replace a text file through a temporary file and a rename (a page, a report)."""
+    _write_atomic(path, text)
+
+
 def umask() -> int:
     """This process's umask (read by setting it and putting it back)."""
     mask = os.umask(0o022)
