@@ -7,6 +7,7 @@ import yaml
 
 from bon.core.config import load_config
 from bon.pipeline.runner import run
+from bon.core.outputs import OutputError
 from eval.export import ExportError, export_alpaca_eval
 from tests.conftest import FakePolicy
 
@@ -53,7 +54,7 @@ def test_a_second_export_is_refused_unless_overwrite_and_says_its_selection(ae_r
     outputs, config = export_alpaca_eval(run_dir, "bo2", tmp_path, ref)
     before = outputs.read_bytes(), config.read_bytes()
     with pytest.raises(
-        ExportError, match=r"model_outputs.json exists \(an earlier export of 'bo2'\); give --overwrite"
+        OutputError, match=r"configs.yaml exists \(an earlier AlpacaEval export of 'bo2'\); give --overwrite"
     ):
         export_alpaca_eval(run_dir, "bo2", tmp_path, ref)
     assert (outputs.read_bytes(), config.read_bytes()) == before

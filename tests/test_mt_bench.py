@@ -242,9 +242,20 @@ def test_an_mt_bench_export_never_clobbers_and_overwrite_leaves_no_stale_ratings
     out = tmp_path / "fc"
     _, _, judged = export_answers(mt_run.output_dir, "bo4", out, ratings="rater")
     other = out / "model_judgment" / "gpt-4_single.jsonl"  # FastChat's own file, holding another model's rows
-    other.write_text(json.dumps({"model": "vicuna", "score": 5}) + "\n")
+    other.write_text(json.dumps({"model": "vicuna", "score": 5, "user_prompt": "[Question] ..."}) + "\n")
+    with judged.open("a") as f:  # FastChat's rows beside bon's in the file bon wrote
+        f.write(json.dumps({"model": "vicuna", "score": 7, "user_prompt": "[Question] ..."}) + "\n")
     again = bon("export", "mt-bench", str(mt_run.output_dir), "--model-id", "bo4", "--out", str(out))
-    one_clear_line(again, "bo4.jsonl exists (an earlier export); give --overwrite")
+    one_clear_line(again, "bo4.jsonl exists (an earlier MT-Bench answer file of 'bo4'); give --overwrite")
     done = bon("export", "mt-bench", str(mt_run.output_dir), "--model-id", "bo4", "--out", str(out), "--overwrite")
     assert done.returncode == 0, done.stderr
-    assert not judged.exists() and other.exists()  # its own stale ratings gone, another model's kept
+    assert [json.loads(line)["score"] for line in judged.read_text().splitlines()] == [7]  # bon's stale ratings go
+    assert other.exists()  # another model's file stays
+    theirs = out / "model_answer" / "vicuna.jsonl"  # FastChat's answers (a shortuuid answer_id), never replaced
+    theirs.write_text(json.dumps({"question_id": 81, "answer_id": "Wp4N5ZCDoasYvPxXRRzoLz", "model_id": "vicuna"}))
+    before = theirs.read_bytes()
+    one_clear_line(
+        bon("export", "mt-bench", str(mt_run.output_dir), "--model-id", "vicuna", "--out", str(out), "--overwrite"),
+        "is not an MT-Bench answer file of 'vicuna' bon wrote",
+    )
+    assert theirs.read_bytes() == before

@@ -137,10 +137,12 @@ def test_one_candidate_per_prompt_and_an_occupied_out_are_refused(tmp_path, prom
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "mine.txt").write_text("keep me")
-    one_clear_line(bon("export", "sft", str(cfg.output_dir), "--out", str(busy)), "not an empty folder")
-    assert (busy / "mine.txt").read_text() == "keep me"
-    out = bon("export", "sft", str(cfg.output_dir), "--out", str(busy), "--overwrite")
-    assert out.returncode == 0 and "wrote 5 rows" in out.stdout and not (busy / "mine.txt").exists()
+    for flags in ([], ["--overwrite"]):  # a folder of the user's is never replaced, whatever the flags
+        out = bon("export", "sft", str(cfg.output_dir), "--out", str(busy), *flags)
+        one_clear_line(out, "holds files bon did not write (mine.txt)")
+        assert sorted(p.name for p in busy.iterdir()) == ["mine.txt"]
+    out = bon("export", "sft", str(cfg.output_dir), "--out", str(tmp_path / "sft"))
+    assert out.returncode == 0 and "wrote 5 rows" in out.stdout
 
 
 def test_push_to_hub_offline_is_one_line_after_a_complete_local_export(finished, tmp_path):

@@ -117,7 +117,8 @@ def folder_owner(folder: Path, kind: str) -> str | None:
         return f"holds bon's {marker['kind']}, not {_a(kind)}"
     other = sorted(set(_files(folder)) - set(marker["files"]))
     if other:
-        return f"is {_a(kind)} with {len(other)} files added since bon wrote it ({_shown(other)})"
+        files = "1 file" if len(other) == 1 else f"{len(other)} files"
+        return f"is {_a(kind)} with {files} added since bon wrote it ({_shown(other)})"
     return None
 
 
