@@ -6,8 +6,8 @@ import pytest
 import yaml
 
 from bon.core.config import load_config
-from bon.pipeline.runner import run
 from bon.core.outputs import OutputError
+from bon.pipeline.runner import run
 from eval.export import ExportError, export_alpaca_eval
 from tests.conftest import FakePolicy
 
