@@ -34,6 +34,38 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: item.get_closest_marker("xdist_group") is None)  # stable: order kept within each
 
 
+def _state(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every path under ``folder`` with its size and modification time: what a test must not change."""
+    if not folder.is_dir():
+        return {}
+    return {str(p.relative_to(folder)): (p.lstat().st_size, p.lstat().st_mtime_ns) for p in folder.rglob("*")}
+
+
+@pytest.fixture(scope="session")
+def checkout(tmp_path_factory) -> Path:
+    """This checkout as the tests see it: a folder of links to each of its entries but `runs/` (``../shared``
+    beside it), so a test that names `configs/demo.yaml` and its default `runs/demo` never meets the user's run
+    (the README's command 1 makes one). At the end the real `runs/` must be as it was."""
+    top = tmp_path_factory.mktemp("checkout")
+    repo = top / "main"
+    repo.mkdir()
+    for entry in ROOT.iterdir():
+        if entry.name != "runs":
+            (repo / entry.name).symlink_to(entry)
+    if (ROOT.parent / "shared").exists():
+        (top / "shared").symlink_to(ROOT.parent / "shared")
+    before = _state(ROOT / "runs")
+    yield repo
+    changed = sorted(set(before.items()) ^ set(_state(ROOT / "runs").items()))
+    assert not changed, f"a test changed this checkout's runs/ (a user's runs): {changed[:5]}"
+
+
+@pytest.fixture(autouse=True)
+def _in_checkout(checkout: Path, monkeypatch) -> None:
+    """Every test runs from `checkout` (the stand-in), not from this checkout."""
+    monkeypatch.chdir(checkout)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():

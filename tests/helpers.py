@@ -34,7 +34,7 @@ def bon(*args: str, env_extra: dict[str, str] | None = None, **kw) -> subprocess
     argv, sys.argv = sys.argv, ["bon", *args]  # what the command reads of its own invocation (resume hints)
     with (
         mock.patch.dict(os.environ, env),
-        _cwd(kw.pop("cwd", ROOT)),
+        _cwd(kw.pop("cwd", Path.cwd())),  # the tests run from a stand-in of the checkout (conftest)
         contextlib.redirect_stdout(out),
         contextlib.redirect_stderr(err),
     ):
@@ -58,9 +58,7 @@ def bon(*args: str, env_extra: dict[str, str] | None = None, **kw) -> subprocess
 def bon_process(*args: str, env_extra: dict[str, str] | None = None, **kw) -> subprocess.CompletedProcess:
     """`bon ARGS` as a new process (the console script's interpreter)."""
     env = {**os.environ, **WIDE, **(env_extra or {})}
-    return subprocess.run(
-        [*BON, *args], cwd=ROOT, capture_output=True, text=True, timeout=kw.pop("timeout", 600), env=env, **kw
-    )
+    return subprocess.run([*BON, *args], capture_output=True, text=True, timeout=kw.pop("timeout", 600), env=env, **kw)
 
 
 @contextlib.contextmanager

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tests.helpers import ROOT, bon, bon_process
+from tests.helpers import bon, bon_process
 
 
 def test_help_and_judges_list_are_fast_and_import_no_torch():
@@ -19,7 +19,6 @@ def test_help_and_judges_list_are_fast_and_import_no_torch():
     assert time.perf_counter() - start < 20
     probe = subprocess.run(
         [sys.executable, "-c", "import sys, bon.cli, bon.pipeline.runner, judges.selfj; print('torch' in sys.modules)"],
-        cwd=ROOT,
         capture_output=True,
         text=True,
     )

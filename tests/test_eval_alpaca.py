@@ -82,7 +82,6 @@ def test_winrate_cli_json_uses_alpaca_eval_key_names(shared_data):
             str(shared_data / "alpaca_eval" / "annotations" / "v1" / "alpaca-7b.json"),
             "--json",
         ],
-        cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=120,

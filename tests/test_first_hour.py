@@ -45,7 +45,7 @@ def test_ctrl_c_says_what_is_kept_and_how_to_resume_and_the_resume_finishes(tmp_
     import subprocess
     import time
 
-    from tests.helpers import BON, ROOT
+    from tests.helpers import BON
 
     out = tmp_path / "run"
     args = ["run", "configs/demo.yaml", "--set", f"output_dir={out}", "--set", "n=2", "--set", "policy.max_tokens=16"]
@@ -54,7 +54,7 @@ def test_ctrl_c_says_what_is_kept_and_how_to_resume_and_the_resume_finishes(tmp_
         signal.signal(signal.SIGINT, signal.SIG_DFL)
 
     p = subprocess.Popen(
-        [*BON, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=interruptible
+        [*BON, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=interruptible
     )
     deadline = time.monotonic() + 300
     while not ((out / "candidates.jsonl").exists() and (out / "candidates.jsonl").stat().st_size):

@@ -300,7 +300,7 @@ def test_killed_server_then_resume_equals_an_uninterrupted_run(vllm_server, tmp_
             [],
         ),
     ]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         cands = tmp_path / "killed" / "candidates.jsonl"
         deadline = time.time() + 300
@@ -314,7 +314,7 @@ def test_killed_server_then_resume_equals_an_uninterrupted_run(vllm_server, tmp_
             proc.wait()
     assert proc.returncode == 2 and "Traceback" not in err and "the server at" in err, err[-2000:]
     vllm_server["proc"] = start_server(vllm_server["port"])
-    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stderr[-2000:]
     for name in ("candidates.jsonl", "judgements.jsonl", "selections.jsonl", "model_outputs.json"):
         assert (tmp_path / "killed" / name).read_bytes() == (ref.output_dir / name).read_bytes(), name
@@ -352,7 +352,6 @@ def test_official_annotator_runs_unmodified_against_the_server(vllm_server, tmp_
             str(reference),
             "--json",
         ],
-        cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=600,

@@ -2,8 +2,8 @@
 
 A block is preceded by ``<!-- readme-test: run -->`` (``run, needs ../shared`` when a config it names reads the
 shared data) or ``<!-- readme-test: skip: WHY -->``. Runnable blocks run in README order in one temporary clone
-(symlinks to this checkout, ``../shared`` beside it); the demo run of the README's first command is made there
-before the first block that reads it. Each command must exit 0 (or the ``exit N`` its comment states) and print
+(symlinks to this checkout, ``../shared`` beside it) in which the README's first command has already made its
+demo run, as in a user's checkout. Each command must exit 0 (or the ``exit N`` its comment states) and print
 what its comment promises (``prints "..."``).
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -149,20 +150,33 @@ def make_clone(top: Path) -> Path:
     return repo
 
 
+def demo_run(base: Path) -> Path:
+    """The README's command 1 run once per test session, whichever worker asks first (the others wait for it):
+    the `runs/demo` a user has in their checkout before they run the tests."""
+    from filelock import FileLock
+
+    top = base / "readme-command-1"
+    with FileLock(str(base / "readme-command-1.lock")):
+        if not (top / "done").exists():
+            top.mkdir(exist_ok=True)
+            repo = top / "repo" if (top / "repo").exists() else make_clone(top)
+            shutil.rmtree(repo / "runs", ignore_errors=True)  # a worker that died mid-run left it half made
+            assert DEMO in README.read_text(encoding="utf-8")
+            demo = shell(repo, DEMO)
+            assert demo.returncode == 0, demo.stderr[-2000:]
+            (top / "done").touch()
+    return top / "repo" / "runs" / "demo"
+
+
 @pytest.fixture(scope="session")  # one per test worker, whatever other modules it runs between blocks
 def clone(tmp_path_factory) -> Path:
-    """`make_clone`; the README's demo run is made there by the first block that reads it (`with_demo`)."""
-    return make_clone(tmp_path_factory.mktemp("readme"))
-
-
-def with_demo(clone: Path, block: Block) -> None:
-    """Run the README's command 1 in ``clone`` once, before the first block naming `runs/demo`: a worker whose
-    blocks never read it (the Ray group's) does not pay for it."""
-    if "runs/demo" not in RUN_DIR.findall(" ".join(c.text for c in block.commands)) or (clone / "runs/demo").exists():
-        return
-    assert DEMO in README.read_text(encoding="utf-8")
-    demo = shell(clone, DEMO)
-    assert demo.returncode == 0, demo.stderr[-2000:]
+    """`make_clone` with the README's command 1 already run in it (`runs/demo`, copied from `demo_run`), as a
+    user's checkout is when they run the README's second command: every block runs after it."""
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # the folder all workers share
+    repo = make_clone(tmp_path_factory.mktemp("readme"))
+    shutil.copytree(demo_run(shared), repo / "runs" / "demo", symlinks=True)
+    return repo
 
 
 @pytest.mark.slow
@@ -173,7 +187,6 @@ def with_demo(clone: Path, block: Block) -> None:
 def test_readme_block(block: Block, clone: Path):
     if block.skip is not None:
         pytest.skip(f"README.md:{block.line}: {block.skip}")
-    with_demo(clone, block)
     for cmd in block.commands:
         if (block.needs_shared or "../shared" in cmd.text + " ".join(cmd.env)) and not SHARED.exists():
             pytest.skip(f"README.md:{cmd.line}: needs ../shared/data")

@@ -48,7 +48,6 @@ def test_bon_judge_after_a_torn_write_keeps_the_file_valid(finished, tmp_path):
         ["bash", "-c", f"ulimit -f {limit_kb}; exec {sys.executable} -m bon judge {finished} --judge random"],
         capture_output=True,
         text=True,
-        cwd=os.path.dirname(os.path.dirname(__file__)),
     )
     one_clear_line(cut, "judgements.jsonl", "File too large", "rerun")
     assert not (finished / "judgements.jsonl").read_bytes().endswith(b"\n")  # it really tore a line
@@ -94,7 +93,6 @@ def test_a_second_process_fails_at_once_naming_the_holder(tmp_path, prompts_file
         ],
         stdout=subprocess.PIPE,
         text=True,
-        cwd=os.path.dirname(os.path.dirname(__file__)),
     )
     try:
         assert holder.stdout.readline().strip() == "held"
@@ -115,7 +113,6 @@ def test_the_lock_is_reentrant_within_one_process(tmp_path):
             [sys.executable, "-c", f"from bon.core.io import lock_dir\nwith lock_dir({str(tmp_path / 'd')!r}): pass"],
             capture_output=True,
             text=True,
-            cwd=os.path.dirname(os.path.dirname(__file__)),
         )
         assert child.returncode != 0 and f"pid {os.getpid()}" in child.stderr
     with lock_dir(tmp_path / "d"):  # released on exit

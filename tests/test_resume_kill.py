@@ -32,7 +32,7 @@ def lines(path: Path) -> int:
 
 def kill_when(cmd: list[str], ready) -> None:
     """Start ``cmd``, SIGKILL it as soon as ``ready()`` holds; fails when it finished first."""
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 600
     while not ready() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
@@ -43,7 +43,7 @@ def kill_when(cmd: list[str], ready) -> None:
 
 def timed(cmd: list[str]) -> float:
     t0 = time.perf_counter()
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr
     return time.perf_counter() - t0
 
@@ -62,7 +62,7 @@ def test_kill_9_then_resume_matches_uninterrupted(tmp_path, reference):
     assert not (killed / "model_outputs.json").exists()
     assert 8 <= lines(killed / "candidates.jsonl") < 20
 
-    resumed = subprocess.run(command(killed), cwd=ROOT, capture_output=True, text=True, timeout=900)
+    resumed = subprocess.run(command(killed), capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming" in resumed.stdout
     for name in COMPARED:
@@ -78,7 +78,7 @@ def kill_loop(cmd: list[str], kills: int, whole: float, idle: float, rng) -> Non
     """
     share = max(whole - idle, 1.0) / kills
     for k in range(kills):
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             proc.wait(timeout=rng.uniform(0.3, idle + share))
             raise AssertionError(f"kill {k + 1}: the command finished before it could be killed")
@@ -131,7 +131,7 @@ def test_kill_9_during_turn_2_then_resume_matches_uninterrupted(tmp_path, shared
         return args + ["--set", f"prompts.source={shared_data / 'mt_bench' / 'question.jsonl'}"]
 
     ref = tmp_path / "ref"
-    done = subprocess.run(mt_command(ref), cwd=ROOT, capture_output=True, text=True, timeout=900)
+    done = subprocess.run(mt_command(ref), capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr
 
     killed = tmp_path / "killed"
@@ -141,7 +141,7 @@ def test_kill_9_during_turn_2_then_resume_matches_uninterrupted(tmp_path, shared
     written = cands.read_text()
     assert ":turn2" in written and written.count(":turn2") < 4  # inside turn 2: some of its candidates, not all
 
-    resumed = subprocess.run(mt_command(killed), cwd=ROOT, capture_output=True, text=True, timeout=900)
+    resumed = subprocess.run(mt_command(killed), capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming" in resumed.stdout
     for name in (*COMPARED, "prompts.json"):
