@@ -23,7 +23,7 @@ def test_run_writes_all_files(tmp_path, prompts_file):
     cfg = config(tmp_path, prompts_file)
     result = run(cfg, policy=FakePolicy())
     assert sorted(p.name for p in cfg.output_dir.iterdir()) == sorted(
-        [*FILES, "prompts.json"]
+        [*FILES, "prompts.json", "prompts.jsonl"]
     )  # .lock is removed when the run ends
     assert result.generated == 15 and result.judged == 15
     outputs = json.loads(read(cfg.output_dir / "model_outputs.json"))

