@@ -8,8 +8,7 @@ from typing import Any
 from bon.core.io import write_json_atomic
 from eval.compare import BenchmarkReport, CompareResult
 from eval.judge_metrics import LeaderboardResult, PairwiseResult, PoolResult, ScoresResult
-
-TOO_FEW = 10  # items below which a correlation, agreement or AURC is shown as "too few", not as a number
+from eval.metrics import TOO_FEW  # items below which a number is shown as "too few"
 
 
 def _num(x: float | None, digits: int = 2, n: int | None = None) -> str:

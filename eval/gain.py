@@ -19,7 +19,7 @@ from bon.pipeline.selection import char_lengths, secondary_judge, select_all
 from eval.ae import full_winrate, winrate
 from eval.alpaca import annotations_for, match_baseline, reference_rows
 from eval.annotations import Annotation
-from eval.metrics import PairedGain, paired_gain
+from eval.metrics import TOO_FEW, PairedGain, ci_text, paired_gain
 
 
 @dataclass(frozen=True)
@@ -83,8 +83,9 @@ def ks_for(n: int) -> list[int]:
 
 
 def bootstrap(wins: list[float], rounds: int, seed: int, scale: float = 100.0) -> tuple[float | None, float | None]:
-    """95% percentile interval of the mean (times ``scale``: percent of a win by default), resampling prompts."""
-    if not wins:
+    """95% percentile interval of the mean (times ``scale``: percent of a win by default), resampling prompts;
+    (None, None) under `TOO_FEW` prompts."""
+    if len(wins) < TOO_FEW:
         return None, None
     rng = random.Random(seed)
     means = sorted(scale * sum(rng.choices(wins, k=len(wins))) / len(wins) for _ in range(rounds))
@@ -229,7 +230,7 @@ def _markdown(report: GainReport) -> None:
         coverage = 100 * p.answered / max(1, p.answered + p.declined)
         size = "—" if p.mean_length is None else f"{p.mean_length:.0f}"
         cells = [p.label, fmt(p.win_rate), *([fmt(p.lc_win_rate)] if show_lc else [])]
-        cells += [f"{fmt(p.ci_low)}–{fmt(p.ci_high)}", said(p.vs_first), said(p.vs_random), size]
+        cells += [ci_text(p.ci_low, p.ci_high, p.answered, 2), said(p.vs_first), said(p.vs_random), size]
         cells += [str(p.answered), str(p.declined), f"{coverage:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     baseline = "—" if report.baseline_length is None else f"{report.baseline_length:.0f}"
@@ -255,7 +256,7 @@ def summary_lines(report: GainReport) -> list[str]:
     lines = [f"best-of-k by {report.judge}, {report.prompts} prompts, annotator {report.annotator}:"]
     for p in report.points:
         size = "" if p.mean_length is None else f", mean length {p.mean_length:.0f}"
-        lines.append(f"  {p.label}: win rate % {fmt(p.win_rate)} [{fmt(p.ci_low)}, {fmt(p.ci_high)}]{size}")
+        lines.append(f"  {p.label}: win rate % {fmt(p.win_rate)} {ci_text(p.ci_low, p.ci_high, p.answered)}{size}")
     best = next((p for p in report.points if p.k == report.n), None)
     if best is not None and best.vs_first is not None:
         lines.append(f"k={report.n} over k=1 (pp): {best.vs_first.said()}")

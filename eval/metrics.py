@@ -194,11 +194,29 @@ def grouped_kendall(
     return (float(np.mean(taus)) if taus else None), len(taus)
 
 
+TOO_FEW = 10  # items below which no CI and no p-value is stated: 4 items have 4^4 resamples, all of one prompt's sign
+
+
+def p_value_text(p: float, reps: int) -> str:
+    """A bootstrap p-value at the resolution its resamples allow: ``p<0.001`` when no resample of 1,000 reached
+    the observed difference, else ``p=0.012`` (as many decimals as 1/reps has)."""
+    decimals = max(1, math.ceil(math.log10(reps)))
+    return f"p<{10**-decimals:.{decimals}f}" if p <= 1 / (reps + 1) + 1e-15 else f"p={p:.{decimals}f}"
+
+
+def ci_text(low: float | None, high: float | None, n: int, digits: int = 1) -> str:
+    """``[41.2, 58.3]``, or ``too few (n=4)`` where no CI is stated (under `TOO_FEW` items)."""
+    if low is None or high is None:
+        return f"too few (n={n})" if n < TOO_FEW else "—"
+    return f"[{low:.{digits}f}, {high:.{digits}f}]"
+
+
 def bootstrap_ci(
     statistic: Callable[[np.ndarray], float | None], n: int, reps: int = 1000, seed: int = 0, level: float = 0.95
 ) -> tuple[float, float] | None:
-    """Percentile CI of ``statistic(indices)`` over ``reps`` resamples of ``n`` units with replacement."""
-    if n < 2 or reps < 1:
+    """Percentile CI of ``statistic(indices)`` over ``reps`` resamples of ``n`` units with replacement (None under
+    `TOO_FEW` units)."""
+    if n < TOO_FEW or reps < 1:
         return None
     rng = np.random.default_rng(seed)
     values = []
@@ -217,8 +235,10 @@ class PairedGain:
     """A statistic of picks minus the same statistic of a reference, over the same items (percentage points)."""
 
     delta: float
-    ci: tuple[float, float] | None  # percentile bootstrap over items, 95%
+    ci: tuple[float, float] | None  # percentile bootstrap over items, 95%; None under TOO_FEW items
     p_value: float | None  # two-sided, paired bootstrap under no difference
+    n: int = 0  # the items it rests on
+    reps: int = 1000  # the resamples behind ci and p_value
 
     @property
     def significant(self) -> bool:
@@ -226,25 +246,28 @@ class PairedGain:
         return self.ci is not None and (self.ci[0] > 0 or self.ci[1] < 0)
 
     def said(self) -> str:
-        """``+3.1 [+0.4, +5.9], p=0.02`` or the same with ``not significant``."""
+        """``+3.10 [+0.40, +5.90], p=0.020``, the same with ``not significant``, or ``+3.10 (too few, n=4)``."""
+        if self.n < TOO_FEW:
+            return f"{self.delta:+.2f} (too few, n={self.n})"
         ci = f" [{self.ci[0]:+.2f}, {self.ci[1]:+.2f}]" if self.ci else ""
-        p = f", p={self.p_value:.3g}" if self.p_value is not None else ""
+        p = f", {p_value_text(self.p_value, self.reps)}" if self.p_value is not None else ""
         return f"{self.delta:+.2f}{ci}{p}" + ("" if self.significant else ", not significant")
 
 
 def paired_gain(picked: Sequence[float], reference: Sequence[float], reps: int = 1000, seed: int = 0) -> PairedGain:
     """The mean of ``picked`` minus the mean of ``reference`` (per-item values in [0, 1], paired by item) x 100,
-    with a bootstrap CI over items and the p-value of a paired bootstrap test of no difference."""
+    with a bootstrap CI over items and the p-value of a paired bootstrap test of no difference (neither under
+    `TOO_FEW` items)."""
     diff = np.asarray(picked, dtype=float) - np.asarray(reference, dtype=float)
     n = len(diff)
     delta = float(diff.mean()) * 100 if n else float("nan")
-    if n < 2 or reps < 1:
-        return PairedGain(delta, None, None)
+    if n < TOO_FEW or reps < 1:
+        return PairedGain(delta, None, None, n, reps)
     means = diff[np.random.default_rng(seed).integers(0, n, (reps, n))].mean(axis=1)
     lo, hi = np.quantile(means * 100, [0.025, 0.975])
     centred = np.abs(means - diff.mean())  # the resampled spread around no difference
     p = (1 + int((centred >= abs(diff.mean()) - 1e-12).sum())) / (reps + 1)
-    return PairedGain(delta, (float(lo), float(hi)), min(1.0, p))
+    return PairedGain(delta, (float(lo), float(hi)), min(1.0, p), n, reps)
 
 
 def risk_at_coverages(

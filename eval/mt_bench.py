@@ -26,6 +26,7 @@ from bon.pipeline.selection import char_lengths, secondary_judge, select_all
 from bon.pipeline.turns import kept_text, turn_ids
 from eval.export import ExportError
 from eval.gain import bootstrap, ks_for
+from eval.metrics import ci_text
 
 
 @dataclass(frozen=True)
@@ -303,7 +304,7 @@ def gain_rows(report: MTBenchReport) -> list[tuple[str, ...]]:
                 str(p.turn),
                 str(p.k),
                 fmt_rating(p.mean),
-                f"{fmt_rating(p.ci_low)}–{fmt_rating(p.ci_high)}",
+                ci_text(p.ci_low, p.ci_high, p.rated, 3),
                 "—" if gain is None else f"{gain:+.3f}",
                 str(p.rated),
                 str(p.unrated),

@@ -391,6 +391,21 @@ def write_report(report: PoolReport, folder: Path, out: Path, describe: str) -> 
     return md, png
 
 
+def _label_offsets(x: Sequence[float], y: Sequence[float], near: float = 0.08) -> list[tuple[float, float]]:
+    """Text offsets (points) for a label per point: a point close to the one labelled before it (in axis-normalised
+    units) gets its label stacked further up or down, so small λ steps, whose points crowd, stay readable."""
+    span = lambda v: (max(v) - min(v)) or 1.0  # noqa: E731
+    sx, sy = span(x), span(y)
+    out: list[tuple[float, float]] = []
+    level = 0
+    for i in range(len(x)):
+        close = i and abs(x[i] - x[i - 1]) / sx < near and abs(y[i] - y[i - 1]) / sy < near
+        level = level + 1 if close else 0
+        sign = -1 if level % 2 else 1
+        out.append((4.0, sign * (4.0 + 9.0 * ((level + 1) // 2))))
+    return out
+
+
 def write_sweep(reports: Sequence[PoolReport], out: Path) -> tuple[Path, Path]:
     """length_sweep.md (λ, win rate with its CI and gain over a random pick, mean pick length) and length_sweep.png
     (the trade-off curve: win rate against mean pick length, one point per λ)."""
@@ -430,12 +445,26 @@ def write_sweep(reports: Sequence[PoolReport], out: Path) -> tuple[Path, Path]:
     fig, ax = plt.subplots(figsize=(5.5, 3.5))
     x, y = [r.lengths["picks"] for r in reports], [r.win_rate for r in reports]
     ax.plot(x, y, marker="o", color="#1f77b4", label=first.judge)
-    for r in reports:
+    bars = [(r.lengths["picks"], r.win_rate, r.win_rate_ci) for r in reports if r.win_rate_ci]
+    if bars:  # the 95% CI over instructions of each λ's win rate
+        low = [w - ci[0] for _, w, ci in bars]
+        high = [ci[1] - w for _, w, ci in bars]
+        ax.errorbar(
+            [b[0] for b in bars],
+            [b[1] for b in bars],
+            yerr=[low, high],
+            fmt="none",
+            ecolor="#1f77b4",
+            alpha=0.5,
+            capsize=3,
+            label="95% CI",
+        )
+    for r, offset in zip(reports, _label_offsets(x, y)):
         ax.annotate(
             f"λ={r.length_penalty:g}",
             (r.lengths["picks"], r.win_rate),
             fontsize=7,
-            xytext=(3, 3),
+            xytext=offset,
             textcoords="offset points",
         )
     ax.scatter([first.lengths["random"]], [first.reference_points["random"]], color="#999", label="random pick")

@@ -13,20 +13,20 @@ from __future__ import annotations
 import contextlib
 import random
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from bon.core.config import RunConfig, Strict, validate_options
+from bon.core.config import RunConfig, SelectionConfig, Strict, validate_options
 from bon.core.errors import BonError, did_you_mean
 from bon.core.outputs import check_folder, replace_folder
 from bon.core.records import Candidate, Judgement, Prompt, Selection
 from bon.core.rundir import config_digest, load_run
 from bon.engines.base import derive_seed
-from bon.pipeline.rejudge import judgements_of, run_candidates, run_prompts
+from bon.pipeline.rejudge import SELECT_FLAGS, judgements_of, run_candidates, run_prompts, selections_for
 
 STRATEGIES = ("best-worst", "best-random", "margin")
 SHARD = "data/train-00000-of-00001.parquet"
@@ -54,6 +54,7 @@ class PreferenceOptions(Strict):
     format: Literal["conversational", "standard"] = Field(
         "conversational", description="conversational: message lists; standard: plain strings (single turns)"
     )
+    keep_truncated: bool = Field(False, description="also use candidates cut at max_tokens (left out by default)")
 
     @field_validator("strategy")
     @classmethod
@@ -71,6 +72,7 @@ class SFTOptions(Strict):
     format: Literal["messages", "prompt-completion"] = Field(
         "messages", description="messages: one conversation per row; prompt-completion: two message lists"
     )
+    keep_truncated: bool = Field(False, description="also use answers cut at max_tokens (left out by default)")
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,8 @@ class Exported:
     rows: int
     left_out: dict[str, int]
     prompts: int  # prompts that gave at least one row
+    selection: str  # which selection it used: "judge cosine, threshold 0.5 (bon select's)"
+    with_truncated: int | None = None  # the rows --keep-truncated would give, when it would give more
 
 
 @dataclass(frozen=True)
@@ -93,19 +97,57 @@ class _Run:
     judged: dict[tuple[str, int], Judgement]
     skipped: set[str]
     selections: dict[str, Selection]  # the label's selections
+    selection: dict[str, Any]  # how they were made (judge, threshold, coverage, λ, tie-break, where from)
 
 
-def _read(run_dir: Path, label: str | None) -> _Run:
+def _read(run_dir: Path, label: str | None, selection: dict[str, Any] | None = None) -> _Run:
+    """The run as an export reads it; ``selection`` (options of `bon select`) picks afresh in memory, else the
+    stored selections of ``label`` are used, as the last `bon select` with it (or `bon run`) made them."""
     rd, manifest, config = load_run(run_dir)
-    label = label or manifest.get("selected_with", {}).get("judge") or config.judge.name
+    stored = manifest.get("selected_with", {})
+    label = label or stored.get("judge") or config.judge.name
     built = run_prompts(rd, config)
     sampled, cands, skipped = run_candidates(rd, config, built)
     judged = judgements_of(rd, rd.read(Judgement), label, sampled, config.n)
-    mine = {s.prompt_id: s for s in built[1] if s.judge == label}
-    return _Run(Path(run_dir), config, label, built[0], cands, judged, set(skipped), mine)
+    given = {k: v for k, v in (selection or {}).items() if v is not None}
+    if given:
+        options = validate_options(SelectionConfig, given, SELECT_FLAGS)
+        picks = selections_for(rd, config, label, options)
+        said = {**options.model_dump(exclude={"decline_message"}), "source": "given to this export"}
+    else:
+        picks = [s for s in built[1] if s.judge == label]
+        said = _stored_selection(stored, config, label, picks)
+    thresholds = {s.threshold for s in picks if not s.skipped}
+    said["threshold"] = thresholds.pop() if len(thresholds) == 1 else None
+    mine = {s.prompt_id: s for s in picks}
+    return _Run(Path(run_dir), config, label, built[0], cands, judged, set(skipped), mine, {"judge": label, **said})
 
 
-def _usable(run: _Run, p: Prompt, left_out: Counter) -> list[tuple[float, Candidate]] | None:
+def _stored_selection(stored: dict[str, Any], config: RunConfig, label: str, picks: list[Selection]) -> dict[str, Any]:
+    """How the stored selections of ``label`` were made, as far as the manifest says."""
+    keys = ("decline_below", "coverage", "length_penalty", "tie_break")
+    if stored.get("judge") == label:
+        return {**{k: stored.get(k) for k in keys}, "source": "the last bon select"}
+    if label == config.judge.name and not stored:
+        return {**config.selection.model_dump(include=set(keys)), "source": "bon run"}
+    return {"source": f"stored selections of {label!r}" if picks else "none (no selection by this judge)"}
+
+
+def selection_text(said: dict[str, Any]) -> str:
+    """``judge cosine, threshold 0.5, coverage 0.5 (the last bon select)``: the options that shaped the picks."""
+    parts = [f"judge {said['judge']}"]
+    for key, name in (("threshold", "threshold"), ("coverage", "coverage"), ("length_penalty", "λ")):
+        if isinstance(said.get(key), (int, float)) and said[key] != 0:
+            parts.append(f"{name} {said[key]:g}")
+    if said.get("tie_break") not in (None, "lowest_index"):
+        parts.append(f"tie-break {said['tie_break']}")
+    return ", ".join(parts) + f" ({said['source']})"
+
+
+TRUNCATED = "truncated candidates (max_tokens reached)"
+
+
+def _usable(run: _Run, p: Prompt, left_out: Counter, keep_truncated: bool) -> list[tuple[float, Candidate]] | None:
     """A prompt's (score, candidate) that can train, best first (lowest index on ties); None when the prompt
     gives no row (skipped, declined), counting why in ``left_out``."""
     if p.id in run.skipped:
@@ -119,8 +161,8 @@ def _usable(run: _Run, p: Prompt, left_out: Counter) -> list[tuple[float, Candid
         c, j = run.candidates[p.id][i], run.judged[(p.id, i)]
         if j.score is None:
             left_out["candidates without a score (failed judgements)"] += 1
-        elif c.finish_reason == "length":
-            left_out["truncated candidates (max_tokens reached)"] += 1
+        elif c.finish_reason == "length" and not keep_truncated:
+            left_out[TRUNCATED] += 1
         else:
             out.append((j.score, c))
     return sorted(out, key=lambda sc: (-sc[0], sc[1].index))
@@ -143,7 +185,7 @@ def preference_rows(run: _Run, opts: PreferenceOptions) -> tuple[list[dict[str, 
     rows: list[dict[str, Any]] = []
     left_out: Counter = Counter()
     for p in run.prompts:
-        usable = _usable(run, p, left_out)
+        usable = _usable(run, p, left_out, opts.keep_truncated)
         if usable is None:
             continue
         if len(usable) < 2:
@@ -199,7 +241,7 @@ def sft_rows(run: _Run, opts: SFTOptions) -> tuple[list[dict[str, Any]], Counter
             f"select with it first (bon select RUN --judge {run.label}) or give --top-k"
         )
     for p in run.prompts:
-        usable = _usable(run, p, left_out)
+        usable = _usable(run, p, left_out, opts.keep_truncated)
         if usable is None:
             continue
         if opts.top_k == 1:
@@ -221,25 +263,49 @@ def sft_rows(run: _Run, opts: SFTOptions) -> tuple[list[dict[str, Any]], Counter
 
 
 def export_preferences(
-    run_dir: Path, out: Path, label: str | None = None, overwrite: bool = False, **options: Any
+    run_dir: Path,
+    out: Path,
+    label: str | None = None,
+    overwrite: bool = False,
+    selection: dict[str, Any] | None = None,
+    **options: Any,
 ) -> Exported:
-    opts = validate_options(PreferenceOptions, options, {"max_length_ratio": "--max-length-ratio"})
+    """Preference pairs of ``label``'s scores; ``selection`` (`bon select`'s options) decides which prompts are
+    declined, else the run's stored selections do."""
+    flags = {"max_length_ratio": "--max-length-ratio", "keep_truncated": "--keep-truncated"}
+    opts = validate_options(PreferenceOptions, options, flags)
     check_folder(Path(out), EXPORTS["preferences"], overwrite, reading=[Path(run_dir)])  # before any work
-    run = _read(Path(run_dir), label)
+    run = _read(Path(run_dir), label, selection)
     rows, left_out = preference_rows(run, opts)
+    more = _with_truncated(left_out, lambda: preference_rows(run, opts.model_copy(update={"keep_truncated": True})))
     what = f"strategy {opts.strategy}" + (f", margin {opts.margin:g}" if opts.strategy == "margin" else "")
     card = _card(run, "preferences", what, opts.model_dump(), left_out)
-    return _write(run, rows, left_out, out, overwrite, card)
+    return _write(run, rows, left_out, out, overwrite, card, more)
 
 
-def export_sft(run_dir: Path, out: Path, label: str | None = None, overwrite: bool = False, **options: Any) -> Exported:
-    opts = validate_options(SFTOptions, options, {"top_k": "--top-k", "min_score": "--min-score"})
+def export_sft(
+    run_dir: Path,
+    out: Path,
+    label: str | None = None,
+    overwrite: bool = False,
+    selection: dict[str, Any] | None = None,
+    **options: Any,
+) -> Exported:
+    """SFT rows of ``label``'s picks (top_k 1) or best scores; ``selection`` as for `export_preferences`."""
+    flags = {"top_k": "--top-k", "min_score": "--min-score", "keep_truncated": "--keep-truncated"}
+    opts = validate_options(SFTOptions, options, flags)
     check_folder(Path(out), EXPORTS["sft"], overwrite, reading=[Path(run_dir)])  # before any work
-    run = _read(Path(run_dir), label)
+    run = _read(Path(run_dir), label, selection)
     rows, left_out = sft_rows(run, opts)
+    more = _with_truncated(left_out, lambda: sft_rows(run, opts.model_copy(update={"keep_truncated": True})))
     what = "the kept answer per prompt" if opts.top_k == 1 else f"the {opts.top_k} best-scored answers per prompt"
     card = _card(run, "sft", what, opts.model_dump(), left_out)
-    return _write(run, rows, left_out, out, overwrite, card)
+    return _write(run, rows, left_out, out, overwrite, card, more)
+
+
+def _with_truncated(left_out: Counter, rows: Callable[[], tuple[list, Counter]]) -> int | None:
+    """The rows the same export would give with --keep-truncated, where it left truncated candidates out."""
+    return len(rows()[0]) if left_out.get(TRUNCATED) else None
 
 
 def _card(run: _Run, kind: str, what: str, options: dict[str, Any], left_out: Counter) -> dict[str, Any]:
@@ -254,6 +320,7 @@ def _card(run: _Run, kind: str, what: str, options: dict[str, Any], left_out: Co
             "prompts": run.config.prompts.source,
         },
         "options": options,
+        "selection": run.selection,
         "left_out": dict(sorted(left_out.items())),
     }
 
@@ -273,13 +340,22 @@ def _quiet_datasets() -> Iterator[None]:
 
 
 def _write(
-    run: _Run, rows: list[dict[str, Any]], left_out: Counter, out: Path, overwrite: bool, card: dict[str, Any]
+    run: _Run,
+    rows: list[dict[str, Any]],
+    left_out: Counter,
+    out: Path,
+    overwrite: bool,
+    card: dict[str, Any],
+    with_truncated: int | None,
 ) -> Exported:
     """The rows as a dataset folder at ``out`` (refused: no row; ``out`` occupied without ``overwrite``, or by
     anything but bon's earlier export of this kind)."""
     if not rows:
         said = "; ".join(f"{n} {why}" for why, n in sorted(left_out.items())) or "the run has no prompts"
-        raise TrainingExportError(f"no row to export from {run.label!r}'s judgements: left out {said}; nothing written")
+        more = f" (--keep-truncated would give {with_truncated})" if with_truncated else ""
+        raise TrainingExportError(
+            f"no row to export from {run.label!r}'s judgements: left out {said}{more}; nothing written"
+        )
     import datasets
 
     with replace_folder(Path(out), EXPORTS[card["kind"]], overwrite, reading=[run.path]) as tmp:
@@ -290,7 +366,8 @@ def _write(
             ds.to_parquet(str(tmp / SHARD))
         (tmp / "README.md").write_text(_card_text(card, ds, len(rows)), encoding="utf-8")
     prompts = len({r["prompt_id"] for r in rows})
-    return Exported(out, len(rows), dict(sorted(left_out.items())), prompts)
+    extra = with_truncated if with_truncated and with_truncated > len(rows) else None
+    return Exported(out, len(rows), dict(sorted(left_out.items())), prompts, selection_text(run.selection), extra)
 
 
 def _card_text(card: dict[str, Any], ds: Any, rows: int) -> str:
@@ -314,7 +391,7 @@ def _card_text(card: dict[str, Any], ds: Any, rows: int) -> str:
         "",
         f"{rows} rows: {card['what']}, scored by `{run['judge']}` over {run['n']} candidates per prompt sampled "
         f"from `{run['policy']}` on `{run['prompts']}` (run config digest `{run['config_digest']}`). "
-        f"Left out: {left}.",
+        f"Selection: {selection_text(card['selection'])}. Left out: {left}.",
         "",
         'Load with `datasets.load_dataset("parquet", data_dir=DIR)` or `datasets.load_from_disk(DIR)`; the rows '
         "follow TRL's dataset formats.",

@@ -80,6 +80,7 @@ def select_pool_cmd(
     """How well a judge picks among candidates whose verdicts are already known."""
     from bon.cli.progress import RichProgress
     from bon.core.config import validate_options
+    from eval.metrics import ci_text
     from eval.pool import REPORT, PoolOptions, evaluate_selector, gains, length_sweep, load_pool, write_reports
     from judges import build_judge
 
@@ -114,7 +115,8 @@ def select_pool_cmd(
     table.add_column("selector")
     table.add_column("win rate % [95% CI]", justify="right")
     table.add_column("mean length", justify="right")
-    ci = f" [{report.win_rate_ci[0]:.1f}, {report.win_rate_ci[1]:.1f}]" if report.win_rate_ci else ""
+    low, high = report.win_rate_ci or (None, None)
+    ci = " " + ci_text(low, high, report.n_instructions)
     lam = f", λ {report.length_penalty:g}" if report.length_penalty else ""
     picked = f"{report.lengths['picks']:.0f}"
     lc = f"; LC {report.lc_win_rate:.2f}" if report.lc_win_rate is not None else ""

@@ -271,27 +271,15 @@ def select_cmd(
     ] = 0.0,
 ) -> None:
     """Re-select every prompt with one judge's scores and rewrite selections and outputs."""
+    from bon.cli.summaries import selected_lines
     from bon.pipeline.rejudge import select_run
 
     with fail_clearly():
         done = select_run(
             run_dir, judge_label, decline_below, tie_break, allow_unjudged, coverage, length_penalty, calibrate_on
         )
-    selections = done.selections
-    declined = sum(s.declined for s in selections)
-    blind = sum(s.score is None and not s.skipped for s in selections)
-    fallbacks = f", {blind} of them without any score (first candidate kept or declined)" if blind else ""
-    console.print(
-        f"{len(selections)} prompts selected with {judge_label}, {declined} declined{fallbacks}; "
-        f"outputs: {done.outputs}",
-        highlight=False,
-    )
-    if coverage is not None and done.threshold is not None:
-        source = f"calibrated on {done.calibrated_on} at coverage {coverage:g}" if done.calibrated_on else "this run's"
-        console.print(
-            f"threshold {done.threshold:.6g} ({source}): {done.answered:.1%} of this run's prompts answered",
-            highlight=False,
-        )
+    for line in selected_lines(done, judge_label, coverage):
+        console.print(line, highlight=False)
 
 
 @app.command()

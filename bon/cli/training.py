@@ -15,8 +15,24 @@ OutOpt = Annotated[Path, typer.Option("--out", help="the dataset folder to write
 JudgeOpt = Annotated[
     str | None, typer.Option("--judge", help="whose scores (a judge label; default: the run's selecting judge)")
 ]
-OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="replace what --out holds")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="replace bon's earlier export of this kind at --out")]
 PushOpt = Annotated[str | None, typer.Option("--push-to-hub", help="also upload it as this dataset repo (user/name)")]
+TruncOpt = Annotated[
+    bool, typer.Option("--keep-truncated", help="also use candidates cut at max_tokens (left out by default)")
+]
+DeclineOpt = Annotated[
+    float | None, typer.Option("--decline-below", help="select afresh: decline prompts whose best is below this")
+]
+CoverageOpt = Annotated[float | None, typer.Option("--coverage", help="select afresh: answer this share of prompts")]
+PenaltyOpt = Annotated[
+    float | None, typer.Option("--length-penalty", help="select afresh: pick by z(score) - λ z(length)")
+]
+TieOpt = Annotated[str | None, typer.Option("--tie-break", help="select afresh: lowest_index, details:KEY, judge:NAME")]
+
+
+def _selection(decline_below: float | None, coverage: float | None, penalty: float | None, tie: str | None) -> dict:
+    """`bon select`'s options given to an export: it picks afresh in memory (the run's selections stay)."""
+    return {"decline_below": decline_below, "coverage": coverage, "length_penalty": penalty, "tie_break": tie}
 
 
 def _report(done: Any, push: str | None) -> None:
@@ -26,6 +42,9 @@ def _report(done: Any, push: str | None) -> None:
     console.print(
         f"wrote {done.rows} rows from {done.prompts} prompts to {done.path} (left out: {left})", highlight=False
     )
+    console.print(f"selection: {done.selection}", highlight=False)
+    if done.with_truncated:
+        console.print(f"--keep-truncated would give {done.with_truncated} rows", highlight=False)
     if push:
         with fail_clearly():
             console.print(f"pushed to {push_to_hub(done.path, push)}")
@@ -46,6 +65,11 @@ def preferences_cmd(
     format_: Annotated[
         str, typer.Option("--format", help="conversational (message lists) or standard (strings)")
     ] = "conversational",
+    keep_truncated: TruncOpt = False,
+    decline_below: DeclineOpt = None,
+    coverage: CoverageOpt = None,
+    length_penalty: PenaltyOpt = None,
+    tie_break: TieOpt = None,
     overwrite: OverwriteOpt = False,
     push_to_hub: PushOpt = None,
 ) -> None:
@@ -58,11 +82,13 @@ def preferences_cmd(
             out,
             judge,
             overwrite,
+            _selection(decline_below, coverage, length_penalty, tie_break),
             strategy=strategy,
             margin=margin,
             seed=seed,
             max_length_ratio=max_length_ratio,
             format=format_,
+            keep_truncated=keep_truncated,
         )
     _report(done, push_to_hub)
 
@@ -76,6 +102,11 @@ def sft_cmd(
     format_: Annotated[
         str, typer.Option("--format", help="messages (one conversation) or prompt-completion")
     ] = "messages",
+    keep_truncated: TruncOpt = False,
+    decline_below: DeclineOpt = None,
+    coverage: CoverageOpt = None,
+    length_penalty: PenaltyOpt = None,
+    tie_break: TieOpt = None,
     overwrite: OverwriteOpt = False,
     push_to_hub: PushOpt = None,
 ) -> None:
@@ -83,5 +114,7 @@ def sft_cmd(
     from eval.training import export_sft
 
     with fail_clearly():
-        done = export_sft(run_dir, out, judge, overwrite, top_k=top_k, min_score=min_score, format=format_)
+        selection = _selection(decline_below, coverage, length_penalty, tie_break)
+        options = {"top_k": top_k, "min_score": min_score, "format": format_, "keep_truncated": keep_truncated}
+        done = export_sft(run_dir, out, judge, overwrite, selection, **options)
     _report(done, push_to_hub)

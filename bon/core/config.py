@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, overload
 
@@ -351,7 +352,10 @@ def validate_options(model: type[M], options: dict[str, Any], flags: dict[str, s
         return model.model_validate(options)
     except ValidationError as e:
         key, what = problems(e, model)[0]
-        if key == "<top level>":  # a rule between options (e.g. two ways to decline)
+        if key == "<top level>":  # a rule between options (e.g. two ways to decline), said with the flags typed
+            for field in model.model_fields:
+                flag = (flags or {}).get(field, f"--{field.replace('_', '-')}")
+                what = re.sub(rf"\b{re.escape(field)}\b", flag, what)
             raise ConfigError(f"options: {what}") from None
         name = (flags or {}).get(key, f"--{key.replace('_', '-')}")
         raise ConfigError(f"option {name}: {what}") from None

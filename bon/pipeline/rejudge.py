@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from bon.core.config import RunConfig, SelectionConfig, validate_options
+from bon.core.errors import did_you_mean
 from bon.core.io import write_records_atomic
 from bon.core.judging import JUDGES, build_judge, check_conversations, policy_defaults, same_judge
 from bon.core.names import check_name
@@ -18,6 +19,7 @@ from bon.pipeline.runner import Progress, Silent, alpaca_eval_outputs
 from bon.pipeline.scoring import score_missing
 from bon.pipeline.selection import (
     AGAIN,
+    TIED_BY_PENALTY,
     char_lengths,
     check_judged,
     cover,
@@ -63,8 +65,13 @@ def judgements_of(
     """The ``label`` judgements of every candidate, keyed (prompt id, index); refused when any is missing."""
     judged = by_key(all_judgements, label)
     missing = sum((p.id, i) not in judged for p in prompts for i in range(n))
+    have = sorted({j.judge for j in all_judgements})
+    if missing and label not in have and label not in JUDGES:  # a typo: no command would make it
+        hint = (
+            did_you_mean(label, dict.fromkeys([*have, *JUDGES.names()])) or f"judges here: {', '.join(have) or 'none'}"
+        )
+        raise RunDirError(f"{rd.path}: {label!r} is neither a judge of this run nor a registered judge; {hint}")
     if missing:
-        have = sorted({j.judge for j in all_judgements})
         raise RunDirError(
             f"{rd.path}: {missing} candidates have no {label!r} judgement (judges here: {', '.join(have) or 'none'}); "
             f"run `bon judge {rd.path} --judge {label}` first"
@@ -132,6 +139,22 @@ def judge_run(
 
 
 @dataclass(frozen=True)
+class LengthEffect:
+    """What a length penalty λ changed against the plain pick (λ = 0), over the prompts both answered."""
+
+    penalty: float
+    changed: int  # prompts whose pick differs
+    mean_length: float | None  # mean characters of the picks with λ
+    plain_mean_length: float | None  # and without
+    tied: int  # prompts where λ made every candidate tie (the tie-break decided)
+
+
+def _mean_length(picks: Sequence[Selection], cands: dict[str, dict[int, Candidate]]) -> float | None:
+    chars = [len(cands[s.prompt_id][s.chosen_index].text) for s in picks if s.chosen_index is not None]
+    return sum(chars) / len(chars) if chars else None
+
+
+@dataclass(frozen=True)
 class Reselection:
     """What `select_run` did: the selections (prompt order), the outputs file, and the threshold it applied."""
 
@@ -139,6 +162,7 @@ class Reselection:
     outputs: Path
     threshold: float | None  # decline_below, coverage's τ, or the τ calibrated on another run
     calibrated_on: Path | None = None  # the run τ was taken from
+    length: LengthEffect | None = None  # with a length penalty: what it changed
 
     @property
     def answered(self) -> float:
@@ -177,6 +201,23 @@ def _picks(
     return prompts, picks, cands
 
 
+def _keeps_conversations(rd: RunDir, config: RunConfig, label: str, prompts: Sequence[Prompt]) -> None:
+    """Refuse re-selecting a conversation run with its own judge: its later turns were sampled after its picks."""
+    if label == config.judge.name and any(p.conversation for p in prompts):
+        raise RunDirError(
+            f"{rd.path}: the run judge {label!r} kept the answers its later turns were sampled after; "
+            "re-selecting with it would change those conversations (select with another judge's label)"
+        )
+
+
+def selections_for(rd: RunDir, config: RunConfig, label: str, selection: SelectionConfig) -> list[Selection]:
+    """``label``'s picks under ``selection`` (its coverage applied), computed and not written: what an export given
+    its own selection options uses, leaving the run's stored selections as they are."""
+    prompts, picks, _ = _picks(rd, config, label, selection, True, "")
+    _keeps_conversations(rd, config, label, prompts)
+    return picks if selection.coverage is None else cover(picks, selection.coverage)[0]
+
+
 def calibrated_threshold(run_dir: Path, label: str, selection: SelectionConfig, coverage: float) -> float:
     """τ that answers ``coverage`` of another run's prompts with ``label``'s picks (a threshold chosen on held-out
     prompts, to apply to this run)."""
@@ -186,6 +227,14 @@ def calibrated_threshold(run_dir: Path, label: str, selection: SelectionConfig, 
     if tau is None:
         raise RunDirError(f"{rd.path}: judge {label!r} scored none of its prompts; no threshold to calibrate on")
     return tau
+
+
+SELECT_FLAGS = {  # refusals name what the user typed
+    "decline_below": "--decline-below",
+    "tie_break": "--tie-break",
+    "coverage": "--coverage",
+    "length_penalty": "--length-penalty",
+}
 
 
 def select_run(
@@ -206,7 +255,7 @@ def select_run(
     that coverage on another run is applied here instead (this run's own coverage is reported, not forced).
     """
     options = {"decline_below": decline_below, "tie_break": tie_break, "coverage": coverage}
-    selection = validate_options(SelectionConfig, {**options, "length_penalty": length_penalty})
+    selection = validate_options(SelectionConfig, {**options, "length_penalty": length_penalty}, SELECT_FLAGS)
     if calibrate_on is not None and coverage is None:
         raise RunDirError("--calibrate-on takes the threshold of a coverage: give --coverage too")
     tau = None
@@ -215,10 +264,16 @@ def select_run(
         selection = selection.model_copy(update={"coverage": None, "decline_below": tau})
     with open_run(run_dir) as (rd, manifest, config):
         prompts, selections, cands = _picks(rd, config, label, selection, allow_unjudged, "nothing was changed")
-        if label == config.judge.name and any(p.conversation for p in prompts):
-            raise RunDirError(
-                f"{rd.path}: the run judge {label!r} kept the answers its later turns were sampled after; "
-                "re-selecting with it would change those conversations (select with another judge's label)"
+        _keeps_conversations(rd, config, label, prompts)
+        effect = None
+        if selection.length_penalty:
+            plain = _picks(rd, config, label, selection.model_copy(update={"length_penalty": 0.0}), True, "")[1]
+            effect = LengthEffect(
+                selection.length_penalty,
+                sum(a.chosen_index != b.chosen_index for a, b in zip(selections, plain)),
+                _mean_length(selections, cands),
+                _mean_length(plain, cands),
+                sum(s.reason == TIED_BY_PENALTY for s in selections),
             )
         if selection.coverage is not None:
             selections, tau = cover(selections, selection.coverage)
@@ -228,7 +283,7 @@ def select_run(
         generator = f"{config.generator_name().rsplit('-', 1)[0]}-{label}" if not config.name else config.name
         source = [(p, s) for p, s in zip(prompts, selections) if not p.conversation]  # AlpacaEval: first turns
         outputs = alpaca_eval_outputs(updated, [p for p, _ in source], cands, [s for _, s in source], generator)
-        done = Reselection(selections, rd.write_outputs(outputs), tau or selection.decline_below, calibrate_on)
+        done = Reselection(selections, rd.write_outputs(outputs), tau or selection.decline_below, calibrate_on, effect)
         manifest["selected_with"] = {
             "judge": label,
             "decline_below": decline_below,

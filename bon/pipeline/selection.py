@@ -124,6 +124,9 @@ def pick_values(
     return {j.candidate_index: s - length_penalty * c for j, s, c in zip(scored, scores, chars)}
 
 
+TIED_BY_PENALTY = "the length penalty made every candidate tie; the tie-break kept this one"
+
+
 def select(
     prompt_id: str,
     judgements: Sequence[Judgement],
@@ -158,6 +161,10 @@ def select(
         key=lambda j: (-values[j.candidate_index], -tiebreak.get(j.candidate_index, -math.inf), j.candidate_index),
     )
     assert best.score is not None
+    spread = max(values.values()) - min(values.values())
+    # e.g. the length judge at λ = 1, where z(score) - z(length) is 0 for every candidate: say so, never silently
+    tied = bool(length_penalty) and len({j.score for j in scored}) > 1 and spread <= 1e-9
+    reason = TIED_BY_PENALTY if tied else None
     if decline_below is not None and best.score < decline_below:
         return Selection(
             prompt_id,
@@ -168,7 +175,7 @@ def select(
             reason=f"best score {best.score:.4g} < decline_below {decline_below:g}",
             threshold=decline_below,
         )
-    return Selection(prompt_id, best.candidate_index, False, best.score, judge, threshold=decline_below)
+    return Selection(prompt_id, best.candidate_index, False, best.score, judge, reason=reason, threshold=decline_below)
 
 
 def select_prompt(
