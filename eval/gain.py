@@ -194,9 +194,15 @@ def _plot(report: GainReport) -> None:
     curve = [p for p in report.points if p.k is not None and p.win_rate is not None]
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot([p.k for p in curve], [p.win_rate for p in curve], marker="o", label=f"best-of-k ({report.judge})")
-    ax.fill_between(
-        [p.k for p in curve], [p.ci_low for p in curve], [p.ci_high for p in curve], alpha=0.2, label="95% bootstrap CI"
-    )
+    band = [p for p in curve if p.ci_low is not None and p.ci_high is not None]  # none under TOO_FEW prompts
+    if band:
+        ax.fill_between(
+            [p.k for p in band],
+            [p.ci_low for p in band],
+            [p.ci_high for p in band],
+            alpha=0.2,
+            label="95% bootstrap CI",
+        )
     if curve:
         ax.axhline(curve[0].win_rate, color="grey", linestyle="--", label="N=1 (plain sampling)")
     rnd = next((p for p in report.points if p.k is None and p.win_rate is not None), None)

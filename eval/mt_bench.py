@@ -352,7 +352,9 @@ def _plot(report: MTBenchReport) -> None:
         curve = [p for p in report.points if p.turn == turn and p.mean is not None]
         ks = [p.k for p in curve]
         ax.plot(ks, [p.mean for p in curve], marker="o", label=f"turn {turn}")
-        ax.fill_between(ks, [p.ci_low for p in curve], [p.ci_high for p in curve], alpha=0.2)
+        band = [p for p in curve if p.ci_low is not None and p.ci_high is not None]  # none under TOO_FEW ratings
+        if band:
+            ax.fill_between([p.k for p in band], [p.ci_low for p in band], [p.ci_high for p in band], alpha=0.2)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("k (candidates considered)")
     ax.set_ylabel(f"mean MT-Bench rating ({report.score_judge})")

@@ -151,8 +151,10 @@ def test_every_benchmark_kind_a_config_accepts_is_registered():
 def test_paired_gain_by_hand_and_its_significance():
     from eval.metrics import paired_gain
 
-    same = paired_gain([1, 0, 1, 0], [1, 0, 1, 0])
+    same = paired_gain([1, 0, 1, 0] * 3, [1, 0, 1, 0] * 3)
     assert same.delta == 0 and not same.significant and same.p_value == 1.0 and "not significant" in same.said()
+    few = paired_gain([1, 0, 1, 0], [0, 0, 0, 0])  # under TOO_FEW items: the delta alone
+    assert few.ci is None and few.p_value is None and few.said() == "+50.00 (too few, n=4)"
     clear = paired_gain([1.0] * 40, [0.0] * 20 + [0.5] * 20)
     assert clear.delta == pytest.approx(75.0) and clear.significant and clear.p_value < 0.01
     assert clear.ci[0] <= 75.0 <= clear.ci[1]

@@ -60,7 +60,7 @@ def test_bon_select_coverage_and_calibration_on_another_run(tmp_path, prompts_fi
 
     before = contents(finished)
     for args, needle in [
-        (["--coverage", "0.8", "--decline-below", "3"], "give decline_below or coverage, not both"),
+        (["--coverage", "0.8", "--decline-below", "3"], "give --decline-below or --coverage, not both"),
         (["--coverage", "1.5"], "option --coverage: Input should be less than or equal to 1"),
         (["--calibrate-on", str(other.output_dir)], "--calibrate-on takes the threshold of a coverage"),
         (["--coverage", "0.5", "--calibrate-on", str(tmp_path / "nowhere")], "nowhere"),

@@ -70,10 +70,11 @@ def test_official_annotator_needs_a_key(small_run, monkeypatch):
         run_alpaca_eval(cfg.output_dir, 1, "weighted_alpaca_eval_gpt4_trubo", reference)
 
 
-def test_gain_curve_by_hand(small_run, tmp_path):
-    cfg, reference = small_run
+def test_gain_curve_by_hand(tmp_path):
+    cfg, reference = finished_ae_run(tmp_path, [f"Question number {i}?" for i in range(12)], "n=4", "batch_size=3")
     cands, prompts = write_annotations(cfg, tmp_path / "ann.json")
     report = gain_report(cfg.output_dir, 2, f"precomputed:{tmp_path / 'ann.json'}", reference, rounds=200)
+    assert report.prompts == 12  # at least TOO_FEW: CIs and p-values are stated
     by_prompt = {}
     for c in cands:
         by_prompt.setdefault(c.prompt_id, []).append(c)
@@ -101,6 +102,19 @@ def test_gain_curve_by_hand(small_run, tmp_path):
     assert report.png.is_file() and report.png.stat().st_size > 1000
     text = report.markdown.read_text()
     assert "| k=4 |" in text and "random candidate" in text and "vs k=1 (pp)" in text and "mean length" in text
+
+
+def test_gain_on_too_few_prompts_states_no_ci_and_no_p_value(small_run, tmp_path):
+    from eval.gain import summary_lines
+
+    cfg, reference = small_run  # six prompts
+    write_annotations(cfg, tmp_path / "ann.json")
+    report = gain_report(cfg.output_dir, 2, f"precomputed:{tmp_path / 'ann.json'}", reference, rounds=200)
+    assert all(p.ci_low is None and p.ci_high is None for p in report.points)
+    assert all(g.p_value is None for p in report.points for g in (p.vs_first, p.vs_random) if g is not None)
+    said = " ".join(summary_lines(report)) + report.markdown.read_text()
+    assert "too few (n=6)" in said and "p=" not in said and "p<" not in said
+    assert report.png.stat().st_size > 1000  # the curve is drawn without a band
 
 
 def test_gain_reports_declines_apart(small_run, tmp_path):

@@ -92,7 +92,7 @@ def test_selection_config_refuses_two_decline_rules_and_bad_values():
     from bon.core.config import SelectionConfig, validate_options
     from bon.core.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="give decline_below or coverage, not both"):
+    with pytest.raises(ConfigError, match="give --decline-below or --coverage, not both"):
         validate_options(SelectionConfig, {"decline_below": 1.0, "coverage": 0.9})
     with pytest.raises(ConfigError, match="option --coverage: Input should be greater than 0"):
         validate_options(SelectionConfig, {"coverage": 0})

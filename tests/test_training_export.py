@@ -112,7 +112,7 @@ def _blank(run_dir: Path, score) -> None:
     [
         (lambda d: _blank(d, 1.0), [], "left out 5 ties (equal scores)"),
         (lambda d: _blank(d, None), [], "candidates without a score (failed judgements)"),
-        (None, ["--judge", "nobody"], "have no 'nobody' judgement"),
+        (None, ["--judge", "nobody"], "'nobody' is neither a judge of this run nor a registered judge"),
         (None, ["--strategy", "best-wrst"], "unknown strategy 'best-wrst'; did you mean 'best-worst'?"),
         (None, ["--strategy", "margin", "--margin", "1000"], "pairs under the margin 1000"),
         (None, ["--margin", "-1"], "option --margin: Input should be greater than or equal to 0"),
