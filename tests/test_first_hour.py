@@ -29,7 +29,10 @@ def test_select_refuses_a_judge_that_scored_nothing_unless_allowed(finished, mon
     assert contents(finished) == before
     allowed = bon("select", str(finished), "--judge", "blind", "--allow-unjudged")
     said = " ".join(allowed.stdout.split())
-    assert allowed.returncode == 0 and "5 prompts selected with blind, 0 declined, 5 of them without any score" in said
+    assert (
+        allowed.returncode == 0
+        and "5 prompts selected with blind: 5 answered, 0 declined, 5 of them without any score" in said
+    )
 
 
 @pytest.mark.parametrize("decline", [None, "0.5"])

@@ -403,7 +403,7 @@ def test_eval_inputs_of_the_wrong_shape_are_one_line(tmp_path):
             "--judge",
             "nobody",
         ),
-        "candidates have no 'nobody' judgement (judges here: length)",
+        "'nobody' is neither a judge of this run nor a registered judge; judges here: length",
     )
 
 

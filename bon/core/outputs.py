@@ -168,9 +168,11 @@ def replace_folder(
         os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and not os.path.lexists(out) and (old / "x").exists():
-            os.replace(old / "x", out)  # put the earlier output back
-            old.rmdir()
+        if old is not None:
+            if os.path.lexists(old / "x") and not os.path.lexists(out):
+                os.replace(old / "x", out)  # put the earlier output back
+            with contextlib.suppress(OSError):
+                old.rmdir()
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)  # bon's earlier output, checked above to hold nothing else
