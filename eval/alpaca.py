@@ -213,6 +213,25 @@ def _openai_server(base_url: str | None) -> Iterator[None]:
                 os.environ[k] = v
 
 
+def annotator_config(annotator: str) -> Path:
+    """An alpaca-eval annotator's configs.yaml, refused with did-you-mean when no config has that name."""
+    configs = Path(alpaca_eval().__file__).parent / "evaluators_configs"
+    config_path = configs / annotator / "configs.yaml"
+    if not config_path.exists():
+        hint = did_you_mean(annotator, sorted(p.name for p in configs.iterdir() if (p / "configs.yaml").exists()))
+        raise AnnotatorError(
+            f"unknown annotator {annotator!r}: use an alpaca-eval config name, local:MODEL or precomputed:FILE"
+            + (f"; {hint}" if hint else "")
+        )
+    return config_path
+
+
+def check_annotator(annotator: str) -> None:
+    """Refuse a misspelt alpaca-eval annotator name before any run file is read or anything is annotated."""
+    if annotator.partition(":")[0] not in ("local", "precomputed"):
+        annotator_config(annotator)
+
+
 def annotate(
     pairs: Sequence[tuple[dict, dict]],
     annotator: str,
@@ -241,14 +260,7 @@ def annotate(
                 "local annotator SmolLM2-135M: a plumbing smoke test of the annotation path, not a meaningful verdict"
             )
     else:
-        configs = Path(alpaca_eval().__file__).parent / "evaluators_configs"
-        config_path = configs / annotator / "configs.yaml"
-        if not config_path.exists():
-            hint = did_you_mean(annotator, sorted(p.name for p in configs.iterdir() if (p / "configs.yaml").exists()))
-            raise AnnotatorError(
-                f"unknown annotator {annotator!r}: use an alpaca-eval config name, local:MODEL or precomputed:FILE"
-                + (f"; {hint}" if hint else "")
-            )
+        config_path = annotator_config(annotator)
         if base_url:
             cache_dir = cache_dir / ("server-" + hashlib.sha256(base_url.encode()).hexdigest()[:10])
         elif "openai" in config_path.read_text() and not environment_has_openai_key():
@@ -350,8 +362,9 @@ def run_alpaca_eval(
     run_dir = Path(run_dir)
     if lc_data is not None and Path(lc_data).is_file():
         check_lc_data(lc_data)  # before any annotation is paid for
-    outputs = read_outputs(run_dir)[:max_instances]
     annotator = annotator or VERSIONS[version]["annotator"]
+    check_annotator(annotator)
+    outputs = read_outputs(run_dir)[:max_instances]
     baseline = match_baseline(outputs, reference_rows(version, reference_outputs), run_dir / "model_outputs.json")
     pairs = list(zip(baseline, outputs))
     annotations, note = annotations_for(pairs, annotator, run_dir / "alpaca_eval" / f"v{version}", backend, base_url)

@@ -17,7 +17,7 @@ from bon.engines.base import derive_seed
 from bon.pipeline.rejudge import judgements_of, run_candidates
 from bon.pipeline.selection import char_lengths, secondary_judge, select_all
 from eval.ae import full_winrate, winrate
-from eval.alpaca import annotations_for, match_baseline, reference_rows
+from eval.alpaca import annotations_for, check_annotator, match_baseline, reference_rows
 from eval.annotations import Annotation
 from eval.metrics import TOO_FEW, PairedGain, ci_text, paired_gain
 
@@ -102,6 +102,7 @@ def gain_report(
     seed: int = 0,
     lc_data: Path | None = None,
 ) -> GainReport:
+    check_annotator(annotator)
     rd, manifest, config = load_run(run_dir)
     prompts, cands, _ = run_candidates(rd, config)  # skipped prompts were never sampled
     if any(p.history or p.later_turns for p in prompts):
