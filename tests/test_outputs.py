@@ -69,6 +69,20 @@ def test_overwrite_never_deletes_a_folder_bon_did_not_write(finished, tmp_path, 
     assert (tmp_path / "link_to_run").is_symlink() and (run / "manifest.json").exists()
 
 
+def test_every_other_writer_refuses_the_same_places(finished, pool_dir, tmp_path, monkeypatch):
+    """select-pool's report folder and a view page: the same places refused, whatever is given."""
+    run = Path(finished)
+    for name, (out, guarded) in _places(tmp_path, run, monkeypatch).items():
+        before = tree(guarded)
+        for args in (
+            ("eval", "select-pool", str(pool_dir), "--judge", "length", "--out", out),
+            ("view", str(run), "--out", out),
+        ):
+            result = bon(*args, cwd=tmp_path)
+            one_clear_line(result, out if out != "/" else "/")
+            assert tree(guarded) == before, f"{name}: {args[0]} changed files"
+
+
 def test_overwrite_replaces_only_the_same_kind_of_bons_own_export(finished, tmp_path):
     run, out = str(finished), str(tmp_path / "prefs")
     assert bon("export", "preferences", run, "--out", out).returncode == 0

@@ -124,3 +124,10 @@ def test_the_length_sweep_plot_has_ci_bars_and_labels_apart(pool_dir, tmp_path, 
     report = tmp_path / "sweep"
     out = bon("eval", "select-pool", str(pool_dir), "--judge", "length", "--length-penalty", lam, "--out", str(report))
     assert out.returncode == 0 and (report / "length_sweep.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("command", [["eval", "alpaca-eval"], ["eval", "gain"]])
+def test_a_misspelt_annotator_is_said_before_the_run_is_read(finished, tmp_path, command):
+    (Path(finished) / "model_outputs.json").write_text("not json")  # whatever the run holds, the name comes first
+    out = bon(*command, str(finished), "--annotator", "weighted_alpaca_eval_gpt4_trubo", "--reference-outputs", "x")
+    one_clear_line(out, "unknown annotator", "did you mean 'weighted_alpaca_eval_gpt4_turbo'")

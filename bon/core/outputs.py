@@ -128,19 +128,20 @@ def check_folder(
     """Refuse ``out`` as the folder of a new ``kind`` output before any work: occupied without ``overwrite``, or
     holding anything but bon's earlier ``kind``. ``flag`` is what lets a replacement happen ("" when none is
     needed: a report bon redoes in place)."""
+    shown = f"{out} (a link to {os.path.realpath(out)})" if Path(out).is_symlink() else str(out)
     out = Path(os.path.realpath(out)) if Path(out).is_symlink() else Path(out)  # a link's target is the folder
     if os.path.lexists(out) and not out.is_dir():
-        raise OutputError(f"{out} is a file, not a folder; bon writes {_a(kind)} folder there only where nothing is")
+        raise OutputError(f"{shown} is a file, not a folder; bon writes {_a(kind)} folder only where nothing is")
     why = never_replaced(out, reading)
     if why is not None:
-        raise OutputError(f"{out} is {why}; bon never replaces it: give --out a new folder")
+        raise OutputError(f"{shown} is {why}; bon never replaces it: give --out a new folder")
     if not out.is_dir() or not any(out.iterdir()):
         return
     mine = folder_owner(out, kind)
     if mine is not None:
-        raise OutputError(f"{out} {mine}; bon replaces only its own earlier {kind}: give --out a new or empty folder")
+        raise OutputError(f"{shown} {mine}; bon replaces only its own earlier {kind}: give --out a new or empty folder")
     if flag and not overwrite:
-        raise OutputError(f"{out} holds an earlier {kind}; give {flag} to replace it, or another --out")
+        raise OutputError(f"{shown} holds an earlier {kind}; give {flag} to replace it, or another --out")
 
 
 @contextlib.contextmanager
