@@ -153,3 +153,96 @@ def tokens_run(model) -> Iterator[list[int]]:
         yield ran
     finally:
         hook.remove()
+
+
+OUTSIDE = '''"""Judges of a package outside bon, as a user writes them."""
+
+import time
+
+
+class WordJudge:
+    """More words, higher score."""
+
+    def __init__(self, bonus: float = 0.0):
+        self.bonus = bonus
+
+    def score(self, prompts, candidates):
+        return [len(c.text.split()) + self.bonus for c in candidates]
+
+
+def word_count(prompts, completions, **kwargs):
+    """A GRPO reward function, as written for TRL."""
+    return [float(len(c.split())) for c in completions]
+
+
+def with_reference(prompts, completions, references, scale: float = 1.0):
+    return [scale * float(r is not None and r.split()[0] in c) for c, r in zip(completions, references)]
+
+
+def one_short(prompts, completions, **kwargs):
+    return [1.0] * (len(completions) - 1)
+
+
+def words_as_text(prompts, completions, **kwargs):
+    return ["high"] * len(completions)
+
+
+def not_a_number(prompts, completions, **kwargs):
+    return [float("nan"), float("inf")] + [None] * (len(completions) - 2)
+
+
+def raises(prompts, completions, **kwargs):
+    raise RuntimeError("reward server down")
+
+
+def hangs(prompts, completions, **kwargs):
+    time.sleep(30)
+    return [0.0] * len(completions)
+
+
+from pydantic import BaseModel, ConfigDict  # noqa: E402
+
+from bon.core.judging import Declaration  # noqa: E402
+from bon.core.records import Judgement  # noqa: E402
+
+
+class DeclaredJudge:
+    """A judge written to bon's full protocol: its own Options model and declaration, Judgement records."""
+
+    class Options(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        target: int = 10
+
+    declaration = Declaration(scale="closeness to a target length", conversation="answer")
+    needs_reference = False
+
+    def __init__(self, options):
+        self.target = options.target
+
+    def describe(self):
+        return f"closeness to {self.target} characters"
+
+    def score(self, prompts, candidates):
+        return [Judgement(c.prompt_id, c.index, "anything", -abs(len(c.text) - self.target)) for c in candidates]
+'''
+
+
+def outside_package(folder: Path) -> Path:
+    """A package of judges outside bon, `wordjudges`, in ``folder`` with its own pyproject.toml and, beside it on
+    the path, the dist-info an install would write (entry points in the group bon.judges: one good, one broken).
+    Returns the folder to put on sys.path."""
+    pkg = folder / "wordjudges"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text(OUTSIDE)
+    (folder / "pyproject.toml").write_text(
+        '[project]\nname = "wordjudges"\nversion = "0.1"\n\n'
+        '[project.entry-points."bon.judges"]\nwords = "wordjudges:WordJudge"\nbroken = "wordjudges_gone:Judge"\n'
+    )
+    info = folder / "wordjudges-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: wordjudges\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(
+        "[bon.judges]\nwords = wordjudges:WordJudge\nbroken = wordjudges_gone:Judge\n"
+    )
+    (info / "RECORD").write_text("")
+    return folder

@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import sys
 import time
 
 import pytest
@@ -14,13 +15,27 @@ from bon.pipeline.executors import ExecutorError  # noqa: E402
 from bon.pipeline.ray_executor import RayExecutor, asked_resources, check_fits, death_reason, plan  # noqa: E402
 from bon.pipeline.runner import run  # noqa: E402
 from tests.conftest import two_turn_source  # noqa: E402
+from tests.helpers import outside_package  # noqa: E402
 
 SMALL = ["n=2", "prompts.limit=4", "policy.max_tokens=16", "batch_size=1"]
 COMPARED = ("candidates.jsonl", "judgements.jsonl", "selections.jsonl", "model_outputs.json")
 
 
 @pytest.fixture(scope="module")
-def ray_session():
+def outside_on_path(tmp_path_factory):
+    """A package of judges outside bon (tests/helpers.py) on this process's path and, through PYTHONPATH when Ray
+    starts, on its workers': as a user's installed package is on both."""
+    folder = outside_package(tmp_path_factory.mktemp("outside") / "pkg")
+    before = os.environ.get("PYTHONPATH")
+    sys.path.insert(0, str(folder))
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(folder), *([before] if before else [])])
+    yield folder
+    sys.path.remove(str(folder))
+    os.environ.pop("PYTHONPATH") if before is None else os.environ.update(PYTHONPATH=before)
+
+
+@pytest.fixture(scope="module")
+def ray_session(outside_on_path):
     """One local Ray for this module only: every other test stays free of Ray start-up."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     ray.init(num_cpus=2, include_dashboard=False, _temp_dir="/tmp/bon-ray-test", log_to_driver=False)
@@ -193,6 +208,7 @@ def test_compare_on_ray_equals_local_and_starts_judge_actors_only(ray_session, t
                 "judges": [
                     {"name": "length"},
                     {"name": "pairwise", "label": "pw", "options": {"comparator": "scalar"}},
+                    {"name": "wordjudges:word_count", "label": "wc"},  # a user's reward function, on the actors
                 ],
                 "benchmarks": [{"name": "pairs", "kind": "pairwise", "path": str(pairs)}],
             }
@@ -200,11 +216,10 @@ def test_compare_on_ray_equals_local_and_starts_judge_actors_only(ray_session, t
         seen = []
         results[engine] = run_compare(cfg, note=seen.append)
         assert not [a for a in ray.util.list_named_actors() if a.startswith("bon-")]  # every actor is gone after
-        for rel in ("judgements/pairs/length.jsonl", "comparisons/pairs/pw.jsonl"):
+        for rel in ("judgements/pairs/length.jsonl", "comparisons/pairs/pw.jsonl", "judgements/pairs/wc.jsonl"):
             assert (cfg.output_dir / rel).exists()
-    assert (tmp_path / "ray/judgements/pairs/length.jsonl").read_bytes() == (
-        tmp_path / "local/judgements/pairs/length.jsonl"
-    ).read_bytes()
+    for rel in ("judgements/pairs/length.jsonl", "judgements/pairs/wc.jsonl"):
+        assert (tmp_path / "ray" / rel).read_bytes() == (tmp_path / "local" / rel).read_bytes()
     assert (tmp_path / "ray/comparisons/pairs/pw.jsonl").read_bytes() == (
         tmp_path / "local/comparisons/pairs/pw.jsonl"
     ).read_bytes()

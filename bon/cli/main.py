@@ -342,7 +342,8 @@ def judges_list(
             console.print(Padding(Text(o.description), (0, 0, 0, 4)))
         return
     for row in describe_judges():  # a block per judge: readable at 80 columns, where a 5-column table was not
-        console.print(Text.assemble((row.name, "bold"), "  ", row.summary))
+        source = "" if row.source == "bon" else f" [{row.source}]"
+        console.print(Text.assemble((row.name, "bold"), source, "  ", row.summary))
         needs = "needs a reference answer" if row.needs_reference else "no reference needed"
         detail = (
             f"scores: {row.scale}; {needs}; conversations: {row.conversation}; "
@@ -350,3 +351,8 @@ def judges_list(
         )
         console.print(Padding(Text(detail), (0, 0, 0, 4)))
     console.print("options of one judge: bon judges list --options NAME", highlight=False)
+    console.print(
+        "a judge of your own: judge.name module:Class (or module:function, a TRL reward function), or a package's "
+        "entry point in the group bon.judges",
+        highlight=False,
+    )

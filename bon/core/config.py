@@ -9,7 +9,7 @@ from typing import Any, Literal, TypeVar, get_args, overload
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from bon.core.errors import ConfigError, problems
+from bon.core.errors import BonError, ConfigError, problems
 from bon.core.formats import check_format
 from bon.core.io import DataFileError, read_text
 from bon.core.judging import JUDGES, option_problems
@@ -168,12 +168,15 @@ class JudgeConfig(Strict):
     def _known(cls, name: str) -> str:
         try:
             return JUDGES.check(name)
-        except KeyError as e:
+        except (KeyError, BonError) as e:  # unknown, or a user's judge that cannot be imported or built
             raise ValueError(str(e)) from None
 
     @model_validator(mode="after")
     def _options(self) -> JudgeConfig:
-        bad = option_problems(self.name, self.options)
+        try:
+            bad = option_problems(self.name, self.options)
+        except BonError as e:  # a package's judge found by entry point that cannot be imported
+            raise ValueError(str(e)) from None
         if bad:
             raise ValueError("; ".join(f"options.{key}: {what}" for key, what in bad))
         return self

@@ -13,7 +13,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ValidationError
 
-from bon.core.errors import ConfigError, problems
+from bon.core.errors import BonError, ConfigError, problems
 from bon.core.records import Candidate, Judgement, Prompt
 from bon.core.registry import Registry
 
@@ -104,7 +104,7 @@ def check_conversations(judge: Judge, prompts: Sequence[Prompt], prompt_format: 
                 f"use one of {', '.join(conversation_formats())}"
             )
         if judge.declaration.conversation == "single":
-            able = [n for n in JUDGES if JUDGES.get(n).declaration.conversation != "single"]
+            able = [n for n in JUDGES.own() if JUDGES.get(n).declaration.conversation != "single"]
             why = judge.declaration.single_turn_reason
             raise ConfigError(
                 f"judge {judge.name!r} cannot judge conversations ({why}) and {what}; use one of {', '.join(able)}"
@@ -166,7 +166,16 @@ JUDGES: Registry[JudgeClass] = Registry(
         "random": "judges.random_pick:RandomJudge",
         "mt_bench": "judges.mt_bench:MTBenchJudge",
     },
+    group="bon.judges",  # judges of installed packages
+    adapt=lambda name, target: _external(name, target),
 )
+
+
+def _external(name: str, target: Any) -> JudgeClass:
+    """A user's class or reward function as a judge class (imported here: `bon.core.external` needs this module)."""
+    from bon.core.external import external_judge
+
+    return external_judge(name, target)
 
 
 def _validated(name: str, options: Mapping[str, Any] | None) -> tuple[BaseModel | None, list[tuple[str, str]]]:
@@ -243,13 +252,19 @@ class JudgeInfo:
     cpu_default: str  # the model it loads when no option names one
     scale: str = ""  # what a score means
     conversation: str = ""  # how it sees a conversation (CONVERSATION_MODES)
+    source: str = "bon"  # where it comes from: bon, or an installed package's entry point
 
 
 def describe_judges() -> list[JudgeInfo]:
-    """One row per registered judge, from its class and its Options defaults (nothing is loaded)."""
+    """One row per registered judge, from its class and its Options defaults (no model is loaded); a package's
+    judge that cannot be imported is a row saying why, not a failure of the listing."""
     rows = []
     for name in JUDGES:
-        cls = JUDGES.get(name)
+        try:
+            cls = JUDGES.get(name)
+        except BonError as e:
+            rows.append(JudgeInfo(name, f"cannot be used: {e}", False, None, "—", source=JUDGES.source(name)))
+            continue
         said = cls.declaration
         default = said.cpu_default
         if default is None:
@@ -262,7 +277,9 @@ def describe_judges() -> list[JudgeInfo]:
                 default = "none: set options.model to a local copy"
         mode = said.conversation
         how = f"refused ({said.single_turn_reason})" if mode == "single" else f"{mode}, {CONVERSATION_MODES[mode]}"
-        rows.append(JudgeInfo(name, cls.summary, cls.needs_reference, cls.hub_id, default, said.scale, how))
+        rows.append(
+            JudgeInfo(name, cls.summary, cls.needs_reference, cls.hub_id, default, said.scale, how, JUDGES.source(name))
+        )
     return rows
 
 
