@@ -18,6 +18,7 @@ LAYERS = (
     ("pipeline", ("bon.pipeline",)),
     ("judges", ("judges",)),
     ("eval", ("eval",)),
+    ("api", ("bon.api",)),
     ("cli", ("bon.cli", "bon.__main__")),
 )
 
@@ -32,8 +33,8 @@ def modules() -> dict[str, Path]:
 
 
 def layer(module: str) -> int:
-    if module == "bon":
-        return 0  # the package itself: its version string
+    if module == "bon":  # the package itself: the public API's names, each imported on first use
+        return next(rank for rank, (name, _) in enumerate(LAYERS) if name == "api")
     for rank, (_, prefixes) in enumerate(LAYERS):
         if any(module == p or module.startswith(p + ".") for p in prefixes):
             return rank

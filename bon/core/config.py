@@ -2,38 +2,24 @@
 
 from __future__ import annotations
 
+import copy
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeVar, get_args, overload
+from typing import Any, Literal, TypeVar, overload
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from bon.core.errors import BonError, ConfigError, problems
 from bon.core.formats import check_format
 from bon.core.io import DataFileError, read_text
 from bon.core.judging import JUDGES, option_problems
 from bon.core.names import Name
+from bon.core.strict import Strict
 
 DEFAULT_MODEL = "embedded:SmolLM2-135M-Instruct"
 M = TypeVar("M", bound=BaseModel)
-
-
-class Strict(BaseModel):
-    """Every config and option model: unknown keys, NaN/infinity and booleans given for numbers are errors."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_bool_numbers(cls, value: Any, info: ValidationInfo) -> Any:
-        # pydantic reads True as 1 for an int field: `n: true` would run best-of-1
-        if isinstance(value, bool) and info.field_name in cls.model_fields:
-            annotation = cls.model_fields[info.field_name].annotation
-            kinds = set(get_args(annotation)) or {annotation}
-            if bool not in kinds and kinds & {int, float}:
-                raise ValueError(f"expected a number, found {value}")
-        return value
 
 
 class PromptsConfig(Strict):
@@ -252,6 +238,8 @@ class RayConfig(Strict):
 
 
 class RunConfig(Strict):
+    """A best-of-N run: prompts, policy, n, judge, selection and where it is written (`bon run CONFIG`)."""
+
     name: Name | None = Field(None, description="generator name in model_outputs.json; default <policy>-bo<n>-<judge>")
     output_dir: Path = Field(Path("runs/demo"), description="run directory; rerunning continues there")
     n: int = Field(
@@ -476,6 +464,24 @@ def load_config(
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: a config is a mapping of keys, found {type(data).__name__}")
         _refuse_duplicate_keys(tree, str(path))
+    return _validated(data, overrides, source, tree, model, notes)
+
+
+def config_from(
+    data: Mapping[str, Any], overrides: list[str] | None = None, model: type[BaseModel] = RunConfig
+) -> BaseModel:
+    """A config from a mapping (Python's way of giving a YAML file), plus overrides, checked as a file is."""
+    return _validated(copy.deepcopy(dict(data)), overrides, "<mapping>", None, model, None)
+
+
+def _validated(
+    data: dict[str, Any],
+    overrides: list[str] | None,
+    source: str,
+    tree: Any,
+    model: type[BaseModel],
+    notes: list[str] | None,
+) -> BaseModel:
     sets: dict[str, str] = {}  # dotted key -> the --set that gave it, for messages
     for assignment in overrides or []:
         apply_override(data, assignment, notes)

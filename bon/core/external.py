@@ -22,10 +22,10 @@ from typing import Any
 
 from pydantic import BaseModel, Field, create_model
 
-from bon.core.config import Strict
 from bon.core.errors import BonError
-from bon.core.judging import Declaration, JudgeClass
+from bon.core.protocol import Declaration, JudgeClass
 from bon.core.records import Candidate, Judgement, Prompt
+from bon.core.strict import Strict
 
 TIMEOUT_FIELD = "timeout_s"  # bon's own option on every external judge
 _PASSED = ("prompts", "completions", "references", "prompt_ids")  # what bon passes a reward function; not options

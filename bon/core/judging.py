@@ -1,7 +1,8 @@
-"""The judge protocol and the judge registry: the only way bon's core reaches a judge.
+"""The judge registry: the only way bon's core reaches a judge (the protocol, `bon.core.protocol`, re-exported).
 
 Judges live in the ``judges`` package, one class per module, named here by ``"module:Class"``
-strings that are imported on first use, so nothing below ``judges`` imports it.
+strings that are imported on first use, so nothing below ``judges`` imports it; judges from outside
+bon come by import path or entry point, wrapped by `bon.core.external`.
 """
 
 from __future__ import annotations
@@ -9,85 +10,22 @@ from __future__ import annotations
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
 from bon.core.errors import BonError, ConfigError, problems
-from bon.core.records import Candidate, Judgement, Prompt
+from bon.core.external import external_judge
+from bon.core.protocol import CONVERSATION_MODES as CONVERSATION_MODES
+from bon.core.protocol import Compares as Compares
+from bon.core.protocol import ConversationMode as ConversationMode
+from bon.core.protocol import Declaration as Declaration
+from bon.core.protocol import Judge as Judge
+from bon.core.protocol import JudgeClass as JudgeClass
+from bon.core.protocol import PairwiseJudge as PairwiseJudge
+from bon.core.protocol import RefusesPrompts as RefusesPrompts
+from bon.core.records import Prompt
 from bon.core.registry import Registry
-
-# How a judge sees a prompt that continues a conversation (its declaration's ``conversation``)
-ConversationMode = Literal["single", "context", "chat", "answer", "native"]
-CONVERSATION_MODES: dict[str, str] = {
-    "single": "refused (it judges one instruction)",
-    "context": "earlier turns written into its instruction as context",
-    "chat": "the whole conversation through the judge model's chat template",
-    "answer": "reads the answers only",
-    "native": "its own multi-turn protocol",
-}
-
-
-@dataclass(frozen=True)
-class Declaration:
-    """What a judge class says of itself: read by `bon judges list`, preflight, the run summary and the
-    conversation checks (every judge class declares one; mypy checks them against `JudgeClass`)."""
-
-    scale: str  # what a score means ("expected rating 0-9"), shown beside scores
-    conversation: ConversationMode = "single"  # how it sees a conversation (CONVERSATION_MODES)
-    single_turn_reason: str = "it judges one instruction"  # why it refuses conversations, where it does
-    cpu_default: str | None = None  # the model `bon judges list` names; None: from its Options' `model` default
-    policy_defaults: tuple[str, ...] = ()  # option keys `bon judge` fills from the run's policy when unset
-    free: bool = False  # a judgement costs nothing next to decoding (no model, or a small encoder)
-
-
-class Judge(Protocol):
-    @property
-    def name(self) -> str:
-        """The name judgements carry."""
-        ...
-
-    @property
-    def summary(self) -> str:
-        """One line for `bon judges list`."""
-        ...
-
-    @property
-    def needs_reference(self) -> bool:
-        """Whether it scores only prompts that carry a gold reference."""
-        ...
-
-    @property
-    def hub_id(self) -> str | None:
-        """The weights GPU users load, where the judge has any."""
-        ...
-
-    @property
-    def declaration(self) -> Declaration:
-        """Its class's declaration."""
-        ...
-
-    @property
-    def options(self) -> BaseModel:
-        """Its validated options (its class's ``Options``)."""
-        ...
-
-    def describe(self) -> str:
-        """One honest line on what is scoring (which weights, which template)."""
-        ...
-
-    def score(self, prompts: Sequence[Prompt], candidates: Sequence[Candidate]) -> list[Judgement]:
-        """One judgement per candidate, in the candidates' order; failures are flagged, score None."""
-        ...
-
-
-@runtime_checkable
-class RefusesPrompts(Protocol):
-    """A judge that turns down some prompts before any work (MT-Bench: a category without its references)."""
-
-    def refuse_prompt(self, prompt: Prompt) -> str | None:
-        """Why ``prompt`` cannot be judged, or None."""
-        ...
 
 
 def check_conversations(judge: Judge, prompts: Sequence[Prompt], prompt_format: str) -> None:
@@ -116,40 +54,6 @@ def check_conversations(judge: Judge, prompts: Sequence[Prompt], prompt_format: 
                 raise ConfigError(f"judge {judge.name!r} cannot judge prompt {p.id!r}: {refused}")
 
 
-@runtime_checkable
-class Compares(Protocol):
-    """A judge that also compares two responses directly (Auto-J pairwise); `bon compare` asks it both orders."""
-
-    def compare(self, items: Sequence[tuple[str, str, str]]) -> list[Any]:
-        """One verdict (``winner``, ``flag``, ``raw``) per (instruction, shown first, shown second) triple."""
-        ...
-
-
-class PairwiseJudge(Judge, Compares, Protocol):
-    """A `Judge` that `Compares`."""
-
-
-class JudgeClass(Protocol):
-    """What the registry holds: a judge class with its options model and its declaration."""
-
-    @property
-    def Options(self) -> type[BaseModel]: ...  # noqa: N802  (the class attribute every judge class names so)
-
-    @property
-    def summary(self) -> str: ...
-
-    @property
-    def declaration(self) -> Declaration: ...
-
-    @property
-    def needs_reference(self) -> bool: ...
-
-    @property
-    def hub_id(self) -> str | None: ...
-
-    def __call__(self, options: Any = ..., /) -> Judge: ...
-
-
 JUDGES: Registry[JudgeClass] = Registry(
     "judge",
     {
@@ -167,15 +71,8 @@ JUDGES: Registry[JudgeClass] = Registry(
         "mt_bench": "judges.mt_bench:MTBenchJudge",
     },
     group="bon.judges",  # judges of installed packages
-    adapt=lambda name, target: _external(name, target),
+    adapt=external_judge,
 )
-
-
-def _external(name: str, target: Any) -> JudgeClass:
-    """A user's class or reward function as a judge class (imported here: `bon.core.external` needs this module)."""
-    from bon.core.external import external_judge
-
-    return external_judge(name, target)
 
 
 def _validated(name: str, options: Mapping[str, Any] | None) -> tuple[BaseModel | None, list[tuple[str, str]]]:

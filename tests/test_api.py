@@ -1,0 +1,83 @@
+"""bon from Python: `import bon` is cheap and lists its API; a config from a file, a mapping or keywords; prompts
+as a list; the run read as records and tables; judge, select and export as the CLI does them, with the same files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+import bon
+from tests.conftest import FakePolicy
+from tests.helpers import bon as bon_cli
+from tests.helpers import contents
+
+
+def test_import_bon_loads_nothing_heavy_and_every_public_name_resolves():
+    probe = "import sys, bon; print(sorted(m for m in ('torch', 'transformers', 'ray', 'bon.api') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    assert bon.__all__ == sorted(bon.__all__) and {"run", "Run", "load_config", "RunConfig"} <= set(bon.__all__)
+    for name in bon.__all__:
+        assert getattr(bon, name).__doc__, f"bon.{name} has no docstring"
+    with pytest.raises(AttributeError, match="no attribute 'runn'"):
+        bon.runn  # noqa: B018
+
+
+def test_a_config_from_a_file_a_mapping_or_keywords_is_the_same_validated_config(tmp_path):
+    from_file = bon.load_config("configs/demo.yaml", n=4)
+    as_mapping = bon.load_config(from_file.model_dump(mode="json"))
+    assert from_file == as_mapping and from_file.n == 4
+    made = bon.load_config(n=2, judge={"name": "length"}, overrides=["policy.temperature=0.5"])
+    assert (made.n, made.judge.name, made.policy.temperature) == (2, "length", 0.5)
+    with pytest.raises(bon.ConfigError, match=r"policy.temprature: unknown key; did you mean 'temperature'"):
+        bon.load_config({"policy": {"temprature": 1.0}})
+    with pytest.raises(bon.ConfigError, match=r"n: Input should be greater than or equal to 1"):
+        bon.load_config(n=0)
+
+
+def test_prompts_as_a_list_a_run_as_records_and_tables(tmp_path):
+    cfg = bon.load_config(n=3, judge={"name": "length"}, output_dir=str(tmp_path / "run"))
+    run = bon.run(cfg, ["What is 2+2?", {"instruction": "Name a colour.", "reference": "Blue."}], policy=FakePolicy())
+    assert isinstance(run, bon.Run) and [p.instruction for p in run.prompts()] == ["What is 2+2?", "Name a colour."]
+    assert len(run.candidates()) == 6 and len(run.judgements("length")) == 6 and len(run.selections()) == 2
+    rows = run.rows()
+    assert {"prompt_id", "instruction", "index", "text", "length", "chosen:length"} <= set(rows[0])
+    assert sum(r["chosen:length"] for r in rows) == 2
+    frame = run.to_pandas()
+    assert len(frame) == 6 and frame.groupby("prompt_id")["chosen:length"].sum().tolist() == [1, 1]
+    assert run.to_dataset().num_rows == 6
+    stored = json.loads((tmp_path / "run" / "manifest.json").read_text())["config"]["prompts"]["source"]
+    assert stored.endswith("input_prompts.jsonl")  # the stored config names the prompts the run was given
+    with pytest.raises(bon.ConfigError, match=r"prompts\[1\]: expected an instruction \(str\) or a row \(dict\)"):
+        bon.run(cfg.model_copy(update={"output_dir": tmp_path / "other"}), ["ok", 3], policy=FakePolicy())
+
+
+def test_judge_select_and_export_from_python_write_what_the_cli_writes(tmp_path, prompts_file):
+    from tests.conftest import run_config
+
+    made = {}
+    for way in ("python", "cli"):
+        cfg = run_config(tmp_path / way, prompts_file)
+        bon.run(cfg, policy=FakePolicy())
+        if way == "python":
+            r = bon.Run(cfg.output_dir)
+            assert r.judge("random", label="coin") == 15
+            picks = r.select("coin", coverage=0.6)
+            assert sum(not s.declined for s in picks) == 3
+            r.export_sft(tmp_path / way / "sft", judge="coin")
+        else:
+            run_dir = str(cfg.output_dir)
+            assert bon_cli("judge", run_dir, "--judge", "random", "--label", "coin").returncode == 0
+            assert bon_cli("select", run_dir, "--judge", "coin", "--coverage", "0.6").returncode == 0
+            assert (
+                bon_cli("export", "sft", run_dir, "--out", str(tmp_path / way / "sft"), "--judge", "coin").returncode
+                == 0
+            )
+        made[way] = contents(cfg.output_dir)
+    for name in ("candidates.jsonl", "judgements.jsonl", "selections.jsonl", "model_outputs.json"):
+        assert made["python"][name] == made["cli"][name], name
+    sft = [{k: v for k, v in contents(tmp_path / way / "sft").items() if k != "README.md"} for way in made]
+    assert sft[0] == sft[1] and "state.json" in sft[0]  # the card names each run's own directory
