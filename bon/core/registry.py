@@ -105,7 +105,8 @@ class Registry(Generic[T]):
             if name in self._own:
                 self._loaded[name] = _import(self._own[name], self.what, name)
             else:
-                self.check(name) if not is_import_path(name) and name not in self._plugins else None
+                if name not in self._plugins and not is_import_path(name):
+                    self.check(name)  # unknown: raises with the close names
                 target = self._plugins[name][0] if name in self._plugins else name
                 found = _import(target, self.what, name)
                 self._loaded[name] = self._adapt(name, found) if self._adapt else found
