@@ -339,17 +339,19 @@ def validate_options(model: type[M], options: dict[str, Any], flags: dict[str, s
 
     ``flags`` maps a field to its option name (``{"tie_break": "--tie-break"}``) for the message.
     """
+
+    def flag(field: str) -> str:
+        return (flags or {}).get(field, f"--{field.replace('_', '-')}")
+
     try:
         return model.model_validate(options)
     except ValidationError as e:
         key, what = problems(e, model)[0]
         if key == "<top level>":  # a rule between options (e.g. two ways to decline), said with the flags typed
             for field in model.model_fields:
-                flag = (flags or {}).get(field, f"--{field.replace('_', '-')}")
-                what = re.sub(rf"\b{re.escape(field)}\b", flag, what)
+                what = re.sub(rf"\b{re.escape(field)}\b", flag(field), what)
             raise ConfigError(f"options: {what}") from None
-        name = (flags or {}).get(key, f"--{key.replace('_', '-')}")
-        raise ConfigError(f"option {name}: {what}") from None
+        raise ConfigError(f"option {flag(key)}: {what}") from None
 
 
 def apply_override(data: dict[str, Any], assignment: str, notes: list[str] | None = None) -> None:

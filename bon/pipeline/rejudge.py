@@ -171,11 +171,40 @@ class Reselection:
         return sum(not s.declined for s in live) / len(live) if live else 0.0
 
 
-def _picks(
-    rd: RunDir, config: RunConfig, label: str, selection: SelectionConfig, allow_unjudged: bool, kept: str
-) -> tuple[list[Prompt], list[Selection], dict[str, dict[int, Candidate]]]:
-    """Every prompt row of a finished run with its pick by ``label`` under ``selection`` (its decline_below
-    applied, no coverage), and its candidates."""
+@dataclass(frozen=True)
+class _Judged:
+    """A finished run read for selecting with one judge label: what any number of selections is made from."""
+
+    label: str
+    n: int
+    prompts: list[Prompt]  # every prompt row, skipped ones included
+    cands: dict[str, dict[int, Candidate]]
+    skipped: dict[str, Selection]
+    judged: dict[Key, Judgement]  # the label's judgements
+    all_judgements: list[Judgement]
+
+    def pick(self, selection: SelectionConfig) -> list[Selection]:
+        """Every prompt's pick under ``selection`` (its decline_below applied, no coverage); skipped prompts keep
+        their declined selection, under this judge."""
+        other = secondary_judge(selection.tie_break)
+        secondary = by_key(self.all_judgements, other) if other else None
+        return [
+            replace(self.skipped[p.id], judge=self.label)
+            if p.id in self.skipped
+            else select_prompt(
+                p.id,
+                [self.judged[(p.id, i)] for i in range(self.n)],
+                selection,
+                secondary,
+                char_lengths(self.cands[p.id]),
+            )
+            for p in self.prompts
+        ]
+
+
+def _judged(rd: RunDir, config: RunConfig, label: str, allow_unjudged: bool, kept: str) -> _Judged:
+    """The run's prompts, candidates and ``label``'s judgements, read once; refused when the judge scored none of
+    some prompt's candidates, unless ``allow_unjudged``."""
     built = run_prompts(rd, config)
     sampled, cands, skipped = run_candidates(rd, config, built)
     all_judgements = rd.read(Judgement)
@@ -183,22 +212,7 @@ def _picks(
     if not allow_unjudged:
         blind = {p.id: [judged[(p.id, i)] for i in range(config.n)] for p in sampled}
         check_judged(label, blind, kept=kept, allow="bon select: --allow-unjudged")
-    other = secondary_judge(selection.tie_break)
-    secondary = by_key(all_judgements, other) if other else None
-    prompts = built[0]  # skipped prompts keep their declined selection, under this judge
-    picks = [
-        replace(skipped[p.id], judge=label)
-        if p.id in skipped
-        else select_prompt(
-            p.id,
-            [judged[(p.id, i)] for i in range(config.n)],
-            selection,
-            secondary,
-            char_lengths(cands[p.id]),
-        )
-        for p in prompts
-    ]
-    return prompts, picks, cands
+    return _Judged(label, config.n, built[0], cands, skipped, judged, all_judgements)
 
 
 def _keeps_conversations(rd: RunDir, config: RunConfig, label: str, prompts: Sequence[Prompt]) -> None:
@@ -213,8 +227,9 @@ def _keeps_conversations(rd: RunDir, config: RunConfig, label: str, prompts: Seq
 def selections_for(rd: RunDir, config: RunConfig, label: str, selection: SelectionConfig) -> list[Selection]:
     """``label``'s picks under ``selection`` (its coverage applied), computed and not written: what an export given
     its own selection options uses, leaving the run's stored selections as they are."""
-    prompts, picks, _ = _picks(rd, config, label, selection, True, "")
-    _keeps_conversations(rd, config, label, prompts)
+    run = _judged(rd, config, label, True, "")
+    _keeps_conversations(rd, config, label, run.prompts)
+    picks = run.pick(selection)
     return picks if selection.coverage is None else cover(picks, selection.coverage)[0]
 
 
@@ -222,19 +237,11 @@ def calibrated_threshold(run_dir: Path, label: str, selection: SelectionConfig, 
     """τ that answers ``coverage`` of another run's prompts with ``label``'s picks (a threshold chosen on held-out
     prompts, to apply to this run)."""
     rd, _, config = load_run(run_dir)
-    _, picks, _ = _picks(rd, config, label, selection, True, "nothing was changed")
+    picks = _judged(rd, config, label, True, "nothing was changed").pick(selection)
     tau = coverage_threshold([s.score for s in picks if not s.skipped], coverage)
     if tau is None:
         raise RunDirError(f"{rd.path}: judge {label!r} scored none of its prompts; no threshold to calibrate on")
     return tau
-
-
-SELECT_FLAGS = {  # refusals name what the user typed
-    "decline_below": "--decline-below",
-    "tie_break": "--tie-break",
-    "coverage": "--coverage",
-    "length_penalty": "--length-penalty",
-}
 
 
 def select_run(
@@ -255,7 +262,7 @@ def select_run(
     that coverage on another run is applied here instead (this run's own coverage is reported, not forced).
     """
     options = {"decline_below": decline_below, "tie_break": tie_break, "coverage": coverage}
-    selection = validate_options(SelectionConfig, {**options, "length_penalty": length_penalty}, SELECT_FLAGS)
+    selection = validate_options(SelectionConfig, {**options, "length_penalty": length_penalty})
     if calibrate_on is not None and coverage is None:
         raise RunDirError("--calibrate-on takes the threshold of a coverage: give --coverage too")
     tau = None
@@ -263,11 +270,13 @@ def select_run(
         tau = calibrated_threshold(calibrate_on, label, selection.model_copy(update={"coverage": None}), coverage)
         selection = selection.model_copy(update={"coverage": None, "decline_below": tau})
     with open_run(run_dir) as (rd, manifest, config):
-        prompts, selections, cands = _picks(rd, config, label, selection, allow_unjudged, "nothing was changed")
+        run = _judged(rd, config, label, allow_unjudged, "nothing was changed")
+        prompts, cands = run.prompts, run.cands
         _keeps_conversations(rd, config, label, prompts)
+        selections = run.pick(selection)
         effect = None
-        if selection.length_penalty:
-            plain = _picks(rd, config, label, selection.model_copy(update={"length_penalty": 0.0}), True, "")[1]
+        if selection.length_penalty:  # the plain pick from the same judgements, for what λ changed
+            plain = run.pick(selection.model_copy(update={"length_penalty": 0.0}))
             effect = LengthEffect(
                 selection.length_penalty,
                 sum(a.chosen_index != b.chosen_index for a, b in zip(selections, plain)),
