@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import Field, field_validator
 
@@ -26,7 +26,7 @@ from bon.core.outputs import check_folder, replace_folder
 from bon.core.records import Candidate, Judgement, Prompt, Selection
 from bon.core.rundir import config_digest, load_run
 from bon.engines.base import derive_seed
-from bon.pipeline.rejudge import SELECT_FLAGS, judgements_of, run_candidates, run_prompts, selections_for
+from bon.pipeline.rejudge import judgements_of, run_candidates, run_prompts, selections_for
 
 STRATEGIES = ("best-worst", "best-random", "margin")
 SHARD = "data/train-00000-of-00001.parquet"
@@ -111,7 +111,7 @@ def _read(run_dir: Path, label: str | None, selection: dict[str, Any] | None = N
     judged = judgements_of(rd, rd.read(Judgement), label, sampled, config.n)
     given = {k: v for k, v in (selection or {}).items() if v is not None}
     if given:
-        options = validate_options(SelectionConfig, given, SELECT_FLAGS)
+        options = validate_options(SelectionConfig, given)
         picks = selections_for(rd, config, label, options)
         said = {**options.model_dump(exclude={"decline_message"}), "source": "given to this export"}
     else:
@@ -272,15 +272,9 @@ def export_preferences(
 ) -> Exported:
     """Preference pairs of ``label``'s scores; ``selection`` (`bon select`'s options) decides which prompts are
     declined, else the run's stored selections do."""
-    flags = {"max_length_ratio": "--max-length-ratio", "keep_truncated": "--keep-truncated"}
-    opts = validate_options(PreferenceOptions, options, flags)
-    check_folder(Path(out), EXPORTS["preferences"], overwrite, reading=[Path(run_dir)])  # before any work
-    run = _read(Path(run_dir), label, selection)
-    rows, left_out = preference_rows(run, opts)
-    more = _with_truncated(left_out, lambda: preference_rows(run, opts.model_copy(update={"keep_truncated": True})))
+    opts = validate_options(PreferenceOptions, options)
     what = f"strategy {opts.strategy}" + (f", margin {opts.margin:g}" if opts.strategy == "margin" else "")
-    card = _card(run, "preferences", what, opts.model_dump(), left_out)
-    return _write(run, rows, left_out, out, overwrite, card, more)
+    return _export("preferences", opts, preference_rows, what, run_dir, out, label, overwrite, selection)
 
 
 def export_sft(
@@ -292,20 +286,35 @@ def export_sft(
     **options: Any,
 ) -> Exported:
     """SFT rows of ``label``'s picks (top_k 1) or best scores; ``selection`` as for `export_preferences`."""
-    flags = {"top_k": "--top-k", "min_score": "--min-score", "keep_truncated": "--keep-truncated"}
-    opts = validate_options(SFTOptions, options, flags)
-    check_folder(Path(out), EXPORTS["sft"], overwrite, reading=[Path(run_dir)])  # before any work
-    run = _read(Path(run_dir), label, selection)
-    rows, left_out = sft_rows(run, opts)
-    more = _with_truncated(left_out, lambda: sft_rows(run, opts.model_copy(update={"keep_truncated": True})))
+    opts = validate_options(SFTOptions, options)
     what = "the kept answer per prompt" if opts.top_k == 1 else f"the {opts.top_k} best-scored answers per prompt"
-    card = _card(run, "sft", what, opts.model_dump(), left_out)
-    return _write(run, rows, left_out, out, overwrite, card, more)
+    return _export("sft", opts, sft_rows, what, run_dir, out, label, overwrite, selection)
 
 
-def _with_truncated(left_out: Counter, rows: Callable[[], tuple[list, Counter]]) -> int | None:
-    """The rows the same export would give with --keep-truncated, where it left truncated candidates out."""
-    return len(rows()[0]) if left_out.get(TRUNCATED) else None
+Opts = TypeVar("Opts", PreferenceOptions, SFTOptions)
+
+
+def _export(
+    kind: str,
+    opts: Opts,
+    rows_of: Callable[[_Run, Opts], tuple[list[dict[str, Any]], Counter]],
+    what: str,
+    run_dir: Path,
+    out: Path,
+    label: str | None,
+    overwrite: bool,
+    selection: dict[str, Any] | None,
+) -> Exported:
+    """One export of either kind: ``out`` checked before any work, the run read, its rows made (and, where
+    truncated candidates were left out, counted as --keep-truncated would make them), the folder written."""
+    check_folder(Path(out), EXPORTS[kind], overwrite, reading=[Path(run_dir)])
+    run = _read(Path(run_dir), label, selection)
+    rows, left_out = rows_of(run, opts)
+    with_truncated = None
+    if left_out.get(TRUNCATED):
+        with_truncated = len(rows_of(run, opts.model_copy(update={"keep_truncated": True}))[0])
+    card = _card(run, kind, what, opts.model_dump(), left_out)
+    return _write(run, rows, left_out, out, overwrite, card, with_truncated)
 
 
 def _card(run: _Run, kind: str, what: str, options: dict[str, Any], left_out: Counter) -> dict[str, Any]:
