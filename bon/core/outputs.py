@@ -20,10 +20,11 @@ from pathlib import Path
 
 from bon.core.errors import BonError
 from bon.core.io import umask, write_json_atomic
+from bon.core.rundir import FILES, MANIFEST
 
 MARKER = ".bon-output.json"  # in a folder bon wrote whole: {"schema", "kind", "files"}
 _SCHEMA = 1
-_RUN_FILES = ("manifest.json", "candidates.jsonl", "judgements.jsonl")  # any of them: a run or compare directory
+_RUN_FILES = (MANIFEST, *FILES.values())  # any of them: a run or compare directory
 
 
 class OutputError(BonError, ValueError):
@@ -60,6 +61,11 @@ def never_replaced(path: Path, reading: Sequence[Path] = ()) -> str | None:
         if (real / ".git").exists():
             return "a git checkout"
     return None
+
+
+def _followed(out: Path) -> Path:
+    """``out``, or the folder it links to: an output written through a link replaces the folder, not the link."""
+    return Path(os.path.realpath(out)) if Path(out).is_symlink() else Path(out)
 
 
 def _marker(folder: Path) -> dict | None:
@@ -129,7 +135,7 @@ def check_folder(
     holding anything but bon's earlier ``kind``. ``flag`` is what lets a replacement happen ("" when none is
     needed: a report bon redoes in place)."""
     shown = f"{out} (a link to {os.path.realpath(out)})" if Path(out).is_symlink() else str(out)
-    out = Path(os.path.realpath(out)) if Path(out).is_symlink() else Path(out)  # a link's target is the folder
+    out = _followed(out)
     if os.path.lexists(out) and not out.is_dir():
         raise OutputError(f"{shown} is a file, not a folder; bon writes {_a(kind)} folder only where nothing is")
     why = never_replaced(out, reading)
@@ -150,7 +156,7 @@ def replace_folder(
 ) -> Iterator[Path]:
     """A fresh folder beside ``out`` to write the new ``kind`` output in; on success it takes ``out``'s place
     (with its marker), and an earlier output of bon's there is removed only then. On failure nothing changes."""
-    out = Path(os.path.realpath(out)) if Path(out).is_symlink() else Path(out)  # a link's target is the folder
+    out = _followed(out)
     check_folder(out, kind, overwrite, reading, flag)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".new"))
