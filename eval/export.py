@@ -30,6 +30,9 @@ def _show(items: list[str], k: int = 3) -> str:
     return head + (f" and {len(items) - k} more" if len(items) > k else "")
 
 
+TOOL = "bon run CONFIG (config below), then bon export alpaca-eval"  # in every config bon writes: its own mark
+
+
 def _bon_config(path: Path, name: str) -> bool:
     """Whether ``path`` is a models_configs entry bon wrote for ``name`` (its ``reproduction.tool`` says so)."""
     try:
@@ -37,9 +40,6 @@ def _bon_config(path: Path, name: str) -> bool:
         return str(entry["reproduction"]["tool"]).startswith(TOOL)
     except (OSError, ValueError, yaml.YAMLError, AttributeError, KeyError, TypeError):
         return False
-
-
-TOOL = "bon run CONFIG (config below), then bon export alpaca-eval"
 
 
 def export_alpaca_eval(

@@ -96,8 +96,9 @@ def export_answers(
     judged_path = Path(out_dir) / "model_judgment" / f"{ratings}_single.jsonl" if ratings else None
     check_file(answers, f"MT-Bench answer file of {model_id!r}", _bon_answers, overwrite)
     if judged_path is not None and present(judged_path):
-        check_file(judged_path, "FastChat judgment file", lambda p: _judgment_rows(p) is not None, True, "")
-        if any(_mine(row, model_id) for row in _judgment_rows(judged_path) or []) and not overwrite:
+        earlier = _rows(judged_path)
+        check_file(judged_path, "FastChat judgment file", lambda _: earlier is not None, True, "")
+        if any(_mine(row, model_id) for row in earlier or []) and not overwrite:
             raise ExportError(
                 f"{judged_path} holds bon's ratings of {model_id!r} (an earlier export); give --overwrite to "
                 "replace that export whole, or another --out"
@@ -121,7 +122,7 @@ def export_answers(
     write_jsonl_atomic(answers, rows)
     if rated is not None and judged_path is not None:
         judged_path.parent.mkdir(parents=True, exist_ok=True)
-        others = (_judgment_rows(judged_path) or []) if present(judged_path) else []  # other models' rows stay
+        others = (_rows(judged_path) or []) if present(judged_path) else []  # other models' rows stay
         write_jsonl_atomic(judged_path, others + [{**row, "model": model_id} for row in rated])
     return answers, len(rows), judged_path
 
@@ -133,18 +134,18 @@ def _answer_id(model_id: str, question_id: str, turns: list[str]) -> str:
 
 def _bon_answers(path: Path) -> bool:
     """Whether every row of an answer file is one bon wrote (its answer_id is bon's digest of the row)."""
+    rows = _rows(path)
     try:
-        rows = [row for _, row in read_json_rows(path)]
-        return all(
+        return rows is not None and all(
             row["answer_id"] == _answer_id(row["model_id"], str(row["question_id"]), row["choices"][0]["turns"])
             for row in rows
         )
-    except (BonError, KeyError, IndexError, TypeError):
+    except (KeyError, IndexError, TypeError):
         return False
 
 
-def _judgment_rows(path: Path) -> list[dict] | None:
-    """A FastChat judgment file's rows (None when it is not one)."""
+def _rows(path: Path) -> list[dict] | None:
+    """A FastChat JSONL file's rows (None when it cannot be read as one)."""
     try:
         return [row for _, row in read_json_rows(path)]
     except BonError:
@@ -161,7 +162,7 @@ def _forget_export(out_dir: Path, model_id: str) -> None:
     models and FastChat's own ratings stay; a judgment file left with no row goes."""
     (out_dir / "model_answer" / f"{model_id}.jsonl").unlink(missing_ok=True)
     for path in sorted((out_dir / "model_judgment").glob("*_single.jsonl")):
-        rows = _judgment_rows(path)
+        rows = _rows(path)
         if rows is None or not any(_mine(row, model_id) for row in rows):
             continue
         kept = [row for row in rows if not _mine(row, model_id)]
