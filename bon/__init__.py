@@ -2,8 +2,10 @@
 
 The public API (everything else is private by name or by module): ``bon.load_config`` / ``bon.RunConfig`` make a
 config, ``bon.run`` runs (or resumes) it and returns a ``bon.Run``, which reads, judges, selects and exports a run
-directory. Records: ``Prompt``, ``Candidate``, ``Judgement``, ``Selection``. Errors a user's input causes derive from
-``bon.BonError``. Importing bon loads nothing heavy: each name is imported when first used.
+directory; ``bon.BestOfN`` does best-of-N in memory (in a training loop), one ``bon.Outcome`` per prompt;
+``bon.load_model`` loads a model bon names as a transformers model of your own. Records:
+``Prompt``, ``Candidate``, ``Judgement``, ``Selection``. Errors a user's input causes derive from ``bon.BonError``.
+Importing bon loads nothing heavy: each name is imported when first used.
 """
 
 from __future__ import annotations
@@ -15,9 +17,12 @@ __version__ = "0.1.0"
 
 _PUBLIC = {
     "load_config": "bon.api",
+    "load_model": "bon.api",
     "run": "bon.api",
     "Run": "bon.api",
     "RunConfig": "bon.core.config",
+    "BestOfN": "bon.best_of_n",
+    "Outcome": "bon.best_of_n",
     "Prompt": "bon.core.records",
     "Candidate": "bon.core.records",
     "Judgement": "bon.core.records",
@@ -26,20 +31,24 @@ _PUBLIC = {
     "ConfigError": "bon.core.errors",
 }
 __all__ = [
+    "BestOfN",
     "BonError",
     "Candidate",
     "ConfigError",
     "Judgement",
+    "Outcome",
     "Prompt",
     "Run",
     "RunConfig",
     "Selection",
     "load_config",
+    "load_model",
     "run",
 ]
 
 if TYPE_CHECKING:
-    from bon.api import Run, load_config, run
+    from bon.api import Run, load_config, load_model, run
+    from bon.best_of_n import BestOfN, Outcome
     from bon.core.config import RunConfig
     from bon.core.errors import BonError, ConfigError
     from bon.core.records import Candidate, Judgement, Prompt, Selection

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bon.core.config import RunConfig, config_from
+from bon.core.config import DEFAULT_MODEL, ModelConfig, RunConfig, config_from
 from bon.core.config import load_config as _load_file
 from bon.core.errors import ConfigError
 from bon.core.io import write_jsonl_atomic
@@ -41,6 +41,18 @@ def load_config(
     made = config_from(source, sets)
     assert isinstance(made, RunConfig)
     return made
+
+
+def load_model(model: str = DEFAULT_MODEL, **options: Any) -> tuple[Any, Any]:
+    """(a transformers causal LM, its tokenizer) for a model as a config names it (``embedded:<name>``, a local
+    directory or .gguf file, a hub id; ``options``: the policy's ``gguf_file``, ``dtype``, ``device``, ``adapter``...),
+    loaded as bon's transformers engine loads it but as a copy of your own: to train, or to give to `BestOfN`."""
+    from bon.engines.hf import HFModel
+
+    cfg = config_from({"model": model, **options}, [], ModelConfig)
+    assert isinstance(cfg, ModelConfig)
+    engine = HFModel(cfg)
+    return engine.model, engine.tokenizer
 
 
 def _prompt_rows(prompts: Iterable[Any]) -> list[dict[str, Any]]:

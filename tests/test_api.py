@@ -81,3 +81,56 @@ def test_judge_select_and_export_from_python_write_what_the_cli_writes(tmp_path,
         assert made["python"][name] == made["cli"][name], name
     sft = [{k: v for k, v in contents(tmp_path / way / "sft").items() if k != "README.md"} for way in made]
     assert sft[0] == sft[1] and "state.json" in sft[0]  # the card names each run's own directory
+
+
+def test_best_of_n_in_memory_keeps_what_a_run_keeps_and_loads_the_policy_once(tmp_path):
+    cfg = bon.load_config(n=4, batch_size=2, judge={"name": "length"}, output_dir=str(tmp_path / "run"))
+    prompts = ["What is 2+2?", "Name a colour.", {"instruction": "Say hi.", "id": "hi"}]
+    policy = FakePolicy()
+    with bon.BestOfN(cfg, policy=policy) as best:
+        outcomes = best(prompts)
+        again = best(prompts[:1], seed=cfg.seed + 1)
+    assert policy.calls == 3  # two batches, then one: the same policy object throughout
+    ran = bon.run(cfg, prompts, policy=FakePolicy())
+    assert [o.selection for o in outcomes] == ran.selections()
+    assert [c for o in outcomes for c in o.candidates] == ran.candidates()
+    assert [j for o in outcomes for j in o.judgements] == ran.judgements()
+    assert outcomes[2].prompt.id == "hi" and all(isinstance(o, bon.Outcome) for o in outcomes)
+    best_of = outcomes[0]
+    assert best_of.chosen is not None and best_of.chosen.index == best_of.ranked()[0][0].index
+    pair = best_of.pair()
+    assert pair is not None and pair[0] == best_of.chosen and pair[1] == best_of.ranked()[-1][0]
+    assert again[0].candidates[0].seed != outcomes[0].candidates[0].seed  # a new seed draws new candidates
+    with pytest.raises(RuntimeError, match="closed"):
+        best(prompts)
+
+
+def test_best_of_n_declines_by_coverage_over_a_call_and_refuses_what_it_cannot_do(tmp_path):
+    best = bon.BestOfN({"n": 3, "judge": {"name": "length"}, "selection": {"coverage": 0.5}}, policy=FakePolicy())
+    outcomes = best(["a?", "bb?", "ccc?", "dddd?"])
+    assert sum(o.selection.declined for o in outcomes) == 2 and all(
+        o.pair() is None for o in outcomes if o.chosen is None
+    )
+    with pytest.raises(bon.ConfigError, match=r"prompts\[1\]: the same prompt as prompts\[0\]"):
+        best(["a?", "a?"])
+    with pytest.raises(bon.ConfigError, match=r"prompts\[0\]: a conversation of 2 user turns"):
+        best([{"turns": ["Hi.", "And then?"]}])
+    with pytest.raises(bon.ConfigError, match=r"prompts\[0\]: expected an instruction"):
+        best([3])
+    with pytest.raises(bon.ConfigError, match=r"tie_break 'judge:length'"):
+        bon.BestOfN({"judge": {"name": "length"}, "selection": {"tie_break": "judge:length"}})
+    best.close()
+
+
+@pytest.mark.slow
+def test_best_of_n_on_smollm2_samples_what_bon_run_samples_and_a_model_in_memory_the_same(tmp_path):
+    cfg = bon.load_config(n=2, judge={"name": "length"}, policy={"max_tokens": 8}, output_dir=str(tmp_path / "run"))
+    prompts = ["Name a colour.", "Say hi."]
+    with bon.BestOfN(cfg) as best:
+        texts = [c.text for o in best(prompts) for c in o.candidates]
+    assert texts == [c.text for c in bon.run(cfg, prompts).candidates()]
+    model, tokenizer = bon.load_model(cfg.policy.model)
+    model.train()
+    with bon.BestOfN(cfg, model=model, tokenizer=tokenizer) as best:
+        assert [c.text for o in best(prompts) for c in o.candidates] == texts
+    assert model.training  # its mode is given back

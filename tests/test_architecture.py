@@ -18,7 +18,7 @@ LAYERS = (
     ("pipeline", ("bon.pipeline",)),
     ("judges", ("judges",)),
     ("eval", ("eval",)),
-    ("api", ("bon.api",)),
+    ("api", ("bon.api", "bon.best_of_n")),
     ("cli", ("bon.cli", "bon.__main__")),
 )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -40,3 +41,18 @@ def test_compare_judges_judges_a_run_three_ways_and_plots_their_agreement(finish
     assert (Path(finished) / "compare_judges.png").stat().st_size > 5000
     again = subprocess.run([sys.executable, str(script), str(finished)], capture_output=True, text=True, timeout=600)
     assert again.stdout.splitlines()[:3] == lines[:3]  # the stored judgements are reused, not redone
+
+
+@pytest.mark.long
+def test_dpo_loop_trains_two_steps_on_pairs_best_of_n_sampled_from_the_weights_being_trained(tmp_path):
+    pytest.importorskip("trl")
+    script = ROOT / "examples" / "dpo_loop.py"
+    out = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    steps = [line for line in out.stdout.splitlines() if line.startswith("step ")]
+    assert [s.split(":")[0] for s in steps] == ["step 0", "step 0", "step 1", "step 1"]
+    pairs = [int(s.split()[2]) for s in steps if "pairs" in s]
+    assert all(p >= 2 for p in pairs), steps
+    losses = [float(s.split()[-1]) for s in steps if "DPO loss" in s]
+    # step 0 starts from the reference weights (loss ln 2); step 1's differs only if step 0 changed the weights
+    assert abs(losses[0] - math.log(2)) < 1e-3 and abs(losses[1] - math.log(2)) > 1e-4, steps
