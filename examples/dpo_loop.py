@@ -31,7 +31,7 @@ def concise(prompts: list[str], completions: list[str], **kwargs: object) -> lis
     return [(1.0 if c.rstrip().endswith((".", "!")) else 0.0) - len(c.split()) / 50 for c in completions]
 
 
-def preference_rows(outcomes: list[bon.Outcome]) -> list[dict[str, object]]:
+def preference_rows(outcomes: list[bon.Outcome]) -> list[dict[str, list[dict[str, str]]]]:
     """TRL's conversational preference rows from each prompt's (kept, lowest-scored) pair."""
     rows = []
     for o in outcomes:
