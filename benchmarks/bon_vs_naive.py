@@ -65,7 +65,7 @@ def naive(engine, prompts, n: int, max_tokens: int) -> dict:
     import torch
 
     from bon.engines.tokens import digit_token_ids
-    from judges.selfj import SelfJOptions, SelfJudge
+    from bon.judges.selfj import SelfJOptions, SelfJudge
 
     model, tok = engine.model, engine.tokenizer
     judge = SelfJudge(SelfJOptions(prompt_format="chat"), engine=engine)
@@ -183,8 +183,8 @@ def judge_floor(engine, prompts, n: int, max_tokens: int) -> dict:
     import torch
 
     from bon.core.config import PolicyConfig
+    from bon.judges.selfj import SelfJOptions, SelfJudge
     from bon.pipeline.policy import EnginePolicy
-    from judges.selfj import SelfJOptions, SelfJudge
 
     cands = EnginePolicy(PolicyConfig(max_tokens=max_tokens), engine=engine).generate(prompts, n, SEED)
     judge = SelfJudge(SelfJOptions(prompt_format="chat", batch_size=n), engine=engine)

@@ -78,7 +78,7 @@ def bon_run(src: Path, out: Path, args: argparse.Namespace, keep: float | None) 
 
 
 def _judge_class():
-    from judges.selfj import SelfJudge
+    from bon.judges.selfj import SelfJudge
 
     return SelfJudge
 

@@ -44,7 +44,7 @@ def main() -> None:
     from bon.core.records import Candidate
     from bon.core.rundir import RunDir
     from bon.engines.hf import load
-    from judges import build_judge
+    from bon.judges import build_judge
 
     run_dir = Path(sys.argv[1] if len(sys.argv) > 1 else ROOT / "runs" / "demo")
     cfg = load_config(None, [f"prompts.source={ROOT / 'configs' / 'prompts' / 'demo.jsonl'}"])

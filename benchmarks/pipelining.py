@@ -27,9 +27,9 @@ def main() -> None:
 
     from bon.core.config import load_config
     from bon.core.prompts import load_prompts
+    from bon.judges import build_judge
     from bon.pipeline.policy import EnginePolicy
     from bon.pipeline.runner import run
-    from judges import build_judge
 
     work = Path(tempfile.mkdtemp(prefix="bon-bench-"))
     overrides = [

@@ -43,8 +43,8 @@ def plain(prompts: int, n: int, max_tokens: int) -> None:
     from bon.core.records import Prompt
     from bon.engines.hf import prepare
     from bon.engines.tokens import TokenizerOnly
+    from bon.judges.selfj import SelfJOptions, SelfJudge
     from bon.pipeline.policy import prompt_seed
-    from judges.selfj import SelfJOptions, SelfJudge
 
     rows = [json.loads(line) for line in PROMPTS.read_text().splitlines()][:prompts]
     path, _, _ = prepare(ModelConfig())

@@ -57,7 +57,7 @@ def synthetic_run(folder: Path, prompts: int, n: int) -> Path:
 
 
 def measure(run_dir: Path) -> dict[str, float]:
-    from eval.view import write_view
+    from bon.eval.view import write_view
     from tests.browser import Browser, find_chromium
 
     t0 = time.perf_counter()

@@ -22,9 +22,9 @@ if TYPE_CHECKING:
     import pandas
 
     from bon.core.judging import Judge
+    from bon.eval.training import Exported
     from bon.pipeline.policy import Policy
     from bon.pipeline.runner import Progress
-    from eval.training import Exported
 
 INPUT_PROMPTS = "input_prompts.jsonl"  # prompts given as a Python list, kept in the run directory
 
@@ -125,7 +125,7 @@ class Run:
         self, out: str | Path, judge: str | None = None, overwrite: bool = False, **options: Any
     ) -> Exported:
         """Preference pairs as a dataset folder (as `bon export preferences`; options by their long names)."""
-        from eval.training import export_preferences
+        from bon.eval.training import export_preferences
 
         return export_preferences(self.path, Path(out), judge, overwrite, **options)
 
@@ -133,7 +133,7 @@ class Run:
         self, out: str | Path, judge: str | None = None, overwrite: bool = False, **options: Any
     ) -> Exported:
         """SFT rows as a dataset folder (as `bon export sft`)."""
-        from eval.training import export_sft
+        from bon.eval.training import export_sft
 
         return export_sft(self.path, Path(out), judge, overwrite, **options)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from bon.core.io import DataFileError, read_text
-from eval.annotations import Annotation, AnnotationError
+from bon.eval.annotations import Annotation, AnnotationError
 
 LC_REPO = "tatsu-lab/alpaca_eval"
 LC_FILE = "df_gamed.csv"

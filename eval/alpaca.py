@@ -25,8 +25,8 @@ from bon.core.errors import BonError, did_you_mean
 from bon.core.io import VERBOSE, DataFileError, held_stderr, read_json
 from bon.core.prompts import PromptSourceError
 from bon.core.rundir import read_outputs
-from eval.ae import WinRate, alpaca_eval, check_lc_data, environment_has_openai_key, full_winrate
-from eval.annotations import Annotation, read_annotations
+from bon.eval.ae import WinRate, alpaca_eval, check_lc_data, environment_has_openai_key, full_winrate
+from bon.eval.annotations import Annotation, read_annotations
 
 VERSIONS = {
     1: {"annotator": "alpaca_eval_gpt4", "baseline": "text_davinci_003", "hub": "alpaca_eval.json"},

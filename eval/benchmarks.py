@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from bon.core.io import DataFileError, present, read_json_rows, read_text
 from bon.core.prompts import prompt_id
 from bon.core.records import Candidate, Prompt
-from eval.pool import Pool, load_pool
+from bon.eval.pool import Pool, load_pool
 
 T = TypeVar("T")
 
@@ -30,7 +30,7 @@ T = TypeVar("T")
 def scenario_groups() -> dict[str, str]:
     """Auto-J scenario -> its leaderboard group (a data file copied from the Auto-J repo's table)."""
     table = json.loads(
-        resources.files("eval").joinpath("data", "autoj_scenario_groups.json").read_text(encoding="utf-8")
+        resources.files("bon.eval").joinpath("data", "autoj_scenario_groups.json").read_text(encoding="utf-8")
     )
     return {scenario: group for group, members in table.items() if not group.startswith("_") for scenario in members}
 

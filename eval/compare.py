@@ -27,10 +27,8 @@ from bon.core.outputs import check_workdir
 from bon.core.records import Comparison, Judgement, Prompt, by_key
 from bon.core.rundir import MANIFEST, RunDir, read_manifest
 from bon.engines.cache import ENGINES
-from bon.pipeline.executors import LocalExecutor, make_executor
-from bon.pipeline.scoring import InFlight, needs_judging, score_missing
-from eval.benchmarks import Benchmark, load_pairwise
-from eval.judge_metrics import (
+from bon.eval.benchmarks import Benchmark, load_pairwise
+from bon.eval.judge_metrics import (
     AgreementMatrix,
     LeaderboardResult,
     PairwiseResult,
@@ -39,7 +37,9 @@ from eval.judge_metrics import (
     candidate_scores,
     judge_agreement,
 )
-from eval.kinds import KINDS
+from bon.eval.kinds import KINDS
+from bon.pipeline.executors import LocalExecutor, make_executor
+from bon.pipeline.scoring import InFlight, needs_judging, score_missing
 
 
 class CompareJudge(JudgeConfig):

@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Any
 
 from bon.core.io import write_json_atomic
-from eval.compare import BenchmarkReport, CompareResult
-from eval.judge_metrics import LeaderboardResult, PairwiseResult, PoolResult, ScoresResult
-from eval.metrics import TOO_FEW  # items below which a number is shown as "too few"
+from bon.eval.compare import BenchmarkReport, CompareResult
+from bon.eval.judge_metrics import LeaderboardResult, PairwiseResult, PoolResult, ScoresResult
+from bon.eval.metrics import TOO_FEW  # items below which a number is shown as "too few"
 
 
 def _num(x: float | None, digits: int = 2, n: int | None = None) -> str:

@@ -14,12 +14,12 @@ from pathlib import Path
 from bon.core.records import Candidate, Judgement, by_key
 from bon.core.rundir import RunDirError, load_run
 from bon.engines.base import derive_seed
+from bon.eval.ae import full_winrate, winrate
+from bon.eval.alpaca import annotations_for, check_annotator, match_baseline, reference_rows
+from bon.eval.annotations import Annotation
+from bon.eval.metrics import TOO_FEW, PairedGain, ci_text, paired_gain
 from bon.pipeline.rejudge import judgements_of, run_candidates
 from bon.pipeline.selection import char_lengths, secondary_judge, select_all
-from eval.ae import full_winrate, winrate
-from eval.alpaca import annotations_for, check_annotator, match_baseline, reference_rows
-from eval.annotations import Annotation
-from eval.metrics import TOO_FEW, PairedGain, ci_text, paired_gain
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ from typing import Any, cast
 import numpy as np
 
 from bon.core.records import Comparison, Judgement, Prompt
-from eval.benchmarks import Benchmark, group_order
-from eval.metrics import (
+from bon.eval.benchmarks import Benchmark, group_order
+from bon.eval.metrics import (
     FIRST,
     SECOND,
     TIE,
@@ -31,7 +31,7 @@ from eval.metrics import (
     search_threshold,
     swap_back,
 )
-from eval.pool import COVERAGES, picks_report
+from bon.eval.pool import COVERAGES, picks_report
 
 Scores = dict[tuple[str, int], float | None]  # (prompt id, candidate index) -> score
 Risks = dict[float, tuple[float, tuple[float, float] | None]]  # coverage -> (risk, its bootstrap CI)

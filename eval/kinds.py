@@ -8,8 +8,14 @@ from typing import Any
 
 from bon.core.records import Prompt
 from bon.core.registry import Registry
-from eval.benchmarks import Benchmark, load_leaderboard, load_pairwise, load_pool_benchmark, load_scores
-from eval.judge_metrics import evaluate_leaderboard, evaluate_pairwise, evaluate_pool, evaluate_scores, is_comparisons
+from bon.eval.benchmarks import Benchmark, load_leaderboard, load_pairwise, load_pool_benchmark, load_scores
+from bon.eval.judge_metrics import (
+    evaluate_leaderboard,
+    evaluate_pairwise,
+    evaluate_pool,
+    evaluate_scores,
+    is_comparisons,
+)
 
 Result = Any  # PairwiseResult | PoolResult | ScoresResult | LeaderboardResult
 
@@ -55,9 +61,9 @@ LEADERBOARD = Kind(
 KINDS: Registry[Kind] = Registry(
     "benchmark kind",
     {
-        "pairwise": "eval.kinds:PAIRWISE",
-        "pool": "eval.kinds:POOL",
-        "scores": "eval.kinds:SCORES",
-        "leaderboard": "eval.kinds:LEADERBOARD",
+        "pairwise": "bon.eval.kinds:PAIRWISE",
+        "pool": "bon.eval.kinds:POOL",
+        "scores": "bon.eval.kinds:SCORES",
+        "leaderboard": "bon.eval.kinds:LEADERBOARD",
     },
 )

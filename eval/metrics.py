@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bon.judges.pairwise import FIRST, SECOND, TIE, scalar_verdict
 from bon.pipeline.selection import answered_count
-from judges.pairwise import FIRST, SECOND, TIE, scalar_verdict
 
 # the Auto-J leaderboard's tie thresholds for scalar reward models: 0 to 2.0 in steps of 0.01
 THRESHOLDS: tuple[float, ...] = tuple(round(0.01 * i, 2) for i in range(201))

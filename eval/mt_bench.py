@@ -21,12 +21,12 @@ from bon.core.names import check_name
 from bon.core.outputs import check_file
 from bon.core.records import Candidate, Judgement, Prompt, Selection, by_key
 from bon.core.rundir import RunDir, RunDirError, load_run
+from bon.eval.export import ExportError
+from bon.eval.gain import bootstrap, ks_for
+from bon.eval.metrics import ci_text
 from bon.pipeline.rejudge import judgements_of, run_prompts
 from bon.pipeline.selection import char_lengths, secondary_judge, select_all
 from bon.pipeline.turns import kept_text, turn_ids
-from eval.export import ExportError
-from eval.gain import bootstrap, ks_for
-from eval.metrics import ci_text
 
 
 @dataclass(frozen=True)

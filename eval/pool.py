@@ -21,12 +21,12 @@ from bon.core.io import DataFileError
 from bon.core.outputs import replace_folder
 from bon.core.prompts import prompt_id
 from bon.core.records import Candidate, Judgement, Key, Prompt, Selection
+from bon.eval.ae import full_winrate, winrate
+from bon.eval.annotations import Annotation, read_annotations
+from bon.eval.metrics import PairedGain, bootstrap_ci, paired_gain, risk_at_coverages
 from bon.pipeline.executors import LocalExecutor
 from bon.pipeline.scoring import score_missing
 from bon.pipeline.selection import select
-from eval.ae import full_winrate, winrate
-from eval.annotations import Annotation, read_annotations
-from eval.metrics import PairedGain, bootstrap_ci, paired_gain, risk_at_coverages
 
 
 class PoolOptions(Strict):

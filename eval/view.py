@@ -141,7 +141,7 @@ HUMAN = "human"  # the benchmark's own verdict, shown as one more judge: label, 
 def compare_data(compare_dir: Path | str) -> dict[str, Any]:
     """What the page shows of a `bon compare` directory: per benchmark, its items with every judge's scores beside
     the human verdict, so the items where judges and humans disagree can be read side by side."""
-    from eval.compare import CompareConfig, load_benchmark, store_name
+    from bon.eval.compare import CompareConfig, load_benchmark, store_name
 
     folder = Path(compare_dir)
     manifest = read_manifest(folder / "manifest.json")
@@ -252,7 +252,7 @@ GENERATOR = b'<meta name="generator" content="bon view">'  # in every page: what
 
 def render(data: dict[str, Any]) -> str:
     """The page: the template with the data in place (the template holds exactly one `__BON_DATA__`)."""
-    template = resources.files("eval").joinpath("data/view.html").read_text(encoding="utf-8")
+    template = resources.files("bon.eval").joinpath("data/view.html").read_text(encoding="utf-8")
     return template.replace("__BON_DATA__", page_json(data), 1)
 
 

@@ -6,18 +6,18 @@ from bon.core.judging import JUDGES, JudgeInfo, OptionInfo, build_judge, describ
 
 if TYPE_CHECKING:  # mypy checks every registered class against what the registry promises (nothing runs here)
     from bon.core.judging import JudgeClass
-    from judges.autoj import AutoJudge
-    from judges.consistency import ConsistencyJudge
-    from judges.cosine import CosineJudge
-    from judges.ensemble import EnsembleJudge
-    from judges.length import LengthJudge
-    from judges.mt_bench import MTBenchJudge
-    from judges.pairwise import PairwiseRanking
-    from judges.ppl import PPLJudge
-    from judges.random_pick import RandomJudge
-    from judges.reward_model import RewardModelJudge
-    from judges.self_eval import SelfEvalJudge
-    from judges.selfj import SelfJudge
+    from bon.judges.autoj import AutoJudge
+    from bon.judges.consistency import ConsistencyJudge
+    from bon.judges.cosine import CosineJudge
+    from bon.judges.ensemble import EnsembleJudge
+    from bon.judges.length import LengthJudge
+    from bon.judges.mt_bench import MTBenchJudge
+    from bon.judges.pairwise import PairwiseRanking
+    from bon.judges.ppl import PPLJudge
+    from bon.judges.random_pick import RandomJudge
+    from bon.judges.reward_model import RewardModelJudge
+    from bon.judges.self_eval import SelfEvalJudge
+    from bon.judges.selfj import SelfJudge
 
     REGISTERED: dict[str, JudgeClass] = {
         "selfj": SelfJudge,

@@ -17,7 +17,7 @@ from bon.core.config import ModelConfig
 from bon.core.judging import Declaration
 from bon.core.records import Candidate, Judgement, Prompt
 from bon.engines.base import SamplingSettings
-from judges.base import PromptJudge, instruction_in_context, prompts_by_id, read_prompt_template
+from bon.judges.base import PromptJudge, instruction_in_context, prompts_by_id, read_prompt_template
 
 AUTOJ_HUB_ID = "GAIR/autoj-13b"
 _RATING = re.compile(r"Rating: \[\[")

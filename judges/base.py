@@ -21,7 +21,7 @@ def prompts_by_id(prompts: Sequence[Prompt], candidates: Sequence[Candidate]) ->
 
 def read_prompt_template(name: str) -> str:
     """A judge prompt kept as a data file in judges/prompts/."""
-    return resources.files("judges").joinpath("prompts", name).read_text(encoding="utf-8")
+    return resources.files("bon.judges").joinpath("prompts", name).read_text(encoding="utf-8")
 
 
 def instruction_in_context(prompt: Prompt) -> str:

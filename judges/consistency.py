@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from bon.core.judging import Declaration
 from bon.core.records import Candidate, Judgement, Prompt
-from judges.cosine import EmbedderOptions, cosine, load_embedder
+from bon.judges.cosine import EmbedderOptions, cosine, load_embedder
 
 
 class ConsistencyJudge:

@@ -26,8 +26,8 @@ from bon.core.judging import Declaration
 from bon.core.records import Candidate, Judgement, Prompt
 from bon.engines.base import SamplingSettings
 from bon.engines.tokens import digit_token_ids
-from judges.base import PromptJudge, prompts_by_id
-from judges.selfj import expected_score
+from bon.judges.base import PromptJudge, prompts_by_id
+from bon.judges.selfj import expected_score
 
 NEED_REF_CATS = ("math", "reasoning", "coding", "arena-hard-200")  # FastChat's common.NEED_REF_CATS
 ONE_SCORE = re.compile(r"\[\[(\d+\.?\d*)\]\]")  # FastChat's one_score_pattern

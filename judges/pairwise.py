@@ -20,8 +20,8 @@ from bon.core.judging import Declaration, build_judge, nested_judge_options, nes
 from bon.core.records import Candidate, Judgement, Prompt
 from bon.core.registry import Registry
 from bon.engines.base import SamplingSettings
-from judges.autoj import AUTOJ_HUB_ID, wrap
-from judges.base import UsesEngine, prompts_by_id, read_prompt_template
+from bon.judges.autoj import AUTOJ_HUB_ID, wrap
+from bon.judges.base import UsesEngine, prompts_by_id, read_prompt_template
 
 FIRST, SECOND, TIE = 0, 1, 2
 
@@ -140,7 +140,7 @@ class ScalarComparator:
 
 COMPARATORS: Registry = Registry(
     "pairwise comparator",
-    {"autoj": "judges.pairwise:AutoJPairwise", "scalar": "judges.pairwise:ScalarComparator"},
+    {"autoj": "bon.judges.pairwise:AutoJPairwise", "scalar": "bon.judges.pairwise:ScalarComparator"},
 )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import ClassVar
 
-from judges.selfj import SelfJudge
+from bon.judges.selfj import SelfJudge
 
 
 class SelfEvalJudge(SelfJudge):

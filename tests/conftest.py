@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bon.core.records import Candidate, Judgement, Prompt
-from judges.length import LengthJudge
+from bon.judges.length import LengthJudge
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -257,7 +257,7 @@ def run_config(tmp_path, prompts_file, *extra):
 
 def compare_config(tmp_path, pair_file, pool_dir, judges=None, **extra):
     from bon.core.config import load_config
-    from eval.compare import CompareConfig
+    from bon.eval.compare import CompareConfig
 
     data = {
         "output_dir": str(tmp_path / "cmp"),

@@ -134,3 +134,19 @@ def test_best_of_n_on_smollm2_samples_what_bon_run_samples_and_a_model_in_memory
     with bon.BestOfN(cfg, model=model, tokenizer=tokenizer) as best:
         assert [c.text for o in best(prompts) for c in o.candidates] == texts
     assert model.training  # its mode is given back
+
+
+def test_a_users_own_eval_and_judges_modules_do_not_shadow_bons(finished, tmp_path):
+    project = tmp_path / "project"  # a user's script beside their own eval.py and judges.py
+    project.mkdir()
+    for name in ("eval", "judges"):
+        (project / f"{name}.py").write_text(f"raise ImportError('the user\\'s {name}.py was imported')\n")
+    (project / "main.py").write_text(
+        "import bon\n"
+        f"run = bon.Run({str(finished)!r})\n"
+        "print(run.judge('length', label='again'))\n"
+        f"print(run.export_sft({str(tmp_path / 'sft')!r}).rows)\n"
+    )
+    out = subprocess.run([sys.executable, "main.py"], cwd=project, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["15", "5"]

@@ -26,7 +26,7 @@ def test_help_and_judges_list_are_fast_and_import_no_torch():
 
 
 def test_judges_list_reads_at_80_columns_and_shows_one_judges_options():
-    from judges import JUDGES
+    from bon.judges import JUDGES
 
     listing = bon("judges", "list", env_extra={"COLUMNS": "80"})
     starts = [line.split()[0] for line in listing.stdout.splitlines() if line and not line.startswith(" ")]

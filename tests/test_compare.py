@@ -11,12 +11,12 @@ from bon.core.config import ConfigError
 from bon.core.io import DataFileError
 from bon.core.records import Judgement
 from bon.core.rundir import RunDirError
+from bon.eval.benchmarks import load_pairwise, load_pool_benchmark, load_scores, spread_order, spread_subset
+from bon.eval.compare import BenchmarkConfig, evaluate_pairwise_file, judge_benchmark, run_compare
+from bon.eval.compare_report import write_compare_report
+from bon.eval.judge_metrics import evaluate_pairwise, evaluate_pool, evaluate_scores
+from bon.judges.pairwise import FIRST, PairVerdict
 from bon.pipeline.executors import LocalExecutor
-from eval.benchmarks import load_pairwise, load_pool_benchmark, load_scores, spread_order, spread_subset
-from eval.compare import BenchmarkConfig, evaluate_pairwise_file, judge_benchmark, run_compare
-from eval.compare_report import write_compare_report
-from eval.judge_metrics import evaluate_pairwise, evaluate_pool, evaluate_scores
-from judges.pairwise import FIRST, PairVerdict
 
 # five pairs: response lengths (r1, r2) and the human label
 from tests.conftest import compare_config as _config
@@ -92,7 +92,7 @@ def test_pool_numbers(pool_dir):
     assert r.mean_pick_length == 4.0 and r.mean_length == pytest.approx((1 + 2 + 1 + 12) / 6)
     assert r.baseline_length == len("base")  # the pool fixture's baseline answer
     # scores (len) 1, 4, 2, 4, 1, 4 vs wins 1, 0, 0, 1, .5, 1
-    expected = __import__("eval.metrics", fromlist=["correlations"]).correlations(
+    expected = __import__("bon.eval.metrics", fromlist=["correlations"]).correlations(
         [1, 4, 2, 4, 1, 4], [1, 0, 0, 1, 0.5, 1]
     )
     assert r.correlation == expected
@@ -204,7 +204,7 @@ def test_reference_judge_is_skipped_on_data_without_references(tmp_path, pair_fi
 def test_held_out_folds_share_ties_evenly():
     from types import SimpleNamespace
 
-    from eval.judge_metrics import _folds
+    from bon.eval.judge_metrics import _folds
 
     items = [SimpleNamespace(label=y) for y in (2, 2, 0, 2, 1, 0)]
     assert _folds(items, 2) == [0, 1, 0, 0, 0, 1]
@@ -294,9 +294,9 @@ def test_compare_report_with_a_leaderboard_benchmark(tmp_path, pair_file, pool_d
 
 def test_leaderboard_kind_ranks_models_by_mean_score(tmp_path):
     """Four models, two instructions, the length judge: means by hand, Spearman/Kendall against the CSV."""
-    from eval.benchmarks import load_leaderboard
-    from eval.judge_metrics import evaluate_leaderboard
-    from judges import build_judge
+    from bon.eval.benchmarks import load_leaderboard
+    from bon.eval.judge_metrics import evaluate_leaderboard
+    from bon.judges import build_judge
 
     bench = load_leaderboard(write_leaderboard(tmp_path), "lb")
     assert len(bench.prompts) == 2 and [c.policy for c in bench.candidates[bench.prompts[0].id]] == [
@@ -318,7 +318,7 @@ def test_leaderboard_kind_ranks_models_by_mean_score(tmp_path):
 
 def test_leaderboard_csv_with_a_bad_number_names_line_and_field(tmp_path):
     from bon.core.io import DataFileError
-    from eval.benchmarks import load_leaderboard
+    from bon.eval.benchmarks import load_leaderboard
 
     (tmp_path / "outputs").mkdir()
     (tmp_path / "leaderboard.csv").write_text("model,v1_win_rate\nm1,high\n")

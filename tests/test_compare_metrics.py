@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from eval.metrics import (
+from bon.eval.metrics import (
     FIRST,
     SECOND,
     TIE,
@@ -127,7 +127,7 @@ def test_bootstrap_ci():
 
 def test_one_tie_rule_for_scalar_judges():
     """metrics and the pairwise comparator predict the same verdicts; a gap equal to the threshold is not a tie."""
-    from judges.pairwise import ScalarComparator, ScalarComparatorOptions, scalar_verdict
+    from bon.judges.pairwise import ScalarComparator, ScalarComparatorOptions, scalar_verdict
 
     a, b, t = [1.0, 1.0, 1.0, 2.0, 3.0], [1.0, 1.4, 1.5, 1.0, 3.6], 0.5
     assert predict_pairs(a, b, t) == [TIE, TIE, SECOND, FIRST, SECOND]
@@ -141,15 +141,15 @@ def test_one_tie_rule_for_scalar_judges():
 def test_every_benchmark_kind_a_config_accepts_is_registered():
     from typing import get_args
 
-    from eval.compare import BenchmarkConfig
-    from eval.kinds import KINDS
+    from bon.eval.compare import BenchmarkConfig
+    from bon.eval.kinds import KINDS
 
     assert sorted(get_args(BenchmarkConfig.model_fields["kind"].annotation)) == KINDS.names()
     assert all(callable(KINDS.get(k).load) and callable(KINDS.get(k).evaluate) for k in KINDS)
 
 
 def test_paired_gain_by_hand_and_its_significance():
-    from eval.metrics import paired_gain
+    from bon.eval.metrics import paired_gain
 
     same = paired_gain([1, 0, 1, 0] * 3, [1, 0, 1, 0] * 3)
     assert same.delta == 0 and not same.significant and same.p_value == 1.0 and "not significant" in same.said()
@@ -162,7 +162,7 @@ def test_paired_gain_by_hand_and_its_significance():
 
 
 def test_risk_at_coverages_by_hand():
-    from eval.metrics import risk_at_coverages
+    from bon.eval.metrics import risk_at_coverages
 
     # confidence orders the items; quality 1 for the two most confident, 0 for the rest
     risks = risk_at_coverages([0.9, 0.1, 0.8, None], [1.0, 0.0, 1.0, 0.0], (1.0, 0.5, 0.75), reps=50)

@@ -59,7 +59,7 @@ def test_an_old_finished_run_rejudges_nothing_and_reselects(tmp_path, monkeypatc
 
 def test_an_old_comparison_judges_nothing_again_and_keeps_its_labels(tmp_path, monkeypatch):
     from bon.core.rundir import RunDirError
-    from eval.compare import CompareConfig, run_compare
+    from bon.eval.compare import CompareConfig, run_compare
 
     work = _copy(tmp_path, monkeypatch, "0d39e3e")
     stored = {p: p.read_bytes() for p in (work / "compared").rglob("*.jsonl")}

@@ -22,7 +22,7 @@ def test_overrides_are_typed():
 
 
 def test_compare_config_ships_and_overrides_index_lists():
-    from eval.compare import CompareConfig
+    from bon.eval.compare import CompareConfig
 
     cfg = load_config(
         ROOT / "configs" / "compare_cpu.yaml", ["judges.4.max_items.autoj_dev=10", "bootstrap=0"], model=CompareConfig
@@ -34,7 +34,7 @@ def test_compare_config_ships_and_overrides_index_lists():
 
 
 def test_compare_config_errors_name_file_line_and_key(tmp_path):
-    from eval.compare import CompareConfig
+    from bon.eval.compare import CompareConfig
 
     path = tmp_path / "c.yaml"
     path.write_text("judges:\n  - {name: length}\nbenchmarks:\n  - {name: b, kind: pairs, path: x}\n")

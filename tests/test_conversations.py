@@ -322,7 +322,7 @@ def test_selections_keep_their_turn_through_the_records(tmp_path):
 
 
 def test_view_shows_later_turns_with_the_conversation_they_continue(tmp_path):
-    from eval.view import run_data
+    from bon.eval.view import run_data
 
     cfg = conversation_config(tmp_path)
     run(cfg, policy=FakePolicy())
@@ -340,8 +340,8 @@ CONTEXT = (
 
 
 def test_selfj_and_autoj_see_the_earlier_turns_as_context_in_their_instruction():
-    from judges.autoj import AutoJudge
-    from judges.selfj import SelfJOptions, SelfJudge
+    from bon.judges.autoj import AutoJudge
+    from bon.judges.selfj import SelfJOptions, SelfJudge
 
     selfj = SelfJudge(SelfJOptions(reference="never"), engine=object())
     assert CONTEXT in selfj.build_prompt(TURN2, "Blue.") and "Blue." in selfj.build_prompt(TURN2, "Blue.")

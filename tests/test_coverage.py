@@ -79,9 +79,9 @@ def test_bon_select_length_penalty_picks_shorter_answers(finished):
 
 
 def test_tau_calibrated_on_half_the_instructions_covers_the_other_half_within_the_binomial_ci(shared_data):
+    from bon.eval.pool import load_pool
+    from bon.judges.length import LengthJudge
     from bon.pipeline.selection import cover, coverage_threshold, select
-    from eval.pool import load_pool
-    from judges.length import LengthJudge
 
     pool = load_pool(shared_data / "alpaca_eval" / "annotations" / "v2")
     judge = LengthJudge()

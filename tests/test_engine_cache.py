@@ -43,7 +43,7 @@ def test_a_scope_releases_what_it_loaded_and_keeps_what_was_there():
 def test_compare_holds_one_judges_model_at_a_time(tmp_path, pair_file, pool_dir, monkeypatch):
     """Two perplexity judges on checkpoints of different sizes: while the second one loads, the first one's
     weights are gone; the peak is the larger model's bytes, not the sum; nothing stays loaded after."""
-    from eval.compare import run_compare
+    from bon.eval.compare import run_compare
     from tests.conftest import compare_config, tiny_checkpoint
 
     small, big = tiny_checkpoint(tmp_path / "small", 16), tiny_checkpoint(tmp_path / "big", 64)

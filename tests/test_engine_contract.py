@@ -24,9 +24,9 @@ from bon.engines.base import (
 )
 from bon.engines.memory import LOGIT_BYTES
 from bon.engines.stream import DecodeSession, Status, WaveLoop
+from bon.judges.length import LengthJudge
 from bon.pipeline.early_rejection import EarlyRejectionPolicy, Resubmit
 from bon.pipeline.policy import EnginePolicy
-from judges.length import LengthJudge
 from tests.helpers import EOS, tiny_engine
 from tests.helpers import prompts_of_random_tokens as _prompts
 

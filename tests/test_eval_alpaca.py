@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from bon.core.io import DataFileError
-from eval.ae import full_winrate, leaderboard_row
-from eval.annotations import Annotation, read_annotations
-from eval.pool import evaluate_selector, load_pool, reference_points
-from judges import build_judge
+from bon.eval.ae import full_winrate, leaderboard_row
+from bon.eval.annotations import Annotation, read_annotations
+from bon.eval.pool import evaluate_selector, load_pool, reference_points
+from bon.judges import build_judge
 from tests.helpers import bon, one_clear_line
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,7 +45,7 @@ def test_win_rate_reproduces_the_leaderboard(shared_data, version, model):
 def test_length_controlled_reproduces_the_leaderboard(shared_data):
     from huggingface_hub import try_to_load_from_cache
 
-    from eval.ae import LC_FILE, LC_REPO, alpaca_eval
+    from bon.eval.ae import LC_FILE, LC_REPO, alpaca_eval
 
     cached = try_to_load_from_cache(
         LC_REPO, LC_FILE, cache_dir=alpaca_eval().constants.DEFAULT_CACHE_DIR, repo_type="dataset"
@@ -197,7 +197,7 @@ def test_an_identical_repeat_in_a_pool_file_counts_once(tmp_path):
 def test_length_sweep_moves_the_length_judges_picks_toward_the_pools_length_and_says_what_it_keeps(
     shared_data, tmp_path
 ):
-    from eval.pool import length_sweep, write_sweep
+    from bon.eval.pool import length_sweep, write_sweep
 
     pool = load_pool(shared_data / "alpaca_eval" / "annotations" / "v2")
     report, judgements = evaluate_selector(pool, build_judge("length"))
@@ -224,7 +224,7 @@ def test_length_sweep_moves_the_length_judges_picks_toward_the_pools_length_and_
 
 
 def test_length_matched_pick_by_hand(pool_dir):
-    from eval.pool import length_matched
+    from bon.eval.pool import length_matched
 
     pool = load_pool(pool_dir)  # b is longer everywhere; wins: a 1, 0, 0.5 and b 0, 1, 1
     assert pool.models == ["a", "b"]
@@ -236,7 +236,7 @@ def test_length_matched_pick_by_hand(pool_dir):
 def test_select_pool_lc_beside_raw_or_one_line_why_not(shared_data, tmp_path):
     from huggingface_hub import try_to_load_from_cache
 
-    from eval.ae import LC_FILE, LC_REPO, alpaca_eval
+    from bon.eval.ae import LC_FILE, LC_REPO, alpaca_eval
 
     folder = str(shared_data / "alpaca_eval" / "annotations" / "v2")
     out = bon("eval", "select-pool", folder, "--judge", "length", "--lc-data", str(tmp_path / "no.csv"), "--json")
@@ -263,7 +263,7 @@ def test_select_pool_lc_beside_raw_or_one_line_why_not(shared_data, tmp_path):
 def test_a_length_penalty_moves_real_judges_picks_toward_shorter_answers(shared_data, judge, options, limit):
     """MiniLM's cosine and SmolLM2's Self-J on released candidates: as λ grows the mean pick length never rises
     and ends at or below the pool's mean, and every row says what the picks keep of their win rate."""
-    from eval.pool import length_sweep
+    from bon.eval.pool import length_sweep
 
     pool = load_pool(shared_data / "alpaca_eval" / "annotations" / "v2", limit)
     _, judgements = evaluate_selector(pool, build_judge(judge, options), reference="none")
@@ -271,6 +271,6 @@ def test_a_length_penalty_moves_real_judges_picks_toward_shorter_answers(shared_
     lengths = [r.lengths["picks"] for r in sweep]
     assert lengths == sorted(lengths, reverse=True)  # the maximiser of score - λ length is never longer at larger λ
     assert lengths[-1] <= sweep[0].lengths["random"] and lengths[-1] < lengths[0]
-    from eval.metrics import TOO_FEW
+    from bon.eval.metrics import TOO_FEW
 
     assert all(r.vs_random is not None and (r.win_rate_ci is not None) == (limit >= TOO_FEW) for r in sweep)

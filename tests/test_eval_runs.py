@@ -6,8 +6,8 @@ import pytest
 
 from bon.core.records import Candidate
 from bon.core.rundir import RunDir
-from eval.alpaca import AnnotatorError, run_alpaca_eval
-from eval.gain import gain_report, ks_for
+from bon.eval.alpaca import AnnotatorError, run_alpaca_eval
+from bon.eval.gain import gain_report, ks_for
 from tests.conftest import finished_ae_run
 
 QUESTIONS = [f"Question number {i}?" for i in range(6)]
@@ -105,7 +105,7 @@ def test_gain_curve_by_hand(tmp_path):
 
 
 def test_gain_on_too_few_prompts_states_no_ci_and_no_p_value(small_run, tmp_path):
-    from eval.gain import summary_lines
+    from bon.eval.gain import summary_lines
 
     cfg, reference = small_run  # six prompts
     write_annotations(cfg, tmp_path / "ann.json")
@@ -129,7 +129,7 @@ def test_gain_reports_declines_apart(small_run, tmp_path):
 
 @pytest.mark.slow
 def test_local_annotator_smoke_and_cache(small_run, monkeypatch):
-    from eval.alpaca import LocalAnnotator
+    from bon.eval.alpaca import LocalAnnotator
 
     cfg, reference = small_run
     asked: list[int] = []  # prompts that reached the local model, per call

@@ -7,8 +7,8 @@ import yaml
 
 from bon.core.config import load_config
 from bon.core.outputs import OutputError
+from bon.eval.export import ExportError, export_alpaca_eval
 from bon.pipeline.runner import run
-from eval.export import ExportError, export_alpaca_eval
 from tests.conftest import FakePolicy
 
 

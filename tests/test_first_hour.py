@@ -138,8 +138,8 @@ def test_the_run_summary_gives_rates_only_where_enough_was_timed():
 
 
 def test_compare_report_gives_every_number_its_n_and_marks_too_few(tmp_path, pair_file, pool_dir):
-    from eval.compare import run_compare
-    from eval.compare_report import TOO_FEW, write_compare_report
+    from bon.eval.compare import run_compare
+    from bon.eval.compare_report import TOO_FEW, write_compare_report
     from tests.conftest import PAIRS
     from tests.conftest import compare_config as _config
 

@@ -229,7 +229,7 @@ def test_n_beyond_the_engines_rows_is_refused_before_the_run_directory_exists(tm
 @pytest.mark.parametrize("value", ["1000000000", "100001"])
 def test_an_absurd_bootstrap_is_refused(tmp_path, value):
     from bon.core.config import load_config
-    from eval.compare import CompareConfig
+    from bon.eval.compare import CompareConfig
 
     with pytest.raises(ConfigError, match="bootstrap: Input should be less than or equal to 100000"):
         load_config("configs/compare_cpu.yaml", [f"bootstrap={value}"], model=CompareConfig)

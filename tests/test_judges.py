@@ -4,10 +4,10 @@ import pytest
 
 from bon.core.records import Candidate, Prompt
 from bon.core.registry import Registry, UnknownNameError
-from judges import JUDGES, build_judge
-from judges.length import LengthJudge
-from judges.random_pick import RandomJudge
-from judges.selfj import SelfJOptions, SelfJudge, expected_score
+from bon.judges import JUDGES, build_judge
+from bon.judges.length import LengthJudge
+from bon.judges.random_pick import RandomJudge
+from bon.judges.selfj import SelfJOptions, SelfJudge, expected_score
 
 P = [Prompt("a", "Add 2 and 2.", reference="4"), Prompt("b", "Name a colour.")]
 C = [

@@ -6,12 +6,12 @@ import torch
 from bon.core.config import ModelConfig
 from bon.core.records import Candidate, Prompt
 from bon.engines.models import embedded_path
+from bon.judges import build_judge
+from bon.judges.autoj import AutoJOptions, AutoJudge
+from bon.judges.base import prompts_by_id
+from bon.judges.ppl import PPLJudge
+from bon.judges.reward_model import RewardModelJudge, RewardModelOptions
 from bon.pipeline.selection import select
-from judges import build_judge
-from judges.autoj import AutoJOptions, AutoJudge
-from judges.base import prompts_by_id
-from judges.ppl import PPLJudge
-from judges.reward_model import RewardModelJudge, RewardModelOptions
 from tests.helpers import tokens_run
 
 pytestmark = pytest.mark.slow
@@ -137,7 +137,7 @@ def test_mt_bench_forced_ratings_of_one_prompts_candidates_share_its_judge_promp
     question share FastChat's system prompt and the question, prefilled once, and rate as each does alone."""
     from os.path import commonprefix
 
-    from judges.mt_bench import FORCED, MTBenchJudge, MTBenchOptions
+    from bon.judges.mt_bench import FORCED, MTBenchJudge, MTBenchOptions
 
     judge = MTBenchJudge(MTBenchOptions(force_rating=True, max_tokens=4), engine=smollm2)
     prompts = [Prompt("q", "Write a haiku about rain."), Prompt("r", "Name three primes.")]

@@ -8,10 +8,10 @@ import pytest
 from bon.core.config import SelectionConfig
 from bon.core.records import Candidate, Judgement, Prompt
 from bon.engines.base import derive_seed
+from bon.judges import build_judge, describe_judges
+from bon.judges.autoj import parse_rating
+from bon.judges.pairwise import FIRST, SECOND, TIE, PairVerdict, PairwiseRanking, _both_orders, parse_decision
 from bon.pipeline.selection import TieBreakError, select, select_prompt, tiebreak_values, zscores
-from judges import build_judge, describe_judges
-from judges.autoj import parse_rating
-from judges.pairwise import FIRST, SECOND, TIE, PairVerdict, PairwiseRanking, _both_orders, parse_decision
 
 PROMPTS = [Prompt("p", "Explain rain."), Prompt("q", "Name a bird.")]
 TEXTS = {

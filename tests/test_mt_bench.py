@@ -13,10 +13,10 @@ from bon.core.config import load_config
 from bon.core.records import Message, Prompt
 from bon.core.rundir import RunDir
 from bon.engines.base import Sample
+from bon.eval.mt_bench import export_answers, mt_bench_report
+from bon.judges.mt_bench import SHIPPED, MTBenchJudge, MTBenchOptions, parse_rating
 from bon.pipeline.rejudge import judge_run, run_prompts
 from bon.pipeline.runner import run
-from eval.mt_bench import export_answers, mt_bench_report
-from judges.mt_bench import SHIPPED, MTBenchJudge, MTBenchOptions, parse_rating
 from tests.conftest import FakePolicy
 from tests.helpers import bon, contents, one_clear_line
 

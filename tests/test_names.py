@@ -26,7 +26,7 @@ def test_ordinary_names_pass(name):
 
 @pytest.mark.parametrize("name", ["..", "a/b", ".x"])
 def test_a_compare_benchmark_or_judge_label_is_refused_where_the_config_says_it(tmp_path, name):
-    from eval.compare import CompareConfig
+    from bon.eval.compare import CompareConfig
 
     path = tmp_path / "c.yaml"
     path.write_text(f"judges:\n  - {{name: length}}\nbenchmarks:\n  - {{name: '{name}', kind: pairwise, path: x}}\n")

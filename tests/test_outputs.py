@@ -161,7 +161,7 @@ def test_an_alpaca_eval_export_writes_over_its_own_files_only(tmp_path):
 
 
 def test_a_comparison_is_written_only_into_a_new_empty_or_comparison_folder(tmp_path, pair_file, pool_dir):
-    from eval.compare import run_compare
+    from bon.eval.compare import run_compare
     from tests.conftest import compare_config
 
     cfg = compare_config(tmp_path, pair_file, pool_dir, judges=[{"name": "length"}])

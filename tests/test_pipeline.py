@@ -198,9 +198,9 @@ def test_early_rejection_judges_only_rounds_that_cut_and_a_lone_survivor_never_p
     (judging it could change nothing), and every paused prompt of a round is judged in the same call."""
     from bon.core.config import EarlyRejectionConfig
     from bon.core.prompts import load_prompts
+    from bon.judges.length import LengthJudge
     from bon.pipeline.early_rejection import EarlyRejectionPolicy
     from bon.pipeline.policy import EnginePolicy
-    from judges.length import LengthJudge
 
     calls: list[list[int]] = []
 

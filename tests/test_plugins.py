@@ -74,7 +74,7 @@ def test_an_entry_point_is_listed_with_its_package_and_used_by_name(outside, fin
 
 
 def test_compare_takes_outside_judges(outside, tmp_path, pair_file, pool_dir):
-    from eval.compare import run_compare
+    from bon.eval.compare import run_compare
 
     judges = [{"name": "wordjudges:word_count", "label": "wc"}, {"name": "words"}]
     result = run_compare(compare_config(tmp_path, pair_file, pool_dir, judges=judges), note=lambda _: None)

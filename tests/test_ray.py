@@ -178,7 +178,7 @@ def test_death_reasons_name_out_of_memory():
 def test_compare_on_ray_equals_local_and_starts_judge_actors_only(ray_session, tmp_path):
     import json
 
-    from eval.compare import CompareConfig, run_compare
+    from bon.eval.compare import CompareConfig, run_compare
 
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text(

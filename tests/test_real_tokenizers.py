@@ -13,10 +13,10 @@ import pytest
 from bon.core.config import ModelConfig, PolicyConfig, RunConfig
 from bon.core.records import Candidate, Prompt
 from bon.engines.tokens import ContextLengthError, PromptFormatError, TokenizerOnly, digit_token_ids
+from bon.judges.autoj import AutoJOptions, AutoJudge
+from bon.judges.selfj import SelfJOptions, SelfJudge
 from bon.pipeline.policy import EnginePolicy
 from bon.pipeline.preflight import lengths
-from judges.autoj import AutoJOptions, AutoJudge
-from judges.selfj import SelfJOptions, SelfJudge
 
 FAMILIES = {
     "llama-spm": "ggml-vocab-llama-spm.gguf",

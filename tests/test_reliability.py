@@ -142,7 +142,7 @@ def test_config_refuses_non_numbers(override, needle):
 
 
 def test_non_finite_scores_are_refused_at_load(tmp_path):
-    from eval.benchmarks import load_scores
+    from bon.eval.benchmarks import load_scores
 
     for bad in ("NaN", "Infinity", "-Infinity"):
         path = tmp_path / "s.jsonl"
@@ -158,7 +158,7 @@ def test_non_finite_scores_are_refused_at_load(tmp_path):
 
 
 def test_boolean_preference_is_refused(tmp_path):
-    from eval.annotations import read_annotations
+    from bon.eval.annotations import read_annotations
 
     path = tmp_path / "a.json"
     path.write_text(json.dumps([{"instruction": "q", "output_1": "a", "output_2": "b", "preference": True}]))
@@ -288,7 +288,7 @@ def test_a_judge_that_scores_no_candidate_fails_loudly(tmp_path):
 
 
 def test_uneven_pool_uses_the_common_instructions_and_says_what_was_dropped(tmp_path):
-    from eval.pool import load_pool
+    from bon.eval.pool import load_pool
 
     write_pool(tmp_path / "pool", {"good": ["q1", "q2", "q3"], "bad": ["q1", "q3"], "mid": ["q1", "q2", "q3"]})
     pool = load_pool(tmp_path / "pool")

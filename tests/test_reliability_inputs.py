@@ -264,9 +264,9 @@ def test_every_file_a_run_writes_has_the_umasks_permissions_and_the_lock_is_gone
     import os
     import stat
 
+    from bon.eval.training import export_sft
     from bon.pipeline.rejudge import select_run
     from bon.pipeline.runner import run
-    from eval.training import export_sft
     from tests.conftest import FakePolicy, run_config
 
     old = os.umask(mask)

@@ -13,7 +13,7 @@ import pytest
 from bon.core.io import read_records, write_records_atomic
 from bon.core.records import Candidate, Judgement
 from bon.core.rundir import FILES
-from eval.metrics import TOO_FEW, p_value_text, paired_gain
+from bon.eval.metrics import TOO_FEW, p_value_text, paired_gain
 from tests.helpers import bon, one_clear_line
 
 
@@ -117,7 +117,7 @@ def test_select_pool_on_two_instructions_states_no_ci_or_p_value(pool_dir):
 
 @pytest.mark.parametrize("lam", ["0,0.01,0.02,0.03,1"])
 def test_the_length_sweep_plot_has_ci_bars_and_labels_apart(pool_dir, tmp_path, lam):
-    from eval.pool import _label_offsets
+    from bon.eval.pool import _label_offsets
 
     offsets = _label_offsets([100, 101, 102, 300], [50, 50.2, 50.1, 40])
     assert len(set(offsets[:3])) == 3 and offsets[3] == offsets[0]  # crowded points stack; a far one does not

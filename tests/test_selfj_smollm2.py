@@ -5,7 +5,7 @@ import torch
 
 from bon.core.records import Candidate, Prompt
 from bon.engines.tokens import digit_token_ids
-from judges.selfj import SelfJOptions, SelfJudge
+from bon.judges.selfj import SelfJOptions, SelfJudge
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bon.core.records import Prompt
-from judges.selfj_train import Example, combine, distill_loss, is_heldout, pair_ids, training_judges
+from bon.judges.selfj_train import Example, combine, distill_loss, is_heldout, pair_ids, training_judges
 
 
 def test_loss_matches_a_hand_computation():
@@ -59,7 +59,7 @@ def test_label_combination():
 
 @pytest.mark.slow
 def test_training_prompts_are_the_inference_prompts(smollm2):
-    from judges.selfj import SelfJOptions, SelfJudge
+    from bon.judges.selfj import SelfJOptions, SelfJudge
 
     ex = Example("a#0", Prompt("a", "What is 2+2?", reference="4"), "Four.", 7, "train")
     options = SelfJOptions(prompt_format="chat")
@@ -85,8 +85,8 @@ def test_train_then_judge_with_the_adapter(tmp_path, smollm2):
 
     from bon.core.config import ModelConfig
     from bon.engines.hf import HFModel
-    from judges.selfj import SelfJOptions, SelfJudge
-    from judges.selfj_train import TrainConfig, train
+    from bon.judges.selfj import SelfJOptions, SelfJudge
+    from bon.judges.selfj_train import TrainConfig, train
 
     data = tmp_path / "labels.jsonl"
     rows = [
@@ -148,7 +148,7 @@ def test_label_writes_both_parts_and_resumes(tmp_path, prompts_file, monkeypatch
     import json
 
     from bon.core.config import load_config
-    from judges.selfj_train import LabelConfig, label
+    from bon.judges.selfj_train import LabelConfig, label
 
     sets = [
         f"run.output_dir={tmp_path / 'run'}",
@@ -170,9 +170,9 @@ def test_label_writes_both_parts_and_resumes(tmp_path, prompts_file, monkeypatch
         assert (r["combined"], r["label"]) == combine(r["self_eval"], r["cosine"], 0.5, 0.5)
         assert r["split"] == ("heldout" if is_heldout(r["prompt_id"], 0.5) else "train")
     before = (tmp_path / "labels.jsonl").read_bytes()
+    from bon.judges.cosine import CosineJudge
+    from bon.judges.selfj import SelfJudge
     from bon.pipeline.policy import EnginePolicy
-    from judges.cosine import CosineJudge
-    from judges.selfj import SelfJudge
 
     def redone(*args, **kwargs):
         raise AssertionError("the resumed label step sampled or judged again")

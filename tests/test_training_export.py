@@ -11,9 +11,9 @@ import pytest
 from bon.core.io import write_records_atomic
 from bon.core.records import Candidate, Judgement, Selection
 from bon.core.rundir import FILES, RunDir
+from bon.eval.training import TrainingExportError, export_preferences, export_sft
 from bon.pipeline.rejudge import select_run
 from bon.pipeline.runner import run
-from eval.training import TrainingExportError, export_preferences, export_sft
 from tests.conftest import FakePolicy, run_config, two_turn_source
 from tests.helpers import bon, contents, one_clear_line
 

@@ -11,7 +11,7 @@ import pytest
 
 from bon.core.io import write_records_atomic
 from bon.core.records import Candidate
-from eval.view import page_json, run_data, write_view
+from bon.eval.view import page_json, run_data, write_view
 from tests.browser import Browser, find_chromium
 from tests.helpers import bon
 
@@ -128,8 +128,8 @@ def test_the_page_of_a_real_demo_run_in_a_browser(tmp_path):
 
 
 def _compared(tmp_path, pair_file, pool_dir) -> Path:  # the fixtures, passed on
-    from eval.compare import run_compare
-    from eval.compare_report import write_compare_report
+    from bon.eval.compare import run_compare
+    from bon.eval.compare_report import write_compare_report
     from tests.conftest import compare_config as _config
 
     cfg = _config(tmp_path, pair_file, pool_dir)
@@ -145,7 +145,7 @@ def _human_disagreements(bench: dict) -> int:
 
 
 def test_view_of_a_comparison_puts_the_human_verdict_beside_every_judge(tmp_path, pair_file, pool_dir):
-    from eval.view import compare_data
+    from bon.eval.view import compare_data
     from tests.conftest import PAIRS
 
     data = compare_data(_compared(tmp_path, pair_file, pool_dir))
@@ -161,7 +161,7 @@ def test_view_of_a_comparison_puts_the_human_verdict_beside_every_judge(tmp_path
 
 @needs_browser
 def test_the_page_of_a_comparison_switches_benchmarks_and_filters_disagreements(tmp_path, pair_file, pool_dir):
-    from eval.view import compare_data
+    from bon.eval.view import compare_data
 
     folder = _compared(tmp_path, pair_file, pool_dir)
     data = compare_data(folder)

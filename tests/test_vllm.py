@@ -13,8 +13,8 @@ pytest.importorskip("vllm", reason="vllm is not installed (pip install 'bon[vllm
 from bon.core.config import PolicyConfig  # noqa: E402
 from bon.core.records import Prompt  # noqa: E402
 from bon.engines.tokens import digit_token_ids  # noqa: E402
+from bon.judges.selfj import SelfJOptions, SelfJudge  # noqa: E402
 from bon.pipeline.policy import EnginePolicy  # noqa: E402
-from judges.selfj import SelfJOptions, SelfJudge  # noqa: E402
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
@@ -61,7 +61,7 @@ def test_reward_model_on_vllm_pooling_matches_transformers(smollm2, tmp_path):
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
     from bon.core.records import Candidate
-    from judges.reward_model import RewardModelJudge, RewardModelOptions
+    from bon.judges.reward_model import RewardModelJudge, RewardModelOptions
 
     torch.manual_seed(0)  # head_dim 64: vLLM's CPU attention has no kernel for tiny heads
     cfg = LlamaConfig(
@@ -87,7 +87,7 @@ def test_reward_model_on_vllm_pooling_matches_transformers(smollm2, tmp_path):
 
 def test_ppl_on_vllm_prompt_logprobs_matches_transformers(vllm_policy, smollm2):
     from bon.core.records import Candidate
-    from judges.ppl import PPLJudge
+    from bon.judges.ppl import PPLJudge
 
     cands = [Candidate("a", i, t, None, 1, 1, "stop", "x") for i, t in enumerate(["2 + 2 = 4.", "Blue whales sing."])]
     on_vllm = PPLJudge(engine=vllm_policy.engine).score(PROMPTS[:1], cands)

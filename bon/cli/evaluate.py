@@ -29,8 +29,8 @@ def winrate_cmd(
     ] = None,
 ) -> None:
     """Win rate, standard error, discrete and length-controlled win rate, by alpaca-eval's metrics."""
-    from eval.ae import full_winrate
-    from eval.annotations import read_annotations
+    from bon.eval.ae import full_winrate
+    from bon.eval.annotations import read_annotations
 
     with fail_clearly():
         result = full_winrate(read_annotations(annotations), lc_data=lc_data, source=str(annotations))
@@ -80,9 +80,9 @@ def select_pool_cmd(
     """How well a judge picks among candidates whose verdicts are already known."""
     from bon.cli.progress import RichProgress
     from bon.core.config import validate_options
-    from eval.metrics import ci_text
-    from eval.pool import REPORT, PoolOptions, evaluate_selector, gains, length_sweep, load_pool, write_reports
-    from judges import build_judge
+    from bon.eval.metrics import ci_text
+    from bon.eval.pool import REPORT, PoolOptions, evaluate_selector, gains, length_sweep, load_pool, write_reports
+    from bon.judges import build_judge
 
     start = time.perf_counter()
     with fail_clearly():
@@ -183,7 +183,7 @@ def pairwise_cmd(
 ) -> None:
     """Agreement of one judge with human pairwise labels (ties included), Auto-J leaderboard protocol."""
     from bon.cli.progress import RichProgress
-    from eval.compare import evaluate_pairwise_file
+    from bon.eval.compare import evaluate_pairwise_file
 
     start = time.perf_counter()
     with fail_clearly():
@@ -222,7 +222,7 @@ def export_cmd(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an earlier export of NAME")] = False,
 ) -> None:
     """results/NAME/model_outputs.json and models_configs/NAME/configs.yaml, checked against the 805 instructions."""
-    from eval.export import export_alpaca_eval
+    from bon.eval.export import export_alpaca_eval
 
     with fail_clearly():
         outputs, config = export_alpaca_eval(run_dir, name, out, reference_outputs, pretty_name, overwrite)
@@ -271,7 +271,7 @@ def alpaca_eval_cmd(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Annotate a run's outputs against the AlpacaEval baseline and report win rates."""
-    from eval.alpaca import run_alpaca_eval
+    from bon.eval.alpaca import run_alpaca_eval
 
     with fail_clearly():
         result = run_alpaca_eval(run_dir, version, annotator, reference_outputs, lc_data, backend, base_url=base_url)
@@ -304,7 +304,7 @@ def gain_cmd(
     ] = None,
 ) -> None:
     """Win rate of best-of-k for k = 1, 2, 4, ..., N from one run, with bootstrap CIs, PNG and markdown."""
-    from eval.gain import gain_report, summary_lines
+    from bon.eval.gain import gain_report, summary_lines
 
     with fail_clearly():
         report = gain_report(run_dir, version, annotator, reference_outputs, judge, lc_data=lc_data)
@@ -331,7 +331,7 @@ def export_mt_bench_cmd(
     ] = False,
 ) -> None:
     """OUT/model_answer/MODEL_ID.jsonl in FastChat's model-answer format, for gen_judgment.py and show_result.py."""
-    from eval.mt_bench import export_answers
+    from bon.eval.mt_bench import export_answers
 
     with fail_clearly():
         path, rows, judged = export_answers(run_dir, model_id, out, ratings, overwrite)
@@ -353,9 +353,9 @@ def mt_bench_cmd(
 ) -> None:
     """Mean MT-Bench rating per turn and category (as show_result.py), and best-of-k per turn with CIs and a PNG."""
     from bon.cli.progress import RichProgress
+    from bon.eval.mt_bench import fmt_rating as fmt
+    from bon.eval.mt_bench import gain_rows, mt_bench_report
     from bon.pipeline.rejudge import judge_run
-    from eval.mt_bench import fmt_rating as fmt
-    from eval.mt_bench import gain_rows, mt_bench_report
 
     with fail_clearly(writes=run_dir):
         if set_:

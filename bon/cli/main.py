@@ -138,8 +138,8 @@ def check(
     set_: Annotated[list[str] | None, typer.Option("--set", help="override a key: --set policy.model=PATH")] = None,
 ) -> None:
     """Preflight a run from tokenizers and configs only (no weights): exit 1 if anything is missing or wrong."""
+    from bon.judges import build_judge
     from bon.pipeline.preflight import check as preflight
-    from judges import build_judge
 
     with fail_clearly():
         cfg = load(config, list(set_ or []))
@@ -292,8 +292,8 @@ def compare(
     import json
 
     from bon.cli.progress import RichProgress
-    from eval.compare import CompareConfig, run_compare
-    from eval.compare_report import results_json, summary_lines, write_compare_report
+    from bon.eval.compare import CompareConfig, run_compare
+    from bon.eval.compare_report import results_json, summary_lines, write_compare_report
 
     with fail_clearly():
         cfg = load(config, list(set_ or []), CompareConfig)
@@ -314,7 +314,7 @@ def view(
     out: Annotated[Path | None, typer.Option("--out", help="the HTML file to write; default RUN/view.html")] = None,
 ) -> None:
     """Write one self-contained HTML page of a run: candidates ranked per prompt, filters, search; no server."""
-    from eval.view import write_view
+    from bon.eval.view import write_view
 
     notes: list[str] = []
     with fail_clearly():
@@ -331,7 +331,7 @@ def judges_list(
     ] = None,
 ) -> None:
     """Every registered judge, what it needs and what it runs on by default; or one judge's options."""
-    from judges import describe_judges, describe_options
+    from bon.judges import describe_judges, describe_options
 
     if options is not None:
         with fail_clearly():

@@ -22,7 +22,7 @@ def label_cmd(
 ) -> None:
     """Sample K responses per instruction, rate each by self-evaluation with reference + cosine, write the data."""
     from bon.cli.progress import RichProgress
-    from judges.selfj_train import LabelConfig, label
+    from bon.judges.selfj_train import LabelConfig, label
 
     with fail_clearly():
         cfg = load(config, list(set_ or []), LabelConfig)
@@ -40,7 +40,7 @@ def train_cmd(
     set_: Annotated[list[str] | None, typer.Option("--set", help="override a key: --set max_minutes=5")] = None,
 ) -> None:
     """LoRA self-distillation (teacher: with reference; student: without); resumable; writes an adapter."""
-    from judges.selfj_train import TrainConfig, train
+    from bon.judges.selfj_train import TrainConfig, train
 
     def show(row: dict) -> None:
         console.print(

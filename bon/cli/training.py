@@ -36,7 +36,7 @@ def _selection(decline_below: float | None, coverage: float | None, penalty: flo
 
 
 def _report(done: Any, push: str | None) -> None:
-    from eval.training import push_to_hub
+    from bon.eval.training import push_to_hub
 
     left = "; ".join(f"{n} {why}" for why, n in done.left_out.items()) or "nothing"
     console.print(
@@ -74,7 +74,7 @@ def preferences_cmd(
     push_to_hub: PushOpt = None,
 ) -> None:
     """Preference pairs (prompt, chosen, rejected) for DPO and reward-model training, as a Hugging Face dataset."""
-    from eval.training import export_preferences
+    from bon.eval.training import export_preferences
 
     with fail_clearly():
         done = export_preferences(
@@ -111,7 +111,7 @@ def sft_cmd(
     push_to_hub: PushOpt = None,
 ) -> None:
     """Rejection-sampling SFT rows (the kept answer per prompt, or the k best), as a Hugging Face dataset."""
-    from eval.training import export_sft
+    from bon.eval.training import export_sft
 
     with fail_clearly():
         selection = _selection(decline_below, coverage, length_penalty, tie_break)
