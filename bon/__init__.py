@@ -5,6 +5,7 @@ config, ``bon.run`` runs (or resumes) it and returns a ``bon.Run``, which reads,
 directory; ``bon.BestOfN`` does best-of-N in memory (in a training loop), one ``bon.Outcome`` per prompt;
 ``bon.load_model`` loads a model bon names as a transformers model of your own. Records:
 ``Prompt``, ``Candidate``, ``Judgement``, ``Selection``. Errors a user's input causes derive from ``bon.BonError``.
+Protocols for objects of your own: ``Judge`` (with its ``Declaration``) and ``Policy``.
 Importing bon loads nothing heavy: each name is imported when first used.
 """
 
@@ -28,6 +29,9 @@ _PUBLIC = {
     "Judgement": "bon.core.records",
     "Selection": "bon.core.records",
     "BonError": "bon.core.errors",
+    "Judge": "bon.core.protocol",
+    "Declaration": "bon.core.protocol",
+    "Policy": "bon.pipeline.policy",
     "ConfigError": "bon.core.errors",
 }
 __all__ = [
@@ -35,8 +39,11 @@ __all__ = [
     "BonError",
     "Candidate",
     "ConfigError",
+    "Declaration",
+    "Judge",
     "Judgement",
     "Outcome",
+    "Policy",
     "Prompt",
     "Run",
     "RunConfig",
@@ -51,7 +58,9 @@ if TYPE_CHECKING:
     from bon.best_of_n import BestOfN, Outcome
     from bon.core.config import RunConfig
     from bon.core.errors import BonError, ConfigError
+    from bon.core.protocol import Declaration, Judge
     from bon.core.records import Candidate, Judgement, Prompt, Selection
+    from bon.pipeline.policy import Policy
 
 
 def __getattr__(name: str) -> Any:

@@ -100,11 +100,20 @@ class Run:
         """Every selection, or those of one judge label."""
         return [s for s in self._rd.read(Selection) if judge is None or s.judge == judge]
 
-    def judge(self, name: str, options: Mapping[str, Any] | None = None, label: str | None = None) -> int:
-        """Score every candidate with another judge (as `bon judge`); returns the judgements made."""
+    def judge(
+        self,
+        name: str,
+        options: Mapping[str, Any] | None = None,
+        label: str | None = None,
+        *,
+        allow_unjudged: bool = False,
+        progress: Progress | None = None,
+    ) -> int:
+        """Score every candidate with another judge (``bon judge`` calls this); returns the judgements made. A judge
+        that scores none of some prompt's candidates is an error unless ``allow_unjudged``."""
         from bon.pipeline.rejudge import judge_run
 
-        return judge_run(self.path, name, dict(options or {}), label)
+        return judge_run(self.path, name, dict(options or {}), label, progress, allow_unjudged)
 
     def select(
         self,
@@ -122,20 +131,33 @@ class Run:
         return done.selections
 
     def export_preferences(
-        self, out: str | Path, judge: str | None = None, overwrite: bool = False, **options: Any
+        self,
+        out: str | Path,
+        judge: str | None = None,
+        overwrite: bool = False,
+        selection: Mapping[str, Any] | None = None,
+        **options: Any,
     ) -> Exported:
-        """Preference pairs as a dataset folder (as `bon export preferences`; options by their long names)."""
+        """Preference pairs as a dataset folder (``bon export preferences`` calls this; options by their long names:
+        ``strategy``, ``margin``, ``max_length_ratio``...). ``selection`` (``decline_below``, ``coverage``,
+        ``length_penalty``, ``tie_break``) selects afresh in memory; by default the judge's stored selections decide."""
         from bon.eval.training import export_preferences
 
-        return export_preferences(self.path, Path(out), judge, overwrite, **options)
+        return export_preferences(self.path, Path(out), judge, overwrite, _selection(selection), **options)
 
     def export_sft(
-        self, out: str | Path, judge: str | None = None, overwrite: bool = False, **options: Any
+        self,
+        out: str | Path,
+        judge: str | None = None,
+        overwrite: bool = False,
+        selection: Mapping[str, Any] | None = None,
+        **options: Any,
     ) -> Exported:
-        """SFT rows as a dataset folder (as `bon export sft`)."""
+        """SFT rows as a dataset folder (``bon export sft`` calls this; ``top_k``, ``min_score``, ``format``...);
+        ``selection`` as for `export_preferences`."""
         from bon.eval.training import export_sft
 
-        return export_sft(self.path, Path(out), judge, overwrite, **options)
+        return export_sft(self.path, Path(out), judge, overwrite, _selection(selection), **options)
 
     def rows(self) -> list[dict[str, Any]]:
         """One row per candidate: its prompt, text and finish, every judge's score (a column per label, None where it
@@ -174,6 +196,10 @@ class Run:
         import datasets
 
         return datasets.Dataset.from_list(self.rows())
+
+
+def _selection(selection: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    return None if selection is None else dict(selection)
 
 
 def _every_turn(run: Run) -> list[Prompt]:

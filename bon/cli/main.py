@@ -230,12 +230,14 @@ def judge(
     ] = False,
 ) -> None:
     """Score an existing run's candidates with another judge; candidates are never regenerated."""
+    from bon.api import Run
     from bon.cli.progress import RichProgress
-    from bon.pipeline.rejudge import judge_run
 
     start = time.perf_counter()
     with fail_clearly(writes=run_dir), RichProgress(console) as progress:
-        made = judge_run(run_dir, judge_name, options_from(set_), label, progress, allow_unjudged)
+        made = Run(run_dir).judge(
+            judge_name, options_from(set_), label, allow_unjudged=allow_unjudged, progress=progress
+        )
     console.print(
         f"{made} judgements by {label or judge_name} appended to "
         f"{run_dir}/judgements.jsonl in {time.perf_counter() - start:.1f} s"

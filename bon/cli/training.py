@@ -74,11 +74,10 @@ def preferences_cmd(
     push_to_hub: PushOpt = None,
 ) -> None:
     """Preference pairs (prompt, chosen, rejected) for DPO and reward-model training, as a Hugging Face dataset."""
-    from bon.eval.training import export_preferences
+    from bon.api import Run
 
     with fail_clearly():
-        done = export_preferences(
-            run_dir,
+        done = Run(run_dir).export_preferences(
             out,
             judge,
             overwrite,
@@ -111,10 +110,10 @@ def sft_cmd(
     push_to_hub: PushOpt = None,
 ) -> None:
     """Rejection-sampling SFT rows (the kept answer per prompt, or the k best), as a Hugging Face dataset."""
-    from bon.eval.training import export_sft
+    from bon.api import Run
 
     with fail_clearly():
         selection = _selection(decline_below, coverage, length_penalty, tie_break)
         options = {"top_k": top_k, "min_score": min_score, "format": format_, "keep_truncated": keep_truncated}
-        done = export_sft(run_dir, out, judge, overwrite, selection, **options)
+        done = Run(run_dir).export_sft(out, judge, overwrite, selection, **options)
     _report(done, push_to_hub)

@@ -39,6 +39,10 @@ class Declaration:
 
 
 class Judge(Protocol):
+    """What scores candidates: every judge bon ships, and what an outside judge is wrapped into (`bon.core.external`:
+    a class of yours needs only ``name`` and ``score`` returning one float, None or `Judgement` per candidate; a
+    TRL-style reward function ``f(prompts, completions, **kwargs)`` is one too)."""
+
     @property
     def name(self) -> str:
         """The name judgements carry."""

@@ -15,6 +15,9 @@ from bon.engines.tokens import ContextLengthError, effective_context, overflow_m
 
 
 class Policy(Protocol):
+    """What samples candidates: ``bon.run(config, policy=...)`` and ``bon.BestOfN(config, policy=...)`` take an object
+    of yours in place of the config's model (a prompt's candidates should depend only on ``seed`` and its id)."""
+
     @property
     def name(self) -> str:
         """The weights that sample, as candidates record them."""
