@@ -1,8 +1,8 @@
-"""The README's stated times against a run measured now, and the machine it ran on.
+"""The documentation's stated times against a run measured now, and the machine it ran on.
 
     .venv/bin/python benchmarks/readme_times.py [--long]
 
-Runs the README's runnable blocks in order in a temporary clone, as tests/test_readme.py does, and times
+Runs the runnable blocks of README.md and docs/ in order in a temporary clone, as tests/test_docs.py does, and times
 every command. A command whose comment states a time ("about 15 s", "under a minute", "51 s", "2 minutes")
 is compared with it, and so is the demo run of the README's first section ("About N s on 2 CPU cores");
 a stated time holds when the measured one is within 1.5x of it ("under": at most 1.5x). The machine is
@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.test_readme import BLOCKS, DEMO, README, make_clone, shell  # noqa: E402
+from tests.test_docs import BLOCKS, DEMO, README, make_clone, script, shell  # noqa: E402
 
 TOLERANCE = 1.5
 STATED = re.compile(r"\b(about|under|~)?\s*(a|\d+(?:\.\d+)?)\s*(s|seconds?|minutes?|min)\b", re.IGNORECASE)
@@ -88,7 +88,7 @@ def main() -> None:
         repo = make_clone(Path(tmp))
         t0 = time.perf_counter()
         out = shell(repo, DEMO)
-        rows.append(("README.md:13 " + DEMO, time.perf_counter() - t0, verdict(time.perf_counter() - t0, demo_claim())))
+        rows.append(("README.md " + DEMO, time.perf_counter() - t0, verdict(time.perf_counter() - t0, demo_claim())))
         if out.returncode != 0:
             raise SystemExit(f"the demo run failed:\n{out.stderr[-2000:]}")
         print(f"{rows[-1][1]:7.1f} s  {rows[-1][0][:70]}  {rows[-1][2]}", flush=True)
@@ -97,18 +97,18 @@ def main() -> None:
                 continue
             for cmd in block.commands:
                 t0 = time.perf_counter()
-                out = shell(repo, "\n".join([*cmd.env, cmd.text]))
+                out = shell(repo, script(block, cmd))
                 seconds = time.perf_counter() - t0
                 comment = cmd.text.split("#", 1)[1] if "#" in cmd.text else ""
                 first = cmd.text.splitlines()[0].split("#")[0].strip()
-                rows.append((f"README.md:{cmd.line} {first}", seconds, verdict(seconds, stated(comment))))
+                rows.append((f"{block.page}:{cmd.line} {first}", seconds, verdict(seconds, stated(comment))))
                 print(f"{seconds:7.1f} s  {rows[-1][0][:70]}  {rows[-1][2]}  (exit {out.returncode})", flush=True)
     checked = [r for r in rows if r[2]]
     off = [r for r in checked if r[2].endswith("OFF")]
     total = sum(r[1] for r in rows)
     print(f"\n{len(rows)} commands in {total:.0f} s; {len(checked)} stated times, {len(off)} off by more than 1.5x")
     for name, seconds, said in off:
-        print(f"  {name[:60]}: measured {seconds:.1f} s, README says {said}")
+        print(f"  {name[:60]}: measured {seconds:.1f} s, the docs say {said}")
 
 
 if __name__ == "__main__":

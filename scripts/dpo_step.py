@@ -1,4 +1,4 @@
-"""DPO on a `bon export preferences` folder with TRL's own trainer: the README's "Training on a run".
+"""DPO on a `bon export preferences` folder with TRL's own trainer: docs/tasks/training.md.
 
     .venv/bin/python scripts/dpo_step.py runs/demo-prefs --steps 1 --out runs/demo-dpo
 

@@ -26,7 +26,7 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests that start Ray run on one worker, one after another (one local Ray instance at a time); grouped tests
-    (the README's blocks and Ray: the longest chains) are handed out first, so the short ones fill the gaps at the
+    (the documentation's blocks and Ray: the longest chains) are handed out first, so the short ones fill the gaps at the
     end instead of one worker finishing a long chain alone."""
     for item in items:
         if item.get_closest_marker("ray") and not item.get_closest_marker("xdist_group"):

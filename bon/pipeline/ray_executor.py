@@ -154,7 +154,7 @@ def check_fits(asked: dict[str, float], have: dict[str, float]) -> None:
         raise ExecutorError(
             f"the run asks Ray for {_fmt(asked)} but the cluster has {_fmt(have)} "
             f"(short of {', '.join(short)}); lower ray.policy_replicas / ray.judge_replicas or the "
-            "per-actor num_cpus / num_gpus, or add nodes (README: running on a cluster)"
+            "per-actor num_cpus / num_gpus, or add nodes (docs/tasks/ray.md: on a cluster)"
         )
 
 
