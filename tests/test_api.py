@@ -150,3 +150,33 @@ def test_a_users_own_eval_and_judges_modules_do_not_shadow_bons(finished, tmp_pa
     out = subprocess.run([sys.executable, "main.py"], cwd=project, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["15", "5"]
+
+
+@pytest.mark.slow
+def test_a_run_from_python_and_one_from_the_cli_with_the_same_config_are_byte_identical(tmp_path, prompts_file):
+    import yaml
+
+    made = {}
+    for way in ("python", "cli"):
+        cfg = bon.load_config(
+            n=2,
+            judge={"name": "length"},
+            policy={"max_tokens": 8},
+            prompts={"source": str(prompts_file), "limit": 2},
+            output_dir=str(tmp_path / way),
+        )
+        if way == "python":
+            bon.run(cfg)
+        else:
+            path = tmp_path / "config.yaml"
+            path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+            assert bon_cli("run", str(path)).returncode == 0
+        made[way] = contents(tmp_path / way)
+    assert sorted(made["python"]) == sorted(made["cli"])
+    for name in made["python"]:
+        if name != "manifest.json":  # it names its own output_dir and time
+            assert made["python"][name] == made["cli"][name], name
+    manifests = [json.loads(made[way]["manifest.json"]) for way in made]
+    for m in manifests:  # apart from where and when it was made
+        m["config"].pop("output_dir"), m.pop("created")
+    assert manifests[0] == manifests[1]
