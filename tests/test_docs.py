@@ -25,7 +25,9 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 SHARED = ROOT.parent / "shared"
-MARK = re.compile(r"^<!-- doc-test: (run(, needs \.\./shared)?|skip: (.+)) -->$")
+# run[, needs ../shared][, long]: long blocks (over a minute on 2 cores, reading no other block's run) are in the
+# `long` tier that .ci/run runs after the test command
+MARK = re.compile(r"^<!-- doc-test: (run(, needs \.\./shared)?(, long)?|skip: (.+)) -->$")
 FENCE = re.compile(r"^```([A-Za-z0-9_+-]+)\s*$")  # a block with a language; bare ``` blocks are output, not code
 RUNS = ("bash", "python")  # the languages a block may be run in
 ASSIGN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=\S*(\s+#.*)?$")  # a line that only assigns (a command may start with one)
@@ -73,6 +75,7 @@ class Block:
     lang: str  # bash or python
     skip: str | None  # why it is not run here; None: run it
     needs_shared: bool = False  # its commands read ../shared/data, named or through a config
+    long: bool = False  # over a minute: run in the `long` tier
     commands: list[Command] = field(default_factory=list)  # bash: one per command; python: the whole block
 
     @property
@@ -95,9 +98,9 @@ def read_blocks(text: str, page: str = "README.md") -> list[Block]:
         marker = MARK.match(lines[i - 1].strip()) if i else None
         if marker is None:
             raise AssertionError(f"{page}:{i + 1}: a {lang} block without a doc-test marker on the line above")
-        if marker.group(3) is None and lang not in RUNS:
+        if marker.group(4) is None and lang not in RUNS:
             raise AssertionError(f"{page}:{i + 1}: a {lang} block marked run; only {', '.join(RUNS)} blocks run")
-        block = Block(page, i + 1, lang, marker.group(3), needs_shared=marker.group(2) is not None)
+        block = Block(page, i + 1, lang, marker.group(4), marker.group(2) is not None, marker.group(3) is not None)
         end = next(j for j in range(i + 1, len(lines)) if lines[j].strip() == "```")
         body = lines[i + 1 : end]
         if lang == "python":
@@ -176,6 +179,16 @@ def test_every_block_is_marked_and_the_parser_reads_commands_and_promises():
     with pytest.raises(AssertionError, match="README.md:2: a yaml block marked run"):
         read_blocks("<!-- doc-test: run -->\n```yaml\na: 1\n```\n")
     assert read_blocks("```\nUsage: bon run\n```\n") == []  # output, not code
+    [long] = read_blocks("<!-- doc-test: run, needs ../shared, long -->\n```bash\nls\n```\n")
+    assert (long.long, long.needs_shared, long.skip) == (True, True, None)
+
+
+def test_a_long_block_reads_no_run_another_block_makes():
+    # the `long` tier runs without the default tier's blocks: a long block must stand alone in its group
+    for block, group in zip(BLOCKS, groups(BLOCKS)):
+        if block.long:
+            others = [b.where for b, g in zip(BLOCKS, groups(BLOCKS)) if g == group and b is not block and not b.skip]
+            assert others == [], f"{block.where} is long but shares its runs with {others}"
 
 
 def test_the_site_builds_strict_with_every_public_name_command_and_config_key(tmp_path):
@@ -280,7 +293,10 @@ def clone(tmp_path_factory) -> Path:
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "block",
-    [pytest.param(b, marks=pytest.mark.xdist_group(g), id=b.where) for b, g in zip(BLOCKS, groups(BLOCKS))],
+    [
+        pytest.param(b, marks=[pytest.mark.xdist_group(g), *([pytest.mark.long] if b.long else [])], id=b.where)
+        for b, g in zip(BLOCKS, groups(BLOCKS))
+    ],
 )
 def test_doc_block(block: Block, clone: Path):
     if block.skip is not None:

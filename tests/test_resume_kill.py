@@ -88,6 +88,7 @@ def kill_loop(cmd: list[str], kills: int, whole: float, idle: float, rng) -> Non
     timed(cmd)
 
 
+@pytest.mark.long  # over a minute on 2 cores: .ci/run's second tier
 def test_kill_loop_of_run_and_judge_matches_uninterrupted(tmp_path, reference):
     """Ten kill -9 at random moments: six of `bon run` (loading, sampling, judging, writing), then four of
     `bon judge`, each resumed: the files equal an uninterrupted run's."""
