@@ -32,7 +32,7 @@ def main() -> None:
     import torch
 
     from bon.core.config import ModelConfig
-    from bon.engines.base import SamplingSettings
+    from bon.engines.contract import SamplingSettings
     from bon.engines.hf import HFModel
     from tests.helpers import plain_loop_text  # the oracle of the determinism test
 

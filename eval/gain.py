@@ -13,7 +13,7 @@ from pathlib import Path
 
 from bon.core.records import Candidate, Judgement, by_key
 from bon.core.rundir import RunDirError, load_run
-from bon.engines.base import derive_seed
+from bon.engines.contract import derive_seed
 from bon.eval.ae import full_winrate, winrate
 from bon.eval.alpaca import annotations_for, check_annotator, match_baseline, reference_rows
 from bon.eval.annotations import Annotation

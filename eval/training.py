@@ -25,7 +25,7 @@ from bon.core.errors import BonError, did_you_mean
 from bon.core.outputs import check_folder, replace_folder
 from bon.core.records import Candidate, Judgement, Prompt, Selection
 from bon.core.rundir import config_digest, load_run
-from bon.engines.base import derive_seed
+from bon.engines.contract import derive_seed
 from bon.pipeline.rejudge import judgements_of, run_candidates, run_prompts, selections_for
 
 STRATEGIES = ("best-worst", "best-random", "margin")

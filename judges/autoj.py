@@ -16,8 +16,8 @@ from pydantic import Field
 from bon.core.config import ModelConfig
 from bon.core.judging import Declaration
 from bon.core.records import Candidate, Judgement, Prompt
-from bon.engines.base import SamplingSettings
-from bon.judges.base import PromptJudge, instruction_in_context, prompts_by_id, read_prompt_template
+from bon.engines.contract import SamplingSettings
+from bon.judges.model_judge import PromptJudge, instruction_in_context, prompts_by_id, read_prompt_template
 
 AUTOJ_HUB_ID = "GAIR/autoj-13b"
 _RATING = re.compile(r"Rating: \[\[")

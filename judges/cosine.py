@@ -10,7 +10,7 @@ from pydantic import Field
 from bon.core.config import Strict
 from bon.core.judging import Declaration
 from bon.core.records import Candidate, Judgement, Prompt
-from bon.judges.base import prompts_by_id
+from bon.judges.model_judge import prompts_by_id
 
 EMBEDDER = "embedded:all-MiniLM-L6-v2"
 

@@ -24,9 +24,9 @@ from bon.core.config import ModelConfig
 from bon.core.io import DataFileError, read_json_rows
 from bon.core.judging import Declaration
 from bon.core.records import Candidate, Judgement, Prompt
-from bon.engines.base import SamplingSettings
+from bon.engines.contract import SamplingSettings
 from bon.engines.tokens import digit_token_ids
-from bon.judges.base import PromptJudge, prompts_by_id
+from bon.judges.model_judge import PromptJudge, prompts_by_id
 from bon.judges.selfj import expected_score
 
 NEED_REF_CATS = ("math", "reasoning", "coding", "arena-hard-200")  # FastChat's common.NEED_REF_CATS

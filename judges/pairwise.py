@@ -19,9 +19,9 @@ from bon.core.config import ModelConfig, Strict
 from bon.core.judging import Declaration, build_judge, nested_judge_options, nested_options
 from bon.core.records import Candidate, Judgement, Prompt
 from bon.core.registry import Registry
-from bon.engines.base import SamplingSettings
+from bon.engines.contract import SamplingSettings
 from bon.judges.autoj import AUTOJ_HUB_ID, wrap
-from bon.judges.base import UsesEngine, prompts_by_id, read_prompt_template
+from bon.judges.model_judge import UsesEngine, prompts_by_id, read_prompt_template
 
 FIRST, SECOND, TIE = 0, 1, 2
 

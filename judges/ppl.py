@@ -9,7 +9,7 @@ from pydantic import Field
 from bon.core.config import ModelConfig
 from bon.core.judging import Declaration
 from bon.core.records import Candidate, Judgement, Prompt
-from bon.judges.base import UsesEngine, prompts_by_id
+from bon.judges.model_judge import UsesEngine, prompts_by_id
 
 
 class PPLOptions(ModelConfig):

@@ -10,7 +10,7 @@ from pydantic import Field
 from bon.core.config import Strict
 from bon.core.judging import Declaration
 from bon.core.records import Candidate, Judgement, Prompt
-from bon.engines.base import derive_seed
+from bon.engines.contract import derive_seed
 
 
 class RandomOptions(Strict):

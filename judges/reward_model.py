@@ -15,7 +15,7 @@ from pydantic import Field
 from bon.core.config import ModelConfig
 from bon.core.judging import Declaration
 from bon.core.records import Candidate, Judgement, Prompt
-from bon.judges.base import prompts_by_id
+from bon.judges.model_judge import prompts_by_id
 
 RM_HUB_ID = "Skywork/Skywork-Reward-Llama-3.1-8B-v0.2"
 

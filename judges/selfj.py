@@ -18,7 +18,7 @@ from bon.core.config import ModelConfig
 from bon.core.judging import Declaration
 from bon.core.records import Candidate, Judgement, Prompt
 from bon.engines.tokens import digit_token_ids
-from bon.judges.base import PromptJudge, instruction_in_context, prompts_by_id, read_prompt_template
+from bon.judges.model_judge import PromptJudge, instruction_in_context, prompts_by_id, read_prompt_template
 
 SELFJ_HUB_ID = "oceanpty/Self-J"  # the released Self-J-13B weights
 

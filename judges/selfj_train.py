@@ -28,7 +28,7 @@ from pydantic import Field, field_validator
 from bon.core.config import ModelConfig, RunConfig, Strict
 from bon.core.io import DataFileError, append_jsonl, read_json, read_json_rows, write_json_atomic, write_jsonl_atomic
 from bon.core.records import Candidate, Judgement, Prompt, by_key, by_prompt
-from bon.engines.base import derive_seed
+from bon.engines.contract import derive_seed
 from bon.judges.cosine import CosineOptions
 from bon.judges.selfj import SelfJOptions, SelfJudge
 from bon.pipeline.rejudge import judge_run

@@ -123,7 +123,7 @@ def plain_loop_text(engine, ids: list[int], seed: int, index: int, settings) -> 
     plain loop that recomputes the whole sequence for it alone, with the same uniforms of its own seed."""
     import torch
 
-    from bon.engines.base import derive_seed
+    from bon.engines.contract import derive_seed
     from bon.engines.sampling import pick
 
     u = torch.rand(

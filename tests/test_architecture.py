@@ -129,6 +129,17 @@ def test_no_import_cycle():
     assert cycles(imports(modules())) == []
 
 
+def test_one_module_name_one_meaning():
+    # engines/base.py beside judges/base.py, cli/training.py beside eval/training.py: a name read alone misleads
+    names: dict[str, list[str]] = {}
+    for module in modules():
+        leaf = module.rpartition(".")[2]
+        if leaf not in PACKAGES.values() and leaf not in ("bon", "__main__") and "." in module:
+            names.setdefault(leaf, []).append(module)
+    packages = {m for m, path in modules().items() if path.name == "__init__.py"}
+    assert {leaf: ms for leaf, ms in names.items() if len([m for m in ms if m not in packages]) > 1} == {}
+
+
 def test_the_checks_can_fail():
     # an upward edge and a cycle planted in a copy of the real graph are found
     graph = imports(modules())

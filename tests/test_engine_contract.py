@@ -12,7 +12,7 @@ import torch
 
 from bon.core.config import EarlyRejectionConfig, PolicyConfig
 from bon.core.records import Prompt
-from bon.engines.base import (
+from bon.engines.contract import (
     DecodeLoop,
     EngineError,
     EngineInvariantError,

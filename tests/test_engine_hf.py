@@ -5,7 +5,7 @@ import torch
 
 from bon.core.config import ModelConfig, PolicyConfig
 from bon.core.records import Prompt
-from bon.engines.base import derive_seed
+from bon.engines.contract import derive_seed
 from bon.engines.models import embedded_path
 from bon.pipeline.policy import EnginePolicy, prompt_seed
 from tests.helpers import plain_loop_text
@@ -52,7 +52,7 @@ def test_batched_sampler_equals_one_candidate_at_a_time(smollm2):
     """The determinism contract of the batched sampler: prefilling once, expanding the KV cache to N rows,
     decoding prompts together and dropping finished rows give each candidate exactly the tokens of a
     plain loop that recomputes the whole sequence for it alone, with the same uniforms of its own seed."""
-    from bon.engines.base import SamplingSettings
+    from bon.engines.contract import SamplingSettings
 
     s = SamplingSettings(temperature=1.0, top_p=0.9, max_tokens=10)
     prompts = [smollm2.chat_ids([{"role": "user", "content": p.instruction}]) for p in PROMPTS]
@@ -92,7 +92,7 @@ def test_ppl_scores_with_a_shared_prompt_equal_each_sequence_alone(smollm2):
 def test_continuous_batching_mixes_prompts_and_keeps_each_candidates_tokens(smollm2):
     """A decode step holds rows of prompts that waves of 2 would have separated, and every candidate gets
     the tokens the wave sampler gives it (its own uniforms; neighbours change only float rounding)."""
-    from bon.engines.base import SamplingSettings
+    from bon.engines.contract import SamplingSettings
 
     s = SamplingSettings(temperature=0.7, top_p=0.95, max_tokens=24)
     texts = ["Name a fruit.", "Say hello in French.", "What is 2+2?", "Name a colour.", "Count to three.", "Hi!"]
@@ -109,7 +109,7 @@ def test_continuous_batching_mixes_prompts_and_keeps_each_candidates_tokens(smol
 
 
 def test_continuous_batching_holds_its_kv_budget(smollm2):
-    from bon.engines.base import EngineError, SamplingSettings
+    from bon.engines.contract import EngineError, SamplingSettings
 
     s = SamplingSettings(temperature=1.0, top_p=1.0, max_tokens=16)
     prompts = [smollm2.chat_ids([{"role": "user", "content": f"Tell me about the number {i}."}]) for i in range(5)]
@@ -144,7 +144,7 @@ def test_paused_rows_keep_their_cache_and_survivors_get_their_full_best_of_n_tok
     must match exactly; sampled tokens may flip where the inverse CDF sits within float rounding of a
     boundary (other neighbours), so there most candidates must match: a cache or position wrong after
     resuming would change nearly every one."""
-    from bon.engines.base import SamplingSettings
+    from bon.engines.contract import SamplingSettings
 
     s = SamplingSettings(temperature=temperature, top_p=1.0, max_tokens=16)
     texts = ["Name a fruit.", "Say hello in French.", "Name a colour.", "Count to three."]
@@ -175,7 +175,7 @@ def test_paused_rows_keep_their_cache_and_survivors_get_their_full_best_of_n_tok
 
 
 def test_resubmitting_loop_pauses_and_rejects_like_the_decode_loop(smollm2):
-    from bon.engines.base import SamplingSettings
+    from bon.engines.contract import SamplingSettings
     from bon.pipeline.early_rejection import Resubmit
 
     s = SamplingSettings(temperature=1.0, top_p=1.0, max_tokens=10)

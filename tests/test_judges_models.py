@@ -8,7 +8,7 @@ from bon.core.records import Candidate, Prompt
 from bon.engines.models import embedded_path
 from bon.judges import build_judge
 from bon.judges.autoj import AutoJOptions, AutoJudge
-from bon.judges.base import prompts_by_id
+from bon.judges.model_judge import prompts_by_id
 from bon.judges.ppl import PPLJudge
 from bon.judges.reward_model import RewardModelJudge, RewardModelOptions
 from bon.pipeline.selection import select

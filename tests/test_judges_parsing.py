@@ -7,7 +7,7 @@ import pytest
 
 from bon.core.config import SelectionConfig
 from bon.core.records import Candidate, Judgement, Prompt
-from bon.engines.base import derive_seed
+from bon.engines.contract import derive_seed
 from bon.judges import build_judge, describe_judges
 from bon.judges.autoj import parse_rating
 from bon.judges.pairwise import FIRST, SECOND, TIE, PairVerdict, PairwiseRanking, _both_orders, parse_decision

@@ -12,8 +12,8 @@ import pytest
 from bon.core.config import load_config
 from bon.core.records import Message, Prompt
 from bon.core.rundir import RunDir
-from bon.engines.base import Sample
-from bon.eval.mt_bench import export_answers, mt_bench_report
+from bon.engines.contract import Sample
+from bon.eval.mt_bench_run import export_answers, mt_bench_report
 from bon.judges.mt_bench import SHIPPED, MTBenchJudge, MTBenchOptions, parse_rating
 from bon.pipeline.rejudge import judge_run, run_prompts
 from bon.pipeline.runner import run

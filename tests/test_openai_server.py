@@ -22,7 +22,7 @@ import pytest
 from bon.core.config import load_config
 from bon.core.records import Candidate, Judgement
 from bon.core.rundir import RunDir
-from bon.engines.base import EngineError
+from bon.engines.contract import EngineError
 from bon.engines.models import ModelLoadError
 from bon.pipeline.runner import run
 from tests.conftest import two_turn_source

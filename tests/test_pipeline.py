@@ -156,7 +156,7 @@ def test_prompts_over_the_policy_context_are_skipped_or_truncated_with_a_flag(tm
 
 @pytest.mark.slow
 def test_engine_refuses_a_sequence_longer_than_its_context(smollm2):
-    from bon.engines.base import SamplingSettings
+    from bon.engines.contract import SamplingSettings
     from bon.engines.tokens import ContextLengthError
 
     with pytest.raises(ContextLengthError, match=r"#1 \(8190 tokens\)"):

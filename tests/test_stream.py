@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from bon.engines.base import SamplingSettings
+from bon.engines.contract import SamplingSettings
 from bon.engines.stream import DecodeSession
 from tests.helpers import prompts_of_random_tokens as _prompts
 from tests.helpers import tiny_engine

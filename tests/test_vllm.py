@@ -179,7 +179,7 @@ GREEDY_PROMPTS = [Prompt("g1", "Name three colours."), Prompt("g2", "What is the
 def test_greedy_smollm2_gives_the_same_token_ids_on_transformers_and_vllm(vllm_policy, smollm2, monkeypatch):
     """One end-of-sequence rule: the same greedy candidates, token ids and counts, on both engines; and with a
     second end id (the '.' token, as a config with two eos ids makes it) both stop there and record it alike."""
-    from bon.engines.base import SamplingSettings
+    from bon.engines.contract import SamplingSettings
 
     s = SamplingSettings(temperature=0.0, top_p=1.0, max_tokens=24)
     hf = EnginePolicy(PolicyConfig(max_tokens=24, temperature=0.0), engine=smollm2)
@@ -202,7 +202,7 @@ def test_greedy_smollm2_gives_the_same_token_ids_on_transformers_and_vllm(vllm_p
 def test_an_interrupted_vllm_run_leaves_no_request_and_the_callers_params_unchanged(vllm_policy, monkeypatch):
     from vllm.sampling_params import RequestOutputKind
 
-    from bon.engines.base import SamplingSettings
+    from bon.engines.contract import SamplingSettings
 
     engine = vllm_policy.engine
     params = engine.params(2, 0, SamplingSettings(1.0, 1.0, 24))

@@ -331,7 +331,7 @@ def export_mt_bench_cmd(
     ] = False,
 ) -> None:
     """OUT/model_answer/MODEL_ID.jsonl in FastChat's model-answer format, for gen_judgment.py and show_result.py."""
-    from bon.eval.mt_bench import export_answers
+    from bon.eval.mt_bench_run import export_answers
 
     with fail_clearly():
         path, rows, judged = export_answers(run_dir, model_id, out, ratings, overwrite)
@@ -353,8 +353,8 @@ def mt_bench_cmd(
 ) -> None:
     """Mean MT-Bench rating per turn and category (as show_result.py), and best-of-k per turn with CIs and a PNG."""
     from bon.cli.progress import RichProgress
-    from bon.eval.mt_bench import fmt_rating as fmt
-    from bon.eval.mt_bench import gain_rows, mt_bench_report
+    from bon.eval.mt_bench_run import fmt_rating as fmt
+    from bon.eval.mt_bench_run import gain_rows, mt_bench_report
     from bon.pipeline.rejudge import judge_run
 
     with fail_clearly(writes=run_dir):

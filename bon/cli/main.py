@@ -13,8 +13,8 @@ from rich.text import Text
 
 from bon.cli.common import BonApp, console, err_console, fail_clearly, load, options_from, show, tagged
 from bon.cli.evaluate import eval_app, export_app
-from bon.cli.selfj import selfj_app
-from bon.cli.training import preferences_cmd, sft_cmd
+from bon.cli.selfj_commands import selfj_app
+from bon.cli.training_exports import preferences_cmd, sft_cmd
 
 app = BonApp(help="Best-of-N sampling with judges.", no_args_is_help=True, add_completion=False)
 judges_app = typer.Typer(help="Inspect the registered judges.", no_args_is_help=True)

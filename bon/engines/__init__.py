@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from bon.core.config import ModelConfig
 from bon.core.registry import Registry
-from bon.engines.base import LanguageModel, Sample, SamplingSettings, derive_seed
+from bon.engines.contract import LanguageModel, Sample, SamplingSettings, derive_seed
 
 ENGINES: Registry = Registry(
     "backend",

@@ -20,8 +20,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from bon.core.config import ModelConfig
-from bon.engines.base import DecodeLoop, Sample, SamplingSettings
 from bon.engines.cache import ENGINES
+from bon.engines.contract import DecodeLoop, Sample, SamplingSettings
 from bon.engines.kv import KVCache, forward_kwargs
 from bon.engines.memory import MemoryPlan, dtype_name, plan
 from bon.engines.models import (

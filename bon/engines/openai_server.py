@@ -17,8 +17,8 @@ from functools import partial
 from typing import Any, TypeVar
 
 from bon.core.config import ModelConfig
-from bon.engines.base import DecodeLoop, EngineError, Sample, SamplingSettings, derive_seed
 from bon.engines.cache import ENGINES
+from bon.engines.contract import DecodeLoop, EngineError, Sample, SamplingSettings, derive_seed
 from bon.engines.models import ModelLoadError, first_line
 from bon.engines.tokens import Tokenized, TokenizerOnly
 

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import torch
 
-from bon.engines.base import SamplingSettings
+from bon.engines.contract import SamplingSettings
 
 
 def uniforms(seeds: Sequence[int], steps: int) -> torch.Tensor:

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 import torch
 
-from bon.engines.base import EngineError, EngineInvariantError, Sample, SamplingSettings, derive_seed
+from bon.engines.contract import EngineError, EngineInvariantError, Sample, SamplingSettings, derive_seed
 from bon.engines.kv import KVCache, Layers
 from bon.engines.sampling import left_padded, pick, uniforms
 
@@ -211,7 +211,7 @@ class SessionStats:
 
 
 class DecodeSession:
-    """A continuous decode loop over an `HFModel` (a `bon.engines.base.PausableLoop`).
+    """A continuous decode loop over an `HFModel` (a `bon.engines.contract.PausableLoop`).
 
     ``waves``: admit prompts only into an empty batch (models whose sliding-window caches cannot be merged
     across prompts): the budgets hold as for continuous batching; pausing is refused.
@@ -464,7 +464,7 @@ class DecodeSession:
 
 
 class WaveLoop:
-    """A `bon.engines.base.DecodeLoop` (not pausable) for models whose caches cannot be merged across prompts:
+    """A `bon.engines.contract.DecodeLoop` (not pausable) for models whose caches cannot be merged across prompts:
     a `DecodeSession` in waves, within the same budgets."""
 
     def __init__(self, engine: Forwarder, settings: SamplingSettings, max_rows: int, max_kv_tokens: int):

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from bon.core.config import ModelConfig
-from bon.engines.base import DecodeLoop, EngineError, Sample, SamplingSettings, without_end
 from bon.engines.cache import ENGINES
+from bon.engines.contract import DecodeLoop, EngineError, Sample, SamplingSettings, without_end
 from bon.engines.models import (
     ModelLoadError,
     first_line,
@@ -203,7 +203,7 @@ FINISHED = ("stop", "length")  # vLLM's finish reasons of a sequence that ended 
 
 def samples_of(outputs: Sequence[Any], prompt_tokens: int, seed: int, eos_ids: frozenset[int]) -> list[Sample]:
     """vLLM's completion outputs as samples: a final end id is dropped from the tokens (and counted), as the
-    transformers engine records it (`bon.engines.base.without_end`). A sequence vLLM did not finish (``abort``,
+    transformers engine records it (`bon.engines.contract.without_end`). A sequence vLLM did not finish (``abort``,
     ``error``, none) is refused: recorded as finished, a cut-off answer would be judged and could be selected."""
     unfinished = [o for o in outputs if o.finish_reason not in FINISHED]
     if unfinished:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from bon.core.config import EarlyRejectionConfig
 from bon.core.judging import Judge
 from bon.core.records import Candidate, Judgement, Key, Prompt, by_key
-from bon.engines.base import EngineError, LanguageModel, PausableLoop, Sample, SamplingSettings, derive_seed
+from bon.engines.contract import EngineError, LanguageModel, PausableLoop, Sample, SamplingSettings, derive_seed
 from bon.pipeline.policy import EnginePolicy, prompt_seed
 
 REJECTED = "rejected"

@@ -10,7 +10,7 @@ from bon.core.config import PolicyConfig
 from bon.core.formats import CHAT, render
 from bon.core.records import Candidate, Prompt
 from bon.engines import LanguageModel, Sample, SamplingSettings, derive_seed, load_engine
-from bon.engines.base import DecodeLoop, StreamingModel, Tokens
+from bon.engines.contract import DecodeLoop, StreamingModel, Tokens
 from bon.engines.tokens import ContextLengthError, effective_context, overflow_message
 
 
