@@ -24,7 +24,7 @@ from bon.core.rundir import FILES, RunDir
 from bon.engines.tokens import ContextLengthError
 from bon.pipeline.executors import Executor, Pending, make_executor
 from bon.pipeline.policy import Policy
-from bon.pipeline.preflight import lengths, require_run_weights
+from bon.pipeline.preflight import LengthPlan, lengths, require_run_weights
 from bon.pipeline.scoring import ScoreMissing
 from bon.pipeline.selection import AGAIN, char_lengths, check_judged, cover, flag_counts, secondary_judge, select_prompt
 from bon.pipeline.turns import following, last_turn_bound, turn_ids
@@ -218,6 +218,30 @@ def run(
     progress = progress or Silent()
     prompts = load_prompts(config.prompts)
     judge = judge or build_judge(config.judge.name, config.judge.options)
+    plan = _preflight(config, prompts, judge, check_policy=policy is None)  # before the run directory exists
+    description = judge.describe()
+    with lock_dir(config.output_dir):  # one process per run directory
+        rd, notes = RunDir.open(config, {"judge_description": description}, prompts)
+        state = RunState.read(rd, config, judge.name)
+        planned = [pid for p in prompts if p.id not in plan.skipped for pid in turn_ids(p)]
+        for note in [*notes, *_resumed(state, planned), *plan.notes]:
+            progress.note(note)
+        _start(progress, state, planned)
+        result = RunResult(rd, [], [], description, scale=judge.declaration.scale)
+        t0 = time.perf_counter()
+        with executor or make_executor(config, judge, policy, progress.note) as ex:
+            work = _turns(config, prompts, plan, judge, state, ex, progress, result, check_policy=policy is None)
+            result.seconds.update(ex.stage_seconds())
+        result.seconds["wall"] = time.perf_counter() - t0
+        _finish(config, prompts, judge, state, result, work)
+    if not config.allow_unjudged:
+        check_judged(judge.name, {p.id: state.judgements(p) for p in work}, kept=AGAIN.format(label=judge.name))
+    return result
+
+
+def _preflight(config: RunConfig, prompts: list[Prompt], judge: Judge, check_policy: bool) -> LengthPlan:
+    """Everything refused before any work: conversations the format or judge cannot take, a coverage over
+    conversations, weights that cannot load, prompts that do not fit (a conversation counted with empty answers)."""
     check_conversations(judge, prompts, config.policy.prompt_format)
     if config.selection.coverage is not None and any(p.later_turns for p in prompts):
         raise ConfigError(
@@ -225,81 +249,93 @@ def run(
             "the answers kept turn by turn, before a coverage over all prompts is known; use "
             "selection.decline_below, or `bon select --coverage` on the finished run"
         )
-    require_run_weights(config, judge, check_policy=policy is None)
-    plan = lengths(config, prompts, judge, check_policy=policy is None)  # before the run directory exists
+    require_run_weights(config, judge, check_policy=check_policy)
+    plan = lengths(config, prompts, judge, check_policy=check_policy)
     if any(p.later_turns for p in prompts):  # a conversation whose user turns alone overflow is refused now
         try:
-            lengths(config, [last_turn_bound(p) for p in prompts if p.later_turns], judge, check_policy=policy is None)
+            lengths(config, [last_turn_bound(p) for p in prompts if p.later_turns], judge, check_policy=check_policy)
         except ContextLengthError as e:
             raise ContextLengthError(
                 f"{config.prompts.source}: field 'turns': conversations too long even before any answer "
                 f"(their last turn counted with empty answers): {e}"
             ) from None
-    description = judge.describe()
-    with lock_dir(config.output_dir):  # one process per run directory
-        rd, notes = RunDir.open(config, {"judge_description": description}, prompts)
-        state = RunState.read(rd, config, judge.name)
-        planned = [pid for p in prompts if p.id not in plan.skipped for pid in turn_ids(p)]
-        if rd.resumed:  # done: selected, and its candidates all there (a cut candidates.jsonl is sampled again)
-            done = sum(
-                pid in state.selected and (state.selected[pid].skipped or len(state.candidates[pid]) >= config.n)
-                for pid in planned
-            )
-            notes.append(
-                f"{rd.path}: complete, nothing to sample or judge (its results below)"
-                if done == len(planned)
-                else f"resuming the run in {rd.path}: {done} of {len(planned)} prompts done"
-            )
-        for note in notes + plan.notes:
-            progress.note(note)
-        result = RunResult(rd, [], [], description, scale=judge.declaration.scale)
-        total = len(planned) * config.n
-        progress.start("candidates", total, sum(min(len(state.candidates[pid]), config.n) for pid in planned))
-        progress.start("judgements", total, sum(len(state.judged_of(pid)) for pid in planned))
-        progress.start("prompts", len(planned), sum(pid in state.selected for pid in planned))
+    return plan
 
-        t0 = time.perf_counter()
-        work: list[Prompt] = []
-        with executor or make_executor(config, judge, policy, progress.note) as ex:
-            turn = prompts
-            while turn:
-                if turn is not prompts:  # a later turn: its prompts hold the kept answers, measured only now
-                    plan = lengths(config, turn, judge, check_policy=policy is None)
-                    rd.check_prompts(turn, record=True)
-                    for note in plan.notes:
-                        progress.note(f"turn {turn[0].turn}: {note}")
-                state.add_selections(
-                    [
-                        Selection(p.id, None, True, None, judge.name, why, skipped=True)
-                        for p in turn
-                        if (why := plan.skipped.get(p.id)) and p.id not in state.selected
-                    ]
-                )
-                sampled = [p for p in turn if p.id not in plan.skipped]
-                Scheduler(state, ex, _batches(sampled, config.batch_size), config, progress, result).run()
-                result.prompts += turn
-                work += sampled
-                turn = following(turn, state.selected, state.candidates, config.selection.decline_message)
-            result.seconds.update(ex.stage_seconds())
-        result.seconds["wall"] = time.perf_counter() - t0
 
-        if config.selection.coverage is not None:  # τ needs every prompt's pick: declined at the end
-            result.threshold = state.cover(prompts, config.selection, config.selection.coverage)
-            manifest = rd.manifest()
-            manifest["selected_with"] = {
-                "judge": judge.name,
-                "coverage": config.selection.coverage,
-                "threshold": result.threshold,
-            }
-            rd.write_manifest(manifest)
-        result.selections = [state.selected[p.id] for p in result.prompts]
-        made = [j for p in work for j in state.judgements(p)]
-        result.judgements, result.flagged, result.flags = len(made), sum(bool(j.flag) for j in made), flag_counts(made)
-        first = result.selections[: len(prompts)]  # AlpacaEval rows: one per source prompt, its first turn
-        result.outputs_path = rd.write_outputs(alpaca_eval_outputs(config, prompts, state.candidates, first))
-    if not config.allow_unjudged:
-        check_judged(judge.name, {p.id: state.judgements(p) for p in work}, kept=AGAIN.format(label=judge.name))
-    return result
+def _resumed(state: RunState, planned: list[str]) -> list[str]:
+    """What a resumed run says first: done (selected, its candidates all there; a cut file is sampled again)."""
+    if not state.rd.resumed:
+        return []
+    done = sum(
+        pid in state.selected and (state.selected[pid].skipped or len(state.candidates[pid]) >= state.n)
+        for pid in planned
+    )
+    if done == len(planned):
+        return [f"{state.rd.path}: complete, nothing to sample or judge (its results below)"]
+    return [f"resuming the run in {state.rd.path}: {done} of {len(planned)} prompts done"]
+
+
+def _start(progress: Progress, state: RunState, planned: list[str]) -> None:
+    total = len(planned) * state.n
+    progress.start("candidates", total, sum(min(len(state.candidates[pid]), state.n) for pid in planned))
+    progress.start("judgements", total, sum(len(state.judged_of(pid)) for pid in planned))
+    progress.start("prompts", len(planned), sum(pid in state.selected for pid in planned))
+
+
+def _turns(
+    config: RunConfig,
+    prompts: list[Prompt],
+    plan: LengthPlan,
+    judge: Judge,
+    state: RunState,
+    ex: Executor,
+    progress: Progress,
+    result: RunResult,
+    check_policy: bool,
+) -> list[Prompt]:
+    """Sample, judge and select turn after turn (one turn for single prompts); returns the prompts sampled."""
+    work: list[Prompt] = []
+    turn = prompts
+    while turn:
+        if turn is not prompts:  # a later turn: its prompts hold the kept answers, measured only now
+            plan = lengths(config, turn, judge, check_policy=check_policy)
+            state.rd.check_prompts(turn, record=True)
+            for note in plan.notes:
+                progress.note(f"turn {turn[0].turn}: {note}")
+        state.add_selections(
+            [
+                Selection(p.id, None, True, None, judge.name, why, skipped=True)
+                for p in turn
+                if (why := plan.skipped.get(p.id)) and p.id not in state.selected
+            ]
+        )
+        sampled = [p for p in turn if p.id not in plan.skipped]
+        Scheduler(state, ex, _batches(sampled, config.batch_size), config, progress, result).run()
+        result.prompts += turn
+        work += sampled
+        turn = following(turn, state.selected, state.candidates, config.selection.decline_message)
+    return work
+
+
+def _finish(
+    config: RunConfig, prompts: list[Prompt], judge: Judge, state: RunState, result: RunResult, work: list[Prompt]
+) -> None:
+    """A coverage's declines (τ needs every prompt's pick), the result's counts, and model_outputs.json."""
+    rd = state.rd
+    if config.selection.coverage is not None:
+        result.threshold = state.cover(prompts, config.selection, config.selection.coverage)
+        manifest = rd.manifest()
+        manifest["selected_with"] = {
+            "judge": judge.name,
+            "coverage": config.selection.coverage,
+            "threshold": result.threshold,
+        }
+        rd.write_manifest(manifest)
+    result.selections = [state.selected[p.id] for p in result.prompts]
+    made = [j for p in work for j in state.judgements(p)]
+    result.judgements, result.flagged, result.flags = len(made), sum(bool(j.flag) for j in made), flag_counts(made)
+    first = result.selections[: len(prompts)]  # AlpacaEval rows: one per source prompt, its first turn
+    result.outputs_path = rd.write_outputs(alpaca_eval_outputs(config, prompts, state.candidates, first))
 
 
 def alpaca_eval_outputs(
