@@ -55,7 +55,7 @@ def load_model(model: str = DEFAULT_MODEL, **options: Any) -> tuple[Any, Any]:
     return engine.model, engine.tokenizer
 
 
-def _prompt_rows(prompts: Iterable[Any]) -> list[dict[str, Any]]:
+def prompt_rows(prompts: Iterable[Any]) -> list[dict[str, Any]]:
     """Rows of a prompt file from strings (instructions), mappings (a prompt file's rows) or a `datasets.Dataset`."""
     rows = []
     for i, item in enumerate(prompts):
@@ -227,7 +227,7 @@ def run(
     cfg = config if isinstance(config, RunConfig) else load_config(config)
     if prompts is not None:
         source = Path(cfg.output_dir) / INPUT_PROMPTS
-        write_jsonl_atomic(source, _prompt_rows(prompts))
+        write_jsonl_atomic(source, prompt_rows(prompts))
         cfg = cfg.model_copy(update={"prompts": cfg.prompts.model_copy(update={"source": str(source)})})
     run_pipeline(cfg, progress=progress, policy=policy, judge=judge)
     return Run(cfg.output_dir)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bon.api import _prompt_rows, load_config
+from bon.api import load_config, prompt_rows
 from bon.core.config import RunConfig
 from bon.core.errors import ConfigError
 from bon.core.judging import Judge, build_judge, check_conversations
@@ -177,7 +177,7 @@ def _prompts(prompts: Iterable[Any], cfg: RunConfig) -> list[Prompt]:
     are built from kept answers, which needs `bon.run`)."""
     records: list[Prompt] = []
     seen: dict[str, int] = {}
-    for i, row in enumerate(_prompt_rows(prompts)):
+    for i, row in enumerate(prompt_rows(prompts)):
         try:
             p = prompt_from_row(row, cfg.prompts, "bon")
         except ValueError as e:
