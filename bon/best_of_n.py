@@ -18,8 +18,9 @@ from bon.core.config import RunConfig
 from bon.core.errors import ConfigError
 from bon.core.judging import Judge, build_judge, check_conversations
 from bon.core.prompts import prompt_from_row
-from bon.core.records import Candidate, Judgement, Prompt, Selection
+from bon.core.records import Candidate, Judgement, Key, Prompt, Selection
 from bon.pipeline.preflight import lengths
+from bon.pipeline.runner import batches
 from bon.pipeline.scoring import score_missing
 from bon.pipeline.selection import char_lengths, select_all
 
@@ -131,16 +132,16 @@ class BestOfN:
         check_conversations(self.judge, records, cfg.policy.prompt_format)
         plan = lengths(cfg, records, self.judge, check_policy=self._policy is None)
         sampled = [p for p in records if p.id not in plan.skipped]
-        batches = [sampled[i : i + cfg.batch_size] for i in range(0, len(sampled), cfg.batch_size)]
+        parts = batches(sampled, cfg.batch_size)
         ex = self._open()
         run_seed = cfg.seed if seed is None else seed
-        pending = [ex.sample(batch, cfg.n, run_seed) for batch in batches]  # all at once: a streaming policy fills rows
+        pending = [ex.sample(batch, cfg.n, run_seed) for batch in parts]  # all at once: a streaming policy fills rows
         candidates: dict[str, tuple[Candidate, ...]] = {}
         for job in pending:
             for c in sorted(job.result(), key=lambda c: c.index):
                 candidates[c.prompt_id] = (*candidates.get(c.prompt_id, ()), c)
-        judged: dict[tuple[str, int], Judgement] = {}
-        score_missing(ex, batches, lambda p: candidates[p.id], judged, self.judge.name, lambda *_: None)
+        judged: dict[Key, Judgement] = {}
+        score_missing(ex, parts, lambda p: candidates[p.id], judged, self.judge.name, lambda *_: None)
         judgements = {p.id: tuple(judged[c.key] for c in candidates[p.id]) for p in sampled}
         picks = iter(
             select_all(
@@ -168,7 +169,7 @@ def _policy_of(model: Any, tokenizer: Any, config: RunConfig) -> Policy:
     from bon.engines.hf import HFModel
     from bon.pipeline.policy import EnginePolicy
 
-    name = str(getattr(model, "name_or_path", "") or "in-memory model")
+    name = str(model.name_or_path or "in-memory model")  # a transformers PreTrainedModel's own field
     return EnginePolicy(config.policy, engine=HFModel.from_loaded(model, tokenizer, name))
 
 

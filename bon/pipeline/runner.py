@@ -197,7 +197,8 @@ class Scheduler:
         self.progress.advance("prompts", len(selections))
 
 
-def _batches(items: Sequence[Prompt], size: int) -> list[Sequence[Prompt]]:
+def batches(items: Sequence[Prompt], size: int) -> list[Sequence[Prompt]]:
+    """``items`` in pipeline batches of ``size`` prompts, in order: the unit sampled, written and judged together."""
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
@@ -310,7 +311,7 @@ def _turns(
             ]
         )
         sampled = [p for p in turn if p.id not in plan.skipped]
-        Scheduler(state, ex, _batches(sampled, config.batch_size), config, progress, result).run()
+        Scheduler(state, ex, batches(sampled, config.batch_size), config, progress, result).run()
         result.prompts += turn
         work += sampled
         turn = following(turn, state.selected, state.candidates, config.selection.decline_message)
