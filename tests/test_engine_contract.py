@@ -136,7 +136,7 @@ def test_rows_held_beyond_the_budget_trip_the_loops_own_check():
     assert isinstance(loop, DecodeSession)
     loop.add(0, _prompts(1)[0], 2, 0)
     loop._step()
-    loop.max_kv_tokens = 1  # what the loop holds is now over budget: `_measure` must say so, not go on
+    loop.memory = engine.memory(8, 1)  # what the loop holds is now over budget: `_measure` must say so, not go on
     with pytest.raises(EngineInvariantError, match="more than max_kv_tokens 1"):
         loop._measure()
 

@@ -236,14 +236,15 @@ def test_an_absurd_bootstrap_is_refused(tmp_path, value):
 
 
 def test_the_default_kv_budget_is_checked_before_the_run_directory_exists(tmp_path):
-    """Unset, policy.max_kv_tokens is bounded by a quarter of the RAM in the model's KV bytes per token
+    """Unset, policy.max_kv_tokens is a quarter of the RAM the weights leave, in the model's KV bytes per token
     (SmolLM2: 46080): 128 rows of 8,000 tokens each need ~47 GB and are refused from the config alone."""
     sets = ["--set", "n=128", "--set", "policy.max_tokens=8000", "--set", f"output_dir={tmp_path / 'run'}"]
     sets += ["--set", "policy.device=cpu"]
     check = bon("check", "configs/demo.yaml", *sets)
     said = " ".join(check.stdout.split())
     assert (
-        check.returncode == 1 and "policy.max_kv_tokens' default, at most a quarter of the RAM at 46080 bytes" in said
+        check.returncode == 1
+        and "policy.max_kv_tokens' default, a quarter of the RAM beside the weights at 46080 bytes" in said
     )
     one_clear_line(bon("run", "configs/demo.yaml", *sets), "cannot hold 6 prompts' n=128 rows")
     assert not (tmp_path / "run").exists()

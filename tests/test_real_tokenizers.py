@@ -191,6 +191,8 @@ def test_policy_context_guard_error_truncate_skip(family, tmp_path):
         and long_flag == f"prompt left-truncated from {len(full)} to 112 tokens (context 128, max_tokens 16)"
     )
     assert engine.tokenizer.decode(long_ids).endswith("ASSISTANT:")  # the end of the prompt is kept
+    # in bfloat16: a 7B model's float32 weights alone would leave no room for its KV cache in this machine's RAM
+    cfg["dtype"] = "bfloat16"
     run = RunConfig(output_dir=tmp_path, judge={"name": "length"}, policy={**cfg, "on_overflow": "skip"})
     plan = lengths(run, [SHORT, LONG], judge=None)
     assert list(plan.skipped) == ["long"] and "exceeds the policy's context of 128" in plan.skipped["long"]
@@ -228,7 +230,8 @@ def test_judge_preflight_bounds_prompts_with_a_full_answer(shared_data, tmp_path
     path = str(shared_data / "tokenizers" / FAMILIES["llama-spm"])
     run = RunConfig(
         output_dir=tmp_path,
-        policy={"model": path, "prompt_format": "vicuna_v1.1", "max_tokens": 100, "context_length": 4096},
+        policy={"model": path, "prompt_format": "vicuna_v1.1", "max_tokens": 100, "context_length": 4096}
+        | {"dtype": "bfloat16"},  # a 7B model's float32 weights fill this machine's RAM
         judge={"name": "selfj", "options": {"model": path, "context_length": 200}},
     )
     judge = SelfJudge(SelfJOptions(model=path, context_length=200))

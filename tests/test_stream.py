@@ -34,7 +34,7 @@ def test_n32_with_64_prompts_queued_and_512_tokens_holds_the_kv_budget(pause_eve
     settings = SamplingSettings(temperature=1.0, top_p=1.0, max_tokens=512)
     prompts = _prompts(64)
     budget = 3 * 32 * (24 + 512)  # three prompts' rows at their longest: the queue of 61 others waits
-    loop = Watched(engine, settings, max_rows=256, max_kv_tokens=budget)
+    loop = Watched(engine, settings, engine.memory(256, budget))
     for k, ids in enumerate(prompts):
         loop.add(k, ids, 32, k, pause_every=pause_every)
     done = {}

@@ -122,8 +122,8 @@ class PolicyConfig(ModelConfig):
     max_kv_tokens: int | None = Field(
         None,
         ge=1,
-        description="transformers engine: KV-cache tokens held at once, never exceeded; None = a quarter of the free "
-        "RAM (CPU) or half the free GPU memory, in the model's KV bytes per token",
+        description="transformers engine: KV-cache tokens held at once, never exceeded; None = a quarter (CPU) or half "
+        "(GPU) of the memory the weights leave, in the model's KV bytes per token; `bon check` shows it",
     )
     temperature: float = Field(0.7, ge=0.0, description="sampling temperature (0 = greedy)")
     top_p: float = Field(0.95, gt=0.0, le=1.0, description="nucleus sampling mass")

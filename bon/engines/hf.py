@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -180,21 +179,18 @@ class HFModel(Tokenized):
     def sample(
         self, prompts: Sequence[list[int]], n: int, seeds: Sequence[int], settings: SamplingSettings
     ) -> list[list[Sample]]:
-        """``n`` samples per prompt, all prompts decoded together (one wave).
+        """``n`` samples per prompt, in the continuous decode loop (`bon.engines.stream`) within this model's memory
+        plan: a generative judge's batch decodes in as many admissions as its rows and KV tokens need.
 
-        The continuous decode loop (`bon.engines.stream`) with room for every row at once: each
-        prompt is prefilled once (left-padded across prompts) and its KV cache expanded to ``n``
-        rows; finished rows leave the batch. Candidate ``i`` of a prompt draws its tokens by inverse
-        CDF from uniforms of its own generator (seeded ``derive_seed(seed, i)``), so its randomness
-        depends on its seed alone; its logits are those of its wave (the padding of the prompts it
-        was sampled with), which a resumed run redraws whole.
+        Each prompt is prefilled once and its KV cache expanded to ``n`` rows; finished rows leave the
+        batch. Candidate ``i`` of a prompt draws its tokens by inverse CDF from uniforms of its own generator
+        (seeded ``derive_seed(seed, i)``), so its randomness depends on its seed alone.
         """
         self.check_fits([len(p) for p in prompts], settings.max_tokens)  # every prompt named by its index
-        rows = max(1, len(prompts) * n)
-        wave = DecodeSession(self, settings, max_rows=rows, max_kv_tokens=sys.maxsize, waves=self.sliding)
+        loop = self.session(settings)
         for k, (ids, seed) in enumerate(zip(prompts, seeds)):
-            wave.add(k, ids, n, seed)
-        return [wave.result(k) for k in range(len(prompts))]
+            loop.add(k, ids, n, seed)
+        return [loop.result(k) for k in range(len(prompts))]
 
     def session(
         self, settings: SamplingSettings, max_rows: int | None = None, max_kv_tokens: int | None = None
@@ -204,8 +200,8 @@ class HFModel(Tokenized):
         `WaveLoop`, which keeps the same budgets and cannot pause."""
         memory = self.memory(max_rows, max_kv_tokens)
         if self.sliding:
-            return WaveLoop(self, settings, memory.rows, memory.kv_tokens)
-        return DecodeSession(self, settings, memory.rows, memory.kv_tokens)
+            return WaveLoop(self, settings, memory)
+        return DecodeSession(self, settings, memory)
 
     @torch.inference_mode()
     def next_token_logprobs(

@@ -1,8 +1,10 @@
 """What a transformers model will hold on its device: one `MemoryPlan`, asked by preflight and obeyed by the engine.
 
-Rows, KV bytes, forward-pass bytes, dtype sizes and the memory share are computed here and nowhere
-else. Preflight builds the plan from a config (tokenizer and model config only) to refuse what
-could never fit; the engine builds it from the loaded model and decodes within it.
+Rows, KV bytes, forward-pass bytes, dtype sizes, the memory share and the admission rule are
+computed here and nowhere else. Preflight builds the plan from a config (tokenizer and model config
+only) and the engine from the loaded model, both against all the device's memory (as vLLM sizes its
+cache from the total and its utilisation), so a prompt `bon check` passes is never refused mid-run;
+memory that other processes hold when a run starts is said in one line (`MemoryPlan.shortfall`).
 """
 
 from __future__ import annotations
@@ -58,16 +60,60 @@ def memory_bytes(cuda: bool, total: bool = False, device: Any = None) -> int:
         import torch  # only on a GPU path, where the engine has imported it already
 
         return int(torch.cuda.mem_get_info(device)[1 if total else 0])
+    if not total:
+        available = _mem_available()
+        if available is not None:
+            return available
     return os.sysconf("SC_PHYS_PAGES" if total else "SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
-def memory_share(cuda: bool, total: bool = False, device: Any = None) -> int:
-    """Bytes an engine may fill on its own: half a GPU's free memory, a quarter of the free RAM.
+def _mem_available() -> int | None:
+    """Linux's MemAvailable: free RAM plus the page cache it would give back (MemFree alone counts the cache as
+    used), None elsewhere."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
-    With ``total``, the same share of all the memory: what this machine could ever hold (preflight's bound,
+
+def _parts(cuda: bool) -> int:
+    return 2 if cuda else 4
+
+
+def memory_share(cuda: bool, total: bool = False, device: Any = None) -> int:
+    """Bytes an engine may fill on its own: half a GPU's free memory, a quarter of the free RAM (the free
+    memory is only said; plans count all of it).
+
+    With ``total``, the same share of all the memory: what this machine could ever hold (the plan's bound,
     which does not move with what else runs).
     """
-    return memory_bytes(cuda, total, device) // (2 if cuda else 4)
+    return memory_bytes(cuda, total, device) // _parts(cuda)
+
+
+def _room(memory: int, weights: int, cuda: bool) -> int:
+    """The share of ``memory`` left beside the weights: what the KV cache may fill by default."""
+    return max(0, memory - weights) // _parts(cuda)
+
+
+def weight_bytes(model_config: Any, dtype_bytes: int) -> int:
+    """Bytes of a decoder's weights estimated from its config (attention, gated MLP per expert, norms, embeddings), so
+    preflight, which reads no weights, and the engine, which has them, plan the same KV budget."""
+    c = model_config
+    heads = c.num_attention_heads
+    kv_heads = getattr(c, "num_key_value_heads", None) or heads
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // heads
+    width = getattr(c, "intermediate_size", None) or 4 * c.hidden_size
+    experts = getattr(c, "num_local_experts", None) or getattr(c, "num_experts", None) or 1
+    norms = 2 * c.hidden_size
+    layer = c.hidden_size * head_dim * 2 * (heads + kv_heads) + experts * 3 * c.hidden_size * width + norms
+    embeddings = (
+        int(getattr(c, "vocab_size", 0) or 0) * c.hidden_size * (1 if getattr(c, "tie_word_embeddings", False) else 2)
+    )
+    return (c.num_hidden_layers * layer + embeddings + c.hidden_size) * dtype_bytes
 
 
 def share_name(cuda: bool) -> str:
@@ -77,6 +123,11 @@ def share_name(cuda: bool) -> str:
 
 def _gib(n: int) -> str:
     return f"{n / 2**30:.1f} GiB"
+
+
+def kv_need(rows: int, width: int, generated: int) -> int:
+    """KV tokens ``rows`` sequences of ``width`` tokens hold once each has generated ``generated`` more."""
+    return rows * (width + generated)
 
 
 @dataclass(frozen=True)
@@ -92,8 +143,9 @@ class MemoryPlan:
     kv_per_token: int  # bytes of keys and values per token
     forward_per_token: int  # peak bytes per token of a forward pass
     vocab: int  # logits per position
-    share: int  # bytes the KV cache may fill by default (`memory_share` of what was free when planned)
-    bound: int  # the same share of all the memory: a forward pass beyond it could never run here
+    weights: int  # bytes of the weights (`weight_bytes`, from the config)
+    free: int  # the device's memory free when planned (said when the weights and KV budget need more)
+    bound: int  # the share of all the memory (`memory_share`): the most one forward pass may take
     memory: int  # all the device's memory: a budget beyond it is refused
     rows: int  # sequences decoding at once
     kv_tokens: int  # tokens the KV cache may hold
@@ -102,6 +154,15 @@ class MemoryPlan:
     @property
     def share_name(self) -> str:
         return share_name(self.cuda)
+
+    def admits(self, rows: int, width: int, generated: int) -> bool:
+        """Whether ``rows`` sequences as wide as ``width`` tokens, each grown by ``generated``, fit both budgets: the
+        decode loop's admission rule, which preflight applies to every prompt before a run."""
+        return rows <= self.rows and kv_need(rows, width, generated) <= self.kv_tokens
+
+    def prefill_fits(self, prompts: int, width: int) -> bool:
+        """Whether one prefill of ``prompts`` left-padded to ``width`` tokens fits the share (`prefill_bytes`)."""
+        return self.prefill_bytes(prompts, width) <= self.bound
 
     def prefill_bytes(self, prompts: int, width: int) -> int:
         """Peak bytes of one prefill of ``prompts`` left-padded to ``width`` tokens, keeping each prompt's last
@@ -142,9 +203,16 @@ class MemoryPlan:
         return max(1, self.bound // max(1, self.forward_bytes(1, width)))
 
     def check_kv(self) -> None:
-        """Refuse a KV budget beyond all the device's memory (the default never is)."""
+        """Refuse weights that alone fill the device's memory, or a KV budget beyond all of it (no default is)."""
+        if self.weights >= self.memory:
+            raise SizeError(
+                f"the weights, about {_gib(self.weights)} in {'float32' if self.dtype_bytes == 4 else '16-bit floats'} "
+                "(estimated from the model's config), "
+                f"fill all this machine's {'GPU memory' if self.cuda else 'RAM'} ({_gib(self.memory)}) before any KV "
+                "cache: use a device with more memory, or a smaller dtype"
+            )
         if self.kv_tokens * self.kv_per_token > self.memory:
-            default = max(1, self.share // self.kv_per_token)
+            default = max(1, _room(self.memory, self.weights, self.cuda) // self.kv_per_token)
             raise SizeError(
                 f"{self.kv_source} {self.kv_tokens:,} is more KV cache than this machine holds: at "
                 f"{self.kv_per_token} bytes a token, all its {'GPU memory' if self.cuda else 'RAM'} "
@@ -152,12 +220,24 @@ class MemoryPlan:
                 f"(the default here: {default:,})"
             )
 
+    def shortfall(self, role: str = "policy") -> str | None:
+        """One line, before a run loads its weights, when the memory free now cannot hold them and a full KV cache
+        (other processes hold the rest), else None: the run keeps the budget `bon check` showed."""
+        need = self.kv_tokens * self.kv_per_token
+        if need + self.weights <= self.free:
+            return None
+        return (
+            f"{role} KV budget {self.kv_tokens:,} tokens ({_gib(need)}) and weights ({_gib(self.weights)}) are more "
+            f"than the {_gib(self.free)} free now: other processes hold the rest; the run keeps the budget "
+            "`bon check` showed"
+        )
+
     @property
     def kv_said(self) -> str:
         """Where the KV budget comes from, as messages name it."""
         if self.kv_source == "policy.max_kv_tokens":
             return self.kv_source
-        return f"{self.kv_source}, at most {self.share_name} at {self.kv_per_token} bytes a token,"
+        return f"{self.kv_source}, {self.share_name} beside the weights at {self.kv_per_token} bytes a token,"
 
     def summary(self) -> str:
         """The plan in one line, as `bon check` prints it."""
@@ -173,25 +253,25 @@ def plan(
     cuda: bool,
     device: Any = None,
     *,
-    total: bool = False,
     max_rows: int | None = None,
     max_kv_tokens: int | None = None,
 ) -> MemoryPlan:
-    """The memory plan of a model on a device. ``total``: the share of all the memory (preflight: what could ever
-    fit, whatever else runs), else of what is free now (the engine, as it starts). ``device``: a GPU by name."""
+    """The memory plan of a model on a device: budgets (a user's, else a share of all its memory) that preflight
+    checks and the engine obeys, the same numbers wherever they are planned. ``device``: a GPU by name."""
     kv = kv_bytes_per_token(model_config, dtype_bytes)
-    bound = memory_share(cuda, True, device)
-    share = bound if total else memory_share(cuda, False, device)
+    weights = weight_bytes(model_config, dtype_bytes)
+    memory = memory_bytes(cuda, True, device)
     return MemoryPlan(
         cuda=cuda,
         dtype_bytes=dtype_bytes,
         kv_per_token=kv,
         forward_per_token=forward_bytes_per_token(model_config, dtype_bytes),
         vocab=int(getattr(model_config, "vocab_size", 0) or 0),
-        share=share,
-        bound=bound,
-        memory=memory_bytes(cuda, True, device),
+        weights=weights,
+        free=memory_bytes(cuda, False, device),
+        bound=memory_share(cuda, True, device),
+        memory=memory,
         rows=max_rows or default_rows(cuda),
-        kv_tokens=max_kv_tokens or max(1, share // kv),
+        kv_tokens=max_kv_tokens or max(1, _room(memory, weights, cuda) // kv),
         kv_source="policy.max_kv_tokens" if max_kv_tokens else "policy.max_kv_tokens' default",
     )

@@ -3,8 +3,9 @@
 A `DecodeSession` keeps up to ``max_rows`` sequences decoding at every step. A prompt is admitted
 when its N rows fit (one prefill, its KV cache expanded to N rows and merged into the live cache,
 left-padded to a common width); its samples leave as soon as all N rows have finished, while the
-other prompts' rows go on. The KV cache never holds more than ``max_kv_tokens`` tokens: a prompt is
-admitted only when every live row, grown by ``max_tokens``, still fits.
+other prompts' rows go on. The loop obeys one `MemoryPlan` (the one `bon check` prints): a prompt is
+admitted only when every live row, grown by ``max_tokens``, still fits its rows and KV tokens
+(`MemoryPlan.admits`), and prompts prefilled together stay inside its bytes (`MemoryPlan.prefill_fits`).
 
 Each candidate draws its tokens from the uniforms of its own seed, exactly as `HFModel.sample`
 does; only float rounding (other padding, other neighbours) can differ from a wave-batched run.
@@ -30,6 +31,7 @@ import torch
 
 from bon.engines.contract import EngineError, EngineInvariantError, Sample, SamplingSettings, derive_seed
 from bon.engines.kv import KVCache, Layers
+from bon.engines.memory import MemoryPlan, kv_need
 from bon.engines.sampling import left_padded, pick, uniforms
 
 
@@ -217,11 +219,8 @@ class DecodeSession:
     across prompts): the budgets hold as for continuous batching; pausing is refused.
     """
 
-    def __init__(
-        self, engine: Forwarder, settings: SamplingSettings, max_rows: int, max_kv_tokens: int, waves: bool = False
-    ):
-        self.engine, self.settings = engine, settings
-        self._max_rows, self.max_kv_tokens, self.waves = max_rows, max_kv_tokens, waves
+    def __init__(self, engine: Forwarder, settings: SamplingSettings, memory: MemoryPlan, waves: bool = False):
+        self.engine, self.settings, self.memory, self.waves = engine, settings, memory, waves
         self.requests: dict[Hashable, _Request] = {}  # every request added and not yet returned by `result`
         self.queue: deque[_Request] = deque()  # QUEUED, in admission order
         self.resuming: deque[_Rows] = deque()  # kept rows of resumed prompts, rejoining the batch before any new one
@@ -230,7 +229,11 @@ class DecodeSession:
 
     @property
     def max_rows(self) -> int:
-        return self._max_rows
+        return self.memory.rows
+
+    @property
+    def max_kv_tokens(self) -> int:
+        return self.memory.kv_tokens
 
     def add(self, key: Hashable, ids: list[int], n: int, seed: int, pause_every: int | None = None) -> None:
         """Queue ``n`` samples of one prompt; candidate ``i`` uses the uniforms of ``derive_seed(seed, i)``.
@@ -243,11 +246,13 @@ class DecodeSession:
         if pause_every is not None and self.waves:
             raise EngineError("this model decodes in waves (a sliding-window cache): its rows cannot pause")
         self.engine.check_fits([len(ids)], s.max_tokens)
-        if not self._fits(n, len(ids)):
+        if not self.memory.admits(n, len(ids), s.max_tokens) or not self.memory.prefill_fits(1, len(ids)):
+            m = self.memory
             raise EngineError(
-                f"one prompt of {len(ids)} tokens with n={n} and max_tokens={s.max_tokens} needs "
-                f"{n} rows and {n * (len(ids) + s.max_tokens)} KV tokens; the engine allows {self.max_rows} rows "
-                f"and {self.max_kv_tokens} tokens (policy.max_rows, policy.max_kv_tokens)"
+                f"one prompt of {len(ids)} tokens with n={n} and max_tokens={s.max_tokens} needs {n} rows, "
+                f"{kv_need(n, len(ids), s.max_tokens)} KV tokens and a {m.prefill_bytes(1, len(ids)):,}-byte prefill; "
+                f"the engine allows {m.rows} rows, {m.kv_tokens} tokens (policy.max_rows, policy.max_kv_tokens) and "
+                f"{m.bound:,} bytes ({m.share_name})"
             )
         seeds = [derive_seed(seed, i) for i in range(n)]
         req = _Request(key, list(ids), n, seeds, pause_every, tokens=[[] for _ in range(n)], finish=["length"] * n)
@@ -316,10 +321,6 @@ class DecodeSession:
         self.queue.clear()
         self.resuming.clear()
         self.batch = _Batch()
-
-    def _fits(self, rows: int, width: int) -> bool:
-        """Whether ``rows`` sequences as wide as ``width`` tokens, each grown by max_tokens, fit both budgets."""
-        return rows <= self.max_rows and rows * (width + self.settings.max_tokens) <= self.max_kv_tokens
 
     def _status(self, key: Hashable) -> Status | None:
         req = self.requests.get(key)
@@ -408,13 +409,16 @@ class DecodeSession:
         rows = len(self.batch) + sum(len(p.owners) for p in parked)
         width = max([self.batch.width] + [p.mask.shape[1] for p in parked])
         group: list[_Request] = []
+        prefill = 0  # the group's padded prompt width
         while self.queue:
             req = self.queue[0]
             new_rows, new_width = rows + req.n, max(width, len(req.ids))
-            if not self._fits(new_rows, new_width):
+            if not self.memory.admits(new_rows, new_width, self.settings.max_tokens):
+                break
+            if not self.memory.prefill_fits(len(group) + 1, max(prefill, len(req.ids))):
                 break
             group.append(self.queue.popleft())
-            rows, width = new_rows, new_width
+            rows, width, prefill = new_rows, new_width, max(prefill, len(req.ids))
         if not group:
             return
         ids, mask, positions = left_padded([r.ids for r in group], self.engine.pad_id)
@@ -467,8 +471,8 @@ class WaveLoop:
     """A `bon.engines.contract.DecodeLoop` (not pausable) for models whose caches cannot be merged across prompts:
     a `DecodeSession` in waves, within the same budgets."""
 
-    def __init__(self, engine: Forwarder, settings: SamplingSettings, max_rows: int, max_kv_tokens: int):
-        self.session = DecodeSession(engine, settings, max_rows, max_kv_tokens, waves=True)
+    def __init__(self, engine: Forwarder, settings: SamplingSettings, memory: MemoryPlan):
+        self.session = DecodeSession(engine, settings, memory, waves=True)
 
     @property
     def max_rows(self) -> int:

@@ -18,7 +18,7 @@ from bon.core.errors import ConfigError, SizeError
 from bon.core.judging import Judge, check_conversations
 from bon.core.prompts import PromptSourceError, load_prompts
 from bon.core.records import Prompt
-from bon.engines.memory import DTYPE_BYTES, MemoryPlan, default_rows, dtype_name, plan
+from bon.engines.memory import DTYPE_BYTES, MemoryPlan, default_rows, dtype_name, kv_need, plan
 from bon.engines.models import ModelLoadError, require_weights
 from bon.engines.tokens import ContextLengthError, PromptFormatError, TokenizerOnly, effective_context, overflow_message
 from bon.pipeline.early_rejection import CPU_SPEEDS, GPU_SPEEDS, Workload, advice
@@ -160,9 +160,9 @@ def decode_rows(config: RunConfig) -> int | None:
 def model_memory(
     cfg: ModelConfig, tokens: TokenizerOnly, max_rows: int | None = None, max_kv_tokens: int | None = None
 ) -> MemoryPlan | None:
-    """The memory plan of a transformers model config (`bon.engines.memory.MemoryPlan`, the one the engine obeys),
-    against all this machine's memory: preflight refuses only what could never fit, whatever else runs. None for
-    other backends, or a model config without the usual sizes (the engine measures it once loaded)."""
+    """The memory plan of a transformers model config (`bon.engines.memory.MemoryPlan`): the budgets the engine
+    obeys, the same numbers. None for other backends, or a model config without the usual sizes (the engine
+    measures it once loaded)."""
     if cfg.backend != "transformers":
         return None
     cuda = _on_cuda(cfg)
@@ -172,7 +172,6 @@ def model_memory(
             _dtype_bytes(cfg, cuda),
             cuda,
             _gpu(cfg),
-            total=True,
             max_rows=max_rows,
             max_kv_tokens=max_kv_tokens,
         )
@@ -238,19 +237,46 @@ def check_rows(config: RunConfig) -> None:
         )
 
 
-def _check_kv_budget(config: RunConfig, fit: Fit, budget: tuple[int, str] | None) -> None:
-    """The KV budget (`kv_budget`) must hold one prompt's N rows with max_tokens each, for every prompt."""
-    if budget is None:
-        return
-    limit, source = budget
+def _check_kv_budget(config: RunConfig, fit: Fit, budget: tuple[int, str] | None, memory: MemoryPlan | None) -> None:
+    """The KV budget (`kv_budget`) must hold one prompt's N rows with max_tokens each, and the memory plan its
+    prefill, for every prompt: the engine's own admission rule (`MemoryPlan.admits`), so none is refused mid-run."""
     n, generated = config.n, config.policy.max_tokens
-    over = [(pid, n * (length + generated)) for pid, length in fit.lengths if n * (length + generated) > limit]
-    if over:
-        pid, need = max(over, key=lambda r: r[1])
+    if budget is not None:
+        limit, source = budget
+        over = [(pid, kv_need(n, length, generated)) for pid, length in fit.lengths]
+        over = [(pid, need) for pid, need in over if need > limit]
+        if over:
+            pid, need = max(over, key=lambda r: r[1])
+            raise SizeError(
+                f"{source} {limit} cannot hold {len(over)} prompts' n={n} rows of prompt + max_tokens "
+                f"{generated} (e.g. {pid!r} needs {need}); raise it, or lower n or policy.max_tokens"
+            )
+    longest = fit.longest()
+    if memory is not None and longest is not None and not memory.prefill_fits(1, longest[1]):
         raise SizeError(
-            f"{source} {limit} cannot hold {len(over)} prompts' n={n} rows of prompt + max_tokens "
-            f"{generated} (e.g. {pid!r} needs {need}); raise it, or lower n or policy.max_tokens"
+            f"the policy prompt {longest[0]!r} of {longest[1]:,} tokens needs a "
+            f"{memory.prefill_bytes(1, longest[1]) / 2**30:.1f} GiB prefill, more than {memory.share_name} "
+            f"({memory.bound / 2**30:.1f} GiB); shorten it, or set policy.context_length to cut or skip such prompts"
         )
+
+
+def check_generation(options: ModelConfig, tokens: TokenizerOnly, fit: Fit, generates: int) -> None:
+    """A transformers judge that writes (Auto-J's critique, MT-Bench's verdict) decodes its prompts in the same
+    loop as a policy, within its model's plan: each prompt with its generation must fit the KV budget and one
+    prefill, or the judgement would be refused mid-run."""
+    if generates <= 1 or options.backend != "transformers":  # one next token: a forward pass (check_judge_batch)
+        return
+    memory = model_memory(options, tokens)
+    if memory is None:
+        return
+    for pid, bound in fit.lengths:
+        prompt = bound - generates  # the judge prompt with a max_tokens answer
+        if not memory.admits(1, prompt, generates) or not memory.prefill_fits(1, prompt):
+            raise SizeError(
+                f"the judge prompt of {pid!r} ({prompt:,} tokens, {generates:,} generated) does not fit the judge "
+                f"model's memory plan ({memory.kv_tokens:,} KV tokens, {memory.bound / 2**30:.1f} GiB for one "
+                f"prefill, {memory.share_name}); lower policy.max_tokens or use a judge with a shorter prompt"
+            )
 
 
 def early_rejection_advice(
@@ -318,13 +344,18 @@ def lengths(config: RunConfig, prompts: Sequence[Prompt], judge: Judge, check_po
         twin.preflight_rows()  # a judge whose tokenizer cannot build its prompts fails here, not after sampling
         fits.append(judge_fit(config, twin, [p for p in prompts if p.id not in plan.skipped]))
         check_judge_batch(judge.options, twin_tokens, fits[-1])
+        check_generation(judge.options, twin_tokens, fits[-1], twin.limits()[1])
     for fit in fits:
         if fit.over and fit.mode == "error":
             raise ContextLengthError(fit.message())
         if fit.over:
             plan.notes.append(_outcome(fit))
     if check_policy:
-        _check_kv_budget(config, fits[0], kv_budget(config, policy_memory(config, tokens)))
+        memory = policy_memory(config, tokens)
+        _check_kv_budget(config, fits[0], kv_budget(config, memory), memory)
+        short = memory.shortfall() if memory is not None else None
+        if short is not None:
+            plan.notes.append(short)
         said = early_rejection_advice(config, prompts, judge, twin, [n for _, n in fits[0].lengths])
         if said is not None and not said[0]:
             plan.notes.append(said[1])
@@ -419,7 +450,10 @@ def check(config: RunConfig, judge: Judge) -> CheckReport:
                 report.rows.append(("policy KV cache", f"at most {budget[0]:,} tokens ({budget[1].rstrip(',')})"))
             if memory is not None:
                 report.rows.append(("policy memory", memory.summary()))
-            _check_kv_budget(config, fit, budget)
+                short = memory.shortfall()
+                if short is not None:
+                    report.rows.append(("policy memory now", short))
+            _check_kv_budget(config, fit, budget, memory)
         except (PromptFormatError, ContextLengthError, SizeError) as e:
             report.problems.append(f"policy: {e}")
 
@@ -433,6 +467,7 @@ def check(config: RunConfig, judge: Judge) -> CheckReport:
                 fit = judge_fit(config, twin, [p for p in prompts if p.id not in skipped])
                 _report_fit(report, fit)
                 check_judge_batch(judge.options, twin_tokens, fit)
+                check_generation(judge.options, twin_tokens, fit, twin.limits()[1])
             except (PromptFormatError, ContextLengthError, SizeError) as e:
                 report.problems.append(f"judge: {e}")
     else:
