@@ -1,7 +1,8 @@
 """Sampling on tensors, shared by the wave sampler (`hf.HFModel.sample`) and continuous batching (`stream`).
 
 Every candidate draws each token by inverse CDF at one uniform of its own generator, so its
-randomness depends on its seed alone, whatever else is decoded beside it.
+randomness depends on its seed alone, whatever else is decoded beside it. `pick` runs on the
+device its logits are on: only the uniforms go there and the chosen ids come back.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def pick(logits: torch.Tensor, u: torch.Tensor | None, s: SamplingSettings) -> t
     full = top.sum(-1) < s.top_p
     if full.any():
         rest, rest_order = probs[full].sort(dim=-1, descending=True)
-        picked = torch.empty(len(probs), dtype=torch.long)
+        picked = torch.empty(len(probs), dtype=torch.long, device=probs.device)
         picked[~full] = _nucleus(top[~full], order[~full], u[~full], s.top_p)
         picked[full] = _nucleus(rest, rest_order, u[full], s.top_p)
         return picked

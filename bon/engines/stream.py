@@ -34,6 +34,8 @@ from bon.engines.kv import KVCache, Layers
 from bon.engines.memory import MemoryPlan, kv_need
 from bon.engines.sampling import left_padded, pick, uniforms
 
+CPU = torch.device("cpu")
+
 
 class Forwarder(Protocol):
     """What the decode loop needs of a loaded causal LM (`bon.engines.hf.HFModel`)."""
@@ -185,7 +187,7 @@ class _Batch:
     def step(self, engine: Forwarder, picked: torch.Tensor) -> None:
         """Run every row one position on with its picked token."""
         self.mask = torch.cat([self.mask, self.mask.new_ones((len(self.owners), 1))], dim=1)
-        ids = picked[:, None].to(engine.device)
+        ids = picked[:, None]  # sampled on the model's device
         self.logits, self.cache = engine.forward(ids, self.mask, self.pos[:, None], self.cache)
         self.pos = self.pos + 1
         self.check()
@@ -210,6 +212,8 @@ class SessionStats:
     most_prompts_in_a_step: int = 0  # distinct prompts whose rows shared one decode step
     prefills: int = 0  # prompts prefilled (each once: resumed rows keep their cache)
     peak_prefill_logits: int = 0  # logits held by one prefill (rows x vocabulary), at its largest
+    tokens_sampled: int = 0  # rows sampled, summed over steps (a token each)
+    moved_bytes: int = 0  # bytes the decode steps moved between the model's device and the CPU (uniforms, token ids)
 
 
 class DecodeSession:
@@ -346,16 +350,18 @@ class DecodeSession:
         """Sample one token for every live row, drop finished rows, and run the rest one position on."""
         s, eos, batch = self.settings, self.engine.eos_ids, self.batch
         self.stats.steps += 1
+        self.stats.tokens_sampled += len(batch)
         self.stats.most_prompts_in_a_step = max(
             self.stats.most_prompts_in_a_step, len({id(r) for r, _ in batch.owners})
         )
         u = None
-        if s.temperature > 0:
+        if s.temperature > 0:  # each row's next uniform, from its own CPU generator: rows x 8 bytes to the device
             u = torch.stack([req.uniforms[i, len(req.tokens[i])] for req, i in batch.owners])  # type: ignore[index]
-        picked = pick(batch.logits.float().cpu(), u, s)
+            u = self._moved(u, batch.logits.device)
+        picked = pick(batch.logits.float(), u, s)  # on the model's device: its logits never leave it
         keep: list[int] = []
         park: list[int] = []  # rows decoding on; of those, rows that park once this step's token is in the cache
-        for row, ((req, i), t) in enumerate(zip(batch.owners, picked.tolist())):
+        for row, ((req, i), t) in enumerate(zip(batch.owners, self._moved(picked, CPU).tolist())):
             if t in eos:
                 req.finish[i] = "stop"
             else:
@@ -370,7 +376,7 @@ class DecodeSession:
                 self._finish(req)
         if len(keep) < len(batch):  # finished rows leave the batch and its cache
             batch.select(keep)
-            picked = picked[keep]
+            picked = picked[torch.tensor(keep, dtype=torch.long, device=picked.device)]
         if not batch:
             return
         batch.step(self.engine, picked)
@@ -378,6 +384,11 @@ class DecodeSession:
             self._park(park)
         batch.trim()
         self._measure()
+
+    def _moved(self, t: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """``t`` on ``device``, its bytes counted (`SessionStats.moved_bytes`): the decode loop's only transfers."""
+        self.stats.moved_bytes += t.numel() * t.element_size()
+        return t.to(device)
 
     def _finish(self, req: _Request) -> None:
         req.status, req.uniforms = Status.FINISHED, None
