@@ -300,12 +300,15 @@ def test_bon_judge_with_a_single_turn_judge_on_a_conversation_run_is_refused(tmp
 def test_a_conversation_longer_than_the_context_is_refused_before_anything_is_written(tmp_path):
     long_turn = "word " * 300
     source = write_rows(tmp_path / "long.jsonl", [{"question_id": 1, "turns": ["Short question?", long_turn]}])
-    out = bon(
-        "run", "configs/demo.yaml", "--set", f"prompts.source={source}", "--set", f"output_dir={tmp_path / 'run'}",
+    sets = (
+        "--set", f"prompts.source={source}", "--set", f"output_dir={tmp_path / 'run'}",
         "--set", "policy.context_length=256", "--set", "judge.name=length", "--set", "judge.options={}",
     )  # fmt: skip
+    out = bon("run", "configs/demo.yaml", *sets)
     one_clear_line(out, f"{source}: field 'turns': conversations too long even before any answer", "1:turn2")
     assert not (tmp_path / "run").exists()
+    check = bon("check", "configs/demo.yaml", *sets)  # bon check reads the same findings: it says so too
+    assert check.returncode == 1 and "conversations too long even before any answer" in " ".join(check.stdout.split())
 
 
 def test_selections_keep_their_turn_through_the_records(tmp_path):

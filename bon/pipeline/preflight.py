@@ -1,20 +1,21 @@
-"""Checks made before any GPU hour is spent: tokenizers, prompt formats, digit ids, context limits.
+"""Checks made before any GPU hour is spent: tokenizers, prompt formats, digit ids, context limits, memory.
 
-Everything here loads tokenizers and configs only, never weights. `lengths` is what `bon run`
-does before its first batch; `check` is `bon check`, which reports instead of raising.
+Everything here loads tokenizers and configs only, never weights. `findings` yields what there is to
+find in one order; `lengths` is what `bon run` makes of them before its first batch (the first
+refusal raised), `check` is `bon check` (every one reported).
 """
 
 from __future__ import annotations
 
 import functools
 import statistics
-from collections.abc import Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from bon.core import rundir
 from bon.core.config import ModelConfig, RunConfig
-from bon.core.errors import ConfigError, SizeError
+from bon.core.errors import BonError, ConfigError, SizeError
 from bon.core.judging import Judge, check_conversations
 from bon.core.prompts import PromptSourceError, load_prompts
 from bon.core.records import Prompt
@@ -23,6 +24,7 @@ from bon.engines.models import ModelLoadError, require_weights
 from bon.engines.tokens import ContextLengthError, PromptFormatError, TokenizerOnly, effective_context, overflow_message
 from bon.pipeline.early_rejection import CPU_SPEEDS, GPU_SPEEDS, Workload, advice
 from bon.pipeline.policy import PolicyPrompts
+from bon.pipeline.turns import last_turn_bound
 
 
 @runtime_checkable
@@ -322,43 +324,183 @@ def require_run_weights(config: RunConfig, judge: Judge, check_policy: bool = Tr
         require_weights(judge.options, "judge model")
 
 
-def lengths(config: RunConfig, prompts: Sequence[Prompt], judge: Judge, check_policy: bool = True) -> LengthPlan:
-    """Apply the context limits before any work: raise for on_overflow: error, else say what happens."""
-    plan = LengthPlan()
-    fits = []
-    twin: PromptBuilder | None = None
-    if check_policy:
+Kind = Literal["row", "note", "skip", "problem", "missing", "stand_in"]
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One thing preflight found. `findings` yields them in one order for both readers: `bon run` (`lengths`, which
+    raises the first refusal and prints the notes) and `bon check` (`check`, which shows every one)."""
+
+    label: str  # the row `bon check` shows it under
+    text: str
+    kind: Kind = "row"  # row: shown by check; note: said by both; skip: a prompt set aside; problem, missing:
+    # refused (missing: a download would mend it); stand_in: a vocabulary-only file `bon run` refuses for its weights
+    error: BonError | None = None  # problem, missing: what `bon run` raises
+    prompt_id: str | None = None  # skip: the prompt set aside
+
+
+def _refused(role: str, e: BonError) -> Finding:
+    return Finding(role, f"{role}: {e}", "problem", e)
+
+
+def _tokens(role: str, cfg: Any) -> Generator[Finding, None, TokenizerOnly | None]:
+    """A model's tokenizer and context, loaded without weights; None (a `missing` finding) when it cannot be."""
+    try:
+        tokens = TokenizerOnly(cfg)
+    except ModelLoadError as e:
+        yield Finding(f"{role} weights", f"{role} weights {cfg.model!r}", "missing", e)
+        return None
+    stand_in = " (vocab only: a tokenizer stand-in, no weights)" if tokens.vocab_only else ""
+    yield Finding(f"{role} weights", tokens.where + stand_in)
+    if tokens.vocab_only:
+        yield Finding(
+            f"{role} weights", f"{role} weights {cfg.model!r} is a vocabulary-only GGUF (no weights)", "stand_in"
+        )
+    context = effective_context(cfg, tokens.context)
+    yield Finding(f"{role} context", f"{context} tokens" if context else "unknown (no limit checked)")
+    return tokens
+
+
+def _fit(fit: Fit, extra: int = 0) -> Iterator[Finding]:
+    """A fit's longest prompt, then its overflow: refused (on_overflow: error) or what becomes of it."""
+    longest = fit.longest()
+    if longest is not None:
+        total = f" = {longest[1] + extra}" if extra else ""
+        budget = f" + max_tokens {extra}" if extra else fit.what
+        text = f"{longest[0]}: {longest[1]} tokens{budget}{total} of {fit.context or '?'}"
+        yield Finding(f"longest {fit.role} prompt", text)
+    if fit.over and fit.mode == "error":
+        yield _refused(fit.role, ContextLengthError(fit.message()))
+    elif fit.over:
+        yield Finding(f"{fit.role} overflow", _outcome(fit), "note")
+
+
+def _conversations(config: RunConfig, fit: Fit) -> Iterator[Finding]:
+    """Conversations whose last turn, counted with empty answers, already overflows: refused before any answer."""
+    if fit.over and fit.mode == "error":
+        e = ContextLengthError(
+            f"{config.prompts.source}: field 'turns': conversations too long even before any answer (their last "
+            f"turn counted with empty answers): {fit.message()}"
+        )
+        yield _refused(fit.role, e)
+
+
+def _policy(
+    config: RunConfig, prompts: Sequence[Prompt], bounds: Sequence[Prompt]
+) -> Generator[Finding, None, Fit | None]:
+    try:
         check_rows(config)
-        tokens = TokenizerOnly(config.policy)
+    except SizeError as e:
+        yield _refused("policy", e)
+    tokens = yield from _tokens("policy", config.policy)
+    yield Finding("policy prompt format", config.policy.prompt_format)
+    if tokens is None or not prompts:
+        return None
+    fit = None
+    try:
         fit = policy_fit(config, prompts, tokens)
-        fits.append(fit)
+        yield from _fit(fit, config.policy.max_tokens)
         if fit.mode == "skip":
             for pid, n in fit.over:
-                plan.skipped[pid] = (
-                    f"skipped: prompt of {n} tokens + max_tokens {config.policy.max_tokens} "
-                    f"exceeds the policy's context of {fit.context}"
+                why = (
+                    f"skipped: prompt of {n} tokens + max_tokens {config.policy.max_tokens} exceeds the policy's "
+                    f"context of {fit.context}"
                 )
-    if isinstance(judge, PromptBuilder):  # the same judge on its tokenizer alone
-        twin_tokens = TokenizerOnly(judge.options)
-        twin = judge.on_tokenizer(twin_tokens)
-        twin.preflight_rows()  # a judge whose tokenizer cannot build its prompts fails here, not after sampling
-        fits.append(judge_fit(config, twin, [p for p in prompts if p.id not in plan.skipped]))
-        check_judge_batch(judge.options, twin_tokens, fits[-1])
-        check_generation(judge.options, twin_tokens, fits[-1], twin.limits()[1])
-    for fit in fits:
-        if fit.over and fit.mode == "error":
-            raise ContextLengthError(fit.message())
-        if fit.over:
-            plan.notes.append(_outcome(fit))
-    if check_policy:
+                yield Finding("policy overflow", why, "skip", prompt_id=pid)
+        if bounds:
+            yield from _conversations(config, policy_fit(config, bounds, tokens))
         memory = policy_memory(config, tokens)
-        _check_kv_budget(config, fits[0], kv_budget(config, memory), memory)
-        short = memory.shortfall() if memory is not None else None
-        if short is not None:
-            plan.notes.append(short)
-        said = early_rejection_advice(config, prompts, judge, twin, [n for _, n in fits[0].lengths])
-        if said is not None and not said[0]:
-            plan.notes.append(said[1])
+        budget = kv_budget(config, memory)
+        if budget is not None:
+            yield Finding("policy KV cache", f"at most {budget[0]:,} tokens ({budget[1].rstrip(',')})")
+        if memory is not None:
+            yield Finding("policy memory", memory.summary())
+            short = memory.shortfall()
+            if short is not None:
+                yield Finding("policy memory now", short, "note")
+        _check_kv_budget(config, fit, budget, memory)
+    except (PromptFormatError, ContextLengthError, SizeError) as e:
+        yield _refused("policy", e)
+    return fit
+
+
+def _judge(
+    config: RunConfig, prompts: Sequence[Prompt], judge: PromptBuilder, skipped: set[str], bounds: Sequence[Prompt]
+) -> Generator[Finding, None, PromptBuilder | None]:
+    tokens = yield from _tokens("judge", judge.options)
+    if tokens is None:
+        return None
+    twin = judge.on_tokenizer(tokens)
+    try:
+        for label, text in twin.preflight_rows():  # a tokenizer that cannot build its prompts fails here
+            yield Finding(label, text)
+        fit = judge_fit(config, twin, [p for p in prompts if p.id not in skipped])
+        yield from _fit(fit)
+        if bounds:
+            yield from _conversations(config, judge_fit(config, twin, bounds))
+        check_judge_batch(judge.options, tokens, fit)
+        check_generation(judge.options, tokens, fit, twin.limits()[1])
+    except (PromptFormatError, ContextLengthError, SizeError) as e:
+        yield _refused("judge", e)
+    return twin
+
+
+def findings(
+    config: RunConfig,
+    prompts: Sequence[Prompt],
+    judge: Judge,
+    check_policy: bool = True,
+    bounds: Sequence[Prompt] = (),
+) -> Iterator[Finding]:
+    """Everything preflight finds about a run, from tokenizers and configs only, in one order: the policy's
+    tokenizer, prompts, overflow and memory plan, then the judge's, then the run's size and early rejection.
+
+    ``bounds``: conversations' last turns counted with empty answers, refused when even they overflow.
+    ``check_policy`` False: the policy is not bon's to check (a model handed in memory, `bon judge`).
+    """
+    fit = None
+    if check_policy:
+        fit = yield from _policy(config, prompts, bounds)
+    skipped = {pid for pid, _ in fit.over} if fit is not None and fit.mode == "skip" else set()
+    twin = None
+    if isinstance(judge, PromptBuilder):
+        twin = yield from _judge(config, prompts, judge, skipped, bounds)
+    else:
+        yield Finding("judge", f"{judge.describe()} (builds no model prompt; nothing to check)")
+    if not prompts:
+        return
+    turns = sum(max(1, len(p.turns)) for p in prompts)
+    seqs = turns * config.n
+    yield Finding("sequences", f"{turns} prompts x n={config.n} = {seqs}")
+    generated = f"at most {seqs * config.policy.max_tokens:,} ({seqs} x max_tokens {config.policy.max_tokens})"
+    yield Finding("generated tokens", generated)
+    if check_policy:
+        try:
+            said = early_rejection_advice(config, prompts, judge, twin, [n for _, n in fit.lengths] if fit else [])
+        except (PromptFormatError, ContextLengthError) as e:
+            said = (True, f"not estimated: {e}")
+        if said is not None:
+            yield Finding("early rejection", said[1], "row" if said[0] else "note")
+
+
+def lengths(
+    config: RunConfig,
+    prompts: Sequence[Prompt],
+    judge: Judge,
+    check_policy: bool = True,
+    bounds: Sequence[Prompt] = (),
+) -> LengthPlan:
+    """What `bon run` makes of the findings before any work: the first refusal raised, else prompts to skip and
+    notes to say."""
+    plan = LengthPlan()
+    for f in findings(config, prompts, judge, check_policy, bounds):
+        if f.error is not None:
+            raise f.error
+        if f.kind == "note":
+            plan.notes.append(f.text)
+        elif f.kind == "skip" and f.prompt_id is not None:
+            plan.skipped[f.prompt_id] = f.text
     return plan
 
 
@@ -377,52 +519,28 @@ class CheckReport:
         """Whether `bon run` would start: one verdict, so no "ok" for what it would refuse."""
         return not self.problems and not self.missing and not self.stand_ins
 
-
-def _load_tokens(role: str, cfg: Any, report: CheckReport) -> TokenizerOnly | None:
-    try:
-        tokens = TokenizerOnly(cfg)
-    except ModelLoadError as e:
-        report.rows.append((f"{role} weights", f"MISSING: {e}"))
-        report.missing.append(f"{role} weights {cfg.model!r}")
-        return None
-    report.rows.append(
-        (
-            f"{role} weights",
-            tokens.where + (" (vocab only: a tokenizer stand-in, no weights)" if tokens.vocab_only else ""),
-        )
-    )
-    if tokens.vocab_only:
-        report.stand_ins.append(f"{role} weights {cfg.model!r} is a vocabulary-only GGUF (no weights)")
-    context = effective_context(cfg, tokens.context)
-    report.rows.append((f"{role} context", f"{context} tokens" if context else "unknown (no limit checked)"))
-    return tokens
-
-
-def _report_fit(report: CheckReport, fit: Fit, extra: int = 0) -> None:
-    longest = fit.longest()
-    if longest is not None:
-        total = f" = {longest[1] + extra}" if extra else ""
-        budget = f" + max_tokens {extra}" if extra else fit.what
-        report.rows.append(
-            (f"longest {fit.role} prompt", f"{longest[0]}: {longest[1]} tokens{budget}{total} of {fit.context or '?'}")
-        )
-    if fit.over and fit.mode == "error":
-        report.problems.append(f"{fit.role}: {fit.message()}")
-    elif fit.over:
-        report.rows.append((f"{fit.role} overflow", _outcome(fit)))
+    def add(self, f: Finding) -> None:
+        if f.kind in ("row", "note"):
+            self.rows.append((f.label, f.text))
+        elif f.kind == "problem":
+            self.problems.append(f.text)
+        elif f.kind == "missing":
+            self.rows.append((f.label, f"MISSING: {f.error}"))
+            self.missing.append(f.text)
+        elif f.kind == "stand_in":
+            self.stand_ins.append(f.text)
 
 
 def check(config: RunConfig, judge: Judge) -> CheckReport:
-    """Everything `bon run` would find wrong before its first batch, from tokenizers and configs only."""
+    """Everything `bon run` would find wrong before its first batch, from tokenizers and configs only: the same
+    `findings`, all of them."""
     report = CheckReport()
     prompts: list[Prompt] = []
     try:
         prompts = load_prompts(config.prompts)
         report.rows.append(("prompts", f"{len(prompts)} from {config.prompts.source}"))
     except PromptSourceError as e:
-        report.rows.append(("prompts", f"MISSING: {e}"))
-        report.missing.append(f"prompts {config.prompts.source!r}")
-
+        report.add(Finding("prompts", f"prompts {config.prompts.source!r}", "missing", e))
     turns = sum(max(1, len(p.turns)) for p in prompts)
     if turns > len(prompts):
         report.rows.append(("conversations", f"{turns} user turns in all, each sampled after the last kept answer"))
@@ -430,64 +548,8 @@ def check(config: RunConfig, judge: Judge) -> CheckReport:
         check_conversations(judge, prompts, config.policy.prompt_format)
     except ConfigError as e:
         report.problems.append(str(e))
-    skipped: set[str] = set()  # policy prompts set aside (on_overflow: skip) are not judged
-    policy_lengths: list[int] = []
-    try:
-        check_rows(config)
-    except SizeError as e:
-        report.problems.append(f"policy: {e}")
-    tokens = _load_tokens("policy", config.policy, report)
-    report.rows.append(("policy prompt format", config.policy.prompt_format))
-    if tokens is not None and prompts:
-        try:
-            fit = policy_fit(config, prompts, tokens)
-            policy_lengths = [n for _, n in fit.lengths]
-            _report_fit(report, fit, config.policy.max_tokens)
-            skipped = {pid for pid, _ in fit.over} if fit.mode == "skip" else set()
-            memory = policy_memory(config, tokens)
-            budget = kv_budget(config, memory)
-            if budget is not None:
-                report.rows.append(("policy KV cache", f"at most {budget[0]:,} tokens ({budget[1].rstrip(',')})"))
-            if memory is not None:
-                report.rows.append(("policy memory", memory.summary()))
-                short = memory.shortfall()
-                if short is not None:
-                    report.rows.append(("policy memory now", short))
-            _check_kv_budget(config, fit, budget, memory)
-        except (PromptFormatError, ContextLengthError, SizeError) as e:
-            report.problems.append(f"policy: {e}")
-
-    twin: PromptBuilder | None = None
-    if isinstance(judge, PromptBuilder):
-        twin_tokens = _load_tokens("judge", judge.options, report)
-        if twin_tokens is not None:
-            twin = judge.on_tokenizer(twin_tokens)
-            try:
-                report.rows.extend(twin.preflight_rows())
-                fit = judge_fit(config, twin, [p for p in prompts if p.id not in skipped])
-                _report_fit(report, fit)
-                check_judge_batch(judge.options, twin_tokens, fit)
-                check_generation(judge.options, twin_tokens, fit, twin.limits()[1])
-            except (PromptFormatError, ContextLengthError, SizeError) as e:
-                report.problems.append(f"judge: {e}")
-    else:
-        report.rows.append(("judge", f"{judge.describe()} (builds no model prompt; nothing to check)"))
-
-    if prompts:
-        seqs = turns * config.n
-        report.rows.append(("sequences", f"{turns} prompts x n={config.n} = {seqs}"))
-        report.rows.append(
-            (
-                "generated tokens",
-                f"at most {seqs * config.policy.max_tokens:,} ({seqs} x max_tokens {config.policy.max_tokens})",
-            )
-        )
-        try:
-            said = early_rejection_advice(config, prompts, judge, twin, policy_lengths)
-        except (PromptFormatError, ContextLengthError) as e:
-            said = (True, f"not estimated: {e}")
-        if said is not None:
-            report.rows.append(("early rejection", said[1]))
+    for f in findings(config, prompts, judge, bounds=[last_turn_bound(p) for p in prompts if p.later_turns]):
+        report.add(f)
     report.rows.append(("run directory", rundir.state(config)))
     if report.rows[-1][1].startswith("incompatible"):
         report.problems.append(f"run directory: {report.rows[-1][1]}")

@@ -21,7 +21,6 @@ from bon.core.judging import Judge, build_judge, check_conversations
 from bon.core.prompts import load_prompts
 from bon.core.records import Candidate, Judgement, Key, Prompt, Selection, by_key, by_prompt
 from bon.core.rundir import FILES, RunDir
-from bon.engines.tokens import ContextLengthError
 from bon.pipeline.executors import Executor, Pending, make_executor
 from bon.pipeline.policy import Policy
 from bon.pipeline.preflight import LengthPlan, lengths, require_run_weights
@@ -251,16 +250,8 @@ def _preflight(config: RunConfig, prompts: list[Prompt], judge: Judge, check_pol
             "selection.decline_below, or `bon select --coverage` on the finished run"
         )
     require_run_weights(config, judge, check_policy=check_policy)
-    plan = lengths(config, prompts, judge, check_policy=check_policy)
-    if any(p.later_turns for p in prompts):  # a conversation whose user turns alone overflow is refused now
-        try:
-            lengths(config, [last_turn_bound(p) for p in prompts if p.later_turns], judge, check_policy=check_policy)
-        except ContextLengthError as e:
-            raise ContextLengthError(
-                f"{config.prompts.source}: field 'turns': conversations too long even before any answer "
-                f"(their last turn counted with empty answers): {e}"
-            ) from None
-    return plan
+    bounds = [last_turn_bound(p) for p in prompts if p.later_turns]  # user turns alone overflowing: refused now
+    return lengths(config, prompts, judge, check_policy=check_policy, bounds=bounds)
 
 
 def _resumed(state: RunState, planned: list[str]) -> list[str]:
