@@ -55,6 +55,7 @@ class PreferenceOptions(Strict):
         "conversational", description="conversational: message lists; standard: plain strings (single turns)"
     )
     keep_truncated: bool = Field(False, description="also use candidates cut at max_tokens (left out by default)")
+    token_ids: bool = Field(False, description="add chosen_ids and rejected_ids: the answers' tokens as sampled")
 
     @field_validator("strategy")
     @classmethod
@@ -73,6 +74,7 @@ class SFTOptions(Strict):
         "messages", description="messages: one conversation per row; prompt-completion: two message lists"
     )
     keep_truncated: bool = Field(False, description="also use answers cut at max_tokens (left out by default)")
+    token_ids: bool = Field(False, description="add completion_ids: the answer's tokens as the policy sampled them")
 
 
 @dataclass(frozen=True)
@@ -211,12 +213,25 @@ def _pairs(usable: list[tuple[float, Candidate]], opts: PreferenceOptions, promp
     return [(a, b) for i, a in enumerate(usable) for b in usable[i + 1 :]]  # every pair, best first
 
 
+def _ids(run: _Run, c: Candidate) -> list[int]:
+    """A candidate's token ids as sampled, for `token_ids` exports; refused where the run has none for it."""
+    if c.token_ids is None:
+        raise TrainingExportError(
+            f"{run.path / 'candidates.jsonl'}: candidate {c.index} of {c.prompt_id!r} has no token_ids (sampled "
+            "before bon kept them, or by a served model, whose tokens bon cannot vouch for); export without "
+            "--token-ids"
+        )
+    return list(c.token_ids)
+
+
 def _preference_row(run: _Run, p: Prompt, opts: PreferenceOptions, best: Any, other: Any) -> dict[str, Any]:
     (s1, chosen), (s2, rejected) = best, other
     if opts.format == "conversational":
         texts: dict[str, Any] = {"prompt": _messages(run, p), "chosen": _answer(chosen), "rejected": _answer(rejected)}
     else:
         texts = {"prompt": p.instruction, "chosen": chosen.text, "rejected": rejected.text}
+    if opts.token_ids:
+        texts |= {"chosen_ids": _ids(run, chosen), "rejected_ids": _ids(run, rejected)}
     return {
         **texts,
         "prompt_id": p.id,
@@ -258,6 +273,8 @@ def sft_rows(run: _Run, opts: SFTOptions) -> tuple[list[dict[str, Any]], Counter
                 if opts.format == "messages"
                 else {"prompt": _messages(run, p), "completion": _answer(c)}
             )
+            if opts.token_ids:
+                texts["completion_ids"] = _ids(run, c)
             rows.append({**texts, "prompt_id": p.id, "judge": run.label, "score": score, "index": c.index})
     return rows, left_out
 

@@ -20,6 +20,7 @@ PushOpt = Annotated[str | None, typer.Option("--push-to-hub", help="also upload 
 TruncOpt = Annotated[
     bool, typer.Option("--keep-truncated", help="also use candidates cut at max_tokens (left out by default)")
 ]
+IdsOpt = Annotated[bool, typer.Option("--token-ids", help="add the answers' token ids as the policy sampled them")]
 DeclineOpt = Annotated[
     float | None, typer.Option("--decline-below", help="select afresh: decline prompts whose best is below this")
 ]
@@ -66,6 +67,7 @@ def preferences_cmd(
         str, typer.Option("--format", help="conversational (message lists) or standard (strings)")
     ] = "conversational",
     keep_truncated: TruncOpt = False,
+    token_ids: IdsOpt = False,
     decline_below: DeclineOpt = None,
     coverage: CoverageOpt = None,
     length_penalty: PenaltyOpt = None,
@@ -88,6 +90,7 @@ def preferences_cmd(
             max_length_ratio=max_length_ratio,
             format=format_,
             keep_truncated=keep_truncated,
+            token_ids=token_ids,
         )
     _report(done, push_to_hub)
 
@@ -102,6 +105,7 @@ def sft_cmd(
         str, typer.Option("--format", help="messages (one conversation) or prompt-completion")
     ] = "messages",
     keep_truncated: TruncOpt = False,
+    token_ids: IdsOpt = False,
     decline_below: DeclineOpt = None,
     coverage: CoverageOpt = None,
     length_penalty: PenaltyOpt = None,
@@ -115,5 +119,6 @@ def sft_cmd(
     with fail_clearly():
         selection = _selection(decline_below, coverage, length_penalty, tie_break)
         options = {"top_k": top_k, "min_score": min_score, "format": format_, "keep_truncated": keep_truncated}
+        options["token_ids"] = token_ids
         done = Run(run_dir).export_sft(out, judge, overwrite, selection, **options)
     _report(done, push_to_hub)

@@ -106,6 +106,7 @@ class Candidate:
     finish_reason: str  # "stop" (end of sequence) or "length" (max_tokens reached)
     policy: str
     flag: str | None = None  # e.g. the prompt was truncated to fit the context; None when clean
+    token_ids: tuple[int, ...] | None = None  # the tokens the policy sampled (end of sequence left out); None: unknown
 
     @property
     def key(self) -> Key:
@@ -241,6 +242,13 @@ def from_json(cls: Any, data: Mapping[str, Any]) -> Any:
         body["history"] = tuple(Message(**m) for m in body.get("history") or ())
         body["turns"] = tuple(body.get("turns") or ())
         body["references"] = tuple(body.get("references") or ())
+    if body.get("token_ids") is not None:  # a JSON list back to the record's tuple
+        ids = body["token_ids"]
+        if not isinstance(ids, list) or not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in ids):
+            raise RecordError(
+                f"field 'token_ids': expected a list of token ids (integers 0 or more), found {ids!r:.60}"
+            )
+        body["token_ids"] = tuple(ids)
     if "score" in body and body["score"] is not None:
         if not isinstance(body["score"], (int, float)) or isinstance(body["score"], bool):
             raise RecordError(f"field 'score': expected a number or null, found {body['score']!r}")

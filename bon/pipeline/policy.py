@@ -189,6 +189,8 @@ class EnginePolicy(PolicyPrompts):
                 finish_reason=s.finish_reason,
                 policy=s.source or self.name,
                 flag="; ".join(f for f in (flag, s.flag) if f) or None,
+                # a served model's tokens are its text encoded again (`Sample.source`): not recorded as sampled
+                token_ids=(s.token_ids or None) if s.source is None else None,
             )
             for p, (_, flag), group in zip(prompts, fitted, samples)
             for i, s in enumerate(group)
