@@ -179,6 +179,7 @@ def test_preflight_refuses_a_writing_judge_whose_prompt_cannot_fit_its_models_pl
         tmp_path,
         prompts_file,
         f"policy.model={tiny_lm}",
+        "policy.max_kv_tokens=2000",  # the policy fits: the judge is what this machine cannot hold
         "judge.name=autoj",
         f"judge.options.model={tiny_lm}",
         "judge.options.max_tokens=64",

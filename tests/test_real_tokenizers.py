@@ -11,6 +11,7 @@ import os
 import pytest
 
 from bon.core.config import ModelConfig, PolicyConfig, RunConfig
+from bon.core.judging import build_judge
 from bon.core.records import Candidate, Prompt
 from bon.engines.tokens import ContextLengthError, PromptFormatError, TokenizerOnly, digit_token_ids
 from bon.judges.autoj import AutoJOptions, AutoJudge
@@ -194,10 +195,10 @@ def test_policy_context_guard_error_truncate_skip(family, tmp_path):
     # in bfloat16: a 7B model's float32 weights alone would leave no room for its KV cache in this machine's RAM
     cfg["dtype"] = "bfloat16"
     run = RunConfig(output_dir=tmp_path, judge={"name": "length"}, policy={**cfg, "on_overflow": "skip"})
-    plan = lengths(run, [SHORT, LONG], judge=None)
+    plan = lengths(run, [SHORT, LONG], judge=build_judge("length"))
     assert list(plan.skipped) == ["long"] and "exceeds the policy's context of 128" in plan.skipped["long"]
     with pytest.raises(ContextLengthError):
-        lengths(run.model_copy(update={"policy": PolicyConfig(**cfg)}), [SHORT, LONG], judge=None)
+        lengths(run.model_copy(update={"policy": PolicyConfig(**cfg)}), [SHORT, LONG], judge=build_judge("length"))
 
 
 def test_judge_context_guard_truncates_the_answer(family):

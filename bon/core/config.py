@@ -278,6 +278,24 @@ class RunConfig(Strict):
         return self
 
     @model_validator(mode="after")
+    def _chat_endpoint_sends_whole_conversations(self) -> RunConfig:
+        """A chat endpoint is sent messages (`bon.engines.contract.ChatIds`): cut token ids have none."""
+        policy = self.policy
+        if policy.backend != "openai" or policy.server.endpoint != "chat":
+            return self
+        if policy.on_overflow == "truncate":
+            raise ValueError(
+                "policy.on_overflow truncate: policy.server.endpoint chat sends messages, which cannot be cut to fit "
+                "the context; use error or skip, or server.endpoint completions"
+            )
+        if self.early_rejection is not None:
+            raise ValueError(
+                "early_rejection: policy.server.endpoint chat sends messages, and a partial answer goes on as token "
+                "ids; use server.endpoint completions"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _rows_hold_a_prompt(self) -> RunConfig:
         if self.policy.max_rows is not None and self.policy.max_rows < self.n:
             raise ValueError(f"policy.max_rows {self.policy.max_rows} cannot hold one prompt's n={self.n} rows")

@@ -106,7 +106,8 @@ class Candidate:
     finish_reason: str  # "stop" (end of sequence) or "length" (max_tokens reached)
     policy: str
     flag: str | None = None  # e.g. the prompt was truncated to fit the context; None when clean
-    token_ids: tuple[int, ...] | None = None  # the tokens the policy sampled (end of sequence left out); None: unknown
+    # the tokens the policy sampled (end of sequence left out); None: unknown, and then not written (older runs lack it)
+    token_ids: tuple[int, ...] | None = field(default=None, metadata={"optional": True})
 
     @property
     def key(self) -> Key:
@@ -194,6 +195,9 @@ def to_json(record: Any) -> dict[str, Any]:
     """A record as a JSON-ready dict with the schema version and kind."""
     out: dict[str, Any] = {"schema": SCHEMA, "kind": record.kind}
     out.update(dataclasses.asdict(record))
+    for f in dataclasses.fields(record):  # an optional field unknown is left out: the line reads as older bons wrote it
+        if f.metadata.get("optional") and out[f.name] is None:
+            del out[f.name]
     return out
 
 

@@ -47,6 +47,16 @@ class Sample:
     flag: str | None = None  # why it ended other than by itself (e.g. a chunk that made no progress)
 
 
+class ChatIds(list[int]):
+    """A conversation's token ids in the model's chat template that carry the messages they encode, so an engine that
+    sends messages (a chat endpoint) reads them here, never maps ids back. Every engine reads it as its ids; a slice
+    or a concatenation (a prompt cut to fit, a partial answer appended) is plain ids, with no messages to send."""
+
+    def __init__(self, ids: Sequence[int], messages: Sequence[dict[str, str]]):
+        super().__init__(ids)
+        self.messages: tuple[dict[str, str], ...] = tuple(dict(m) for m in messages)
+
+
 def without_end(token_ids: Sequence[int], finish_reason: str, eos_ids: Collection[int]) -> tuple[int, ...]:
     """A finished sample's tokens as every engine records them: a final end-of-sequence id (any of the model's,
     e.g. Llama-3's ``<|eot_id|>`` and ``<|end_of_text|>``) dropped, every earlier token kept."""

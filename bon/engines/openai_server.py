@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from bon.core.config import ModelConfig
 from bon.engines.cache import ENGINES
-from bon.engines.contract import DecodeLoop, EngineError, Sample, SamplingSettings, derive_seed
+from bon.engines.contract import ChatIds, DecodeLoop, EngineError, Sample, SamplingSettings, derive_seed
 from bon.engines.models import ModelLoadError, first_line
 from bon.engines.tokens import Tokenized, TokenizerOnly
 
@@ -77,22 +77,16 @@ class ServedModel(Tokenized):
             min(c for c in (served_context, local.context) if c) if (served_context or local.context) else None
         )
         self.name = self.served.rstrip("/").rsplit("/", 1)[-1]
-        self._chats: dict[tuple[int, ...], list[dict[str, str]]] = {}
 
     # -- prompts
-    def chat_ids(self, messages: Sequence[dict[str, str]], fix: str = "use a model with one") -> list[int]:
-        ids = super().chat_ids(messages, fix)
-        self._chats[tuple(ids)] = list(messages)  # the chat endpoint sends these, not the ids
-        return ids
-
     def _messages(self, ids: Sequence[int]) -> list[dict[str, str]]:
-        try:
-            return self._chats[tuple(ids)]
-        except KeyError:
-            raise EngineError(
-                "server.endpoint chat sends messages, and this prompt was not built from a conversation (a raw prompt "
-                "format, or truncated to fit); use server.endpoint: completions"
-            ) from None
+        """The messages a prompt's ids encode (`ChatIds`): the chat endpoint sends these, not the ids."""
+        if isinstance(ids, ChatIds):
+            return list(ids.messages)
+        raise EngineError(
+            "server.endpoint chat sends messages, and this prompt was not built from a conversation (a raw prompt "
+            "format, or cut to fit); use server.endpoint: completions"
+        )
 
     # -- requests
     def guarded(self, call: Callable[[], T]) -> T:

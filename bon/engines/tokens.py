@@ -17,6 +17,7 @@ from typing import Any
 from bon.core.config import ModelConfig
 from bon.core.errors import BonError
 from bon.core.formats import PromptFormatError  # noqa: F401  (raised here too; one type for every format problem)
+from bon.engines.contract import ChatIds
 from bon.engines.models import (
     ModelLoadError,
     ModelRef,
@@ -49,7 +50,7 @@ def chat_ids(
             f"has no chat template; {fix}"
         )
     text = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+    return ChatIds(tokenizer(text, add_special_tokens=False)["input_ids"], messages)
 
 
 def text_ids(tokenizer: Any, text: str) -> list[int]:
