@@ -224,11 +224,9 @@ def test_early_rejection_judges_only_rounds_that_cut_and_a_lone_survivor_never_p
         assert longest.completion_tokens > 8  # the last survivor went on past the last round
 
 
-def test_early_rejection_needs_the_local_engine(tmp_path, prompts_file):
-    from bon.core.config import ConfigError
-
-    with pytest.raises(ConfigError, match="early_rejection needs engine: local"):
-        config(tmp_path, prompts_file, "engine=ray", "early_rejection.keep_fraction=0.5")
+def test_early_rejection_is_a_config_of_either_engine(tmp_path, prompts_file):
+    cfg = config(tmp_path, prompts_file, "engine=ray", "early_rejection.keep_fraction=0.5")
+    assert cfg.engine == "ray" and cfg.early_rejection is not None and cfg.early_rejection.keep_fraction == 0.5
 
 
 def test_a_kv_budget_too_small_for_one_prompt_is_refused_before_any_work(tmp_path, prompts_file):

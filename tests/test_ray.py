@@ -86,6 +86,21 @@ def test_ray_engine_equals_local(ray_session, local_reference, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.ray
+def test_early_rejection_under_ray_rejects_and_selects_as_the_local_engine(ray_session, tmp_path):
+    """The policy actor pauses its rows every chunk and the judge actor scores the partial answers: the same
+    candidates, rejections (their flags) and selections as one process."""
+    rules = ["n=4", "early_rejection={chunk_tokens: 4, keep_fraction: 0.5}", "judge.name=length", "judge.options={}"]
+    local = demo(tmp_path, "local", *rules)
+    run(local)
+    remote = demo(tmp_path, "ray", "engine=ray", *rules)
+    run(remote)
+    same_files(remote.output_dir, local.output_dir)
+    rejected = [json.loads(line) for line in (remote.output_dir / "candidates.jsonl").read_text().splitlines()]
+    assert any(c["finish_reason"] == "rejected" for c in rejected)
+
+
+@pytest.mark.slow
+@pytest.mark.ray
 def test_conversations_under_ray_equal_local(ray_session, tmp_path):
     """Two-turn conversations: each turn's prompts, built from the kept answer, run on the actors as locally."""
     source = two_turn_source(tmp_path)

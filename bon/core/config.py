@@ -272,12 +272,6 @@ class RunConfig(Strict):
     )
 
     @model_validator(mode="after")
-    def _early_rejection_runs_locally(self) -> RunConfig:
-        if self.early_rejection is not None and self.engine != "local":
-            raise ValueError("early_rejection needs engine: local (the policy consults the judge between chunks)")
-        return self
-
-    @model_validator(mode="after")
     def _chat_endpoint_sends_whole_conversations(self) -> RunConfig:
         """A chat endpoint is sent messages (`bon.engines.contract.ChatIds`): cut token ids have none."""
         policy = self.policy

@@ -12,14 +12,21 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Collection, Hashable, Sequence
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 from bon.core.config import EarlyRejectionConfig
-from bon.core.judging import Judge
 from bon.core.records import Candidate, Judgement, Key, Prompt, by_key
 from bon.engines.contract import EngineError, LanguageModel, PausableLoop, Sample, SamplingSettings, derive_seed
 from bon.pipeline.policy import EnginePolicy, prompt_seed
 
 REJECTED = "rejected"
+
+
+class PartialScorer(Protocol):
+    """What early rejection asks of the run's judge: scores of partial answers (a `bon.core.judging.Judge` is one;
+    under Ray, the judge actors are, `bon.pipeline.ray_executor.ActorScorer`)."""
+
+    def score(self, prompts: Sequence[Prompt], candidates: Sequence[Candidate]) -> list[Judgement]: ...
 
 
 class EarlyRejectionPolicy:
@@ -32,7 +39,7 @@ class EarlyRejectionPolicy:
     each survivor as a new request of its prompt and partial answer (`Resubmit`).
     """
 
-    def __init__(self, policy: EnginePolicy, judge: Judge, cfg: EarlyRejectionConfig):
+    def __init__(self, policy: EnginePolicy, judge: PartialScorer, cfg: EarlyRejectionConfig):
         self.policy, self.judge, self.cfg = policy, judge, cfg
         self.name = policy.name
         self.generated_tokens = 0  # every token sampled, the stopped candidates' included

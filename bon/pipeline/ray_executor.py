@@ -22,9 +22,9 @@ from ray.exceptions import ActorUnavailableError, GetTimeoutError, OutOfMemoryEr
 
 from bon.core.config import RayConfig, RunConfig
 from bon.core.judging import Judge, PairwiseJudge
-from bon.core.records import Candidate, Prompt
+from bon.core.records import Candidate, Judgement, Prompt
 from bon.pipeline.executors import ExecutorError
-from bon.pipeline.policy import Policy
+from bon.pipeline.policy import Policy, StreamingPolicy
 
 # ---------------------------------------------------------------- actors (run in worker processes)
 
@@ -37,20 +37,41 @@ def _use_threads(n: float, backend: str) -> None:
         set_torch_threads(int(n))
 
 
+class ActorScorer:
+    """Early rejection's partial answers scored by the run's judge actors, in turn: the judge stage's own replicas
+    (with their model loaded once), called from a policy actor between chunks."""
+
+    def __init__(self, actors: Sequence[Any]):
+        self.actors, self.turn = list(actors), 0
+
+    def score(self, prompts: Sequence[Prompt], candidates: Sequence[Candidate]) -> list[Judgement]:
+        actor = self.actors[self.turn % len(self.actors)]
+        self.turn += 1
+        judged, _ = ray.get(actor.score.remote(list(prompts), list(candidates)))
+        return judged
+
+
 class PolicyWorker:
     """Hosts one `EnginePolicy` (its model stays loaded between batches) and its continuous decode loop.
 
     `start` queues a batch in the loop and returns at once; `finish` decodes until that batch is done,
-    batches started before it was asked for decoding alongside (the executor starts several ahead).
+    batches started before it was asked for decoding alongside (the executor starts several ahead). With early
+    rejection the loop pauses after every chunk and the judge actors score the partial answers (`ActorScorer`).
     """
 
-    def __init__(self, policy_cfg: dict[str, Any], threads: float):
-        from bon.core.config import PolicyConfig
+    def __init__(
+        self, policy_cfg: dict[str, Any], threads: float, early: dict[str, Any] | None = None, judges: Sequence = ()
+    ):
+        from bon.core.config import EarlyRejectionConfig, PolicyConfig
+        from bon.pipeline.early_rejection import EarlyRejectionPolicy
         from bon.pipeline.policy import EnginePolicy
 
         cfg = PolicyConfig.model_validate(policy_cfg)
         _use_threads(threads, cfg.backend)
-        self.policy = EnginePolicy(cfg)
+        self.policy: StreamingPolicy = EnginePolicy(cfg)
+        if early is not None:
+            rules = EarlyRejectionConfig.model_validate(early)
+            self.policy = EarlyRejectionPolicy(EnginePolicy(cfg), ActorScorer(judges), rules)
         self.started: dict[str, Any] = {}
 
     def ready(self) -> int:
@@ -327,7 +348,7 @@ class RayExecutor:
         check_fits(asked, ray.cluster_resources())
         policy_cfg = self.config.policy.model_dump(mode="json")
         pools: dict[str, list[Any]] = {"policy": [], "judge": []}
-        for p in plans:
+        for p in sorted(plans, key=lambda p: p.role != "judge"):  # judges first: an early-rejecting policy calls them
             for i in range(p.replicas):
                 options: dict[str, Any] = {
                     "name": f"bon-{p.role}-{i}-{self.run_tag}",  # readable in the dashboard, unique per run
@@ -349,7 +370,9 @@ class RayExecutor:
                     cfg = dict(policy_cfg)
                     if p.bundles:  # vLLM spreads its tensor-parallel workers over the group with Ray
                         cfg["engine_args"] = {"distributed_executor_backend": "ray", **cfg["engine_args"]}
-                    actor = ray.remote(PolicyWorker).options(**options).remote(cfg, p.num_cpus)
+                    early = self.config.early_rejection
+                    rules = early.model_dump(mode="json") if early is not None else None
+                    actor = ray.remote(PolicyWorker).options(**options).remote(cfg, p.num_cpus, rules, pools["judge"])
                 else:
                     actor = (
                         ray.remote(JudgeWorker)
