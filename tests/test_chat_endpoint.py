@@ -1,5 +1,6 @@
 """`server.endpoint: chat` sends each prompt's messages, carried with its token ids (`ChatIds`), never looked up
-from the ids; what cannot be sent as messages (a cut prompt, a partial answer going on) is refused in the config."""
+from the ids: early rejection's partial answers go on as the assistant's answer begun; a prompt cut to fit has no
+messages and is refused in the config."""
 
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ from bon.pipeline.runner import run
 
 
 class ChatServer:
-    """An OpenAI-compatible stand-in: lists one model and answers every chat request with "Blue." per sample,
-    keeping the request bodies."""
+    """An OpenAI-compatible stand-in: lists one model and answers every chat request with "Blue." per sample (a short
+    chunk: " Blue", cut at its length), keeping the request bodies."""
 
     def __init__(self) -> None:
         self.bodies: list[dict] = []
@@ -42,8 +43,10 @@ class ChatServer:
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 outer.bodies.append(body)
+                chunk = body.get("max_tokens", 8) < 8  # early rejection's short chunks end cut, to go on
+                said = {"role": "assistant", "content": " Blue" if chunk else "Blue."}
                 choices = [
-                    {"index": i, "message": {"role": "assistant", "content": "Blue."}, "finish_reason": "stop"}
+                    {"index": i, "message": said, "finish_reason": "length" if chunk else "stop"}
                     for i in range(body.get("n", 1))
                 ]
                 usage = {"prompt_tokens": 9, "completion_tokens": 3, "total_tokens": 12}
@@ -97,13 +100,18 @@ def test_a_chat_endpoint_run_sends_each_prompts_own_messages(tmp_path, chat_serv
     assert all(b["n"] == 2 for b in chat_server.bodies) and len(result.selections) == 3
 
 
-@pytest.mark.parametrize(
-    "extra, needle",
-    [
-        ("policy.on_overflow=truncate", "policy.on_overflow truncate: policy.server.endpoint chat sends messages"),
-        ("early_rejection={chunk_tokens: 4}", "early_rejection: policy.server.endpoint chat sends messages"),
-    ],
-)
-def test_what_a_chat_endpoint_cannot_be_sent_is_refused_in_the_config(tmp_path, extra, needle):
-    with pytest.raises(ConfigError, match=needle):
-        _config(tmp_path, "http://127.0.0.1:9/v1", extra)
+def test_a_prompt_cut_to_fit_cannot_go_to_a_chat_endpoint_and_is_refused_in_the_config(tmp_path):
+    with pytest.raises(ConfigError, match="policy.on_overflow truncate: policy.server.endpoint chat sends messages"):
+        _config(tmp_path, "http://127.0.0.1:9/v1", "policy.on_overflow=truncate")
+
+
+def test_early_rejection_on_a_chat_endpoint_goes_on_from_each_partial_answer(tmp_path, chat_server):
+    """Each later chunk sends the conversation with the answer so far as the assistant's message, marked to be
+    continued (vLLM's continue_final_message), never as bare ids."""
+    cfg = _config(tmp_path, chat_server.url, "policy.max_tokens=12", "early_rejection={chunk_tokens: 2}")
+    run(cfg)
+    later = [b for b in chat_server.bodies if b["messages"][-1]["role"] == "assistant"]
+    assert later and all(b["continue_final_message"] and not b["add_generation_prompt"] for b in later)
+    assert all(b["messages"][-1]["content"].strip().startswith("Blue") for b in later)
+    first = [b for b in chat_server.bodies if b["messages"][-1]["role"] == "user"]
+    assert first and not any("continue_final_message" in b for b in first)

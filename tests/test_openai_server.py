@@ -382,3 +382,16 @@ def test_conversations_through_the_chat_endpoint(vllm_server, tmp_path):
         turn2 = [c for (pid, _), c in cands.items() if pid == p.id]
         # the server counted the whole conversation: turn 1, its kept answer, turn 2
         assert all(c.prompt_tokens > first.prompt_tokens + first.completion_tokens for c in turn2)
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_early_rejection_through_the_chat_endpoint(vllm_server, tmp_path):
+    """A real server goes on from each partial answer (continue_final_message): some candidates are rejected, the
+    kept ones finish with text."""
+    early = ["policy.server.endpoint=chat", "early_rejection={chunk_tokens: 4, keep_fraction: 0.5}"]
+    cfg = served_config(tmp_path, vllm_server["url"], "er-chat", *early, "judge.name=length", "judge.options={}")
+    run(cfg)
+    cands = RunDir(cfg.output_dir).read(Candidate)
+    assert any(c.finish_reason == "rejected" for c in cands)
+    assert all(c.text.strip() for c in cands if c.finish_reason != "rejected")

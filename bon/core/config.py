@@ -282,11 +282,6 @@ class RunConfig(Strict):
                 "policy.on_overflow truncate: policy.server.endpoint chat sends messages, which cannot be cut to fit "
                 "the context; use error or skip, or server.endpoint completions"
             )
-        if self.early_rejection is not None:
-            raise ValueError(
-                "early_rejection: policy.server.endpoint chat sends messages, and a partial answer goes on as token "
-                "ids; use server.endpoint completions"
-            )
         return self
 
     @model_validator(mode="after")

@@ -52,9 +52,15 @@ class ChatIds(list[int]):
     sends messages (a chat endpoint) reads them here, never maps ids back. Every engine reads it as its ids; a slice
     or a concatenation (a prompt cut to fit, a partial answer appended) is plain ids, with no messages to send."""
 
-    def __init__(self, ids: Sequence[int], messages: Sequence[dict[str, str]]):
+    def __init__(self, ids: Sequence[int], messages: Sequence[dict[str, str]], answer_begun: bool = False):
         super().__init__(ids)
         self.messages: tuple[dict[str, str], ...] = tuple(dict(m) for m in messages)
+        self.answer_begun = answer_begun  # the last message is an assistant answer to go on with, not a new turn
+
+    def continued(self, tokens: Sequence[int], text: str) -> ChatIds:
+        """This conversation with a partial answer (``tokens``, reading ``text``) to go on from: early rejection's
+        next chunk, sent to a chat endpoint as the assistant's answer begun."""
+        return ChatIds([*self, *tokens], [*self.messages, {"role": "assistant", "content": text}], answer_begun=True)
 
 
 def without_end(token_ids: Sequence[int], finish_reason: str, eos_ids: Collection[int]) -> tuple[int, ...]:

@@ -109,6 +109,9 @@ class ServedModel(Tokenized):
 
     def _complete(self, ids: Sequence[int], **kwargs: Any) -> Any:
         if self.server.endpoint == "chat":
+            if isinstance(ids, ChatIds) and ids.answer_begun:  # vLLM's and SGLang's way to go on with an answer
+                extra = {"continue_final_message": True, "add_generation_prompt": False}
+                kwargs["extra_body"] = {**kwargs.get("extra_body", {}), **extra}
             return self.client.chat.completions.create(model=self.served, messages=self._messages(ids), **kwargs)
         return self.client.completions.create(model=self.served, prompt=list(ids), **kwargs)
 

@@ -16,7 +16,15 @@ from typing import Protocol
 
 from bon.core.config import EarlyRejectionConfig
 from bon.core.records import Candidate, Judgement, Key, Prompt, by_key
-from bon.engines.contract import EngineError, LanguageModel, PausableLoop, Sample, SamplingSettings, derive_seed
+from bon.engines.contract import (
+    ChatIds,
+    EngineError,
+    LanguageModel,
+    PausableLoop,
+    Sample,
+    SamplingSettings,
+    derive_seed,
+)
 from bon.pipeline.policy import EnginePolicy, prompt_seed
 
 REJECTED = "rejected"
@@ -292,7 +300,7 @@ class Resubmit:
         if key in self.open or key in self.done:
             raise EngineError(f"prompt {key!r} is already in this loop")
         every = pause_every or self.settings.max_tokens
-        self.open[key] = _Open(list(ids), seed, every, [[] for _ in range(n)], [None] * n, [None] * n)
+        self.open[key] = _Open(ids, seed, every, [[] for _ in range(n)], [None] * n, [None] * n)
 
     def paused(self) -> list[Hashable]:
         return list(self._paused)
@@ -327,7 +335,7 @@ class Resubmit:
             made += [(k, i, sample) for k, group in zip(fresh, groups) for i, sample in enumerate(group)]
         for every in sorted({p.every for p in self.open.values() if p.round > 0}):  # one call per chunk length
             later = [(k, i) for k, p in self.open.items() if p.round > 0 and p.every == every for i in p.live()]
-            ids = [self.open[k].ids + self.open[k].tokens[i] for k, i in later]
+            ids = [self._continued(self.open[k].ids, self.open[k].tokens[i]) for k, i in later]
             seeds = [derive_seed(self.open[k].seed, i, self.open[k].round) for k, i in later]
             chunk = SamplingSettings(s.temperature, s.top_p, every)
             made += [(k, i, group[0]) for (k, i), group in zip(later, self.engine.sample(ids, 1, seeds, chunk))]
@@ -351,6 +359,13 @@ class Resubmit:
                 self._paused[k] = p
             else:
                 self._settle(k, p)
+
+    def _continued(self, ids: list[int], tokens: list[int]) -> list[int]:
+        """A prompt and a partial answer as the next chunk's prompt; a conversation's keeps its messages, the answer
+        begun (a chat endpoint goes on from it)."""
+        if isinstance(ids, ChatIds):
+            return ids.continued(tokens, self.engine.tokenizer.decode(tokens, skip_special_tokens=True))
+        return ids + tokens
 
     def _settle(self, key: Hashable, p: _Open) -> None:
         """A prompt with no candidate left going is done: its samples, rejected ones included."""
