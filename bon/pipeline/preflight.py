@@ -241,7 +241,8 @@ def check_rows(config: RunConfig) -> None:
 
 def _check_kv_budget(config: RunConfig, fit: Fit, budget: tuple[int, str] | None, memory: MemoryPlan | None) -> None:
     """The KV budget (`kv_budget`) must hold one prompt's N rows with max_tokens each, and the memory plan its
-    prefill, for every prompt: the engine's own admission rule (`MemoryPlan.admits`), so none is refused mid-run."""
+    prefill, for every prompt: the engine's admission rule (`kv_need`, as in `MemoryPlan.admits`), so none is
+    refused mid-run."""
     n, generated = config.n, config.policy.max_tokens
     if budget is not None:
         limit, source = budget
