@@ -102,6 +102,14 @@ def test_free_memory_short_of_the_plan_is_said_in_one_line_before_the_run(tmp_pa
     assert rows["policy memory now"] == notes[0]
 
 
+def _forward_widths(engine, monkeypatch) -> list[int]:
+    """The token width of every forward pass ``engine`` runs from now on (a prefill: more than one)."""
+    widths: list[int] = []
+    forward = engine.forward
+    monkeypatch.setattr(engine, "forward", lambda ids, *a, **k: (widths.append(ids.shape[1]), forward(ids, *a, **k))[1])
+    return widths
+
+
 def test_prompts_prefilled_together_stay_inside_the_plans_bytes(monkeypatch):
     """A share that holds two prompts' prefill at a time: four prompts join in two prefills, tokens unchanged."""
     engine = tiny_engine()
@@ -111,9 +119,7 @@ def test_prompts_prefilled_together_stay_inside_the_plans_bytes(monkeypatch):
     plan = engine.memory(8, 4096)
     monkeypatch.setattr(memory, "memory_share", lambda cuda, total=False, device=None: plan.prefill_bytes(2, width))
     loop = engine.session(GREEDY, 8, 4096)
-    widths: list[int] = []
-    forward = engine.forward
-    monkeypatch.setattr(engine, "forward", lambda ids, *a, **k: (widths.append(ids.shape[1]), forward(ids, *a, **k))[1])
+    widths = _forward_widths(engine, monkeypatch)
     for k, ids in enumerate(prompts):
         loop.add(k, ids, 2, k)
     got = [loop.result(k) for k in range(4)]
@@ -141,9 +147,7 @@ def test_a_judge_batch_beyond_a_small_kv_budget_decodes_in_several_admissions_wi
     settings = SamplingSettings(temperature=0.0, top_p=1.0, max_tokens=12)
     one_wave = engine.sample(prompts, 1, [0] * 6, settings)
     _tiny_plan_for(engine, monkeypatch, 2 * (max(map(len, prompts)) + 12))  # two judge prompts at a time
-    widths: list[int] = []
-    forward = engine.forward
-    monkeypatch.setattr(engine, "forward", lambda ids, *a, **k: (widths.append(ids.shape[1]), forward(ids, *a, **k))[1])
+    widths = _forward_widths(engine, monkeypatch)
     admitted = engine.sample(prompts, 1, [0] * 6, settings)
     assert len([w for w in widths if w > 1]) >= 3  # six prompts, two at a time
     assert [g[0].token_ids for g in admitted] == [g[0].token_ids for g in one_wave]

@@ -118,7 +118,12 @@ def sft_cmd(
 
     with fail_clearly():
         selection = _selection(decline_below, coverage, length_penalty, tie_break)
-        options = {"top_k": top_k, "min_score": min_score, "format": format_, "keep_truncated": keep_truncated}
-        options["token_ids"] = token_ids
+        options = {
+            "top_k": top_k,
+            "min_score": min_score,
+            "format": format_,
+            "keep_truncated": keep_truncated,
+            "token_ids": token_ids,
+        }
         done = Run(run_dir).export_sft(out, judge, overwrite, selection, **options)
     _report(done, push_to_hub)

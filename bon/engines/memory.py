@@ -99,6 +99,11 @@ def _room(memory: int, weights: int, cuda: bool) -> int:
     return max(0, memory - weights) // _parts(cuda)
 
 
+def _default_kv_tokens(memory: int, weights: int, cuda: bool, kv_per_token: int) -> int:
+    """`policy.max_kv_tokens` unset: the tokens `_room` holds (at least one)."""
+    return max(1, _room(memory, weights, cuda) // kv_per_token)
+
+
 def weight_bytes(model_config: Any, dtype_bytes: int) -> int:
     """Bytes of a decoder's weights estimated from its config (attention, gated MLP per expert, norms, embeddings), so
     preflight, which reads no weights, and the engine, which has them, plan the same KV budget."""
@@ -212,7 +217,7 @@ class MemoryPlan:
                 "cache: use a device with more memory, or a smaller dtype"
             )
         if self.kv_tokens * self.kv_per_token > self.memory:
-            default = max(1, _room(self.memory, self.weights, self.cuda) // self.kv_per_token)
+            default = _default_kv_tokens(self.memory, self.weights, self.cuda, self.kv_per_token)
             raise SizeError(
                 f"{self.kv_source} {self.kv_tokens:,} is more KV cache than this machine holds: at "
                 f"{self.kv_per_token} bytes a token, all its {'GPU memory' if self.cuda else 'RAM'} "
@@ -272,6 +277,6 @@ def plan(
         bound=memory_share(cuda, True, device),
         memory=memory,
         rows=max_rows or default_rows(cuda),
-        kv_tokens=max_kv_tokens or max(1, _room(memory, weights, cuda) // kv),
+        kv_tokens=max_kv_tokens or _default_kv_tokens(memory, weights, cuda, kv),
         kv_source="policy.max_kv_tokens" if max_kv_tokens else "policy.max_kv_tokens' default",
     )

@@ -68,10 +68,11 @@ class PolicyWorker:
 
         cfg = PolicyConfig.model_validate(policy_cfg)
         _use_threads(threads, cfg.backend)
-        self.policy: StreamingPolicy = EnginePolicy(cfg)
+        engine = EnginePolicy(cfg)
+        self.policy: StreamingPolicy = engine
         if early is not None:
             rules = EarlyRejectionConfig.model_validate(early)
-            self.policy = EarlyRejectionPolicy(EnginePolicy(cfg), ActorScorer(judges), rules)
+            self.policy = EarlyRejectionPolicy(engine, ActorScorer(judges), rules)
         self.started: dict[str, Any] = {}
 
     def ready(self) -> int:
