@@ -145,10 +145,13 @@ def plain_loop_text(engine, ids: list[int], seed: int, index: int, settings) -> 
 def tokens_run(model) -> Iterator[list[int]]:
     """The tokens each forward pass of ``model`` runs inside the block (padding and a cached prefix left out)."""
     ran: list[int] = []
-    hook = model.register_forward_pre_hook(
-        lambda m, args, kw: ran.append(int(kw["attention_mask"][:, -kw["input_ids"].shape[1] :].sum())),
-        with_kwargs=True,
-    )
+
+    def count(module, args, kw) -> None:
+        ids, mask = kw["input_ids"], kw["attention_mask"]
+        # a decode step of the slot cache passes a 4-D mask over its ring: each row runs its one new token
+        ran.append(int(mask[:, -ids.shape[1] :].sum()) if mask.dim() == 2 else ids.numel())
+
+    hook = model.register_forward_pre_hook(count, with_kwargs=True)
     try:
         yield ran
     finally:

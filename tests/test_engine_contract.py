@@ -95,9 +95,9 @@ def test_a_request_goes_queued_decoding_paused_finished_and_a_duplicate_key_is_r
     with pytest.raises(EngineError, match="'a' is already in this decode session"):
         loop.add("a", ids[1], 2, 0)
     loop.advance(["a"])
-    # after 4 tokens both rows leave the batch with their cache and wait
+    # after 4 tokens both rows sit out of the decode steps, their slots and cache kept, and wait
     assert loop.requests["a"].status is Status.PAUSED
-    assert loop.paused() == ["a"] and len(loop.batch) == 0
+    assert loop.paused() == ["a"] and len(loop.batch) == 2 and loop.batch.decoding() == []
     assert {i: len(t) for i, t in loop.partial("a").items()} == {0: 4, 1: 4}
     with pytest.raises(KeyError, match="is paused"):
         loop.result("a")
@@ -125,7 +125,7 @@ def test_the_batch_checks_its_rows_and_tensors_agree_even_under_python_O():
     loop._step()  # admits both prompts: four rows
     assert len(loop.batch) == 4
     loop.batch.check()
-    loop.batch.mask = loop.batch.mask[:3]  # a row's mask lost: out of order with the cache and the owners
+    loop.batch.pos = loop.batch.pos[:3]  # a row's position lost: out of order with the cache and the owners
     with pytest.raises(EngineInvariantError, match="out of order"):
         loop.batch.check()
 
@@ -274,9 +274,12 @@ def test_the_transformers_loop_stops_on_every_end_id_of_the_generation_config():
     script = [5, 6, 3]
     real = engine.forward
 
+    calls: list[int] = []
+
     def scripted(ids, mask, positions, cache=None, use_cache=True):
         logits, grown = real(ids, mask, positions, cache, use_cache)
-        step = mask.shape[1] - 12  # tokens generated before this forward's output token
+        step = len(calls)  # tokens generated before this forward's output token (the first call is the prefill)
+        calls.append(step)
         forced = torch.full_like(logits, -1e9)
         forced[:, script[min(step, 2)]] = 0.0
         return forced, grown

@@ -8,7 +8,7 @@ internals is here, so a transformers release that moves them is mended in one pl
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -26,26 +26,8 @@ class KVCache:
         """The cache a forward pass returned (``cache`` in transformers >= 5.2x, ``past_key_values`` before)."""
         return KVCache(getattr(output, "cache", None) or output.past_key_values)
 
-    @property
-    def sliding(self) -> bool:
-        """Whether a layer keeps a sliding window (its tokens are not aligned with the attention mask)."""
-        return any(getattr(layer, "is_sliding", False) for layer in self.cache.layers)
-
-    @property
-    def rows(self) -> int:
-        return int(self.cache.layers[0].keys.shape[0]) if self.cache.layers else 0
-
-    @property
-    def width(self) -> int:
-        """Token positions held per row (the widest layer's)."""
-        return max((int(layer.keys.shape[2]) for layer in self.cache.layers), default=0)
-
     def layers(self) -> Layers:
         return [(layer.keys, layer.values) for layer in self.cache.layers]
-
-    def take(self, rows: torch.Tensor) -> Layers:
-        """Copies of ``rows``'s keys and values (the cache itself unchanged)."""
-        return [(k[rows.to(k.device)], v[rows.to(v.device)]) for k, v in self.layers()]
 
     def set(self, layers: Layers) -> None:
         """Replace every layer's keys and values (the batch's rows are now these)."""
@@ -55,10 +37,6 @@ class KVCache:
     def select(self, rows: torch.Tensor) -> None:
         """Keep only ``rows``, in that order."""
         self.cache.batch_select_indices(rows)
-
-    def clear(self) -> None:
-        """No rows, no tokens; the object stays for later rows."""
-        self.set([(k[:0, :, :0], v[:0, :, :0]) for k, v in self.layers()])
 
     def repeat(self, counts: torch.Tensor) -> None:
         """Each row repeated ``counts[k]`` times (a prompt's N candidates share one prefill)."""
@@ -72,10 +50,6 @@ class KVCache:
             ]
         )
 
-    def drop_columns(self, start: int) -> None:
-        """Drop the first ``start`` token positions of every row (padding no row attends to)."""
-        self.set([(k[:, :, start:], v[:, :, start:]) for k, v in self.layers()])
-
     def copy(self) -> KVCache:
         return KVCache(copy.deepcopy(self.cache))
 
@@ -86,3 +60,54 @@ def forward_kwargs(model: Any) -> str:
     import inspect
 
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+class Ring(Protocol):
+    """What a slot layer needs of `bon.engines.slots.SlotCache`."""
+
+    width: int
+
+    def write(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+def slot_cache_object(ring: Ring, layers: int) -> Any:
+    """A transformers cache over a `bon.engines.slots.SlotCache`: each layer's ``update`` writes the step's keys and
+    values into the ring (``ring.write``) and gives attention the ring's slots."""
+    from transformers.cache_utils import Cache  # transformers is loaded: a model is decoding
+
+    return Cache(layers=[_slot_layer_class()(ring, i) for i in range(layers)])
+
+
+_CLASSES: dict[str, type] = {}  # the slot layer class, made once transformers is imported
+
+
+def _slot_layer_class() -> type:
+    if "layer" not in _CLASSES:
+        from transformers.cache_utils import CacheLayerMixin
+
+        class SlotLayer(CacheLayerMixin):
+            """One layer of the ring, as transformers' attention calls it."""
+
+            is_sliding = False
+
+            def __init__(self, ring: Ring, index: int):
+                super().__init__()
+                self.ring, self.index, self.is_initialized = ring, index, True
+
+            def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+                return None
+
+            def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any):
+                return self.ring.write(self.index, key_states, value_states)
+
+            def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+                return self.ring.width + 1, 0
+
+            def get_seq_length(self) -> int:
+                return self.ring.width + 1
+
+            def get_max_length(self) -> int:
+                return self.ring.width + 1
+
+        _CLASSES["layer"] = SlotLayer
+    return _CLASSES["layer"]

@@ -146,6 +146,7 @@ class MemoryPlan:
     cuda: bool
     dtype_bytes: int
     kv_per_token: int  # bytes of keys and values per token
+    layers: int  # decoder layers: the KV cache is re-laid out one layer at a time
     forward_per_token: int  # peak bytes per token of a forward pass
     vocab: int  # logits per position
     weights: int  # bytes of the weights (`weight_bytes`, from the config)
@@ -159,6 +160,12 @@ class MemoryPlan:
     @property
     def share_name(self) -> str:
         return share_name(self.cuda)
+
+    @property
+    def kv_peak_tokens(self) -> int:
+        """KV tokens held at the most: the budget, plus one layer's worth while the decode loop's slot cache moves to
+        wider or more slots (`bon.engines.slots.SlotCache`, one layer at a time)."""
+        return self.kv_tokens + -(-self.kv_tokens // max(1, self.layers))
 
     def admits(self, rows: int, width: int, generated: int) -> bool:
         """Whether ``rows`` sequences as wide as ``width`` tokens, each grown by ``generated``, fit both budgets: the
@@ -228,13 +235,13 @@ class MemoryPlan:
     def shortfall(self, role: str = "policy") -> str | None:
         """One line, before a run loads its weights, when the memory free now cannot hold them and a full KV cache
         (other processes hold the rest), else None: the run keeps the budget `bon check` showed."""
-        need = self.kv_tokens * self.kv_per_token
+        need = self.kv_peak_tokens * self.kv_per_token
         if need + self.weights <= self.free:
             return None
         return (
-            f"{role} KV budget {self.kv_tokens:,} tokens ({_gib(need)}) and weights ({_gib(self.weights)}) are more "
-            f"than the {_gib(self.free)} free now: other processes hold the rest; the run keeps the budget "
-            "`bon check` showed"
+            f"{role} KV budget {self.kv_tokens:,} tokens ({_gib(need)} at its peak) and weights "
+            f"({_gib(self.weights)}) are more than the {_gib(self.free)} free now: other processes hold the rest; "
+            "the run keeps the budget `bon check` showed"
         )
 
     @property
@@ -247,7 +254,8 @@ class MemoryPlan:
     def summary(self) -> str:
         """The plan in one line, as `bon check` prints it."""
         return (
-            f"{self.rows:,} rows; KV {self.kv_per_token:,} B/token, forward {self.forward_per_token:,} B/token; "
+            f"{self.rows:,} rows; KV {self.kv_per_token:,} B/token (at most {self.kv_peak_tokens:,} tokens while the "
+            f"cache grows a layer at a time), forward {self.forward_per_token:,} B/token; "
             f"{_gib(self.bound)} share ({self.share_name})"
         )
 
@@ -270,6 +278,7 @@ def plan(
         cuda=cuda,
         dtype_bytes=dtype_bytes,
         kv_per_token=kv,
+        layers=int(model_config.num_hidden_layers),
         forward_per_token=forward_bytes_per_token(model_config, dtype_bytes),
         vocab=int(getattr(model_config, "vocab_size", 0) or 0),
         weights=weights,

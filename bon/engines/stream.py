@@ -1,22 +1,22 @@
 """Continuous batching for the transformers engine: one decode loop that prompts join as rows free up.
 
 A `DecodeSession` keeps up to ``max_rows`` sequences decoding at every step. A prompt is admitted
-when its N rows fit (one prefill, its KV cache expanded to N rows and merged into the live cache,
-left-padded to a common width); its samples leave as soon as all N rows have finished, while the
-other prompts' rows go on. The loop obeys one `MemoryPlan` (the one `bon check` prints): a prompt is
-admitted only when every live row, grown by ``max_tokens``, still fits its rows and KV tokens
+when its N rows fit (one prefill, written into N free slots of the preallocated `SlotCache`; no live
+row is copied); its samples leave as soon as all N rows have finished, while the other prompts' rows
+go on. The loop obeys one `MemoryPlan` (the one `bon check` prints): a prompt is admitted only when
+the slot cache, as wide as its longest prompt plus ``max_tokens``, still fits the rows and KV tokens
 (`MemoryPlan.admits`), and prompts prefilled together stay inside its bytes (`MemoryPlan.prefill_fits`).
 
 Each candidate draws its tokens from the uniforms of its own seed, exactly as `HFModel.sample`
 does; only float rounding (other padding, other neighbours) can differ from a wave-batched run.
 
 A prompt added with ``pause_every`` stops after every so many tokens (early rejection): its rows
-leave the decode batch with their KV cache (parked), the caller looks at the partial answers and
-`resume` puts the ones it keeps back into the batch, never re-prefilled; the others end
-``"rejected"``. Parked rows count against both budgets, so resuming never overflows them.
+sit out the decode steps with their slots (parked), the caller looks at the partial answers and
+`resume` lets the ones it keeps decode again, never re-prefilled; the others end ``"rejected"`` and
+free their slots. Parked rows keep their slots, so resuming never overflows the budgets.
 
-Every request has one status (`Status`); the rows decoding now and their tensors belong to one
-`_Batch`, which checks after every change that its rows, cache, mask, positions and logits agree.
+Every request has one status (`Status`); the rows held and their tensors belong to one `_Batch`,
+which checks after every change that its rows, store, positions, logits and statuses agree.
 """
 
 from __future__ import annotations
@@ -30,26 +30,21 @@ from typing import Any, Protocol
 import torch
 
 from bon.engines.contract import EngineError, EngineInvariantError, Sample, SamplingSettings, derive_seed
-from bon.engines.kv import KVCache, Layers
+from bon.engines.kv import KVCache
 from bon.engines.memory import MemoryPlan, kv_need
 from bon.engines.sampling import left_padded, pick, uniforms
+from bon.engines.slots import Forward, ModelCache, RowStore, SlotCache
 
 CPU = torch.device("cpu")
 
 
-class Forwarder(Protocol):
+class Forwarder(Forward, Protocol):
     """What the decode loop needs of a loaded causal LM (`bon.engines.hf.HFModel`)."""
 
     device: torch.device
     eos_ids: frozenset[int]  # every id that ends a sequence
     pad_id: int
     tokenizer: Any
-
-    def forward(
-        self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: KVCache | None = None
-    ) -> tuple[torch.Tensor, KVCache]:
-        """(each row's last-position logits, the cache grown by ``ids``)."""
-        ...
 
     def check_fits(self, lengths: Sequence[int], generated: int) -> None: ...
 
@@ -74,141 +69,85 @@ class _Request:
     finish: list[str] = field(default_factory=list)
     left: int = 0  # rows still going
     pause_at: int = 0  # the length at which its rows park next
-    parked: _Rows | None = None  # its rows out of the batch, KV kept, while paused
-
-
-@dataclass
-class _Rows:
-    """Rows out of the decode batch with everything needed to put them back without a prefill."""
-
-    owners: list[tuple[_Request, int]]
-    layers: Layers
-    mask: torch.Tensor
-    pos: torch.Tensor
-    logits: torch.Tensor
-
-    def take(self, rows: list[int]) -> _Rows:
-        idx = torch.tensor(rows, dtype=torch.long)
-        return _Rows(
-            [self.owners[r] for r in rows],
-            [(k[idx.to(k.device)], v[idx.to(v.device)]) for k, v in self.layers],
-            self.mask[idx.to(self.mask.device)],
-            self.pos[idx.to(self.pos.device)],
-            self.logits[idx.to(self.logits.device)],
-        )
-
-    def trimmed(self) -> _Rows:
-        """These rows without the leading columns none of them attends to."""
-        start = _first_used(self.mask)
-        if start == 0:
-            return self
-        layers = [(k[:, :, start:], v[:, :, start:]) for k, v in self.layers]
-        return _Rows(self.owners, layers, self.mask[:, start:], self.pos, self.logits)
-
-    def tokens(self) -> int:
-        return self.mask.shape[0] * self.mask.shape[1]
 
 
 class _Batch:
-    """The rows decoding now: owner ``r`` is row ``r`` of the cache, the mask, the positions and the logits.
+    """The rows held now, decoding or parked: owner ``r`` is row ``r`` of the store, the positions, the logits and
+    ``active`` (False while its prompt is paused).
 
     The only holder of those tensors; every change ends with `check`.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, store: RowStore) -> None:
+        self.store = store
         self.owners: list[tuple[_Request, int]] = []
-        self.cache: KVCache | None = None  # the first prefill's cache object carries every later row
-        self.mask = self.pos = self.logits = torch.empty(0)
+        self.pos = self.logits = torch.empty(0)
+        self.active = torch.zeros(0, dtype=torch.bool)  # on the CPU, per row
 
     def __len__(self) -> int:
         return len(self.owners)
 
-    @property
-    def width(self) -> int:
-        return int(self.mask.shape[1]) if self.owners else 0
+    def decoding(self) -> list[int]:
+        """The rows that decode at the next step."""
+        return self.active.nonzero().flatten().tolist()
 
     def check(self) -> None:
         rows = len(self.owners)
-        _require(self.mask.shape[0] == self.pos.shape[0] == self.logits.shape[0] == rows, "batch tensors out of order")
-        if self.cache is not None:
-            _require(self.cache.rows == rows, f"the KV cache holds {self.cache.rows} rows for {rows} owners")
-            _require(rows == 0 or self.cache.sliding or self.cache.width == self.width, "cache and mask widths differ")
-        _require(all(req.status is Status.DECODING for req, _ in self.owners), "a row of a request not decoding")
+        _require(
+            self.pos.shape[0] == self.logits.shape[0] == self.active.shape[0] == rows, "batch tensors out of order"
+        )
+        _require(self.store.rows == rows, f"the KV store holds {self.store.rows} rows for {rows} owners")
+        want = [Status.DECODING if a else Status.PAUSED for a in self.active.tolist()]
+        agree = all(req.status is w for (req, _), w in zip(self.owners, want))
+        _require(agree, "a row's status and its prompt's differ")
 
-    def live(self) -> KVCache:
-        """The cache object, which exists once a first prefill made it."""
-        if self.cache is None:
-            raise EngineInvariantError("the decode batch has no KV cache yet (no prompt was prefilled)")
-        return self.cache
-
-    def start(self, cache: KVCache, mask: torch.Tensor, pos: torch.Tensor, logits: torch.Tensor, owners) -> None:
-        """Append freshly prefilled rows (their cache expanded to one row per owner)."""
-        if self.cache is None or not self.owners:  # a fresh cache object for an empty batch (sliding layers too)
-            self.cache = cache
-        self.append(_Rows(owners, cache.layers(), mask, pos, logits))
-
-    def append(self, rows: _Rows) -> None:
-        """Rows join the batch (an empty one included): the narrower side is left-padded (masked)."""
-        cache = self.live()
-        if not self.owners:
-            cache.set(rows.layers)
-            self.mask, self.pos, self.logits = rows.mask, rows.pos, rows.logits
-        else:
-            width = max(self.width, rows.mask.shape[1])
-            pad = [(_pad_time(k, width), _pad_time(v, width)) for k, v in cache.layers()]
-            new = [(_pad_time(k, width), _pad_time(v, width)) for k, v in rows.layers]
-            cache.set([(torch.cat([k, k2]), torch.cat([v, v2])) for (k, v), (k2, v2) in zip(pad, new)])
-            self.mask = torch.cat([_pad_mask(self.mask, width), _pad_mask(rows.mask, width)])
-            self.pos = torch.cat([self.pos, rows.pos])
-            self.logits = torch.cat([self.logits, rows.logits])
-        self.owners = self.owners + rows.owners
+    def start(self, cache: KVCache, mask: torch.Tensor, counts: torch.Tensor, pos, logits, owners, generated) -> None:
+        """Append freshly prefilled rows: prompt ``j``'s cache and mask repeated ``counts[j]`` times, in order."""
+        self.store.place(cache, mask, counts, generated)
+        self.owners = self.owners + owners
+        self.pos = torch.cat([self.pos.to(pos.device), pos]) if len(self.pos) else pos
+        self.logits = torch.cat([self.logits, logits]) if len(self.logits) else logits
+        self.active = torch.cat([self.active, torch.ones(len(owners), dtype=torch.bool)])
         self.check()
 
-    def select(self, keep: list[int]) -> None:
-        """Keep these rows, in this order; with none left the cache is emptied, its object kept for later rows."""
-        cache = self.live()
-        rows = torch.tensor(keep, dtype=torch.long)
-        self.owners = [self.owners[k] for k in keep]
-        if keep:
-            cache.select(rows.to(self.mask.device))
-            self.mask, self.pos, self.logits = self.mask[rows], self.pos[rows], self.logits[rows]
-        else:
-            cache.clear()
-            self.mask, self.pos, self.logits = self.mask[:0, :0], self.pos[:0], self.logits[:0]
+    def keep(self, rows: list[int]) -> list[int]:
+        """Keep only ``rows`` (ascending); the store may reorder them: their old indices in the new order."""
+        order = self.store.keep(rows)
+        idx = torch.tensor(order, dtype=torch.long)
+        self.owners = [self.owners[k] for k in order]
+        self.pos, self.logits = self.pos[idx.to(self.pos.device)], self.logits[idx.to(self.logits.device)]
+        self.active = self.active[idx]
         self.check()
-
-    def take(self, rows: list[int]) -> _Rows:
-        """Copies of ``rows`` with their keys, values, mask, positions and logits (the batch unchanged)."""
-        cache = self.live()
-        idx = torch.tensor(rows, dtype=torch.long, device=self.mask.device)
-        owners = [self.owners[r] for r in rows]
-        return _Rows(owners, cache.take(idx), self.mask[idx], self.pos[idx], self.logits[idx]).trimmed()
+        return order
 
     def step(self, engine: Forwarder, picked: torch.Tensor) -> None:
-        """Run every row one position on with its picked token."""
-        self.mask = torch.cat([self.mask, self.mask.new_ones((len(self.owners), 1))], dim=1)
-        ids = picked[:, None]  # sampled on the model's device
-        self.logits, self.cache = engine.forward(ids, self.mask, self.pos[:, None], self.cache)
-        self.pos = self.pos + 1
+        """Run the active rows one position on with their picked tokens (parked rows keep their logits)."""
+        everyone = bool(self.active.all())
+        logits = self.store.step(engine, picked[:, None], self.pos[:, None], self.active)
+        if everyone:
+            self.logits, self.pos = logits, self.pos + 1
+        else:
+            act = self.active.to(logits.device)
+            self.logits = torch.where(act[:, None], logits, self.logits)
+            self.pos = self.pos + act.to(self.pos.device)
         self.check()
 
-    def trim(self) -> None:
-        """Drop leading cache columns that no row attends to (padding of rows that have left)."""
-        cache = self.live()
-        if cache.sliding:
-            return  # a sliding window's cache is not aligned with the mask: those models decode in waves
-        start = _first_used(self.mask)
-        if start > 0:
-            self.mask = self.mask[:, start:]
-            cache.drop_columns(start)
-            self.check()
+    def park(self, rows: list[int]) -> None:
+        """These rows sit out the coming steps, slot and logits kept (their prompts are paused)."""
+        self.active[rows] = False
+
+    def rejoin(self, rows: list[int]) -> None:
+        """Parked rows decode again from where they stopped (their prompt resumed)."""
+        self.store.rejoin(rows)
+        self.active[rows] = True
 
 
 @dataclass
 class SessionStats:
     steps: int = 0
     peak_rows: int = 0
-    peak_kv_tokens: int = 0  # rows x cache width, at its largest
+    peak_kv_tokens: int = 0  # KV tokens the cache tensors held, at their most (the plan's ``kv_tokens`` bounds it)
+    peak_kv_transient: int = 0  # the same with a re-layout's spare layer (`MemoryPlan.kv_peak_tokens` bounds it)
     most_prompts_in_a_step: int = 0  # distinct prompts whose rows shared one decode step
     prefills: int = 0  # prompts prefilled (each once: resumed rows keep their cache)
     peak_prefill_logits: int = 0  # logits held by one prefill (rows x vocabulary), at its largest
@@ -227,8 +166,7 @@ class DecodeSession:
         self.engine, self.settings, self.memory, self.waves = engine, settings, memory, waves
         self.requests: dict[Hashable, _Request] = {}  # every request added and not yet returned by `result`
         self.queue: deque[_Request] = deque()  # QUEUED, in admission order
-        self.resuming: deque[_Rows] = deque()  # kept rows of resumed prompts, rejoining the batch before any new one
-        self.batch = _Batch()
+        self.batch = _Batch(ModelCache() if waves else SlotCache(memory))
         self.stats = SessionStats()
 
     @property
@@ -271,29 +209,30 @@ class DecodeSession:
     def partial(self, key: Hashable) -> dict[int, list[int]]:
         """A paused prompt's parked candidates: index -> tokens so far."""
         req = self._in(key, Status.PAUSED)
-        if req.parked is None:
-            raise EngineInvariantError(f"paused prompt {key!r} has no parked rows")
-        return {i: list(req.tokens[i]) for _, i in req.parked.owners}
+        return {i: list(req.tokens[i]) for owner, i in self.batch.owners if owner is req}
 
+    @torch.inference_mode()
     def resume(self, key: Hashable, keep: Sequence[int], pause: bool = True) -> None:
         """Let candidates ``keep`` of a paused prompt go on from where they are; its other parked ones end rejected.
         With ``pause`` False the prompt decodes to its end without pausing again."""
         req = self._in(key, Status.PAUSED)
-        rows, req.parked = req.parked, None
-        if rows is None:
-            raise EngineInvariantError(f"paused prompt {key!r} has no parked rows")
         wanted = set(keep)
-        kept = [r for r, (_, i) in enumerate(rows.owners) if i in wanted]
-        for _, i in rows.owners:
-            if i not in wanted:
+        gone = set()
+        for r, (owner, i) in enumerate(self.batch.owners):
+            if owner is req and i not in wanted:
                 req.finish[i] = "rejected"
                 req.left -= 1
+                gone.add(r)
+        if gone:
+            self.batch.keep([r for r in range(len(self.batch)) if r not in gone])
         if not pause:
             req.every = None
         req.pause_at += req.every or 0
         req.status = Status.DECODING
-        if kept:
-            self.resuming.append(rows.take(kept))
+        mine = [r for r, (owner, _) in enumerate(self.batch.owners) if owner is req]
+        if mine:
+            self.batch.rejoin(mine)
+            self.batch.check()
         elif req.left == 0:
             self._finish(req)
 
@@ -323,8 +262,7 @@ class DecodeSession:
         """Drop every prompt still here, its rows and its cache (nothing outside this process holds them)."""
         self.requests.clear()
         self.queue.clear()
-        self.resuming.clear()
-        self.batch = _Batch()
+        self.batch = _Batch(ModelCache() if self.waves else SlotCache(self.memory))
 
     def _status(self, key: Hashable) -> Status | None:
         req = self.requests.get(key)
@@ -338,51 +276,64 @@ class DecodeSession:
         return req
 
     def _working(self) -> bool:
-        return bool(self.batch or self.queue or self.resuming)
+        return bool(self.queue or self.batch.decoding())
 
     @torch.inference_mode()
     def _step(self) -> None:
-        if self.batch:
-            self._decode()
+        steps, prefills = self.stats.steps, self.stats.prefills
+        self._decode()
         self._admit()
+        if (steps, prefills) == (self.stats.steps, self.stats.prefills):  # queued prompts wait on parked rows' room
+            raise EngineError(
+                f"{len(self.queue)} queued prompts cannot start while paused prompts {self.paused()[:3]} hold the "
+                "rows and KV budget: resume them (or reject their candidates) first"
+            )
 
     def _decode(self) -> None:
-        """Sample one token for every live row, drop finished rows, and run the rest one position on."""
+        """Sample one token for every decoding row, drop finished rows, and run the rest one position on."""
         s, eos, batch = self.settings, self.engine.eos_ids, self.batch
+        rows = batch.decoding()
+        if not rows:
+            return
         self.stats.steps += 1
-        self.stats.tokens_sampled += len(batch)
-        self.stats.most_prompts_in_a_step = max(
-            self.stats.most_prompts_in_a_step, len({id(r) for r, _ in batch.owners})
-        )
+        self.stats.tokens_sampled += len(rows)
+        prompts = len({id(batch.owners[r][0]) for r in rows})
+        self.stats.most_prompts_in_a_step = max(self.stats.most_prompts_in_a_step, prompts)
+        everyone = len(rows) == len(batch)
+        idx = torch.tensor(rows, dtype=torch.long, device=batch.logits.device)
+        logits = batch.logits if everyone else batch.logits[idx]
         u = None
         if s.temperature > 0:  # each row's next uniform, from its own CPU generator: rows x 8 bytes to the device
-            u = torch.stack([req.uniforms[i, len(req.tokens[i])] for req, i in batch.owners])  # type: ignore[index]
-            u = self._moved(u, batch.logits.device)
-        picked = pick(batch.logits.float(), u, s)  # on the model's device: its logits never leave it
-        keep: list[int] = []
-        park: list[int] = []  # rows decoding on; of those, rows that park once this step's token is in the cache
-        for row, ((req, i), t) in enumerate(zip(batch.owners, self._moved(picked, CPU).tolist())):
+            owners = [batch.owners[r] for r in rows]
+            u = torch.stack([req.uniforms[i, len(req.tokens[i])] for req, i in owners])  # type: ignore[index]
+            u = self._moved(u, logits.device)
+        picked = pick(logits.float(), u, s)  # on the model's device: its logits never leave it
+        ended: set[int] = set()
+        park: set[tuple[int, int]] = set()  # (prompt, candidate) that park once this step's token is in the cache
+        for row, t in zip(rows, self._moved(picked, CPU).tolist()):
+            req, i = batch.owners[row]
             if t in eos:
                 req.finish[i] = "stop"
             else:
                 req.tokens[i].append(t)
                 if len(req.tokens[i]) < s.max_tokens:
                     if req.every and len(req.tokens[i]) == req.pause_at:
-                        park.append(len(keep))
-                    keep.append(row)
+                        park.add((id(req), i))
                     continue
+            ended.add(row)
             req.left -= 1
             if req.left == 0:
                 self._finish(req)
-        if len(keep) < len(batch):  # finished rows leave the batch and its cache
-            batch.select(keep)
-            picked = picked[torch.tensor(keep, dtype=torch.long, device=picked.device)]
-        if not batch:
+        if not everyone:  # parked rows feed a token too; their columns stay untouched
+            picked = torch.zeros(len(batch), dtype=picked.dtype, device=picked.device).index_copy_(0, idx, picked)
+        if ended:  # finished rows leave the batch and free their slots
+            order = batch.keep([r for r in range(len(batch)) if r not in ended])
+            picked = picked[torch.tensor(order, dtype=torch.long, device=picked.device)]
+        if not batch.decoding():
             return
         batch.step(self.engine, picked)
         if park:
             self._park(park)
-        batch.trim()
         self._measure()
 
     def _moved(self, t: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -393,43 +344,32 @@ class DecodeSession:
     def _finish(self, req: _Request) -> None:
         req.status, req.uniforms = Status.FINISHED, None
 
-    def _park(self, rows: list[int]) -> None:
-        """Take ``rows`` out of the batch, KV cache and next-token logits kept; their prompts pause."""
-        by_prompt: dict[int, list[int]] = {}
-        for r in rows:
-            by_prompt.setdefault(id(self.batch.owners[r][0]), []).append(r)
-        for mine in by_prompt.values():  # a prompt's rows advance in step: all its unfinished rows park at once
-            req = self.batch.owners[mine[0]][0]
-            req.parked = self.batch.take(mine)
-        leaving = set(rows)
-        for req in {id(r): r for r, _ in (self.batch.owners[k] for k in rows)}.values():
-            req.status = Status.PAUSED
-        self.batch.select([r for r in range(len(self.batch)) if r not in leaving])
-
-    def _parked(self) -> list[_Rows]:
-        out = [r.parked for r in self.requests.values() if r.parked is not None]
-        return out + list(self.resuming)
+    def _park(self, rows: set[tuple[int, int]]) -> None:
+        """These (prompt, candidate) rows sit out the coming steps, KV cache and next-token logits kept; their prompts
+        pause (a prompt's rows advance in step: all its unfinished rows park at once)."""
+        where = [r for r, (req, i) in enumerate(self.batch.owners) if (id(req), i) in rows]
+        for r in where:
+            self.batch.owners[r][0].status = Status.PAUSED
+        self.batch.park(where)
+        self.batch.check()
 
     def _admit(self) -> None:
-        """Put kept rows back, then prefill the queued prompts whose rows fit, in order, and merge them in."""
-        while self.resuming:  # their rows were counted while parked: they always fit
-            self.batch.append(self.resuming.popleft())
+        """Prefill the queued prompts whose rows fit, in order, and add them to the batch."""
         if self.waves and self.batch:
             return
-        parked = self._parked()
-        rows = len(self.batch) + sum(len(p.owners) for p in parked)
-        width = max([self.batch.width] + [p.mask.shape[1] for p in parked])
+        g = self.settings.max_tokens
+        rows = len(self.batch)  # parked rows keep their slots: they count
         group: list[_Request] = []
-        prefill = 0  # the group's padded prompt width
+        lengths: list[int] = []
         while self.queue:
             req = self.queue[0]
-            new_rows, new_width = rows + req.n, max(width, len(req.ids))
-            if not self.memory.admits(new_rows, new_width, self.settings.max_tokens):
+            widths = [*lengths, len(req.ids)]
+            if not self.memory.admits(rows + req.n, self.batch.store.width_after(widths, g), g):
                 break
-            if not self.memory.prefill_fits(len(group) + 1, max(prefill, len(req.ids))):
+            if not self.memory.prefill_fits(len(group) + 1, max(widths)):
                 break
             group.append(self.queue.popleft())
-            rows, width, prefill = new_rows, new_width, max(prefill, len(req.ids))
+            rows, lengths = rows + req.n, widths
         if not group:
             return
         ids, mask, positions = left_padded([r.ids for r in group], self.engine.pad_id)
@@ -438,7 +378,6 @@ class DecodeSession:
         self.stats.prefills += len(group)
         self.stats.peak_prefill_logits = max(self.stats.peak_prefill_logits, logits.numel())
         counts = torch.tensor([r.n for r in group])
-        cache.repeat(counts)
         owners = []
         for req in group:
             if self.settings.temperature > 0:  # made at admission: a long queue holds token ids only
@@ -447,22 +386,25 @@ class DecodeSession:
             owners += [(req, i) for i in range(req.n)]
         self.batch.start(
             cache,
-            mask.repeat_interleave(counts, dim=0).to(device),
+            mask.to(device),
+            counts,
             (positions[:, -1] + 1).repeat_interleave(counts).to(device),
             logits.repeat_interleave(counts.to(logits.device), dim=0),
             owners,
+            g,
         )
         self._measure()
 
     def _measure(self) -> None:
-        """Update the peaks, and check that every row held (decoding, parked, rejoining) is inside both budgets."""
-        parked = self._parked()
-        held = len(self.batch) + sum(len(p.owners) for p in parked)
-        kv = len(self.batch) * self.batch.width + sum(p.tokens() for p in parked)
+        """Update the peaks, and check that the rows held (decoding, parked) and their KV tensors are inside both
+        budgets."""
+        held, kv, store = len(self.batch), self.batch.store.held(), self.batch.store
         _require(held <= self.max_rows, f"{held} rows held, more than max_rows {self.max_rows}")
         _require(kv <= self.max_kv_tokens, f"{kv} KV tokens held, more than max_kv_tokens {self.max_kv_tokens}")
+        _require(store.peak <= self.memory.kv_peak_tokens, f"{store.peak} KV tokens held while the cache grew")
         self.stats.peak_rows = max(self.stats.peak_rows, held)
         self.stats.peak_kv_tokens = max(self.stats.peak_kv_tokens, kv)
+        self.stats.peak_kv_transient = max(self.stats.peak_kv_transient, store.peak)
 
     def _samples(self, req: _Request) -> list[Sample]:
         return [
@@ -503,20 +445,7 @@ class WaveLoop:
         self.session.close()
 
 
-def _first_used(mask: torch.Tensor) -> int:
-    used = mask.any(dim=0).nonzero()
-    return int(used[0]) if len(used) else 0
-
-
 def _require(holds: bool, what: str) -> None:
     """An engine invariant, checked under `python -O` too (an assert would vanish there)."""
     if not holds:
         raise EngineInvariantError(what)
-
-
-def _pad_time(t: torch.Tensor, width: int) -> torch.Tensor:
-    return t if t.shape[2] == width else torch.nn.functional.pad(t, (0, 0, width - t.shape[2], 0))
-
-
-def _pad_mask(m: torch.Tensor, width: int) -> torch.Tensor:
-    return m if m.shape[1] == width else torch.nn.functional.pad(m, (width - m.shape[1], 0))
