@@ -79,7 +79,6 @@ class SlotCache:
         self.behind: list[int] = []  # per row: steps it sat out since its last column (parked)
         self.peak = 0  # KV tokens held at most, re-layouts' transient layer included
         self.column: torch.Tensor | None = None  # this step's column per row; None: every row writes the head
-        self._object: KVCache | None = None  # the transformers cache object over this ring, made once
 
     def held(self) -> int:
         return self.capacity * self.width
@@ -130,9 +129,8 @@ class SlotCache:
         live = self.valid[:rows]
         dtype = self.keys[0].dtype
         mask = torch.zeros(live.shape, dtype=dtype, device=live.device).masked_fill_(~live, torch.finfo(dtype).min)
-        if self._object is None:
-            self._object = KVCache(slot_cache_object(self, len(self.keys)))
-        logits, _ = engine.forward(ids, mask[:, None, None, :], pos, self._object)
+        cache = KVCache(slot_cache_object(self, len(self.keys)))  # made per step: kept, it would cycle back to self
+        logits, _ = engine.forward(ids, mask[:, None, None, :], pos, cache)
         self.head = (head + 1) % self.width
         self.behind = [b + (not a) for b, a in zip(self.behind, active.tolist())]
         return logits

@@ -101,7 +101,16 @@ class _Batch:
         agree = all(req.status is w for (req, _), w in zip(self.owners, want))
         _require(agree, "a row's status and its prompt's differ")
 
-    def start(self, cache: KVCache, mask: torch.Tensor, counts: torch.Tensor, pos, logits, owners, generated) -> None:
+    def start(
+        self,
+        cache: KVCache,
+        mask: torch.Tensor,
+        counts: torch.Tensor,
+        pos: torch.Tensor,
+        logits: torch.Tensor,
+        owners: list[tuple[_Request, int]],
+        generated: int,
+    ) -> None:
         """Append freshly prefilled rows: prompt ``j``'s cache and mask repeated ``counts[j]`` times, in order."""
         self.store.place(cache, mask, counts, generated)
         self.owners = self.owners + owners
@@ -135,11 +144,13 @@ class _Batch:
     def park(self, rows: list[int]) -> None:
         """These rows sit out the coming steps, slot and logits kept (their prompts are paused)."""
         self.active[rows] = False
+        self.check()
 
     def rejoin(self, rows: list[int]) -> None:
         """Parked rows decode again from where they stopped (their prompt resumed)."""
         self.store.rejoin(rows)
         self.active[rows] = True
+        self.check()
 
 
 @dataclass
@@ -232,7 +243,6 @@ class DecodeSession:
         mine = [r for r, (owner, _) in enumerate(self.batch.owners) if owner is req]
         if mine:
             self.batch.rejoin(mine)
-            self.batch.check()
         elif req.left == 0:
             self._finish(req)
 
@@ -351,7 +361,6 @@ class DecodeSession:
         for r in where:
             self.batch.owners[r][0].status = Status.PAUSED
         self.batch.park(where)
-        self.batch.check()
 
     def _admit(self) -> None:
         """Prefill the queued prompts whose rows fit, in order, and add them to the batch."""
