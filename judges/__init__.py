@@ -10,12 +10,15 @@ if TYPE_CHECKING:  # mypy checks every registered class against what the registr
     from bon.judges.consistency import ConsistencyJudge
     from bon.judges.cosine import CosineJudge
     from bon.judges.ensemble import EnsembleJudge
+    from bon.judges.entropy import EntropyJudge
     from bon.judges.length import LengthJudge
+    from bon.judges.logprob import LogprobJudge
     from bon.judges.mt_bench import MTBenchJudge
     from bon.judges.pairwise import PairwiseRanking
     from bon.judges.ppl import PPLJudge
     from bon.judges.random_pick import RandomJudge
     from bon.judges.reward_model import RewardModelJudge
+    from bon.judges.self_certainty import SelfCertaintyJudge
     from bon.judges.self_eval import SelfEvalJudge
     from bon.judges.selfj import SelfJudge
 
@@ -32,6 +35,9 @@ if TYPE_CHECKING:  # mypy checks every registered class against what the registr
         "length": LengthJudge,
         "random": RandomJudge,
         "mt_bench": MTBenchJudge,
+        "self_certainty": SelfCertaintyJudge,
+        "logprob": LogprobJudge,
+        "entropy": EntropyJudge,
     }
 
 __all__ = ["JUDGES", "JudgeInfo", "OptionInfo", "build_judge", "describe_judges", "describe_options"]

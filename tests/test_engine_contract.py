@@ -179,8 +179,8 @@ def test_a_prefill_holds_only_each_prompts_last_logits_within_the_kv_budget():
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
 def test_a_decode_step_moves_each_rows_uniform_and_token_id_never_its_logits(temperature):
     """Sampling runs where the logits are: per sampled token the loop moves its uniform (8 bytes, when sampling) to
-    the model's device and its id (8 bytes) back, not the 4096 float32 logits of its row (16 KiB); the tokens are
-    those of the wave sampler."""
+    the model's device and its id (8 bytes) back, not the 4096 float32 logits of its row (16 KiB), and per candidate
+    its three confidence sums once; the tokens are those of the wave sampler."""
     engine = tiny_engine(vocab_size=4096)
     settings = SamplingSettings(temperature, 0.95, 8)
     prompts = _prompts(3)
@@ -190,7 +190,9 @@ def test_a_decode_step_moves_each_rows_uniform_and_token_id_never_its_logits(tem
         loop.add(k, ids, 2, k)
     got = [loop.result(k) for k in range(3)]
     per_token = 8 + (8 if temperature else 0)
-    assert loop.stats.tokens_sampled >= 6 and loop.stats.moved_bytes == per_token * loop.stats.tokens_sampled
+    per_candidate = 24  # its confidence sums, once, when its row leaves
+    moved = per_token * loop.stats.tokens_sampled + per_candidate * 6
+    assert loop.stats.tokens_sampled >= 6 and loop.stats.moved_bytes == moved
     alone = [engine.sample([ids], 2, [k], settings)[0] for k, ids in enumerate(prompts)]
     assert [[s.token_ids for s in g] for g in got] == [[s.token_ids for s in g] for g in alone]
 

@@ -69,6 +69,9 @@ JUDGES: Registry[JudgeClass] = Registry(
         "length": "bon.judges.length:LengthJudge",
         "random": "bon.judges.random_pick:RandomJudge",
         "mt_bench": "bon.judges.mt_bench:MTBenchJudge",
+        "self_certainty": "bon.judges.self_certainty:SelfCertaintyJudge",
+        "logprob": "bon.judges.logprob:LogprobJudge",
+        "entropy": "bon.judges.entropy:EntropyJudge",
     },
     group="bon.judges",  # judges of installed packages
     adapt=external_judge,

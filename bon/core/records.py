@@ -108,6 +108,12 @@ class Candidate:
     flag: str | None = None  # e.g. the prompt was truncated to fit the context; None when clean
     # the tokens the policy sampled (end of sequence left out); None: unknown, and then not written (older runs lack it)
     token_ids: tuple[int, ...] | None = field(default=None, metadata={"optional": True})
+    # the policy's own distributions at those tokens, summed while it decoded (`bon.engines.contract.Confidence`):
+    # how many tokens, their log-probabilities, entropies and self-certainty terms; None: not measured, not written
+    confidence_tokens: int | None = field(default=None, metadata={"optional": True})
+    logprob_sum: float | None = field(default=None, metadata={"optional": True})
+    entropy_sum: float | None = field(default=None, metadata={"optional": True})
+    certainty_sum: float | None = field(default=None, metadata={"optional": True})
 
     @property
     def key(self) -> Key:
@@ -212,7 +218,9 @@ _INT_FIELDS = {
     "second",
     "winner",
     "turn",
+    "confidence_tokens",
 }
+_NUMBER_FIELDS = ("score", "logprob_sum", "entropy_sum", "certainty_sum")  # finite numbers or null
 
 
 def from_json(cls: Any, data: Mapping[str, Any]) -> Any:
@@ -253,10 +261,13 @@ def from_json(cls: Any, data: Mapping[str, Any]) -> Any:
                 f"field 'token_ids': expected a list of token ids (integers 0 or more), found {ids!r:.60}"
             )
         body["token_ids"] = tuple(ids)
-    if "score" in body and body["score"] is not None:
-        if not isinstance(body["score"], (int, float)) or isinstance(body["score"], bool):
-            raise RecordError(f"field 'score': expected a number or null, found {body['score']!r}")
-        if not math.isfinite(body["score"]):  # e.g. 1e400 parses to inf
-            raise RecordError(f"field 'score': expected a finite number or null, found {body['score']!r}")
-        body["score"] = float(body["score"])
+    for name in _NUMBER_FIELDS:
+        value = body.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise RecordError(f"field {name!r}: expected a number or null, found {value!r}")
+        if not math.isfinite(value):  # e.g. 1e400 parses to inf
+            raise RecordError(f"field {name!r}: expected a finite number or null, found {value!r}")
+        body[name] = float(value)
     return cls(**body)

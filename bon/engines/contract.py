@@ -32,6 +32,25 @@ class SamplingSettings:
 
 
 @dataclass(frozen=True)
+class Confidence:
+    """The policy's own next-token distributions at the tokens it sampled (end of sequence left out), summed over
+    them: before temperature and top-p, so a teacher-forced pass over the same tokens computes the same sums."""
+
+    tokens: int  # tokens summed over (the sample's token ids)
+    logprob: float  # the sampled tokens' log-probabilities
+    entropy: float  # the distributions' entropies, in nats
+    certainty: float  # self-certainty's term, KL(uniform || p) = -mean over the vocabulary of log(V p)
+
+    def __add__(self, other: Confidence) -> Confidence:
+        return Confidence(
+            self.tokens + other.tokens,
+            self.logprob + other.logprob,
+            self.entropy + other.entropy,
+            self.certainty + other.certainty,
+        )
+
+
+@dataclass(frozen=True)
 class Sample:
     """One generated sequence."""
 
@@ -45,6 +64,7 @@ class Sample:
         None  # who generated it when the engine cannot vouch: a server's model name and system_fingerprint
     )
     flag: str | None = None  # why it ended other than by itself (e.g. a chunk that made no progress)
+    confidence: Confidence | None = None  # measured while decoding, where the engine can (`Confidence`)
 
 
 class ChatIds(list[int]):
@@ -168,6 +188,18 @@ class LanguageModel(Tokens, Protocol):
         self, prompts: Sequence[list[int]], continuations: Sequence[list[int]], batch_size: int = 8
     ) -> list[list[float]]:
         """Log-probability of each continuation token after its prompt (and the tokens before it)."""
+
+
+@runtime_checkable
+class MeasuresConfidence(Tokens, Protocol):
+    """An engine that computes a continuation's `Confidence` in one teacher-forced pass (the full distribution at
+    each token: the transformers engine)."""
+
+    def continuation_confidence(
+        self, prompts: Sequence[list[int]], continuations: Sequence[list[int]], batch_size: int = 8
+    ) -> list[Confidence]:
+        """Per continuation, the sums the decode loop records while sampling it."""
+        ...
 
 
 @runtime_checkable

@@ -20,7 +20,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from bon.core.config import ModelConfig
 from bon.engines.cache import ENGINES
-from bon.engines.contract import DecodeLoop, Sample, SamplingSettings
+from bon.engines.contract import Confidence, DecodeLoop, Sample, SamplingSettings
 from bon.engines.kv import KVCache, forward_kwargs
 from bon.engines.memory import MemoryPlan, dtype_name, plan
 from bon.engines.models import (
@@ -34,7 +34,7 @@ from bon.engines.models import (
 )
 from bon.engines.prefixes import MIN_SHARED_PREFIX, prefix_groups
 from bon.engines.sampling import left_padded
-from bon.engines.stream import DecodeSession, WaveLoop
+from bon.engines.stream import DecodeSession, WaveLoop, confidence_terms
 from bon.engines.tokens import Tokenized, config_context, end_ids
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -236,22 +236,39 @@ class HFModel(Tokenized):
         Consecutive equal prompts (a judge's N candidates for one instruction) reuse one prefill of the prompt,
         and logits are computed only at the positions that predict a continuation token.
         """
+        results: list[list[float]] = [[] for _ in prompts]
+        for i, logits, targets in self._continuation_logits(prompts, continuations, batch_size):
+            norms = torch.logsumexp(logits, dim=-1)  # log-softmax of the targets only: tokens, not tokens x vocab
+            results[i] = (logits.gather(-1, targets[:, None])[:, 0] - norms).cpu().tolist()
+        return results
+
+    def continuation_confidence(
+        self, prompts: Sequence[list[int]], continuations: Sequence[list[int]], batch_size: int = 8
+    ) -> list[Confidence]:
+        """The model's own confidence at each continuation (`Confidence`: log-probabilities, entropies and
+        self-certainty terms, summed) from one teacher-forced pass: what the decode loop measures while sampling."""
+        results = [Confidence(0, 0.0, 0.0, 0.0) for _ in prompts]
+        for i, logits, targets in self._continuation_logits(prompts, continuations, batch_size):
+            logprob, entropy, certainty = confidence_terms(logits, targets).sum(0).tolist()
+            results[i] = Confidence(len(targets), logprob, entropy, certainty)
+        return results
+
+    def _continuation_logits(
+        self, prompts: Sequence[list[int]], continuations: Sequence[list[int]], batch_size: int
+    ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+        """(index, logits at the positions predicting its continuation (tokens x vocabulary), the continuation)."""
         seqs = [list(p) + list(c) for p, c in zip(prompts, continuations)]
         self.check_fits([len(s) for s in seqs], 0)
-        results: list[list[float]] = [[] for _ in seqs]
         lengths = [len(p) for p in prompts]
         groups = [tuple(p) for p in prompts]
         # the prefix stops before each prompt's last token, whose logits predict the first continuation token
         for idx, cache, shared in self._batches(seqs, groups, [n - 1 for n in lengths], batch_size):
             keep = max(len(seqs[i]) - lengths[i] for i in idx) + 1
             logits = self._suffix_logits(seqs, idx, cache, shared, batch_size, keep)
-            norms = torch.logsumexp(logits, dim=-1)  # log-softmax of the targets only: rows x keep, not x vocab
             for row, i in enumerate(idx):
                 n = len(seqs[i]) - lengths[i]
                 cols = slice(keep - 1 - n, keep - 1)  # the token at position t is predicted by the logits at t - 1
-                targets = torch.tensor(seqs[i][lengths[i] :], device=logits.device)
-                results[i] = (logits[row, cols].gather(-1, targets[:, None])[:, 0] - norms[row, cols]).cpu().tolist()
-        return results
+                yield i, logits[row, cols], torch.tensor(seqs[i][lengths[i] :], device=logits.device)
 
     def _batches(
         self, seqs: Sequence[list[int]], groups: Sequence[Any] | None, limits: Sequence[int], batch_size: int

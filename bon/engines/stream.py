@@ -22,6 +22,7 @@ which checks after every change that its rows, store, positions, logits and stat
 from __future__ import annotations
 
 import enum
+import math
 from collections import deque
 from collections.abc import Collection, Hashable, Sequence
 from dataclasses import dataclass, field
@@ -29,7 +30,14 @@ from typing import Any, Protocol
 
 import torch
 
-from bon.engines.contract import EngineError, EngineInvariantError, Sample, SamplingSettings, derive_seed
+from bon.engines.contract import (
+    Confidence,
+    EngineError,
+    EngineInvariantError,
+    Sample,
+    SamplingSettings,
+    derive_seed,
+)
 from bon.engines.kv import KVCache
 from bon.engines.memory import MemoryPlan, kv_need
 from bon.engines.sampling import left_padded, pick, uniforms
@@ -69,6 +77,7 @@ class _Request:
     finish: list[str] = field(default_factory=list)
     left: int = 0  # rows still going
     pause_at: int = 0  # the length at which its rows park next
+    confidence: dict[int, Confidence] = field(default_factory=dict)  # per candidate, once its row has left
 
 
 class _Batch:
@@ -83,6 +92,7 @@ class _Batch:
         self.owners: list[tuple[_Request, int]] = []
         self.pos = self.logits = torch.empty(0)
         self.active = torch.zeros(0, dtype=torch.bool)  # on the CPU, per row
+        self.sums = torch.zeros((0, 3), dtype=torch.float64)  # per row, on the device: `Confidence`'s running sums
 
     def __len__(self) -> int:
         return len(self.owners)
@@ -93,9 +103,8 @@ class _Batch:
 
     def check(self) -> None:
         rows = len(self.owners)
-        _require(
-            self.pos.shape[0] == self.logits.shape[0] == self.active.shape[0] == rows, "batch tensors out of order"
-        )
+        sizes = {self.pos.shape[0], self.logits.shape[0], self.active.shape[0], self.sums.shape[0]}
+        _require(sizes == {rows}, "batch tensors out of order")
         _require(self.store.rows == rows, f"the KV store holds {self.store.rows} rows for {rows} owners")
         want = [Status.DECODING if a else Status.PAUSED for a in self.active.tolist()]
         agree = all(req.status is w for (req, _), w in zip(self.owners, want))
@@ -117,6 +126,8 @@ class _Batch:
         self.pos = torch.cat([self.pos.to(pos.device), pos]) if len(self.pos) else pos
         self.logits = torch.cat([self.logits, logits]) if len(self.logits) else logits
         self.active = torch.cat([self.active, torch.ones(len(owners), dtype=torch.bool)])
+        fresh = torch.zeros((len(owners), 3), dtype=torch.float64, device=logits.device)
+        self.sums = torch.cat([self.sums.to(logits.device), fresh])
         self.check()
 
     def keep(self, rows: list[int]) -> list[int]:
@@ -126,6 +137,7 @@ class _Batch:
         self.owners = [self.owners[k] for k in order]
         self.pos, self.logits = self.pos[idx.to(self.pos.device)], self.logits[idx.to(self.logits.device)]
         self.active = self.active[idx]
+        self.sums = self.sums[idx.to(self.sums.device)]
         self.check()
         return order
 
@@ -179,6 +191,7 @@ class DecodeSession:
         self.queue: deque[_Request] = deque()  # QUEUED, in admission order
         self.batch = _Batch(ModelCache() if waves else SlotCache(memory))
         self.stats = SessionStats()
+        self._eos_ids: torch.Tensor | None = None
 
     @property
     def max_rows(self) -> int:
@@ -235,6 +248,7 @@ class DecodeSession:
                 req.left -= 1
                 gone.add(r)
         if gone:
+            self._record(sorted(gone))
             self.batch.keep([r for r in range(len(self.batch)) if r not in gone])
         if not pause:
             req.every = None
@@ -318,6 +332,11 @@ class DecodeSession:
             u = torch.stack([req.uniforms[i, len(req.tokens[i])] for req, i in owners])  # type: ignore[index]
             u = self._moved(u, logits.device)
         picked = pick(logits.float(), u, s)  # on the model's device: its logits never leave it
+        sums = confidence_terms(logits, picked) * ~torch.isin(picked, self._eos(picked.device))[:, None]
+        if everyone:
+            batch.sums += sums
+        else:
+            batch.sums.index_add_(0, idx, sums)
         ended: set[int] = set()
         park: set[tuple[int, int]] = set()  # (prompt, candidate) that park once this step's token is in the cache
         for row, t in zip(rows, self._moved(picked, CPU).tolist()):
@@ -334,6 +353,7 @@ class DecodeSession:
             req.left -= 1
             if req.left == 0:
                 self._finish(req)
+        self._record(sorted(ended))
         if not everyone:  # parked rows feed a token too; their columns stay untouched
             picked = torch.zeros(len(batch), dtype=picked.dtype, device=picked.device).index_copy_(0, idx, picked)
         if ended:  # finished rows leave the batch and free their slots
@@ -345,6 +365,22 @@ class DecodeSession:
         if park:
             self._park(park)
         self._measure()
+
+    def _eos(self, device: torch.device) -> torch.Tensor:
+        """The end-of-sequence ids as a tensor on ``device`` (made once)."""
+        if self._eos_ids is None or self._eos_ids.device != device:
+            self._eos_ids = torch.tensor(sorted(self.engine.eos_ids), dtype=torch.long, device=device)
+        return self._eos_ids
+
+    def _record(self, rows: list[int]) -> None:
+        """The confidence of ``rows``, which leave the batch: their sums come to the CPU once (24 bytes a row)."""
+        if not rows:
+            return
+        index = torch.tensor(rows, dtype=torch.long, device=self.batch.sums.device)
+        sums = self._moved(self.batch.sums[index], CPU).tolist()
+        for r, (logprob, entropy, certainty) in zip(rows, sums):
+            req, i = self.batch.owners[r]
+            req.confidence[i] = Confidence(len(req.tokens[i]), logprob, entropy, certainty)
 
     def _moved(self, t: torch.Tensor, device: torch.device) -> torch.Tensor:
         """``t`` on ``device``, its bytes counted (`SessionStats.moved_bytes`): the decode loop's only transfers."""
@@ -424,6 +460,7 @@ class DecodeSession:
                 finish_reason=req.finish[i],
                 seed=req.seeds[i],
                 token_ids=tuple(req.tokens[i]),
+                confidence=req.confidence.get(i),
             )
             for i in range(req.n)
         ]
@@ -452,6 +489,16 @@ class WaveLoop:
 
     def close(self) -> None:
         self.session.close()
+
+
+def confidence_terms(logits: torch.Tensor, picked: torch.Tensor) -> torch.Tensor:
+    """Per row of ``logits`` (float64, on their device): the picked token's log-probability, the entropy and
+    self-certainty's term -mean log(V p) of the model's own distribution (before temperature and top-p)."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    chosen = logp.gather(1, picked[:, None].to(logp.device))[:, 0]
+    entropy = -(logp.exp() * logp).sum(-1)
+    certainty = -logp.mean(-1) - math.log(logp.shape[-1])
+    return torch.stack([chosen, entropy, certainty], dim=1).double()
 
 
 def _require(holds: bool, what: str) -> None:
