@@ -10,14 +10,14 @@ its prompt (chat template) and its tokens, which computes the same sums.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar
 
 from pydantic import Field
 
 from bon.core.config import ModelConfig
 from bon.core.errors import ConfigError
+from bon.core.judging import Declaration
 from bon.core.records import Candidate, Judgement, Prompt
-from bon.engines.contract import MeasuresConfidence
+from bon.engines.contract import Confidence, MeasuresConfidence
 from bon.judges.model_judge import UsesEngine, prompts_by_id
 
 
@@ -25,14 +25,22 @@ class ConfidenceOptions(ModelConfig):
     batch_size: int = Field(8, ge=1, description="sequences per teacher-forced pass (candidates without recorded sums)")
 
 
+def free_declaration(scale: str) -> Declaration:
+    """What each confidence judge declares: free, the answer after the whole conversation as the policy saw it, and
+    `bon judge` teacher-forcing under the run's policy when a candidate lacks the sums."""
+    return Declaration(scale=scale, conversation="chat", policy_defaults=("model",), free=True)
+
+
 class ConfidenceJudge(UsesEngine):
-    """A mean over a candidate's tokens of one recorded term, times ``sign`` (higher is better)."""
+    """A mean over a candidate's tokens of one of its `Confidence` sums (`total`; higher is better)."""
 
     Options = ConfidenceOptions
     needs_reference = False
     hub_id = None
-    term: ClassVar[str]  # "logprob", "entropy" or "certainty"
-    sign: ClassVar[float] = 1.0
+
+    def total(self, confidence: Confidence) -> float:
+        """The sum this judge averages, signed so that higher is better."""
+        raise NotImplementedError
 
     def __init__(self, options: ConfidenceOptions | None = None, engine=None):
         self.options = options or ConfidenceOptions()
@@ -43,12 +51,12 @@ class ConfidenceJudge(UsesEngine):
         return f"{self.name}, recorded while the policy decoded (else teacher-forced under {model})"
 
     def score(self, prompts: Sequence[Prompt], candidates: Sequence[Candidate]) -> list[Judgement]:
-        sums: dict[int, tuple[int, float, str]] = {}  # candidate -> (tokens, the term's sum, where it came from)
+        sums: dict[int, tuple[Confidence, str]] = {}  # candidate -> (its sums, where they came from)
         forced = []
         for k, c in enumerate(candidates):
-            recorded = {"logprob": c.logprob_sum, "entropy": c.entropy_sum, "certainty": c.certainty_sum}[self.term]
-            if c.confidence_tokens is not None and recorded is not None:
-                sums[k] = (c.confidence_tokens, recorded, "recorded")
+            recorded = Confidence.of(c)
+            if recorded is not None:
+                sums[k] = (recorded, "recorded")
             else:
                 forced.append(k)
         if forced:
@@ -63,15 +71,15 @@ class ConfidenceJudge(UsesEngine):
             targets = [self._tokens(candidates[k]) for k in forced]
             measured = self.engine.continuation_confidence(contexts, targets, batch_size=self.options.batch_size)
             for k, m in zip(forced, measured):
-                sums[k] = (m.tokens, getattr(m, self.term), "teacher-forced")
+                sums[k] = (m, "teacher-forced")
         out = []
         for k, c in enumerate(candidates):
-            tokens, total, source = sums[k]
-            if tokens == 0:
+            conf, source = sums[k]
+            if conf.tokens == 0:
                 out.append(Judgement(c.prompt_id, c.index, self.name, None, flag="empty candidate"))
                 continue
-            details = {"tokens": tokens, "source": source}
-            out.append(Judgement(c.prompt_id, c.index, self.name, self.sign * total / tokens, details=details))
+            details = {"tokens": conf.tokens, "source": source}
+            out.append(Judgement(c.prompt_id, c.index, self.name, self.total(conf) / conf.tokens, details=details))
         return out
 
     def _tokens(self, candidate: Candidate) -> list[int]:

@@ -3,8 +3,8 @@ policy's own next-token distribution; it grows with how peaked the policy was, a
 
 from __future__ import annotations
 
-from bon.core.judging import Declaration
-from bon.judges.confidence import ConfidenceJudge
+from bon.engines.contract import Confidence
+from bon.judges.confidence import ConfidenceJudge, free_declaration
 
 
 class SelfCertaintyJudge(ConfidenceJudge):
@@ -12,10 +12,7 @@ class SelfCertaintyJudge(ConfidenceJudge):
     summary = (
         "self-certainty: mean KL(uniform || p) of the policy's own distributions; free when the policy recorded it"
     )
-    declaration = Declaration(
-        scale="mean KL(uniform || p) per token, 0 or more",
-        conversation="chat",  # the answer after the whole conversation, as the policy saw it
-        policy_defaults=("model",),  # teacher-forced under the run's policy when a candidate lacks the sums
-        free=True,
-    )
-    term = "certainty"
+    declaration = free_declaration("mean KL(uniform || p) per token, 0 or more")
+
+    def total(self, confidence: Confidence) -> float:
+        return confidence.certainty

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from bon.core.errors import BonError
+from bon.core.records import Candidate
 
 
 def derive_seed(*parts: object) -> int:
@@ -41,13 +42,22 @@ class Confidence:
     entropy: float  # the distributions' entropies, in nats
     certainty: float  # self-certainty's term, KL(uniform || p) = -mean over the vocabulary of log(V p)
 
-    def __add__(self, other: Confidence) -> Confidence:
-        return Confidence(
-            self.tokens + other.tokens,
-            self.logprob + other.logprob,
-            self.entropy + other.entropy,
-            self.certainty + other.certainty,
-        )
+    def fields(self) -> dict[str, Any]:
+        """These sums as `Candidate`'s optional fields (`of` reads them back)."""
+        return {
+            "confidence_tokens": self.tokens,
+            "logprob_sum": self.logprob,
+            "entropy_sum": self.entropy,
+            "certainty_sum": self.certainty,
+        }
+
+    @staticmethod
+    def of(candidate: Candidate) -> Confidence | None:
+        """What a candidate's policy recorded while decoding it; None when it was not measured."""
+        c = candidate
+        if c.confidence_tokens is None or c.logprob_sum is None or c.entropy_sum is None or c.certainty_sum is None:
+            return None
+        return Confidence(c.confidence_tokens, c.logprob_sum, c.entropy_sum, c.certainty_sum)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from bon.core.config import PolicyConfig
 from bon.core.formats import CHAT, render
 from bon.core.records import Candidate, Prompt
 from bon.engines import LanguageModel, Sample, SamplingSettings, derive_seed, load_engine
-from bon.engines.contract import Confidence, DecodeLoop, StreamingModel, Tokens
+from bon.engines.contract import DecodeLoop, StreamingModel, Tokens
 from bon.engines.tokens import ContextLengthError, effective_context, overflow_message
 
 
@@ -191,20 +191,8 @@ class EnginePolicy(PolicyPrompts):
                 flag="; ".join(f for f in (flag, s.flag) if f) or None,
                 # a served model's tokens are its text encoded again (`Sample.source`): not recorded as sampled
                 token_ids=(s.token_ids or None) if s.source is None else None,
-                **confidence_fields(s.confidence),
+                **(s.confidence.fields() if s.confidence else {}),
             )
             for p, (_, flag), group in zip(prompts, fitted, samples)
             for i, s in enumerate(group)
         ]
-
-
-def confidence_fields(confidence: Confidence | None) -> dict[str, Any]:
-    """A sample's measured confidence as `Candidate` fields (none when the engine did not measure it)."""
-    if confidence is None:
-        return {}
-    return {
-        "confidence_tokens": confidence.tokens,
-        "logprob_sum": confidence.logprob,
-        "entropy_sum": confidence.entropy,
-        "certainty_sum": confidence.certainty,
-    }
